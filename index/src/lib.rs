@@ -1,0 +1,2 @@
+//! One HNSW graph per attribute over a sled store.
+#![warn(missing_docs)]

@@ -2,8 +2,13 @@
 //! PyTorch checkpoint loading, training and evaluation.
 #![warn(missing_docs)]
 
+mod data;
 mod device;
 mod error;
 
+pub use data::{
+    generate_synthetic, Attribute, CsvOptions, Dataset, ImageRecord, Probe, ProbeLists, Split,
+    SyntheticConfig, SyntheticDataset,
+};
 pub use device::parse_device;
 pub use error::{ModelError, Result};

@@ -5,6 +5,7 @@
 mod data;
 mod device;
 mod error;
+pub mod eval;
 
 pub use data::{
     generate_synthetic, Attribute, CsvOptions, Dataset, ImageRecord, Probe, ProbeLists, Split,

@@ -92,6 +92,14 @@ pub enum ModelError {
         /// What is wrong.
         reason: String,
     },
+    /// A feature cache file is unusable as asked (stale key, incomplete, corrupt).
+    #[error("feature cache {}: {reason}", .path.display())]
+    FeatureCache {
+        /// The cache file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// I/O on a named file.
     #[error("{}: {source}", .path.display())]
     Io {

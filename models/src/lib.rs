@@ -5,7 +5,8 @@
 mod data;
 mod device;
 mod error;
-pub mod eval;
+mod eval;
+mod train;
 
 pub use data::{
     generate_synthetic, Attribute, CsvOptions, Dataset, ImageRecord, Probe, ProbeLists, Split,
@@ -13,3 +14,11 @@ pub use data::{
 };
 pub use device::parse_device;
 pub use error::{ModelError, Result};
+pub use eval::{
+    average_precision, cosine, evaluate_retrieval, load_triplets, query_average_precisions,
+    rank_by_score, triplet_accuracy, AttributeScore, RetrievalReport,
+};
+pub use train::{
+    l2_normalize, triplet_ranking_loss, CacheKey, FeatureCache, StepDecay, Triplet, TripletSampler,
+    DEFAULT_MARGIN,
+};

@@ -229,11 +229,13 @@ impl FeatureCache {
                 let batch = compute(&first)?;
                 let dims = match batch.dims() {
                     &[n, c, h, w] if n == first.len() && c * h * w > 0 => [c, h, w],
-                    other => return Err(ModelError::InvalidArgument(format!(
+                    other => {
+                        return Err(ModelError::InvalidArgument(format!(
                         "feature batch for {} images has shape {other:?}, expected ({}, C, H, W)",
                         first.len(),
                         first.len()
-                    ))),
+                    )))
+                    }
                 };
                 let dims = dims.map(|d| d as u32);
                 let header = Header {

@@ -31,10 +31,8 @@ impl Default for StepDecay {
 impl StepDecay {
     /// A checked schedule.
     pub fn new(base_lr: f64, factor: f64, every_epochs: usize) -> Result<StepDecay> {
-        if !(base_lr > 0.0 && base_lr.is_finite())
-            || !(factor > 0.0 && factor <= 1.0)
-            || every_epochs == 0
-        {
+        let valid = base_lr > 0.0 && base_lr.is_finite() && factor > 0.0 && factor <= 1.0;
+        if !valid || every_epochs == 0 {
             return Err(ModelError::InvalidArgument(format!(
                 "step decay needs base_lr > 0, 0 < factor <= 1 and every_epochs >= 1, got {base_lr}, {factor}, {every_epochs}"
             )));

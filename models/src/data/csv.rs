@@ -1,6 +1,7 @@
 //! The CSV loader: one row per image, a path column, a split column and
 //! attribute columns chosen by the caller.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use super::{build_from_named, Dataset, Split};
@@ -82,6 +83,7 @@ impl Dataset {
             .collect::<Result<Vec<_>>>()?;
 
         let mut rows = Vec::new();
+        let mut seen: HashMap<String, usize> = HashMap::new();
         let mut record = ::csv::StringRecord::new();
         loop {
             match reader.read_record(&mut record) {
@@ -98,6 +100,11 @@ impl Dataset {
             let image = record.get(path_col).unwrap_or("").trim();
             if image.is_empty() {
                 return Err(bad(format!("empty {:?} cell", options.path_column)));
+            }
+            if let Some(first) = seen.insert(image.to_string(), line) {
+                return Err(bad(format!(
+                    "image {image:?} is listed again (first on line {first})"
+                )));
             }
             let split_cell = record.get(split_col).unwrap_or("");
             let split = Split::parse(split_cell).ok_or_else(|| {
@@ -166,6 +173,16 @@ mod tests {
 
         let err = Dataset::load_csv(&p, &CsvOptions::new(["collar"])).unwrap_err();
         assert!(err.to_string().contains("no column \"collar\""), "{err}");
+
+        let p = write(
+            dir.path(),
+            "path,split,colour\na.jpg,train,red\na.jpg,test,red\n",
+        );
+        let err = Dataset::load_csv(&p, &CsvOptions::new(["colour"])).unwrap_err();
+        assert!(
+            err.to_string().contains("listed again (first on line 2)"),
+            "{err}"
+        );
 
         let p = write(dir.path(), "path,split,colour\na.jpg,train\n");
         let err = Dataset::load_csv(&p, &CsvOptions::new(["colour"])).unwrap_err();

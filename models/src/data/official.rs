@@ -1,10 +1,14 @@
 //! The layout of the ASEN paper's data releases.
 //!
 //! A folder holds:
-//! - `meta.json`: the attributes, either as a list of names with a parallel
-//!   list of value counts (or value-name lists),
-//!   `{"attributes": ["collar", ...], "num_values": [5, ...]}`, or as a map
-//!   from attribute name to its value names (or count), in file order,
+//! - `meta.json`: the attributes, either as a list of names (which fixes the
+//!   attribute ids) with value counts and/or value names given as parallel
+//!   lists or as maps keyed by name (keys case-insensitive), as in the
+//!   paper's FashionAI release:
+//!   `{"ATTRIBUTES": ["collar", ...], "ATTRIBUTES_NUM": {"collar": 5, ...},
+//!   "ATTRIBUTES_VALUES": {"collar": ["round", ...], ...}}` or
+//!   `{"attributes": [...], "num_values": [5, ...]}`; or as a map from
+//!   attribute name to its value names (or count), in file order,
 //!   `{"collar": ["round", "v_neck"], ...}` (optionally under `"attributes"`);
 //! - `filenames_{train,valid,test}.txt`: one image path per line, relative to
 //!   the folder; the 0-based line number is the image id within that split;
@@ -136,37 +140,58 @@ fn parse_meta(path: &Path) -> Result<Vec<Attribute>> {
             .map(|(_, v)| v)
     };
     let names = get(&["attributes", "attrs", "attribute_names"]);
-    let counts = get(&["num_values", "value_counts", "counts", "attr_num", "values"]);
-    let attributes = match (names, counts) {
-        (Some(Json::Array(names)), Some(Json::Array(counts))) => {
-            if names.len() != counts.len() {
-                return Err(dataset_err(
-                    path,
-                    0,
-                    format!("{} attribute names but {} value counts", names.len(), counts.len()),
-                ));
+    let values = get(&["attributes_values", "values", "value_names"]);
+    let counts = get(&[
+        "attributes_num",
+        "num_values",
+        "value_counts",
+        "counts",
+        "attr_num",
+    ]);
+    let attributes = match names {
+        Some(Json::Array(names)) => {
+            let mut attributes = Vec::with_capacity(names.len());
+            for (i, n) in names.iter().enumerate() {
+                let Json::String(name) = n else {
+                    return Err(dataset_err(path, 0, "attribute names must be strings"));
+                };
+                let from_values = lookup(values, name, i).map(|v| value_names(v, name, path)).transpose()?;
+                let from_counts = lookup(counts, name, i).map(|v| value_names(v, name, path)).transpose()?;
+                let values = match (from_values, from_counts) {
+                    (Some(v), Some(c)) if v.len() != c.len() => {
+                        return Err(dataset_err(
+                            path,
+                            0,
+                            format!(
+                                "attribute {name:?} lists {} value names but counts {}",
+                                v.len(),
+                                c.len()
+                            ),
+                        ))
+                    }
+                    (Some(v), _) | (None, Some(v)) => v,
+                    (None, None) => {
+                        return Err(dataset_err(
+                            path,
+                            0,
+                            format!("attribute {name:?} has no value count or value names"),
+                        ))
+                    }
+                };
+                attributes.push(Attribute {
+                    name: name.clone(),
+                    values,
+                });
             }
-            names
-                .iter()
-                .zip(counts)
-                .map(|(n, c)| {
-                    let Json::String(name) = n else {
-                        return Err(dataset_err(path, 0, "attribute names must be strings"));
-                    };
-                    Ok(Attribute {
-                        name: name.clone(),
-                        values: value_names(c, name, path)?,
-                    })
-                })
-                .collect::<Result<Vec<_>>>()?
+            attributes
         }
-        (Some(Json::Object(map)), None) => map_form(map, path)?,
-        (None, None) => map_form(&top, path)?,
+        Some(Json::Object(map)) if values.is_none() && counts.is_none() => map_form(map, path)?,
+        None if values.is_none() && counts.is_none() => map_form(&top, path)?,
         _ => {
             return Err(dataset_err(
                 path,
                 0,
-                "expected {\"attributes\": [names], \"num_values\": [counts]} or a map from attribute name to values",
+                "expected {\"attributes\": [names], \"num_values\": [counts] or {name: count}, \"attributes_values\": {name: [values]}} or a map from attribute name to values",
             ))
         }
     };
@@ -174,6 +199,15 @@ fn parse_meta(path: &Path) -> Result<Vec<Attribute>> {
         return Err(dataset_err(path, 0, "no attributes"));
     }
     Ok(attributes)
+}
+
+/// Entry `name` of a map, or entry `index` of a list.
+fn lookup<'a>(table: Option<&'a Json>, name: &str, index: usize) -> Option<&'a Json> {
+    match table {
+        Some(Json::Object(map)) => map.iter().find(|(k, _)| k == name).map(|(_, v)| v),
+        Some(Json::Array(list)) => list.get(index),
+        _ => None,
+    }
 }
 
 fn map_form(map: &[(String, Json)], path: &Path) -> Result<Vec<Attribute>> {
@@ -488,6 +522,10 @@ mod tests {
             r#"{"attributes": ["collar", "sleeve"], "num_values": [2, 3]}"#,
             r#"{"collar": ["round", "v"], "sleeve": 3}"#,
             r#"{"attributes": {"collar": 2, "sleeve": ["0", "1", "2"]}}"#,
+            // The shape of the paper's FashionAI meta.json: value maps keyed
+            // by name, in another order than the attribute list.
+            r#"{"ATTRIBUTES": ["collar", "sleeve"], "ATTRIBUTES_NUM": {"sleeve": 3, "collar": 2},
+                "ATTRIBUTES_VALUES": {"sleeve": ["none", "short", "long"], "collar": ["round", "v"]}}"#,
         ] {
             let dir = tempfile::tempdir().unwrap();
             layout(dir.path(), meta);
@@ -519,6 +557,28 @@ mod tests {
         std::fs::write(dir.path().join("label_train.txt"), "0 collar v sleeve 2\n").unwrap();
         let ds = Dataset::load_official(dir.path()).unwrap();
         assert_eq!(ds.images()[0].labels, vec![Some(1), Some(2)]);
+    }
+
+    #[test]
+    fn meta_errors() {
+        for (meta, expect) in [
+            (
+                r#"{"attributes": ["collar"], "num_values": {"cuff": 2}}"#,
+                "no value count",
+            ),
+            (
+                r#"{"attributes": ["collar"], "num_values": [3], "values": [["a", "b"]]}"#,
+                "lists 2 value names but counts 3",
+            ),
+            (r#"{"collar": 0}"#, "expected a value count"),
+            (r#"[1, 2]"#, "expected a json object"),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            layout(dir.path(), meta);
+            let err = Dataset::load_official(dir.path()).unwrap_err();
+            assert!(err.to_string().contains("meta.json:"), "{err}");
+            assert!(err.to_string().contains(expect), "{meta}: {err}");
+        }
     }
 
     fn assert_error(meta: &str, file: &str, text: &str, expect: &str) {

@@ -110,6 +110,26 @@ pub struct ProbeLists {
     pub candidates: Vec<Probe>,
 }
 
+impl ProbeLists {
+    /// For each attribute `0..num_attributes`, the distinct images (sorted)
+    /// that appear as a query or a candidate of it: the (image, attribute)
+    /// embeddings an evaluation needs, so a model can compute them in
+    /// batches beforehand.
+    pub fn images_by_attribute(&self, num_attributes: usize) -> Vec<Vec<usize>> {
+        let mut out = vec![Vec::new(); num_attributes];
+        for p in self.queries.iter().chain(&self.candidates) {
+            if let Some(list) = out.get_mut(p.attribute) {
+                list.push(p.image);
+            }
+        }
+        for list in &mut out {
+            list.sort_unstable();
+            list.dedup();
+        }
+        out
+    }
+}
+
 /// An in-memory dataset; see the module documentation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Dataset {
@@ -451,6 +471,9 @@ mod tests {
         )
         .unwrap();
         assert_ne!(ds.probes(Split::Valid), other.probes(Split::Valid));
+        let needed = valid.images_by_attribute(1);
+        assert_eq!(needed[0].len(), known);
+        assert!(needed[0].windows(2).all(|w| w[0] < w[1]));
     }
 
     #[test]

@@ -80,7 +80,9 @@ impl fmt::Display for RetrievalReport {
 ///
 /// `embed(image, attribute)` returns the embedding of an image under an
 /// attribute; it is called once per probe, in parallel (rayon). Every
-/// embedding must have the same length.
+/// embedding must have the same length. With a model, embed the pairs listed
+/// by [`crate::ProbeLists::images_by_attribute`] in batches first and let
+/// `embed` look them up.
 pub fn evaluate_retrieval<F>(dataset: &Dataset, split: Split, embed: F) -> Result<RetrievalReport>
 where
     F: Fn(usize, usize) -> Result<Vec<f32>> + Sync,

@@ -10,4 +10,4 @@ pub mod head;
 pub use checkpoint::{CheckedTensors, Checkpoint, CheckpointFormat, KeyReport};
 pub use device::parse_device;
 pub use error::{ModelError, Result};
-pub use head::HeadKind;
+pub use head::{Head, HeadConfig, HeadKind, HeadOutput};

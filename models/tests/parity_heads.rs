@@ -118,3 +118,118 @@ fn zip_reader_matches_candle_pickle_reader() {
         assert_eq!(diff, 0.0, "{name}");
     }
 }
+
+fn expected(
+    dir: &std::path::Path,
+    file: &str,
+) -> std::collections::HashMap<String, candle_core::Tensor> {
+    candle_core::safetensors::load(dir.join(file), &candle_core::Device::Cpu).unwrap()
+}
+
+fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims());
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+/// Run `head` on the stored `feat` for attributes 0, 4, 7 and compare
+/// `emb_c*` (atol 1e-5) and `attn_c*` (atol 1e-6); `forward_attributes` must
+/// give the same numbers as `forward`.
+fn check_head(
+    head: &asen_models::Head,
+    feat: &candle_core::Tensor,
+    exp: &std::collections::HashMap<String, candle_core::Tensor>,
+    label: &str,
+) {
+    let dev = candle_core::Device::Cpu;
+    let shared = head.forward_attributes(feat, &[0, 4, 7]).unwrap();
+    for (i, c) in [0u32, 4, 7].into_iter().enumerate() {
+        let attr = candle_core::Tensor::full(c, 6, &dev).unwrap();
+        let out = head.forward(feat, &attr, false).unwrap();
+        let attn = out.attention.as_ref().unwrap();
+        let d_emb = max_abs_diff(&out.embedding, &exp[&format!("emb_c{c}")]);
+        let d_attn = max_abs_diff(attn, &exp[&format!("attn_c{c}")]);
+        println!("{label} c={c}: emb max abs diff {d_emb:.2e}, attn {d_attn:.2e}");
+        assert!(d_emb <= 1e-5, "{label} emb_c{c}: {d_emb}");
+        assert!(d_attn <= 1e-6, "{label} attn_c{c}: {d_attn}");
+        assert!(max_abs_diff(&shared[i].embedding, &out.embedding) <= 1e-6);
+        assert!(max_abs_diff(shared[i].attention.as_ref().unwrap(), attn) <= 1e-7);
+    }
+    // Mixed attributes in one batch: row b uses attribute attrs[b].
+    let attrs = [0u32, 4, 7, 7, 4, 0];
+    let out = head
+        .forward(
+            feat,
+            &candle_core::Tensor::new(&attrs, &dev).unwrap(),
+            false,
+        )
+        .unwrap();
+    for (b, c) in attrs.iter().enumerate() {
+        let want = exp[&format!("emb_c{c}")].get(b).unwrap();
+        assert!(
+            max_abs_diff(&out.embedding.get(b).unwrap(), &want) <= 1e-5,
+            "{label} mixed row {b}"
+        );
+    }
+}
+
+#[test]
+fn v1_head_matches_pytorch_on_stored_features() {
+    let Some(dir) = golden_dir() else { return };
+    let ckpt = Checkpoint::load(dir.join("asen_v1_fashionai.pth.gz")).unwrap();
+    let (head, cfg) = ckpt.load_head(&candle_core::Device::Cpu).unwrap();
+    assert_eq!(head.kind(), HeadKind::AsenV1);
+    assert_eq!(cfg, asen_models::HeadConfig::asen(1024, 8));
+    let exp = expected(&dir, "asen_v1_expected.safetensors");
+    check_head(&head, &exp["feat"], &exp, "v1");
+}
+
+#[test]
+fn v2_head_matches_pytorch_on_stored_features() {
+    let Some(dir) = golden_dir() else { return };
+    let ckpt = Checkpoint::load(dir.join("asen_v2_head.pth")).unwrap();
+    let (head, cfg) = ckpt.load_head(&candle_core::Device::Cpu).unwrap();
+    assert_eq!(head.kind(), HeadKind::AsenV2);
+    assert!(!cfg.feature_fc);
+    assert_eq!(cfg.embedding_dim, 1024);
+    let feat = expected(&dir, "asen_v1_expected.safetensors")
+        .remove("feat")
+        .unwrap();
+    check_head(
+        &head,
+        &feat,
+        &expected(&dir, "asen_v2_expected.safetensors"),
+        "v2",
+    );
+}
+
+#[test]
+fn asenpp_global_head_matches_pytorch_on_stored_features() {
+    let Some(dir) = golden_dir() else { return };
+    let ckpt = Checkpoint::load(dir.join("asenpp_global_head.pth")).unwrap();
+    let (head, cfg) = ckpt.load_head(&candle_core::Device::Cpu).unwrap();
+    assert_eq!(cfg, asen_models::HeadConfig::asen(1024, 8));
+    let feat = expected(&dir, "asen_v1_expected.safetensors")
+        .remove("feat")
+        .unwrap();
+    let exp = expected(&dir, "asenpp_expected.safetensors");
+    check_head(&head, &feat, &exp, "asen++");
+    let asen_models::Head::AsenPpGlobal(pp) = &head else {
+        panic!("not an ASEN++ head")
+    };
+    for c in [0u32, 4, 7] {
+        let attr = candle_core::Tensor::full(c, 6, &candle_core::Device::Cpu).unwrap();
+        let (raw, _) = pp.forward_raw(&feat, &attr, false).unwrap();
+        let d = max_abs_diff(&raw, &exp[&format!("raw_c{c}")]);
+        println!("asen++ c={c}: raw max abs diff {d:.2e}");
+        assert!(d <= 1e-4, "raw_c{c}: {d}");
+    }
+}

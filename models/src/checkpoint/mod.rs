@@ -18,13 +18,13 @@ use std::fmt;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 
 pub use keys::{detect_variant, normalise_key};
 pub use report::{CheckedTensors, KeyReport, ShapeMismatch};
 
 use crate::error::{ModelError, Result};
-use crate::head::HeadKind;
+use crate::head::{Head, HeadConfig, HeadKind};
 use pth::Value;
 
 /// The container a checkpoint was read from.
@@ -203,6 +203,39 @@ impl Checkpoint {
             }
         }
         Ok(out)
+    }
+
+    /// Build the head this checkpoint holds (variant from the keys, sizes from
+    /// the shapes), checking every head key: missing, unexpected (outside
+    /// `backbonenet.`) and mis-shaped tensors are reported together as
+    /// [`ModelError::CheckpointMismatch`]. Parameters end up on `device` as f32.
+    pub fn load_head(&self, device: &Device) -> Result<(Head, HeadConfig)> {
+        let kind = self.variant()?;
+        let tensors = self.head_tensors()?;
+        let cfg =
+            HeadConfig::infer(kind, &tensors).map_err(|reason| ModelError::CheckpointMismatch {
+                path: self.path.clone(),
+                variant: kind.to_string(),
+                report: reason,
+            })?;
+        let head = self.load_head_as(kind, &cfg, device)?;
+        Ok((head, cfg))
+    }
+
+    /// Build a `kind` head with the sizes `cfg` from this checkpoint's head
+    /// tensors, with the same complete key check as [`Checkpoint::load_head`].
+    pub fn load_head_as(&self, kind: HeadKind, cfg: &HeadConfig, device: &Device) -> Result<Head> {
+        let checked = CheckedTensors::new(self.head_tensors()?);
+        let built = Head::new(kind, checked.var_builder(DType::F32, device), cfg);
+        let report = checked.report();
+        if !report.is_clean() {
+            return Err(ModelError::CheckpointMismatch {
+                path: self.path.clone(),
+                variant: kind.to_string(),
+                report: report.to_string(),
+            });
+        }
+        built
     }
 
     /// The normalised head tensors (everything outside `backbonenet.`).

@@ -233,3 +233,64 @@ fn asenpp_global_head_matches_pytorch_on_stored_features() {
         assert!(d <= 1e-4, "raw_c{c}: {d}");
     }
 }
+
+#[test]
+fn converted_v1_model_directory_reproduces_the_checkpoint() {
+    let Some(dir) = golden_dir() else { return };
+    let src = dir.join("asen_v1_fashionai.pth.gz");
+    let summary = asen_models::inspect_checkpoint(&src).unwrap();
+    let text = summary.to_string();
+    println!("{text}");
+    assert!(text.contains("13,753,897 learnable"), "{text}");
+    assert_eq!(summary.parameter_count, 13_753_897);
+    // Without fc (2,049,000) and the BN running stats: what the asen model uses.
+    assert_eq!(summary.used_parameter_count, 13_753_897 - 2_049_000);
+    assert_eq!(summary.backbone_tensor_count, 215);
+
+    let out = tempfile::tempdir().unwrap();
+    let names = [
+        "skirt_length",
+        "sleeve_length",
+        "coat_length",
+        "pant_length",
+        "collar_design",
+        "lapel_design",
+        "neckline_design",
+        "neck_design",
+    ];
+    let opts = asen_models::ConvertOptions {
+        attributes: Some(
+            names
+                .iter()
+                .map(|n| asen_models::AttributeSpec::named(*n))
+                .collect(),
+        ),
+        command: Some("test".into()),
+        ..Default::default()
+    };
+    let card = asen_models::convert_checkpoint(&src, out.path(), &opts).unwrap();
+    assert_eq!(card.head, HeadKind::AsenV1);
+    assert_eq!(card.backbone, "resnet50_layer3");
+    assert_eq!(card.attribute_index("collar_design").unwrap(), 4);
+    assert_eq!(
+        card.provenance.source_sha256.as_deref().map(str::len),
+        Some(64)
+    );
+    let model = asen_models::ModelDir::load(out.path(), &candle_core::Device::Cpu).unwrap();
+    assert_eq!(model.card, card);
+    assert_eq!(model.tensors.len(), 272 - 2 - 43);
+    assert!(model
+        .tensors
+        .contains_key("backbonenet.layer3.5.bn3.weight"));
+    let exp = expected(&dir, "asen_v1_expected.safetensors");
+    check_head(&model.head, &exp["feat"], &exp, "v1 converted");
+    // Wrong number of attribute names.
+    let bad = asen_models::ConvertOptions {
+        attributes: Some(vec![asen_models::AttributeSpec::named("a")]),
+        ..Default::default()
+    };
+    let e = asen_models::convert_checkpoint(&src, out.path(), &bad)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("1 attribute names given but checkpoint"), "{e}");
+}

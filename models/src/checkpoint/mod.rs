@@ -94,11 +94,13 @@ impl Checkpoint {
         let (format, contents) = if data.starts_with(b"PK\x03\x04") {
             let c = pth::read_zip(&data).map_err(|e| format_err(path, e))?;
             (CheckpointFormat::Zip, Some(c))
+        } else if looks_like_safetensors(&data) {
+            // Checked before the pickle PROTO byte: a safetensors header length
+            // may well start with 0x80.
+            (CheckpointFormat::Safetensors, None)
         } else if data.first() == Some(&0x80) {
             let c = pth::read_legacy(&data).map_err(|e| format_err(path, e))?;
             (CheckpointFormat::Legacy, Some(c))
-        } else if looks_like_safetensors(&data) {
-            (CheckpointFormat::Safetensors, None)
         } else {
             let head: Vec<String> = data.iter().take(8).map(|b| format!("{b:02x}")).collect();
             return Err(format_err(

@@ -887,6 +887,170 @@ mod tests {
         );
     }
 
+    fn unicode(p: &mut Vec<u8>, s: &str) {
+        p.push(b'X');
+        p.extend_from_slice(&(s.len() as u32).to_le_bytes());
+        p.extend_from_slice(s.as_bytes());
+    }
+
+    /// `{'epoch': 3, 'state_dict': OrderedDict(name -> tensor)}` as torch
+    /// pickles it; each entry: (name, storage class, key, numel, size, stride).
+    fn state_dict_pickle(entries: &[(&str, &str, &str, usize, &[usize], &[usize])]) -> Vec<u8> {
+        let mut p = vec![0x80, 2, b'}', b'q', 0, b'('];
+        unicode(&mut p, "epoch");
+        p.extend_from_slice(&[b'K', 3]);
+        unicode(&mut p, "state_dict");
+        p.extend_from_slice(b"ccollections\nOrderedDict\nq\x01)Rq\x02(");
+        for (name, class, key, numel, size, stride) in entries {
+            unicode(&mut p, name);
+            p.extend_from_slice(b"ctorch._utils\n_rebuild_tensor_v2\n((");
+            unicode(&mut p, "storage");
+            p.extend_from_slice(format!("ctorch\n{class}\n").as_bytes());
+            unicode(&mut p, key);
+            unicode(&mut p, "cuda:0");
+            p.extend_from_slice(b"J");
+            p.extend_from_slice(&(*numel as i32).to_le_bytes());
+            p.extend_from_slice(b"tQK\x00(");
+            for d in *size {
+                p.extend_from_slice(&[b'K', *d as u8]);
+            }
+            p.extend_from_slice(b"t(");
+            for d in *stride {
+                p.extend_from_slice(&[b'K', *d as u8]);
+            }
+            p.extend_from_slice(b"t\x89ccollections\nOrderedDict\n)RtR");
+        }
+        // SETITEMS into the OrderedDict, BUILD its _metadata, SETITEMS the outer dict.
+        p.extend_from_slice(b"u}bu.");
+        p
+    }
+
+    fn storages() -> Vec<(&'static str, Vec<u8>)> {
+        let f32s: Vec<u8> = [1.0f32, 2.0, 3.0, 4.0]
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
+        let f16s: Vec<u8> = [0.5f32, -2.0]
+            .iter()
+            .flat_map(|x| half::f16::from_f32(*x).to_le_bytes())
+            .collect();
+        let i64s: Vec<u8> = 43750i64.to_le_bytes().to_vec();
+        vec![("10", f32s), ("20", f16s), ("30", i64s)]
+    }
+
+    fn entries() -> Vec<(
+        &'static str,
+        &'static str,
+        &'static str,
+        usize,
+        &'static [usize],
+        &'static [usize],
+    )> {
+        vec![
+            ("w", "FloatStorage", "10", 4, &[2, 2], &[1, 2]),
+            ("h", "HalfStorage", "20", 2, &[2], &[1]),
+            ("n", "LongStorage", "30", 1, &[], &[]),
+        ]
+    }
+
+    fn check_contents(c: &PthContents) {
+        let Value::Dict(root) = &c.root else {
+            panic!("root is not a dict")
+        };
+        assert_eq!(root[0], (Value::Str("epoch".into()), Value::Int(3)));
+        let Value::Dict(sd) = &root[1].1 else {
+            panic!("no state dict")
+        };
+        let get = |i: usize| {
+            let Value::Tensor(t) = &sd[i].1 else {
+                panic!("entry {i} is not a tensor")
+            };
+            materialise(t, &c.storages[&t.key]).unwrap()
+        };
+        // Transposed (column-major) view made contiguous.
+        assert_eq!(
+            get(0).to_vec2::<f32>().unwrap(),
+            vec![vec![1.0, 3.0], vec![2.0, 4.0]]
+        );
+        let h = get(1);
+        assert_eq!(h.dtype(), DType::F16);
+        assert_eq!(
+            h.to_dtype(DType::F32).unwrap().to_vec1::<f32>().unwrap(),
+            vec![0.5, -2.0]
+        );
+        let n = get(2);
+        assert_eq!((n.dtype(), n.dims().len()), (DType::I64, 0));
+        assert_eq!(n.to_scalar::<i64>().unwrap(), 43750);
+    }
+
+    #[test]
+    fn legacy_layout_with_f32_f16_i64_storages() {
+        let mut data = vec![0x80, 2, 0x8a, 10];
+        data.extend_from_slice(&[
+            0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19, b'.',
+        ]);
+        data.extend_from_slice(&[0x80, 2, b'M', 0xe9, 0x03, b'.', 0x80, 2, b'}', b'.']);
+        data.extend(state_dict_pickle(&entries()));
+        let mut keys = vec![0x80, 2, b']', b'('];
+        for (k, _) in storages() {
+            unicode(&mut keys, k);
+        }
+        keys.extend_from_slice(b"e.");
+        data.extend(keys);
+        for (_, bytes) in storages() {
+            let es = if bytes.len() == 4 {
+                2
+            } else if bytes.len() == 16 {
+                4
+            } else {
+                8
+            };
+            data.extend_from_slice(&((bytes.len() / es) as u64).to_le_bytes());
+            data.extend(bytes);
+        }
+        check_contents(&read_legacy(&data).unwrap());
+        let e = read_legacy(&data[..data.len() - 3]).err().unwrap();
+        assert!(
+            e.starts_with("truncated file: storage 30 needs 1 elements of 8 bytes"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn zip_layout_with_f32_f16_i64_storages() {
+        use std::io::Write;
+        let mut buf = std::io::Cursor::new(Vec::new());
+        {
+            let mut w = zip::ZipWriter::new(&mut buf);
+            let opts = zip::write::SimpleFileOptions::default()
+                .compression_method(zip::CompressionMethod::Stored);
+            w.start_file("archive/data.pkl", opts).unwrap();
+            w.write_all(&state_dict_pickle(&entries())).unwrap();
+            w.start_file("archive/byteorder", opts).unwrap();
+            w.write_all(b"little").unwrap();
+            for (k, bytes) in storages() {
+                w.start_file(format!("archive/data/{k}"), opts).unwrap();
+                w.write_all(&bytes).unwrap();
+            }
+            w.finish().unwrap();
+        }
+        check_contents(&read_zip(buf.get_ref()).unwrap());
+    }
+
+    #[test]
+    fn view_past_the_storage_is_an_error() {
+        let t = TensorRef {
+            dtype: StorageType::F32,
+            key: "0".into(),
+            storage_numel: 4,
+            offset: 2,
+            size: vec![2, 2],
+            stride: vec![2, 1],
+        };
+        let e = materialise(&t, &[0u8; 16]).unwrap_err();
+        assert!(e.contains("reaches past storage 0 of 4 elements"), "{e}");
+    }
+
     #[test]
     fn errors_name_the_problem() {
         let e = run(&[0x80, 2, 0xff]).unwrap_err();

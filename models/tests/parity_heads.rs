@@ -66,6 +66,9 @@ fn legacy_gz_v1_checkpoint_reads_272_tensors() {
     assert!(n.contains_key("backbonenet.layer3.5.conv3.weight"));
     assert!(n.contains_key("feature_fc.weight"));
     assert_eq!(ckpt.head_tensors().unwrap().len(), 12);
+    let backbone = ckpt.backbone_tensors().unwrap();
+    assert_eq!(backbone.len(), 43 + 43 * 4);
+    assert_eq!(backbone["layer1.0.downsample.1.running_mean"].dims(), [256]);
 }
 
 #[test]

@@ -240,6 +240,17 @@ impl Checkpoint {
         built
     }
 
+    /// The normalised backbone tensors with the `backbonenet.` prefix removed
+    /// (`conv1.weight`, `layer3.5.bn3.running_var`, ...), for building a
+    /// backbone alone; `fc.*`, `layer4.*` and `num_batches_tracked` are already gone.
+    pub fn backbone_tensors(&self) -> Result<BTreeMap<String, Tensor>> {
+        Ok(self
+            .normalised()?
+            .into_iter()
+            .filter_map(|(k, t)| k.strip_prefix("backbonenet.").map(|k| (k.to_owned(), t)))
+            .collect())
+    }
+
     /// The normalised head tensors (everything outside `backbonenet.`).
     pub fn head_tensors(&self) -> Result<BTreeMap<String, Tensor>> {
         Ok(self

@@ -42,11 +42,13 @@ pub(crate) enum Value {
         callable: Box<Value>,
         args: Box<Value>,
     },
-    /// A storage reference from a persistent id.
+    /// A storage reference from a persistent id; `offset` (elements) is
+    /// non-zero for a legacy storage view into a larger root storage.
     Storage {
         dtype: StorageType,
         key: String,
         numel: usize,
+        offset: usize,
     },
     /// A tensor view of a storage.
     Tensor(TensorRef),
@@ -531,7 +533,19 @@ fn persistent_load(pid: Value) -> PickleResult<Value> {
     };
     // items[3] is the location (`cuda:0`, `cpu`): ignored on purpose.
     let numel = as_usize(&items[4], "storage size")?;
-    Ok(Value::Storage { dtype, key, numel })
+    // Legacy files add view metadata `(view_key, offset, view_size)` when the
+    // storage is a view of the root storage `key`.
+    let offset = match items.get(5) {
+        Some(Value::Tuple(view)) if view.len() == 3 => as_usize(&view[1], "storage view offset")?,
+        Some(Value::None) | None => 0,
+        Some(other) => return Err(format!("unsupported storage view metadata {other:?}")),
+    };
+    Ok(Value::Storage {
+        dtype,
+        key,
+        numel,
+        offset,
+    })
 }
 
 fn reduce(callable: Value, args: Value) -> PickleResult<Value> {
@@ -553,11 +567,16 @@ fn reduce(callable: Value, args: Value) -> PickleResult<Value> {
             if items.len() < 4 {
                 return Err(format!("{name} called with {} arguments", items.len()));
             }
-            let (dtype, key, storage_numel) = match &items[0] {
-                Value::Storage { dtype, key, numel } => (*dtype, key.clone(), *numel),
+            let (dtype, key, storage_numel, view_offset) = match &items[0] {
+                Value::Storage {
+                    dtype,
+                    key,
+                    numel,
+                    offset,
+                } => (*dtype, key.clone(), *numel, *offset),
                 other => return Err(format!("{name} on a non-storage {other:?}")),
             };
-            let offset = as_usize(&items[1], "storage offset")?;
+            let offset = view_offset + as_usize(&items[1], "storage offset")?;
             let size = usize_tuple(&items[2], "tensor size")?;
             let stride = usize_tuple(&items[3], "tensor stride")?;
             if size.len() != stride.len() {
@@ -1035,6 +1054,32 @@ mod tests {
             w.finish().unwrap();
         }
         check_contents(&read_zip(buf.get_ref()).unwrap());
+    }
+
+    #[test]
+    fn legacy_storage_view_offsets_into_the_root_storage() {
+        // _rebuild_tensor_v2(('storage', FloatStorage, 'root', 'cpu', 6, ('view', 2, 3)), 1, (2,), (1,), ...)
+        let mut p = vec![0x80, 2, b'c'];
+        p.extend_from_slice(b"torch._utils\n_rebuild_tensor_v2\n((");
+        unicode(&mut p, "storage");
+        p.extend_from_slice(b"ctorch\nFloatStorage\n");
+        unicode(&mut p, "root");
+        unicode(&mut p, "cpu");
+        p.extend_from_slice(&[b'K', 6, b'(']);
+        unicode(&mut p, "view");
+        p.extend_from_slice(&[
+            b'K', 2, b'K', 3, b't', b't', b'Q', b'K', 1, b'K', 2, 0x85, b'K', 1, 0x85,
+        ]);
+        p.extend_from_slice(&[0x89, b'N', b't', b'R', b'.']);
+        let Value::Tensor(t) = run(&p).unwrap() else {
+            panic!("not a tensor")
+        };
+        assert_eq!(t.offset, 3);
+        let data: Vec<u8> = (0..6).flat_map(|i| (i as f32).to_le_bytes()).collect();
+        assert_eq!(
+            materialise(&t, &data).unwrap().to_vec1::<f32>().unwrap(),
+            vec![3.0, 4.0]
+        );
     }
 
     #[test]

@@ -120,6 +120,25 @@ pub(crate) struct TensorRef {
     pub stride: Vec<usize>,
 }
 
+/// Deepest container nesting accepted. Torch state dicts nest about 6 levels;
+/// the cap keeps a hostile file from overflowing the stack (the values are
+/// traversed and dropped recursively).
+const MAX_NESTING: usize = 100;
+
+/// Nesting depth of `v`, counting at most `cap + 1` levels.
+fn nesting(v: &Value, cap: usize) -> usize {
+    if cap == 0 {
+        return 1;
+    }
+    let children: Box<dyn Iterator<Item = &Value>> = match v {
+        Value::Tuple(items) | Value::List(items) => Box::new(items.iter()),
+        Value::Dict(d) => Box::new(d.iter().flat_map(|(k, v)| [k, v])),
+        Value::Call { callable, args } => Box::new([callable.as_ref(), args.as_ref()].into_iter()),
+        _ => return 0,
+    };
+    1 + children.map(|c| nesting(c, cap - 1)).max().unwrap_or(0)
+}
+
 /// A pickle-level failure; the caller adds the file name.
 pub(crate) type PickleResult<T> = std::result::Result<T, String>;
 
@@ -193,6 +212,21 @@ impl<'a> Vm<'a> {
         String::from_utf8(b.to_vec())
             .map(Value::Str)
             .map_err(|_| format!("invalid utf-8 string at offset {at}"))
+    }
+
+    /// Refuse a value about to be placed inside a container when it is already
+    /// nested too deeply.
+    fn check_nesting(&self, v: &Value, at: usize) -> PickleResult<()> {
+        if nesting(v, MAX_NESTING) >= MAX_NESTING {
+            return Err(format!(
+                "pickle nests containers more than {MAX_NESTING} levels deep at offset {at}"
+            ));
+        }
+        Ok(())
+    }
+
+    fn check_all(&self, items: &[Value], at: usize) -> PickleResult<()> {
+        items.iter().try_for_each(|v| self.check_nesting(v, at))
     }
 
     fn pop(&mut self) -> PickleResult<Value> {
@@ -362,34 +396,43 @@ impl<'a> Vm<'a> {
                 b')' => self.stack.push(Value::Tuple(Vec::new())),
                 b't' => {
                     let items = self.pop_mark()?;
+                    self.check_all(&items, at)?;
                     self.stack.push(Value::Tuple(items));
                 }
                 0x85 => {
                     let a = self.pop()?;
+                    self.check_nesting(&a, at)?;
                     self.stack.push(Value::Tuple(vec![a]));
                 }
                 0x86 => {
                     let b = self.pop()?;
                     let a = self.pop()?;
+                    self.check_nesting(&a, at)?;
+                    self.check_nesting(&b, at)?;
                     self.stack.push(Value::Tuple(vec![a, b]));
                 }
                 0x87 => {
                     let c = self.pop()?;
                     let b = self.pop()?;
                     let a = self.pop()?;
-                    self.stack.push(Value::Tuple(vec![a, b, c]));
+                    let items = vec![a, b, c];
+                    self.check_all(&items, at)?;
+                    self.stack.push(Value::Tuple(items));
                 }
                 b'l' => {
                     let items = self.pop_mark()?;
+                    self.check_all(&items, at)?;
                     self.stack.push(Value::List(items));
                 }
                 b'd' => {
                     let items = self.pop_mark()?;
+                    self.check_all(&items, at)?;
                     let dict = pairs(items, at)?;
                     self.stack.push(Value::Dict(dict));
                 }
                 b'a' => {
                     let v = self.pop()?;
+                    self.check_nesting(&v, at)?;
                     match self.top()? {
                         Value::List(l) => l.push(v),
                         _ => return Err(format!("APPEND to a non-list at offset {at}")),
@@ -397,6 +440,7 @@ impl<'a> Vm<'a> {
                 }
                 b'e' => {
                     let items = self.pop_mark()?;
+                    self.check_all(&items, at)?;
                     match self.top()? {
                         Value::List(l) => l.extend(items),
                         _ => return Err(format!("APPENDS to a non-list at offset {at}")),
@@ -405,6 +449,8 @@ impl<'a> Vm<'a> {
                 b's' => {
                     let v = self.pop()?;
                     let k = self.pop()?;
+                    self.check_nesting(&k, at)?;
+                    self.check_nesting(&v, at)?;
                     match self.top()? {
                         Value::Dict(d) => d.push((k, v)),
                         _ => return Err(format!("SETITEM on a non-dict at offset {at}")),
@@ -412,6 +458,7 @@ impl<'a> Vm<'a> {
                 }
                 b'u' => {
                     let items = self.pop_mark()?;
+                    self.check_all(&items, at)?;
                     let new = pairs(items, at)?;
                     match self.top()? {
                         Value::Dict(d) => d.extend(new),
@@ -421,6 +468,7 @@ impl<'a> Vm<'a> {
                 b'R' => {
                     let args = self.pop()?;
                     let callable = self.pop()?;
+                    self.check_nesting(&args, at)?;
                     let v = reduce(callable, args).map_err(|e| format!("{e} at offset {at}"))?;
                     self.stack.push(v);
                 }
@@ -428,6 +476,7 @@ impl<'a> Vm<'a> {
                     // NEWOBJ: cls.__new__(cls, *args)
                     let args = self.pop()?;
                     let cls = self.pop()?;
+                    self.check_nesting(&args, at)?;
                     let v = reduce(cls, args).map_err(|e| format!("{e} at offset {at}"))?;
                     self.stack.push(v);
                 }
@@ -914,7 +963,17 @@ mod tests {
 
     /// `{'epoch': 3, 'state_dict': OrderedDict(name -> tensor)}` as torch
     /// pickles it; each entry: (name, storage class, key, numel, size, stride).
-    fn state_dict_pickle(entries: &[(&str, &str, &str, usize, &[usize], &[usize])]) -> Vec<u8> {
+    /// (name, storage class, storage key, numel, size, stride)
+    type Entry = (
+        &'static str,
+        &'static str,
+        &'static str,
+        usize,
+        &'static [usize],
+        &'static [usize],
+    );
+
+    fn state_dict_pickle(entries: &[Entry]) -> Vec<u8> {
         let mut p = vec![0x80, 2, b'}', b'q', 0, b'('];
         unicode(&mut p, "epoch");
         p.extend_from_slice(&[b'K', 3]);
@@ -957,14 +1016,7 @@ mod tests {
         vec![("10", f32s), ("20", f16s), ("30", i64s)]
     }
 
-    fn entries() -> Vec<(
-        &'static str,
-        &'static str,
-        &'static str,
-        usize,
-        &'static [usize],
-        &'static [usize],
-    )> {
+    fn entries() -> Vec<Entry> {
         vec![
             ("w", "FloatStorage", "10", 4, &[2, 2], &[1, 2]),
             ("h", "HalfStorage", "20", 2, &[2], &[1]),
@@ -1094,6 +1146,21 @@ mod tests {
         };
         let e = materialise(&t, &[0u8; 16]).unwrap_err();
         assert!(e.contains("reaches past storage 0 of 4 elements"), "{e}");
+    }
+
+    #[test]
+    fn deep_nesting_is_refused() {
+        // [[[[...]]]] 10,000 levels deep: EMPTY_LIST then (EMPTY_LIST, APPEND)*
+        let mut p = vec![0x80, 2];
+        for _ in 0..10_000 {
+            p.push(b']');
+        }
+        for _ in 0..9_999 {
+            p.push(b'a');
+        }
+        p.push(b'.');
+        let e = run(&p).unwrap_err();
+        assert!(e.contains("more than 100 levels deep"), "{e}");
     }
 
     #[test]

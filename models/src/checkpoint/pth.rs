@@ -1152,12 +1152,8 @@ mod tests {
     fn deep_nesting_is_refused() {
         // [[[[...]]]] 10,000 levels deep: EMPTY_LIST then (EMPTY_LIST, APPEND)*
         let mut p = vec![0x80, 2];
-        for _ in 0..10_000 {
-            p.push(b']');
-        }
-        for _ in 0..9_999 {
-            p.push(b'a');
-        }
+        p.extend(std::iter::repeat_n(b']', 10_000));
+        p.extend(std::iter::repeat_n(b'a', 9_999));
         p.push(b'.');
         let e = run(&p).unwrap_err();
         assert!(e.contains("more than 100 levels deep"), "{e}");

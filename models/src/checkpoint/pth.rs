@@ -13,7 +13,7 @@
 //! `('storage', torch.FloatStorage, key, location, numel)`. The location
 //! (`cuda:0`, `cpu`) is ignored: everything is read onto the CPU.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 
 use candle_core::{DType, Device, Tensor};
@@ -150,6 +150,8 @@ pub(crate) fn unpickle(data: &[u8], pos: &mut usize) -> PickleResult<Value> {
         pos: *pos,
         stack: Vec::new(),
         memo: HashMap::new(),
+        live_slot: HashMap::new(),
+        live_ids: BTreeMap::new(),
     };
     let value = vm.run()?;
     *pos = vm.pos;
@@ -161,6 +163,12 @@ struct Vm<'a> {
     pos: usize,
     stack: Vec<Value>,
     memo: HashMap<u32, Value>,
+    /// Python's memo holds references, ours copies. A memoised object still on
+    /// the stack may yet be filled (SETITEMS, APPENDS after BINPUT), so while it
+    /// is there a memo read copies the stack slot, and popping the slot stores
+    /// its final value in the memo. Memo index -> stack slot, and slot -> indices.
+    live_slot: HashMap<u32, usize>,
+    live_ids: BTreeMap<usize, Vec<u32>>,
 }
 
 impl<'a> Vm<'a> {
@@ -230,9 +238,27 @@ impl<'a> Vm<'a> {
     }
 
     fn pop(&mut self) -> PickleResult<Value> {
-        self.stack
+        let v = self
+            .stack
             .pop()
-            .ok_or_else(|| format!("pickle stack underflow at offset {}", self.pos))
+            .ok_or_else(|| format!("pickle stack underflow at offset {}", self.pos))?;
+        self.retire(self.stack.len(), std::slice::from_ref(&v));
+        Ok(v)
+    }
+
+    /// Slots `from..` were popped with `values`: their memo entries become final.
+    fn retire(&mut self, from: usize, values: &[Value]) {
+        if self.live_ids.range(from..).next().is_none() {
+            return;
+        }
+        for (slot, ids) in self.live_ids.split_off(&from) {
+            for id in ids {
+                self.live_slot.remove(&id);
+                if let Some(v) = values.get(slot - from) {
+                    self.memo.insert(id, v.clone());
+                }
+            }
+        }
     }
 
     fn top(&mut self) -> PickleResult<&mut Value> {
@@ -250,11 +276,15 @@ impl<'a> Vm<'a> {
             .rposition(|v| matches!(v, Value::Mark))
             .ok_or_else(|| format!("pickle MARK missing at offset {}", self.pos))?;
         let items = self.stack.split_off(at + 1);
-        self.stack.pop();
+        self.retire(at + 1, &items);
+        self.pop()?; // the MARK
         Ok(items)
     }
 
     fn memo_get(&self, idx: u32) -> PickleResult<Value> {
+        if let Some(v) = self.live_slot.get(&idx).and_then(|&s| self.stack.get(s)) {
+            return Ok(v.clone());
+        }
         self.memo
             .get(&idx)
             .cloned()
@@ -264,6 +294,13 @@ impl<'a> Vm<'a> {
     fn memo_put(&mut self, idx: u32) -> PickleResult<()> {
         let v = self.top()?.clone();
         self.memo.insert(idx, v);
+        let slot = self.stack.len() - 1;
+        if let Some(old) = self.live_slot.insert(idx, slot) {
+            if let Some(ids) = self.live_ids.get_mut(&old) {
+                ids.retain(|&i| i != idx);
+            }
+        }
+        self.live_ids.entry(slot).or_default().push(idx);
         Ok(())
     }
 
@@ -1146,6 +1183,19 @@ mod tests {
         };
         let e = materialise(&t, &[0u8; 16]).unwrap_err();
         assert!(e.contains("reaches past storage 0 of 4 elements"), "{e}");
+    }
+
+    #[test]
+    fn memo_refers_to_the_filled_container() {
+        // d = {}; memo[0] = d; d['k'] = 1; then (d, d): both copies are filled,
+        // whether read while d is on the stack or after it was popped.
+        let p = [
+            0x80, 2, b'}', b'q', 0, b'U', 1, b'k', b'K', 1, b's', b'h', 0, 0x86, b'h', 0, 0x86,
+            b'.',
+        ];
+        let filled = Value::Dict(vec![(Value::Str("k".into()), Value::Int(1))]);
+        let inner = Value::Tuple(vec![filled.clone(), filled.clone()]);
+        assert_eq!(run(&p).unwrap(), Value::Tuple(vec![inner, filled]));
     }
 
     #[test]

@@ -297,3 +297,35 @@ fn converted_v1_model_directory_reproduces_the_checkpoint() {
         .to_string();
     assert!(e.contains("1 attribute names given but checkpoint"), "{e}");
 }
+
+#[test]
+fn converted_head_only_v2_and_asenpp_directories_reproduce_the_outputs() {
+    let Some(dir) = golden_dir() else { return };
+    let feat = expected(&dir, "asen_v1_expected.safetensors")
+        .remove("feat")
+        .unwrap();
+    for (file, exp_file, kind) in [
+        (
+            "asen_v2_head.pth",
+            "asen_v2_expected.safetensors",
+            HeadKind::AsenV2,
+        ),
+        (
+            "asenpp_global_head.pth",
+            "asenpp_expected.safetensors",
+            HeadKind::AsenPpGlobal,
+        ),
+    ] {
+        let out = tempfile::tempdir().unwrap();
+        let card =
+            asen_models::convert_checkpoint(&dir.join(file), out.path(), &Default::default())
+                .unwrap();
+        assert_eq!(card.head, kind);
+        assert_eq!(card.attributes[7].name, "attr_7");
+        let notes = card.provenance.notes.clone().unwrap();
+        assert!(notes.contains("head only"), "{notes}");
+        let model = asen_models::ModelDir::load(out.path(), &candle_core::Device::Cpu).unwrap();
+        assert_eq!(model.head.kind(), kind);
+        check_head(&model.head, &feat, &expected(&dir, exp_file), file);
+    }
+}

@@ -1,13 +1,46 @@
 //! ASEN on candle: preprocessing, backbones, attribute-specific heads,
 //! PyTorch checkpoint loading, training and evaluation.
+//!
+//! Checkpoints and heads: [`Checkpoint::load`] reads an official `.pth`
+//! (legacy or zip, optionally gzipped) or a safetensors file; its keys are
+//! normalised (backbone under `backbonenet.`, head at the root) and
+//! [`CheckedTensors`] builds models from them while collecting a
+//! [`KeyReport`]. [`convert_checkpoint`] turns an official checkpoint into a
+//! model directory (`model.safetensors` + [`ModelCard`]), which
+//! [`ModelDir::load`] reads back.
+//!
+//! ```no_run
+//! use asen_models::{Checkpoint, ModelError};
+//! use candle_core::{Device, Tensor};
+//!
+//! # fn main() -> Result<(), ModelError> {
+//! let ckpt = Checkpoint::load("asen_v1_fashionai.pth.gz")?;
+//! let (head, cfg) = ckpt.load_head(&Device::Cpu)?; // every head key checked
+//! let feat = Tensor::zeros((2, cfg.in_channels, 14, 14), candle_core::DType::F32, &Device::Cpu)?;
+//! let attr = Tensor::new(&[0u32, 4], &Device::Cpu)?; // one attribute per image
+//! let out = head.forward(&feat, &attr, false)?; // embedding [2, 1024], attention [2, 14, 14]
+//! let per_attribute = head.forward_attributes(&feat, &[0, 4, 7])?; // shared conv1 branch
+//! # let _ = (out, per_attribute);
+//! # Ok(())
+//! # }
+//! ```
 #![warn(missing_docs)]
 
+pub mod card;
+pub mod checkpoint;
+mod convert;
 mod data;
 mod device;
 mod error;
 mod eval;
+pub mod head;
 mod train;
 
+pub use card::{AttributeSpec, ModelCard, Provenance};
+pub use checkpoint::{CheckedTensors, Checkpoint, CheckpointFormat, KeyReport};
+pub use convert::{
+    convert_checkpoint, inspect_checkpoint, CheckpointSummary, ConvertOptions, ModelDir,
+};
 pub use data::{
     generate_synthetic, Attribute, CsvOptions, Dataset, ImageRecord, Probe, ProbeLists, Split,
     SyntheticConfig, SyntheticDataset,
@@ -18,6 +51,7 @@ pub use eval::{
     average_precision, cosine, evaluate_retrieval, load_triplets, query_average_precisions,
     rank_by_score, triplet_accuracy, AttributeScore, RetrievalReport,
 };
+pub use head::{Head, HeadConfig, HeadKind, HeadOutput};
 pub use train::{
     l2_normalize, triplet_ranking_loss, CacheKey, FeatureCache, StepDecay, Triplet, TripletSampler,
     DEFAULT_MARGIN,

@@ -4,6 +4,13 @@
 
 mod device;
 mod error;
+mod layers;
+mod preprocess;
 
 pub use device::parse_device;
 pub use error::{ModelError, Result};
+pub use layers::{conv_bn_folded, pad_same, same_padding};
+pub use preprocess::{
+    decode_image, preprocess_bytes, resize_and_crop, to_tensor, PreprocessConfig, IMAGENET_MEAN,
+    IMAGENET_STD,
+};

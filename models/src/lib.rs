@@ -2,11 +2,16 @@
 //! PyTorch checkpoint loading, training and evaluation.
 #![warn(missing_docs)]
 
+mod backbone;
 mod device;
 mod error;
 mod layers;
 mod preprocess;
 
+pub use backbone::{
+    locate_weights, Backbone, BackboneKind, EfficientNetLite0, Lite0Classifier, MobileNetV2,
+    ResNet50Layer3,
+};
 pub use device::parse_device;
 pub use error::{ModelError, Result};
 pub use layers::{conv_bn_folded, pad_same, same_padding};

@@ -49,9 +49,11 @@ fn mobilenet_v2_matches_pytorch_on_stored_inputs() {
     let want = fixtures::load_golden(&shared, "backbones_expected.safetensors");
     let map = load(BackboneKind::MobileNetV2).forward(&golden_batch(&shared)).unwrap();
     let (max, _) = fixtures::abs_diff(&map, &want["mbv2_map"]);
+    eprintln!("mbv2_map: max abs diff {max:.3e}");
     assert!(max <= 2e-4, "mbv2_map max abs diff {max}");
     let gap = map.mean((2, 3)).unwrap();
     let (max, _) = fixtures::abs_diff(&gap, &want["mbv2_gap"]);
+    eprintln!("mbv2_gap: max abs diff {max:.3e}");
     assert!(max <= 1e-4, "mbv2_gap max abs diff {max}");
 }
 
@@ -63,9 +65,11 @@ fn efficientnet_lite0_matches_pytorch_on_stored_inputs() {
     let want = fixtures::load_golden(&shared, "backbones_expected.safetensors");
     let map = load(BackboneKind::EfficientNetLite0).forward(&golden_batch(&shared)).unwrap();
     let (max, _) = fixtures::abs_diff(&map, &want["lite0_map"]);
+    eprintln!("lite0_map: max abs diff {max:.3e}");
     assert!(max <= 2e-4, "lite0_map max abs diff {max}");
     let logits = lite0_classifier().forward(&map).unwrap();
     let (max, _) = fixtures::abs_diff(&logits, &want["lite0_logits"]);
+    eprintln!("lite0_logits: max abs diff {max:.3e}");
     assert!(max <= 1e-4, "lite0_logits max abs diff {max}");
     let top1: Vec<i64> = want["lite0_top1"].to_vec1().unwrap();
     let got: Vec<i64> = argmax(&logits).into_iter().map(i64::from).collect();
@@ -82,6 +86,7 @@ fn backbones_end_to_end_from_image_files() {
     let map = load(BackboneKind::EfficientNetLite0).forward(&x).unwrap();
     let logits = lite0_classifier().forward(&map).unwrap();
     let (max, _) = fixtures::abs_diff(&logits, &want["lite0_logits"]);
+    eprintln!("lite0_logits end to end: max abs diff {max:.3e}");
     assert!(max <= 0.5, "lite0_logits end to end max abs diff {max}");
     let top1: Vec<i64> = want["lite0_top1"].to_vec1().unwrap();
     let got: Vec<i64> = argmax(&logits).into_iter().map(i64::from).collect();
@@ -89,6 +94,7 @@ fn backbones_end_to_end_from_image_files() {
 
     let gap = load(BackboneKind::MobileNetV2).forward(&x).unwrap().mean((2, 3)).unwrap();
     let cos = cosine_rows(&gap, &want["mbv2_gap"]);
+    eprintln!("mbv2_gap end to end cosine {cos:?}");
     assert!(cos.iter().all(|&c| c >= 0.999), "mbv2_gap cosine {cos:?}");
 }
 
@@ -111,6 +117,7 @@ fn lite0_recognises_a_tshirt_as_jersey() {
     let probs = candle_nn::ops::softmax(&lite0_classifier().forward(&map).unwrap(), D::Minus1).unwrap();
     let top = argmax(&probs)[0];
     let p: f32 = probs.get(0).unwrap().get(top as usize).unwrap().to_scalar().unwrap();
+    eprintln!("10030.jpg: top-1 {top} p {p:.4}");
     assert_eq!(top, 610, "expected ImageNet class 610 (jersey), got {top}");
     assert!(p > 0.9, "p(jersey) = {p}");
 }

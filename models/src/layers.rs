@@ -2,7 +2,7 @@
 //! BatchNorm folded into their weights at load time, TensorFlow "SAME"
 //! padding, and a fast depthwise convolution for the CPU.
 
-use candle_core::{CpuStorage, CustomOp1, DType, Layout, Module, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, DType, InplaceOp1, Layout, Module, Shape, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
 use rayon::prelude::*;
 
@@ -116,10 +116,19 @@ fn fold_bn(weight: &Tensor, bn_vb: &VarBuilder, c_out: usize, eps: f64) -> Resul
 
 /// A dense convolution with folded BatchNorm, optional TF "SAME" padding and
 /// an activation.
+///
+/// On the CPU (f32) it runs as im2col (skipped for 1x1 stride-1 convs, which
+/// are a plain matmul on the NCHW map) + one batched gemm + a fused in-place
+/// bias-and-activation pass; elsewhere it uses candle's `conv2d`.
 #[derive(Debug, Clone)]
 pub(crate) struct ConvBnAct {
     conv: Conv2d,
-    same: Option<(usize, usize)>,
+    /// `[C_out, C_in * k * k]`, the gemm view of the folded weight.
+    weight_2d: Tensor,
+    bias: std::sync::Arc<Vec<f32>>,
+    kernel: usize,
+    stride: usize,
+    padding: Padding,
     act: Activation,
 }
 
@@ -133,9 +142,9 @@ impl ConvBnAct {
         eps: f64,
         act: Activation,
     ) -> Result<Self> {
-        let (pad, same) = match padding {
-            Padding::Symmetric(p) => (p, None),
-            Padding::Same => (0, Some((kernel, stride))),
+        let pad = match padding {
+            Padding::Symmetric(p) => p,
+            Padding::Same => 0,
         };
         let cfg = Conv2dConfig {
             padding: pad,
@@ -143,20 +152,212 @@ impl ConvBnAct {
             ..Default::default()
         };
         let conv = conv_bn_folded(conv_vb, bn_vb, (c_in, c_out, kernel), cfg, eps)?;
-        Ok(Self { conv, same, act })
+        let weight_2d = conv.weight().reshape((c_out, c_in * kernel * kernel))?.contiguous()?;
+        let bias = match conv.bias() {
+            Some(b) => b.to_dtype(DType::F32)?.to_vec1()?,
+            None => vec![0.0; c_out],
+        };
+        Ok(Self {
+            conv,
+            weight_2d,
+            bias: std::sync::Arc::new(bias),
+            kernel,
+            stride,
+            padding,
+            act,
+        })
     }
-}
 
-impl Module for ConvBnAct {
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let y = match self.same {
-            Some((k, s)) if k > 1 || s > 1 => {
-                let x = pad_same(x, k, s).map_err(candle_core::Error::wrap)?;
+    /// candle's `conv2d`: the reference path and the non-CPU path.
+    fn forward_candle(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let y = match self.padding {
+            Padding::Same if self.kernel > 1 || self.stride > 1 => {
+                let x = pad_same(x, self.kernel, self.stride).map_err(candle_core::Error::wrap)?;
                 self.conv.forward(&x)?
             }
             _ => self.conv.forward(x)?,
         };
         self.act.apply(y)
+    }
+}
+
+impl Module for ConvBnAct {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        if !(x.device().is_cpu() && x.dtype() == DType::F32) {
+            return self.forward_candle(x);
+        }
+        let (b, c, h, w) = x.dims4()?;
+        let k = self.kernel;
+        let pad_h = self.padding.amounts(h, k, self.stride);
+        let pad_w = self.padding.amounts(w, k, self.stride);
+        let oh = (h + pad_h.0 + pad_h.1).saturating_sub(k) / self.stride + 1;
+        let ow = (w + pad_w.0 + pad_w.1).saturating_sub(k) / self.stride + 1;
+        let cols = if k == 1 && self.stride == 1 && pad_h == (0, 0) && pad_w == (0, 0) {
+            x.reshape((b, c, h * w))?
+        } else {
+            let op = Im2Col {
+                kernel: k,
+                stride: self.stride,
+                pad_h,
+                pad_w,
+            };
+            x.contiguous()?.apply_op1_no_bwd(&op)?
+        };
+        let (c_out, _) = self.weight_2d.dims2()?;
+        let y = self.weight_2d.broadcast_left(b)?.matmul(&cols)?;
+        y.inplace_op1(&BiasAct {
+            bias: self.bias.clone(),
+            act: self.act,
+        })?;
+        y.reshape((b, c_out, oh, ow))
+    }
+}
+
+/// `[B, C, H, W]` -> `[B, C * k * k, OH * OW]`, rows in `(c, ky, kx)` order
+/// (the order of a flattened `[C_out, C, k, k]` weight), zero padding.
+struct Im2Col {
+    kernel: usize,
+    stride: usize,
+    pad_h: (usize, usize),
+    pad_w: (usize, usize),
+}
+
+impl CustomOp1 for Im2Col {
+    fn name(&self) -> &'static str {
+        "im2col"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (b, c, h, w) = layout.shape().dims4()?;
+        let CpuStorage::F32(data) = storage else {
+            candle_core::bail!("im2col: expected an f32 input")
+        };
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("im2col: input must be contiguous")
+        };
+        let data = &data[start..end];
+        let (k, s) = (self.kernel, self.stride);
+        let oh = (h + self.pad_h.0 + self.pad_h.1).saturating_sub(k) / s + 1;
+        let ow = (w + self.pad_w.0 + self.pad_w.1).saturating_sub(k) / s + 1;
+        let n = oh * ow;
+        let mut out = vec![0f32; b * c * k * k * n];
+        let ranges = valid_ranges(k, s, self.pad_w.0, w, ow);
+        let pt = self.pad_h.0 as isize;
+        out.par_chunks_exact_mut(k * k * n)
+            .zip(data.par_chunks_exact(h * w))
+            .for_each(|(dst, plane)| {
+                for ky in 0..k {
+                    for (kx, &(lo, hi)) in ranges.iter().enumerate() {
+                        let row_out = &mut dst[(ky * k + kx) * n..(ky * k + kx + 1) * n];
+                        let off = kx as isize - self.pad_w.0 as isize;
+                        for (oy, o) in row_out.chunks_exact_mut(ow).enumerate() {
+                            let iy = (oy * s + ky) as isize - pt;
+                            if iy < 0 || iy >= h as isize || lo >= hi {
+                                continue; // stays zero
+                            }
+                            let row = &plane[iy as usize * w..(iy as usize + 1) * w];
+                            if s == 1 {
+                                let st = (lo as isize + off) as usize;
+                                o[lo..hi].copy_from_slice(&row[st..st + (hi - lo)]);
+                            } else {
+                                for (ox, v) in o.iter_mut().enumerate().take(hi).skip(lo) {
+                                    *v = row[((ox * s) as isize + off) as usize];
+                                }
+                            }
+                        }
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(out), Shape::from((b, c * k * k, n))))
+    }
+}
+
+/// For each kernel column `kx`, the output columns `lo..hi` whose input
+/// column `ox * stride + kx - pad_left` lies inside `0..w`.
+fn valid_ranges(k: usize, s: usize, pad_left: usize, w: usize, ow: usize) -> Vec<(usize, usize)> {
+    (0..k)
+        .map(|kx| {
+            let off = kx as isize - pad_left as isize;
+            let lo = if off >= 0 { 0 } else { ((-off) as usize).div_ceil(s) };
+            let hi = if (w as isize) - off <= 0 {
+                0
+            } else {
+                ((w as isize - off) as usize).div_ceil(s).min(ow)
+            };
+            (lo.min(ow), hi.max(lo).min(ow))
+        })
+        .collect()
+}
+
+/// In place on `[B, C, N]`: `x = act(x + bias[c])`.
+struct BiasAct {
+    bias: std::sync::Arc<Vec<f32>>,
+    act: Activation,
+}
+
+impl InplaceOp1 for BiasAct {
+    fn name(&self) -> &'static str {
+        "bias-act"
+    }
+
+    fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> candle_core::Result<()> {
+        let CpuStorage::F32(data) = storage else {
+            candle_core::bail!("bias-act: expected f32")
+        };
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("bias-act: input must be contiguous")
+        };
+        let (_, c, n) = layout.shape().dims3()?;
+        if c != self.bias.len() {
+            candle_core::bail!("bias-act: {c} channels for {} biases", self.bias.len());
+        }
+        let act = self.act;
+        data[start..end]
+            .par_chunks_exact_mut(n)
+            .enumerate()
+            .for_each(|(i, row)| {
+                let b = self.bias[i % c];
+                match act {
+                    Activation::None => row.iter_mut().for_each(|v| *v += b),
+                    Activation::Relu => row.iter_mut().for_each(|v| *v = (*v + b).max(0.0)),
+                    Activation::Relu6 => row.iter_mut().for_each(|v| *v = (*v + b).clamp(0.0, 6.0)),
+                }
+            });
+        Ok(())
+    }
+}
+
+/// `a = relu(a + b)` in place (the end of a ResNet bottleneck); candle ops
+/// off the CPU.
+pub(crate) fn add_relu(a: Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
+    if a.device().is_cpu() && a.dtype() == DType::F32 && a.is_contiguous() && b.dims() == a.dims() {
+        let b = b.contiguous()?;
+        a.inplace_op2(&b, &AddRelu)?;
+        Ok(a)
+    } else {
+        (a + b)?.relu()
+    }
+}
+
+struct AddRelu;
+
+impl candle_core::InplaceOp2 for AddRelu {
+    fn name(&self) -> &'static str {
+        "add-relu"
+    }
+
+    fn cpu_fwd(&self, a: &mut CpuStorage, la: &Layout, b: &CpuStorage, lb: &Layout) -> candle_core::Result<()> {
+        let (CpuStorage::F32(a), CpuStorage::F32(b)) = (a, b) else {
+            candle_core::bail!("add-relu: expected f32")
+        };
+        let (Some((sa, ea)), Some((sb, eb))) = (la.contiguous_offsets(), lb.contiguous_offsets()) else {
+            candle_core::bail!("add-relu: inputs must be contiguous")
+        };
+        a[sa..ea]
+            .par_chunks_mut(4096)
+            .zip(b[sb..eb].par_chunks(4096))
+            .for_each(|(x, y)| x.iter_mut().zip(y).for_each(|(x, &y)| *x = (*x + y).max(0.0)));
+        Ok(())
     }
 }
 
@@ -278,19 +479,7 @@ impl DepthwiseOp {
         let bias = self.params.bias[c];
         let (pt, pl) = (self.pad_h.0 as isize, self.pad_w.0 as isize);
         out.fill(bias);
-        // Valid output columns for each kernel column: 0 <= ox*s + kx - pl < w.
-        let ranges: Vec<(usize, usize)> = (0..k)
-            .map(|kx| {
-                let off = kx as isize - pl;
-                let lo = if off >= 0 { 0 } else { ((-off) as usize).div_ceil(s) };
-                let hi = if (w as isize) - off <= 0 {
-                    0
-                } else {
-                    ((w as isize - off) as usize).div_ceil(s).min(ow)
-                };
-                (lo.min(ow), hi.max(lo).min(ow))
-            })
-            .collect();
+        let ranges = valid_ranges(k, s, self.pad_w.0, w, ow);
         for (oy, out_row) in out.chunks_exact_mut(ow).enumerate() {
             for ky in 0..k {
                 let iy = (oy * s + ky) as isize - pt;
@@ -397,6 +586,48 @@ mod tests {
             }
         }
         check_depthwise(6, 6, 3, 1, Padding::Symmetric(0), Activation::Relu);
+    }
+
+    #[test]
+    fn im2col_conv_matches_candle_conv() {
+        let dev = Device::Cpu;
+        for (k, s, padding, h, w) in [
+            (3, 1, Padding::Symmetric(1), 9, 7),
+            (3, 2, Padding::Symmetric(1), 9, 8),
+            (7, 2, Padding::Symmetric(3), 17, 16),
+            (1, 2, Padding::Symmetric(0), 9, 9),
+            (1, 1, Padding::Symmetric(0), 5, 6),
+            (3, 2, Padding::Same, 8, 8),
+            (3, 2, Padding::Same, 1, 1),
+        ] {
+            let (ci, co) = (3, 4);
+            let mut map = std::collections::HashMap::new();
+            map.insert("c.weight".to_string(), Tensor::randn(0f32, 1.0, (co, ci, k, k), &dev).unwrap());
+            map.insert("bn.weight".to_string(), Tensor::rand(0.5f32, 1.5, co, &dev).unwrap());
+            map.insert("bn.bias".to_string(), Tensor::randn(0f32, 0.1, co, &dev).unwrap());
+            map.insert("bn.running_mean".to_string(), Tensor::randn(0f32, 0.1, co, &dev).unwrap());
+            map.insert("bn.running_var".to_string(), Tensor::rand(0.5f32, 1.5, co, &dev).unwrap());
+            let vb = VarBuilder::from_tensors(map, DType::F32, &dev);
+            let conv = ConvBnAct::new(vb.pp("c"), vb.pp("bn"), (ci, co, k, s), padding, 1e-3, Activation::Relu6)
+                .unwrap();
+            let x = Tensor::randn(0f32, 1.0, (2, ci, h, w), &dev).unwrap();
+            let fast = conv.forward(&x).unwrap();
+            let slow = conv.forward_candle(&x).unwrap();
+            assert_eq!(fast.dims(), slow.dims(), "k{k} s{s} {padding:?}");
+            let diff = (fast - slow).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(diff < 1e-5, "k{k} s{s} {padding:?}: {diff}");
+        }
+    }
+
+    #[test]
+    fn add_relu_matches_candle_ops() {
+        let dev = Device::Cpu;
+        let a = Tensor::randn(0f32, 1.0, (2, 3, 5, 5), &dev).unwrap();
+        let b = Tensor::randn(0f32, 1.0, (2, 3, 5, 5), &dev).unwrap();
+        let want = (&a + &b).unwrap().relu().unwrap();
+        let got = add_relu(a.copy().unwrap(), &b).unwrap();
+        let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert_eq!(diff, 0.0);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use candle_core::{Module, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::error::Result;
-use crate::layers::{Activation, ConvBnAct, Padding};
+use crate::layers::{add_relu, Activation, ConvBnAct, Padding};
 
 const BN_EPS: f64 = 1e-5;
 
@@ -62,7 +62,7 @@ impl Module for Bottleneck {
             Some(ds) => ds.forward(x)?,
             None => x.clone(),
         };
-        (y + shortcut)?.relu()
+        add_relu(y, &shortcut)
     }
 }
 

@@ -79,6 +79,14 @@ pub enum ModelError {
         /// Why it cannot be used.
         reason: String,
     },
+    /// A weights file is in none of the places searched for it.
+    #[error("weights file {file} not found (searched {})", .searched.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "))]
+    WeightsNotFound {
+        /// The file name looked for.
+        file: String,
+        /// The directories searched, in order.
+        searched: Vec<PathBuf>,
+    },
     /// Invalid arguments or configuration (sizes, batch sizes, ...).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
@@ -125,7 +133,10 @@ impl ModelError {
     /// Whether the error is caused by the caller's input (image, checkpoint,
     /// attribute, argument) rather than by the library or the machine.
     pub fn is_input_error(&self) -> bool {
-        !matches!(self, ModelError::Candle(_) | ModelError::Io { .. })
+        !matches!(
+            self,
+            ModelError::Candle(_) | ModelError::Io { .. } | ModelError::WeightsNotFound { .. }
+        )
     }
 
     /// Attach a file name to an image error that has none.

@@ -1,0 +1,81 @@
+//! Backbone throughput on the CPU: images/s of each backbone at batch 1 and
+//! 16 (224x224 input), printed as a markdown table.
+//!
+//! ```text
+//! cargo bench --bench backbones            # ASEN_BENCH_SECS=3 per cell by default
+//! ```
+//! ResNet-50 uses the golden v1 checkpoint's backbone when `../shared` is
+//! present, otherwise random weights (timing does not depend on the values).
+//! The PyTorch counterpart is `benches/pytorch_backbones.py`; results and
+//! the machine are recorded in `docs/bench/backbones.md`.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use asen_models::{Backbone, BackboneKind, Checkpoint};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+
+fn shared_dir() -> PathBuf {
+    std::env::var_os("ASEN_SHARED_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared")))
+}
+
+fn build(kind: BackboneKind, device: &Device) -> (Backbone, &'static str) {
+    if let Ok(path) = kind.imagenet_weights_path(None) {
+        return (Backbone::load(kind, &path, device).expect("load weights"), "imagenet");
+    }
+    let ckpt = shared_dir().join("golden/asen_v1_fashionai.pth.gz");
+    if let Ok(ckpt) = Checkpoint::load(&ckpt) {
+        let tensors: std::collections::HashMap<String, Tensor> = ckpt
+            .normalised()
+            .expect("normalise")
+            .into_iter()
+            .filter_map(|(k, t)| k.strip_prefix("backbonenet.").map(|k| (k.to_string(), t)))
+            .collect();
+        let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
+        return (Backbone::new(kind, vb).expect("build"), "golden v1 checkpoint");
+    }
+    let varmap = candle_nn::VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
+    (Backbone::new(kind, vb).expect("build"), "random")
+}
+
+/// Images per second of `backbone` at `batch`, over at least `budget`.
+fn images_per_s(backbone: &Backbone, batch: usize, budget: Duration, device: &Device) -> f64 {
+    let x = Tensor::randn(0f32, 1.0, (batch, 3, 224, 224), device).expect("input");
+    backbone.forward(&x).expect("warm-up");
+    let start = Instant::now();
+    let mut runs = 0;
+    while runs < 2 || start.elapsed() < budget {
+        let y = backbone.forward(&x).expect("forward");
+        std::hint::black_box(y);
+        runs += 1;
+    }
+    (runs * batch) as f64 / start.elapsed().as_secs_f64()
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; nothing else to parse.
+    let secs: f64 = std::env::var("ASEN_BENCH_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3.0);
+    let budget = Duration::from_secs_f64(secs);
+    let device = Device::Cpu;
+    println!(
+        "candle {} CPU, {} threads, 224x224, >= {secs} s per cell",
+        "0.11.1",
+        candle_core::utils::get_num_threads()
+    );
+    println!();
+    println!("| backbone | weights | batch 1 (img/s) | batch 16 (img/s) |");
+    println!("| --- | --- | ---: | ---: |");
+    for kind in BackboneKind::ALL {
+        let (net, weights) = build(kind, &device);
+        let b1 = images_per_s(&net, 1, budget, &device);
+        let b16 = images_per_s(&net, 16, budget, &device);
+        println!("| {kind} | {weights} | {b1:.1} | {b16:.1} |");
+    }
+}

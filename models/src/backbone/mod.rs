@@ -1,0 +1,263 @@
+//! The three CNN backbones that turn a normalised image batch into a
+//! feature map: ResNet-50 up to `layer3` (ASEN's own), MobileNetV2 and
+//! EfficientNet-Lite0 (ImageNet weights shipped in `models/weights/`).
+//!
+//! [`BackboneKind`] names one (as in model cards); [`Backbone::new`] builds it
+//! from a [`VarBuilder`] whose names mirror the weight files, folding every
+//! BatchNorm into its convolution for inference.
+
+mod efficientnet_lite;
+mod mobilenet_v2;
+mod resnet;
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Module, Tensor};
+use candle_nn::VarBuilder;
+
+use crate::error::{ModelError, Result};
+
+pub use efficientnet_lite::{EfficientNetLite0, Lite0Classifier};
+pub use mobilenet_v2::MobileNetV2;
+pub use resnet::ResNet50Layer3;
+
+/// Which backbone architecture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum BackboneKind {
+    /// torchvision ResNet-50 truncated after `layer3` (1024 channels, stride 16).
+    #[serde(rename = "resnet50_layer3")]
+    ResNet50Layer3,
+    /// MobileNetV2 1.0 features (1280 channels, stride 32).
+    #[serde(rename = "mobilenet_v2")]
+    MobileNetV2,
+    /// EfficientNet-Lite0 features (1280 channels, stride 32).
+    #[serde(rename = "efficientnet_lite0")]
+    EfficientNetLite0,
+}
+
+impl BackboneKind {
+    /// Every kind, in declaration order.
+    pub const ALL: [BackboneKind; 3] = [
+        BackboneKind::ResNet50Layer3,
+        BackboneKind::MobileNetV2,
+        BackboneKind::EfficientNetLite0,
+    ];
+
+    /// The serde / model-card name (`resnet50_layer3`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            BackboneKind::ResNet50Layer3 => "resnet50_layer3",
+            BackboneKind::MobileNetV2 => "mobilenet_v2",
+            BackboneKind::EfficientNetLite0 => "efficientnet_lite0",
+        }
+    }
+
+    /// Channels of the output feature map.
+    pub fn out_channels(self) -> usize {
+        match self {
+            BackboneKind::ResNet50Layer3 => ResNet50Layer3::OUT_CHANNELS,
+            BackboneKind::MobileNetV2 => MobileNetV2::OUT_CHANNELS,
+            BackboneKind::EfficientNetLite0 => EfficientNetLite0::OUT_CHANNELS,
+        }
+    }
+
+    /// Total downsampling factor (input side / feature-map side).
+    pub fn stride(self) -> usize {
+        match self {
+            BackboneKind::ResNet50Layer3 => 16,
+            BackboneKind::MobileNetV2 | BackboneKind::EfficientNetLite0 => 32,
+        }
+    }
+
+    /// File name of the shipped ImageNet weights (safetensors), or `None`
+    /// for ResNet-50, whose weights come from the ASEN checkpoint itself.
+    pub fn default_weights_file(self) -> Option<&'static str> {
+        match self {
+            BackboneKind::ResNet50Layer3 => None,
+            BackboneKind::MobileNetV2 => Some("mobilenetv2_imagenet_features.safetensors"),
+            BackboneKind::EfficientNetLite0 => Some("efficientnet_lite0_imagenet.safetensors"),
+        }
+    }
+
+    /// Locate the shipped ImageNet weights with [`locate_weights`]
+    /// (`preferred_dir` first). Errors for ResNet-50, which has none.
+    pub fn imagenet_weights_path(self, preferred_dir: Option<&Path>) -> Result<PathBuf> {
+        let file = self.default_weights_file().ok_or_else(|| {
+            ModelError::InvalidArgument(format!(
+                "backbone {} has no shipped ImageNet weights; its weights come from the ASEN checkpoint",
+                self.name()
+            ))
+        })?;
+        locate_weights(file, preferred_dir)
+    }
+}
+
+impl std::fmt::Display for BackboneKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for BackboneKind {
+    type Err = ModelError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        BackboneKind::ALL
+            .into_iter()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| {
+                ModelError::InvalidArgument(format!(
+                    "unknown backbone {s:?}; expected resnet50_layer3, mobilenet_v2 or efficientnet_lite0"
+                ))
+            })
+    }
+}
+
+/// Find a weights file. The one place that decides where weights live;
+/// searched in order:
+/// 1. `preferred_dir` (the caller's configuration, e.g. `ASEN_MODEL__WEIGHTS_DIR`);
+/// 2. `weights/` next to the running executable, then the executable's directory;
+/// 3. `models/weights/` of this source tree (`CARGO_MANIFEST_DIR`), for
+///    tests, examples and `cargo run`.
+pub fn locate_weights(file: &str, preferred_dir: Option<&Path>) -> Result<PathBuf> {
+    let mut searched = Vec::new();
+    if let Some(dir) = preferred_dir {
+        searched.push(dir.to_path_buf());
+    }
+    if let Some(exe_dir) = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+    {
+        searched.push(exe_dir.join("weights"));
+        searched.push(exe_dir);
+    }
+    searched.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("weights"));
+    match searched.iter().map(|d| d.join(file)).find(|p| p.is_file()) {
+        Some(path) => Ok(path),
+        None => Err(ModelError::WeightsNotFound {
+            file: file.to_string(),
+            searched,
+        }),
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Net {
+    ResNet50Layer3(ResNet50Layer3),
+    MobileNetV2(MobileNetV2),
+    EfficientNetLite0(EfficientNetLite0),
+}
+
+/// A backbone ready for inference: `[B, 3, H, W]` normalised images to the
+/// feature map `[B, C, h, w]` (C = [`BackboneKind::out_channels`]).
+#[derive(Debug, Clone)]
+pub struct Backbone {
+    kind: BackboneKind,
+    net: Net,
+}
+
+impl Backbone {
+    /// Build `kind` from the tensors under `vb`, named as in the weight
+    /// files (ResNet: torchvision `conv1`, `layer1.0.conv1`, ...; MobileNetV2:
+    /// `features.*`; Lite0: `_conv_stem`, `_blocks.N.*`, `_conv_head`).
+    pub fn new(kind: BackboneKind, vb: VarBuilder) -> Result<Self> {
+        let net = match kind {
+            BackboneKind::ResNet50Layer3 => Net::ResNet50Layer3(ResNet50Layer3::new(vb)?),
+            BackboneKind::MobileNetV2 => Net::MobileNetV2(MobileNetV2::new(vb)?),
+            BackboneKind::EfficientNetLite0 => Net::EfficientNetLite0(EfficientNetLite0::new(vb)?),
+        };
+        Ok(Self { kind, net })
+    }
+
+    /// Load `kind` from a safetensors file (float32) onto `device`.
+    pub fn load(kind: BackboneKind, path: &Path, device: &Device) -> Result<Self> {
+        let tensors = candle_core::safetensors::load(path, device).map_err(|e| {
+            ModelError::CheckpointFormat {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            }
+        })?;
+        let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
+        Self::new(kind, vb).map_err(|e| match e {
+            ModelError::Candle(c) => ModelError::CheckpointMismatch {
+                path: path.to_path_buf(),
+                variant: kind.name().to_string(),
+                report: c.to_string(),
+            },
+            other => other,
+        })
+    }
+
+    /// Which architecture this is.
+    pub fn kind(&self) -> BackboneKind {
+        self.kind
+    }
+
+    /// Feature map `[B, C, h, w]` of a normalised batch `[B, 3, H, W]`
+    /// (any H, W; h = ceil-ish H / stride).
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match x.dims() {
+            [_, 3, h, w] if *h > 0 && *w > 0 => {}
+            dims => {
+                return Err(ModelError::InvalidArgument(format!(
+                    "backbone {} expects a [B, 3, H, W] batch, got shape {dims:?}",
+                    self.kind
+                )))
+            }
+        }
+        let y = match &self.net {
+            Net::ResNet50Layer3(m) => m.forward(x)?,
+            Net::MobileNetV2(m) => m.forward(x)?,
+            Net::EfficientNetLite0(m) => m.forward(x)?,
+        };
+        Ok(y)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_round_trip_through_serde_and_names() {
+        for kind in BackboneKind::ALL {
+            let json = serde_json::to_string(&kind).unwrap();
+            assert_eq!(json, format!("\"{}\"", kind.name()));
+            assert_eq!(serde_json::from_str::<BackboneKind>(&json).unwrap(), kind);
+            assert_eq!(kind.name().parse::<BackboneKind>().unwrap(), kind);
+        }
+        assert!("resnet101".parse::<BackboneKind>().is_err());
+        assert_eq!(BackboneKind::ResNet50Layer3.out_channels(), 1024);
+        assert_eq!(BackboneKind::MobileNetV2.out_channels(), 1280);
+        assert_eq!(BackboneKind::EfficientNetLite0.out_channels(), 1280);
+    }
+
+    #[test]
+    fn missing_weights_list_the_searched_places() {
+        let e = locate_weights("no_such_file.safetensors", Some(Path::new("/nonexistent"))).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("no_such_file.safetensors") && msg.contains("/nonexistent"), "{msg}");
+        assert!(BackboneKind::ResNet50Layer3.imagenet_weights_path(None).is_err());
+    }
+
+    /// The ResNet asks for exactly torchvision's names up to `layer3` and
+    /// maps any input size to stride 16 (BN folding itself is checked in
+    /// `layers::tests::folded_bn_equals_conv_then_bn`).
+    #[test]
+    fn resnet_builds_from_torchvision_names_and_folds_bn() {
+        let dev = Device::Cpu;
+        let varmap = candle_nn::VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
+        let net = Backbone::new(BackboneKind::ResNet50Layer3, vb).unwrap();
+        let names: Vec<String> = varmap.data().lock().unwrap().keys().cloned().collect();
+        assert!(names.contains(&"layer1.0.downsample.0.weight".to_string()));
+        assert!(names.contains(&"layer3.5.bn3.running_var".to_string()));
+        assert!(!names.iter().any(|n| n.starts_with("layer4") || n.starts_with("fc")));
+        // 43 convs, 43 BatchNorms x 4 tensors.
+        assert_eq!(names.len(), 43 + 43 * 4);
+        let x = Tensor::randn(0f32, 1.0, (2, 3, 64, 48), &dev).unwrap();
+        let y = net.forward(&x).unwrap();
+        assert_eq!(y.dims(), &[2, 1024, 4, 3]);
+        assert!(net.forward(&Tensor::zeros((2, 4, 8, 8), DType::F32, &dev).unwrap()).is_err());
+    }
+}

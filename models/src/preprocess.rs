@@ -1,0 +1,470 @@
+//! Image preprocessing: decode under a pixel limit, EXIF orientation, RGB,
+//! resize, centre crop and ImageNet normalisation.
+//!
+//! The pipeline reproduces the evaluation transform of the ASEN training code
+//! (`Image.open(p).convert('RGB')`, torchvision `Resize(S)`, `CenterCrop(S)`,
+//! `ToTensor()`, `Normalize(mean, std)`), including Pillow's fixed-point
+//! bilinear resampling, so that identical decoded pixels give bit-identical
+//! tensors.
+//!
+//! ```no_run
+//! # fn main() -> asen_models::Result<()> {
+//! use asen_models::{preprocess_bytes, PreprocessConfig};
+//! let bytes = std::fs::read("shirt.jpg").unwrap();
+//! let x = preprocess_bytes(&bytes, &PreprocessConfig::default(), &candle_core::Device::Cpu)?;
+//! assert_eq!(x.dims(), &[1, 3, 224, 224]);
+//! # Ok(()) }
+//! ```
+
+use std::io::Cursor;
+
+use candle_core::{Device, Tensor};
+use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits, RgbImage};
+
+use crate::error::{ModelError, Result};
+
+/// ImageNet channel means (RGB) used by `Normalize`.
+pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+/// ImageNet channel standard deviations (RGB) used by `Normalize`.
+pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+
+/// Options of the preprocessing pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PreprocessConfig {
+    /// Side of the square model input in pixels (shorter side resized to it,
+    /// then centre-cropped). 224 for every ASEN model.
+    pub size: usize,
+    /// Largest accepted `width * height` as declared in the image header,
+    /// checked before any pixel is decoded (decompression-bomb guard).
+    pub max_pixels: u64,
+}
+
+impl PreprocessConfig {
+    /// Default `max_pixels`: 40 megapixels, more than any camera photo
+    /// (a 7296x5472 frame) while a decoded RGBA8 buffer stays at 160 MB.
+    pub const DEFAULT_MAX_PIXELS: u64 = 40_000_000;
+}
+
+impl Default for PreprocessConfig {
+    fn default() -> Self {
+        Self {
+            size: 224,
+            max_pixels: Self::DEFAULT_MAX_PIXELS,
+        }
+    }
+}
+
+/// Decode JPEG, PNG or WebP bytes into RGB8, as Pillow's `convert('RGB')`
+/// would (alpha dropped without compositing, grey replicated), after
+/// applying the EXIF orientation.
+///
+/// The format is guessed from the bytes; anything else is
+/// [`ModelError::UnsupportedImage`]. The declared size is checked against
+/// `cfg.max_pixels` before decoding ([`ModelError::ImageTooLarge`]); decoder
+/// failures (empty, truncated or corrupt data) are [`ModelError::ImageDecode`].
+pub fn decode_image(bytes: &[u8], cfg: &PreprocessConfig) -> Result<RgbImage> {
+    let format = detect_format(bytes)?;
+    if format == ImageFormat::Jpeg && !jpeg_is_complete(bytes) {
+        // zune-jpeg fills missing scan data with grey; Pillow refuses
+        // truncated files, and so do we.
+        return Err(ModelError::ImageDecode {
+            source_name: None,
+            detail: format!("truncated JPEG ({} bytes, no end-of-image marker)", bytes.len()),
+        });
+    }
+    let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
+    // Header parsing must not be refused by the image crate's own limits:
+    // our pixel check below gives the precise error.
+    reader.no_limits();
+    let mut decoder = reader.into_decoder().map_err(decode_error)?;
+    let (width, height) = decoder.dimensions();
+    if u64::from(width) * u64::from(height) > cfg.max_pixels {
+        return Err(ModelError::ImageTooLarge {
+            source_name: None,
+            width,
+            height,
+            max_pixels: cfg.max_pixels,
+        });
+    }
+    if width == 0 || height == 0 {
+        return Err(ModelError::ImageDecode {
+            source_name: None,
+            detail: format!("image declares an empty size {width}x{height}"),
+        });
+    }
+    let mut limits = Limits::default();
+    // Worst case: 4 channels of f32 per declared pixel, plus decoder slack.
+    limits.max_alloc = Some(cfg.max_pixels.saturating_mul(16).max(64 << 20));
+    decoder.set_limits(limits).map_err(decode_error)?;
+    let orientation = decoder.orientation().map_err(decode_error)?;
+    let mut image = DynamicImage::from_decoder(decoder).map_err(decode_error)?;
+    image.apply_orientation(orientation);
+    Ok(image.into_rgb8())
+}
+
+fn detect_format(bytes: &[u8]) -> Result<ImageFormat> {
+    let unsupported = |detail: String| ModelError::UnsupportedImage {
+        source_name: None,
+        detail,
+    };
+    if bytes.is_empty() {
+        return Err(unsupported("empty input (0 bytes)".to_string()));
+    }
+    match image::guess_format(bytes) {
+        Ok(f @ (ImageFormat::Jpeg | ImageFormat::Png | ImageFormat::WebP)) => Ok(f),
+        Ok(other) => Err(unsupported(format!(
+            "looks like {}, expected JPEG, PNG or WebP",
+            other.to_mime_type()
+        ))),
+        Err(_) => {
+            let head: String = bytes
+                .iter()
+                .take(8)
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(" ");
+            let kind = if bytes
+                .iter()
+                .take(512)
+                .all(|b| b.is_ascii_graphic() || b.is_ascii_whitespace())
+            {
+                "text"
+            } else {
+                "unrecognised binary data"
+            };
+            Err(unsupported(format!(
+                "{kind} ({} bytes starting {head}), expected JPEG, PNG or WebP",
+                bytes.len()
+            )))
+        }
+    }
+}
+
+/// Walk the JPEG marker segments and entropy-coded scans and report whether
+/// an end-of-image marker (`FF D9`) is reached inside the data.
+fn jpeg_is_complete(bytes: &[u8]) -> bool {
+    let mut i = 2; // after SOI
+    loop {
+        // Marker: one or more 0xFF fill bytes, then the code.
+        if bytes.get(i) != Some(&0xFF) {
+            return false;
+        }
+        while bytes.get(i) == Some(&0xFF) {
+            i += 1;
+        }
+        let Some(&marker) = bytes.get(i) else {
+            return false;
+        };
+        i += 1;
+        match marker {
+            0xD9 => return true,
+            0x01 | 0xD0..=0xD7 => continue,
+            _ => {
+                let Some(len) = bytes.get(i..i + 2) else {
+                    return false;
+                };
+                i += usize::from(u16::from_be_bytes([len[0], len[1]]));
+                if i > bytes.len() {
+                    return false;
+                }
+                if marker == 0xDA {
+                    // Entropy-coded data: FF 00 is a stuffed byte, FF D0-D7 a
+                    // restart marker; any other FF xx starts the next marker.
+                    loop {
+                        match (bytes.get(i), bytes.get(i + 1)) {
+                            (Some(0xFF), Some(0x00 | 0xD0..=0xD7)) => i += 2,
+                            (Some(0xFF), Some(_)) => break,
+                            (Some(_), _) => i += 1,
+                            (None, _) => return false,
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Map an `image` error to ours, as one line of text.
+fn decode_error(e: image::ImageError) -> ModelError {
+    let one_line = |s: String| s.split_whitespace().collect::<Vec<_>>().join(" ");
+    match e {
+        image::ImageError::Unsupported(u) => ModelError::UnsupportedImage {
+            source_name: None,
+            detail: one_line(u.to_string()),
+        },
+        other => ModelError::ImageDecode {
+            source_name: None,
+            detail: one_line(other.to_string()),
+        },
+    }
+}
+
+/// Resize the shorter side to `size` (the longer one to
+/// `int(size * long / short)`) with Pillow's `BILINEAR` filter reproduced
+/// exactly, then crop the centre `size` x `size` square (offsets rounded
+/// half to even, as torchvision's `CenterCrop`).
+///
+/// Images already at the target size are not resampled. Returns an empty
+/// image when `size` is 0 or the input is empty.
+pub fn resize_and_crop(image: &RgbImage, size: usize) -> RgbImage {
+    let (w, h) = (image.width() as usize, image.height() as usize);
+    if size == 0 || w == 0 || h == 0 {
+        return RgbImage::new(0, 0);
+    }
+    let (new_w, new_h) = if w <= h {
+        (size, (size as u64 * h as u64 / w as u64) as usize)
+    } else {
+        ((size as u64 * w as u64 / h as u64) as usize, size)
+    };
+    let resized = pil_bilinear_resize(image, new_w, new_h);
+    let left = round_half_even_div2(new_w.saturating_sub(size));
+    let top = round_half_even_div2(new_h.saturating_sub(size));
+    let mut out = RgbImage::new(size as u32, size as u32);
+    for y in 0..size.min(new_h) {
+        for x in 0..size.min(new_w) {
+            let p = *resized.get_pixel((x + left) as u32, (y + top) as u32);
+            out.put_pixel(x as u32, y as u32, p);
+        }
+    }
+    out
+}
+
+/// `round(n / 2)` with Python's round-half-to-even.
+fn round_half_even_div2(n: usize) -> usize {
+    let half = n / 2;
+    if n % 2 == 1 && half % 2 == 1 {
+        half + 1
+    } else {
+        half
+    }
+}
+
+/// Pillow's fixed-point precision for 8-bit resampling (`Resample.c`).
+const PRECISION_BITS: u32 = 32 - 8 - 2;
+
+/// Per output position: first input index, the fixed-point weights.
+struct Coefficients {
+    bounds: Vec<(usize, usize)>,
+    ksize: usize,
+    weights: Vec<i32>,
+}
+
+/// Pillow's `precompute_coeffs` + `normalize_coeffs_8bpc` for the bilinear
+/// (triangle, support 1) filter over the whole input range.
+fn bilinear_coefficients(in_size: usize, out_size: usize) -> Coefficients {
+    let scale = in_size as f64 / out_size as f64;
+    let filterscale = scale.max(1.0);
+    let support = filterscale; // bilinear support 1.0, scaled when reducing
+    let ksize = support.ceil() as usize * 2 + 1;
+    let mut bounds = Vec::with_capacity(out_size);
+    let mut weights = vec![0i32; out_size * ksize];
+    let mut k = vec![0f64; ksize];
+    for xx in 0..out_size {
+        let center = (xx as f64 + 0.5) * scale;
+        let ss = 1.0 / filterscale;
+        // C `(int)` truncates toward zero; negative values clamp to 0 anyway.
+        let xmin = ((center - support + 0.5) as i64).max(0) as usize;
+        let xmax = (((center + support + 0.5) as i64).min(in_size as i64) as usize)
+            .saturating_sub(xmin)
+            .min(ksize);
+        let mut ww = 0.0;
+        for (x, kx) in k.iter_mut().enumerate().take(xmax) {
+            let t = ((x + xmin) as f64 - center + 0.5) * ss;
+            let w = (1.0 - t.abs()).max(0.0);
+            *kx = w;
+            ww += w;
+        }
+        let row = &mut weights[xx * ksize..(xx + 1) * ksize];
+        for (x, kx) in k.iter().enumerate().take(xmax) {
+            let w = if ww != 0.0 { kx / ww } else { *kx };
+            let scaled = w * f64::from(1u32 << PRECISION_BITS);
+            row[x] = if w < 0.0 {
+                (-0.5 + scaled) as i32
+            } else {
+                (0.5 + scaled) as i32
+            };
+        }
+        bounds.push((xmin, xmax));
+    }
+    Coefficients {
+        bounds,
+        ksize,
+        weights,
+    }
+}
+
+#[inline]
+fn clip8(v: i32) -> u8 {
+    if v >= (1 << PRECISION_BITS << 8) {
+        255
+    } else if v <= 0 {
+        0
+    } else {
+        (v >> PRECISION_BITS) as u8
+    }
+}
+
+/// Pillow `Image.resize((w, h), BILINEAR)` on RGB8: horizontal pass, then
+/// vertical pass, each skipped when that side does not change.
+fn pil_bilinear_resize(image: &RgbImage, out_w: usize, out_h: usize) -> RgbImage {
+    let (in_w, in_h) = (image.width() as usize, image.height() as usize);
+    if (in_w, in_h) == (out_w, out_h) {
+        return image.clone();
+    }
+    let src = image.as_raw();
+    let rounding = 1i32 << (PRECISION_BITS - 1);
+    // Horizontal pass (all rows; Pillow restricts to the rows the vertical
+    // pass reads, which gives the same values).
+    let (tmp, tmp_w) = if out_w != in_w {
+        let c = bilinear_coefficients(in_w, out_w);
+        let mut tmp = vec![0u8; out_w * in_h * 3];
+        for y in 0..in_h {
+            let row = &src[y * in_w * 3..(y + 1) * in_w * 3];
+            let out_row = &mut tmp[y * out_w * 3..(y + 1) * out_w * 3];
+            for (xx, &(xmin, xmax)) in c.bounds.iter().enumerate() {
+                let k = &c.weights[xx * c.ksize..xx * c.ksize + xmax];
+                let mut ss = [rounding; 3];
+                for (x, &kx) in k.iter().enumerate() {
+                    let p = &row[(x + xmin) * 3..(x + xmin) * 3 + 3];
+                    for ch in 0..3 {
+                        ss[ch] += i32::from(p[ch]) * kx;
+                    }
+                }
+                for ch in 0..3 {
+                    out_row[xx * 3 + ch] = clip8(ss[ch]);
+                }
+            }
+        }
+        (tmp, out_w)
+    } else {
+        (src.to_vec(), in_w)
+    };
+    let out = if out_h != in_h {
+        let c = bilinear_coefficients(in_h, out_h);
+        let mut out = vec![0u8; tmp_w * out_h * 3];
+        for (yy, &(ymin, ymax)) in c.bounds.iter().enumerate() {
+            let k = &c.weights[yy * c.ksize..yy * c.ksize + ymax];
+            let out_row = &mut out[yy * tmp_w * 3..(yy + 1) * tmp_w * 3];
+            for (i, o) in out_row.iter_mut().enumerate() {
+                let mut ss = rounding;
+                for (y, &ky) in k.iter().enumerate() {
+                    ss += i32::from(tmp[(y + ymin) * tmp_w * 3 + i]) * ky;
+                }
+                *o = clip8(ss);
+            }
+        }
+        out
+    } else {
+        tmp
+    };
+    RgbImage::from_raw(out_w as u32, out_h as u32, out)
+        .expect("buffer length is out_w * out_h * 3 by construction")
+}
+
+/// Stack RGB8 images of one size into a normalised float32 batch
+/// `[B, 3, H, W]`: `x = u8 / 255`, then `(x - mean) / std` with the
+/// ImageNet statistics, in float32 and in that order (bit-exact with
+/// torchvision's `ToTensor` + `Normalize`).
+pub fn to_tensor(images: &[RgbImage], device: &Device) -> Result<Tensor> {
+    let first = images.first().ok_or_else(|| {
+        ModelError::InvalidArgument("to_tensor needs at least one image".to_string())
+    })?;
+    let (w, h) = first.dimensions();
+    let (w, h) = (w as usize, h as usize);
+    let plane = w * h;
+    let mut data = Vec::with_capacity(images.len() * 3 * plane);
+    for (i, img) in images.iter().enumerate() {
+        if img.dimensions() != first.dimensions() {
+            return Err(ModelError::InvalidArgument(format!(
+                "image {i} is {}x{}, image 0 is {w}x{h}; a batch needs one size",
+                img.width(),
+                img.height()
+            )));
+        }
+        let raw = img.as_raw();
+        for ch in 0..3 {
+            let (mean, std) = (IMAGENET_MEAN[ch], IMAGENET_STD[ch]);
+            data.extend(
+                raw[ch..]
+                    .iter()
+                    .step_by(3)
+                    .map(|&v| (f32::from(v) / 255.0 - mean) / std),
+            );
+        }
+    }
+    Ok(Tensor::from_vec(data, (images.len(), 3, h, w), device)?)
+}
+
+/// Decode, resize, crop and normalise one encoded image into `[1, 3, S, S]`.
+pub fn preprocess_bytes(bytes: &[u8], cfg: &PreprocessConfig, device: &Device) -> Result<Tensor> {
+    let image = decode_image(bytes, cfg)?;
+    let crop = resize_and_crop(&image, cfg.size);
+    to_tensor(&[crop], device)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_half_even_matches_python() {
+        // round(149/2) = round(74.5) = 74, round(3/2) = 2, round(1/2) = 0
+        assert_eq!(round_half_even_div2(149), 74);
+        assert_eq!(round_half_even_div2(3), 2);
+        assert_eq!(round_half_even_div2(1), 0);
+        assert_eq!(round_half_even_div2(74), 37);
+        assert_eq!(round_half_even_div2(0), 0);
+    }
+
+    #[test]
+    fn coefficients_sum_to_one_in_fixed_point() {
+        for (i, o) in [(300, 224), (225, 112), (201, 224), (7, 3), (3, 7)] {
+            let c = bilinear_coefficients(i, o);
+            for (xx, &(xmin, xmax)) in c.bounds.iter().enumerate() {
+                assert!(xmin + xmax <= i);
+                let s: i64 = c.weights[xx * c.ksize..xx * c.ksize + xmax]
+                    .iter()
+                    .map(|&w| i64::from(w))
+                    .sum();
+                assert!((s - (1 << PRECISION_BITS)).abs() <= xmax as i64, "{i}->{o} at {xx}: {s}");
+            }
+        }
+    }
+
+    #[test]
+    fn constant_image_stays_constant() {
+        let img = RgbImage::from_pixel(37, 91, image::Rgb([10, 200, 255]));
+        let out = resize_and_crop(&img, 16);
+        assert_eq!(out.dimensions(), (16, 16));
+        assert!(out.pixels().all(|p| p.0 == [10, 200, 255]));
+    }
+
+    #[test]
+    fn resize_keeps_aspect_by_truncation() {
+        let img = RgbImage::new(300, 180);
+        let c = bilinear_coefficients(300, 373);
+        assert_eq!(c.bounds.len(), 373);
+        assert_eq!(resize_and_crop(&img, 224).dimensions(), (224, 224));
+        assert_eq!(resize_and_crop(&RgbImage::new(0, 5), 224).dimensions(), (0, 0));
+    }
+
+    #[test]
+    fn normalisation_is_channel_planar() {
+        let mut img = RgbImage::new(2, 1);
+        img.put_pixel(0, 0, image::Rgb([255, 0, 0]));
+        img.put_pixel(1, 0, image::Rgb([0, 255, 0]));
+        let t = to_tensor(&[img], &Device::Cpu).unwrap();
+        assert_eq!(t.dims(), &[1, 3, 1, 2]);
+        let v: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(v[0], (1.0 - 0.485) / 0.229);
+        assert_eq!(v[1], (0.0 - 0.485) / 0.229);
+        assert_eq!(v[3], (1.0 - 0.456) / 0.224);
+    }
+
+    #[test]
+    fn mixed_sizes_are_refused() {
+        let e = to_tensor(&[RgbImage::new(2, 2), RgbImage::new(3, 2)], &Device::Cpu).unwrap_err();
+        assert!(e.to_string().contains("one size"), "{e}");
+        assert!(to_tensor(&[], &Device::Cpu).is_err());
+    }
+}

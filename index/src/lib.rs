@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 
 mod error;
+mod graph;
 mod schema;
 mod store;
 mod types;

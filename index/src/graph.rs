@@ -56,12 +56,16 @@ pub(crate) fn quantize_i8(v: &[f32]) -> Vec<i8> {
         return vec![0; v.len()];
     }
     let s = 127.0 / max;
-    v.iter().map(|x| (x * s).round().clamp(-127.0, 127.0) as i8).collect()
+    v.iter()
+        .map(|x| (x * s).round().clamp(-127.0, 127.0) as i8)
+        .collect()
 }
 
 /// Converts a vector to raw `f16` bits.
 pub(crate) fn to_f16_bits(v: &[f32]) -> Vec<u16> {
-    v.iter().map(|x| half::f16::from_f32(*x).to_bits()).collect()
+    v.iter()
+        .map(|x| half::f16::from_f32(*x).to_bits())
+        .collect()
 }
 
 enum Inner {
@@ -82,13 +86,9 @@ impl Graph {
         let h = schema.hnsw;
         let cap = capacity.max(1024);
         let inner = match schema.storage {
-            VectorStorage::F32 => Inner::F32(Hnsw::new(
-                h.m,
-                cap,
-                MAX_LAYERS,
-                h.ef_construction,
-                DistL2,
-            )),
+            VectorStorage::F32 => {
+                Inner::F32(Hnsw::new(h.m, cap, MAX_LAYERS, h.ef_construction, DistL2))
+            }
             VectorStorage::F16 => Inner::F16(Hnsw::new(
                 h.m,
                 cap,
@@ -195,6 +195,27 @@ impl Graph {
         }
     }
 
+    /// Internal ids of every point in the graph (for consistency checks; O(n)).
+    pub(crate) fn ids(&self) -> Vec<u64> {
+        match &self.inner {
+            Inner::F32(h) => h
+                .get_point_indexation()
+                .into_iter()
+                .map(|p| p.get_origin_id() as u64)
+                .collect(),
+            Inner::F16(h) => h
+                .get_point_indexation()
+                .into_iter()
+                .map(|p| p.get_origin_id() as u64)
+                .collect(),
+            Inner::Int8(h) => h
+                .get_point_indexation()
+                .into_iter()
+                .map(|p| p.get_origin_id() as u64)
+                .collect(),
+        }
+    }
+
     /// Approximate bytes of vector data held.
     pub(crate) fn vector_bytes(&self, storage: VectorStorage) -> u64 {
         (self.len() * self.dimension * storage.bytes_per_component()) as u64
@@ -229,7 +250,9 @@ impl Graph {
             let io: &'static mut HnswIo = Box::leak(Box::new(HnswIo::new(&dir, DUMP_BASENAME)));
             Ok(match storage {
                 VectorStorage::F32 => {
-                    let mut h = io.load_hnsw::<f32, DistL2>().map_err(|e| format!("{e:#}"))?;
+                    let mut h = io
+                        .load_hnsw::<f32, DistL2>()
+                        .map_err(|e| format!("{e:#}"))?;
                     h.set_extend_candidates(false);
                     Inner::F32(h)
                 }
@@ -301,7 +324,9 @@ mod tests {
                 unit(
                     (0..dim)
                         .map(|_| {
-                            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                            s = s
+                                .wrapping_mul(6364136223846793005)
+                                .wrapping_add(1442695040888963407);
                             ((s >> 33) as f32 / (1u64 << 31) as f32) - 0.5
                         })
                         .collect(),
@@ -316,13 +341,20 @@ mod tests {
         for storage in [VectorStorage::F32, VectorStorage::F16, VectorStorage::Int8] {
             let schema = CatalogueSchema::new(["a"], 16).with_storage(storage);
             let g = Graph::new(&schema, 300);
-            let pts: Vec<(&[f32], u64)> =
-                data.iter().enumerate().map(|(i, v)| (v.as_slice(), i as u64 + 7)).collect();
+            let pts: Vec<(&[f32], u64)> = data
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (v.as_slice(), i as u64 + 7))
+                .collect();
             g.insert(&pts);
             assert_eq!(g.len(), 300);
             let hits = g.search(&data[42], 3, 64, None);
             assert_eq!(hits[0].0, 49, "{storage:?}");
-            assert!((hits[0].1 - 1.0).abs() < 0.02, "{storage:?} score {}", hits[0].1);
+            assert!(
+                (hits[0].1 - 1.0).abs() < 0.02,
+                "{storage:?} score {}",
+                hits[0].1
+            );
             let odd = |id: u64| id % 2 == 1;
             let filtered = g.search(&data[42], 5, 64, Some(&odd));
             assert!(filtered.iter().all(|(id, _)| id % 2 == 1));
@@ -340,8 +372,11 @@ mod tests {
         let schema = CatalogueSchema::new(["a"], 16);
         let g = Graph::new(&schema, 10);
         let data = points(20, 16);
-        let pts: Vec<(&[f32], u64)> =
-            data.iter().enumerate().map(|(i, v)| (v.as_slice(), i as u64)).collect();
+        let pts: Vec<(&[f32], u64)> = data
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (v.as_slice(), i as u64))
+            .collect();
         g.insert(&pts);
         let dir = tempfile::tempdir().unwrap();
         g.dump(dir.path(), "a").unwrap();

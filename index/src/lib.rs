@@ -8,12 +8,19 @@
 #![warn(missing_docs)]
 
 mod error;
+mod filter;
 mod graph;
+mod local;
+mod rescore;
 mod schema;
 mod store;
 mod types;
 
 pub use error::{ErrorKind, IndexError, Result};
+pub use local::{
+    ConsistencyReport, Durability, GraphRecovery, LocalStore, ProgressFn, RebuildProgress,
+    StoreOptions,
+};
 pub use schema::{CatalogueSchema, HnswConfig, VectorStorage, MAX_ATTRIBUTES, MAX_DIMENSION};
 pub use store::CatalogueStore;
 pub use types::{

@@ -197,6 +197,10 @@ impl Graph {
 
     /// Internal ids of every point in the graph (for consistency checks; O(n)).
     pub(crate) fn ids(&self) -> Vec<u64> {
+        // hnsw_rs's point iterator unwraps the entry point: never call it on an empty graph.
+        if self.len() == 0 {
+            return Vec::new();
+        }
         match &self.inner {
             Inner::F32(h) => h
                 .get_point_indexation()

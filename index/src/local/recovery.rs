@@ -141,6 +141,10 @@ fn load_dump(
     if dump.sequence > sequence || dump.watermark > next_iid {
         return Ok(Err("stale dump"));
     }
+    if dump.points == 0 {
+        // An empty graph is recorded without files (hnsw_rs cannot dump one).
+        return Ok(Ok((Graph::new(schema, 0), dump)));
+    }
     let dir = dump_dir.join(&dump.dir);
     let crc = |ext: &str| crc_file(&dir.join(format!("{DUMP_BASENAME}.hnsw.{ext}")));
     match (crc("graph"), crc("data")) {
@@ -228,6 +232,17 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> IndexError + '_ {
 
 pub(crate) fn dump_graph(c: &Catalogue, a: usize, w: &WriterState) -> Result<()> {
     let graph = c.graphs[a].current();
+    if graph.len() == 0 {
+        let record = DumpRecord {
+            dir: String::new(),
+            sequence: w.sequence,
+            watermark: w.next_iid,
+            points: 0,
+            crc_graph: 0,
+            crc_data: 0,
+        };
+        return write_record(c, a, w, record);
+    }
     let name = format!("a{a}-s{}-i{}", w.sequence, w.next_iid);
     let dir = c.dump_dir.join(&name);
     if dir.exists() {
@@ -251,6 +266,12 @@ pub(crate) fn dump_graph(c: &Catalogue, a: usize, w: &WriterState) -> Result<()>
         crc_graph: crcs[0],
         crc_data: crcs[1],
     };
+    write_record(c, a, w, record)
+}
+
+/// Points the attribute at its new dump, then removes the previous dump's files.
+fn write_record(c: &Catalogue, a: usize, w: &WriterState, record: DumpRecord) -> Result<()> {
+    let name = record.dir.clone();
     let old = c.tree.get(records::dump_key(a))?;
     let bytes =
         serde_json::to_vec(&record).map_err(|e| records::corrupt("dump record", e.to_string()))?;
@@ -258,7 +279,7 @@ pub(crate) fn dump_graph(c: &Catalogue, a: usize, w: &WriterState) -> Result<()>
     c.tree.flush()?;
     *lock(&c.graphs[a].dumped_sequence) = Some(w.sequence);
     if let Some(old) = old.and_then(|b| serde_json::from_slice::<DumpRecord>(&b).ok()) {
-        if old.dir != name {
+        if old.dir != name && !old.dir.is_empty() {
             let _ = std::fs::remove_dir_all(c.dump_dir.join(old.dir));
         }
     }

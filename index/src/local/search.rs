@@ -17,6 +17,8 @@ use crate::types::{
 
 /// Largest `ef_search` a request may ask for.
 const MAX_EF: usize = 10_000;
+/// Shortlist multiplier for f16 and int8 graphs, whose scores are rescored exactly.
+const COMPRESSED_OVERSAMPLE: usize = 2;
 
 /// One attribute of the resolved query.
 struct Part {
@@ -104,9 +106,15 @@ pub(crate) fn search(
         .map(|p| c.graphs[p.attribute].current())
         .collect();
     let needs_rescore = plan.parts.len() > 1 || graphs.iter().any(|g| !g.exact());
+    // Compressed graphs rank approximately: walk a wider list and let exact rescoring pick.
+    let oversample = if graphs.iter().all(|g| g.exact()) {
+        1
+    } else {
+        COMPRESSED_OVERSAMPLE
+    };
     let mut fetch = need * per_group;
     loop {
-        let knbn = (fetch + plan.exclude.len()).max(ef);
+        let knbn = (fetch + plan.exclude.len()).max(ef) * oversample;
         let mut seen = HashSet::new();
         let mut approx: Vec<(u64, f32)> = Vec::new();
         let mut exhausted = true;

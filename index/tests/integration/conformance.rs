@@ -22,10 +22,17 @@ fn lifecycle(store: &dyn CatalogueStore, name: &str) {
     let mine = info.iter().find(|c| c.name == name).expect("listed");
     assert_eq!(mine.items, 0);
     assert_eq!(mine.attribute_counts.len(), 2);
-    assert_eq!(store.create_catalogue(name, &s).unwrap_err().kind(), ErrorKind::Conflict);
+    assert_eq!(
+        store.create_catalogue(name, &s).unwrap_err().kind(),
+        ErrorKind::Conflict
+    );
     store.drop_catalogue(name).unwrap();
     assert_eq!(store.count(name).unwrap_err().kind(), ErrorKind::NotFound);
-    assert!(store.list_catalogues().unwrap().iter().all(|c| c.name != name));
+    assert!(store
+        .list_catalogues()
+        .unwrap()
+        .iter()
+        .all(|c| c.name != name));
     // a dropped name can be reused, empty
     store.create_catalogue(name, &s).unwrap();
     assert_eq!(store.count(name).unwrap(), 0);
@@ -33,11 +40,19 @@ fn lifecycle(store: &dyn CatalogueStore, name: &str) {
 }
 
 fn items_round_trip(store: &dyn CatalogueStore, name: &str) {
-    store.create_catalogue(name, &schema(&["collar", "sleeve"], 4)).unwrap();
+    store
+        .create_catalogue(name, &schema(&["collar", "sleeve"], 4))
+        .unwrap();
     let mut shoe = item("shoe-1", &[("collar", &[1.0, 0.0, 0.0, 0.0])]);
     shoe.payload = json!({"brand": "acme"}).as_object().unwrap().clone();
     shoe.content_hash = Some("sha256:abc".into());
-    let shirt = item("shirt-1", &[("collar", &[0.0, 2.0, 0.0, 0.0]), ("sleeve", &[0.0, 0.0, 3.0, 0.0])]);
+    let shirt = item(
+        "shirt-1",
+        &[
+            ("collar", &[0.0, 2.0, 0.0, 0.0]),
+            ("sleeve", &[0.0, 0.0, 3.0, 0.0]),
+        ],
+    );
     let r = store.upsert(name, &[shoe.clone(), shirt]).unwrap();
     assert_eq!(r.affected, 2);
     let got = store.get(name, &id("shoe-1"), true).unwrap().unwrap();
@@ -46,7 +61,11 @@ fn items_round_trip(store: &dyn CatalogueStore, name: &str) {
     assert_eq!(got.attributes, vec!["collar".to_string()]);
     assert_eq!(got.vectors.unwrap()["collar"], vec![1.0, 0.0, 0.0, 0.0]);
     let shirt = store.get(name, &id("shirt-1"), true).unwrap().unwrap();
-    assert_eq!(shirt.vectors.unwrap()["sleeve"], vec![0.0, 0.0, 1.0, 0.0], "stored unit-normalised");
+    assert_eq!(
+        shirt.vectors.unwrap()["sleeve"],
+        vec![0.0, 0.0, 1.0, 0.0],
+        "stored unit-normalised"
+    );
     let info = store.list_catalogues().unwrap();
     let mine = info.iter().find(|c| c.name == name).unwrap();
     assert_eq!(mine.attribute_counts["collar"], 2);
@@ -57,8 +76,21 @@ fn items_round_trip(store: &dyn CatalogueStore, name: &str) {
     let r2 = store.upsert(name, &[shoe2]).unwrap();
     assert!(r2.sequence > r.sequence);
     assert_eq!(store.count(name).unwrap(), 2);
-    assert_eq!(store.get(name, &id("shoe-1"), false).unwrap().unwrap().payload["brand"], "other");
-    assert_eq!(store.delete(name, &[id("shoe-1"), id("missing")]).unwrap().affected, 1);
+    assert_eq!(
+        store
+            .get(name, &id("shoe-1"), false)
+            .unwrap()
+            .unwrap()
+            .payload["brand"],
+        "other"
+    );
+    assert_eq!(
+        store
+            .delete(name, &[id("shoe-1"), id("missing")])
+            .unwrap()
+            .affected,
+        1
+    );
     assert!(store.get(name, &id("shoe-1"), false).unwrap().is_none());
     assert_eq!(store.count(name).unwrap(), 1);
     store.flush().unwrap();
@@ -67,7 +99,9 @@ fn items_round_trip(store: &dyn CatalogueStore, name: &str) {
 
 fn listing_pages(store: &dyn CatalogueStore, name: &str) {
     store.create_catalogue(name, &schema(&["a"], 2)).unwrap();
-    let items: Vec<_> = (0..25).map(|i| item(format!("{i:03}"), &[("a", &[1.0, i as f32])])).collect();
+    let items: Vec<_> = (0..25)
+        .map(|i| item(format!("{i:03}"), &[("a", &[1.0, i as f32])]))
+        .collect();
     store.upsert(name, &items).unwrap();
     let mut after = None;
     let mut seen = Vec::new();
@@ -123,7 +157,10 @@ fn local_store_passes_the_conformance_suite() {
 
 #[test]
 fn local_store_with_deferred_flush_and_int8_passes_too() {
-    let options = StoreOptions { durability: asen_index::Durability::Deferred, ..StoreOptions::default() };
+    let options = StoreOptions {
+        durability: asen_index::Durability::Deferred,
+        ..StoreOptions::default()
+    };
     let (_d, store) = store(options);
     run_all(&store, "deferred");
 }

@@ -20,7 +20,9 @@ pub fn clustered(rng: &mut StdRng, n: usize, dim: usize, clusters: usize) -> Vec
     (0..n)
         .map(|_| {
             let c = &centres[rng.gen_range(0..clusters)];
-            c.iter().map(|x| x + rng.gen_range(-0.35f32..0.35)).collect()
+            c.iter()
+                .map(|x| x + rng.gen_range(-0.35f32..0.35))
+                .collect()
         })
         .collect()
 }
@@ -60,7 +62,11 @@ pub fn schema(attributes: &[&str], dim: usize) -> CatalogueSchema {
 
 /// Indices of the `k` most similar vectors by brute force.
 pub fn brute_force(data: &[Vec<f32>], q: &[f32], k: usize) -> Vec<usize> {
-    let mut s: Vec<(usize, f32)> = data.iter().enumerate().map(|(i, v)| (i, cosine(v, q))).collect();
+    let mut s: Vec<(usize, f32)> = data
+        .iter()
+        .enumerate()
+        .map(|(i, v)| (i, cosine(v, q)))
+        .collect();
     s.sort_by(|a, b| b.1.total_cmp(&a.1));
     s.into_iter().take(k).map(|(i, _)| i).collect()
 }

@@ -5,7 +5,10 @@ use serde_json::json;
 
 use crate::data::*;
 
-fn filtered_store(n: usize, options: StoreOptions) -> (tempfile::TempDir, asen_index::LocalStore, Vec<Vec<f32>>) {
+fn filtered_store(
+    n: usize,
+    options: StoreOptions,
+) -> (tempfile::TempDir, asen_index::LocalStore, Vec<Vec<f32>>) {
     let (d, store) = store(options);
     let dim = 32;
     let mut r = rng(11);
@@ -32,7 +35,13 @@ fn filtered_store(n: usize, options: StoreOptions) -> (tempfile::TempDir, asen_i
     (d, store, data)
 }
 
-fn check(store: &asen_index::LocalStore, data: &[Vec<f32>], filter: Filter, pred: impl Fn(usize) -> bool, k: usize) {
+fn check(
+    store: &asen_index::LocalStore,
+    data: &[Vec<f32>],
+    filter: Filter,
+    pred: impl Fn(usize) -> bool,
+    k: usize,
+) {
     let mut r = rng(5);
     let matching: Vec<usize> = (0..data.len()).filter(|i| pred(*i)).collect();
     for _ in 0..10 {
@@ -90,8 +99,15 @@ fn range_and_boolean_combinations() {
         {"not": {"match": {"field": "brand", "value": "b0"}}}
     ]}))
     .unwrap();
-    check(&store, &data, f, |i| (100..200).contains(&i) && i % 4 != 0, 20);
+    check(
+        &store,
+        &data,
+        f,
+        |i| (100..200).contains(&i) && i % 4 != 0,
+        20,
+    );
     // fewer matches than k: all of them
-    let few: Filter = serde_json::from_value(json!({"range": {"field": "price", "lte": 2.0}})).unwrap();
+    let few: Filter =
+        serde_json::from_value(json!({"range": {"field": "price", "lte": 2.0}})).unwrap();
     check(&store, &data, few, |i| i <= 2, 10);
 }

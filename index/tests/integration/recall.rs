@@ -11,11 +11,16 @@ fn recall_at_10(storage: VectorStorage, clustered_data: bool) -> f64 {
     let dim = 64;
     let n = 5_000;
     let mut r = rng(7);
-    let data = if clustered_data {
-        clustered(&mut r, n, dim, 50)
+    let queries = 100;
+    // Queries come from the same distribution as the data (held-out samples).
+    let mut data = if clustered_data {
+        clustered(&mut r, n + queries, dim, 50)
     } else {
-        (0..n).map(|_| random_vector(&mut r, dim)).collect()
+        (0..n + queries)
+            .map(|_| random_vector(&mut r, dim))
+            .collect()
     };
+    let held_out = data.split_off(n);
     store
         .create_catalogue("c", &schema(&["a"], dim).with_storage(storage))
         .unwrap();
@@ -28,11 +33,12 @@ fn recall_at_10(storage: VectorStorage, clustered_data: bool) -> f64 {
             .collect();
         store.upsert("c", &items).unwrap();
     }
-    let queries = 100;
     let mut found = 0;
-    for _ in 0..queries {
-        let q = random_vector(&mut r, dim);
-        let truth: HashSet<String> = brute_force(&data, &q, 10).into_iter().map(|i| i.to_string()).collect();
+    for q in held_out {
+        let truth: HashSet<String> = brute_force(&data, &q, 10)
+            .into_iter()
+            .map(|i| i.to_string())
+            .collect();
         let hits = store
             .search("c", &SearchRequest::vector("a", q.clone(), 10))
             .unwrap()
@@ -43,9 +49,15 @@ fn recall_at_10(storage: VectorStorage, clustered_data: bool) -> f64 {
         }
         for h in &hits {
             let i: usize = h.id.as_str().parse().unwrap();
-            assert!((h.score - cosine(&data[i], &q)).abs() < 1e-3, "score is the cosine");
+            assert!(
+                (h.score - cosine(&data[i], &q)).abs() < 1e-3,
+                "score is the cosine"
+            );
         }
-        found += hits.iter().filter(|h| truth.contains(h.id.as_str())).count();
+        found += hits
+            .iter()
+            .filter(|h| truth.contains(h.id.as_str()))
+            .count();
     }
     found as f64 / (queries * 10) as f64
 }

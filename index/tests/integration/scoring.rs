@@ -13,10 +13,16 @@ use crate::data::*;
 const DIM: usize = 24;
 
 /// 2,000 items with "collar" and "colour"; every 10th has no "colour"; product = n / 5.
-fn two_attribute_store() -> (tempfile::TempDir, asen_index::LocalStore, Vec<(Vec<f32>, Option<Vec<f32>>)>) {
+fn two_attribute_store() -> (
+    tempfile::TempDir,
+    asen_index::LocalStore,
+    Vec<(Vec<f32>, Option<Vec<f32>>)>,
+) {
     let (d, store) = store(StoreOptions::default());
     let mut r = rng(3);
-    store.create_catalogue("c", &schema(&["collar", "colour"], DIM)).unwrap();
+    store
+        .create_catalogue("c", &schema(&["collar", "colour"], DIM))
+        .unwrap();
     let mut data = Vec::new();
     let mut items = Vec::new();
     for n in 0..2000 {
@@ -48,8 +54,16 @@ fn weighted_scores_equal_brute_force_sums() {
         let q2 = random_vector(&mut r, DIM);
         let req = SearchRequest::new(
             Query::Weighted(vec![
-                WeightedVector { attribute: "collar".into(), vector: q1.clone(), weight: 0.7 },
-                WeightedVector { attribute: "colour".into(), vector: q2.clone(), weight: 0.3 },
+                WeightedVector {
+                    attribute: "collar".into(),
+                    vector: q1.clone(),
+                    weight: 0.7,
+                },
+                WeightedVector {
+                    attribute: "colour".into(),
+                    vector: q2.clone(),
+                    weight: 0.3,
+                },
             ]),
             10,
         );
@@ -63,7 +77,9 @@ fn weighted_scores_equal_brute_force_sums() {
         }
         // the true best item should be among the hits
         let best = (0..data.len())
-            .max_by(|a, b| weighted_truth(&data, *a, &q1, &q2).total_cmp(&weighted_truth(&data, *b, &q1, &q2)))
+            .max_by(|a, b| {
+                weighted_truth(&data, *a, &q1, &q2).total_cmp(&weighted_truth(&data, *b, &q1, &q2))
+            })
             .unwrap();
         assert!(hits.iter().any(|h| h.id.as_str() == best.to_string()));
     }
@@ -75,7 +91,10 @@ fn group_by_keeps_group_sizes_and_exact_scores() {
     let mut r = rng(4);
     let q = random_vector(&mut r, DIM);
     let mut req = SearchRequest::vector("collar", q.clone(), 5);
-    req.group_by = Some(GroupBy { field: "product".into(), group_size: 2 });
+    req.group_by = Some(GroupBy {
+        field: "product".into(),
+        group_size: 2,
+    });
     req.with_payload = true;
     let SearchResults::Groups(groups) = store.search("c", &req).unwrap() else {
         panic!("expected groups")
@@ -100,48 +119,95 @@ fn group_by_keeps_group_sizes_and_exact_scores() {
 #[test]
 fn search_by_item_excludes_itself_and_recommend_excludes_examples() {
     let (_d, store, data) = two_attribute_store();
-    let collar = vec![AttributeWeight { attribute: "collar".into(), weight: 1.0 }];
-    let req = SearchRequest::new(Query::Item { id: id(17), attributes: collar.clone() }, 5);
+    let collar = vec![AttributeWeight {
+        attribute: "collar".into(),
+        weight: 1.0,
+    }];
+    let req = SearchRequest::new(
+        Query::Item {
+            id: id(17),
+            attributes: collar.clone(),
+        },
+        5,
+    );
     let hits = store.search("c", &req).unwrap().into_hits();
     assert_eq!(hits.len(), 5);
     assert!(hits.iter().all(|h| h.id.as_str() != "17"));
-    let truth = brute_force(&data.iter().map(|d| d.0.clone()).collect::<Vec<_>>(), &data[17].0, 2);
+    let truth = brute_force(
+        &data.iter().map(|d| d.0.clone()).collect::<Vec<_>>(),
+        &data[17].0,
+        2,
+    );
     assert_eq!(hits[0].id.as_str(), truth[1].to_string());
 
     let req = SearchRequest::new(
-        Query::Recommend { positive: vec![id(1), id(2)], negative: vec![id(3)], attributes: collar },
+        Query::Recommend {
+            positive: vec![id(1), id(2)],
+            negative: vec![id(3)],
+            attributes: collar,
+        },
         10,
     );
     let hits = store.search("c", &req).unwrap().into_hits();
     assert_eq!(hits.len(), 10);
-    assert!(hits.iter().all(|h| !["1", "2", "3"].contains(&h.id.as_str())));
+    assert!(hits
+        .iter()
+        .all(|h| !["1", "2", "3"].contains(&h.id.as_str())));
     // item 10 has no colour: asking for it is a typed error
-    let colour = vec![AttributeWeight { attribute: "colour".into(), weight: 1.0 }];
+    let colour = vec![AttributeWeight {
+        attribute: "colour".into(),
+        weight: 1.0,
+    }];
     let err = store
-        .search("c", &SearchRequest::new(Query::Item { id: id(10), attributes: colour }, 5))
+        .search(
+            "c",
+            &SearchRequest::new(
+                Query::Item {
+                    id: id(10),
+                    attributes: colour,
+                },
+                5,
+            ),
+        )
         .unwrap_err();
-    assert!(matches!(err, asen_index::IndexError::MissingAttribute { .. }), "{err}");
+    assert!(
+        matches!(err, asen_index::IndexError::MissingAttribute { .. }),
+        "{err}"
+    );
 }
 
 #[test]
 fn deleted_and_replaced_items_never_come_back() {
-    let options = StoreOptions { compaction_min_points: 100, ..StoreOptions::default() };
+    let options = StoreOptions {
+        compaction_min_points: 100,
+        ..StoreOptions::default()
+    };
     let (_d, store) = store(options);
     let mut r = rng(21);
     store.create_catalogue("c", &schema(&["a"], DIM)).unwrap();
     let data: Vec<Vec<f32>> = (0..1000).map(|_| random_vector(&mut r, DIM)).collect();
-    let items: Vec<_> = data.iter().enumerate().map(|(i, v)| item(i, &[("a", v)])).collect();
+    let items: Vec<_> = data
+        .iter()
+        .enumerate()
+        .map(|(i, v)| item(i, &[("a", v)]))
+        .collect();
     store.upsert("c", &items).unwrap();
     // delete every odd item; replace items 0..100 with new vectors
     let odd: Vec<_> = (0..1000).filter(|i| i % 2 == 1).map(id).collect();
     assert_eq!(store.delete("c", &odd).unwrap().affected, 500);
     assert_eq!(store.delete("c", &odd).unwrap().affected, 0);
-    let replaced: Vec<_> = (0..100).step_by(2).map(|i| item(i, &[("a", &random_vector(&mut r, DIM))])).collect();
+    let replaced: Vec<_> = (0..100)
+        .step_by(2)
+        .map(|i| item(i, &[("a", &random_vector(&mut r, DIM))]))
+        .collect();
     store.upsert("c", &replaced).unwrap();
     assert_eq!(store.count("c").unwrap(), 500);
     for round in 0..2 {
         for (i, v) in data.iter().enumerate().take(300) {
-            let hits = store.search("c", &SearchRequest::vector("a", v.clone(), 20)).unwrap().into_hits();
+            let hits = store
+                .search("c", &SearchRequest::vector("a", v.clone(), 20))
+                .unwrap()
+                .into_hits();
             assert_eq!(hits.len(), 20);
             for h in &hits {
                 let n: usize = h.id.as_str().parse().unwrap();
@@ -152,7 +218,9 @@ fn deleted_and_replaced_items_never_come_back() {
             }
             if i % 2 == 0 && i < 100 {
                 // the old vector of a replaced item must not score as itself
-                assert!(hits.iter().all(|h| h.id.as_str() != i.to_string() || h.score < 0.999));
+                assert!(hits
+                    .iter()
+                    .all(|h| h.id.as_str() != i.to_string() || h.score < 0.999));
             }
         }
         store.wait_for_compactions();

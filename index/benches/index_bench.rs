@@ -87,7 +87,10 @@ fn parse_args() -> Args {
 }
 
 fn env_or(k: &str, d: usize) -> usize {
-    std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d)
+    std::env::var(k)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(d)
 }
 
 fn gaussian(r: &mut StdRng) -> f32 {
@@ -102,10 +105,14 @@ fn generate(args: &Args) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
     let mut r = StdRng::seed_from_u64(args.seed);
     let d = args.dim;
     let mut all: Vec<Vec<f32>> = match args.data.as_str() {
-        "uniform" => (0..total).map(|_| (0..d).map(|_| r.gen_range(-1.0..1.0)).collect()).collect(),
+        "uniform" => (0..total)
+            .map(|_| (0..d).map(|_| r.gen_range(-1.0..1.0)).collect())
+            .collect(),
         "clustered" => {
             let k = 100;
-            let centres: Vec<Vec<f32>> = (0..k).map(|_| (0..d).map(|_| gaussian(&mut r)).collect()).collect();
+            let centres: Vec<Vec<f32>> = (0..k)
+                .map(|_| (0..d).map(|_| gaussian(&mut r)).collect())
+                .collect();
             (0..total)
                 .map(|_| {
                     let c = &centres[r.gen_range(0..k)];
@@ -115,12 +122,17 @@ fn generate(args: &Args) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
         }
         "lowrank" => {
             let rank = 16;
-            let basis: Vec<Vec<f32>> = (0..rank).map(|_| (0..d).map(|_| gaussian(&mut r)).collect()).collect();
+            let basis: Vec<Vec<f32>> = (0..rank)
+                .map(|_| (0..d).map(|_| gaussian(&mut r)).collect())
+                .collect();
             (0..total)
                 .map(|_| {
                     let w: Vec<f32> = (0..rank).map(|_| gaussian(&mut r)).collect();
                     (0..d)
-                        .map(|j| w.iter().zip(&basis).map(|(w, b)| w * b[j]).sum::<f32>() + 0.05 * gaussian(&mut r))
+                        .map(|j| {
+                            w.iter().zip(&basis).map(|(w, b)| w * b[j]).sum::<f32>()
+                                + 0.05 * gaussian(&mut r)
+                        })
                         .collect()
                 })
                 .collect()
@@ -141,7 +153,12 @@ fn read_fvecs(path: &Path) -> Vec<Vec<f32>> {
     while o + 4 <= bytes.len() {
         let d = u32::from_le_bytes(bytes[o..o + 4].try_into().unwrap()) as usize;
         o += 4;
-        out.push(bytes[o..o + 4 * d].chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect());
+        out.push(
+            bytes[o..o + 4 * d]
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect(),
+        );
         o += 4 * d;
     }
     out
@@ -167,7 +184,12 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// Exact top-k by cosine among `ids` (all when `None`).
-fn truth(base: &[Vec<f32>], queries: &[Vec<f32>], k: usize, keep: impl Fn(usize) -> bool + Sync) -> Vec<Vec<u32>> {
+fn truth(
+    base: &[Vec<f32>],
+    queries: &[Vec<f32>],
+    k: usize,
+    keep: impl Fn(usize) -> bool + Sync,
+) -> Vec<Vec<u32>> {
     queries
         .par_iter()
         .map(|q| {
@@ -192,7 +214,11 @@ fn truth(base: &[Vec<f32>], queries: &[Vec<f32>], k: usize, keep: impl Fn(usize)
 fn rss_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/statm")
         .ok()
-        .and_then(|s| s.split_whitespace().nth(1).and_then(|p| p.parse::<u64>().ok()))
+        .and_then(|s| {
+            s.split_whitespace()
+                .nth(1)
+                .and_then(|p| p.parse::<u64>().ok())
+        })
         .map_or(0, |pages| pages * 4096)
 }
 
@@ -207,7 +233,13 @@ fn options(exact_fraction: f64, exact_max: usize) -> StoreOptions {
 }
 
 /// Single-threaded queries/s and recall@10.
-fn run_queries(store: &LocalStore, queries: &[Vec<f32>], gt: &[Vec<u32>], ef: usize, filter: Option<&Filter>) -> (f64, f64) {
+fn run_queries(
+    store: &LocalStore,
+    queries: &[Vec<f32>],
+    gt: &[Vec<u32>],
+    ef: usize,
+    filter: Option<&Filter>,
+) -> (f64, f64) {
     let start = Instant::now();
     let mut found = 0usize;
     let mut expected = 0usize;
@@ -218,7 +250,10 @@ fn run_queries(store: &LocalStore, queries: &[Vec<f32>], gt: &[Vec<u32>], ef: us
         let hits = store.search("c", &req).expect("search").into_hits();
         let t: HashSet<u32> = t.iter().copied().collect();
         expected += t.len();
-        found += hits.iter().filter(|h| t.contains(&h.id.as_str().parse::<u32>().unwrap())).count();
+        found += hits
+            .iter()
+            .filter(|h| t.contains(&h.id.as_str().parse::<u32>().unwrap()))
+            .count();
     }
     let qps = queries.len() as f64 / start.elapsed().as_secs_f64();
     (qps, found as f64 / expected.max(1) as f64)
@@ -242,7 +277,10 @@ fn main() {
     let query_unit: Vec<Vec<f32>> = queries.par_iter().map(|v| unit(v)).collect();
     let t = Instant::now();
     let gt = truth(&base_unit, &query_unit, 10, |_| true);
-    println!("ground truth (brute force, all threads): {:.2} s\n", t.elapsed().as_secs_f64());
+    println!(
+        "ground truth (brute force, all threads): {:.2} s\n",
+        t.elapsed().as_secs_f64()
+    );
     if let Some(dir) = &args.export {
         let dir = Path::new(dir);
         std::fs::create_dir_all(dir).expect("export dir");
@@ -259,7 +297,11 @@ fn main() {
     for &storage in &args.storage {
         let dir = tempfile::tempdir().expect("tempdir");
         let schema = CatalogueSchema::new(["a"], args.dim)
-            .with_hnsw(HnswConfig { m: args.m, ef_construction: args.ef_construction, ef_search: 64 })
+            .with_hnsw(HnswConfig {
+                m: args.m,
+                ef_construction: args.ef_construction,
+                ef_search: 64,
+            })
             .with_storage(storage);
         let rss0 = rss_bytes();
         let store = LocalStore::open(dir.path(), options(0.05, 2000)).expect("open");
@@ -271,8 +313,12 @@ fn main() {
                 .enumerate()
                 .map(|(i, v)| {
                     let id = c * 1000 + i;
-                    let mut it = Item::new(ItemId::new(id.to_string()).unwrap(), [("a".to_string(), v.clone())].into());
-                    it.payload.insert("bucket".into(), ((id * 7919) % 1000).into());
+                    let mut it = Item::new(
+                        ItemId::new(id.to_string()).unwrap(),
+                        [("a".to_string(), v.clone())].into(),
+                    );
+                    it.payload
+                        .insert("bucket".into(), ((id * 7919) % 1000).into());
                     it
                 })
                 .collect();
@@ -317,37 +363,57 @@ fn main() {
     if let Some(path) = &args.json {
         std::fs::write(path, format!("[{}]\n", json_rows.join(",\n"))).expect("write json");
     }
-    println!("\n| storage | close + dump s | reopen from dump s (replayed) | full rebuild from sled s |");
+    println!(
+        "\n| storage | close + dump s | reopen from dump s (replayed) | full rebuild from sled s |"
+    );
     println!("|---|---|---|---|");
     for (s, close, reopen, replayed, rebuild) in timings {
-        println!(
-            "| {s:?} | {close:.2} | {reopen:.2} ({replayed}) | {rebuild:.2} |"
-        );
+        println!("| {s:?} | {close:.2} | {reopen:.2} ({replayed}) | {rebuild:.2} |");
     }
 }
 
-fn filter_switch_over(dir: &Path, base_unit: &[Vec<f32>], queries: &[Vec<f32>], query_unit: &[Vec<f32>]) {
+fn filter_switch_over(
+    dir: &Path,
+    base_unit: &[Vec<f32>],
+    queries: &[Vec<f32>],
+    query_unit: &[Vec<f32>],
+) {
     let n = base_unit.len();
     let queries = &queries[..queries.len().min(env_or("ASEN_BENCH_FILTER_QUERIES", 100))];
     let query_unit = &query_unit[..queries.len()];
     let per_mille = [1usize, 5, 10, 20, 50, 100, 200, 500];
     let mut rows = Vec::new();
     // Reopen the store with each path forced.
-    for (mode, fraction, max_items) in [("graph filter hook", 0.0, 0usize), ("exact scan", 1.0, usize::MAX)] {
+    for (mode, fraction, max_items) in [
+        ("graph filter hook", 0.0, 0usize),
+        ("exact scan", 1.0, usize::MAX),
+    ] {
         let s = LocalStore::open(dir, options(fraction, max_items)).expect("reopen");
         for &pm in &per_mille {
-            let filter = Filter::Range { field: "bucket".into(), gt: None, gte: None, lt: Some(pm as f64), lte: None };
+            let filter = Filter::Range {
+                field: "bucket".into(),
+                gt: None,
+                gte: None,
+                lt: Some(pm as f64),
+                lte: None,
+            };
             let gt = truth(base_unit, query_unit, 10, |i| (i * 7919) % 1000 < pm);
             let (qps, recall) = run_queries(&s, queries, &gt, 64, Some(&filter));
             rows.push((pm, mode, qps, recall));
         }
         drop(s);
     }
-    println!("\n### filtered search, n={n}, k=10, ef=64, {} queries\n", queries.len());
+    println!(
+        "\n### filtered search, n={n}, k=10, ef=64, {} queries\n",
+        queries.len()
+    );
     println!("| selectivity | path | queries/s | recall@10 |");
     println!("|---|---|---|---|");
     rows.sort_by_key(|r| r.0);
     for (pm, mode, qps, recall) in rows {
-        println!("| {:.1} % | {mode} | {qps:.0} | {recall:.3} |", pm as f64 / 10.0);
+        println!(
+            "| {:.1} % | {mode} | {qps:.0} | {recall:.3} |",
+            pm as f64 / 10.0
+        );
     }
 }

@@ -92,11 +92,8 @@ pub(crate) fn group_hits(
     for (key, hit) in hits {
         let name = key.to_string();
         match slot.get(&name) {
-            Some(&i) => {
-                if order[i].1.len() < group_size {
-                    order[i].1.push(hit);
-                }
-            }
+            Some(&i) if order[i].1.len() < group_size => order[i].1.push(hit),
+            Some(_) => {}
             None if order.len() < groups => {
                 slot.insert(name, order.len());
                 order.push((key, vec![hit]));

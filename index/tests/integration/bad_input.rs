@@ -27,7 +27,8 @@ fn bad_items_are_rejected_whole_batch() {
     let good = item("good", &[("a", &[1.0, 2.0, 3.0, 4.0])]);
     let mut big = item("big", &[("a", &[1.0, 2.0, 3.0, 4.0])]);
     big.payload = json!({"x": "y".repeat(200)}).as_object().unwrap().clone();
-    let cases: Vec<(Item, fn(&IndexError) -> bool)> = vec![
+    type Check = fn(&IndexError) -> bool;
+    let cases: Vec<(Item, Check)> = vec![
         (item("d", &[("a", &[1.0, 2.0])]), |e| {
             matches!(
                 e,

@@ -12,12 +12,11 @@ use crate::data::*;
 
 const DIM: usize = 24;
 
+/// Per item: collar vector, optional colour vector.
+type Vectors = Vec<(Vec<f32>, Option<Vec<f32>>)>;
+
 /// 2,000 items with "collar" and "colour"; every 10th has no "colour"; product = n / 5.
-fn two_attribute_store() -> (
-    tempfile::TempDir,
-    asen_index::LocalStore,
-    Vec<(Vec<f32>, Option<Vec<f32>>)>,
-) {
+fn two_attribute_store() -> (tempfile::TempDir, asen_index::LocalStore, Vectors) {
     let (d, store) = store(StoreOptions::default());
     let mut r = rng(3);
     store

@@ -101,6 +101,7 @@ pub(crate) fn open_catalogue(
         });
         graphs.push(GraphSlot::new(graph, dumped));
     }
+    remove_orphan_dumps(&tree, &dump_dir, schema.attributes.len());
     let replayed_total: u64 = report.iter().map(|r| r.replayed).sum();
     let cat = Catalogue {
         name: name.to_string(),
@@ -118,6 +119,25 @@ pub(crate) fn open_catalogue(
         workers: Mutex::new(Vec::new()),
     };
     Ok((cat, report))
+}
+
+/// Removes dump directories no record points to (left by a crash in the middle of a dump).
+/// Best effort: a leftover directory wastes disk but is never read.
+fn remove_orphan_dumps(tree: &sled::Tree, dump_dir: &Path, attributes: usize) {
+    let current: Vec<String> = (0..attributes)
+        .filter_map(|a| tree.get(records::dump_key(a)).ok().flatten())
+        .filter_map(|b| serde_json::from_slice::<DumpRecord>(&b).ok())
+        .map(|d| d.dir)
+        .collect();
+    let Ok(entries) = std::fs::read_dir(dump_dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !current.contains(&name) {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
 }
 
 /// Loads attribute `a`'s dump if it is present, intact and consistent with sled. The outer

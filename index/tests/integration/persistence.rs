@@ -177,3 +177,22 @@ fn empty_attribute_graphs_survive_close_and_reopen() {
     assert!(hits.is_empty());
     assert!(store.check_consistency("empty").unwrap().is_consistent());
 }
+
+#[test]
+fn orphan_dump_directories_are_removed_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = LocalStore::open(dir.path(), StoreOptions::default()).unwrap();
+        store.create_catalogue("c", &schema(&["a", "b"], 16)).unwrap();
+        fill(&store, 0, 100, 5);
+    }
+    let mut files = Vec::new();
+    collect_files(&dir.path().join("graphs"), &mut files);
+    let cat_dir = files[0].parent().unwrap().parent().unwrap().to_path_buf();
+    let orphan = cat_dir.join("a0-s999-i999");
+    std::fs::create_dir_all(&orphan).unwrap();
+    std::fs::write(orphan.join("graph.hnsw.data"), b"half written").unwrap();
+    let store = LocalStore::open(dir.path(), StoreOptions::default()).unwrap();
+    assert!(!orphan.exists());
+    assert!(store.recovery_report().iter().all(|r| r.source == "dump"));
+}

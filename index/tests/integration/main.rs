@@ -1,6 +1,7 @@
 //! Integration tests of `asen-index`, one binary of modules.
 
 mod bad_input;
+mod concurrency;
 mod conformance;
 mod data;
 mod filters;

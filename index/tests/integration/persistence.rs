@@ -183,7 +183,9 @@ fn orphan_dump_directories_are_removed_on_open() {
     let dir = tempfile::tempdir().unwrap();
     {
         let store = LocalStore::open(dir.path(), StoreOptions::default()).unwrap();
-        store.create_catalogue("c", &schema(&["a", "b"], 16)).unwrap();
+        store
+            .create_catalogue("c", &schema(&["a", "b"], 16))
+            .unwrap();
         fill(&store, 0, 100, 5);
     }
     let mut files = Vec::new();

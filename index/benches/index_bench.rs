@@ -16,8 +16,8 @@ use std::path::Path;
 use std::time::Instant;
 
 use asen_index::{
-    CatalogueSchema, CatalogueStore, Durability, Filter, HnswConfig, Item, ItemId, LocalStore,
-    SearchRequest, StoreOptions, VectorStorage,
+    CatalogueSchema, CatalogueStore, Durability, Filter, FilterStrategy, HnswConfig, Item, ItemId,
+    LocalStore, SearchRequest, StoreOptions, VectorStorage,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -222,12 +222,11 @@ fn rss_bytes() -> u64 {
         .map_or(0, |pages| pages * 4096)
 }
 
-fn options(exact_fraction: f64, exact_max: usize) -> StoreOptions {
+fn options(filter_strategy: FilterStrategy) -> StoreOptions {
     StoreOptions {
         durability: Durability::Deferred,
         dump_every_inserts: 0,
-        exact_scan_fraction: exact_fraction,
-        exact_scan_max_items: exact_max,
+        filter_strategy,
         ..StoreOptions::default()
     }
 }
@@ -304,7 +303,7 @@ fn main() {
             })
             .with_storage(storage);
         let rss0 = rss_bytes();
-        let store = LocalStore::open(dir.path(), options(0.05, 2000)).expect("open");
+        let store = LocalStore::open(dir.path(), options(FilterStrategy::Auto)).expect("open");
         store.create_catalogue("c", &schema).expect("create");
         let start = Instant::now();
         for (c, chunk) in base.chunks(1000).enumerate() {
@@ -346,7 +345,7 @@ fn main() {
         drop(store);
         let close = t.elapsed().as_secs_f64();
         let t = Instant::now();
-        let store = LocalStore::open(dir.path(), options(0.05, 2000)).expect("reopen");
+        let store = LocalStore::open(dir.path(), options(FilterStrategy::Auto)).expect("reopen");
         let reopen = t.elapsed().as_secs_f64();
         let replayed: u64 = store.recovery_report().iter().map(|r| r.replayed).sum();
         drop(store);
@@ -355,7 +354,7 @@ fn main() {
         }
         std::fs::remove_dir_all(dir.path().join("graphs")).expect("remove dumps");
         let t = Instant::now();
-        let s = LocalStore::open(dir.path(), options(0.05, 2000)).expect("rebuild");
+        let s = LocalStore::open(dir.path(), options(FilterStrategy::Auto)).expect("rebuild");
         let rebuild = t.elapsed().as_secs_f64();
         std::mem::forget(s); // skip the close-time dump; the temp dir goes anyway
         timings.push((storage, close, reopen, replayed, rebuild));

@@ -46,8 +46,8 @@ mod types;
 
 pub use error::{ErrorKind, IndexError, Result};
 pub use local::{
-    ConsistencyReport, Durability, GraphRecovery, LocalStore, ProgressFn, RebuildProgress,
-    StoreOptions,
+    ConsistencyReport, Durability, FilterStrategy, GraphRecovery, LocalStore, ProgressFn,
+    RebuildProgress, StoreOptions,
 };
 pub use schema::{CatalogueSchema, HnswConfig, VectorStorage, MAX_ATTRIBUTES, MAX_DIMENSION};
 pub use store::CatalogueStore;

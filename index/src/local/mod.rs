@@ -40,6 +40,25 @@ pub enum Durability {
     Deferred,
 }
 
+/// How filtered searches find candidates. `Auto` picks by the filter's estimated selectivity;
+/// the others force one path (benchmarks, diagnosis).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FilterStrategy {
+    /// Selective filters (at most [`StoreOptions::exact_scan_fraction`] of live items, or
+    /// [`StoreOptions::exact_scan_max_items`]) scan their matches exactly; others walk the graph
+    /// unfiltered, widened by 1 / selectivity, and filter the candidates.
+    #[default]
+    Auto,
+    /// Always score every matching item exactly.
+    ExactScan,
+    /// Always walk the graph with the hnsw_rs filter hook (slow for selective filters: the
+    /// walk loses its early exit).
+    GraphHook,
+    /// Always walk the graph unfiltered and filter the candidates (falls back to an exact scan
+    /// when too few pass).
+    PostFilter,
+}
+
 /// Progress of a graph rebuild, reported through [`StoreOptions::progress`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RebuildProgress {
@@ -73,11 +92,13 @@ pub struct StoreOptions {
     /// Dump a catalogue's graphs after this many inserts since its last dump (0: only on
     /// [`LocalStore::checkpoint`] and on close).
     pub dump_every_inserts: u64,
-    /// Filtered searches scan the matching items exactly, instead of walking the graph with the
-    /// filter hook, when at most this fraction of live items match (see `docs/bench/index.md`).
+    /// With [`FilterStrategy::Auto`], filtered searches scan the matching items exactly when at
+    /// most this fraction of live items match (see `docs/bench/index.md`).
     pub exact_scan_fraction: f64,
     /// ... or when at most this many items match, whatever the fraction.
     pub exact_scan_max_items: usize,
+    /// Which path filtered searches take.
+    pub filter_strategy: FilterStrategy,
     /// sled page cache, bytes.
     pub cache_capacity_bytes: u64,
     /// Receives graph rebuild progress (open and compaction).
@@ -94,6 +115,7 @@ impl Default for StoreOptions {
             dump_every_inserts: 200_000,
             exact_scan_fraction: 0.05,
             exact_scan_max_items: 2_000,
+            filter_strategy: FilterStrategy::Auto,
             cache_capacity_bytes: 512 * 1024 * 1024,
             progress: None,
         }
@@ -110,6 +132,7 @@ impl std::fmt::Debug for StoreOptions {
             .field("dump_every_inserts", &self.dump_every_inserts)
             .field("exact_scan_fraction", &self.exact_scan_fraction)
             .field("exact_scan_max_items", &self.exact_scan_max_items)
+            .field("filter_strategy", &self.filter_strategy)
             .field("cache_capacity_bytes", &self.cache_capacity_bytes)
             .field("progress", &self.progress.is_some())
             .finish()

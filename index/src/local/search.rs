@@ -6,13 +6,13 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use super::records::{self, ItemRecord, VectorRecord};
-use super::{read, Catalogue, ItemMeta, StoreOptions};
+use super::{read, Catalogue, FilterStrategy, ItemMeta, StoreOptions};
 use crate::error::{IndexError, Result};
 use crate::filter;
 use crate::rescore::{average_vector, dot, group_hits, normalized};
 use crate::schema::MAX_ATTRIBUTES;
 use crate::types::{
-    AttributeWeight, Hit, HitGroup, ItemId, Query, SearchRequest, SearchResults, MAX_K,
+    AttributeWeight, Filter, Hit, HitGroup, ItemId, Query, SearchRequest, SearchResults, MAX_K,
 };
 
 /// Largest `ef_search` a request may ask for.
@@ -77,27 +77,33 @@ pub(crate) fn search(
     let need = req.k;
     let per_group = req.group_by.as_ref().map_or(1, |g| g.group_size);
 
-    // Filtered: collect the matching live ids once (the hook then only does a set lookup).
-    let (matching, live_total) = {
-        let live = read(&c.live);
-        let total = live.items.len();
-        let m = req.filter.as_ref().map(|f| {
-            live.items
-                .iter()
-                .filter(|(iid, m)| !plan.exclude.contains(iid) && filter::matches(f, &m.payload))
-                .map(|(iid, _)| *iid)
-                .collect::<HashSet<u64>>()
-        });
-        (m, total)
-    };
+    let live_total = read(&c.live).items.len();
     let exact_limit = options
         .exact_scan_max_items
         .max((options.exact_scan_fraction * live_total as f64) as usize);
-    if let Some(m) = &matching {
-        if m.len() <= exact_limit {
-            let scored = score_exact(c, &plan, m.iter().copied())?;
-            return Ok(finish(c, req, scored));
+    let mode = match (&req.filter, options.filter_strategy) {
+        (None, _) => Mode::Unfiltered,
+        (Some(f), FilterStrategy::ExactScan) => Mode::Exact(matching(c, f, &plan)),
+        (Some(f), FilterStrategy::GraphHook) => Mode::Hook(matching(c, f, &plan)),
+        (Some(f), FilterStrategy::PostFilter) => Mode::Post(f, selectivity(c, f)),
+        (Some(f), FilterStrategy::Auto) => {
+            let est = selectivity(c, f);
+            if est * live_total as f64 <= 2.0 * exact_limit as f64 {
+                // Probably selective: count exactly, scan if it is.
+                let set = matching(c, f, &plan);
+                if set.len() <= exact_limit {
+                    Mode::Exact(set)
+                } else {
+                    Mode::Hook(set)
+                }
+            } else {
+                Mode::Post(f, est)
+            }
         }
+    };
+    if let Mode::Exact(set) = &mode {
+        let scored = score_exact(c, &plan, set.iter().copied())?;
+        return Ok(finish(c, req, scored));
     }
 
     let graphs: Vec<_> = plan
@@ -112,19 +118,25 @@ pub(crate) fn search(
     } else {
         COMPRESSED_OVERSAMPLE
     };
+    // Post-filtering walks k / selectivity candidates (plus margin) to keep k after the filter.
+    let post_factor = match &mode {
+        Mode::Post(_, est) => 1.5 / est.max(1e-4),
+        _ => 1.0,
+    };
     let mut fetch = need * per_group;
     loop {
-        let knbn = (fetch + plan.exclude.len()).max(ef) * oversample;
+        let wanted = ((fetch + plan.exclude.len()) as f64 * post_factor).ceil() as usize;
+        let knbn = wanted.max(ef) * oversample;
         let mut seen = HashSet::new();
         let mut approx: Vec<(u64, f32)> = Vec::new();
         let mut exhausted = true;
         for (p, g) in plan.parts.iter().zip(&graphs) {
-            let found = match &matching {
-                Some(m) => {
+            let found = match &mode {
+                Mode::Hook(m) => {
                     let keep = |id: u64| m.contains(&id);
                     g.search(&p.vector, knbn, knbn, Some(&keep))
                 }
-                None => g.search(&p.vector, knbn, knbn, None),
+                _ => g.search(&p.vector, knbn, knbn, None),
             };
             if found.len() >= knbn {
                 exhausted = false;
@@ -134,6 +146,14 @@ pub(crate) fn search(
                     approx.push((iid, s));
                 }
             }
+        }
+        if let Mode::Post(f, _) = &mode {
+            let live = read(&c.live);
+            approx.retain(|(iid, _)| {
+                live.items
+                    .get(iid)
+                    .is_some_and(|m| filter::matches(f, &m.payload))
+            });
         }
         let scored = if needs_rescore {
             let ids: Vec<u64> = approx.iter().map(|(i, _)| *i).collect();
@@ -165,10 +185,11 @@ pub(crate) fn search(
         // Too many tombstones, excluded ids or filtered-out points in the way: widen, and past
         // the whole graph fall back to an exact scan (filter-matching or all live items).
         fetch *= 4;
-        if fetch + plan.exclude.len() > live_total.max(1) * 2 || knbn >= MAX_EF * 4 {
-            let ids: Vec<u64> = match &matching {
-                Some(m) => m.iter().copied().collect(),
-                None => read(&c.live)
+        if wanted > live_total.max(1) * 2 || knbn >= MAX_EF * 4 {
+            let ids: Vec<u64> = match &mode {
+                Mode::Hook(m) | Mode::Exact(m) => m.iter().copied().collect(),
+                Mode::Post(f, _) => matching(c, f, &plan).into_iter().collect(),
+                Mode::Unfiltered => read(&c.live)
                     .items
                     .keys()
                     .filter(|i| !plan.exclude.contains(i))
@@ -179,6 +200,44 @@ pub(crate) fn search(
             return Ok(finish(c, req, scored));
         }
     }
+}
+
+/// How a search finds candidates.
+enum Mode<'a> {
+    Unfiltered,
+    /// Exact scan of the matching ids.
+    Exact(HashSet<u64>),
+    /// Graph walk with the hnsw_rs filter hook over the matching ids.
+    Hook(HashSet<u64>),
+    /// Unfiltered graph walk widened by 1 / estimated selectivity, then the filter.
+    Post(&'a Filter, f64),
+}
+
+/// Items sampled to estimate a filter's selectivity.
+const SELECTIVITY_SAMPLE: usize = 1024;
+
+/// Fraction of live items passing the filter, estimated on a sample (hash order, so it is
+/// unrelated to payload values).
+fn selectivity(c: &Catalogue, f: &Filter) -> f64 {
+    let live = read(&c.live);
+    let sample = live.items.len().min(SELECTIVITY_SAMPLE);
+    let hits = live
+        .items
+        .values()
+        .take(sample)
+        .filter(|m| filter::matches(f, &m.payload))
+        .count();
+    (hits as f64 + 0.5) / (sample as f64 + 1.0)
+}
+
+/// Every live id passing the filter, minus the query's exclusions (O(live items)).
+fn matching(c: &Catalogue, f: &Filter, plan: &Plan) -> HashSet<u64> {
+    let live = read(&c.live);
+    live.items
+        .iter()
+        .filter(|(iid, m)| !plan.exclude.contains(iid) && filter::matches(f, &m.payload))
+        .map(|(iid, _)| *iid)
+        .collect()
 }
 
 fn invalid(reason: String) -> IndexError {

@@ -1,6 +1,6 @@
 //! Filtered search: k hits whenever k items match, on both the exact and the graph path.
 
-use asen_index::{CatalogueStore, Filter, MatchValue, SearchRequest, StoreOptions};
+use asen_index::{CatalogueStore, Filter, FilterStrategy, MatchValue, SearchRequest, StoreOptions};
 use serde_json::json;
 
 use crate::data::*;
@@ -13,7 +13,9 @@ fn filtered_store(
     let dim = 32;
     let mut r = rng(11);
     let data: Vec<Vec<f32>> = (0..n).map(|_| random_vector(&mut r, dim)).collect();
-    store.create_catalogue("c", &schema(&["a"], dim)).unwrap();
+    // Filter correctness does not need a high-quality graph: build it cheaply.
+    let cheap = asen_index::HnswConfig { m: 12, ef_construction: 48, ef_search: 64 };
+    store.create_catalogue("c", &schema(&["a"], dim).with_hnsw(cheap)).unwrap();
     for chunk in data.chunks(2000).enumerate() {
         let items: Vec<_> = chunk
             .1
@@ -75,18 +77,22 @@ fn selective_filter_returns_k_hits_out_of_20k() {
 }
 
 #[test]
-fn filter_on_graph_path_and_exact_path_agree() {
+fn every_filter_strategy_returns_the_filtered_top_k() {
     let brand = Filter::In {
         field: "brand".into(),
         values: vec![MatchValue::Keyword("b1".into())],
     };
-    for (fraction, max_items) in [(0.0, 0), (1.0, usize::MAX)] {
+    for strategy in [
+        FilterStrategy::Auto,
+        FilterStrategy::ExactScan,
+        FilterStrategy::GraphHook,
+        FilterStrategy::PostFilter,
+    ] {
         let options = StoreOptions {
-            exact_scan_fraction: fraction,
-            exact_scan_max_items: max_items,
+            filter_strategy: strategy,
             ..StoreOptions::default()
         };
-        let (_d, store, data) = filtered_store(3_000, options);
+        let (_d, store, data) = filtered_store(2_000, options);
         check(&store, &data, brand.clone(), |i| i % 4 == 1, 10);
     }
 }
@@ -110,4 +116,19 @@ fn range_and_boolean_combinations() {
     let few: Filter =
         serde_json::from_value(json!({"range": {"field": "price", "lte": 2.0}})).unwrap();
     check(&store, &data, few, |i| i <= 2, 10);
+}
+
+#[test]
+fn post_filter_falls_back_when_the_sample_misleads() {
+    // Forced post-filtering of a 0.5 % filter still returns k hits (widening, then exact scan).
+    let options = StoreOptions {
+        filter_strategy: FilterStrategy::PostFilter,
+        ..StoreOptions::default()
+    };
+    let (_d, store, data) = filtered_store(4_000, options);
+    let rare = Filter::Match {
+        field: "rare".into(),
+        value: MatchValue::Bool(true),
+    };
+    check(&store, &data, rare, |i| i % 200 == 0, 10);
 }

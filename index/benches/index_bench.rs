@@ -383,11 +383,13 @@ fn filter_switch_over(
     let per_mille = [1usize, 5, 10, 20, 50, 100, 200, 500];
     let mut rows = Vec::new();
     // Reopen the store with each path forced.
-    for (mode, fraction, max_items) in [
-        ("graph filter hook", 0.0, 0usize),
-        ("exact scan", 1.0, usize::MAX),
+    for (mode, strategy) in [
+        ("graph filter hook", FilterStrategy::GraphHook),
+        ("exact scan", FilterStrategy::ExactScan),
+        ("post-filter", FilterStrategy::PostFilter),
+        ("auto", FilterStrategy::Auto),
     ] {
-        let s = LocalStore::open(dir, options(fraction, max_items)).expect("reopen");
+        let s = LocalStore::open(dir, options(strategy)).expect("reopen");
         for &pm in &per_mille {
             let filter = Filter::Range {
                 field: "bucket".into(),

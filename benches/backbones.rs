@@ -2,7 +2,7 @@
 //! 16 (224x224 input), printed as a markdown table.
 //!
 //! ```text
-//! cargo bench --bench backbones            # ASEN_BENCH_SECS=3 per cell by default
+//! cargo bench --bench backbones   # ASEN_BENCH_SECS=3 per cell; ASEN_BENCH_ONLY=mobilenet_v2 for one
 //! ```
 //! ResNet-50 uses the golden v1 checkpoint's backbone when `../shared` is
 //! present, otherwise random weights (timing does not depend on the values).
@@ -24,7 +24,10 @@ fn shared_dir() -> PathBuf {
 
 fn build(kind: BackboneKind, device: &Device) -> (Backbone, &'static str) {
     if let Ok(path) = kind.imagenet_weights_path(None) {
-        return (Backbone::load(kind, &path, device).expect("load weights"), "imagenet");
+        return (
+            Backbone::load(kind, &path, device).expect("load weights"),
+            "imagenet",
+        );
     }
     let ckpt = shared_dir().join("golden/asen_v1_fashionai.pth.gz");
     if let Ok(ckpt) = Checkpoint::load(&ckpt) {
@@ -35,7 +38,10 @@ fn build(kind: BackboneKind, device: &Device) -> (Backbone, &'static str) {
             .filter_map(|(k, t)| k.strip_prefix("backbonenet.").map(|k| (k.to_string(), t)))
             .collect();
         let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
-        return (Backbone::new(kind, vb).expect("build"), "golden v1 checkpoint");
+        return (
+            Backbone::new(kind, vb).expect("build"),
+            "golden v1 checkpoint",
+        );
     }
     let varmap = candle_nn::VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
@@ -72,7 +78,11 @@ fn main() {
     println!();
     println!("| backbone | weights | batch 1 (img/s) | batch 16 (img/s) |");
     println!("| --- | --- | ---: | ---: |");
+    let only = std::env::var("ASEN_BENCH_ONLY").ok();
     for kind in BackboneKind::ALL {
+        if only.as_deref().is_some_and(|o| o != kind.name()) {
+            continue;
+        }
         let (net, weights) = build(kind, &device);
         let b1 = images_per_s(&net, 1, budget, &device);
         let b16 = images_per_s(&net, 16, budget, &device);

@@ -66,6 +66,9 @@ fn legacy_gz_v1_checkpoint_reads_272_tensors() {
     assert!(n.contains_key("backbonenet.layer3.5.conv3.weight"));
     assert!(n.contains_key("feature_fc.weight"));
     assert_eq!(ckpt.head_tensors().unwrap().len(), 12);
+    let backbone = ckpt.backbone_tensors().unwrap();
+    assert_eq!(backbone.len(), 43 + 43 * 4);
+    assert_eq!(backbone["layer1.0.downsample.1.running_mean"].dims(), [256]);
 }
 
 #[test]
@@ -116,5 +119,213 @@ fn zip_reader_matches_candle_pickle_reader() {
         .to_scalar::<f64>()
         .unwrap();
         assert_eq!(diff, 0.0, "{name}");
+    }
+}
+
+fn expected(
+    dir: &std::path::Path,
+    file: &str,
+) -> std::collections::HashMap<String, candle_core::Tensor> {
+    candle_core::safetensors::load(dir.join(file), &candle_core::Device::Cpu).unwrap()
+}
+
+fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims());
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+/// Run `head` on the stored `feat` for attributes 0, 4, 7 and compare
+/// `emb_c*` (atol 1e-5) and `attn_c*` (atol 1e-6); `forward_attributes` must
+/// give the same numbers as `forward`.
+fn check_head(
+    head: &asen_models::Head,
+    feat: &candle_core::Tensor,
+    exp: &std::collections::HashMap<String, candle_core::Tensor>,
+    label: &str,
+) {
+    let dev = candle_core::Device::Cpu;
+    let shared = head.forward_attributes(feat, &[0, 4, 7]).unwrap();
+    for (i, c) in [0u32, 4, 7].into_iter().enumerate() {
+        let attr = candle_core::Tensor::full(c, 6, &dev).unwrap();
+        let out = head.forward(feat, &attr, false).unwrap();
+        let attn = out.attention.as_ref().unwrap();
+        let d_emb = max_abs_diff(&out.embedding, &exp[&format!("emb_c{c}")]);
+        let d_attn = max_abs_diff(attn, &exp[&format!("attn_c{c}")]);
+        println!("{label} c={c}: emb max abs diff {d_emb:.2e}, attn {d_attn:.2e}");
+        assert!(d_emb <= 1e-5, "{label} emb_c{c}: {d_emb}");
+        assert!(d_attn <= 1e-6, "{label} attn_c{c}: {d_attn}");
+        assert!(max_abs_diff(&shared[i].embedding, &out.embedding) <= 1e-6);
+        assert!(max_abs_diff(shared[i].attention.as_ref().unwrap(), attn) <= 1e-7);
+    }
+    // Mixed attributes in one batch: row b uses attribute attrs[b].
+    let attrs = [0u32, 4, 7, 7, 4, 0];
+    let out = head
+        .forward(
+            feat,
+            &candle_core::Tensor::new(&attrs, &dev).unwrap(),
+            false,
+        )
+        .unwrap();
+    for (b, c) in attrs.iter().enumerate() {
+        let want = exp[&format!("emb_c{c}")].get(b).unwrap();
+        assert!(
+            max_abs_diff(&out.embedding.get(b).unwrap(), &want) <= 1e-5,
+            "{label} mixed row {b}"
+        );
+    }
+}
+
+#[test]
+fn v1_head_matches_pytorch_on_stored_features() {
+    let Some(dir) = golden_dir() else { return };
+    let ckpt = Checkpoint::load(dir.join("asen_v1_fashionai.pth.gz")).unwrap();
+    let (head, cfg) = ckpt.load_head(&candle_core::Device::Cpu).unwrap();
+    assert_eq!(head.kind(), HeadKind::AsenV1);
+    assert_eq!(cfg, asen_models::HeadConfig::asen(1024, 8));
+    let exp = expected(&dir, "asen_v1_expected.safetensors");
+    check_head(&head, &exp["feat"], &exp, "v1");
+}
+
+#[test]
+fn v2_head_matches_pytorch_on_stored_features() {
+    let Some(dir) = golden_dir() else { return };
+    let ckpt = Checkpoint::load(dir.join("asen_v2_head.pth")).unwrap();
+    let (head, cfg) = ckpt.load_head(&candle_core::Device::Cpu).unwrap();
+    assert_eq!(head.kind(), HeadKind::AsenV2);
+    assert!(!cfg.feature_fc);
+    assert_eq!(cfg.embedding_dim, 1024);
+    let feat = expected(&dir, "asen_v1_expected.safetensors")
+        .remove("feat")
+        .unwrap();
+    check_head(
+        &head,
+        &feat,
+        &expected(&dir, "asen_v2_expected.safetensors"),
+        "v2",
+    );
+}
+
+#[test]
+fn asenpp_global_head_matches_pytorch_on_stored_features() {
+    let Some(dir) = golden_dir() else { return };
+    let ckpt = Checkpoint::load(dir.join("asenpp_global_head.pth")).unwrap();
+    let (head, cfg) = ckpt.load_head(&candle_core::Device::Cpu).unwrap();
+    assert_eq!(cfg, asen_models::HeadConfig::asen(1024, 8));
+    let feat = expected(&dir, "asen_v1_expected.safetensors")
+        .remove("feat")
+        .unwrap();
+    let exp = expected(&dir, "asenpp_expected.safetensors");
+    check_head(&head, &feat, &exp, "asen++");
+    let asen_models::Head::AsenPpGlobal(pp) = &head else {
+        panic!("not an ASEN++ head")
+    };
+    for c in [0u32, 4, 7] {
+        let attr = candle_core::Tensor::full(c, 6, &candle_core::Device::Cpu).unwrap();
+        let (raw, _) = pp.forward_raw(&feat, &attr, false).unwrap();
+        let d = max_abs_diff(&raw, &exp[&format!("raw_c{c}")]);
+        println!("asen++ c={c}: raw max abs diff {d:.2e}");
+        assert!(d <= 1e-4, "raw_c{c}: {d}");
+    }
+}
+
+#[test]
+fn converted_v1_model_directory_reproduces_the_checkpoint() {
+    let Some(dir) = golden_dir() else { return };
+    let src = dir.join("asen_v1_fashionai.pth.gz");
+    let summary = asen_models::inspect_checkpoint(&src).unwrap();
+    let text = summary.to_string();
+    println!("{text}");
+    assert!(text.contains("13,753,897 learnable"), "{text}");
+    assert_eq!(summary.parameter_count, 13_753_897);
+    // Without fc (2,049,000) and the BN running stats: what the asen model uses.
+    assert_eq!(summary.used_parameter_count, 13_753_897 - 2_049_000);
+    assert_eq!(summary.backbone_tensor_count, 215);
+
+    let out = tempfile::tempdir().unwrap();
+    let names = [
+        "skirt_length",
+        "sleeve_length",
+        "coat_length",
+        "pant_length",
+        "collar_design",
+        "lapel_design",
+        "neckline_design",
+        "neck_design",
+    ];
+    let opts = asen_models::ConvertOptions {
+        attributes: Some(
+            names
+                .iter()
+                .map(|n| asen_models::AttributeSpec::named(*n))
+                .collect(),
+        ),
+        command: Some("test".into()),
+        ..Default::default()
+    };
+    let card = asen_models::convert_checkpoint(&src, out.path(), &opts).unwrap();
+    assert_eq!(card.head, HeadKind::AsenV1);
+    assert_eq!(card.backbone, "resnet50_layer3");
+    assert_eq!(card.attribute_index("collar_design").unwrap(), 4);
+    assert_eq!(
+        card.provenance.source_sha256.as_deref().map(str::len),
+        Some(64)
+    );
+    let model = asen_models::ModelDir::load(out.path(), &candle_core::Device::Cpu).unwrap();
+    assert_eq!(model.card, card);
+    assert_eq!(model.tensors.len(), 272 - 2 - 43);
+    assert!(model
+        .tensors
+        .contains_key("backbonenet.layer3.5.bn3.weight"));
+    let exp = expected(&dir, "asen_v1_expected.safetensors");
+    check_head(&model.head, &exp["feat"], &exp, "v1 converted");
+    // Wrong number of attribute names.
+    let bad = asen_models::ConvertOptions {
+        attributes: Some(vec![asen_models::AttributeSpec::named("a")]),
+        ..Default::default()
+    };
+    let e = asen_models::convert_checkpoint(&src, out.path(), &bad)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("1 attribute names given but checkpoint"), "{e}");
+}
+
+#[test]
+fn converted_head_only_v2_and_asenpp_directories_reproduce_the_outputs() {
+    let Some(dir) = golden_dir() else { return };
+    let feat = expected(&dir, "asen_v1_expected.safetensors")
+        .remove("feat")
+        .unwrap();
+    for (file, exp_file, kind) in [
+        (
+            "asen_v2_head.pth",
+            "asen_v2_expected.safetensors",
+            HeadKind::AsenV2,
+        ),
+        (
+            "asenpp_global_head.pth",
+            "asenpp_expected.safetensors",
+            HeadKind::AsenPpGlobal,
+        ),
+    ] {
+        let out = tempfile::tempdir().unwrap();
+        let card =
+            asen_models::convert_checkpoint(&dir.join(file), out.path(), &Default::default())
+                .unwrap();
+        assert_eq!(card.head, kind);
+        assert_eq!(card.attributes[7].name, "attr_7");
+        let notes = card.provenance.notes.clone().unwrap();
+        assert!(notes.contains("head only"), "{notes}");
+        let model = asen_models::ModelDir::load(out.path(), &candle_core::Device::Cpu).unwrap();
+        assert_eq!(model.head.kind(), kind);
+        check_head(&model.head, &feat, &expected(&dir, exp_file), file);
     }
 }

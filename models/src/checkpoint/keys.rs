@@ -67,6 +67,14 @@ pub fn detect_variant<'a>(raw_keys: impl IntoIterator<Item = &'a str>) -> Option
         }
     }
     let has = |k: &str| names.contains(k);
+    // asen's own baselines are recognised only when nothing else is there, so
+    // that e.g. a torchvision ResNet state dict (`fc.weight` at the root) is not
+    // taken for a global head.
+    let only = |allowed: &[&str]| {
+        names
+            .iter()
+            .all(|n| n.starts_with("backbonenet.") || allowed.contains(&n.as_str()))
+    };
     if pp {
         Some(HeadKind::AsenPpGlobal)
     } else if has("mask_fc1.weight") && has("conv2.weight") {
@@ -75,9 +83,12 @@ pub fn detect_variant<'a>(raw_keys: impl IntoIterator<Item = &'a str>) -> Option
         Some(HeadKind::AsenV2)
     } else if has("attr_embedding.weight") && has("conv.weight") {
         Some(HeadKind::AsenPpGlobal)
-    } else if has("masks.weight") && has("embed.weight") {
+    } else if has("masks.weight")
+        && has("embed.weight")
+        && only(&["masks.weight", "embed.weight", "embed.bias"])
+    {
         Some(HeadKind::Csn)
-    } else if has("fc.weight") {
+    } else if has("fc.weight") && only(&["fc.weight", "fc.bias"]) {
         Some(HeadKind::Global)
     } else {
         None
@@ -153,5 +164,10 @@ mod tests {
             Some(HeadKind::Global)
         );
         assert_eq!(detect_variant(["backbonenet.conv1.weight"]), None);
+        // A plain torchvision ResNet state dict is no head at all.
+        assert_eq!(
+            detect_variant(["conv1.weight", "layer1.0.conv1.weight", "fc.weight"]),
+            None
+        );
     }
 }

@@ -18,13 +18,13 @@ use std::fmt;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 
 pub use keys::{detect_variant, normalise_key};
 pub use report::{CheckedTensors, KeyReport, ShapeMismatch};
 
 use crate::error::{ModelError, Result};
-use crate::head::HeadKind;
+use crate::head::{Head, HeadConfig, HeadKind};
 use pth::Value;
 
 /// The container a checkpoint was read from.
@@ -94,11 +94,13 @@ impl Checkpoint {
         let (format, contents) = if data.starts_with(b"PK\x03\x04") {
             let c = pth::read_zip(&data).map_err(|e| format_err(path, e))?;
             (CheckpointFormat::Zip, Some(c))
+        } else if looks_like_safetensors(&data) {
+            // Checked before the pickle PROTO byte: a safetensors header length
+            // may well start with 0x80.
+            (CheckpointFormat::Safetensors, None)
         } else if data.first() == Some(&0x80) {
             let c = pth::read_legacy(&data).map_err(|e| format_err(path, e))?;
             (CheckpointFormat::Legacy, Some(c))
-        } else if looks_like_safetensors(&data) {
-            (CheckpointFormat::Safetensors, None)
         } else {
             let head: Vec<String> = data.iter().take(8).map(|b| format!("{b:02x}")).collect();
             return Err(format_err(
@@ -203,6 +205,50 @@ impl Checkpoint {
             }
         }
         Ok(out)
+    }
+
+    /// Build the head this checkpoint holds (variant from the keys, sizes from
+    /// the shapes), checking every head key: missing, unexpected (outside
+    /// `backbonenet.`) and mis-shaped tensors are reported together as
+    /// [`ModelError::CheckpointMismatch`]. Parameters end up on `device` as f32.
+    pub fn load_head(&self, device: &Device) -> Result<(Head, HeadConfig)> {
+        let kind = self.variant()?;
+        let tensors = self.head_tensors()?;
+        let cfg =
+            HeadConfig::infer(kind, &tensors).map_err(|reason| ModelError::CheckpointMismatch {
+                path: self.path.clone(),
+                variant: kind.to_string(),
+                report: reason,
+            })?;
+        let head = self.load_head_as(kind, &cfg, device)?;
+        Ok((head, cfg))
+    }
+
+    /// Build a `kind` head with the sizes `cfg` from this checkpoint's head
+    /// tensors, with the same complete key check as [`Checkpoint::load_head`].
+    pub fn load_head_as(&self, kind: HeadKind, cfg: &HeadConfig, device: &Device) -> Result<Head> {
+        let checked = CheckedTensors::new(self.head_tensors()?);
+        let built = Head::new(kind, checked.var_builder(DType::F32, device), cfg);
+        let report = checked.report();
+        if !report.is_clean() {
+            return Err(ModelError::CheckpointMismatch {
+                path: self.path.clone(),
+                variant: kind.to_string(),
+                report: report.to_string(),
+            });
+        }
+        built
+    }
+
+    /// The normalised backbone tensors with the `backbonenet.` prefix removed
+    /// (`conv1.weight`, `layer3.5.bn3.running_var`, ...), for building a
+    /// backbone alone; `fc.*`, `layer4.*` and `num_batches_tracked` are already gone.
+    pub fn backbone_tensors(&self) -> Result<BTreeMap<String, Tensor>> {
+        Ok(self
+            .normalised()?
+            .into_iter()
+            .filter_map(|(k, t)| k.strip_prefix("backbonenet.").map(|k| (k.to_owned(), t)))
+            .collect())
     }
 
     /// The normalised head tensors (everything outside `backbonenet.`).

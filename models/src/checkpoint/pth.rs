@@ -13,7 +13,7 @@
 //! `('storage', torch.FloatStorage, key, location, numel)`. The location
 //! (`cuda:0`, `cpu`) is ignored: everything is read onto the CPU.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 
 use candle_core::{DType, Device, Tensor};
@@ -42,11 +42,13 @@ pub(crate) enum Value {
         callable: Box<Value>,
         args: Box<Value>,
     },
-    /// A storage reference from a persistent id.
+    /// A storage reference from a persistent id; `offset` (elements) is
+    /// non-zero for a legacy storage view into a larger root storage.
     Storage {
         dtype: StorageType,
         key: String,
         numel: usize,
+        offset: usize,
     },
     /// A tensor view of a storage.
     Tensor(TensorRef),
@@ -118,6 +120,25 @@ pub(crate) struct TensorRef {
     pub stride: Vec<usize>,
 }
 
+/// Deepest container nesting accepted. Torch state dicts nest about 6 levels;
+/// the cap keeps a hostile file from overflowing the stack (the values are
+/// traversed and dropped recursively).
+const MAX_NESTING: usize = 100;
+
+/// Nesting depth of `v`, counting at most `cap + 1` levels.
+fn nesting(v: &Value, cap: usize) -> usize {
+    if cap == 0 {
+        return 1;
+    }
+    let children: Box<dyn Iterator<Item = &Value>> = match v {
+        Value::Tuple(items) | Value::List(items) => Box::new(items.iter()),
+        Value::Dict(d) => Box::new(d.iter().flat_map(|(k, v)| [k, v])),
+        Value::Call { callable, args } => Box::new([callable.as_ref(), args.as_ref()].into_iter()),
+        _ => return 0,
+    };
+    1 + children.map(|c| nesting(c, cap - 1)).max().unwrap_or(0)
+}
+
 /// A pickle-level failure; the caller adds the file name.
 pub(crate) type PickleResult<T> = std::result::Result<T, String>;
 
@@ -129,6 +150,8 @@ pub(crate) fn unpickle(data: &[u8], pos: &mut usize) -> PickleResult<Value> {
         pos: *pos,
         stack: Vec::new(),
         memo: HashMap::new(),
+        live_slot: HashMap::new(),
+        live_ids: BTreeMap::new(),
     };
     let value = vm.run()?;
     *pos = vm.pos;
@@ -140,6 +163,12 @@ struct Vm<'a> {
     pos: usize,
     stack: Vec<Value>,
     memo: HashMap<u32, Value>,
+    /// Python's memo holds references, ours copies. A memoised object still on
+    /// the stack may yet be filled (SETITEMS, APPENDS after BINPUT), so while it
+    /// is there a memo read copies the stack slot, and popping the slot stores
+    /// its final value in the memo. Memo index -> stack slot, and slot -> indices.
+    live_slot: HashMap<u32, usize>,
+    live_ids: BTreeMap<usize, Vec<u32>>,
 }
 
 impl<'a> Vm<'a> {
@@ -193,10 +222,43 @@ impl<'a> Vm<'a> {
             .map_err(|_| format!("invalid utf-8 string at offset {at}"))
     }
 
+    /// Refuse a value about to be placed inside a container when it is already
+    /// nested too deeply.
+    fn check_nesting(&self, v: &Value, at: usize) -> PickleResult<()> {
+        if nesting(v, MAX_NESTING) >= MAX_NESTING {
+            return Err(format!(
+                "pickle nests containers more than {MAX_NESTING} levels deep at offset {at}"
+            ));
+        }
+        Ok(())
+    }
+
+    fn check_all(&self, items: &[Value], at: usize) -> PickleResult<()> {
+        items.iter().try_for_each(|v| self.check_nesting(v, at))
+    }
+
     fn pop(&mut self) -> PickleResult<Value> {
-        self.stack
+        let v = self
+            .stack
             .pop()
-            .ok_or_else(|| format!("pickle stack underflow at offset {}", self.pos))
+            .ok_or_else(|| format!("pickle stack underflow at offset {}", self.pos))?;
+        self.retire(self.stack.len(), std::slice::from_ref(&v));
+        Ok(v)
+    }
+
+    /// Slots `from..` were popped with `values`: their memo entries become final.
+    fn retire(&mut self, from: usize, values: &[Value]) {
+        if self.live_ids.range(from..).next().is_none() {
+            return;
+        }
+        for (slot, ids) in self.live_ids.split_off(&from) {
+            for id in ids {
+                self.live_slot.remove(&id);
+                if let Some(v) = values.get(slot - from) {
+                    self.memo.insert(id, v.clone());
+                }
+            }
+        }
     }
 
     fn top(&mut self) -> PickleResult<&mut Value> {
@@ -214,11 +276,15 @@ impl<'a> Vm<'a> {
             .rposition(|v| matches!(v, Value::Mark))
             .ok_or_else(|| format!("pickle MARK missing at offset {}", self.pos))?;
         let items = self.stack.split_off(at + 1);
-        self.stack.pop();
+        self.retire(at + 1, &items);
+        self.pop()?; // the MARK
         Ok(items)
     }
 
     fn memo_get(&self, idx: u32) -> PickleResult<Value> {
+        if let Some(v) = self.live_slot.get(&idx).and_then(|&s| self.stack.get(s)) {
+            return Ok(v.clone());
+        }
         self.memo
             .get(&idx)
             .cloned()
@@ -228,6 +294,13 @@ impl<'a> Vm<'a> {
     fn memo_put(&mut self, idx: u32) -> PickleResult<()> {
         let v = self.top()?.clone();
         self.memo.insert(idx, v);
+        let slot = self.stack.len() - 1;
+        if let Some(old) = self.live_slot.insert(idx, slot) {
+            if let Some(ids) = self.live_ids.get_mut(&old) {
+                ids.retain(|&i| i != idx);
+            }
+        }
+        self.live_ids.entry(slot).or_default().push(idx);
         Ok(())
     }
 
@@ -360,34 +433,43 @@ impl<'a> Vm<'a> {
                 b')' => self.stack.push(Value::Tuple(Vec::new())),
                 b't' => {
                     let items = self.pop_mark()?;
+                    self.check_all(&items, at)?;
                     self.stack.push(Value::Tuple(items));
                 }
                 0x85 => {
                     let a = self.pop()?;
+                    self.check_nesting(&a, at)?;
                     self.stack.push(Value::Tuple(vec![a]));
                 }
                 0x86 => {
                     let b = self.pop()?;
                     let a = self.pop()?;
+                    self.check_nesting(&a, at)?;
+                    self.check_nesting(&b, at)?;
                     self.stack.push(Value::Tuple(vec![a, b]));
                 }
                 0x87 => {
                     let c = self.pop()?;
                     let b = self.pop()?;
                     let a = self.pop()?;
-                    self.stack.push(Value::Tuple(vec![a, b, c]));
+                    let items = vec![a, b, c];
+                    self.check_all(&items, at)?;
+                    self.stack.push(Value::Tuple(items));
                 }
                 b'l' => {
                     let items = self.pop_mark()?;
+                    self.check_all(&items, at)?;
                     self.stack.push(Value::List(items));
                 }
                 b'd' => {
                     let items = self.pop_mark()?;
+                    self.check_all(&items, at)?;
                     let dict = pairs(items, at)?;
                     self.stack.push(Value::Dict(dict));
                 }
                 b'a' => {
                     let v = self.pop()?;
+                    self.check_nesting(&v, at)?;
                     match self.top()? {
                         Value::List(l) => l.push(v),
                         _ => return Err(format!("APPEND to a non-list at offset {at}")),
@@ -395,6 +477,7 @@ impl<'a> Vm<'a> {
                 }
                 b'e' => {
                     let items = self.pop_mark()?;
+                    self.check_all(&items, at)?;
                     match self.top()? {
                         Value::List(l) => l.extend(items),
                         _ => return Err(format!("APPENDS to a non-list at offset {at}")),
@@ -403,6 +486,8 @@ impl<'a> Vm<'a> {
                 b's' => {
                     let v = self.pop()?;
                     let k = self.pop()?;
+                    self.check_nesting(&k, at)?;
+                    self.check_nesting(&v, at)?;
                     match self.top()? {
                         Value::Dict(d) => d.push((k, v)),
                         _ => return Err(format!("SETITEM on a non-dict at offset {at}")),
@@ -410,6 +495,7 @@ impl<'a> Vm<'a> {
                 }
                 b'u' => {
                     let items = self.pop_mark()?;
+                    self.check_all(&items, at)?;
                     let new = pairs(items, at)?;
                     match self.top()? {
                         Value::Dict(d) => d.extend(new),
@@ -419,6 +505,7 @@ impl<'a> Vm<'a> {
                 b'R' => {
                     let args = self.pop()?;
                     let callable = self.pop()?;
+                    self.check_nesting(&args, at)?;
                     let v = reduce(callable, args).map_err(|e| format!("{e} at offset {at}"))?;
                     self.stack.push(v);
                 }
@@ -426,6 +513,7 @@ impl<'a> Vm<'a> {
                     // NEWOBJ: cls.__new__(cls, *args)
                     let args = self.pop()?;
                     let cls = self.pop()?;
+                    self.check_nesting(&args, at)?;
                     let v = reduce(cls, args).map_err(|e| format!("{e} at offset {at}"))?;
                     self.stack.push(v);
                 }
@@ -531,7 +619,19 @@ fn persistent_load(pid: Value) -> PickleResult<Value> {
     };
     // items[3] is the location (`cuda:0`, `cpu`): ignored on purpose.
     let numel = as_usize(&items[4], "storage size")?;
-    Ok(Value::Storage { dtype, key, numel })
+    // Legacy files add view metadata `(view_key, offset, view_size)` when the
+    // storage is a view of the root storage `key`.
+    let offset = match items.get(5) {
+        Some(Value::Tuple(view)) if view.len() == 3 => as_usize(&view[1], "storage view offset")?,
+        Some(Value::None) | None => 0,
+        Some(other) => return Err(format!("unsupported storage view metadata {other:?}")),
+    };
+    Ok(Value::Storage {
+        dtype,
+        key,
+        numel,
+        offset,
+    })
 }
 
 fn reduce(callable: Value, args: Value) -> PickleResult<Value> {
@@ -553,11 +653,16 @@ fn reduce(callable: Value, args: Value) -> PickleResult<Value> {
             if items.len() < 4 {
                 return Err(format!("{name} called with {} arguments", items.len()));
             }
-            let (dtype, key, storage_numel) = match &items[0] {
-                Value::Storage { dtype, key, numel } => (*dtype, key.clone(), *numel),
+            let (dtype, key, storage_numel, view_offset) = match &items[0] {
+                Value::Storage {
+                    dtype,
+                    key,
+                    numel,
+                    offset,
+                } => (*dtype, key.clone(), *numel, *offset),
                 other => return Err(format!("{name} on a non-storage {other:?}")),
             };
-            let offset = as_usize(&items[1], "storage offset")?;
+            let offset = view_offset + as_usize(&items[1], "storage offset")?;
             let size = usize_tuple(&items[2], "tensor size")?;
             let stride = usize_tuple(&items[3], "tensor stride")?;
             if size.len() != stride.len() {
@@ -885,6 +990,223 @@ mod tests {
             x.to_vec2::<f32>().unwrap(),
             vec![vec![1.0, 3.0], vec![2.0, 4.0]]
         );
+    }
+
+    fn unicode(p: &mut Vec<u8>, s: &str) {
+        p.push(b'X');
+        p.extend_from_slice(&(s.len() as u32).to_le_bytes());
+        p.extend_from_slice(s.as_bytes());
+    }
+
+    /// `{'epoch': 3, 'state_dict': OrderedDict(name -> tensor)}` as torch
+    /// pickles it; each entry: (name, storage class, key, numel, size, stride).
+    /// (name, storage class, storage key, numel, size, stride)
+    type Entry = (
+        &'static str,
+        &'static str,
+        &'static str,
+        usize,
+        &'static [usize],
+        &'static [usize],
+    );
+
+    fn state_dict_pickle(entries: &[Entry]) -> Vec<u8> {
+        let mut p = vec![0x80, 2, b'}', b'q', 0, b'('];
+        unicode(&mut p, "epoch");
+        p.extend_from_slice(&[b'K', 3]);
+        unicode(&mut p, "state_dict");
+        p.extend_from_slice(b"ccollections\nOrderedDict\nq\x01)Rq\x02(");
+        for (name, class, key, numel, size, stride) in entries {
+            unicode(&mut p, name);
+            p.extend_from_slice(b"ctorch._utils\n_rebuild_tensor_v2\n((");
+            unicode(&mut p, "storage");
+            p.extend_from_slice(format!("ctorch\n{class}\n").as_bytes());
+            unicode(&mut p, key);
+            unicode(&mut p, "cuda:0");
+            p.extend_from_slice(b"J");
+            p.extend_from_slice(&(*numel as i32).to_le_bytes());
+            p.extend_from_slice(b"tQK\x00(");
+            for d in *size {
+                p.extend_from_slice(&[b'K', *d as u8]);
+            }
+            p.extend_from_slice(b"t(");
+            for d in *stride {
+                p.extend_from_slice(&[b'K', *d as u8]);
+            }
+            p.extend_from_slice(b"t\x89ccollections\nOrderedDict\n)RtR");
+        }
+        // SETITEMS into the OrderedDict, BUILD its _metadata, SETITEMS the outer dict.
+        p.extend_from_slice(b"u}bu.");
+        p
+    }
+
+    fn storages() -> Vec<(&'static str, Vec<u8>)> {
+        let f32s: Vec<u8> = [1.0f32, 2.0, 3.0, 4.0]
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
+        let f16s: Vec<u8> = [0.5f32, -2.0]
+            .iter()
+            .flat_map(|x| half::f16::from_f32(*x).to_le_bytes())
+            .collect();
+        let i64s: Vec<u8> = 43750i64.to_le_bytes().to_vec();
+        vec![("10", f32s), ("20", f16s), ("30", i64s)]
+    }
+
+    fn entries() -> Vec<Entry> {
+        vec![
+            ("w", "FloatStorage", "10", 4, &[2, 2], &[1, 2]),
+            ("h", "HalfStorage", "20", 2, &[2], &[1]),
+            ("n", "LongStorage", "30", 1, &[], &[]),
+        ]
+    }
+
+    fn check_contents(c: &PthContents) {
+        let Value::Dict(root) = &c.root else {
+            panic!("root is not a dict")
+        };
+        assert_eq!(root[0], (Value::Str("epoch".into()), Value::Int(3)));
+        let Value::Dict(sd) = &root[1].1 else {
+            panic!("no state dict")
+        };
+        let get = |i: usize| {
+            let Value::Tensor(t) = &sd[i].1 else {
+                panic!("entry {i} is not a tensor")
+            };
+            materialise(t, &c.storages[&t.key]).unwrap()
+        };
+        // Transposed (column-major) view made contiguous.
+        assert_eq!(
+            get(0).to_vec2::<f32>().unwrap(),
+            vec![vec![1.0, 3.0], vec![2.0, 4.0]]
+        );
+        let h = get(1);
+        assert_eq!(h.dtype(), DType::F16);
+        assert_eq!(
+            h.to_dtype(DType::F32).unwrap().to_vec1::<f32>().unwrap(),
+            vec![0.5, -2.0]
+        );
+        let n = get(2);
+        assert_eq!((n.dtype(), n.dims().len()), (DType::I64, 0));
+        assert_eq!(n.to_scalar::<i64>().unwrap(), 43750);
+    }
+
+    #[test]
+    fn legacy_layout_with_f32_f16_i64_storages() {
+        let mut data = vec![0x80, 2, 0x8a, 10];
+        data.extend_from_slice(&[
+            0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19, b'.',
+        ]);
+        data.extend_from_slice(&[0x80, 2, b'M', 0xe9, 0x03, b'.', 0x80, 2, b'}', b'.']);
+        data.extend(state_dict_pickle(&entries()));
+        let mut keys = vec![0x80, 2, b']', b'('];
+        for (k, _) in storages() {
+            unicode(&mut keys, k);
+        }
+        keys.extend_from_slice(b"e.");
+        data.extend(keys);
+        for (_, bytes) in storages() {
+            let es = if bytes.len() == 4 {
+                2
+            } else if bytes.len() == 16 {
+                4
+            } else {
+                8
+            };
+            data.extend_from_slice(&((bytes.len() / es) as u64).to_le_bytes());
+            data.extend(bytes);
+        }
+        check_contents(&read_legacy(&data).unwrap());
+        let e = read_legacy(&data[..data.len() - 3]).err().unwrap();
+        assert!(
+            e.starts_with("truncated file: storage 30 needs 1 elements of 8 bytes"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn zip_layout_with_f32_f16_i64_storages() {
+        use std::io::Write;
+        let mut buf = std::io::Cursor::new(Vec::new());
+        {
+            let mut w = zip::ZipWriter::new(&mut buf);
+            let opts = zip::write::SimpleFileOptions::default()
+                .compression_method(zip::CompressionMethod::Stored);
+            w.start_file("archive/data.pkl", opts).unwrap();
+            w.write_all(&state_dict_pickle(&entries())).unwrap();
+            w.start_file("archive/byteorder", opts).unwrap();
+            w.write_all(b"little").unwrap();
+            for (k, bytes) in storages() {
+                w.start_file(format!("archive/data/{k}"), opts).unwrap();
+                w.write_all(&bytes).unwrap();
+            }
+            w.finish().unwrap();
+        }
+        check_contents(&read_zip(buf.get_ref()).unwrap());
+    }
+
+    #[test]
+    fn legacy_storage_view_offsets_into_the_root_storage() {
+        // _rebuild_tensor_v2(('storage', FloatStorage, 'root', 'cpu', 6, ('view', 2, 3)), 1, (2,), (1,), ...)
+        let mut p = vec![0x80, 2, b'c'];
+        p.extend_from_slice(b"torch._utils\n_rebuild_tensor_v2\n((");
+        unicode(&mut p, "storage");
+        p.extend_from_slice(b"ctorch\nFloatStorage\n");
+        unicode(&mut p, "root");
+        unicode(&mut p, "cpu");
+        p.extend_from_slice(&[b'K', 6, b'(']);
+        unicode(&mut p, "view");
+        p.extend_from_slice(&[
+            b'K', 2, b'K', 3, b't', b't', b'Q', b'K', 1, b'K', 2, 0x85, b'K', 1, 0x85,
+        ]);
+        p.extend_from_slice(&[0x89, b'N', b't', b'R', b'.']);
+        let Value::Tensor(t) = run(&p).unwrap() else {
+            panic!("not a tensor")
+        };
+        assert_eq!(t.offset, 3);
+        let data: Vec<u8> = (0..6).flat_map(|i| (i as f32).to_le_bytes()).collect();
+        assert_eq!(
+            materialise(&t, &data).unwrap().to_vec1::<f32>().unwrap(),
+            vec![3.0, 4.0]
+        );
+    }
+
+    #[test]
+    fn view_past_the_storage_is_an_error() {
+        let t = TensorRef {
+            dtype: StorageType::F32,
+            key: "0".into(),
+            storage_numel: 4,
+            offset: 2,
+            size: vec![2, 2],
+            stride: vec![2, 1],
+        };
+        let e = materialise(&t, &[0u8; 16]).unwrap_err();
+        assert!(e.contains("reaches past storage 0 of 4 elements"), "{e}");
+    }
+
+    #[test]
+    fn memo_refers_to_the_filled_container() {
+        // d = {}; memo[0] = d; d['k'] = 1; then (d, d): both copies are filled,
+        // whether read while d is on the stack or after it was popped.
+        let p = [
+            0x80, 2, b'}', b'q', 0, b'U', 1, b'k', b'K', 1, b's', b'h', 0, 0x86, b'h', 0, 0x86,
+            b'.',
+        ];
+        let filled = Value::Dict(vec![(Value::Str("k".into()), Value::Int(1))]);
+        let inner = Value::Tuple(vec![filled.clone(), filled.clone()]);
+        assert_eq!(run(&p).unwrap(), Value::Tuple(vec![inner, filled]));
+    }
+
+    #[test]
+    fn deep_nesting_is_refused() {
+        // [[[[...]]]] 10,000 levels deep: EMPTY_LIST then (EMPTY_LIST, APPEND)*
+        let mut p = vec![0x80, 2];
+        p.extend(std::iter::repeat_n(b']', 10_000));
+        p.extend(std::iter::repeat_n(b'a', 9_999));
+        p.push(b'.');
+        let e = run(&p).unwrap_err();
+        assert!(e.contains("more than 100 levels deep"), "{e}");
     }
 
     #[test]

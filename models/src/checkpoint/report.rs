@@ -83,10 +83,18 @@ struct State {
 
 /// Tensors to build a model from, with a record of what the model asked for.
 ///
-/// ```ignore
-/// let checked = CheckedTensors::new(tensors);
-/// let head = Head::new(kind, checked.var_builder(DType::F32, &Device::Cpu), &cfg)?;
-/// let report = checked.report(); // missing / unexpected / mis-shaped, all at once
+/// ```
+/// use std::collections::BTreeMap;
+/// use asen_models::{CheckedTensors, Head, HeadConfig, HeadKind};
+/// use candle_core::{DType, Device};
+///
+/// let checked = CheckedTensors::new(BTreeMap::new()); // an empty checkpoint
+/// let cfg = HeadConfig::asen(1024, 8);
+/// let _unusable = Head::new(HeadKind::AsenV1, checked.var_builder(DType::F32, &Device::Cpu), &cfg)?;
+/// let report = checked.report(); // every problem at once, not just the first
+/// assert_eq!(report.missing.len(), 12);
+/// assert!(report.to_string().starts_with("12 missing (conv1.bias [512], conv1.weight [512, 1024, 1, 1]"));
+/// # Ok::<(), asen_models::ModelError>(())
 /// ```
 /// Missing or mis-shaped tensors are replaced by zeros so that building goes
 /// on and the report is complete; a model built with a non-clean report must

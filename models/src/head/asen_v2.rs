@@ -1,0 +1,213 @@
+//! ASENet_V2 and (shared with `asen_pp`) the scaled dot-product attention
+//! head: attribute embedding rows instead of one-hot masks, no `conv2`.
+//!
+//! With `x` `[B, C, H, W]`, attribute `c`, `N = H*W`, `A` the attention width:
+//! ```text
+//! e    = attr_embedding.weight[c]                          [B, A]   (a row)
+//! img  = tanh(img_bn1(conv1(x)))                           [B, A, N] (v2; ASEN++: tanh(conv(x)))
+//! t    = tanh(attr_transform1(e))                          [B, A]
+//! attn = softmax_N(sum_A(t * img) / sqrt(A))               [B, N]
+//! v    = sum_N x * attn                                    [B, C]
+//! gate = sigmoid(fc2(relu(fc1(cat[v, relu(attr_transform2(e))]))))   [B, C]
+//! out  = v * gate, then feature_fc if present              [B, D]
+//! emb  = l2norm(out)
+//! ```
+
+use candle_core::{Tensor, D};
+use candle_nn::{BatchNorm, Embedding, Linear, Module, ModuleT, VarBuilder};
+
+use super::{
+    attention_pool, attribute_column, check_attribute_list, check_attributes, check_features,
+    l2_normalise, Conv1x1, HeadConfig, HeadKind, HeadOutput,
+};
+use crate::error::Result;
+
+/// The dot-product attention head both v2 and the ASEN++ global branch are.
+#[derive(Debug, Clone)]
+pub(crate) struct DotProductHead {
+    kind: HeadKind,
+    cfg: HeadConfig,
+    attr_embedding: Embedding,
+    attr_transform1: Linear,
+    attr_transform2: Linear,
+    conv: Conv1x1,
+    bn: Option<BatchNorm>,
+    fc1: Linear,
+    fc2: Linear,
+    feature_fc: Option<Linear>,
+}
+
+impl DotProductHead {
+    /// `conv_name`: `conv1` (v2) or `conv` (ASEN++); `bn_name`: `Some("img_bn1")` for v2.
+    pub(crate) fn new(
+        kind: HeadKind,
+        vb: VarBuilder,
+        cfg: &HeadConfig,
+        conv_name: &str,
+        bn_name: Option<&str>,
+    ) -> Result<Self> {
+        cfg.validate(kind)?;
+        let (c, a) = (cfg.in_channels, cfg.attention_dim);
+        let embedding = vb.pp("attr_embedding").get_with_hints(
+            (cfg.n_attributes, a),
+            "weight",
+            candle_nn::Init::Randn {
+                mean: 0.0,
+                stdev: 1.0,
+            },
+        )?;
+        let bn = match bn_name {
+            Some(name) => Some(candle_nn::batch_norm(
+                a,
+                candle_nn::BatchNormConfig {
+                    eps: 1e-5,
+                    ..Default::default()
+                },
+                vb.pp(name),
+            )?),
+            None => None,
+        };
+        let with_feature_fc = kind == HeadKind::AsenPpGlobal || cfg.feature_fc;
+        Ok(Self {
+            kind,
+            cfg: HeadConfig {
+                feature_fc: with_feature_fc,
+                ..cfg.clone()
+            },
+            attr_embedding: Embedding::new(embedding, a),
+            attr_transform1: candle_nn::linear(a, a, vb.pp("attr_transform1"))?,
+            attr_transform2: candle_nn::linear(a, a, vb.pp("attr_transform2"))?,
+            conv: Conv1x1::new(c, a, vb.pp(conv_name))?,
+            bn,
+            fc1: candle_nn::linear(c + a, cfg.gate_hidden, vb.pp("fc1"))?,
+            fc2: candle_nn::linear(cfg.gate_hidden, c, vb.pp("fc2"))?,
+            feature_fc: if with_feature_fc {
+                Some(candle_nn::linear(
+                    c,
+                    cfg.embedding_dim,
+                    vb.pp("feature_fc"),
+                )?)
+            } else {
+                None
+            },
+        })
+    }
+
+    pub(crate) fn config(&self) -> &HeadConfig {
+        &self.cfg
+    }
+
+    /// `x` `[B, C, N]` -> `img` `[B, A, N]`.
+    fn image_branch(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let y = self.conv.forward(x)?;
+        let y = match &self.bn {
+            Some(bn) => bn.forward_t(&y, train)?,
+            None => y,
+        };
+        Ok(y.tanh()?)
+    }
+
+    pub(crate) fn forward(&self, x: &Tensor, attr: &Tensor, train: bool) -> Result<HeadOutput> {
+        let (out, attn) = self.forward_raw(x, attr, train)?;
+        Ok(HeadOutput {
+            embedding: l2_normalise(&out)?,
+            attention: Some(attn),
+        })
+    }
+
+    /// Like `forward` but returns the branch output before L2 normalisation `[B, D]`.
+    pub(crate) fn forward_raw(
+        &self,
+        x: &Tensor,
+        attr: &Tensor,
+        train: bool,
+    ) -> Result<(Tensor, Tensor)> {
+        let (b, h, w) = check_features(self.kind, x, self.cfg.in_channels)?;
+        check_attributes(self.kind, attr, b, self.cfg.n_attributes)?;
+        let x = x.flatten_from(2)?;
+        let img = self.image_branch(&x, train)?;
+        let (out, attn) = self.attend(&x, &img, attr)?;
+        Ok((out, attn.reshape((b, h, w))?))
+    }
+
+    pub(crate) fn forward_attributes(
+        &self,
+        x: &Tensor,
+        attrs: &[usize],
+    ) -> Result<Vec<HeadOutput>> {
+        let (b, h, w) = check_features(self.kind, x, self.cfg.in_channels)?;
+        check_attribute_list(self.kind, attrs, self.cfg.n_attributes)?;
+        let x = x.flatten_from(2)?;
+        let img = self.image_branch(&x, false)?;
+        attrs
+            .iter()
+            .map(|&a| {
+                let (out, attn) = self.attend(&x, &img, &attribute_column(a, b, &x)?)?;
+                Ok(HeadOutput {
+                    embedding: l2_normalise(&out)?,
+                    attention: Some(attn.reshape((b, h, w))?),
+                })
+            })
+            .collect()
+    }
+
+    /// `x` `[B, C, N]`, `img` `[B, A, N]` -> unnormalised output `[B, D]`, attention `[B, N]`.
+    fn attend(&self, x: &Tensor, img: &Tensor, attr: &Tensor) -> Result<(Tensor, Tensor)> {
+        let e = self.attr_embedding.forward(attr)?; // [B, A]
+        let t = self.attr_transform1.forward(&e)?.tanh()?;
+        let scale = (self.cfg.attention_dim as f64).sqrt();
+        let logits = (t.unsqueeze(1)?.matmul(img)?.squeeze(1)? / scale)?; // [B, N]
+        let (v, attn) = attention_pool(x, &logits)?;
+        let a = self.attr_transform2.forward(&e)?.relu()?;
+        let gate = candle_nn::ops::sigmoid(
+            &self.fc2.forward(
+                &self
+                    .fc1
+                    .forward(&Tensor::cat(&[&v, &a], D::Minus1)?)?
+                    .relu()?,
+            )?,
+        )?;
+        let out = (v * gate)?;
+        let out = match &self.feature_fc {
+            Some(fc) => fc.forward(&out)?,
+            None => out,
+        };
+        Ok((out, attn))
+    }
+}
+
+/// The ASENet_V2 head: tensors `attr_embedding.weight [n, A]`,
+/// `attr_transform1/2 [A, A]`, `conv1 [A, C, 1, 1]`, `img_bn1` (BatchNorm,
+/// eps 1e-5), `fc1 [G, C + A]`, `fc2 [C, G]`, optional `feature_fc [D, C]`.
+#[derive(Debug, Clone)]
+pub struct AsenV2(DotProductHead);
+
+impl AsenV2 {
+    /// Build from `vb`; `cfg.feature_fc` says whether `feature_fc` exists.
+    pub fn new(vb: VarBuilder, cfg: &HeadConfig) -> Result<Self> {
+        Ok(Self(DotProductHead::new(
+            HeadKind::AsenV2,
+            vb,
+            cfg,
+            "conv1",
+            Some("img_bn1"),
+        )?))
+    }
+
+    /// Its sizes.
+    pub fn config(&self) -> &HeadConfig {
+        self.0.config()
+    }
+
+    /// `x` `[B, C, H, W]`, `attr` u32 `[B]` -> embedding `[B, D]`, attention `[B, H, W]`.
+    /// With `train`, `img_bn1` normalises with the batch statistics.
+    pub fn forward(&self, x: &Tensor, attr: &Tensor, train: bool) -> Result<HeadOutput> {
+        self.0.forward(x, attr, train)
+    }
+
+    /// `x` `[B, C, H, W]` -> one output per attribute (inference; BatchNorm in eval
+    /// mode); `tanh(img_bn1(conv1(x)))` is computed once.
+    pub fn forward_attributes(&self, x: &Tensor, attrs: &[usize]) -> Result<Vec<HeadOutput>> {
+        self.0.forward_attributes(x, attrs)
+    }
+}

@@ -47,3 +47,56 @@ fn resnet50_layer3_matches_pytorch_on_stored_inputs() {
         );
     }
 }
+
+/// From the JPEG/PNG files through our decoder, ResNet-50 and the v1 head:
+/// golden README section 8, "end to end from the JPEG files".
+#[test]
+fn asen_v1_end_to_end_from_image_files() {
+    let Some(shared) = fixtures::shared_dir("asen_v1_end_to_end_from_image_files") else {
+        return;
+    };
+    let ckpt = Checkpoint::load(shared.join("golden/asen_v1_fashionai.pth.gz")).unwrap();
+    let (head, _) = ckpt.load_head(&Device::Cpu).unwrap();
+    let backbone: HashMap<String, Tensor> = ckpt
+        .normalised()
+        .unwrap()
+        .into_iter()
+        .filter_map(|(k, t)| k.strip_prefix("backbonenet.").map(|k| (k.to_string(), t)))
+        .collect();
+    let vb = VarBuilder::from_tensors(backbone, DType::F32, &Device::Cpu);
+    let net = Backbone::new(BackboneKind::ResNet50Layer3, vb).unwrap();
+    let xs: Vec<Tensor> = fixtures::golden_images(&shared)
+        .iter()
+        .map(|p| {
+            let bytes = std::fs::read(p).unwrap();
+            asen_models::preprocess_bytes(&bytes, &Default::default(), &Device::Cpu).unwrap()
+        })
+        .collect();
+    let feat = net.forward(&Tensor::cat(&xs, 0).unwrap()).unwrap();
+    let want = fixtures::load_golden(&shared, "asen_v1_expected.safetensors");
+    for c in [0u32, 4, 7] {
+        let attr = Tensor::new(&[c; 6], &Device::Cpu).unwrap();
+        let out = head.forward(&feat, &attr, false).unwrap();
+        let emb = out.embedding;
+        let cos: Vec<f32> = (&emb * &want[&format!("emb_c{c}")])
+            .unwrap()
+            .sum(1)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let (attn_max, _) =
+            fixtures::abs_diff(&out.attention.unwrap(), &want[&format!("attn_c{c}")]);
+        eprintln!(
+            "v1 end to end c{c}: min cosine {:.6}, attn max diff {attn_max:.2e}",
+            cos.iter().cloned().fold(1.0, f32::min)
+        );
+        assert!(
+            cos.iter().all(|&v| v >= 0.9999),
+            "attribute {c}: cosine {cos:?}"
+        );
+        assert!(
+            attn_max <= 1e-3,
+            "attribute {c}: attention max abs diff {attn_max}"
+        );
+    }
+}

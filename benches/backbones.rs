@@ -84,8 +84,7 @@ fn main() {
     let budget = Duration::from_secs_f64(secs);
     let device = Device::Cpu;
     println!(
-        "candle {} CPU, {} threads, 224x224, >= {secs} s per cell",
-        "0.11.1",
+        "candle 0.11.1 CPU, {} threads, 224x224, >= {secs} s per cell",
         candle_core::utils::get_num_threads()
     );
     println!();

@@ -46,7 +46,7 @@ pub enum ModelError {
         reason: String,
     },
     /// A checkpoint parsed but its tensors do not fit the model.
-    #[error("checkpoint {} does not fit a {variant} model: {report}", .path.display())]
+    #[error("checkpoint {} does not fit the {variant} model: {report}", .path.display())]
     CheckpointMismatch {
         /// The file.
         path: PathBuf,
@@ -100,6 +100,14 @@ pub enum ModelError {
         /// What is wrong.
         reason: String,
     },
+    /// A feature cache file is unusable as asked (stale key, incomplete, corrupt).
+    #[error("feature cache {}: {reason}", .path.display())]
+    FeatureCache {
+        /// The cache file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// I/O on a named file.
     #[error("{}: {source}", .path.display())]
     Io {
@@ -137,9 +145,7 @@ impl ModelError {
             ModelError::UnsupportedImage { source_name, .. }
             | ModelError::ImageDecode { source_name, .. }
             | ModelError::ImageTooLarge { source_name, .. } => {
-                if source_name.is_none() {
-                    *source_name = Some(name.into());
-                }
+                source_name.get_or_insert_with(|| name.into());
             }
             _ => {}
         }

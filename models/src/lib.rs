@@ -30,11 +30,15 @@ mod backbone;
 pub mod card;
 pub mod checkpoint;
 mod convert;
+mod data;
 mod device;
+mod embedder;
 mod error;
+mod eval;
 pub mod head;
 mod layers;
 mod preprocess;
+mod train;
 
 pub use backbone::{
     locate_weights, Backbone, BackboneKind, EfficientNetLite0, Lite0Classifier, MobileNetV2,
@@ -45,11 +49,26 @@ pub use checkpoint::{CheckedTensors, Checkpoint, CheckpointFormat, KeyReport};
 pub use convert::{
     convert_checkpoint, inspect_checkpoint, CheckpointSummary, ConvertOptions, ModelDir,
 };
+pub use data::{
+    generate_synthetic, Attribute, CsvOptions, Dataset, ImageRecord, Probe, ProbeLists, Split,
+    SyntheticConfig, SyntheticDataset,
+};
 pub use device::parse_device;
+pub use embedder::{
+    default_model_dir, AttentionMap, Embedder, EmbedderOptions, Embedding, MODEL_DIR_ENV,
+};
 pub use error::{ModelError, Result};
+pub use eval::{
+    average_precision, cosine, evaluate_retrieval, load_triplets, query_average_precisions,
+    rank_by_score, triplet_accuracy, AttributeScore, RetrievalReport,
+};
 pub use head::{Head, HeadConfig, HeadKind, HeadOutput};
 pub use layers::{conv_bn_folded, pad_same, same_padding};
 pub use preprocess::{
     decode_image, preprocess_bytes, resize_and_crop, to_tensor, PreprocessConfig, IMAGENET_MEAN,
     IMAGENET_STD,
+};
+pub use train::{
+    l2_normalize, triplet_ranking_loss, CacheKey, FeatureCache, StepDecay, Triplet, TripletSampler,
+    DEFAULT_MARGIN,
 };

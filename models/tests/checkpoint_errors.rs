@@ -134,7 +134,7 @@ fn missing_key() {
         t.remove("embeddingnet.fc2.bias");
     });
     assert!(
-        msg.ends_with("does not fit a asen_v2 model: 1 missing (fc2.bias [1024])"),
+        msg.ends_with("does not fit the asen_v2 model: 1 missing (fc2.bias [1024])"),
         "{msg}"
     );
 }

@@ -1,0 +1,325 @@
+//! [`Embedder`]: backbone + head + card, the one type the service calls.
+//!
+//! Images in (encoded bytes or decoded RGB), one L2-normalised vector per
+//! requested attribute out, with the spatial attention map when the head has
+//! one. The backbone runs once per image and the attribute-independent part of
+//! the head once per batch, whatever the number of attributes asked for.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use image::RgbImage;
+
+use crate::backbone::{Backbone, BackboneKind};
+use crate::card::{ModelCard, CARD_FILE, WEIGHTS_FILE};
+use crate::checkpoint::{CheckedTensors, Checkpoint};
+use crate::error::{ModelError, Result};
+use crate::head::Head;
+use crate::preprocess::{decode_image, resize_and_crop, to_tensor, PreprocessConfig};
+
+/// Name of the environment variable that overrides the default model directory.
+pub const MODEL_DIR_ENV: &str = "ASEN_MODEL_DIR";
+
+/// Options for [`Embedder::load`].
+#[derive(Debug, Clone)]
+pub struct EmbedderOptions {
+    /// Where to run (see [`crate::parse_device`]).
+    pub device: Device,
+    /// Images per forward pass.
+    pub batch_size: usize,
+    /// Decoding limits; `size` is overridden by the card's input size.
+    pub preprocess: PreprocessConfig,
+    /// Directory searched first for shipped backbone weights.
+    pub weights_dir: Option<PathBuf>,
+}
+
+impl Default for EmbedderOptions {
+    fn default() -> Self {
+        Self {
+            device: Device::Cpu,
+            batch_size: 16,
+            preprocess: PreprocessConfig::default(),
+            weights_dir: None,
+        }
+    }
+}
+
+/// A spatial attention map: `values[h * width + w]`, summing to 1.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AttentionMap {
+    /// Rows of the feature grid.
+    pub height: usize,
+    /// Columns of the feature grid.
+    pub width: usize,
+    /// Row-major weights.
+    pub values: Vec<f32>,
+}
+
+/// The embedding of one image for one attribute.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Embedding {
+    /// Index of the attribute in the model card.
+    pub attribute: usize,
+    /// L2-normalised vector of the card's `embedding_dim`.
+    pub vector: Vec<f32>,
+    /// Where the head looked (heads with spatial attention only).
+    pub attention: Option<AttentionMap>,
+}
+
+/// A loaded model ready to embed images.
+#[derive(Debug, Clone)]
+pub struct Embedder {
+    card: ModelCard,
+    backbone: Backbone,
+    head: Head,
+    device: Device,
+    batch_size: usize,
+    preprocess: PreprocessConfig,
+}
+
+/// The model directory used when none is given: `$ASEN_MODEL_DIR`, else
+/// `default/` next to the executable, else `models/default/` of this source tree.
+pub fn default_model_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os(MODEL_DIR_ENV) {
+        return PathBuf::from(dir);
+    }
+    let beside_exe = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join("default")))
+        .filter(|d| d.join(CARD_FILE).is_file());
+    beside_exe.unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("default"))
+}
+
+impl Embedder {
+    /// Load a model: a model directory (`card.json` + `model.safetensors`),
+    /// or an official `.pth` / `.pth.gz` checkpoint (attributes then named
+    /// `attr_0..`, ResNet-50 backbone from the checkpoint).
+    ///
+    /// A model directory without `backbonenet.*` tensors uses the shipped
+    /// ImageNet weights of the card's backbone (a frozen-backbone model).
+    pub fn load(path: impl AsRef<Path>, opts: &EmbedderOptions) -> Result<Self> {
+        let path = path.as_ref();
+        if path.is_dir() {
+            let card = ModelCard::load(path.join(CARD_FILE))?;
+            let ckpt = Checkpoint::load(path.join(WEIGHTS_FILE))?;
+            Self::from_parts(card, &ckpt, opts)
+        } else if path.is_file() {
+            let ckpt = Checkpoint::load(path)?;
+            let kind = ckpt.variant()?;
+            let (_, cfg) = ckpt.load_head(&Device::Cpu)?;
+            let attributes = (0..cfg.n_attributes)
+                .map(|i| crate::card::AttributeSpec::named(format!("attr_{i}")))
+                .collect();
+            let card = ModelCard::new(
+                kind,
+                BackboneKind::ResNet50Layer3.name(),
+                opts.preprocess.size as u32,
+                attributes,
+                cfg,
+            )?;
+            Self::from_parts(card, &ckpt, opts)
+        } else {
+            Err(ModelError::io(
+                path,
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "no such model file or directory",
+                ),
+            ))
+        }
+    }
+
+    fn from_parts(card: ModelCard, ckpt: &Checkpoint, opts: &EmbedderOptions) -> Result<Self> {
+        if opts.batch_size == 0 {
+            return Err(ModelError::InvalidArgument(
+                "batch size must be at least 1".into(),
+            ));
+        }
+        let device = opts.device.clone();
+        let kind: BackboneKind = card.backbone.parse()?;
+        if kind.out_channels() != card.feature_channels {
+            return Err(ModelError::Card {
+                path: ckpt.path().to_path_buf(),
+                reason: format!(
+                    "feature_channels {} does not match backbone {} ({} channels)",
+                    card.feature_channels,
+                    kind,
+                    kind.out_channels()
+                ),
+            });
+        }
+        let head = ckpt.load_head_as(card.head, &card.head_config, &device)?;
+        let backbone_tensors = ckpt.backbone_tensors()?;
+        let backbone = if backbone_tensors.is_empty() {
+            let weights = kind.imagenet_weights_path(opts.weights_dir.as_deref())?;
+            Backbone::load(kind, &weights, &device)?
+        } else {
+            load_backbone(kind, backbone_tensors, ckpt.path(), &device)?
+        };
+        let preprocess = PreprocessConfig {
+            size: card.input_size as usize,
+            ..opts.preprocess
+        };
+        Ok(Self {
+            card,
+            backbone,
+            head,
+            device,
+            batch_size: opts.batch_size,
+            preprocess,
+        })
+    }
+
+    /// The model card (attributes, dimension, thresholds, provenance).
+    pub fn card(&self) -> &ModelCard {
+        &self.card
+    }
+
+    /// The device the model runs on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The preprocessing applied to every image.
+    pub fn preprocess_config(&self) -> &PreprocessConfig {
+        &self.preprocess
+    }
+
+    /// Index of an attribute by name, or an error listing the known ones.
+    pub fn attribute_index(&self, name: &str) -> Result<usize> {
+        self.card.attribute_index(name)
+    }
+
+    /// Decode encoded image bytes (JPEG, PNG, WebP) under the pixel limit.
+    pub fn decode(&self, bytes: &[u8]) -> Result<RgbImage> {
+        decode_image(bytes, &self.preprocess)
+    }
+
+    /// Resize and centre-crop a decoded image to the model input (what the model sees).
+    pub fn crop(&self, image: &RgbImage) -> RgbImage {
+        resize_and_crop(image, self.preprocess.size)
+    }
+
+    /// Embed encoded images for `attributes` (all of the card's when empty).
+    /// Returns, per image, one [`Embedding`] per attribute in the order asked.
+    pub fn embed_bytes(
+        &self,
+        images: &[&[u8]],
+        attributes: &[usize],
+    ) -> Result<Vec<Vec<Embedding>>> {
+        let decoded = images
+            .iter()
+            .map(|b| self.decode(b))
+            .collect::<Result<Vec<_>>>()?;
+        self.embed_images(&decoded, attributes)
+    }
+
+    /// Embed decoded RGB images (any size; resized and cropped here).
+    pub fn embed_images(
+        &self,
+        images: &[RgbImage],
+        attributes: &[usize],
+    ) -> Result<Vec<Vec<Embedding>>> {
+        let crops: Vec<RgbImage> = images.iter().map(|im| self.crop(im)).collect();
+        self.embed_crops(&crops, attributes)
+    }
+
+    /// Embed images already resized and cropped to the input size.
+    pub fn embed_crops(
+        &self,
+        crops: &[RgbImage],
+        attributes: &[usize],
+    ) -> Result<Vec<Vec<Embedding>>> {
+        let all: Vec<usize>;
+        let attributes = if attributes.is_empty() {
+            all = (0..self.card.attributes.len()).collect();
+            &all
+        } else {
+            attributes
+        };
+        if let Some(&bad) = attributes
+            .iter()
+            .find(|&&a| a >= self.card.attributes.len())
+        {
+            return Err(ModelError::UnknownAttribute {
+                name: format!("#{bad}"),
+                known: self.card.attribute_names(),
+            });
+        }
+        let size = self.preprocess.size as u32;
+        if let Some(im) = crops.iter().find(|im| im.dimensions() != (size, size)) {
+            return Err(ModelError::InvalidArgument(format!(
+                "crop is {}x{}, the model expects {size}x{size}",
+                im.width(),
+                im.height()
+            )));
+        }
+        let mut out = Vec::with_capacity(crops.len());
+        for chunk in crops.chunks(self.batch_size) {
+            let x = to_tensor(chunk, &self.device)?;
+            out.extend(self.embed_tensor(&x, attributes)?);
+        }
+        Ok(out)
+    }
+
+    /// Backbone feature maps `[B, C, h, w]` of a normalised batch `[B, 3, S, S]`.
+    pub fn features(&self, x: &Tensor) -> Result<Tensor> {
+        self.backbone.forward(x)
+    }
+
+    fn embed_tensor(&self, x: &Tensor, attributes: &[usize]) -> Result<Vec<Vec<Embedding>>> {
+        let feats = self.backbone.forward(x)?;
+        let batch = feats.dim(0)?;
+        let outputs = self.head.forward_attributes(&feats, attributes)?;
+        let mut per_image: Vec<Vec<Embedding>> = (0..batch)
+            .map(|_| Vec::with_capacity(attributes.len()))
+            .collect();
+        for (&attribute, output) in attributes.iter().zip(outputs) {
+            let vectors = output.embedding.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+            let maps = match &output.attention {
+                Some(a) => {
+                    let (_, h, w) = a.dims3()?;
+                    let rows = a.to_dtype(DType::F32)?.flatten_from(1)?.to_vec2::<f32>()?;
+                    rows.into_iter()
+                        .map(|values| {
+                            Some(AttentionMap {
+                                height: h,
+                                width: w,
+                                values,
+                            })
+                        })
+                        .collect()
+                }
+                None => vec![None; batch],
+            };
+            for ((image, vector), attention) in per_image.iter_mut().zip(vectors).zip(maps) {
+                image.push(Embedding {
+                    attribute,
+                    vector,
+                    attention,
+                });
+            }
+        }
+        Ok(per_image)
+    }
+}
+
+fn load_backbone(
+    kind: BackboneKind,
+    tensors: BTreeMap<String, Tensor>,
+    path: &Path,
+    device: &Device,
+) -> Result<Backbone> {
+    let checked = CheckedTensors::new(tensors);
+    let built = Backbone::new(kind, checked.var_builder(DType::F32, device));
+    let report = checked.report();
+    if !report.is_clean() {
+        return Err(ModelError::CheckpointMismatch {
+            path: path.to_path_buf(),
+            variant: format!("{kind} backbone"),
+            report: report.to_string(),
+        });
+    }
+    built
+}

@@ -739,7 +739,9 @@ mod tests {
                     .unwrap()
                     .to_scalar::<f32>()
                     .unwrap();
-                assert!(diff < 1e-5, "batch {batch} k{k} s{s} {padding:?}: {diff}");
+                // Outputs lie in [0, 6] (ReLU6) and sum up to 7*7*ci products in a
+                // different order: a few f32 ulps of 6 is ~1e-5, so allow 5e-5.
+                assert!(diff < 5e-5, "batch {batch} k{k} s{s} {padding:?}: {diff}");
             }
         }
     }

@@ -24,7 +24,10 @@ fn shared_dir() -> PathBuf {
 
 fn build(kind: BackboneKind, device: &Device) -> (Backbone, &'static str) {
     if let Ok(path) = kind.imagenet_weights_path(None) {
-        return (Backbone::load(kind, &path, device).expect("load weights"), "imagenet");
+        return (
+            Backbone::load(kind, &path, device).expect("load weights"),
+            "imagenet",
+        );
     }
     let ckpt = shared_dir().join("golden/asen_v1_fashionai.pth.gz");
     if let Ok(ckpt) = Checkpoint::load(&ckpt) {
@@ -35,7 +38,10 @@ fn build(kind: BackboneKind, device: &Device) -> (Backbone, &'static str) {
             .filter_map(|(k, t)| k.strip_prefix("backbonenet.").map(|k| (k.to_string(), t)))
             .collect();
         let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
-        return (Backbone::new(kind, vb).expect("build"), "golden v1 checkpoint");
+        return (
+            Backbone::new(kind, vb).expect("build"),
+            "golden v1 checkpoint",
+        );
     }
     let varmap = candle_nn::VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);

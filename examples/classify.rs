@@ -23,9 +23,12 @@ fn run(paths: &[String]) -> Result<(), Box<dyn std::error::Error>> {
     let cfg = PreprocessConfig::default();
     for path in paths {
         let bytes = std::fs::read(path).map_err(|e| format!("{path}: {e}"))?;
-        let x = preprocess_bytes(&bytes, &cfg, &device).map_err(|e| e.with_source_name(path.as_str()))?;
+        let x = preprocess_bytes(&bytes, &cfg, &device)
+            .map_err(|e| e.with_source_name(path.as_str()))?;
         let logits = classifier.forward(&backbone.forward(&x)?)?;
-        let probs: Vec<f32> = candle_nn::ops::softmax(&logits, D::Minus1)?.squeeze(0)?.to_vec1()?;
+        let probs: Vec<f32> = candle_nn::ops::softmax(&logits, D::Minus1)?
+            .squeeze(0)?
+            .to_vec1()?;
         let mut ranked: Vec<(usize, f32)> = probs.into_iter().enumerate().collect();
         ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
         println!("{path}");

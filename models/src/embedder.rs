@@ -122,14 +122,19 @@ impl Embedder {
         } else {
             Err(ModelError::io(
                 path,
-                std::io::Error::new(std::io::ErrorKind::NotFound, "no such model file or directory"),
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "no such model file or directory",
+                ),
             ))
         }
     }
 
     fn from_parts(card: ModelCard, ckpt: &Checkpoint, opts: &EmbedderOptions) -> Result<Self> {
         if opts.batch_size == 0 {
-            return Err(ModelError::InvalidArgument("batch size must be at least 1".into()));
+            return Err(ModelError::InvalidArgument(
+                "batch size must be at least 1".into(),
+            ));
         }
         let device = opts.device.clone();
         let kind: BackboneKind = card.backbone.parse()?;
@@ -198,7 +203,11 @@ impl Embedder {
 
     /// Embed encoded images for `attributes` (all of the card's when empty).
     /// Returns, per image, one [`Embedding`] per attribute in the order asked.
-    pub fn embed_bytes(&self, images: &[&[u8]], attributes: &[usize]) -> Result<Vec<Vec<Embedding>>> {
+    pub fn embed_bytes(
+        &self,
+        images: &[&[u8]],
+        attributes: &[usize],
+    ) -> Result<Vec<Vec<Embedding>>> {
         let decoded = images
             .iter()
             .map(|b| self.decode(b))
@@ -229,7 +238,10 @@ impl Embedder {
         } else {
             attributes
         };
-        if let Some(&bad) = attributes.iter().find(|&&a| a >= self.card.attributes.len()) {
+        if let Some(&bad) = attributes
+            .iter()
+            .find(|&&a| a >= self.card.attributes.len())
+        {
             return Err(ModelError::UnknownAttribute {
                 name: format!("#{bad}"),
                 known: self.card.attribute_names(),

@@ -109,13 +109,12 @@ pub enum ModelError {
         reason: String,
     },
     /// I/O on a named file.
-    #[error("{}: {source}", .path.display())]
+    #[error("{}: {cause}", .path.display())]
     Io {
         /// The file.
         path: PathBuf,
-        /// The underlying error.
-        #[source]
-        source: std::io::Error,
+        /// The underlying error (shown in the message, not repeated as a source).
+        cause: std::io::Error,
     },
     /// The tensor library failed (a bug or resource exhaustion, not bad input).
     #[error("tensor computation failed: {0}")]
@@ -156,7 +155,7 @@ impl ModelError {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         ModelError::Io {
             path: path.into(),
-            source,
+            cause: source,
         }
     }
 }

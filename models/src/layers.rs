@@ -103,7 +103,12 @@ pub fn conv_bn_folded(
 
 /// Fold BatchNorm statistics read from `bn_vb` into a conv weight
 /// `[C_out, ..]` without bias; returns the new weight and bias.
-fn fold_bn(weight: &Tensor, bn_vb: &VarBuilder, c_out: usize, eps: f64) -> Result<(Tensor, Tensor)> {
+fn fold_bn(
+    weight: &Tensor,
+    bn_vb: &VarBuilder,
+    c_out: usize,
+    eps: f64,
+) -> Result<(Tensor, Tensor)> {
     let gamma = bn_vb.get(c_out, "weight")?;
     let beta = bn_vb.get(c_out, "bias")?;
     let mean = bn_vb.get(c_out, "running_mean")?;
@@ -152,7 +157,10 @@ impl ConvBnAct {
             ..Default::default()
         };
         let conv = conv_bn_folded(conv_vb, bn_vb, (c_in, c_out, kernel), cfg, eps)?;
-        let weight_2d = conv.weight().reshape((c_out, c_in * kernel * kernel))?.contiguous()?;
+        let weight_2d = conv
+            .weight()
+            .reshape((c_out, c_in * kernel * kernel))?
+            .contiguous()?;
         let bias = match conv.bias() {
             Some(b) => b.to_dtype(DType::F32)?.to_vec1()?,
             None => vec![0.0; c_out],
@@ -227,7 +235,11 @@ impl CustomOp1 for Im2Col {
         "im2col"
     }
 
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (b, c, h, w) = layout.shape().dims4()?;
         let CpuStorage::F32(data) = storage else {
             candle_core::bail!("im2col: expected an f32 input")
@@ -278,7 +290,11 @@ fn valid_ranges(k: usize, s: usize, pad_left: usize, w: usize, ow: usize) -> Vec
     (0..k)
         .map(|kx| {
             let off = kx as isize - pad_left as isize;
-            let lo = if off >= 0 { 0 } else { ((-off) as usize).div_ceil(s) };
+            let lo = if off >= 0 {
+                0
+            } else {
+                ((-off) as usize).div_ceil(s)
+            };
             let hi = if (w as isize) - off <= 0 {
                 0
             } else {
@@ -346,17 +362,28 @@ impl candle_core::InplaceOp2 for AddRelu {
         "add-relu"
     }
 
-    fn cpu_fwd(&self, a: &mut CpuStorage, la: &Layout, b: &CpuStorage, lb: &Layout) -> candle_core::Result<()> {
+    fn cpu_fwd(
+        &self,
+        a: &mut CpuStorage,
+        la: &Layout,
+        b: &CpuStorage,
+        lb: &Layout,
+    ) -> candle_core::Result<()> {
         let (CpuStorage::F32(a), CpuStorage::F32(b)) = (a, b) else {
             candle_core::bail!("add-relu: expected f32")
         };
-        let (Some((sa, ea)), Some((sb, eb))) = (la.contiguous_offsets(), lb.contiguous_offsets()) else {
+        let (Some((sa, ea)), Some((sb, eb))) = (la.contiguous_offsets(), lb.contiguous_offsets())
+        else {
             candle_core::bail!("add-relu: inputs must be contiguous")
         };
         a[sa..ea]
             .par_chunks_mut(4096)
             .zip(b[sb..eb].par_chunks(4096))
-            .for_each(|(x, y)| x.iter_mut().zip(y).for_each(|(x, &y)| *x = (*x + y).max(0.0)));
+            .for_each(|(x, y)| {
+                x.iter_mut()
+                    .zip(y)
+                    .for_each(|(x, &y)| *x = (*x + y).max(0.0))
+            });
         Ok(())
     }
 }
@@ -425,7 +452,9 @@ impl DepthwiseConvBnAct {
         let (_, c, h, w) = x.dims4()?;
         let (top, bottom) = self.padding.amounts(h, self.kernel, self.stride);
         let (left, right) = self.padding.amounts(w, self.kernel, self.stride);
-        let x = x.pad_with_zeros(2, top, bottom)?.pad_with_zeros(3, left, right)?;
+        let x = x
+            .pad_with_zeros(2, top, bottom)?
+            .pad_with_zeros(3, left, right)?;
         let y = x.conv2d(&self.weight, 0, self.stride, 1, c)?;
         let y = y.broadcast_add(&self.bias.reshape((1, c, 1, 1))?)?;
         self.act.apply(y)
@@ -520,7 +549,11 @@ impl CustomOp1 for DepthwiseOp {
         "depthwise-conv2d"
     }
 
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (b, c, h, w) = layout.shape().dims4()?;
         let data = match storage {
             CpuStorage::F32(v) => v,
@@ -602,19 +635,48 @@ mod tests {
         ] {
             let (ci, co) = (3, 4);
             let mut map = std::collections::HashMap::new();
-            map.insert("c.weight".to_string(), Tensor::randn(0f32, 1.0, (co, ci, k, k), &dev).unwrap());
-            map.insert("bn.weight".to_string(), Tensor::rand(0.5f32, 1.5, co, &dev).unwrap());
-            map.insert("bn.bias".to_string(), Tensor::randn(0f32, 0.1, co, &dev).unwrap());
-            map.insert("bn.running_mean".to_string(), Tensor::randn(0f32, 0.1, co, &dev).unwrap());
-            map.insert("bn.running_var".to_string(), Tensor::rand(0.5f32, 1.5, co, &dev).unwrap());
+            map.insert(
+                "c.weight".to_string(),
+                Tensor::randn(0f32, 1.0, (co, ci, k, k), &dev).unwrap(),
+            );
+            map.insert(
+                "bn.weight".to_string(),
+                Tensor::rand(0.5f32, 1.5, co, &dev).unwrap(),
+            );
+            map.insert(
+                "bn.bias".to_string(),
+                Tensor::randn(0f32, 0.1, co, &dev).unwrap(),
+            );
+            map.insert(
+                "bn.running_mean".to_string(),
+                Tensor::randn(0f32, 0.1, co, &dev).unwrap(),
+            );
+            map.insert(
+                "bn.running_var".to_string(),
+                Tensor::rand(0.5f32, 1.5, co, &dev).unwrap(),
+            );
             let vb = VarBuilder::from_tensors(map, DType::F32, &dev);
-            let conv = ConvBnAct::new(vb.pp("c"), vb.pp("bn"), (ci, co, k, s), padding, 1e-3, Activation::Relu6)
-                .unwrap();
+            let conv = ConvBnAct::new(
+                vb.pp("c"),
+                vb.pp("bn"),
+                (ci, co, k, s),
+                padding,
+                1e-3,
+                Activation::Relu6,
+            )
+            .unwrap();
             let x = Tensor::randn(0f32, 1.0, (2, ci, h, w), &dev).unwrap();
             let fast = conv.forward(&x).unwrap();
             let slow = conv.forward_candle(&x).unwrap();
             assert_eq!(fast.dims(), slow.dims(), "k{k} s{s} {padding:?}");
-            let diff = (fast - slow).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            let diff = (fast - slow)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
             assert!(diff < 1e-5, "k{k} s{s} {padding:?}: {diff}");
         }
     }
@@ -626,7 +688,14 @@ mod tests {
         let b = Tensor::randn(0f32, 1.0, (2, 3, 5, 5), &dev).unwrap();
         let want = (&a + &b).unwrap().relu().unwrap();
         let got = add_relu(a.copy().unwrap(), &b).unwrap();
-        let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let diff = (got - want)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert_eq!(diff, 0.0);
     }
 
@@ -635,11 +704,26 @@ mod tests {
         let dev = Device::Cpu;
         let (ci, co) = (3, 4);
         let mut map = std::collections::HashMap::new();
-        map.insert("c.weight".to_string(), Tensor::randn(0f32, 1.0, (co, ci, 3, 3), &dev).unwrap());
-        map.insert("bn.weight".to_string(), Tensor::rand(0.5f32, 1.5, co, &dev).unwrap());
-        map.insert("bn.bias".to_string(), Tensor::randn(0f32, 0.1, co, &dev).unwrap());
-        map.insert("bn.running_mean".to_string(), Tensor::randn(0f32, 0.1, co, &dev).unwrap());
-        map.insert("bn.running_var".to_string(), Tensor::rand(0.5f32, 1.5, co, &dev).unwrap());
+        map.insert(
+            "c.weight".to_string(),
+            Tensor::randn(0f32, 1.0, (co, ci, 3, 3), &dev).unwrap(),
+        );
+        map.insert(
+            "bn.weight".to_string(),
+            Tensor::rand(0.5f32, 1.5, co, &dev).unwrap(),
+        );
+        map.insert(
+            "bn.bias".to_string(),
+            Tensor::randn(0f32, 0.1, co, &dev).unwrap(),
+        );
+        map.insert(
+            "bn.running_mean".to_string(),
+            Tensor::randn(0f32, 0.1, co, &dev).unwrap(),
+        );
+        map.insert(
+            "bn.running_var".to_string(),
+            Tensor::rand(0.5f32, 1.5, co, &dev).unwrap(),
+        );
         let vb = VarBuilder::from_tensors(map.clone(), DType::F32, &dev);
         let cfg = Conv2dConfig {
             padding: 1,
@@ -657,9 +741,17 @@ mod tests {
             1e-5,
         )
         .unwrap();
-        let expected = candle_nn::ModuleT::forward_t(&bn, &conv.forward(&x).unwrap(), false).unwrap();
+        let expected =
+            candle_nn::ModuleT::forward_t(&bn, &conv.forward(&x).unwrap(), false).unwrap();
         let got = folded.forward(&x).unwrap();
-        let diff = (got - expected).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let diff = (got - expected)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert!(diff < 1e-5, "{diff}");
     }
 }

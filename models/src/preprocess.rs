@@ -69,7 +69,10 @@ pub fn decode_image(bytes: &[u8], cfg: &PreprocessConfig) -> Result<RgbImage> {
         // truncated files, and so do we.
         return Err(ModelError::ImageDecode {
             source_name: None,
-            detail: format!("truncated JPEG ({} bytes, no end-of-image marker)", bytes.len()),
+            detail: format!(
+                "truncated JPEG ({} bytes, no end-of-image marker)",
+                bytes.len()
+            ),
         });
     }
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
@@ -426,7 +429,10 @@ mod tests {
                     .iter()
                     .map(|&w| i64::from(w))
                     .sum();
-                assert!((s - (1 << PRECISION_BITS)).abs() <= xmax as i64, "{i}->{o} at {xx}: {s}");
+                assert!(
+                    (s - (1 << PRECISION_BITS)).abs() <= xmax as i64,
+                    "{i}->{o} at {xx}: {s}"
+                );
             }
         }
     }
@@ -445,7 +451,10 @@ mod tests {
         let c = bilinear_coefficients(300, 373);
         assert_eq!(c.bounds.len(), 373);
         assert_eq!(resize_and_crop(&img, 224).dimensions(), (224, 224));
-        assert_eq!(resize_and_crop(&RgbImage::new(0, 5), 224).dimensions(), (0, 0));
+        assert_eq!(
+            resize_and_crop(&RgbImage::new(0, 5), 224).dimensions(),
+            (0, 0)
+        );
     }
 
     #[test]

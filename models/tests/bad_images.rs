@@ -14,7 +14,11 @@ fn crc32(data: &[u8]) -> u32 {
     for &b in data {
         crc ^= u32::from(b);
         for _ in 0..8 {
-            crc = if crc & 1 == 1 { (crc >> 1) ^ 0xedb8_8320 } else { crc >> 1 };
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xedb8_8320
+            } else {
+                crc >> 1
+            };
         }
     }
     !crc
@@ -51,7 +55,10 @@ fn text_file_is_unsupported() {
     let e = err(b"id,articleType,baseColour\n10030,Tshirts,Black\n");
     assert!(matches!(e, ModelError::UnsupportedImage { .. }), "{e:?}");
     let msg = e.to_string();
-    assert!(msg.contains("text") && msg.contains("expected JPEG, PNG or WebP"), "{msg}");
+    assert!(
+        msg.contains("text") && msg.contains("expected JPEG, PNG or WebP"),
+        "{msg}"
+    );
     assert!(!msg.contains('\n'));
 }
 
@@ -65,7 +72,12 @@ fn other_formats_are_named() {
 fn declared_bomb_is_refused_before_decoding() {
     let e = err(&png_header(40_000, 40_000));
     match &e {
-        ModelError::ImageTooLarge { width, height, max_pixels, .. } => {
+        ModelError::ImageTooLarge {
+            width,
+            height,
+            max_pixels,
+            ..
+        } => {
             assert_eq!((*width, *height), (40_000, 40_000));
             assert_eq!(*max_pixels, PreprocessConfig::DEFAULT_MAX_PIXELS);
         }

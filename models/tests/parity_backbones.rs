@@ -14,7 +14,9 @@ fn load(kind: BackboneKind) -> Backbone {
 }
 
 fn lite0_classifier() -> Lite0Classifier {
-    let path = BackboneKind::EfficientNetLite0.imagenet_weights_path(None).unwrap();
+    let path = BackboneKind::EfficientNetLite0
+        .imagenet_weights_path(None)
+        .unwrap();
     let tensors = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
     Lite0Classifier::new(VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu)).unwrap()
 }
@@ -47,7 +49,9 @@ fn mobilenet_v2_matches_pytorch_on_stored_inputs() {
         return;
     };
     let want = fixtures::load_golden(&shared, "backbones_expected.safetensors");
-    let map = load(BackboneKind::MobileNetV2).forward(&golden_batch(&shared)).unwrap();
+    let map = load(BackboneKind::MobileNetV2)
+        .forward(&golden_batch(&shared))
+        .unwrap();
     let (max, _) = fixtures::abs_diff(&map, &want["mbv2_map"]);
     eprintln!("mbv2_map: max abs diff {max:.3e}");
     assert!(max <= 2e-4, "mbv2_map max abs diff {max}");
@@ -59,11 +63,14 @@ fn mobilenet_v2_matches_pytorch_on_stored_inputs() {
 
 #[test]
 fn efficientnet_lite0_matches_pytorch_on_stored_inputs() {
-    let Some(shared) = fixtures::shared_dir("efficientnet_lite0_matches_pytorch_on_stored_inputs") else {
+    let Some(shared) = fixtures::shared_dir("efficientnet_lite0_matches_pytorch_on_stored_inputs")
+    else {
         return;
     };
     let want = fixtures::load_golden(&shared, "backbones_expected.safetensors");
-    let map = load(BackboneKind::EfficientNetLite0).forward(&golden_batch(&shared)).unwrap();
+    let map = load(BackboneKind::EfficientNetLite0)
+        .forward(&golden_batch(&shared))
+        .unwrap();
     let (max, _) = fixtures::abs_diff(&map, &want["lite0_map"]);
     eprintln!("lite0_map: max abs diff {max:.3e}");
     assert!(max <= 2e-4, "lite0_map max abs diff {max}");
@@ -92,7 +99,11 @@ fn backbones_end_to_end_from_image_files() {
     let got: Vec<i64> = argmax(&logits).into_iter().map(i64::from).collect();
     assert_eq!(got, top1);
 
-    let gap = load(BackboneKind::MobileNetV2).forward(&x).unwrap().mean((2, 3)).unwrap();
+    let gap = load(BackboneKind::MobileNetV2)
+        .forward(&x)
+        .unwrap()
+        .mean((2, 3))
+        .unwrap();
     let cos = cosine_rows(&gap, &want["mbv2_gap"]);
     eprintln!("mbv2_gap end to end cosine {cos:?}");
     assert!(cos.iter().all(|&c| c >= 0.999), "mbv2_gap cosine {cos:?}");
@@ -114,9 +125,16 @@ fn lite0_recognises_a_tshirt_as_jersey() {
     let bytes = std::fs::read(&path).unwrap();
     let x = preprocess_bytes(&bytes, &PreprocessConfig::default(), &Device::Cpu).unwrap();
     let map = load(BackboneKind::EfficientNetLite0).forward(&x).unwrap();
-    let probs = candle_nn::ops::softmax(&lite0_classifier().forward(&map).unwrap(), D::Minus1).unwrap();
+    let probs =
+        candle_nn::ops::softmax(&lite0_classifier().forward(&map).unwrap(), D::Minus1).unwrap();
     let top = argmax(&probs)[0];
-    let p: f32 = probs.get(0).unwrap().get(top as usize).unwrap().to_scalar().unwrap();
+    let p: f32 = probs
+        .get(0)
+        .unwrap()
+        .get(top as usize)
+        .unwrap()
+        .to_scalar()
+        .unwrap();
     eprintln!("10030.jpg: top-1 {top} p {p:.4}");
     assert_eq!(top, 610, "expected ImageNet class 610 (jersey), got {top}");
     assert!(p > 0.9, "p(jersey) = {p}");

@@ -13,7 +13,8 @@ use candle_nn::VarBuilder;
 
 #[test]
 fn resnet50_layer3_matches_pytorch_on_stored_inputs() {
-    let Some(shared) = fixtures::shared_dir("resnet50_layer3_matches_pytorch_on_stored_inputs") else {
+    let Some(shared) = fixtures::shared_dir("resnet50_layer3_matches_pytorch_on_stored_inputs")
+    else {
         return;
     };
     let ckpt = Checkpoint::load(shared.join("golden/asen_v1_fashionai.pth.gz")).unwrap();
@@ -32,11 +33,17 @@ fn resnet50_layer3_matches_pytorch_on_stored_inputs() {
     let want = fixtures::load_golden(&shared, "asen_v1_expected.safetensors");
     // Two batches of three keep peak memory modest while exercising B > 1.
     for start in [0, 3] {
-        let x: Vec<Tensor> = (start..start + 3).map(|i| inputs[&format!("img{i}")].clone()).collect();
+        let x: Vec<Tensor> = (start..start + 3)
+            .map(|i| inputs[&format!("img{i}")].clone())
+            .collect();
         let feat = net.forward(&Tensor::stack(&x, 0).unwrap()).unwrap();
         let expected = want["feat"].narrow(0, start, 3).unwrap();
         let (max, mean) = fixtures::abs_diff(&feat, &expected);
         eprintln!("resnet feat images {start}..: max {max:.3e} mean {mean:.3e}");
-        assert!(max <= 1e-4, "feat images {start}..{}: max abs diff {max} (mean {mean})", start + 3);
+        assert!(
+            max <= 1e-4,
+            "feat images {start}..{}: max abs diff {max} (mean {mean})",
+            start + 3
+        );
     }
 }

@@ -44,7 +44,14 @@ impl InvertedResidual {
         let (expand, dw) = if t == 1 {
             (None, 0)
         } else {
-            let e = ConvBnAct::new(vb.pp("0"), vb.pp("1"), (c_in, hidden, 1, 1), pw, BN_EPS, Activation::Relu6)?;
+            let e = ConvBnAct::new(
+                vb.pp("0"),
+                vb.pp("1"),
+                (c_in, hidden, 1, 1),
+                pw,
+                BN_EPS,
+                Activation::Relu6,
+            )?;
             (Some(e), 3)
         };
         let depthwise = DepthwiseConvBnAct::new(
@@ -116,7 +123,13 @@ impl MobileNetV2 {
         for (t, c, n, s) in SETTINGS {
             for i in 0..n {
                 let stride = if i == 0 { s } else { 1 };
-                blocks.push(InvertedResidual::new(vb.pp((blocks.len() + 1).to_string()), c_in, c, stride, t)?);
+                blocks.push(InvertedResidual::new(
+                    vb.pp((blocks.len() + 1).to_string()),
+                    c_in,
+                    c,
+                    stride,
+                    t,
+                )?);
                 c_in = c;
             }
         }

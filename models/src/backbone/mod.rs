@@ -234,10 +234,16 @@ mod tests {
 
     #[test]
     fn missing_weights_list_the_searched_places() {
-        let e = locate_weights("no_such_file.safetensors", Some(Path::new("/nonexistent"))).unwrap_err();
+        let e = locate_weights("no_such_file.safetensors", Some(Path::new("/nonexistent")))
+            .unwrap_err();
         let msg = e.to_string();
-        assert!(msg.contains("no_such_file.safetensors") && msg.contains("/nonexistent"), "{msg}");
-        assert!(BackboneKind::ResNet50Layer3.imagenet_weights_path(None).is_err());
+        assert!(
+            msg.contains("no_such_file.safetensors") && msg.contains("/nonexistent"),
+            "{msg}"
+        );
+        assert!(BackboneKind::ResNet50Layer3
+            .imagenet_weights_path(None)
+            .is_err());
     }
 
     /// The ResNet asks for exactly torchvision's names up to `layer3` and
@@ -252,12 +258,16 @@ mod tests {
         let names: Vec<String> = varmap.data().lock().unwrap().keys().cloned().collect();
         assert!(names.contains(&"layer1.0.downsample.0.weight".to_string()));
         assert!(names.contains(&"layer3.5.bn3.running_var".to_string()));
-        assert!(!names.iter().any(|n| n.starts_with("layer4") || n.starts_with("fc")));
+        assert!(!names
+            .iter()
+            .any(|n| n.starts_with("layer4") || n.starts_with("fc")));
         // 43 convs, 43 BatchNorms x 4 tensors.
         assert_eq!(names.len(), 43 + 43 * 4);
         let x = Tensor::randn(0f32, 1.0, (2, 3, 64, 48), &dev).unwrap();
         let y = net.forward(&x).unwrap();
         assert_eq!(y.dims(), &[2, 1024, 4, 3]);
-        assert!(net.forward(&Tensor::zeros((2, 4, 8, 8), DType::F32, &dev).unwrap()).is_err());
+        assert!(net
+            .forward(&Tensor::zeros((2, 4, 8, 8), DType::F32, &dev).unwrap())
+            .is_err());
     }
 }

@@ -38,11 +38,23 @@ impl Bottleneck {
     fn new(vb: VarBuilder, c_in: usize, width: usize, stride: usize) -> Result<Self> {
         let c_out = width * 4;
         let conv1 = conv_bn(&vb, "conv1", "bn1", (c_in, width, 1, 1), Activation::Relu)?;
-        let conv2 = conv_bn(&vb, "conv2", "bn2", (width, width, 3, stride), Activation::Relu)?;
+        let conv2 = conv_bn(
+            &vb,
+            "conv2",
+            "bn2",
+            (width, width, 3, stride),
+            Activation::Relu,
+        )?;
         let conv3 = conv_bn(&vb, "conv3", "bn3", (width, c_out, 1, 1), Activation::None)?;
         let downsample = if stride != 1 || c_in != c_out {
             let ds = vb.pp("downsample");
-            Some(conv_bn(&ds, "0", "1", (c_in, c_out, 1, stride), Activation::None)?)
+            Some(conv_bn(
+                &ds,
+                "0",
+                "1",
+                (c_in, c_out, 1, stride),
+                Activation::None,
+            )?)
         } else {
             None
         };
@@ -57,7 +69,9 @@ impl Bottleneck {
 
 impl Module for Bottleneck {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let y = self.conv3.forward(&self.conv2.forward(&self.conv1.forward(x)?)?)?;
+        let y = self
+            .conv3
+            .forward(&self.conv2.forward(&self.conv1.forward(x)?)?)?;
         let shortcut = match &self.downsample {
             Some(ds) => ds.forward(x)?,
             None => x.clone(),
@@ -73,10 +87,20 @@ struct Stage {
 }
 
 impl Stage {
-    fn new(vb: VarBuilder, c_in: usize, width: usize, blocks: usize, stride: usize) -> Result<Self> {
+    fn new(
+        vb: VarBuilder,
+        c_in: usize,
+        width: usize,
+        blocks: usize,
+        stride: usize,
+    ) -> Result<Self> {
         let mut out = Vec::with_capacity(blocks);
         for i in 0..blocks {
-            let (c, s) = if i == 0 { (c_in, stride) } else { (width * 4, 1) };
+            let (c, s) = if i == 0 {
+                (c_in, stride)
+            } else {
+                (width * 4, 1)
+            };
             out.push(Bottleneck::new(vb.pp(i.to_string()), c, width, s)?);
         }
         Ok(Self { blocks: out })

@@ -311,13 +311,13 @@ impl SyntheticDataset {
                 let path = dir.join(&record.path);
                 image.save(&path).map_err(|e| ModelError::Io {
                     path: path.clone(),
-                    source: std::io::Error::other(e.to_string()),
+                    cause: std::io::Error::other(e.to_string()),
                 })
             })?;
         let csv_path = dir.join("labels.csv");
         let io_err = |e: ::csv::Error| ModelError::Io {
             path: csv_path.clone(),
-            source: std::io::Error::other(e.to_string()),
+            cause: std::io::Error::other(e.to_string()),
         };
         let mut writer = ::csv::Writer::from_path(&csv_path).map_err(io_err)?;
         let mut header = vec!["path", "split"];

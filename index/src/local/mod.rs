@@ -1,0 +1,931 @@
+//! [`LocalStore`]: catalogues in one sled database, one in-memory HNSW graph per attribute.
+//!
+//! sled is the source of truth. Each catalogue has one sled tree (see `records.rs` for the key
+//! layout) so that a write batch is applied atomically; graphs are derived state, rebuilt or
+//! replayed from sled on open (`recovery.rs`) and compacted in the background (`compaction.rs`).
+
+mod compaction;
+mod records;
+mod recovery;
+mod search;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::thread::JoinHandle;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{IndexError, Result};
+use crate::graph::Graph;
+use crate::rescore::normalized;
+use crate::schema::CatalogueSchema;
+use crate::store::CatalogueStore;
+use crate::types::{
+    AttributeStats, CatalogueInfo, CatalogueStats, Item, ItemId, ItemPage, Payload, SearchRequest,
+    SearchResults, StoredItem, WriteReceipt, MAX_BATCH_ITEMS,
+};
+use records::{ItemRecord, VectorRecord};
+
+/// When a write is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// Every upsert and delete is flushed to disk before it returns (receipt `durable: true`).
+    #[default]
+    Flush,
+    /// Writes return once applied; sled flushes in the background (about every 500 ms) and on
+    /// [`CatalogueStore::flush`]. Faster ingestion; a crash may lose the last unflushed batches
+    /// (whole batches only, never part of one).
+    Deferred,
+}
+
+/// How filtered searches find candidates. `Auto` picks by the filter's estimated selectivity;
+/// the others force one path (benchmarks, diagnosis).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FilterStrategy {
+    /// Selective filters (at most [`StoreOptions::exact_scan_fraction`] of live items, or
+    /// [`StoreOptions::exact_scan_max_items`]) scan their matches exactly; others walk the graph
+    /// unfiltered, widened by 1 / selectivity, and filter the candidates.
+    #[default]
+    Auto,
+    /// Always score every matching item exactly.
+    ExactScan,
+    /// Always walk the graph with the hnsw_rs filter hook (slow for selective filters: the
+    /// walk loses its early exit).
+    GraphHook,
+    /// Always walk the graph unfiltered and filter the candidates (falls back to an exact scan
+    /// when too few pass).
+    PostFilter,
+}
+
+/// Progress of a graph rebuild, reported through [`StoreOptions::progress`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RebuildProgress {
+    /// Catalogue being rebuilt.
+    pub catalogue: String,
+    /// Attribute whose graph is rebuilt.
+    pub attribute: String,
+    /// Why: `"no dump"`, `"stale dump"`, `"corrupt dump"`, `"compaction"`.
+    pub reason: &'static str,
+    /// Points inserted so far.
+    pub done: u64,
+    /// Points to insert.
+    pub total: u64,
+}
+
+/// Callback receiving rebuild progress (the library never prints).
+pub type ProgressFn = Arc<dyn Fn(&RebuildProgress) + Send + Sync>;
+
+/// Options for [`LocalStore::open`].
+#[derive(Clone)]
+pub struct StoreOptions {
+    /// When writes are acknowledged.
+    pub durability: Durability,
+    /// Compact an attribute's graph when tombstones exceed this fraction of its points.
+    pub compaction_threshold: f64,
+    /// Do not compact graphs with fewer points than this.
+    pub compaction_min_points: usize,
+    /// Run compactions on a background thread (searches never wait); `false` runs them inline
+    /// in the write that triggered them.
+    pub background_compaction: bool,
+    /// Dump a catalogue's graphs after this many inserts since its last dump (0: only on
+    /// [`LocalStore::checkpoint`] and on close).
+    pub dump_every_inserts: u64,
+    /// With [`FilterStrategy::Auto`], filtered searches scan the matching items exactly when at
+    /// most this fraction of live items match (see `docs/bench/index.md`).
+    pub exact_scan_fraction: f64,
+    /// ... or when at most this many items match, whatever the fraction.
+    pub exact_scan_max_items: usize,
+    /// Which path filtered searches take.
+    pub filter_strategy: FilterStrategy,
+    /// sled page cache, bytes.
+    pub cache_capacity_bytes: u64,
+    /// Receives graph rebuild progress (open and compaction).
+    pub progress: Option<ProgressFn>,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            durability: Durability::Flush,
+            compaction_threshold: 0.2,
+            compaction_min_points: 1000,
+            background_compaction: true,
+            dump_every_inserts: 200_000,
+            exact_scan_fraction: 0.05,
+            exact_scan_max_items: 2_000,
+            filter_strategy: FilterStrategy::Auto,
+            cache_capacity_bytes: 512 * 1024 * 1024,
+            progress: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for StoreOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreOptions")
+            .field("durability", &self.durability)
+            .field("compaction_threshold", &self.compaction_threshold)
+            .field("compaction_min_points", &self.compaction_min_points)
+            .field("background_compaction", &self.background_compaction)
+            .field("dump_every_inserts", &self.dump_every_inserts)
+            .field("exact_scan_fraction", &self.exact_scan_fraction)
+            .field("exact_scan_max_items", &self.exact_scan_max_items)
+            .field("filter_strategy", &self.filter_strategy)
+            .field("cache_capacity_bytes", &self.cache_capacity_bytes)
+            .field("progress", &self.progress.is_some())
+            .finish()
+    }
+}
+
+/// What [`LocalStore::open`] did per attribute graph, for logs and tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GraphRecovery {
+    /// Catalogue.
+    pub catalogue: String,
+    /// Attribute.
+    pub attribute: String,
+    /// `"dump"` when loaded from a dump, otherwise the rebuild reason.
+    pub source: &'static str,
+    /// Points inserted from sled records newer than the dump (all points after a rebuild).
+    pub replayed: u64,
+}
+
+/// Result of [`LocalStore::check_consistency`]: sled's view against the graphs'.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsistencyReport {
+    /// Live items in sled.
+    pub items: u64,
+    /// Per attribute: (live items with the attribute in sled, distinct live ids in the graph,
+    /// duplicate points in the graph).
+    pub attributes: Vec<(String, u64, u64, u64)>,
+}
+
+impl ConsistencyReport {
+    /// Whether every graph holds exactly the live items of its attribute, once.
+    pub fn is_consistent(&self) -> bool {
+        self.attributes
+            .iter()
+            .all(|(_, sled, graph, dup)| sled == graph && *dup == 0)
+    }
+}
+
+/// In-memory view of a live item (payload kept for filters, group-by and hits).
+pub(crate) struct ItemMeta {
+    pub id: ItemId,
+    pub mask: u64,
+    pub payload: Payload,
+}
+
+/// Live items by internal id, with per-attribute counts.
+#[derive(Default)]
+pub(crate) struct LiveSet {
+    pub items: HashMap<u64, Arc<ItemMeta>>,
+    pub counts: Vec<u64>,
+}
+
+impl LiveSet {
+    fn insert(&mut self, iid: u64, meta: Arc<ItemMeta>) {
+        for (a, c) in self.counts.iter_mut().enumerate() {
+            if meta.mask & (1 << a) != 0 {
+                *c += 1;
+            }
+        }
+        self.items.insert(iid, meta);
+    }
+
+    fn remove(&mut self, iid: u64) {
+        if let Some(meta) = self.items.remove(&iid) {
+            for (a, c) in self.counts.iter_mut().enumerate() {
+                if meta.mask & (1 << a) != 0 {
+                    *c -= 1;
+                }
+            }
+        }
+    }
+}
+
+/// Counters owned by the single writer of a catalogue.
+pub(crate) struct WriterState {
+    pub sequence: u64,
+    pub next_iid: u64,
+    pub inserts_since_dump: u64,
+}
+
+/// One attribute's graph; the `Arc` is swapped by compaction, searches clone it and never wait.
+pub(crate) struct GraphSlot {
+    pub graph: RwLock<Arc<Graph>>,
+    pub compacting: AtomicBool,
+    pub compactions: AtomicU64,
+    pub dumped_sequence: Mutex<Option<u64>>,
+}
+
+impl GraphSlot {
+    fn new(graph: Graph, dumped: Option<u64>) -> Self {
+        GraphSlot {
+            graph: RwLock::new(Arc::new(graph)),
+            compacting: AtomicBool::new(false),
+            compactions: AtomicU64::new(0),
+            dumped_sequence: Mutex::new(dumped),
+        }
+    }
+
+    pub(crate) fn current(&self) -> Arc<Graph> {
+        Arc::clone(&read(&self.graph))
+    }
+}
+
+pub(crate) struct Catalogue {
+    pub name: String,
+    pub schema: CatalogueSchema,
+    pub tree: sled::Tree,
+    pub dump_dir: PathBuf,
+    pub writer: Mutex<WriterState>,
+    pub live: RwLock<LiveSet>,
+    pub graphs: Vec<GraphSlot>,
+    pub dropped: AtomicBool,
+    pub workers: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// A poisoned lock means a thread panicked while holding it; the data it guards is still
+/// structurally valid (every update is a single insert/remove), so carry on.
+pub(crate) fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|e| e.into_inner())
+}
+pub(crate) fn write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|e| e.into_inner())
+}
+pub(crate) fn lock<T>(l: &Mutex<T>) -> MutexGuard<'_, T> {
+    l.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[derive(Serialize, Deserialize)]
+struct CatalogueEntry {
+    id: u64,
+    schema: CatalogueSchema,
+}
+
+const CATALOGUES_TREE: &[u8] = b"catalogues";
+const NEXT_CATALOGUE_ID: &[u8] = b"next_catalogue_id";
+
+/// The local backend: sled for items, vectors and payloads, hnsw_rs graphs in memory, graph
+/// dumps on disk for fast restarts.
+pub struct LocalStore {
+    db: sled::Db,
+    dir: PathBuf,
+    options: StoreOptions,
+    catalogues: RwLock<BTreeMap<String, Arc<Catalogue>>>,
+    admin: Mutex<()>,
+    recovery: Vec<GraphRecovery>,
+}
+
+impl std::fmt::Debug for LocalStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalStore")
+            .field("dir", &self.dir)
+            .field(
+                "catalogues",
+                &read(&self.catalogues).keys().collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+fn validate_catalogue_name(name: &str) -> Result<()> {
+    let reason = if name.is_empty() || name.len() > 64 {
+        "must be 1..=64 bytes"
+    } else if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        "may contain only ascii letters, digits, '_' and '-'"
+    } else {
+        return Ok(());
+    };
+    Err(IndexError::InvalidCatalogueName {
+        name: name.chars().take(80).collect(),
+        reason: reason.into(),
+    })
+}
+
+impl LocalStore {
+    /// Opens (or creates) a store in `dir`: sled under `dir/sled`, graph dumps under
+    /// `dir/graphs`. Graph dumps are loaded and newer sled records replayed; a missing, stale
+    /// or corrupt dump is rebuilt from sled, reporting through `options.progress`.
+    pub fn open(dir: impl AsRef<Path>, options: StoreOptions) -> Result<Self> {
+        let dir = dir.as_ref().to_path_buf();
+        std::fs::create_dir_all(&dir).map_err(|e| IndexError::io(&dir, e))?;
+        let db = sled::Config::new()
+            .path(dir.join("sled"))
+            .cache_capacity(options.cache_capacity_bytes)
+            .open()?;
+        let entries = db.open_tree(CATALOGUES_TREE)?;
+        let mut catalogues = BTreeMap::new();
+        let mut recovery = Vec::new();
+        for kv in entries.iter() {
+            let (k, v) = kv?;
+            let name = String::from_utf8_lossy(&k).into_owned();
+            let entry: CatalogueEntry = serde_json::from_slice(&v).map_err(|e| {
+                records::corrupt(&format!("catalogue entry {name:?}"), e.to_string())
+            })?;
+            let (cat, rec) =
+                recovery::open_catalogue(&db, &dir, &name, entry.id, entry.schema, &options)?;
+            recovery.extend(rec);
+            catalogues.insert(name, Arc::new(cat));
+        }
+        Ok(LocalStore {
+            db,
+            dir,
+            options,
+            catalogues: RwLock::new(catalogues),
+            admin: Mutex::new(()),
+            recovery,
+        })
+    }
+
+    /// How each graph was restored by [`LocalStore::open`].
+    pub fn recovery_report(&self) -> &[GraphRecovery] {
+        &self.recovery
+    }
+
+    /// The directory the store lives in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn catalogue(&self, name: &str) -> Result<Arc<Catalogue>> {
+        read(&self.catalogues)
+            .get(name)
+            .cloned()
+            .ok_or_else(|| IndexError::CatalogueNotFound {
+                catalogue: name.chars().take(80).collect(),
+            })
+    }
+
+    /// Dumps every catalogue's graphs (with the sequence they cover) so the next open needs no
+    /// rebuild or replay. Blocks that catalogue's writers while it runs; searches continue.
+    pub fn checkpoint(&self) -> Result<()> {
+        let cats: Vec<_> = read(&self.catalogues).values().cloned().collect();
+        for c in cats {
+            let mut w = lock(&c.writer);
+            recovery::dump_graphs(&c, &mut w, &self.db)?;
+        }
+        Ok(())
+    }
+
+    /// Compacts a catalogue's graphs now, on the calling thread, if they hold any tombstone.
+    pub fn compact(&self, catalogue: &str) -> Result<()> {
+        let c = self.catalogue(catalogue)?;
+        for a in 0..c.graphs.len() {
+            if c.graphs[a]
+                .compacting
+                .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                let res = compaction::compact(&c, a, &self.options);
+                c.graphs[a].compacting.store(false, Ordering::Release);
+                res?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits for background compactions started so far.
+    pub fn wait_for_compactions(&self) {
+        let cats: Vec<_> = read(&self.catalogues).values().cloned().collect();
+        for c in cats {
+            let handles: Vec<_> = lock(&c.workers).drain(..).collect();
+            for h in handles {
+                let _ = h.join();
+            }
+        }
+    }
+
+    /// Compares sled's live items with each graph's points (O(n)); the crash test's oracle.
+    pub fn check_consistency(&self, catalogue: &str) -> Result<ConsistencyReport> {
+        let c = self.catalogue(catalogue)?;
+        let _w = lock(&c.writer);
+        let mut sled_items: HashMap<u64, u64> = HashMap::new();
+        for kv in c.tree.scan_prefix([records::ITEM_PREFIX]) {
+            let (k, v) = kv?;
+            let r = ItemRecord::decode(&k, &v)?;
+            sled_items.insert(r.iid, r.mask);
+        }
+        let mut attributes = Vec::new();
+        for (a, name) in c.schema.attributes.iter().enumerate() {
+            let in_sled = sled_items.values().filter(|m| *m & (1 << a) != 0).count() as u64;
+            let ids = c.graphs[a].current().ids();
+            let mut seen = HashSet::new();
+            let mut dup = 0;
+            let mut live_in_graph = 0;
+            for id in ids {
+                if !seen.insert(id) {
+                    dup += 1;
+                } else if sled_items.get(&id).is_some_and(|m| m & (1 << a) != 0) {
+                    live_in_graph += 1;
+                }
+            }
+            attributes.push((name.clone(), in_sled, live_in_graph, dup));
+        }
+        Ok(ConsistencyReport {
+            items: sled_items.len() as u64,
+            attributes,
+        })
+    }
+
+    fn durable_flush(&self) -> Result<bool> {
+        match self.options.durability {
+            Durability::Flush => {
+                self.db.flush()?;
+                Ok(true)
+            }
+            Durability::Deferred => Ok(false),
+        }
+    }
+
+    /// Validates a batch and turns it into records; nothing is written on error.
+    fn prepare(&self, c: &Catalogue, items: &[Item]) -> Result<Vec<PreparedItem>> {
+        if items.len() > MAX_BATCH_ITEMS {
+            return Err(IndexError::BatchTooLarge {
+                got: items.len(),
+                limit: MAX_BATCH_ITEMS,
+            });
+        }
+        let schema = &c.schema;
+        items
+            .iter()
+            .map(|item| {
+                let id = item.id.as_str();
+                if item.vectors.is_empty() {
+                    return Err(IndexError::EmptyItem { id: id.to_string() });
+                }
+                let mut by_index: Vec<Option<Vec<f32>>> = vec![None; schema.attributes.len()];
+                for (attr, v) in &item.vectors {
+                    let a = schema.attribute_index(attr).ok_or_else(|| {
+                        IndexError::UnknownAttribute {
+                            catalogue: c.name.clone(),
+                            attribute: attr.chars().take(80).collect(),
+                        }
+                    })?;
+                    by_index[a] = Some(normalized(attr, v, schema.dimension)?);
+                }
+                let payload_bytes = serde_json::to_vec(&item.payload)
+                    .map(|b| b.len())
+                    .unwrap_or(usize::MAX);
+                if payload_bytes > schema.max_payload_bytes {
+                    return Err(IndexError::PayloadTooLarge {
+                        id: id.to_string(),
+                        bytes: payload_bytes,
+                        limit: schema.max_payload_bytes,
+                    });
+                }
+                if item.content_hash.as_ref().is_some_and(|h| h.len() > 1024) {
+                    return Err(IndexError::InvalidRequest {
+                        reason: format!("item {id:?}: content hash longer than 1024 bytes"),
+                    });
+                }
+                let mask = by_index
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, v)| v.is_some())
+                    .fold(0u64, |m, (a, _)| m | (1 << a));
+                Ok(PreparedItem {
+                    id: item.id.clone(),
+                    mask,
+                    vectors: by_index,
+                    payload: item.payload.clone(),
+                    content_hash: item.content_hash.clone(),
+                })
+            })
+            .collect()
+    }
+
+    fn maybe_compact(&self, c: &Arc<Catalogue>) {
+        for a in 0..c.graphs.len() {
+            let points = c.graphs[a].current().len() as u64;
+            let live = read(&c.live).counts[a];
+            let tombstones = points.saturating_sub(live);
+            if points < self.options.compaction_min_points as u64
+                || (tombstones as f64) <= self.options.compaction_threshold * points as f64
+            {
+                continue;
+            }
+            if c.graphs[a]
+                .compacting
+                .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+            {
+                continue;
+            }
+            if self.options.background_compaction {
+                let cat = Arc::clone(c);
+                let options = self.options.clone();
+                let handle = std::thread::Builder::new()
+                    .name(format!("asen-compact-{a}"))
+                    .spawn(move || {
+                        // A failed compaction leaves the old graph in place; the next write
+                        // that crosses the threshold tries again.
+                        let _ = compaction::compact(&cat, a, &options);
+                        cat.graphs[a].compacting.store(false, Ordering::Release);
+                    });
+                match handle {
+                    Ok(h) => {
+                        let mut workers = lock(&c.workers);
+                        workers.retain(|h| !h.is_finished());
+                        workers.push(h);
+                    }
+                    Err(_) => c.graphs[a].compacting.store(false, Ordering::Release),
+                }
+            } else {
+                let _ = compaction::compact(c, a, &self.options);
+                c.graphs[a].compacting.store(false, Ordering::Release);
+            }
+        }
+    }
+}
+
+struct PreparedItem {
+    id: ItemId,
+    mask: u64,
+    vectors: Vec<Option<Vec<f32>>>,
+    payload: Payload,
+    content_hash: Option<String>,
+}
+
+impl Drop for LocalStore {
+    fn drop(&mut self) {
+        self.wait_for_compactions();
+        // Best effort: a dump saves the next open a replay; sled stays the source of truth.
+        let cats: Vec<_> = read(&self.catalogues).values().cloned().collect();
+        for c in cats {
+            let mut w = lock(&c.writer);
+            if w.inserts_since_dump > 0 {
+                let _ = recovery::dump_graphs(&c, &mut w, &self.db);
+            }
+        }
+        let _ = self.db.flush();
+    }
+}
+
+impl CatalogueStore for LocalStore {
+    fn create_catalogue(&self, name: &str, schema: &CatalogueSchema) -> Result<()> {
+        validate_catalogue_name(name)?;
+        schema.validate()?;
+        let _admin = lock(&self.admin);
+        if read(&self.catalogues).contains_key(name) {
+            return Err(IndexError::CatalogueExists {
+                catalogue: name.to_string(),
+            });
+        }
+        let entries = self.db.open_tree(CATALOGUES_TREE)?;
+        let id = match self.db.get(NEXT_CATALOGUE_ID)? {
+            Some(b) => records::decode_u64("next catalogue id", &b)?,
+            None => 0,
+        };
+        self.db
+            .insert(NEXT_CATALOGUE_ID, &records::encode_u64(id + 1))?;
+        let entry = CatalogueEntry {
+            id,
+            schema: schema.clone(),
+        };
+        let bytes = serde_json::to_vec(&entry)
+            .map_err(|e| records::corrupt("catalogue entry", e.to_string()))?;
+        // Start from an empty tree even if a crash interrupted an earlier drop of this id.
+        self.db.drop_tree(recovery::tree_name(id))?;
+        entries.insert(name.as_bytes(), bytes)?;
+        self.db.flush()?;
+        let (cat, _) =
+            recovery::open_catalogue(&self.db, &self.dir, name, id, schema.clone(), &self.options)?;
+        write(&self.catalogues).insert(name.to_string(), Arc::new(cat));
+        Ok(())
+    }
+
+    fn drop_catalogue(&self, name: &str) -> Result<()> {
+        let _admin = lock(&self.admin);
+        let c = self.catalogue(name)?;
+        let _w = lock(&c.writer);
+        c.dropped.store(true, Ordering::Release);
+        let entries = self.db.open_tree(CATALOGUES_TREE)?;
+        entries.remove(name.as_bytes())?;
+        self.db.flush()?;
+        write(&self.catalogues).remove(name);
+        self.db.drop_tree(c.tree.name())?;
+        self.db.flush()?;
+        if c.dump_dir.exists() {
+            std::fs::remove_dir_all(&c.dump_dir).map_err(|e| IndexError::io(&c.dump_dir, e))?;
+        }
+        Ok(())
+    }
+
+    fn list_catalogues(&self) -> Result<Vec<CatalogueInfo>> {
+        let cats: Vec<_> = read(&self.catalogues).values().cloned().collect();
+        Ok(cats
+            .iter()
+            .map(|c| {
+                let live = read(&c.live);
+                CatalogueInfo {
+                    name: c.name.clone(),
+                    schema: c.schema.clone(),
+                    items: live.items.len() as u64,
+                    attribute_counts: c
+                        .schema
+                        .attributes
+                        .iter()
+                        .cloned()
+                        .zip(live.counts.iter().copied())
+                        .collect(),
+                }
+            })
+            .collect())
+    }
+
+    fn schema(&self, catalogue: &str) -> Result<CatalogueSchema> {
+        Ok(self.catalogue(catalogue)?.schema.clone())
+    }
+
+    fn upsert(&self, catalogue: &str, items: &[Item]) -> Result<WriteReceipt> {
+        let c = self.catalogue(catalogue)?;
+        let prepared = self.prepare(&c, items)?;
+        let mut w = lock(&c.writer);
+        if c.dropped.load(Ordering::Acquire) {
+            return Err(IndexError::CatalogueNotFound {
+                catalogue: catalogue.to_string(),
+            });
+        }
+        // Later duplicates of an id in the batch win; earlier ones are never written.
+        let mut last: HashMap<&str, usize> = HashMap::new();
+        for (i, p) in prepared.iter().enumerate() {
+            last.insert(p.id.as_str(), i);
+        }
+        let mut batch = sled::Batch::default();
+        let mut replaced = Vec::new();
+        let mut fresh: Vec<(u64, &PreparedItem)> = Vec::new();
+        let mut next_iid = w.next_iid;
+        for (i, p) in prepared.iter().enumerate() {
+            if last[p.id.as_str()] != i {
+                continue;
+            }
+            let key = records::item_key(p.id.as_str());
+            if let Some(old) = c.tree.get(&key)? {
+                let old = ItemRecord::decode(&key, &old)?;
+                batch.remove(&records::vector_key(old.iid));
+                replaced.push(old.iid);
+            }
+            let iid = next_iid;
+            next_iid += 1;
+            let record = ItemRecord {
+                iid,
+                mask: p.mask,
+                content_hash: p.content_hash.clone(),
+                payload: p.payload.clone(),
+            };
+            batch.insert(key, record.encode());
+            let vs: Vec<&[f32]> = p.vectors.iter().flatten().map(Vec::as_slice).collect();
+            batch.insert(&records::vector_key(iid), VectorRecord::encode(p.mask, &vs));
+            fresh.push((iid, p));
+        }
+        let sequence = w.sequence + 1;
+        batch.insert(records::META_SEQ, &records::encode_u64(sequence));
+        batch.insert(records::META_NEXT_IID, &records::encode_u64(next_iid));
+        c.tree.apply_batch(batch)?;
+        w.sequence = sequence;
+        w.next_iid = next_iid;
+        let durable = self.durable_flush()?;
+
+        // Graphs first, then publish: a search that meets a new id in a graph before it is
+        // live simply skips it.
+        for (a, slot) in c.graphs.iter().enumerate() {
+            let points: Vec<(&[f32], u64)> = fresh
+                .iter()
+                .filter_map(|(iid, p)| p.vectors[a].as_deref().map(|v| (v, *iid)))
+                .collect();
+            if !points.is_empty() {
+                slot.current().insert(&points);
+            }
+        }
+        {
+            let mut live = write(&c.live);
+            for iid in &replaced {
+                live.remove(*iid);
+            }
+            for (iid, p) in &fresh {
+                live.insert(
+                    *iid,
+                    Arc::new(ItemMeta {
+                        id: p.id.clone(),
+                        mask: p.mask,
+                        payload: p.payload.clone(),
+                    }),
+                );
+            }
+        }
+        w.inserts_since_dump += fresh.len() as u64;
+        if self.options.dump_every_inserts > 0
+            && w.inserts_since_dump >= self.options.dump_every_inserts
+        {
+            recovery::dump_graphs(&c, &mut w, &self.db)?;
+        }
+        drop(w);
+        if !replaced.is_empty() {
+            self.maybe_compact(&c);
+        }
+        Ok(WriteReceipt {
+            sequence,
+            affected: fresh.len(),
+            durable,
+        })
+    }
+
+    fn delete(&self, catalogue: &str, ids: &[ItemId]) -> Result<WriteReceipt> {
+        let c = self.catalogue(catalogue)?;
+        if ids.len() > MAX_BATCH_ITEMS {
+            return Err(IndexError::BatchTooLarge {
+                got: ids.len(),
+                limit: MAX_BATCH_ITEMS,
+            });
+        }
+        let mut w = lock(&c.writer);
+        let mut batch = sled::Batch::default();
+        let mut removed = Vec::new();
+        let mut seen = HashSet::new();
+        for id in ids {
+            if !seen.insert(id.as_str()) {
+                continue;
+            }
+            let key = records::item_key(id.as_str());
+            if let Some(old) = c.tree.get(&key)? {
+                let old = ItemRecord::decode(&key, &old)?;
+                batch.remove(key);
+                batch.remove(&records::vector_key(old.iid));
+                removed.push(old.iid);
+            }
+        }
+        if removed.is_empty() {
+            return Ok(WriteReceipt {
+                sequence: w.sequence,
+                affected: 0,
+                durable: true,
+            });
+        }
+        let sequence = w.sequence + 1;
+        batch.insert(records::META_SEQ, &records::encode_u64(sequence));
+        c.tree.apply_batch(batch)?;
+        w.sequence = sequence;
+        let durable = self.durable_flush()?;
+        {
+            let mut live = write(&c.live);
+            for iid in &removed {
+                live.remove(*iid);
+            }
+        }
+        drop(w);
+        self.maybe_compact(&c);
+        Ok(WriteReceipt {
+            sequence,
+            affected: removed.len(),
+            durable,
+        })
+    }
+
+    fn get(&self, catalogue: &str, id: &ItemId, with_vectors: bool) -> Result<Option<StoredItem>> {
+        let c = self.catalogue(catalogue)?;
+        let key = records::item_key(id.as_str());
+        let Some(bytes) = c.tree.get(&key)? else {
+            return Ok(None);
+        };
+        let record = ItemRecord::decode(&key, &bytes)?;
+        Ok(Some(stored_item(&c, id.clone(), record, with_vectors)?))
+    }
+
+    fn list(&self, catalogue: &str, after: Option<&ItemId>, limit: usize) -> Result<ItemPage> {
+        let c = self.catalogue(catalogue)?;
+        if limit == 0 || limit > MAX_BATCH_ITEMS {
+            return Err(IndexError::InvalidRequest {
+                reason: format!("list limit {limit} is outside 1..={MAX_BATCH_ITEMS}"),
+            });
+        }
+        let start = match after {
+            Some(id) => {
+                let mut k = records::item_key(id.as_str());
+                k.push(0);
+                k
+            }
+            None => vec![records::ITEM_PREFIX],
+        };
+        let end = vec![records::ITEM_PREFIX + 1];
+        let mut items = Vec::new();
+        let mut more = false;
+        for kv in c.tree.range(start..end) {
+            let (k, v) = kv?;
+            if items.len() == limit {
+                more = true;
+                break;
+            }
+            let record = ItemRecord::decode(&k, &v)?;
+            let id = String::from_utf8(k[1..].to_vec())
+                .ok()
+                .and_then(|s| ItemId::new(s).ok())
+                .ok_or_else(|| records::corrupt("item key", "not a valid item id"))?;
+            items.push(stored_item(&c, id, record, false)?);
+        }
+        let next_cursor = if more {
+            items.last().map(|i| i.id.clone())
+        } else {
+            None
+        };
+        Ok(ItemPage { items, next_cursor })
+    }
+
+    fn count(&self, catalogue: &str) -> Result<u64> {
+        let c = self.catalogue(catalogue)?;
+        let n = read(&c.live).items.len() as u64;
+        Ok(n)
+    }
+
+    fn search(&self, catalogue: &str, request: &SearchRequest) -> Result<SearchResults> {
+        let c = self.catalogue(catalogue)?;
+        search::search(&c, request, &self.options)
+    }
+
+    fn stats(&self, catalogue: &str) -> Result<CatalogueStats> {
+        let c = self.catalogue(catalogue)?;
+        let sequence = lock(&c.writer).sequence;
+        let live = read(&c.live);
+        let mut vector_bytes = 0;
+        let attributes = c
+            .schema
+            .attributes
+            .iter()
+            .enumerate()
+            .map(|(a, name)| {
+                let g = c.graphs[a].current();
+                vector_bytes += g.vector_bytes(c.schema.storage);
+                let points = g.len() as u64;
+                AttributeStats {
+                    attribute: name.clone(),
+                    live: live.counts[a],
+                    graph_points: points,
+                    tombstones: points.saturating_sub(live.counts[a]),
+                    compactions: c.graphs[a].compactions.load(Ordering::Relaxed),
+                    dumped_sequence: *lock(&c.graphs[a].dumped_sequence),
+                }
+            })
+            .collect();
+        Ok(CatalogueStats {
+            name: c.name.clone(),
+            items: live.items.len() as u64,
+            sequence,
+            attributes,
+            vector_bytes,
+        })
+    }
+
+    fn flush(&self) -> Result<()> {
+        self.db.flush()?;
+        Ok(())
+    }
+}
+
+fn stored_item(
+    c: &Catalogue,
+    id: ItemId,
+    record: ItemRecord,
+    with_vectors: bool,
+) -> Result<StoredItem> {
+    let attributes = c
+        .schema
+        .attributes
+        .iter()
+        .enumerate()
+        .filter(|(a, _)| record.mask & (1 << a) != 0)
+        .map(|(_, n)| n.clone())
+        .collect();
+    let vectors = if with_vectors {
+        let bytes = c
+            .tree
+            .get(records::vector_key(record.iid))?
+            .ok_or_else(|| records::corrupt(&format!("item {id}"), "vectors missing"))?;
+        let v = VectorRecord::decode(record.iid, &bytes, c.schema.dimension)?;
+        Some(
+            c.schema
+                .attributes
+                .iter()
+                .enumerate()
+                .filter_map(|(a, n)| {
+                    v.get(a, c.schema.dimension)
+                        .map(|x| (n.clone(), x.to_vec()))
+                })
+                .collect(),
+        )
+    } else {
+        None
+    };
+    Ok(StoredItem {
+        id,
+        payload: record.payload,
+        attributes,
+        vectors,
+        content_hash: record.content_hash,
+    })
+}

@@ -1,0 +1,307 @@
+//! Opening a catalogue: live items from sled, graphs from dumps plus replay of newer records,
+//! or rebuilt from sled when a dump is missing, stale or corrupt. Also writes the dumps.
+
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, RwLock};
+
+use super::records::{self, DumpRecord, ItemRecord, VectorRecord};
+use super::{
+    lock, Catalogue, GraphRecovery, GraphSlot, ItemMeta, LiveSet, RebuildProgress, StoreOptions,
+    WriterState,
+};
+use crate::error::{IndexError, Result};
+use crate::graph::{Graph, DUMP_BASENAME};
+use crate::schema::CatalogueSchema;
+
+/// Points inserted per chunk while rebuilding (one progress report each).
+const REBUILD_CHUNK: usize = 10_000;
+
+pub(crate) fn tree_name(id: u64) -> Vec<u8> {
+    format!("catalogue/{id}").into_bytes()
+}
+
+fn dump_root(store_dir: &Path, id: u64) -> PathBuf {
+    store_dir.join("graphs").join(format!("catalogue-{id}"))
+}
+
+pub(crate) fn open_catalogue(
+    db: &sled::Db,
+    store_dir: &Path,
+    name: &str,
+    id: u64,
+    schema: CatalogueSchema,
+    options: &StoreOptions,
+) -> Result<(Catalogue, Vec<GraphRecovery>)> {
+    let tree = db.open_tree(tree_name(id))?;
+    let sequence = match tree.get(records::META_SEQ)? {
+        Some(b) => records::decode_u64("sequence", &b)?,
+        None => 0,
+    };
+    let next_iid = match tree.get(records::META_NEXT_IID)? {
+        Some(b) => records::decode_u64("next internal id", &b)?,
+        None => 0,
+    };
+    let mut live = LiveSet {
+        items: Default::default(),
+        counts: vec![0; schema.attributes.len()],
+    };
+    for kv in tree.scan_prefix([records::ITEM_PREFIX]) {
+        let (k, v) = kv?;
+        let r = ItemRecord::decode(&k, &v)?;
+        let id = String::from_utf8(k[1..].to_vec())
+            .ok()
+            .and_then(|s| crate::types::ItemId::new(s).ok())
+            .ok_or_else(|| records::corrupt("item key", "not a valid item id"))?;
+        live.insert(
+            r.iid,
+            Arc::new(ItemMeta {
+                id,
+                mask: r.mask,
+                payload: r.payload,
+            }),
+        );
+    }
+    let dump_dir = dump_root(store_dir, id);
+    let mut graphs = Vec::new();
+    let mut report = Vec::new();
+    for (a, attribute) in schema.attributes.iter().enumerate() {
+        let capacity = live.counts[a] as usize;
+        let (graph, dumped, source, replayed) =
+            match load_dump(&tree, &dump_dir, a, attribute, &schema, sequence, next_iid)? {
+                Ok((graph, dump)) => {
+                    let replayed = insert_from(&tree, &graph, &schema, a, dump.watermark, None)?;
+                    (graph, Some(dump.sequence), "dump", replayed)
+                }
+                Err(reason) => {
+                    let graph = Graph::new(&schema, capacity);
+                    let progress = options.progress.as_ref().map(|p| {
+                        (
+                            p,
+                            RebuildProgress {
+                                catalogue: name.to_string(),
+                                attribute: attribute.clone(),
+                                reason,
+                                done: 0,
+                                total: live.counts[a],
+                            },
+                        )
+                    });
+                    let replayed = insert_from(&tree, &graph, &schema, a, 0, progress)?;
+                    (graph, None, reason, replayed)
+                }
+            };
+        report.push(GraphRecovery {
+            catalogue: name.to_string(),
+            attribute: attribute.clone(),
+            source,
+            replayed,
+        });
+        graphs.push(GraphSlot::new(graph, dumped));
+    }
+    remove_orphan_dumps(&tree, &dump_dir, schema.attributes.len());
+    let replayed_total: u64 = report.iter().map(|r| r.replayed).sum();
+    let cat = Catalogue {
+        name: name.to_string(),
+        schema,
+        tree,
+        dump_dir,
+        writer: Mutex::new(WriterState {
+            sequence,
+            next_iid,
+            inserts_since_dump: replayed_total,
+        }),
+        live: RwLock::new(live),
+        graphs,
+        dropped: AtomicBool::new(false),
+        workers: Mutex::new(Vec::new()),
+    };
+    Ok((cat, report))
+}
+
+/// Removes dump directories no record points to (left by a crash in the middle of a dump).
+/// Best effort: a leftover directory wastes disk but is never read.
+fn remove_orphan_dumps(tree: &sled::Tree, dump_dir: &Path, attributes: usize) {
+    let current: Vec<String> = (0..attributes)
+        .filter_map(|a| tree.get(records::dump_key(a)).ok().flatten())
+        .filter_map(|b| serde_json::from_slice::<DumpRecord>(&b).ok())
+        .map(|d| d.dir)
+        .collect();
+    let Ok(entries) = std::fs::read_dir(dump_dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !current.contains(&name) {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+/// Loads attribute `a`'s dump if it is present, intact and consistent with sled. The outer
+/// error is a storage failure; the inner `Err` is the reason to rebuild instead.
+#[allow(clippy::type_complexity)]
+fn load_dump(
+    tree: &sled::Tree,
+    dump_dir: &Path,
+    a: usize,
+    attribute: &str,
+    schema: &CatalogueSchema,
+    sequence: u64,
+    next_iid: u64,
+) -> Result<std::result::Result<(Graph, DumpRecord), &'static str>> {
+    let Some(bytes) = tree.get(records::dump_key(a))? else {
+        return Ok(Err("no dump"));
+    };
+    let Ok(dump) = serde_json::from_slice::<DumpRecord>(&bytes) else {
+        return Ok(Err("corrupt dump"));
+    };
+    if dump.sequence > sequence || dump.watermark > next_iid {
+        return Ok(Err("stale dump"));
+    }
+    if dump.points == 0 {
+        // An empty graph is recorded without files (hnsw_rs cannot dump one).
+        return Ok(Ok((Graph::new(schema, 0), dump)));
+    }
+    let dir = dump_dir.join(&dump.dir);
+    let crc = |ext: &str| crc_file(&dir.join(format!("{DUMP_BASENAME}.hnsw.{ext}")));
+    match (crc("graph"), crc("data")) {
+        (Ok(g), Ok(d)) if g == dump.crc_graph && d == dump.crc_data => {}
+        (Err(_), _) | (_, Err(_)) => return Ok(Err("no dump")),
+        _ => return Ok(Err("corrupt dump")),
+    }
+    match Graph::load(&dir, schema, attribute) {
+        Ok(g) if g.len() as u64 == dump.points => Ok(Ok((g, dump))),
+        _ => Ok(Err("corrupt dump")),
+    }
+}
+
+fn crc_file(path: &Path) -> std::io::Result<u32> {
+    let mut f = File::open(path)?;
+    let mut h = crc32fast::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            return Ok(h.finalize());
+        }
+        h.update(&buf[..n]);
+    }
+}
+
+/// Inserts into `graph` every stored vector of attribute `a` with internal id >= `from`.
+/// Only live items have vector records, so this is a replay (or, from 0, a rebuild).
+pub(crate) fn insert_from(
+    tree: &sled::Tree,
+    graph: &Graph,
+    schema: &CatalogueSchema,
+    a: usize,
+    from: u64,
+    mut progress: Option<(&super::ProgressFn, RebuildProgress)>,
+) -> Result<u64> {
+    let dim = schema.dimension;
+    let end = [records::VECTOR_PREFIX + 1];
+    let mut chunk: Vec<(u64, Vec<f32>)> = Vec::with_capacity(REBUILD_CHUNK);
+    let mut total = 0u64;
+    let mut flush = |chunk: &mut Vec<(u64, Vec<f32>)>, total: &mut u64| {
+        let pts: Vec<(&[f32], u64)> = chunk.iter().map(|(i, v)| (v.as_slice(), *i)).collect();
+        graph.insert(&pts);
+        *total += chunk.len() as u64;
+        chunk.clear();
+        if let Some((f, p)) = progress.as_mut() {
+            p.done = *total;
+            f(p);
+        }
+    };
+    for kv in tree.range(records::vector_key(from).to_vec()..end.to_vec()) {
+        let (k, v) = kv?;
+        let iid = records::iid_from_vector_key(&k)?;
+        let rec = VectorRecord::decode(iid, &v, dim)?;
+        if let Some(x) = rec.get(a, dim) {
+            chunk.push((iid, x.to_vec()));
+        }
+        if chunk.len() == REBUILD_CHUNK {
+            flush(&mut chunk, &mut total);
+        }
+    }
+    if !chunk.is_empty() || total == 0 {
+        flush(&mut chunk, &mut total);
+    }
+    Ok(total)
+}
+
+/// Dumps every graph of a catalogue. The caller holds the writer lock, so every record below
+/// `next_iid` is in the graphs and none is being added.
+pub(crate) fn dump_graphs(c: &Catalogue, w: &mut WriterState, db: &sled::Db) -> Result<()> {
+    if c.dropped.load(std::sync::atomic::Ordering::Acquire) {
+        return Ok(());
+    }
+    for a in 0..c.graphs.len() {
+        dump_graph(c, a, w)?;
+    }
+    db.flush()?;
+    w.inserts_since_dump = 0;
+    Ok(())
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> IndexError + '_ {
+    move |e| IndexError::io(path, e)
+}
+
+pub(crate) fn dump_graph(c: &Catalogue, a: usize, w: &WriterState) -> Result<()> {
+    let graph = c.graphs[a].current();
+    if graph.len() == 0 {
+        let record = DumpRecord {
+            dir: String::new(),
+            sequence: w.sequence,
+            watermark: w.next_iid,
+            points: 0,
+            crc_graph: 0,
+            crc_data: 0,
+        };
+        return write_record(c, a, w, record);
+    }
+    let name = format!("a{a}-s{}-i{}", w.sequence, w.next_iid);
+    let dir = c.dump_dir.join(&name);
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).map_err(io_err(&dir))?;
+    }
+    std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+    graph.dump(&dir, &c.schema.attributes[a])?;
+    let mut crcs = [0u32; 2];
+    for (i, ext) in ["graph", "data"].iter().enumerate() {
+        let path = dir.join(format!("{DUMP_BASENAME}.hnsw.{ext}"));
+        File::open(&path)
+            .and_then(|f| f.sync_all())
+            .map_err(io_err(&path))?;
+        crcs[i] = crc_file(&path).map_err(io_err(&path))?;
+    }
+    let record = DumpRecord {
+        dir: name.clone(),
+        sequence: w.sequence,
+        watermark: w.next_iid,
+        points: graph.len() as u64,
+        crc_graph: crcs[0],
+        crc_data: crcs[1],
+    };
+    write_record(c, a, w, record)
+}
+
+/// Points the attribute at its new dump, then removes the previous dump's files.
+fn write_record(c: &Catalogue, a: usize, w: &WriterState, record: DumpRecord) -> Result<()> {
+    let name = record.dir.clone();
+    let old = c.tree.get(records::dump_key(a))?;
+    let bytes =
+        serde_json::to_vec(&record).map_err(|e| records::corrupt("dump record", e.to_string()))?;
+    c.tree.insert(records::dump_key(a), bytes)?;
+    c.tree.flush()?;
+    *lock(&c.graphs[a].dumped_sequence) = Some(w.sequence);
+    if let Some(old) = old.and_then(|b| serde_json::from_slice::<DumpRecord>(&b).ok()) {
+        if old.dir != name && !old.dir.is_empty() {
+            let _ = std::fs::remove_dir_all(c.dump_dir.join(old.dir));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,492 @@
+//! Search over a catalogue: resolve the query to unit vectors per attribute, pick candidates
+//! (graph walk, filter hook, or exact scan of the filtered subset), score exactly where the graph
+//! score is not, then threshold, group and assemble hits.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+use super::records::{self, ItemRecord, VectorRecord};
+use super::{read, Catalogue, FilterStrategy, ItemMeta, StoreOptions};
+use crate::error::{IndexError, Result};
+use crate::filter;
+use crate::rescore::{average_vector, dot, group_hits, normalized};
+use crate::schema::MAX_ATTRIBUTES;
+use crate::types::{
+    AttributeWeight, Filter, Hit, HitGroup, ItemId, Query, SearchRequest, SearchResults, MAX_K,
+};
+
+/// Largest `ef_search` a request may ask for.
+const MAX_EF: usize = 10_000;
+/// Shortlist multiplier for f16 and int8 graphs, whose scores are rescored exactly.
+const COMPRESSED_OVERSAMPLE: usize = 2;
+
+/// One attribute of the resolved query.
+struct Part {
+    attribute: usize,
+    vector: Vec<f32>,
+    weight: f32,
+}
+
+struct Plan {
+    parts: Vec<Part>,
+    exclude: HashSet<u64>,
+}
+
+struct Scored {
+    iid: u64,
+    score: f32,
+    per_attribute: Vec<f32>,
+    meta: Arc<ItemMeta>,
+}
+
+pub(crate) fn search(
+    c: &Catalogue,
+    req: &SearchRequest,
+    options: &StoreOptions,
+) -> Result<SearchResults> {
+    if req.k == 0 || req.k > MAX_K {
+        return Err(IndexError::InvalidK {
+            k: req.k,
+            max: MAX_K,
+        });
+    }
+    let ef = req.ef_search.unwrap_or(c.schema.hnsw.ef_search);
+    if ef == 0 || ef > MAX_EF {
+        return Err(invalid(format!("ef_search = {ef} is outside 1..={MAX_EF}")));
+    }
+    if let Some(t) = req.score_threshold {
+        if !t.is_finite() {
+            return Err(invalid("score_threshold is not finite".into()));
+        }
+    }
+    if let Some(g) = &req.group_by {
+        if g.field.is_empty() {
+            return Err(invalid("group_by field is empty".into()));
+        }
+        if g.group_size == 0 || g.group_size > MAX_K {
+            return Err(invalid(format!(
+                "group_size = {} is outside 1..={MAX_K}",
+                g.group_size
+            )));
+        }
+    }
+    if let Some(f) = &req.filter {
+        filter::validate(f)?;
+    }
+    let plan = resolve(c, &req.query)?;
+    let need = req.k;
+    let per_group = req.group_by.as_ref().map_or(1, |g| g.group_size);
+
+    let live_total = read(&c.live).items.len();
+    let exact_limit = options
+        .exact_scan_max_items
+        .max((options.exact_scan_fraction * live_total as f64) as usize);
+    let mode = match (&req.filter, options.filter_strategy) {
+        (None, _) => Mode::Unfiltered,
+        (Some(f), FilterStrategy::ExactScan) => Mode::Exact(matching(c, f, &plan)),
+        (Some(f), FilterStrategy::GraphHook) => Mode::Hook(matching(c, f, &plan)),
+        (Some(f), FilterStrategy::PostFilter) => Mode::Post(f, selectivity(c, f)),
+        (Some(f), FilterStrategy::Auto) => {
+            let est = selectivity(c, f);
+            if est * live_total as f64 <= 2.0 * exact_limit as f64 {
+                // Probably selective: count exactly, scan if it is.
+                let set = matching(c, f, &plan);
+                if set.len() <= exact_limit {
+                    Mode::Exact(set)
+                } else {
+                    Mode::Hook(set)
+                }
+            } else {
+                Mode::Post(f, est)
+            }
+        }
+    };
+    if let Mode::Exact(set) = &mode {
+        let scored = score_exact(c, &plan, set.iter().copied())?;
+        return Ok(finish(c, req, scored));
+    }
+
+    let graphs: Vec<_> = plan
+        .parts
+        .iter()
+        .map(|p| c.graphs[p.attribute].current())
+        .collect();
+    let needs_rescore = plan.parts.len() > 1 || graphs.iter().any(|g| !g.exact());
+    // Compressed graphs rank approximately: walk a wider list and let exact rescoring pick.
+    let oversample = if graphs.iter().all(|g| g.exact()) {
+        1
+    } else {
+        COMPRESSED_OVERSAMPLE
+    };
+    // Post-filtering walks k / selectivity candidates (plus margin) to keep k after the filter.
+    let post_factor = match &mode {
+        Mode::Post(_, est) => 1.5 / est.max(1e-4),
+        _ => 1.0,
+    };
+    let mut fetch = need * per_group;
+    loop {
+        let wanted = ((fetch + plan.exclude.len()) as f64 * post_factor).ceil() as usize;
+        let knbn = wanted.max(ef) * oversample;
+        let mut seen = HashSet::new();
+        let mut approx: Vec<(u64, f32)> = Vec::new();
+        let mut exhausted = true;
+        for (p, g) in plan.parts.iter().zip(&graphs) {
+            let found = match &mode {
+                Mode::Hook(m) => {
+                    let keep = |id: u64| m.contains(&id);
+                    g.search(&p.vector, knbn, knbn, Some(&keep))
+                }
+                _ => g.search(&p.vector, knbn, knbn, None),
+            };
+            if found.len() >= knbn {
+                exhausted = false;
+            }
+            for (iid, s) in found {
+                if !plan.exclude.contains(&iid) && seen.insert(iid) {
+                    approx.push((iid, s));
+                }
+            }
+        }
+        if let Mode::Post(f, _) = &mode {
+            let live = read(&c.live);
+            approx.retain(|(iid, _)| {
+                live.items
+                    .get(iid)
+                    .is_some_and(|m| filter::matches(f, &m.payload))
+            });
+        }
+        let scored = if needs_rescore {
+            let ids: Vec<u64> = approx.iter().map(|(i, _)| *i).collect();
+            score_exact(c, &plan, ids.into_iter())?
+        } else {
+            let live = read(&c.live);
+            approx
+                .iter()
+                .filter_map(|(iid, s)| {
+                    live.items.get(iid).map(|m| Scored {
+                        iid: *iid,
+                        score: *s,
+                        per_attribute: vec![*s],
+                        meta: Arc::clone(m),
+                    })
+                })
+                .collect()
+        };
+        let lowest = scored.iter().map(|s| s.score).fold(f32::INFINITY, f32::min);
+        let below_threshold = req.score_threshold.is_some_and(|t| lowest < t);
+        let results = finish(c, req, scored);
+        let produced = match &results {
+            SearchResults::Hits(h) => h.len(),
+            SearchResults::Groups(g) => g.len(),
+        };
+        if produced >= need || exhausted || below_threshold {
+            return Ok(results);
+        }
+        // Too many tombstones, excluded ids or filtered-out points in the way: widen, and past
+        // the whole graph fall back to an exact scan (filter-matching or all live items).
+        fetch *= 4;
+        if wanted > live_total.max(1) * 2 || knbn >= MAX_EF * 4 {
+            let ids: Vec<u64> = match &mode {
+                Mode::Hook(m) | Mode::Exact(m) => m.iter().copied().collect(),
+                Mode::Post(f, _) => matching(c, f, &plan).into_iter().collect(),
+                Mode::Unfiltered => read(&c.live)
+                    .items
+                    .keys()
+                    .filter(|i| !plan.exclude.contains(i))
+                    .copied()
+                    .collect(),
+            };
+            let scored = score_exact(c, &plan, ids.into_iter())?;
+            return Ok(finish(c, req, scored));
+        }
+    }
+}
+
+/// How a search finds candidates.
+enum Mode<'a> {
+    Unfiltered,
+    /// Exact scan of the matching ids.
+    Exact(HashSet<u64>),
+    /// Graph walk with the hnsw_rs filter hook over the matching ids.
+    Hook(HashSet<u64>),
+    /// Unfiltered graph walk widened by 1 / estimated selectivity, then the filter.
+    Post(&'a Filter, f64),
+}
+
+/// Items sampled to estimate a filter's selectivity.
+const SELECTIVITY_SAMPLE: usize = 1024;
+
+/// Fraction of live items passing the filter, estimated on a sample (hash order, so it is
+/// unrelated to payload values).
+fn selectivity(c: &Catalogue, f: &Filter) -> f64 {
+    let live = read(&c.live);
+    let sample = live.items.len().min(SELECTIVITY_SAMPLE);
+    let hits = live
+        .items
+        .values()
+        .take(sample)
+        .filter(|m| filter::matches(f, &m.payload))
+        .count();
+    (hits as f64 + 0.5) / (sample as f64 + 1.0)
+}
+
+/// Every live id passing the filter, minus the query's exclusions (O(live items)).
+fn matching(c: &Catalogue, f: &Filter, plan: &Plan) -> HashSet<u64> {
+    let live = read(&c.live);
+    live.items
+        .iter()
+        .filter(|(iid, m)| !plan.exclude.contains(iid) && filter::matches(f, &m.payload))
+        .map(|(iid, _)| *iid)
+        .collect()
+}
+
+fn invalid(reason: String) -> IndexError {
+    IndexError::InvalidRequest { reason }
+}
+
+/// Exact weighted cosines from the stored `f32` vectors; ids no longer live are dropped.
+fn score_exact(c: &Catalogue, plan: &Plan, ids: impl Iterator<Item = u64>) -> Result<Vec<Scored>> {
+    let dim = c.schema.dimension;
+    let metas: Vec<(u64, Arc<ItemMeta>)> = {
+        let live = read(&c.live);
+        ids.filter_map(|iid| live.items.get(&iid).map(|m| (iid, Arc::clone(m))))
+            .collect()
+    };
+    let mut out = Vec::with_capacity(metas.len());
+    for (iid, meta) in metas {
+        // Deleted between the live lookup and now: skip.
+        let Some(bytes) = c.tree.get(records::vector_key(iid))? else {
+            continue;
+        };
+        let rec = VectorRecord::decode(iid, &bytes, dim)?;
+        let mut score = 0f32;
+        let mut per_attribute = Vec::with_capacity(plan.parts.len());
+        let mut any = false;
+        for p in &plan.parts {
+            let s = match rec.get(p.attribute, dim) {
+                Some(v) => {
+                    any = true;
+                    dot(&p.vector, v)
+                }
+                None => 0.0,
+            };
+            score += p.weight * s;
+            per_attribute.push(s);
+        }
+        if any {
+            out.push(Scored {
+                iid,
+                score,
+                per_attribute,
+                meta,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Sorts, thresholds, groups and builds hits.
+fn finish(c: &Catalogue, req: &SearchRequest, mut scored: Vec<Scored>) -> SearchResults {
+    scored.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.iid.cmp(&b.iid)));
+    if let Some(t) = req.score_threshold {
+        scored.retain(|s| s.score >= t);
+    }
+    let names: Vec<&String> = resolve_names(c, req);
+    let hit = |s: &Scored| Hit {
+        id: s.meta.id.clone(),
+        score: s.score,
+        attribute_scores: names
+            .iter()
+            .zip(&s.per_attribute)
+            .map(|(n, v)| ((*n).clone(), *v))
+            .collect::<BTreeMap<_, _>>(),
+        payload: req.with_payload.then(|| s.meta.payload.clone()),
+    };
+    match &req.group_by {
+        None => SearchResults::Hits(scored.iter().take(req.k).map(hit).collect()),
+        Some(g) => {
+            let keyed = scored
+                .iter()
+                .filter_map(|s| {
+                    filter::field(&s.meta.payload, &g.field).map(|k| (k.clone(), hit(s)))
+                })
+                .collect();
+            SearchResults::Groups(
+                group_hits(keyed, req.k, g.group_size)
+                    .into_iter()
+                    .map(|(key, hits)| HitGroup { key, hits })
+                    .collect(),
+            )
+        }
+    }
+}
+
+/// Attribute names of the query's parts, in part order (resolution already validated them).
+fn resolve_names<'a>(c: &'a Catalogue, req: &SearchRequest) -> Vec<&'a String> {
+    let names: Vec<&str> = match &req.query {
+        Query::Vector { attribute, .. } => vec![attribute.as_str()],
+        Query::Weighted(ws) => ws.iter().map(|w| w.attribute.as_str()).collect(),
+        Query::Item { attributes, .. } | Query::Recommend { attributes, .. } => {
+            attributes.iter().map(|w| w.attribute.as_str()).collect()
+        }
+    };
+    names
+        .into_iter()
+        .filter_map(|n| c.schema.attribute_index(n).map(|a| &c.schema.attributes[a]))
+        .collect()
+}
+
+fn attribute_index(c: &Catalogue, attribute: &str) -> Result<usize> {
+    c.schema
+        .attribute_index(attribute)
+        .ok_or_else(|| IndexError::UnknownAttribute {
+            catalogue: c.name.clone(),
+            attribute: attribute.chars().take(80).collect(),
+        })
+}
+
+fn check_weights<'a>(
+    c: &Catalogue,
+    ws: impl Iterator<Item = (&'a str, f32)>,
+) -> Result<Vec<(usize, f32)>> {
+    let mut out: Vec<(usize, f32)> = Vec::new();
+    for (name, w) in ws {
+        let a = attribute_index(c, name)?;
+        if !w.is_finite() || w <= 0.0 {
+            return Err(invalid(format!(
+                "weight {w} of attribute {name:?} must be finite and > 0"
+            )));
+        }
+        if out.iter().any(|(b, _)| *b == a) {
+            return Err(invalid(format!("attribute {name:?} is given twice")));
+        }
+        out.push((a, w));
+    }
+    if out.is_empty() {
+        return Err(invalid("the query names no attribute".into()));
+    }
+    if out.len() > MAX_ATTRIBUTES {
+        return Err(invalid("too many attributes".into()));
+    }
+    Ok(out)
+}
+
+/// An item's internal id and vectors, for queries by stored item.
+fn stored(c: &Catalogue, id: &ItemId) -> Result<(u64, VectorRecord)> {
+    let key = records::item_key(id.as_str());
+    let not_found = || IndexError::ItemNotFound {
+        catalogue: c.name.clone(),
+        id: id.to_string(),
+    };
+    let bytes = c.tree.get(&key)?.ok_or_else(not_found)?;
+    let rec = ItemRecord::decode(&key, &bytes)?;
+    let vbytes = c
+        .tree
+        .get(records::vector_key(rec.iid))?
+        .ok_or_else(not_found)?;
+    Ok((
+        rec.iid,
+        VectorRecord::decode(rec.iid, &vbytes, c.schema.dimension)?,
+    ))
+}
+
+fn weights_of(ws: &[AttributeWeight]) -> impl Iterator<Item = (&str, f32)> {
+    ws.iter().map(|w| (w.attribute.as_str(), w.weight))
+}
+
+fn resolve(c: &Catalogue, q: &Query) -> Result<Plan> {
+    let dim = c.schema.dimension;
+    let mut exclude = HashSet::new();
+    let parts = match q {
+        Query::Vector { attribute, vector } => {
+            let a = attribute_index(c, attribute)?;
+            vec![Part {
+                attribute: a,
+                vector: normalized(attribute, vector, dim)?,
+                weight: 1.0,
+            }]
+        }
+        Query::Weighted(ws) => {
+            let idx = check_weights(c, ws.iter().map(|w| (w.attribute.as_str(), w.weight)))?;
+            idx.into_iter()
+                .zip(ws)
+                .map(|((a, weight), w)| {
+                    Ok(Part {
+                        attribute: a,
+                        vector: normalized(&w.attribute, &w.vector, dim)?,
+                        weight,
+                    })
+                })
+                .collect::<Result<_>>()?
+        }
+        Query::Item { id, attributes } => {
+            let idx = check_weights(c, weights_of(attributes))?;
+            let (iid, rec) = stored(c, id)?;
+            exclude.insert(iid);
+            idx.into_iter()
+                .map(|(a, weight)| {
+                    let v = rec
+                        .get(a, dim)
+                        .ok_or_else(|| IndexError::MissingAttribute {
+                            id: id.to_string(),
+                            attribute: c.schema.attributes[a].clone(),
+                        })?;
+                    Ok(Part {
+                        attribute: a,
+                        vector: v.to_vec(),
+                        weight,
+                    })
+                })
+                .collect::<Result<_>>()?
+        }
+        Query::Recommend {
+            positive,
+            negative,
+            attributes,
+        } => {
+            if positive.is_empty() {
+                return Err(invalid("recommend needs at least one positive item".into()));
+            }
+            if positive.len() + negative.len() > 1_000 {
+                return Err(invalid("recommend takes at most 1000 example items".into()));
+            }
+            let idx = check_weights(c, weights_of(attributes))?;
+            let mut load = |ids: &[ItemId]| -> Result<Vec<(ItemId, VectorRecord)>> {
+                ids.iter()
+                    .map(|id| {
+                        stored(c, id).map(|(iid, r)| {
+                            exclude.insert(iid);
+                            (id.clone(), r)
+                        })
+                    })
+                    .collect()
+            };
+            let pos = load(positive)?;
+            let neg = load(negative)?;
+            idx.into_iter()
+                .map(|(a, weight)| {
+                    let p: Vec<&[f32]> = pos.iter().filter_map(|(_, r)| r.get(a, dim)).collect();
+                    let n: Vec<&[f32]> = neg.iter().filter_map(|(_, r)| r.get(a, dim)).collect();
+                    if p.is_empty() {
+                        return Err(IndexError::MissingAttribute {
+                            id: positive[0].to_string(),
+                            attribute: c.schema.attributes[a].clone(),
+                        });
+                    }
+                    let vector = average_vector(&p, &n).ok_or_else(|| {
+                        invalid(format!(
+                            "positives and negatives cancel out on attribute {:?}",
+                            c.schema.attributes[a]
+                        ))
+                    })?;
+                    Ok(Part {
+                        attribute: a,
+                        vector,
+                        weight,
+                    })
+                })
+                .collect::<Result<_>>()?
+        }
+    };
+    Ok(Plan { parts, exclude })
+}

@@ -1,0 +1,54 @@
+//! The backend-neutral storage trait the service holds as `Arc<dyn CatalogueStore>`.
+
+use crate::error::Result;
+use crate::schema::CatalogueSchema;
+use crate::types::{
+    CatalogueInfo, CatalogueStats, Item, ItemId, ItemPage, SearchRequest, SearchResults,
+    StoredItem, WriteReceipt,
+};
+
+/// Many catalogues of items with one vector per attribute, searchable per attribute.
+///
+/// Object safe: the HTTP service holds `Arc<dyn CatalogueStore>` and never learns which backend
+/// (the local sled + HNSW [`crate::LocalStore`], or a distributed engine later) is behind it.
+/// Every method is synchronous and may block; async callers run it on a blocking pool.
+/// Implementations are `Send + Sync`: searches run in parallel with each other and with writes.
+pub trait CatalogueStore: Send + Sync {
+    /// Creates a catalogue; fails with `CatalogueExists` if the name is taken.
+    fn create_catalogue(&self, name: &str, schema: &CatalogueSchema) -> Result<()>;
+
+    /// Deletes a catalogue and all its items; fails with `CatalogueNotFound`.
+    fn drop_catalogue(&self, name: &str) -> Result<()>;
+
+    /// All catalogues with their schemas and per-attribute counts, by name.
+    fn list_catalogues(&self) -> Result<Vec<CatalogueInfo>>;
+
+    /// One catalogue's schema.
+    fn schema(&self, catalogue: &str) -> Result<CatalogueSchema>;
+
+    /// Inserts or replaces items. The whole batch is validated first: on any error nothing is
+    /// written. When the receipt says `durable`, the batch survives a crash.
+    fn upsert(&self, catalogue: &str, items: &[Item]) -> Result<WriteReceipt>;
+
+    /// Removes items; ids not present are ignored (and not counted in `affected`).
+    fn delete(&self, catalogue: &str, ids: &[ItemId]) -> Result<WriteReceipt>;
+
+    /// One item, with its vectors when `with_vectors`; `None` if absent.
+    fn get(&self, catalogue: &str, id: &ItemId, with_vectors: bool) -> Result<Option<StoredItem>>;
+
+    /// Up to `limit` items in id order, starting after `after`.
+    fn list(&self, catalogue: &str, after: Option<&ItemId>, limit: usize) -> Result<ItemPage>;
+
+    /// Number of live items.
+    fn count(&self, catalogue: &str) -> Result<u64>;
+
+    /// Searches by vector, weighted vectors, stored item, or recommendation; see
+    /// [`SearchRequest`]. Scores are cosine similarities (weighted sums), higher is better.
+    fn search(&self, catalogue: &str, request: &SearchRequest) -> Result<SearchResults>;
+
+    /// Counts and graph statistics.
+    fn stats(&self, catalogue: &str) -> Result<CatalogueStats>;
+
+    /// Makes every acknowledged write durable (needed only with deferred flushing).
+    fn flush(&self) -> Result<()>;
+}

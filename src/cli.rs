@@ -1,0 +1,100 @@
+//! The command line: one `Command` variant per subcommand, one `Args` struct each.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::telemetry::LogFormat;
+
+/// asen: attribute-specific similarity search for fashion images.
+#[derive(Debug, Parser)]
+#[command(name = "asen", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Log format on stderr (level from RUST_LOG).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Pretty, env = "ASEN_LOG_FORMAT")]
+    pub log_format: LogFormat,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Embed images for one or more attributes and print JSON.
+    Embed(EmbedArgs),
+    /// Describe a model directory or checkpoint (variant, attributes, parameters).
+    Inspect(InspectArgs),
+    /// Convert an official PyTorch checkpoint into an asen model directory.
+    Convert(ConvertArgs),
+}
+
+/// Where a model comes from and where it runs.
+#[derive(Debug, Clone, Args)]
+pub struct ModelArgs {
+    /// Model directory (card.json + model.safetensors) or official .pth[.gz]
+    /// checkpoint [default: the shipped model]
+    #[arg(long, env = "ASEN_MODEL")]
+    pub model: Option<PathBuf>,
+    /// Device: cpu, cuda[:N] or metal[:N].
+    #[arg(long, default_value = "cpu", env = "ASEN_DEVICE")]
+    pub device: String,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    /// Largest accepted image, in pixels (width x height as declared).
+    #[arg(long, default_value_t = asen_models::PreprocessConfig::DEFAULT_MAX_PIXELS)]
+    pub max_pixels: u64,
+}
+
+/// `asen embed`.
+#[derive(Debug, Args)]
+pub struct EmbedArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Attribute name (repeat for several; default: every attribute of the model).
+    #[arg(long = "attribute", short = 'a')]
+    pub attributes: Vec<String>,
+    /// Include the spatial attention map of each embedding.
+    #[arg(long)]
+    pub attention: bool,
+    /// Image files (JPEG, PNG, WebP).
+    #[arg(required = true)]
+    pub images: Vec<PathBuf>,
+}
+
+/// `asen inspect`.
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// Model directory or checkpoint file.
+    pub model: PathBuf,
+}
+
+/// `asen convert`.
+#[derive(Debug, Args)]
+pub struct ConvertArgs {
+    /// Official checkpoint (.pth, .pth.gz; legacy or zip format).
+    pub input: PathBuf,
+    /// Output model directory.
+    pub output: PathBuf,
+    /// Attribute names in index order, comma separated (default attr_0, attr_1, ...).
+    #[arg(long, value_delimiter = ',')]
+    pub attributes: Vec<String>,
+    /// Backbone the checkpoint was trained with.
+    #[arg(long, default_value = "resnet50_layer3")]
+    pub backbone: String,
+    /// Input side in pixels.
+    #[arg(long, default_value_t = 224)]
+    pub input_size: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_definition_is_valid() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

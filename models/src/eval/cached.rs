@@ -21,15 +21,26 @@ pub type PairEmbeddings = HashMap<(usize, usize), Vec<f32>>;
 
 /// Embed, with `head`, every `(image, attribute)` pair that the `split`
 /// probes need, from the cached features, `batch` images at a time (the
-/// attribute-independent part of the head runs once per batch).
+/// attribute-independent part of the head runs once per batch). Dataset
+/// attribute `a` is the head's attribute `head_attributes[a]` (the identity
+/// when `None`).
 pub fn embed_split(
     head: &Head,
     features: &FeatureCache,
     dataset: &Dataset,
     split: Split,
     batch: usize,
+    head_attributes: Option<&[usize]>,
 ) -> Result<PairEmbeddings> {
     let n_attr = dataset.attributes().len();
+    let identity: Vec<usize> = (0..n_attr).collect();
+    let head_attributes = head_attributes.unwrap_or(&identity);
+    if head_attributes.len() != n_attr {
+        return Err(ModelError::InvalidArgument(format!(
+            "{} head attributes given for a dataset of {n_attr} attributes",
+            head_attributes.len()
+        )));
+    }
     let per_attribute = dataset.probes(split).images_by_attribute(n_attr);
     let mut wanted: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
     for (a, images) in per_attribute.iter().enumerate() {
@@ -38,11 +49,10 @@ pub fn embed_split(
         }
     }
     let images: Vec<usize> = wanted.keys().copied().collect();
-    let attrs: Vec<usize> = (0..n_attr).collect();
     let mut out = HashMap::new();
     for chunk in images.chunks(batch.max(1)) {
         let x = features.get(chunk, &Device::Cpu)?;
-        let outputs = head.forward_attributes(&x, &attrs)?;
+        let outputs = head.forward_attributes(&x, head_attributes)?;
         for (a, output) in outputs.into_iter().enumerate() {
             let rows = output.embedding.to_dtype(DType::F32)?.to_vec2::<f32>()?;
             for (&i, row) in chunk.iter().zip(rows) {
@@ -112,7 +122,7 @@ pub fn evaluate_pairs(
     })
 }
 
-/// [`embed_split`] then [`evaluate_pairs`].
+/// [`embed_split`] (attributes in the same order) then [`evaluate_pairs`].
 pub fn evaluate_head(
     head: &Head,
     features: &FeatureCache,
@@ -120,7 +130,7 @@ pub fn evaluate_head(
     split: Split,
     batch: usize,
 ) -> Result<RetrievalReport> {
-    let pairs = embed_split(head, features, dataset, split, batch)?;
+    let pairs = embed_split(head, features, dataset, split, batch, None)?;
     evaluate_pairs(dataset, split, &pairs)
 }
 

@@ -370,7 +370,7 @@ impl TrainableHead {
     pub fn save(&self, path: &Path) -> Result<()> {
         self.map.save(path).map_err(|e| ModelError::Io {
             path: path.to_path_buf(),
-            source: std::io::Error::other(e.to_string()),
+            cause: std::io::Error::other(e.to_string()),
         })
     }
 

@@ -29,5 +29,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Embed(args) => commands::embed::run(args),
         Command::Inspect(args) => commands::inspect::run(args),
         Command::Convert(args) => commands::convert::run(args),
+        Command::Train(args) => commands::train::run(args),
+        Command::Eval(args) => commands::eval::run(args),
     }
 }

@@ -2,7 +2,9 @@
 
 pub mod convert;
 pub mod embed;
+pub mod eval;
 pub mod inspect;
+pub mod train;
 
 use anyhow::Context;
 use asen_models::{Embedder, EmbedderOptions, PreprocessConfig};

@@ -2,6 +2,7 @@
 
 pub mod convert;
 pub mod embed;
+pub mod ingest;
 pub mod inspect;
 
 use anyhow::Context;

@@ -163,7 +163,7 @@ fn csv_ingest_reports_bad_images_and_rerun_skips_everything() {
         line.starts_with("ingested 0, skipped 6, failed 2 of 8 rows"),
         "summary: {line}"
     );
-    assert!(line.contains("model 0% of the time"), "{line}");
+    assert!(line.contains("model 0.0% of the time"), "{line}");
 
     let store = LocalStore::open(work.path().join("store"), StoreOptions::default()).unwrap();
     assert_eq!(store.count("shop").unwrap(), 6);
@@ -420,6 +420,11 @@ fn server_ingest_puts_batches_with_the_key_and_rerun_skips() {
     assert!(first.status.success(), "stderr: {}", stderr(&first));
     assert!(
         stdout(&first).starts_with("ingested 5, skipped 0, failed 2 of 7 rows"),
+        "{}",
+        stdout(&first)
+    );
+    assert!(
+        stdout(&first).contains("embedded by the server"),
         "{}",
         stdout(&first)
     );

@@ -85,8 +85,8 @@ pub struct IngestSummary {
     pub failed: u64,
     /// Wall time of the run.
     pub elapsed: Duration,
-    /// Time spent in the model's forward passes (local only).
-    pub model_time: Duration,
+    /// Time spent in the model's forward passes; `None` when a server embeds.
+    pub model_time: Option<Duration>,
     /// The report file.
     pub report: PathBuf,
 }
@@ -97,22 +97,26 @@ impl IngestSummary {
         self.ingested as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
 
-    /// Share of the wall time spent in the model, 0..=1.
-    pub fn model_share(&self) -> f64 {
-        (self.model_time.as_secs_f64() / self.elapsed.as_secs_f64().max(1e-9)).min(1.0)
+    /// Share of the wall time spent in the model, 0..=1 (`None` when a server embeds).
+    pub fn model_share(&self) -> Option<f64> {
+        self.model_time
+            .map(|t| (t.as_secs_f64() / self.elapsed.as_secs_f64().max(1e-9)).min(1.0))
     }
 
     /// The one-line summary printed at the end of a run.
     pub fn line(&self) -> String {
         format!(
-            "ingested {}, skipped {}, failed {} of {} rows in {:.1} s ({:.1} items/s, model {:.0}% of the time){}",
+            "ingested {}, skipped {}, failed {} of {} rows in {:.1} s ({:.1} items/s, {}){}",
             self.ingested,
             self.skipped,
             self.failed,
             self.total,
             self.elapsed.as_secs_f64(),
             self.items_per_second(),
-            100.0 * self.model_share(),
+            match self.model_share() {
+                Some(share) => format!("model {:.1}% of the time", 100.0 * share),
+                None => "embedded by the server".to_string(),
+            },
             if self.failed > 0 {
                 format!("; failures listed in {}", self.report.display())
             } else {
@@ -120,6 +124,11 @@ impl IngestSummary {
             }
         )
     }
+}
+
+enum DestinationKind {
+    Local,
+    Remote,
 }
 
 /// The image of a prepared item, in the form its destination needs.
@@ -188,6 +197,10 @@ pub fn ingest(
     mut report: ReportWriter,
 ) -> anyhow::Result<IngestSummary> {
     let start = Instant::now();
+    let destination_kind = match destination {
+        Destination::Local { .. } => DestinationKind::Local,
+        Destination::Remote { .. } => DestinationKind::Remote,
+    };
     let total = records.total();
     let bar = progress_bar(total, config.progress);
     for rejected in &records.rejected {
@@ -311,7 +324,10 @@ pub fn ingest(
         skipped,
         failed: report.written(),
         elapsed: start.elapsed(),
-        model_time,
+        model_time: match destination_kind {
+            DestinationKind::Local => Some(model_time),
+            DestinationKind::Remote => None,
+        },
         report: report.path().to_path_buf(),
     })
 }
@@ -581,12 +597,21 @@ mod tests {
             skipped: 2,
             failed: 2,
             elapsed: Duration::from_secs(3),
-            model_time: Duration::from_millis(1500),
+            model_time: Some(Duration::from_millis(1500)),
             report: PathBuf::from("r.csv"),
         };
         assert_eq!(
             s.line(),
-            "ingested 6, skipped 2, failed 2 of 10 rows in 3.0 s (2.0 items/s, model 50% of the time); failures listed in r.csv"
+            "ingested 6, skipped 2, failed 2 of 10 rows in 3.0 s (2.0 items/s, model 50.0% of the time); failures listed in r.csv"
+        );
+        let remote = IngestSummary {
+            model_time: None,
+            failed: 0,
+            ..s
+        };
+        assert_eq!(
+            remote.line(),
+            "ingested 6, skipped 2, failed 0 of 10 rows in 3.0 s (2.0 items/s, embedded by the server)"
         );
     }
 }

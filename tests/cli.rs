@@ -13,6 +13,8 @@ use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};
 
 use asen_index::{CatalogueStore, ItemId, LocalStore, SearchRequest, StoreOptions};
+use base64::Engine;
+use sha2::{Digest, Sha256};
 
 fn shared_dir() -> Option<PathBuf> {
     let dir = std::env::var_os("ASEN_SHARED_DIR")
@@ -358,17 +360,26 @@ fn handle(mut stream: TcpStream, log: &Mutex<ServerLog>) {
         ("GET", "/v1/catalogues/remote") if log.catalogue_exists => ok(serde_json::json!({})),
         ("GET", "/v1/catalogues/remote") => not_found("catalogue remote"),
         ("PUT", "/v1/catalogues/remote") => {
+            assert!(body.is_empty(), "schema comes from the server's model");
             log.catalogue_exists = true;
             ok(serde_json::json!({}))
         }
         ("PUT", "/v1/catalogues/remote/items") => {
             let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
             for item in body["items"].as_array().unwrap() {
-                assert!(!item["image"].as_str().unwrap().is_empty());
-                log.stored.insert(
-                    item["id"].as_str().unwrap().to_string(),
-                    item["content_hash"].as_str().unwrap().to_string(),
-                );
+                // Like the real server: only id, payload and image; the hash is computed here.
+                let mut keys: Vec<&String> = item.as_object().unwrap().keys().collect();
+                keys.sort();
+                assert_eq!(keys, ["id", "image", "payload"]);
+                let image = base64::engine::general_purpose::STANDARD
+                    .decode(item["image"].as_str().unwrap())
+                    .unwrap();
+                let hash: String = Sha256::digest(&image)
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect();
+                log.stored
+                    .insert(item["id"].as_str().unwrap().to_string(), hash);
             }
             ok(serde_json::json!({"upserted": body["items"].as_array().unwrap().len()}))
         }

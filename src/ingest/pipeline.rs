@@ -436,14 +436,14 @@ fn send_batch(
         Destination::Remote { .. } => WriteBatch::Remote(
             batch
                 .into_iter()
-                .filter_map(|(index, hash, content)| match content {
+                // The server hashes the bytes itself (same sha256) and stores it.
+                .filter_map(|(index, _hash, content)| match content {
                     Content::Base64(image) => Some((
                         index,
                         RemoteItem {
                             id: records[index].id.clone(),
                             payload: records[index].payload.clone(),
                             image,
-                            content_hash: hash,
                         },
                     )),
                     Content::Crop(_) => None,

@@ -1,9 +1,11 @@
 //! Client of a running `asen serve` for `asen ingest --server URL`.
 //!
-//! The server embeds: the client sends each item's id, payload, base64 image and content hash
-//! in batches to `PUT /v1/catalogues/{c}/items` and reads the Qdrant-style envelope back
+//! The server embeds: the client sends each item's id, payload and base64 image in batches to
+//! `PUT /v1/catalogues/{c}/items` and reads the Qdrant-style envelope back
 //! (`{"result": .., "status": "ok", "time": ..}`, errors `{"status": {"error": ".."}}`).
-//! Skip checks read `GET /v1/catalogues/{c}/items/{id}` (`result.content_hash`).
+//! The server stores the hex sha256 of each image's bytes as the item's `content_hash`, the
+//! same hash the local pipeline computes; skip checks read it back with
+//! `GET /v1/catalogues/{c}/items/{id}` (`result.content_hash`).
 //!
 //! HTTP/1.1 over `std::net` with one connection per request (`Connection: close`): ingestion
 //! sends few, large requests, so a connection pool buys little and an async client would drag a
@@ -27,8 +29,6 @@ pub struct RemoteItem {
     pub payload: Payload,
     /// The encoded image file, base64 (standard alphabet, padded).
     pub image: String,
-    /// sha256 of the image bytes, stored so later runs can skip the item.
-    pub content_hash: String,
 }
 
 /// The server refused a request for its content (a 4xx other than auth or not-found).
@@ -133,15 +133,15 @@ impl RemoteClient {
         )
     }
 
-    /// Creates the catalogue (`PUT /v1/catalogues/{c}` with `{}`: the server takes the schema
-    /// from its model) unless `GET` finds it.
+    /// Creates the catalogue (`PUT /v1/catalogues/{c}` with an empty body: the server takes the
+    /// schema from its model) unless `GET` finds it.
     pub fn ensure_catalogue(&self, catalogue: &str) -> anyhow::Result<()> {
         let path = self.catalogue_path(catalogue);
         let got = self.send("GET", &path, None)?;
         match got.status {
             200..=299 => Ok(()),
             404 => {
-                let put = self.send("PUT", &path, Some(b"{}"))?;
+                let put = self.send("PUT", &path, Some(b""))?;
                 match put.status {
                     200..=299 | 409 => Ok(()),
                     s => bail!(
@@ -417,7 +417,6 @@ mod tests {
             id: ItemId::new("a/1").unwrap(),
             payload: Payload::new(),
             image: "AAAA".into(),
-            content_hash: "ff".into(),
         }
     }
 
@@ -444,7 +443,11 @@ mod tests {
             serde_json::from_str(req.split("\r\n\r\n").nth(1).unwrap()).unwrap();
         assert_eq!(body["items"][0]["id"], "a/1");
         assert_eq!(body["items"][0]["image"], "AAAA");
-        assert_eq!(body["items"][0]["content_hash"], "ff");
+        assert_eq!(
+            body["items"][0].as_object().unwrap().len(),
+            3,
+            "id, payload, image only"
+        );
 
         let (port, _h) = serve_once(http(
             "422 Unprocessable Entity",

@@ -28,7 +28,7 @@ pub enum Command {
     /// Convert an official PyTorch checkpoint into an asen model directory.
     Convert(ConvertArgs),
     /// Load a CSV or a folder of images into a catalogue (local store or running server).
-    Ingest(IngestArgs),
+    Ingest(Box<IngestArgs>),
 }
 
 /// Where a model comes from and where it runs.

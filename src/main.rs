@@ -30,6 +30,6 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Embed(args) => commands::embed::run(args),
         Command::Inspect(args) => commands::inspect::run(args),
         Command::Convert(args) => commands::convert::run(args),
-        Command::Ingest(args) => commands::ingest::run(args),
+        Command::Ingest(args) => commands::ingest::run(*args),
     }
 }

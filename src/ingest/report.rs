@@ -22,7 +22,7 @@ pub struct Failure {
 }
 
 enum Format {
-    Csv(csv::Writer<File>),
+    Csv(Box<csv::Writer<File>>),
     Jsonl(BufWriter<File>),
 }
 
@@ -53,7 +53,7 @@ impl ReportWriter {
                 .with_context(|| format!("cannot write report {}", path.display()))?;
             w.flush()
                 .with_context(|| format!("cannot write report {}", path.display()))?;
-            Format::Csv(w)
+            Format::Csv(Box::new(w))
         };
         Ok(ReportWriter {
             path: path.to_path_buf(),

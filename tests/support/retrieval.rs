@@ -256,7 +256,7 @@ pub fn evaluate(
 
     // 2. Queries through the model and the store.
     let embedder = Embedder::load(model_dir, &EmbedderOptions::default())?;
-    let cfg = embedder.preprocess_config().clone();
+    let cfg = *embedder.preprocess_config();
     let attr_idx = ATTRIBUTES
         .iter()
         .map(|a| embedder.attribute_index(a))

@@ -31,5 +31,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Inspect(args) => commands::inspect::run(args),
         Command::Convert(args) => commands::convert::run(args),
         Command::Ingest(args) => commands::ingest::run(*args),
+        Command::Train(args) => commands::train::run(args),
+        Command::Eval(args) => commands::eval::run(args),
     }
 }

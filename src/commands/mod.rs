@@ -3,7 +3,9 @@
 pub mod convert;
 pub mod embed;
 pub mod ingest;
+pub mod eval;
 pub mod inspect;
+pub mod train;
 
 use anyhow::Context;
 use asen_models::{Embedder, EmbedderOptions, PreprocessConfig};

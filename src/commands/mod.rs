@@ -2,8 +2,8 @@
 
 pub mod convert;
 pub mod embed;
-pub mod ingest;
 pub mod eval;
+pub mod ingest;
 pub mod inspect;
 pub mod train;
 

@@ -11,7 +11,7 @@ use serde::Serialize;
 /// One row or image that was not ingested.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Failure {
-    /// CSV line number or folder listing position.
+    /// CSV row number (header = 1) or folder listing position.
     pub row: u64,
     /// Item id as written.
     pub id: String,

@@ -15,7 +15,8 @@ pub const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "webp"];
 /// One item to ingest.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Record {
-    /// CSV line number (header is line 1), or 1-based position in the folder listing.
+    /// CSV row number (the header is row 1, as in a spreadsheet), or 1-based position in the
+    /// folder listing.
     pub row: u64,
     /// Item id.
     pub id: ItemId,
@@ -28,7 +29,7 @@ pub struct Record {
 /// A row that cannot be ingested, with the reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejected {
-    /// CSV line number or listing position.
+    /// CSV row number (header = 1) or listing position.
     pub row: u64,
     /// The id as written, if any.
     pub id: String,
@@ -156,10 +157,12 @@ impl CsvSource {
         let mut out = Records::default();
         let mut seen = HashMap::new();
         for (i, result) in reader.records().enumerate() {
+            // Row numbers count records, not lines: csv's line positions are off by one after
+            // CRLF line ends, and a quoted field may span lines anyway.
+            let row = i as u64 + 2;
             let record = match result {
                 Ok(r) => r,
                 Err(e) => {
-                    let row = e.position().map(|p| p.line()).unwrap_or(i as u64 + 2);
                     out.rejected.push(Rejected {
                         row,
                         id: String::new(),
@@ -169,7 +172,6 @@ impl CsvSource {
                     continue;
                 }
             };
-            let row = record.position().map(|p| p.line()).unwrap_or(i as u64 + 2);
             let id = record.get(id_col).unwrap_or("").trim();
             let path_field = record.get(path_col).unwrap_or("").trim();
             if record.len() != headers.len() {
@@ -330,6 +332,24 @@ mod tests {
         assert!(reasons[2].1.contains("duplicate id, first seen at row 2"));
         assert!(reasons[3].1.contains("3 fields"));
         assert_eq!(recs.total(), 6);
+    }
+
+    #[test]
+    fn csv_rows_are_numbered_by_record_with_crlf_and_multiline_fields() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = csv_source(
+            dir.path(),
+            "id,path,title\r\na,a.jpg,x\r\nb,b.jpg,\"two\r\nlines\"\r\nc,c.jpg,y\nd,,z\n",
+        );
+        let recs = src.read().unwrap();
+        let rows: Vec<_> = recs
+            .records
+            .iter()
+            .map(|r| (r.id.as_str(), r.row))
+            .collect();
+        assert_eq!(rows, [("a", 2), ("b", 3), ("c", 4)]);
+        assert_eq!(recs.records[1].payload["title"], "two\r\nlines");
+        assert_eq!(recs.rejected[0].row, 5);
     }
 
     #[test]

@@ -27,6 +27,8 @@ pub enum Command {
     Inspect(InspectArgs),
     /// Convert an official PyTorch checkpoint into an asen model directory.
     Convert(ConvertArgs),
+    /// Load a CSV or a folder of images into a catalogue (local store or running server).
+    Ingest(Box<IngestArgs>),
     /// Train a head (ASEN v1/v2, CSN, global) on a labelled dataset (frozen backbone, cached features).
     Train(TrainArgs),
     /// Evaluate a model or a baseline with the ASEN retrieval protocol (per-attribute mAP).
@@ -90,6 +92,65 @@ pub struct ConvertArgs {
     /// Input side in pixels.
     #[arg(long, default_value_t = 224)]
     pub input_size: u32,
+}
+
+/// `asen ingest`.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["csv", "dir"])))]
+pub struct IngestArgs {
+    /// Catalogue to fill (created from the model card if missing).
+    #[arg(long)]
+    pub catalogue: String,
+    /// CSV with a header row: one image per row.
+    #[arg(long)]
+    pub csv: Option<PathBuf>,
+    /// Relative CSV image paths are resolved against this [default: the CSV's folder].
+    #[arg(long, requires = "csv")]
+    pub image_root: Option<PathBuf>,
+    /// CSV column holding the item id.
+    #[arg(long, default_value = "id", requires = "csv")]
+    pub id_column: String,
+    /// CSV column holding the image path.
+    #[arg(long, default_value = "path", requires = "csv")]
+    pub path_column: String,
+    /// CSV columns stored as the payload, comma separated [default: all but id and path].
+    #[arg(long, value_delimiter = ',', requires = "csv")]
+    pub payload_columns: Vec<String>,
+    /// Folder of images (recursive; id = relative path without extension).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Local store directory.
+    #[arg(
+        long,
+        default_value = "./asen-data",
+        env = "ASEN_DATA",
+        conflicts_with = "server"
+    )]
+    pub data: PathBuf,
+    /// Send the images to a running `asen serve` instead (http://host:port).
+    #[arg(long)]
+    pub server: Option<String>,
+    /// API key for --server.
+    #[arg(long, env = "ASEN_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Seconds to wait for the server on each request.
+    #[arg(long, default_value_t = 120)]
+    pub timeout_s: u64,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Threads reading and decoding images [default: one per core].
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Most items written per store upsert (local).
+    #[arg(long, default_value_t = 256)]
+    pub upsert_batch: usize,
+    /// Where failed rows and images are listed (CSV, or JSON lines for a .jsonl name)
+    /// [default: <catalogue>.ingest-report.csv].
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
 }
 
 /// A labelled dataset: a CSV file or an official ASEN split folder.

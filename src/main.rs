@@ -3,6 +3,7 @@
 
 mod cli;
 mod commands;
+mod ingest;
 mod telemetry;
 
 use std::process::ExitCode;
@@ -29,6 +30,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Embed(args) => commands::embed::run(args),
         Command::Inspect(args) => commands::inspect::run(args),
         Command::Convert(args) => commands::convert::run(args),
+        Command::Ingest(args) => commands::ingest::run(*args),
         Command::Train(args) => commands::train::run(args),
         Command::Eval(args) => commands::eval::run(args),
     }

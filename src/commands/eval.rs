@@ -167,13 +167,20 @@ fn evaluate_model(
 }
 
 /// For each dataset attribute, the model's index of the attribute of that name.
-fn model_attributes(card: &asen_models::ModelCard, dataset: &Dataset) -> anyhow::Result<Vec<usize>> {
+fn model_attributes(
+    card: &asen_models::ModelCard,
+    dataset: &Dataset,
+) -> anyhow::Result<Vec<usize>> {
     dataset
         .attributes()
         .iter()
         .map(|a| {
-            card.attribute_index(&a.name)
-                .with_context(|| format!("the dataset's attribute {:?} is not one of the model's", a.name))
+            card.attribute_index(&a.name).with_context(|| {
+                format!(
+                    "the dataset's attribute {:?} is not one of the model's",
+                    a.name
+                )
+            })
         })
         .collect()
 }

@@ -3,6 +3,7 @@
 pub mod convert;
 pub mod embed;
 pub mod eval;
+pub mod ingest;
 pub mod inspect;
 pub mod train;
 

@@ -1,0 +1,484 @@
+//! The real `asen` binary on real catalogue photos from `../shared/data/fashion-product-images`.
+//!
+//! Needs the shared fixtures: skipped with a notice when they are absent, failing instead when
+//! `ASEN_REQUIRE_SHARED=1`. The model is the official v1 checkpoint from `../shared/golden`
+//! (random-weight head, attributes `attr_0..attr_7`), so these tests do not depend on the
+//! trained default model.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::{Arc, Mutex};
+
+use asen_index::{CatalogueStore, ItemId, LocalStore, SearchRequest, StoreOptions};
+use base64::Engine;
+use sha2::{Digest, Sha256};
+
+fn shared_dir() -> Option<PathBuf> {
+    let dir = std::env::var_os("ASEN_SHARED_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared"));
+    let needed = dir.join("data/fashion-product-images/labels.csv");
+    if needed.is_file() && dir.join("golden/asen_v1_fashionai.pth.gz").is_file() {
+        return Some(dir);
+    }
+    if std::env::var("ASEN_REQUIRE_SHARED").as_deref() == Ok("1") {
+        panic!(
+            "shared fixtures missing at {} (ASEN_REQUIRE_SHARED=1)",
+            dir.display()
+        );
+    }
+    eprintln!("SKIPPED: shared fixtures not found at {}", dir.display());
+    None
+}
+
+fn asen(args: &[&str], cwd: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_asen"))
+        .args(args)
+        .current_dir(cwd)
+        .env("RUST_LOG", "warn")
+        .env_remove("ASEN_API_KEY")
+        .env_remove("ASEN_DATA")
+        .output()
+        .expect("run asen")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The first `n` rows of `split` in labels.csv: (path relative to the data folder, full row).
+fn labelled_rows(shared: &Path, split: &str, n: usize) -> (String, Vec<String>) {
+    let text =
+        std::fs::read_to_string(shared.join("data/fashion-product-images/labels.csv")).unwrap();
+    let mut lines = text.lines();
+    let header = lines.next().unwrap().to_string();
+    let rows = lines
+        .filter(|l| l.split(',').nth(1) == Some(split))
+        .take(n)
+        .map(str::to_string)
+        .collect();
+    (header, rows)
+}
+
+/// A work folder with a CSV of `good` real images (copied), one corrupt image and one missing
+/// file. Returns (folder, csv path, ids of the good rows).
+fn catalogue_fixture(shared: &Path, good: usize) -> (tempfile::TempDir, PathBuf, Vec<String>) {
+    let work = tempfile::tempdir().unwrap();
+    let data = shared.join("data/fashion-product-images");
+    let (header, rows) = labelled_rows(shared, "valid", good);
+    std::fs::create_dir(work.path().join("images_225x300")).unwrap();
+    std::fs::create_dir(work.path().join("images_224")).unwrap();
+    let mut csv = format!("{header}\n");
+    let mut ids = Vec::new();
+    for row in &rows {
+        let path = row.split(',').next().unwrap();
+        std::fs::copy(data.join(path), work.path().join(path)).unwrap();
+        ids.push(row.split(',').nth(2).unwrap().to_string());
+        csv.push_str(row);
+        csv.push('\n');
+    }
+    // A truncated JPEG (the first 2 kB of a real one) and a row whose file does not exist.
+    let first = std::fs::read(work.path().join(rows[0].split(',').next().unwrap())).unwrap();
+    std::fs::write(work.path().join("images_224/corrupt.jpg"), &first[..2048]).unwrap();
+    csv.push_str("images_224/corrupt.jpg,valid,corrupt,Men,Apparel,Topwear,Tshirts,Red,Fall,2011,Casual,,Broken\n");
+    csv.push_str("images_224/missing.jpg,valid,missing,Men,Apparel,Topwear,Tshirts,Red,Fall,2011,Casual,,Gone\n");
+    let csv_path = work.path().join("items.csv");
+    std::fs::write(&csv_path, csv).unwrap();
+    (work, csv_path, ids)
+}
+
+fn golden_model(shared: &Path) -> String {
+    shared
+        .join("golden/asen_v1_fashionai.pth.gz")
+        .display()
+        .to_string()
+}
+
+#[test]
+fn csv_ingest_reports_bad_images_and_rerun_skips_everything() {
+    let Some(shared) = shared_dir() else { return };
+    let (work, csv, ids) = catalogue_fixture(&shared, 6);
+    let model = golden_model(&shared);
+    let args = [
+        "ingest",
+        "--catalogue",
+        "shop",
+        "--csv",
+        csv.to_str().unwrap(),
+        "--data",
+        "store",
+        "--model",
+        &model,
+        "--batch-size",
+        "4",
+        "--upsert-batch",
+        "4",
+        "--report",
+        "report.csv",
+        "--payload-columns",
+        "articleType,baseColour,year",
+        "--quiet",
+    ];
+    let first = asen(&args, work.path());
+    assert!(first.status.success(), "stderr: {}", stderr(&first));
+    let line = stdout(&first);
+    assert!(
+        line.starts_with("ingested 6, skipped 0, failed 2 of 8 rows"),
+        "summary: {line}"
+    );
+    assert!(line.contains("items/s") && line.contains("failures listed in report.csv"));
+
+    let report = std::fs::read_to_string(work.path().join("report.csv")).unwrap();
+    let mut lines = report.lines();
+    assert_eq!(lines.next(), Some("row,id,path,reason"));
+    let rest: Vec<&str> = lines.collect();
+    assert_eq!(rest.len(), 2, "{report}");
+    let corrupt = rest
+        .iter()
+        .find(|l| l.contains(",corrupt,"))
+        .expect("corrupt row");
+    assert!(
+        corrupt.starts_with("8,") && corrupt.contains("truncated JPEG"),
+        "{corrupt}"
+    );
+    let missing = rest
+        .iter()
+        .find(|l| l.contains(",missing,"))
+        .expect("missing row");
+    assert!(
+        missing.starts_with("9,") && missing.contains("cannot read image"),
+        "{missing}"
+    );
+
+    // Same command again: every stored image has the same hash, nothing is embedded.
+    let second = asen(&args, work.path());
+    assert!(second.status.success(), "stderr: {}", stderr(&second));
+    let line = stdout(&second);
+    assert!(
+        line.starts_with("ingested 0, skipped 6, failed 2 of 8 rows"),
+        "summary: {line}"
+    );
+    assert!(line.contains("model 0.0% of the time"), "{line}");
+
+    let store = LocalStore::open(work.path().join("store"), StoreOptions::default()).unwrap();
+    assert_eq!(store.count("shop").unwrap(), 6);
+    let schema = store.schema("shop").unwrap();
+    assert_eq!(schema.attributes.len(), 8);
+    assert_eq!(schema.attributes[0], "attr_0");
+    let id = ItemId::new(ids[2].clone()).unwrap();
+    let item = store.get("shop", &id, true).unwrap().expect("item stored");
+    let hash = item.content_hash.as_deref().expect("content hash stored");
+    assert_eq!(hash.len(), 64);
+    assert!(hash.bytes().all(|b| b.is_ascii_hexdigit()));
+    assert_eq!(item.payload.len(), 3, "{:?}", item.payload);
+    assert!(item.payload["year"].is_i64(), "{:?}", item.payload);
+    assert!(item.payload["articleType"].is_string());
+    let vectors = item.vectors.expect("vectors");
+    assert_eq!(vectors.len(), 8);
+    for (attribute, vector) in &vectors {
+        assert_eq!(vector.len(), schema.dimension);
+        let hits = store
+            .search("shop", &SearchRequest::vector(attribute, vector.clone(), 3))
+            .unwrap()
+            .into_hits();
+        assert_eq!(hits[0].id, id, "attribute {attribute}: {hits:?}");
+        assert!(hits[0].score > 0.999, "{}", hits[0].score);
+    }
+}
+
+#[test]
+fn folder_ingest_writes_a_jsonl_report() {
+    let Some(shared) = shared_dir() else { return };
+    let work = tempfile::tempdir().unwrap();
+    let images = work.path().join("imgs");
+    std::fs::create_dir_all(images.join("shoes")).unwrap();
+    let (_, rows) = labelled_rows(&shared, "test", 2);
+    let data = shared.join("data/fashion-product-images");
+    for (row, dest) in rows.iter().zip(["a.jpg", "shoes/b.jpg"]) {
+        std::fs::copy(data.join(row.split(',').next().unwrap()), images.join(dest)).unwrap();
+    }
+    std::fs::write(images.join("not-an-image.png"), b"plain text").unwrap();
+    let model = golden_model(&shared);
+    let out = asen(
+        &[
+            "ingest",
+            "--catalogue",
+            "folder",
+            "--dir",
+            "imgs",
+            "--data",
+            "store",
+            "--model",
+            &model,
+            "--report",
+            "failed.jsonl",
+            "-q",
+        ],
+        work.path(),
+    );
+    assert!(out.status.success(), "stderr: {}", stderr(&out));
+    assert!(
+        stdout(&out).starts_with("ingested 2, skipped 0, failed 1 of 3 rows"),
+        "{}",
+        stdout(&out)
+    );
+    let report = std::fs::read_to_string(work.path().join("failed.jsonl")).unwrap();
+    let rows: Vec<serde_json::Value> = report
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 1, "{report}");
+    assert_eq!(rows[0]["id"], "not-an-image");
+    assert!(
+        rows[0]["reason"].as_str().unwrap().contains("image"),
+        "{report}"
+    );
+    let store = LocalStore::open(work.path().join("store"), StoreOptions::default()).unwrap();
+    let item = store
+        .get("folder", &ItemId::new("shoes/b").unwrap(), false)
+        .unwrap()
+        .expect("nested image stored under its relative id");
+    assert_eq!(item.payload["path"], "shoes/b.jpg");
+}
+
+#[test]
+fn unusable_arguments_exit_2_with_one_line() {
+    let work = tempfile::tempdir().unwrap();
+    std::fs::write(work.path().join("items.csv"), "id,path\na,a.jpg\n").unwrap();
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &["ingest", "--catalogue", "c", "--csv", "nope.csv"],
+            "cannot read csv nope.csv",
+        ),
+        (
+            &[
+                "ingest",
+                "--catalogue",
+                "c",
+                "--csv",
+                "items.csv",
+                "--id-column",
+                "sku",
+            ],
+            "column \"sku\" is not in items.csv (columns: id, path)",
+        ),
+        (
+            &["ingest", "--catalogue", "c", "--dir", "nope"],
+            "image folder nope does not exist",
+        ),
+        (&["ingest", "--catalogue", "c"], "--csv"),
+    ];
+    for (args, expected) in cases {
+        let out = asen(args, work.path());
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert!(err.contains(expected), "{args:?}: {err}");
+        if !args.contains(&"--dir") && args.len() > 3 {
+            assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+        }
+    }
+    assert!(
+        !work.path().join("asen-data").exists(),
+        "no store created on bad arguments"
+    );
+}
+
+/// What the loopback server saw.
+#[derive(Default)]
+struct ServerLog {
+    requests: Vec<(String, String, Option<String>)>,
+    /// id -> content hash of items stored through PUT.
+    stored: BTreeMap<String, String>,
+    catalogue_exists: bool,
+}
+
+/// A minimal HTTP/1.1 server speaking the asen items contract (GET/PUT catalogue, GET item,
+/// PUT items with the envelope), recording every request. Returns its port.
+fn loopback_server(log: Arc<Mutex<ServerLog>>) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { continue };
+            handle(stream, &log);
+        }
+    });
+    port
+}
+
+fn handle(mut stream: TcpStream, log: &Mutex<ServerLog>) {
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut request_line = String::new();
+    reader.read_line(&mut request_line).unwrap();
+    let mut parts = request_line.split_whitespace();
+    let (method, path) = (
+        parts.next().unwrap().to_string(),
+        parts.next().unwrap().to_string(),
+    );
+    let mut headers = HashMap::new();
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        let (k, v) = line.split_once(':').unwrap();
+        headers.insert(k.to_lowercase(), v.trim().to_string());
+    }
+    let len = headers
+        .get("content-length")
+        .map_or(0, |v| v.parse().unwrap());
+    let mut body = vec![0u8; len];
+    reader.read_exact(&mut body).unwrap();
+    let mut log = log.lock().unwrap();
+    log.requests.push((
+        method.clone(),
+        path.clone(),
+        headers.get("api-key").cloned(),
+    ));
+    let ok = |result: serde_json::Value| {
+        (
+            200,
+            serde_json::json!({"result": result, "status": "ok", "time": 0.001}),
+        )
+    };
+    let not_found = |what: &str| {
+        (
+            404,
+            serde_json::json!({"status": {"error": format!("{what} not found")}}),
+        )
+    };
+    let (status, answer) = match (method.as_str(), path.as_str()) {
+        ("GET", "/v1/catalogues/remote") if log.catalogue_exists => ok(serde_json::json!({})),
+        ("GET", "/v1/catalogues/remote") => not_found("catalogue remote"),
+        ("PUT", "/v1/catalogues/remote") => {
+            assert!(body.is_empty(), "schema comes from the server's model");
+            log.catalogue_exists = true;
+            ok(serde_json::json!({}))
+        }
+        ("PUT", "/v1/catalogues/remote/items") => {
+            let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            for item in body["items"].as_array().unwrap() {
+                // Like the real server: only id, payload and image; the hash is computed here.
+                let mut keys: Vec<&String> = item.as_object().unwrap().keys().collect();
+                keys.sort();
+                assert_eq!(keys, ["id", "image", "payload"]);
+                let image = base64::engine::general_purpose::STANDARD
+                    .decode(item["image"].as_str().unwrap())
+                    .unwrap();
+                let hash: String = Sha256::digest(&image)
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect();
+                log.stored
+                    .insert(item["id"].as_str().unwrap().to_string(), hash);
+            }
+            ok(serde_json::json!({"upserted": body["items"].as_array().unwrap().len()}))
+        }
+        ("GET", p) if p.starts_with("/v1/catalogues/remote/items/") => {
+            let id = &p["/v1/catalogues/remote/items/".len()..];
+            match log.stored.get(id) {
+                Some(h) => ok(serde_json::json!({"id": id, "content_hash": h})),
+                None => not_found("item"),
+            }
+        }
+        _ => not_found("route"),
+    };
+    let text = answer.to_string();
+    let _ = write!(
+        stream,
+        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{text}",
+        text.len()
+    );
+}
+
+#[test]
+fn server_ingest_puts_batches_with_the_key_and_rerun_skips() {
+    let Some(shared) = shared_dir() else { return };
+    let (work, csv, ids) = catalogue_fixture(&shared, 5);
+    let log = Arc::new(Mutex::new(ServerLog::default()));
+    let port = loopback_server(log.clone());
+    let url = format!("http://127.0.0.1:{port}");
+    let run = || {
+        Command::new(env!("CARGO_BIN_EXE_asen"))
+            .args([
+                "ingest",
+                "--catalogue",
+                "remote",
+                "--csv",
+                csv.to_str().unwrap(),
+                "--server",
+                &url,
+                "--batch-size",
+                "2",
+                "-q",
+            ])
+            .current_dir(work.path())
+            .env("ASEN_API_KEY", "secret-key")
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap()
+    };
+    let first = run();
+    assert!(first.status.success(), "stderr: {}", stderr(&first));
+    assert!(
+        stdout(&first).starts_with("ingested 5, skipped 0, failed 2 of 7 rows"),
+        "{}",
+        stdout(&first)
+    );
+    assert!(
+        stdout(&first).contains("embedded by the server"),
+        "{}",
+        stdout(&first)
+    );
+    {
+        let log = log.lock().unwrap();
+        assert_eq!(log.stored.keys().cloned().collect::<Vec<_>>(), {
+            let mut ids = ids.clone();
+            ids.sort();
+            ids
+        });
+        let puts: Vec<_> = log
+            .requests
+            .iter()
+            .filter(|(m, p, _)| m == "PUT" && p.ends_with("/items"))
+            .collect();
+        assert_eq!(puts.len(), 3, "5 items in batches of 2");
+        assert!(puts
+            .iter()
+            .all(|(_, _, key)| key.as_deref() == Some("secret-key")));
+        assert!(log
+            .requests
+            .iter()
+            .any(|(m, p, _)| m == "PUT" && p == "/v1/catalogues/remote"));
+    }
+    let report = std::fs::read_to_string(work.path().join("remote.ingest-report.csv")).unwrap();
+    assert_eq!(
+        report.lines().count(),
+        3,
+        "header + corrupt + missing: {report}"
+    );
+
+    let before = log.lock().unwrap().requests.len();
+    let second = run();
+    assert!(second.status.success(), "stderr: {}", stderr(&second));
+    assert!(
+        stdout(&second).starts_with("ingested 0, skipped 5, failed 2 of 7 rows"),
+        "{}",
+        stdout(&second)
+    );
+    let log = log.lock().unwrap();
+    assert!(
+        log.requests[before..].iter().all(|(m, _, _)| m == "GET"),
+        "a re-run only reads: {:?}",
+        &log.requests[before..]
+    );
+}

@@ -1,8 +1,11 @@
 //! The `asen` binary: CLI, REST API and bulk ingestion over `asen-models`
 //! (the network) and `asen-index` (the store).
 
+mod api;
 mod cli;
 mod commands;
+mod config;
+mod service;
 mod telemetry;
 
 use std::process::ExitCode;
@@ -29,5 +32,8 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Embed(args) => commands::embed::run(args),
         Command::Inspect(args) => commands::inspect::run(args),
         Command::Convert(args) => commands::convert::run(args),
+        Command::Serve(args) => commands::serve::run(args),
+        Command::Search(args) => commands::search::run(args),
+        Command::Compare(args) => commands::compare::run(args),
     }
 }

@@ -1,8 +1,11 @@
 //! One module per subcommand; each exposes `run(args)`.
 
+pub mod compare;
 pub mod convert;
 pub mod embed;
 pub mod inspect;
+pub mod search;
+pub mod serve;
 
 use anyhow::Context;
 use asen_models::{Embedder, EmbedderOptions, PreprocessConfig};

@@ -6,7 +6,7 @@
 //! ASEN_LOAD_CLIENTS=8 ASEN_LOAD_SECS=5 ASEN_LOAD_ITEMS=2000 cargo bench --bench service_load
 //! ```
 //! The catalogue is built directly through the store (random unit vectors, one per model
-//! attribute; no model forwards), then the server is started over it and every client loops
+//! of the first `ASEN_LOAD_ATTRIBUTES` (default 2) model attributes; no model forwards), then the server is started over it and every client loops
 //! `POST /v1/catalogues/load/search` with a random stored item as the query (`k` = 10, one
 //! attribute) or, with `ASEN_LOAD_QUERY=vector`, a random vector. Results go in
 //! `docs/bench/service.md`. The model is the shared v1 checkpoint (`ASEN_LOAD_MODEL` overrides).
@@ -42,7 +42,13 @@ fn main() {
         });
     let embedder = asen_models::Embedder::load(&model, &asen_models::EmbedderOptions::default())
         .unwrap_or_else(|e| panic!("cannot load model {}: {e}", model.display()));
-    let attributes = embedder.card().attribute_names();
+    let n_attributes: usize = env_or("ASEN_LOAD_ATTRIBUTES", 2);
+    let attributes: Vec<String> = embedder
+        .card()
+        .attribute_names()
+        .into_iter()
+        .take(n_attributes.max(1))
+        .collect();
     let dim = embedder.card().embedding_dim;
     drop(embedder);
 

@@ -147,8 +147,8 @@ pub fn compare(
         }
         attributes.to_vec()
     };
-    let va = vectors(svc, a, "a", &attributes)?;
-    let vb = vectors(svc, b, "b", &attributes)?;
+    let va = vectors(svc, a, "of a", &attributes)?;
+    let vb = vectors(svc, b, "of b", &attributes)?;
     let sims = attributes
         .iter()
         .map(|name| {
@@ -220,7 +220,7 @@ pub fn copies(svc: &Service, catalogue: &str, query: &CopiesQuery) -> Result<Vec
         }
     };
     let image_vectors = match &query.subject {
-        Subject::Image(bytes) => Some(svc.embed_one(bytes, "query image", &schema.attributes)?),
+        Subject::Image(bytes) => Some(svc.embed_one(bytes, "of the query", &schema.attributes)?),
         Subject::Item { catalogue: c, .. } => {
             if c != catalogue {
                 return Err(ServiceError::invalid(format!(

@@ -174,7 +174,7 @@ impl Service {
     }
 
     /// Embed one encoded image for the named attributes (model order irrelevant).
-    /// `label` names the image in errors ("query image", "image a").
+    /// `label` names the image in errors ("of the query", "of a").
     pub fn embed_one(
         &self,
         bytes: &[u8],

@@ -120,7 +120,7 @@ pub fn search(svc: &Service, catalogue: &str, query: &SearchQuery) -> Result<Sea
             weighted(&weights, |_| v.clone())
         }
         QuerySource::Image(bytes) => {
-            let vectors = svc.embed_one(bytes, "query image", &needed)?;
+            let vectors = svc.embed_one(bytes, "of the query", &needed)?;
             if let Some(r) = &query.rerank_by {
                 rerank_vector = vectors.get(r).cloned();
             }

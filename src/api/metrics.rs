@@ -12,11 +12,14 @@ use axum::response::Response;
 
 use super::state::AppState;
 
+/// (method, route, status).
+type RequestKey = (String, String, u16);
+
 /// Counters since start.
 #[derive(Debug, Default)]
 pub struct Metrics {
     /// (method, route, status) -> (requests, seconds).
-    requests: Mutex<BTreeMap<(String, String, u16), (u64, f64)>>,
+    requests: Mutex<BTreeMap<RequestKey, (u64, f64)>>,
     /// Model forwards started.
     pub forwards: AtomicU64,
 }

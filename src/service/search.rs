@@ -158,7 +158,7 @@ pub fn search(svc: &Service, catalogue: &str, query: &SearchQuery) -> Result<Sea
         }
     };
     let k = if query.rerank_by.is_some() {
-        (query.k * 4).max(50).min(MAX_K)
+        (query.k * 4).clamp(50, MAX_K)
     } else {
         query.k
     };

@@ -58,10 +58,12 @@ fn to_new_items(
                         item.id
                     )))
                 }
-                (None, None) => return Err(ApiError::BadRequest(format!(
+                (None, None) => {
+                    return Err(ApiError::BadRequest(format!(
                     "items[{i}] ({:?}): no image (base64 \"image\" or multipart part \"image:{}\")",
                     item.id, item.id
-                ))),
+                )))
+                }
             };
             Ok(NewItem {
                 id,

@@ -1,8 +1,9 @@
 //! Backbone throughput on the CPU: images/s of each backbone at batch 1 and
-//! 16 (224x224 input), printed as a markdown table.
+//! 16 (224x224 input), plus ResNet-50 + the ASEN v1 head (one attribute)
+//! when the golden checkpoint is present, printed as a markdown table.
 //!
 //! ```text
-//! cargo bench --bench backbones            # ASEN_BENCH_SECS=3 per cell by default
+//! cargo bench --bench backbones   # ASEN_BENCH_SECS=3 per cell; ASEN_BENCH_ONLY=mobilenet_v2 for one
 //! ```
 //! ResNet-50 uses the golden v1 checkpoint's backbone when `../shared` is
 //! present, otherwise random weights (timing does not depend on the values).
@@ -12,7 +13,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use asen_models::{Backbone, BackboneKind, Checkpoint};
+use asen_models::{Backbone, BackboneKind, Checkpoint, Head};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
@@ -48,18 +49,30 @@ fn build(kind: BackboneKind, device: &Device) -> (Backbone, &'static str) {
     (Backbone::new(kind, vb).expect("build"), "random")
 }
 
-/// Images per second of `backbone` at `batch`, over at least `budget`.
-fn images_per_s(backbone: &Backbone, batch: usize, budget: Duration, device: &Device) -> f64 {
+/// Images per second of `forward` at `batch`, over at least `budget`.
+fn images_per_s(
+    forward: &dyn Fn(&Tensor) -> Tensor,
+    batch: usize,
+    budget: Duration,
+    device: &Device,
+) -> f64 {
     let x = Tensor::randn(0f32, 1.0, (batch, 3, 224, 224), device).expect("input");
-    backbone.forward(&x).expect("warm-up");
+    forward(&x);
     let start = Instant::now();
     let mut runs = 0;
     while runs < 2 || start.elapsed() < budget {
-        let y = backbone.forward(&x).expect("forward");
-        std::hint::black_box(y);
+        std::hint::black_box(forward(&x));
         runs += 1;
     }
     (runs * batch) as f64 / start.elapsed().as_secs_f64()
+}
+
+/// ResNet-50 layer3 + ASEN v1 head of the golden checkpoint, if present.
+fn asen_v1(device: &Device) -> Option<(Backbone, Head)> {
+    let ckpt = Checkpoint::load(shared_dir().join("golden/asen_v1_fashionai.pth.gz")).ok()?;
+    let (head, _) = ckpt.load_head(device).expect("load head");
+    let (backbone, _) = build(BackboneKind::ResNet50Layer3, device);
+    Some((backbone, head))
 }
 
 fn main() {
@@ -71,17 +84,36 @@ fn main() {
     let budget = Duration::from_secs_f64(secs);
     let device = Device::Cpu;
     println!(
-        "candle {} CPU, {} threads, 224x224, >= {secs} s per cell",
-        "0.11.1",
+        "candle 0.11.1 CPU, {} threads, 224x224, >= {secs} s per cell",
         candle_core::utils::get_num_threads()
     );
     println!();
     println!("| backbone | weights | batch 1 (img/s) | batch 16 (img/s) |");
     println!("| --- | --- | ---: | ---: |");
+    let only = std::env::var("ASEN_BENCH_ONLY").ok();
     for kind in BackboneKind::ALL {
+        if only.as_deref().is_some_and(|o| o != kind.name()) {
+            continue;
+        }
         let (net, weights) = build(kind, &device);
-        let b1 = images_per_s(&net, 1, budget, &device);
-        let b16 = images_per_s(&net, 16, budget, &device);
+        let forward = |x: &Tensor| net.forward(x).expect("forward");
+        let b1 = images_per_s(&forward, 1, budget, &device);
+        let b16 = images_per_s(&forward, 16, budget, &device);
         println!("| {kind} | {weights} | {b1:.1} | {b16:.1} |");
+    }
+    if only.is_none() {
+        if let Some((backbone, head)) = asen_v1(&device) {
+            let forward = |x: &Tensor| {
+                let feat = backbone.forward(x).expect("backbone");
+                let attr =
+                    Tensor::zeros(x.dim(0).expect("batch"), DType::U32, &device).expect("attr");
+                head.forward(&feat, &attr, false).expect("head").embedding
+            };
+            let b1 = images_per_s(&forward, 1, budget, &device);
+            let b16 = images_per_s(&forward, 16, budget, &device);
+            println!(
+                "| resnet50_layer3 + asen_v1 head | golden v1 checkpoint | {b1:.1} | {b16:.1} |"
+            );
+        }
     }
 }

@@ -110,6 +110,42 @@ def efficientnet_lite0():
     return nn.Sequential(*layers)
 
 
+class AsenV1Head(nn.Module):
+    """ASEN v1 head (golden README section 3), one attribute per image."""
+
+    def __init__(self, n_attr=8, c=1024, d=512):
+        super().__init__()
+        self.n_attr = n_attr
+        self.mask_fc1 = nn.Linear(n_attr, d, bias=False)
+        self.mask_fc2 = nn.Linear(n_attr, c, bias=False)
+        self.conv1 = nn.Conv2d(c, d, 1)
+        self.conv2 = nn.Conv2d(d, 1, 1)
+        self.fc1 = nn.Linear(2 * c, d)
+        self.fc2 = nn.Linear(d, c)
+        self.feature_fc = nn.Linear(c, c)
+
+    def forward(self, x, attr):
+        onehot = F.one_hot(attr, self.n_attr).float()
+        img = torch.tanh(self.conv1(x))
+        m = torch.tanh(self.mask_fc1(onehot))[:, :, None, None]
+        logits = torch.tanh(self.conv2(m * img)).flatten(1)
+        attn = F.softmax(logits, dim=1).view(x.shape[0], 1, x.shape[2], x.shape[3])
+        v = (x * attn).sum((2, 3))
+        a = F.relu(self.mask_fc2(onehot))
+        gate = torch.sigmoid(self.fc2(F.relu(self.fc1(torch.cat([v, a], 1)))))
+        return F.normalize(self.feature_fc(v * gate), dim=1)
+
+
+class AsenV1(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.backbone = resnet50_layer3()
+        self.head = AsenV1Head()
+
+    def forward(self, x):
+        return self.head(self.backbone(x), torch.zeros(x.shape[0], dtype=torch.long))
+
+
 def images_per_s(net, batch, secs):
     x = torch.randn(batch, 3, 224, 224)
     with torch.inference_mode():
@@ -136,11 +172,13 @@ def main():
     print()
     print("| backbone | weights | batch 1 (img/s) | batch 16 (img/s) |")
     print("| --- | --- | ---: | ---: |")
+    nets.append(("resnet50_layer3 + asen_v1 head", AsenV1()))
+    shapes["resnet50_layer3 + asen_v1 head"] = None
     for name, net in nets:
         net.eval()
-        c, s = shapes[name]
         with torch.inference_mode():
-            assert net(torch.zeros(1, 3, 224, 224)).shape == (1, c, s, s), name
+            out = net(torch.zeros(1, 3, 224, 224)).shape
+        assert shapes[name] is None or out == (1, shapes[name][0], shapes[name][1], shapes[name][1]), name
         b1 = images_per_s(net, 1, args.secs)
         b16 = images_per_s(net, 16, args.secs)
         print(f"| {name} | random | {b1:.1f} | {b16:.1f} |", flush=True)

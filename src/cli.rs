@@ -33,6 +33,10 @@ pub enum Command {
     Search(SearchArgs),
     /// Compare two images attribute by attribute (the copy check) and print a table.
     Compare(CompareArgs),
+    /// Train a head (ASEN v1/v2, CSN, global) on a labelled dataset (frozen backbone, cached features).
+    Train(TrainArgs),
+    /// Evaluate a model or a baseline with the ASEN retrieval protocol (per-attribute mAP).
+    Eval(EvalArgs),
 }
 
 /// `asen serve`.
@@ -158,6 +162,119 @@ pub struct ConvertArgs {
     /// Input side in pixels.
     #[arg(long, default_value_t = 224)]
     pub input_size: u32,
+}
+
+/// A labelled dataset: a CSV file or an official ASEN split folder.
+#[derive(Debug, Clone, Args, Default)]
+pub struct DataArgs {
+    /// Dataset: a CSV file (path, split and attribute columns) or a folder in the official ASEN layout.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Dataset layout: csv or official [default: csv for a file, official for a folder].
+    #[arg(long)]
+    pub format: Option<String>,
+    /// CSV attribute columns, comma separated, in attribute-id order.
+    #[arg(long, value_delimiter = ',')]
+    pub attributes: Vec<String>,
+    /// CSV column holding the image path (relative to the CSV's folder) [default: path].
+    #[arg(long)]
+    pub path_column: Option<String>,
+    /// CSV column holding train / valid / test [default: split].
+    #[arg(long)]
+    pub split_column: Option<String>,
+    /// Seed of the 1:4 query/candidate draw of a CSV's valid and test splits [default: 0].
+    #[arg(long)]
+    pub probe_seed: Option<u64>,
+    /// Feature cache file [default: <out or .>/features-<backbone>-<size>.bin].
+    #[arg(long)]
+    pub cache: Option<PathBuf>,
+}
+
+/// `asen train`. Flags override the `--config` file, whose keys are the
+/// flag names with underscores (`{"data": "labels.csv", "head": "asen_v2", "epochs": 10}`).
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// JSON file of settings (keys: the long flag names, with underscores).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Output folder: best/ and last/ model directories [required here or in the config].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Frozen backbone: mobilenet_v2 or efficientnet_lite0 [default: mobilenet_v2].
+    #[arg(long)]
+    pub backbone: Option<String>,
+    /// Head: asen_v1, asen_v2, csn or global [default: asen_v2].
+    #[arg(long)]
+    pub head: Option<String>,
+    /// Embedding size [default: 128].
+    #[arg(long)]
+    pub dim: Option<usize>,
+    /// Attention branch width of the ASEN heads [default: 256].
+    #[arg(long)]
+    pub attention_dim: Option<usize>,
+    /// Channel-gate hidden width of the ASEN heads [default: 256].
+    #[arg(long)]
+    pub gate_hidden: Option<usize>,
+    /// Square input side in pixels [default: 224].
+    #[arg(long)]
+    pub input_size: Option<u32>,
+    /// Epochs [default: 10].
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Triplets drawn per epoch [default: 20000].
+    #[arg(long)]
+    pub triplets_per_epoch: Option<usize>,
+    /// Triplets per optimiser step [default: 64].
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Adam learning rate of the first epochs [default: 1e-4].
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Learning-rate multiplier at each decay step [default: 0.5].
+    #[arg(long)]
+    pub lr_decay: Option<f64>,
+    /// Epochs between decay steps [default: 4].
+    #[arg(long)]
+    pub lr_step: Option<usize>,
+    /// Margin of the cosine ranking loss [default: 0.2].
+    #[arg(long)]
+    pub margin: Option<f64>,
+    /// Seed of the initialisation and the triplets [default: 0].
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Continue from <out>/last/ (optimizer-free: Adam restarts).
+    #[arg(long)]
+    pub resume: bool,
+    /// Device: only cpu trains here (frozen backbone); cuda fine-tuning is not implemented.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+/// `asen eval`.
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// Model directory or checkpoint [default: the shipped model unless --baseline is given].
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Evaluate a baseline instead of a model: imagenet (pooled backbone features) or random.
+    #[arg(long)]
+    pub baseline: Option<String>,
+    /// Backbone of the imagenet baseline.
+    #[arg(long, default_value = "mobilenet_v2")]
+    pub backbone: String,
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Split: valid or test.
+    #[arg(long, default_value = "test")]
+    pub split: String,
+    /// Also write the report as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
 }
 
 #[cfg(test)]

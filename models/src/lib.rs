@@ -59,8 +59,10 @@ pub use embedder::{
 };
 pub use error::{ModelError, Result};
 pub use eval::{
-    average_precision, cosine, evaluate_retrieval, load_triplets, query_average_precisions,
-    rank_by_score, triplet_accuracy, AttributeScore, RetrievalReport,
+    average_precision, best_f1_threshold, calibrate_thresholds, cosine, embed_split,
+    evaluate_head, evaluate_pairs, evaluate_retrieval, load_triplets, pooled_split,
+    query_average_precisions, random_split, rank_by_score, triplet_accuracy, AttributeScore,
+    PairEmbeddings, RetrievalReport,
 };
 pub use head::{Head, HeadConfig, HeadKind, HeadOutput};
 pub use layers::{conv_bn_folded, pad_same, same_padding};
@@ -69,6 +71,9 @@ pub use preprocess::{
     IMAGENET_STD,
 };
 pub use train::{
-    l2_normalize, triplet_ranking_loss, CacheKey, FeatureCache, StepDecay, Triplet, TripletSampler,
-    DEFAULT_MARGIN,
+    dataset_features, l2_normalize, load_crop, map_by_attribute, train_head, trained_card,
+    triplet_ranking_loss, utc_date, without_images, BadImage, CacheKey, DatasetFeatures,
+    EpochRecord, FeatureCache, FeatureOptions, ResumeState, StepDecay, TrainConfig, TrainEvent,
+    TrainOptions, TrainOutcome, TrainableHead, Triplet, TripletSampler, DEFAULT_MARGIN,
+    STATE_FILE,
 };

@@ -3,9 +3,11 @@
 pub mod compare;
 pub mod convert;
 pub mod embed;
+pub mod eval;
 pub mod inspect;
 pub mod search;
 pub mod serve;
+pub mod train;
 
 use anyhow::Context;
 use asen_models::{Embedder, EmbedderOptions, PreprocessConfig};

@@ -126,7 +126,9 @@ pub(crate) fn search(
     let mut fetch = need * per_group;
     loop {
         let wanted = ((fetch + plan.exclude.len()) as f64 * post_factor).ceil() as usize;
-        let knbn = wanted.max(ef) * oversample;
+        // Post-filtering also widens ef, so about `ef` candidates survive the filter.
+        let ef_eff = (ef as f64 * post_factor).ceil() as usize;
+        let knbn = wanted.max(ef_eff).min(MAX_EF * 4) * oversample;
         let mut seen = HashSet::new();
         let mut approx: Vec<(u64, f32)> = Vec::new();
         let mut exhausted = true;

@@ -14,8 +14,14 @@ fn filtered_store(
     let mut r = rng(11);
     let data: Vec<Vec<f32>> = (0..n).map(|_| random_vector(&mut r, dim)).collect();
     // Filter correctness does not need a high-quality graph: build it cheaply.
-    let cheap = asen_index::HnswConfig { m: 12, ef_construction: 48, ef_search: 64 };
-    store.create_catalogue("c", &schema(&["a"], dim).with_hnsw(cheap)).unwrap();
+    let cheap = asen_index::HnswConfig {
+        m: 12,
+        ef_construction: 48,
+        ef_search: 64,
+    };
+    store
+        .create_catalogue("c", &schema(&["a"], dim).with_hnsw(cheap))
+        .unwrap();
     for chunk in data.chunks(2000).enumerate() {
         let items: Vec<_> = chunk
             .1

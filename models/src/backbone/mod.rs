@@ -141,6 +141,12 @@ pub fn locate_weights(file: &str, preferred_dir: Option<&Path>) -> Result<PathBu
     }
 }
 
+/// Images per forward on the CPU: larger batches are split. Keeps the
+/// im2col buffers and activations near the caches (the ResNet stem's im2col
+/// is 7.4 MB per image) while each gemm still sees several images; batch 16
+/// in chunks of 4 measured faster than one pass of 16 (docs/bench/backbones.md).
+const CPU_MICRO_BATCH: usize = 4;
+
 #[derive(Debug, Clone)]
 enum Net {
     ResNet50Layer3(ResNet50Layer3),
@@ -205,6 +211,20 @@ impl Backbone {
                 )))
             }
         }
+        let b = x.dim(0)?;
+        if x.device().is_cpu() && b > CPU_MICRO_BATCH {
+            let outs = (0..b)
+                .step_by(CPU_MICRO_BATCH)
+                .map(|start| {
+                    self.forward_all(&x.narrow(0, start, CPU_MICRO_BATCH.min(b - start))?)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            return Ok(Tensor::cat(&outs, 0)?);
+        }
+        self.forward_all(x)
+    }
+
+    fn forward_all(&self, x: &Tensor) -> Result<Tensor> {
         let y = match &self.net {
             Net::ResNet50Layer3(m) => m.forward(x)?,
             Net::MobileNetV2(m) => m.forward(x)?,

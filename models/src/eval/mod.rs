@@ -3,12 +3,19 @@
 //! CSN-style triplet files.
 //!
 //! Embeddings come from the caller, one `Vec<f32>` per (image, attribute), so
-//! this module needs no model: the trainer and the CLI pass a closure over
-//! whatever computed them.
+//! the protocol needs no model: the trainer and the CLI pass a closure over
+//! whatever computed them. `cached` computes them from a feature cache (a
+//! trained head, the ImageNet pooled baseline, random vectors) and calibrates
+//! the copy-check thresholds.
 
+mod cached;
 mod metrics;
 mod retrieval;
 
+pub use cached::{
+    best_f1_threshold, calibrate_thresholds, embed_split, evaluate_head, evaluate_pairs,
+    pooled_split, random_split, PairEmbeddings,
+};
 pub use metrics::{
     average_precision, cosine, load_triplets, query_average_precisions, rank_by_score,
     triplet_accuracy,

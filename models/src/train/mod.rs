@@ -1,14 +1,22 @@
-//! Training pieces that need no particular model: the triplet sampler, the
-//! cosine margin ranking loss, the on-disk feature cache and the learning
-//! rate schedule. The trainer loop that ties them to a backbone and an ASEN
-//! head builds on these.
+//! Training: the triplet sampler, the cosine margin ranking loss, the on-disk
+//! feature cache, the learning rate schedule, dataset feature extraction and
+//! the trainer loop that ties them to a frozen backbone and a head.
 
 mod cache;
+mod features;
 mod loss;
 mod sampler;
 mod schedule;
+mod trainer;
 
 pub use cache::{CacheKey, FeatureCache};
+pub use features::{
+    dataset_features, load_crop, without_images, BadImage, DatasetFeatures, FeatureOptions,
+};
 pub use loss::{l2_normalize, triplet_ranking_loss, DEFAULT_MARGIN};
 pub use sampler::{Triplet, TripletSampler};
 pub use schedule::StepDecay;
+pub use trainer::{
+    map_by_attribute, train_head, trained_card, utc_date, EpochRecord, ResumeState, TrainConfig,
+    TrainEvent, TrainOptions, TrainOutcome, TrainableHead, STATE_FILE,
+};

@@ -8,7 +8,7 @@ use crate::error::{ModelError, Result};
 /// Step decay: `lr(epoch) = base_lr * factor^(epoch / every_epochs)` with
 /// 0-based epochs. Defaults: Adam at 1e-4 as in the paper, halved every 5
 /// epochs.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct StepDecay {
     /// Learning rate of the first epochs.
     pub base_lr: f64,

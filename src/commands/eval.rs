@@ -1,0 +1,179 @@
+//! `asen eval`: the paper's retrieval protocol on a dataset split for a
+//! trained model, the ImageNet pooled-feature baseline or random vectors; a
+//! table on stdout, JSON on request.
+//!
+//! Models whose backbone is the frozen ImageNet one (every model `asen
+//! train` writes) are evaluated from the same feature cache as training;
+//! models with their own backbone weights (converted checkpoints) run the
+//! whole network on every image.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use anyhow::{bail, Context};
+use asen_models::{
+    embed_split, evaluate_pairs, load_crop, pooled_split, random_split, without_images,
+    BackboneKind, BadImage, Checkpoint, Dataset, Embedder, EmbedderOptions, ModelDir,
+    PairEmbeddings, PreprocessConfig, Split,
+};
+
+use super::train::{cached_features, default_cache, load_dataset, report_bad_images};
+use crate::cli::EvalArgs;
+
+/// Run `asen eval`.
+pub fn run(args: EvalArgs) -> anyhow::Result<()> {
+    let split = match Split::parse(&args.split) {
+        Some(s @ (Split::Valid | Split::Test)) => s,
+        _ => bail!("--split must be valid or test, got {:?}", args.split),
+    };
+    let dataset = load_dataset(&args.data)?;
+    let data_path = args.data.data.clone().unwrap_or_default();
+    if dataset.probes(split).queries.is_empty() {
+        bail!(
+            "{}: the {split} split has no queries (is it empty?)",
+            data_path.display()
+        );
+    }
+    let cache_dir = Path::new(".");
+    let (label, pairs, usable, bad) = match (&args.baseline, &args.model) {
+        (Some(_), Some(_)) => bail!("give either --model or --baseline, not both"),
+        (Some(b), None) if b == "random" => (
+            "random".to_string(),
+            random_split(&dataset, split, 128, 0),
+            dataset.clone(),
+            Vec::new(),
+        ),
+        (Some(b), None) if b == "imagenet" => {
+            let backbone: BackboneKind = args.backbone.parse()?;
+            let cache = args
+                .data
+                .cache
+                .clone()
+                .unwrap_or_else(|| default_cache(cache_dir, backbone, 224));
+            let (features, usable) = cached_features(&dataset, backbone, 224, &cache)?;
+            let pairs = pooled_split(&features.cache, &usable, split)?;
+            (
+                format!("imagenet pooled {backbone}"),
+                pairs,
+                usable,
+                features.bad_images,
+            )
+        }
+        (Some(b), None) => bail!("unknown baseline {b:?}; expected imagenet or random"),
+        (None, model) => {
+            let path = model.clone().unwrap_or_else(asen_models::default_model_dir);
+            evaluate_model(&path, &dataset, split, &args, cache_dir)?
+        }
+    };
+    let report = evaluate_pairs(&usable, split, &pairs)?;
+    println!("{label} on {} ({split}):", data_path.display());
+    println!("{report}");
+    if let Some(json) = &args.json {
+        let value = serde_json::json!({
+            "model": label,
+            "data": data_path.display().to_string(),
+            "report": report,
+            "bad_images": bad,
+        });
+        std::fs::write(json, serde_json::to_string_pretty(&value)? + "\n")
+            .with_context(|| format!("cannot write {}", json.display()))?;
+    }
+    report_bad_images(&bad);
+    Ok(())
+}
+
+type Evaluated = (String, PairEmbeddings, Dataset, Vec<BadImage>);
+
+fn evaluate_model(
+    path: &Path,
+    dataset: &Dataset,
+    split: Split,
+    args: &EvalArgs,
+    cache_dir: &Path,
+) -> anyhow::Result<Evaluated> {
+    let label = path.display().to_string();
+    let frozen = path.is_dir()
+        && Checkpoint::load(path.join("model.safetensors"))
+            .map(|c| c.backbone_tensors().map(|t| t.is_empty()).unwrap_or(false))
+            .unwrap_or(false);
+    if frozen {
+        let device = asen_models::parse_device("cpu")?;
+        let model = ModelDir::load(path, &device)
+            .with_context(|| format!("cannot load model {}", path.display()))?;
+        let head_attributes = model_attributes(&model.card, dataset)?;
+        let backbone: BackboneKind = model.card.backbone.parse()?;
+        let size = model.card.input_size;
+        let cache = args
+            .data
+            .cache
+            .clone()
+            .unwrap_or_else(|| default_cache(cache_dir, backbone, size));
+        let (features, usable) = cached_features(dataset, backbone, size, &cache)?;
+        let pairs = embed_split(
+            &model.head,
+            &features.cache,
+            &usable,
+            split,
+            args.batch_size,
+            Some(&head_attributes),
+        )?;
+        return Ok((label, pairs, usable, features.bad_images));
+    }
+    let embedder = Embedder::load(path, &EmbedderOptions::default())
+        .with_context(|| format!("cannot load model {}", path.display()))?;
+    let head_attributes = model_attributes(embedder.card(), dataset)?;
+    let cfg = PreprocessConfig {
+        size: embedder.card().input_size as usize,
+        ..PreprocessConfig::default()
+    };
+    let n_attr = dataset.attributes().len();
+    let per_attribute = dataset.probes(split).images_by_attribute(n_attr);
+    let images: BTreeSet<usize> = per_attribute.iter().flatten().copied().collect();
+    let images: Vec<usize> = images.into_iter().collect();
+    let mut bad = Vec::new();
+    let mut pairs = PairEmbeddings::new();
+    for chunk in images.chunks(args.batch_size.max(1)) {
+        let mut crops = Vec::with_capacity(chunk.len());
+        let mut ids = Vec::with_capacity(chunk.len());
+        for &i in chunk {
+            let file = dataset.image_path(i).unwrap_or_default();
+            match load_crop(&file, &cfg) {
+                Ok(c) => {
+                    crops.push(c);
+                    ids.push(i);
+                }
+                Err(e) => bad.push(BadImage {
+                    index: i,
+                    path: file,
+                    reason: e.to_string(),
+                }),
+            }
+        }
+        if crops.is_empty() {
+            continue;
+        }
+        let out = embedder.embed_crops(&crops, &head_attributes)?;
+        for (&i, per) in ids.iter().zip(out) {
+            for (a, e) in per.into_iter().enumerate() {
+                if per_attribute[a].binary_search(&i).is_ok() {
+                    pairs.insert((i, a), e.vector);
+                }
+            }
+        }
+    }
+    let set: BTreeSet<usize> = bad.iter().map(|b| b.index).collect();
+    let usable = without_images(dataset, &set)?;
+    Ok((label, pairs, usable, bad))
+}
+
+/// For each dataset attribute, the model's index of the attribute of that name.
+fn model_attributes(card: &asen_models::ModelCard, dataset: &Dataset) -> anyhow::Result<Vec<usize>> {
+    dataset
+        .attributes()
+        .iter()
+        .map(|a| {
+            card.attribute_index(&a.name)
+                .with_context(|| format!("the dataset's attribute {:?} is not one of the model's", a.name))
+        })
+        .collect()
+}

@@ -1,0 +1,306 @@
+//! `asen train`: load a labelled dataset, cache the frozen backbone's feature
+//! maps (progress bar), train a head with a triplets/s and ETA bar, keep the
+//! best epoch on validation mAP, calibrate the copy-check thresholds on the
+//! valid split and list the images that could not be used.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use asen_models::{
+    calibrate_thresholds, dataset_features, embed_split, train_head, without_images, BackboneKind,
+    BadImage, CsvOptions, Dataset, DatasetFeatures, FeatureOptions, HeadKind, ModelDir, Split,
+    StepDecay, TrainConfig, TrainEvent, TrainOptions,
+};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Deserialize;
+
+use crate::cli::{DataArgs, TrainArgs};
+
+/// Settings of a `--config` file: the long flag names with underscores.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TrainFile {
+    data: Option<PathBuf>,
+    format: Option<String>,
+    attributes: Option<Vec<String>>,
+    path_column: Option<String>,
+    split_column: Option<String>,
+    probe_seed: Option<u64>,
+    cache: Option<PathBuf>,
+    out: Option<PathBuf>,
+    backbone: Option<String>,
+    head: Option<String>,
+    dim: Option<usize>,
+    attention_dim: Option<usize>,
+    gate_hidden: Option<usize>,
+    input_size: Option<u32>,
+    epochs: Option<usize>,
+    triplets_per_epoch: Option<usize>,
+    batch_size: Option<usize>,
+    lr: Option<f64>,
+    lr_decay: Option<f64>,
+    lr_step: Option<usize>,
+    margin: Option<f64>,
+    seed: Option<u64>,
+}
+
+/// Load the dataset named by `args` (CSV file or official folder).
+pub fn load_dataset(args: &DataArgs) -> anyhow::Result<Dataset> {
+    let path = args
+        .data
+        .as_ref()
+        .context("no dataset given: pass --data (a CSV file or an official ASEN folder)")?;
+    let format = match args.format.as_deref() {
+        Some(f) => f.to_string(),
+        None if path.is_dir() => "official".into(),
+        None => "csv".into(),
+    };
+    match format.as_str() {
+        "csv" => {
+            if args.attributes.is_empty() {
+                bail!(
+                    "{}: a CSV dataset needs its attribute columns: pass --attributes a,b,c",
+                    path.display()
+                );
+            }
+            let mut opts = CsvOptions::new(args.attributes.iter().cloned());
+            if let Some(c) = &args.path_column {
+                opts.path_column = c.clone();
+            }
+            if let Some(c) = &args.split_column {
+                opts.split_column = c.clone();
+            }
+            opts.seed = args.probe_seed.unwrap_or(0);
+            Ok(Dataset::load_csv(path, &opts)
+                .with_context(|| format!("cannot load dataset {}", path.display()))?)
+        }
+        "official" => Ok(Dataset::load_official(path)
+            .with_context(|| format!("cannot load dataset {}", path.display()))?),
+        other => bail!("unknown dataset format {other:?}; expected csv or official"),
+    }
+}
+
+/// Build (or reopen) the feature cache of `dataset` with a progress bar, and
+/// return it with the dataset minus the images that could not be read.
+pub fn cached_features(
+    dataset: &Dataset,
+    backbone: BackboneKind,
+    input_size: u32,
+    cache: &Path,
+) -> anyhow::Result<(DatasetFeatures, Dataset)> {
+    let mut opts = FeatureOptions::new(backbone);
+    opts.input_size = input_size;
+    let bar = ProgressBar::new(dataset.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "features {bar:30} {pos}/{len} images {per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let started = std::time::Instant::now();
+    let features = dataset_features(dataset, cache, &opts, &|done, _| {
+        bar.set_position(done as u64)
+    })
+    .with_context(|| format!("cannot build the feature cache {}", cache.display()))?;
+    bar.finish_and_clear();
+    tracing::info!(
+        cache = %cache.display(),
+        images = dataset.len(),
+        elapsed_s = started.elapsed().as_secs_f64(),
+        "feature cache ready"
+    );
+    let bad: BTreeSet<usize> = features.bad_images.iter().map(|b| b.index).collect();
+    let usable = without_images(dataset, &bad)?;
+    Ok((features, usable))
+}
+
+/// The cache file used when none is given.
+pub fn default_cache(dir: &Path, backbone: BackboneKind, input_size: u32) -> PathBuf {
+    dir.join(format!("features-{}-{input_size}.bin", backbone.name()))
+}
+
+/// Print the unusable images, one per line, after a run.
+pub fn report_bad_images(bad: &[BadImage]) {
+    if bad.is_empty() {
+        return;
+    }
+    eprintln!("{} image(s) could not be used and were left out:", bad.len());
+    for b in bad {
+        eprintln!("  {}: {}", b.path.display(), b.reason);
+    }
+}
+
+fn parse_head(name: &str) -> anyhow::Result<HeadKind> {
+    serde_json::from_value(serde_json::Value::String(name.to_string())).map_err(|_| {
+        anyhow::anyhow!("unknown head {name:?}; expected asen_v1, asen_v2, asen_pp_global, csn or global")
+    })
+}
+
+/// Run `asen train`.
+pub fn run(args: TrainArgs) -> anyhow::Result<()> {
+    if args.device != "cpu" {
+        bail!(
+            "device {:?}: only cpu training (frozen backbone, cached features) is implemented",
+            args.device
+        );
+    }
+    let file: TrainFile = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read config {}", path.display()))?;
+            serde_json::from_str(&text)
+                .with_context(|| format!("invalid config {}", path.display()))?
+        }
+        None => TrainFile::default(),
+    };
+    let data = DataArgs {
+        data: args.data.data.clone().or(file.data),
+        format: args.data.format.clone().or(file.format),
+        attributes: if args.data.attributes.is_empty() {
+            file.attributes.unwrap_or_default()
+        } else {
+            args.data.attributes.clone()
+        },
+        path_column: args.data.path_column.clone().or(file.path_column),
+        split_column: args.data.split_column.clone().or(file.split_column),
+        probe_seed: args.data.probe_seed.or(file.probe_seed),
+        cache: args.data.cache.clone().or(file.cache),
+    };
+    let out = args
+        .out
+        .clone()
+        .or(file.out)
+        .context("no output folder: pass --out DIR")?;
+    let backbone: BackboneKind = args
+        .backbone
+        .or(file.backbone)
+        .unwrap_or_else(|| "mobilenet_v2".into())
+        .parse()?;
+    if backbone == BackboneKind::ResNet50Layer3 {
+        bail!("resnet50_layer3 has no shipped ImageNet weights; train on mobilenet_v2 or efficientnet_lite0");
+    }
+    let head = parse_head(&args.head.or(file.head).unwrap_or_else(|| "asen_v2".into()))?;
+    let mut cfg = TrainConfig::new(head, backbone);
+    cfg.embedding_dim = args.dim.or(file.dim).unwrap_or(cfg.embedding_dim);
+    cfg.attention_dim = args
+        .attention_dim
+        .or(file.attention_dim)
+        .unwrap_or(cfg.attention_dim);
+    cfg.gate_hidden = args.gate_hidden.or(file.gate_hidden).unwrap_or(cfg.gate_hidden);
+    cfg.input_size = args.input_size.or(file.input_size).unwrap_or(cfg.input_size);
+    cfg.epochs = args.epochs.or(file.epochs).unwrap_or(cfg.epochs);
+    cfg.triplets_per_epoch = args
+        .triplets_per_epoch
+        .or(file.triplets_per_epoch)
+        .unwrap_or(cfg.triplets_per_epoch);
+    cfg.batch_size = args.batch_size.or(file.batch_size).unwrap_or(cfg.batch_size);
+    cfg.schedule = StepDecay::new(
+        args.lr.or(file.lr).unwrap_or(cfg.schedule.base_lr),
+        args.lr_decay.or(file.lr_decay).unwrap_or(cfg.schedule.factor),
+        args.lr_step.or(file.lr_step).unwrap_or(cfg.schedule.every_epochs),
+    )?;
+    cfg.margin = args.margin.or(file.margin).unwrap_or(cfg.margin);
+    cfg.seed = args.seed.or(file.seed).unwrap_or(cfg.seed);
+
+    let dataset = load_dataset(&data)?;
+    for split in [Split::Train, Split::Valid] {
+        if dataset.split_indices(split).is_empty() {
+            bail!(
+                "{}: the {split} split is empty",
+                data.data.as_deref().unwrap_or(Path::new("")).display()
+            );
+        }
+    }
+    std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
+    let cache = data
+        .cache
+        .clone()
+        .unwrap_or_else(|| default_cache(&out, backbone, cfg.input_size));
+    let (features, usable) = cached_features(&dataset, backbone, cfg.input_size, &cache)?;
+
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let notes = format!(
+        "trained by asen train on {} ({} images: {} train, {} valid, {} test; {} unusable); frozen {} ImageNet backbone",
+        data.data.as_deref().unwrap_or(Path::new("")).display(),
+        dataset.len(),
+        dataset.split_indices(Split::Train).len(),
+        dataset.split_indices(Split::Valid).len(),
+        dataset.split_indices(Split::Test).len(),
+        features.bad_images.len(),
+        backbone
+    );
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "epoch {prefix} {bar:30} {pos}/{len} triplets {per_sec} eta {eta} {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let outcome = train_head(
+        &usable,
+        &features.cache,
+        &cfg,
+        &out,
+        &TrainOptions {
+            resume: args.resume,
+            command: Some(command),
+            notes: Some(notes),
+            eval_batch_size: 64,
+        },
+        &mut |event| match event {
+            TrainEvent::EpochStart { epoch, steps } => {
+                bar.reset();
+                bar.set_length((steps * cfg.batch_size).min(cfg.triplets_per_epoch) as u64);
+                bar.set_prefix(format!("{epoch}/{}", cfg.epochs));
+            }
+            TrainEvent::Step { triplets, loss, .. } => {
+                bar.inc(*triplets as u64);
+                bar.set_message(format!("loss {loss:.4}"));
+            }
+            TrainEvent::Epoch(r) => {
+                let line = format!(
+                    "epoch {:>3}  lr {:.1e}  loss {:.4}  valid mAP {:.2} %  {:.0} triplets/s  {:.0} s",
+                    r.epoch,
+                    r.lr,
+                    r.loss,
+                    r.valid_map * 100.0,
+                    r.triplets_per_s,
+                    r.seconds
+                );
+                // A hidden bar (no terminal) drops println: print directly then.
+                if bar.is_hidden() {
+                    eprintln!("{line}");
+                } else {
+                    bar.println(line);
+                }
+            }
+        },
+    )?;
+    bar.finish_and_clear();
+
+    // Copy-check thresholds of the best model, calibrated on the valid split.
+    let best = ModelDir::load(&outcome.best_dir, &asen_models::parse_device("cpu")?)
+        .with_context(|| format!("cannot reload {}", outcome.best_dir.display()))?;
+    let mut card = best.card;
+    let pairs = embed_split(
+        &best.head,
+        &features.cache,
+        &usable,
+        Split::Valid,
+        64,
+        None,
+    )?;
+    let thresholds = calibrate_thresholds(&usable, Split::Valid, &pairs, 1500);
+    card.match_thresholds = Some(thresholds);
+    card.save(&outcome.best_dir)?;
+
+    println!(
+        "best: epoch {} with valid mAP {:.2} % -> {}",
+        outcome.best_epoch,
+        outcome.best_map * 100.0,
+        outcome.best_dir.display()
+    );
+    report_bad_images(&features.bad_images);
+    Ok(())
+}

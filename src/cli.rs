@@ -29,10 +29,82 @@ pub enum Command {
     Convert(ConvertArgs),
     /// Load a CSV or a folder of images into a catalogue (local store or running server).
     Ingest(Box<IngestArgs>),
+    /// Serve the REST API over a data directory until SIGINT/SIGTERM.
+    Serve(ServeArgs),
+    /// Search a catalogue of a local data directory and print a table.
+    Search(SearchArgs),
+    /// Compare two images attribute by attribute (the copy check) and print a table.
+    Compare(CompareArgs),
     /// Train a head (ASEN v1/v2, CSN, global) on a labelled dataset (frozen backbone, cached features).
     Train(TrainArgs),
     /// Evaluate a model or a baseline with the ASEN retrieval protocol (per-attribute mAP).
     Eval(EvalArgs),
+}
+
+/// `asen serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Data directory of the store [default: ./asen-data, or server.data_dir].
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Address to listen on; port 0 picks a free one [default: 127.0.0.1:8080].
+    #[arg(long)]
+    pub bind: Option<String>,
+    /// Model directory or checkpoint [default: the shipped model].
+    #[arg(long, env = "ASEN_MODEL")]
+    pub model: Option<PathBuf>,
+    /// Device: cpu, cuda[:N] or metal[:N] [default: cpu].
+    #[arg(long)]
+    pub device: Option<String>,
+    /// TOML config file (sections server, limits, model, index); ASEN_SECTION__KEY
+    /// variables override it, flags override both.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+/// `asen search`.
+#[derive(Debug, Args)]
+pub struct SearchArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Data directory of the store.
+    #[arg(long, default_value = "./asen-data")]
+    pub data: PathBuf,
+    /// Catalogue to search.
+    #[arg(long, short = 'c')]
+    pub catalogue: String,
+    /// Attribute to search on; repeat as NAME=WEIGHT for a weighted search.
+    #[arg(long = "attribute", short = 'a', required = true)]
+    pub attributes: Vec<String>,
+    /// Query image file.
+    #[arg(long, conflicts_with = "item", required_unless_present = "item")]
+    pub image: Option<PathBuf>,
+    /// Query item id of the catalogue.
+    #[arg(long)]
+    pub item: Option<String>,
+    /// Number of hits.
+    #[arg(long, short = 'k', default_value_t = 10)]
+    pub k: usize,
+    /// Re-rank the hits by this attribute.
+    #[arg(long)]
+    pub rerank_by: Option<String>,
+    /// Payload fields to show as columns (comma separated).
+    #[arg(long, value_delimiter = ',')]
+    pub show: Vec<String>,
+}
+
+/// `asen compare`.
+#[derive(Debug, Args)]
+pub struct CompareArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// First image (e.g. the original design).
+    pub a: PathBuf,
+    /// Second image (e.g. the suspected copy).
+    pub b: PathBuf,
+    /// Attributes to compare on (repeat; default all).
+    #[arg(long = "attribute", short = 'a')]
+    pub attributes: Vec<String>,
 }
 
 /// Where a model comes from and where it runs.

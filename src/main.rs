@@ -1,9 +1,12 @@
 //! The `asen` binary: CLI, REST API and bulk ingestion over `asen-models`
 //! (the network) and `asen-index` (the store).
 
+mod api;
 mod cli;
 mod commands;
 mod ingest;
+mod config;
+mod service;
 mod telemetry;
 
 use std::process::ExitCode;
@@ -31,6 +34,9 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Inspect(args) => commands::inspect::run(args),
         Command::Convert(args) => commands::convert::run(args),
         Command::Ingest(args) => commands::ingest::run(*args),
+        Command::Serve(args) => commands::serve::run(args),
+        Command::Search(args) => commands::search::run(args),
+        Command::Compare(args) => commands::compare::run(args),
         Command::Train(args) => commands::train::run(args),
         Command::Eval(args) => commands::eval::run(args),
     }

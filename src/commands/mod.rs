@@ -1,10 +1,13 @@
 //! One module per subcommand; each exposes `run(args)`.
 
+pub mod compare;
 pub mod convert;
 pub mod embed;
 pub mod eval;
 pub mod ingest;
 pub mod inspect;
+pub mod search;
+pub mod serve;
 pub mod train;
 
 use anyhow::Context;

@@ -1,0 +1,155 @@
+//! The REST API: [`router`] builds the axum app over an [`AppState`]; handlers live in
+//! `routes/`, one module per resource, and call `crate::service`.
+//!
+//! Every answer uses the Qdrant-style envelope (`{"result", "status": "ok", "time"}`, or
+//! `{"status": {"error"}}` with the status chosen by [`ApiError::status`]).
+
+mod auth;
+mod envelope;
+mod error;
+mod metrics;
+mod openapi;
+mod routes;
+mod state;
+
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::Method;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post, put};
+use axum::Router;
+use tower_http::trace::TraceLayer;
+
+pub use auth::Keys;
+pub use error::ApiError;
+pub use state::AppState;
+
+/// Every route as (method, path), in the order of the router (checked against the
+/// OpenAPI document by a test).
+#[cfg_attr(not(test), allow(dead_code))]
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/metrics"),
+    ("GET", "/openapi.json"),
+    ("GET", "/v1/model"),
+    ("GET", "/v1/catalogues"),
+    ("PUT", "/v1/catalogues/{name}"),
+    ("GET", "/v1/catalogues/{name}"),
+    ("DELETE", "/v1/catalogues/{name}"),
+    ("PUT", "/v1/catalogues/{name}/items"),
+    ("GET", "/v1/catalogues/{name}/items/{id}"),
+    ("DELETE", "/v1/catalogues/{name}/items/{id}"),
+    ("POST", "/v1/catalogues/{name}/search"),
+    ("POST", "/v1/catalogues/{name}/copies"),
+    ("POST", "/v1/compare"),
+    ("POST", "/v1/explain"),
+    ("POST", "/v1/explain/heatmap"),
+];
+
+/// The whole app: open routes (health, metrics, openapi), read routes (read key when
+/// configured) and write routes (api key when configured), with body limit, request
+/// timeout, metrics and one tracing span per request.
+pub fn router(state: AppState) -> Router {
+    let open = Router::new()
+        .route("/healthz", get(routes::health::healthz))
+        .route("/readyz", get(routes::health::readyz))
+        .route("/metrics", get(routes::health::metrics))
+        .route("/openapi.json", get(openapi::openapi_json));
+    let read = Router::new()
+        .route("/v1/model", get(routes::model::model))
+        .route("/v1/catalogues", get(routes::catalogues::list))
+        .route("/v1/catalogues/{name}", get(routes::catalogues::get))
+        .route("/v1/catalogues/{name}/items/{id}", get(routes::items::get))
+        .route("/v1/catalogues/{name}/search", post(routes::search::search))
+        .route(
+            "/v1/catalogues/{name}/copies",
+            post(routes::compare::copies),
+        )
+        .route("/v1/compare", post(routes::compare::compare))
+        .route("/v1/explain", post(routes::explain::explain))
+        .route("/v1/explain/heatmap", post(routes::explain::heatmap))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_read,
+        ));
+    let write = Router::new()
+        .route(
+            "/v1/catalogues/{name}",
+            put(routes::catalogues::create).delete(routes::catalogues::drop),
+        )
+        .route("/v1/catalogues/{name}/items", put(routes::items::upsert))
+        .route(
+            "/v1/catalogues/{name}/items/{id}",
+            axum::routing::delete(routes::items::delete),
+        )
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_write,
+        ));
+    let max_body = state.max_body_bytes;
+    Router::new()
+        .merge(open)
+        .merge(read)
+        .merge(write)
+        .fallback(no_route)
+        .method_not_allowed_fallback(no_route)
+        .layer(middleware::from_fn_with_state(state.clone(), timeout))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            metrics::track,
+        ))
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
+            let route = req
+                .extensions()
+                .get::<MatchedPath>()
+                .map_or("unmatched", MatchedPath::as_str);
+            tracing::info_span!("request", method = %req.method(), route)
+        }))
+        .with_state(state)
+}
+
+async fn no_route(method: Method, req: Request) -> ApiError {
+    ApiError::NoRoute {
+        method: method.to_string(),
+        path: req.uri().path().to_string(),
+    }
+}
+
+async fn timeout(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    use axum::response::IntoResponse;
+    let limit = state.request_timeout_ms;
+    match tokio::time::timeout(Duration::from_millis(limit), next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => ApiError::Timeout { timeout_ms: limit }.into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::openapi::ApiDoc;
+    use super::*;
+    use utoipa::OpenApi;
+
+    #[test]
+    fn openapi_lists_every_route() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        let paths = doc["paths"].as_object().unwrap();
+        for (method, path) in ROUTES {
+            let op = &paths
+                .get(*path)
+                .unwrap_or_else(|| panic!("{path} missing from openapi"))
+                [method.to_ascii_lowercase()];
+            assert!(op.is_object(), "{method} {path} missing from openapi");
+        }
+        let documented: usize = paths.values().map(|p| p.as_object().unwrap().len()).sum();
+        assert_eq!(
+            documented,
+            ROUTES.len(),
+            "openapi documents a route the router lacks"
+        );
+    }
+}

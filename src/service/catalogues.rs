@@ -1,0 +1,81 @@
+//! Creating, describing and dropping catalogues.
+
+use asen_index::{CatalogueInfo, CatalogueSchema, CatalogueStats, HnswConfig};
+use serde::{Deserialize, Serialize};
+use tracing::info;
+
+use super::{Result, Service, ServiceError};
+
+/// How to create a catalogue; every field optional.
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewCatalogue {
+    /// Attributes to index (a subset of the model's); all of them when absent.
+    #[serde(default)]
+    pub attributes: Option<Vec<String>>,
+    /// Graph parameters; the server's `[index]` defaults when absent.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub hnsw: Option<HnswConfig>,
+}
+
+/// A catalogue's schema and statistics.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct CatalogueDetails {
+    /// Schema fixed at creation.
+    #[schema(value_type = Object)]
+    pub schema: CatalogueSchema,
+    /// Counts and graph statistics.
+    #[schema(value_type = Object)]
+    pub stats: CatalogueStats,
+}
+
+/// Create `name` with the model's dimension and the chosen attributes.
+#[tracing::instrument(skip_all, fields(catalogue = name))]
+pub fn create(svc: &Service, name: &str, spec: &NewCatalogue) -> Result<CatalogueDetails> {
+    let card = svc.embedder.card();
+    let attributes = match &spec.attributes {
+        Some(list) if list.is_empty() => {
+            return Err(ServiceError::invalid(
+                "attributes: give at least one attribute",
+            ))
+        }
+        Some(list) => {
+            for a in list {
+                card.attribute_index(a)?;
+            }
+            list.clone()
+        }
+        None => card.attribute_names(),
+    };
+    let schema = CatalogueSchema::new(attributes, card.embedding_dim)
+        .with_hnsw(spec.hnsw.unwrap_or(svc.hnsw));
+    svc.store.create_catalogue(name, &schema)?;
+    info!(
+        catalogue = name,
+        attributes = schema.attributes.len(),
+        "catalogue created"
+    );
+    details(svc, name)
+}
+
+/// Schema and statistics of one catalogue.
+pub fn details(svc: &Service, name: &str) -> Result<CatalogueDetails> {
+    Ok(CatalogueDetails {
+        schema: svc.store.schema(name)?,
+        stats: svc.store.stats(name)?,
+    })
+}
+
+/// Every catalogue with its per-attribute counts.
+pub fn list(svc: &Service) -> Result<Vec<CatalogueInfo>> {
+    Ok(svc.store.list_catalogues()?)
+}
+
+/// Drop a catalogue and its items.
+#[tracing::instrument(skip_all, fields(catalogue = name))]
+pub fn drop(svc: &Service, name: &str) -> Result<()> {
+    svc.store.drop_catalogue(name)?;
+    info!(catalogue = name, "catalogue dropped");
+    Ok(())
+}

@@ -14,7 +14,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Err("usage: feature_cache LABELS.csv BACKBONE CACHE_FILE [LIMIT]".into());
     };
     let attributes = [
-        "gender", "masterCategory", "subCategory", "articleType", "baseColour", "season", "usage",
+        "gender",
+        "masterCategory",
+        "subCategory",
+        "articleType",
+        "baseColour",
+        "season",
+        "usage",
         "pattern",
     ];
     let dataset = Dataset::load_csv(csv, &CsvOptions::new(attributes))?;
@@ -36,7 +42,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         )?;
         dataset_features(&sub, cache.as_ref(), &opts, &|d, t| eprint!("\r{d}/{t}"))?
     } else {
-        dataset_features(&dataset, cache.as_ref(), &opts, &|d, t| eprint!("\r{d}/{t}"))?
+        dataset_features(&dataset, cache.as_ref(), &opts, &|d, t| {
+            eprint!("\r{d}/{t}")
+        })?
     };
     let secs = start.elapsed().as_secs_f64();
     println!(

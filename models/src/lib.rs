@@ -59,10 +59,9 @@ pub use embedder::{
 };
 pub use error::{ModelError, Result};
 pub use eval::{
-    average_precision, best_f1_threshold, calibrate_thresholds, cosine, embed_split,
-    evaluate_head, evaluate_pairs, evaluate_retrieval, load_triplets, pooled_split,
-    query_average_precisions, random_split, rank_by_score, triplet_accuracy, AttributeScore,
-    PairEmbeddings, RetrievalReport,
+    average_precision, best_f1_threshold, calibrate_thresholds, cosine, embed_split, evaluate_head,
+    evaluate_pairs, evaluate_retrieval, load_triplets, pooled_split, query_average_precisions,
+    random_split, rank_by_score, triplet_accuracy, AttributeScore, PairEmbeddings, RetrievalReport,
 };
 pub use head::{Head, HeadConfig, HeadKind, HeadOutput};
 pub use layers::{conv_bn_folded, pad_same, same_padding};
@@ -74,6 +73,5 @@ pub use train::{
     dataset_features, l2_normalize, load_crop, map_by_attribute, train_head, trained_card,
     triplet_ranking_loss, utc_date, without_images, BadImage, CacheKey, DatasetFeatures,
     EpochRecord, FeatureCache, FeatureOptions, ResumeState, StepDecay, TrainConfig, TrainEvent,
-    TrainOptions, TrainOutcome, TrainableHead, Triplet, TripletSampler, DEFAULT_MARGIN,
-    STATE_FILE,
+    TrainOptions, TrainOutcome, TrainableHead, Triplet, TripletSampler, DEFAULT_MARGIN, STATE_FILE,
 };

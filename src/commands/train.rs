@@ -93,10 +93,8 @@ pub fn cached_features(
     opts.input_size = input_size;
     let bar = ProgressBar::new(dataset.len() as u64);
     bar.set_style(
-        ProgressStyle::with_template(
-            "features {bar:30} {pos}/{len} images {per_sec} eta {eta}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template("features {bar:30} {pos}/{len} images {per_sec} eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let started = std::time::Instant::now();
     let features = dataset_features(dataset, cache, &opts, &|done, _| {
@@ -125,7 +123,10 @@ pub fn report_bad_images(bad: &[BadImage]) {
     if bad.is_empty() {
         return;
     }
-    eprintln!("{} image(s) could not be used and were left out:", bad.len());
+    eprintln!(
+        "{} image(s) could not be used and were left out:",
+        bad.len()
+    );
     for b in bad {
         eprintln!("  {}: {}", b.path.display(), b.reason);
     }
@@ -133,7 +134,9 @@ pub fn report_bad_images(bad: &[BadImage]) {
 
 fn parse_head(name: &str) -> anyhow::Result<HeadKind> {
     serde_json::from_value(serde_json::Value::String(name.to_string())).map_err(|_| {
-        anyhow::anyhow!("unknown head {name:?}; expected asen_v1, asen_v2, asen_pp_global, csn or global")
+        anyhow::anyhow!(
+            "unknown head {name:?}; expected asen_v1, asen_v2, asen_pp_global, csn or global"
+        )
     })
 }
 
@@ -187,18 +190,31 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         .attention_dim
         .or(file.attention_dim)
         .unwrap_or(cfg.attention_dim);
-    cfg.gate_hidden = args.gate_hidden.or(file.gate_hidden).unwrap_or(cfg.gate_hidden);
-    cfg.input_size = args.input_size.or(file.input_size).unwrap_or(cfg.input_size);
+    cfg.gate_hidden = args
+        .gate_hidden
+        .or(file.gate_hidden)
+        .unwrap_or(cfg.gate_hidden);
+    cfg.input_size = args
+        .input_size
+        .or(file.input_size)
+        .unwrap_or(cfg.input_size);
     cfg.epochs = args.epochs.or(file.epochs).unwrap_or(cfg.epochs);
     cfg.triplets_per_epoch = args
         .triplets_per_epoch
         .or(file.triplets_per_epoch)
         .unwrap_or(cfg.triplets_per_epoch);
-    cfg.batch_size = args.batch_size.or(file.batch_size).unwrap_or(cfg.batch_size);
+    cfg.batch_size = args
+        .batch_size
+        .or(file.batch_size)
+        .unwrap_or(cfg.batch_size);
     cfg.schedule = StepDecay::new(
         args.lr.or(file.lr).unwrap_or(cfg.schedule.base_lr),
-        args.lr_decay.or(file.lr_decay).unwrap_or(cfg.schedule.factor),
-        args.lr_step.or(file.lr_step).unwrap_or(cfg.schedule.every_epochs),
+        args.lr_decay
+            .or(file.lr_decay)
+            .unwrap_or(cfg.schedule.factor),
+        args.lr_step
+            .or(file.lr_step)
+            .unwrap_or(cfg.schedule.every_epochs),
     )?;
     cfg.margin = args.margin.or(file.margin).unwrap_or(cfg.margin);
     cfg.seed = args.seed.or(file.seed).unwrap_or(cfg.seed);
@@ -283,14 +299,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let best = ModelDir::load(&outcome.best_dir, &asen_models::parse_device("cpu")?)
         .with_context(|| format!("cannot reload {}", outcome.best_dir.display()))?;
     let mut card = best.card;
-    let pairs = embed_split(
-        &best.head,
-        &features.cache,
-        &usable,
-        Split::Valid,
-        64,
-        None,
-    )?;
+    let pairs = embed_split(&best.head, &features.cache, &usable, Split::Valid, 64, None)?;
     let thresholds = calibrate_thresholds(&usable, Split::Valid, &pairs, 1500);
     card.match_thresholds = Some(thresholds);
     card.save(&outcome.best_dir)?;

@@ -67,7 +67,11 @@ pub fn embed_split(
 
 /// The backbone's globally average-pooled features of the pairs `split`
 /// needs: one vector per image, the same for every attribute.
-pub fn pooled_split(features: &FeatureCache, dataset: &Dataset, split: Split) -> Result<PairEmbeddings> {
+pub fn pooled_split(
+    features: &FeatureCache,
+    dataset: &Dataset,
+    split: Split,
+) -> Result<PairEmbeddings> {
     let n_attr = dataset.attributes().len();
     let per_attribute = dataset.probes(split).images_by_attribute(n_attr);
     let mut images: Vec<usize> = per_attribute.iter().flatten().copied().collect();
@@ -75,7 +79,10 @@ pub fn pooled_split(features: &FeatureCache, dataset: &Dataset, split: Split) ->
     images.dedup();
     let mut pooled = HashMap::new();
     for chunk in images.chunks(128) {
-        let x = features.get(chunk, &Device::Cpu)?.flatten_from(2)?.mean(2)?;
+        let x = features
+            .get(chunk, &Device::Cpu)?
+            .flatten_from(2)?
+            .mean(2)?;
         for (&i, row) in chunk.iter().zip(x.to_vec2::<f32>()?) {
             pooled.insert(i, row);
         }
@@ -218,7 +225,13 @@ mod tests {
         // Sorted: 0.9 +, 0.8 +, 0.7 -, 0.6 +, 0.1 -.
         // t=0.9: tp1 fp0 fn2 -> 2/4=0.5; t=0.8: tp2 fn1 -> 4/5=0.8;
         // t=0.7: tp2 fp1 fn1 -> 4/6; t=0.6: tp3 fp1 -> 6/7=0.857; t=0.1: 6/8.
-        let mut s = vec![(0.7, false), (0.9, true), (0.1, false), (0.6, true), (0.8, true)];
+        let mut s = vec![
+            (0.7, false),
+            (0.9, true),
+            (0.1, false),
+            (0.6, true),
+            (0.8, true),
+        ];
         assert_eq!(best_f1_threshold(&mut s), Some(0.6));
         let mut none = vec![(0.5, false)];
         assert_eq!(best_f1_threshold(&mut none), None);

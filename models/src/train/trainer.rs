@@ -288,7 +288,12 @@ impl SimpleBackend for SeededVarMap {
         Ok(t)
     }
 
-    fn get_unchecked(&self, name: &str, dtype: DType, _dev: &Device) -> candle_core::Result<Tensor> {
+    fn get_unchecked(
+        &self,
+        name: &str,
+        dtype: DType,
+        _dev: &Device,
+    ) -> candle_core::Result<Tensor> {
         let data = self.map.data().lock().unwrap_or_else(|p| p.into_inner());
         match data.get(name) {
             Some(v) => v.as_tensor().to_dtype(dtype),
@@ -333,12 +338,7 @@ impl TrainableHead {
     }
 
     /// Load the parameters of a saved model directory's weights file.
-    pub fn load(
-        kind: HeadKind,
-        cfg: &HeadConfig,
-        weights: &Path,
-        device: &Device,
-    ) -> Result<Self> {
+    pub fn load(kind: HeadKind, cfg: &HeadConfig, weights: &Path, device: &Device) -> Result<Self> {
         let mut head = Self::new(kind, cfg, 0, device)?;
         head.map
             .load(weights)
@@ -425,10 +425,9 @@ fn write_model_dir(dir: &Path, head: &TrainableHead, card: &ModelCard) -> Result
 }
 
 fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
-    let text = serde_json::to_string_pretty(value).map_err(|e| ModelError::InvalidArgument(format!(
-        "cannot serialise {}: {e}",
-        path.display()
-    )))?;
+    let text = serde_json::to_string_pretty(value).map_err(|e| {
+        ModelError::InvalidArgument(format!("cannot serialise {}: {e}", path.display()))
+    })?;
     std::fs::write(path, text + "\n").map_err(|e| ModelError::io(path, e))
 }
 
@@ -525,11 +524,12 @@ pub fn train_head(
     let (trainable, mut state) = if opts.resume && state_path.is_file() {
         let text =
             std::fs::read_to_string(&state_path).map_err(|e| ModelError::io(&state_path, e))?;
-        let state: ResumeState =
-            serde_json::from_str(&text).map_err(|e| ModelError::InvalidArgument(format!(
+        let state: ResumeState = serde_json::from_str(&text).map_err(|e| {
+            ModelError::InvalidArgument(format!(
                 "{}: invalid resume state: {e}",
                 state_path.display()
-            )))?;
+            ))
+        })?;
         let same = TrainConfig {
             epochs: cfg.epochs,
             ..state.config.clone()
@@ -622,7 +622,13 @@ pub fn train_head(
         }
         let train_secs = started.elapsed().as_secs_f64();
         trainable.recompute_batch_norm(features, &bn_sample)?;
-        let report = evaluate_head(&trainable.head()?, features, dataset, Split::Valid, eval_batch)?;
+        let report = evaluate_head(
+            &trainable.head()?,
+            features,
+            dataset,
+            Split::Valid,
+            eval_batch,
+        )?;
         let record = EpochRecord {
             epoch: epoch + 1,
             lr,
@@ -699,7 +705,11 @@ fn snapshot(head: &TrainableHead) -> std::collections::HashMap<String, Vec<f32>>
         .map(|(n, v)| {
             (
                 n.clone(),
-                v.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                v.as_tensor()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap(),
             )
         })
         .collect()
@@ -722,7 +732,12 @@ mod tests {
 
     #[test]
     fn initialisation_is_reproducible_from_the_seed() {
-        for kind in [HeadKind::AsenV1, HeadKind::AsenV2, HeadKind::Csn, HeadKind::Global] {
+        for kind in [
+            HeadKind::AsenV1,
+            HeadKind::AsenV2,
+            HeadKind::Csn,
+            HeadKind::Global,
+        ] {
             let a = snapshot(&TrainableHead::new(kind, &cfg(), 7, &Device::Cpu).unwrap());
             let b = snapshot(&TrainableHead::new(kind, &cfg(), 7, &Device::Cpu).unwrap());
             let c = snapshot(&TrainableHead::new(kind, &cfg(), 8, &Device::Cpu).unwrap());

@@ -336,6 +336,10 @@ pub struct EvalArgs {
     /// Images per forward pass.
     #[arg(long, default_value_t = 64)]
     pub batch_size: usize,
+    /// Calibrate the model's copy-check thresholds on this split (use valid)
+    /// and write them into its card.json (models trained by asen train).
+    #[arg(long)]
+    pub write_thresholds: bool,
 }
 
 #[cfg(test)]

@@ -12,9 +12,9 @@ use std::path::Path;
 
 use anyhow::{bail, Context};
 use asen_models::{
-    embed_split, evaluate_pairs, load_crop, pooled_split, random_split, without_images,
-    BackboneKind, BadImage, Checkpoint, Dataset, Embedder, EmbedderOptions, ModelDir,
-    PairEmbeddings, PreprocessConfig, Split,
+    calibrate_thresholds, embed_split, evaluate_pairs, load_crop, pooled_split, random_split,
+    without_images, BackboneKind, BadImage, Checkpoint, Dataset, Embedder, EmbedderOptions,
+    ModelDir, PairEmbeddings, PreprocessConfig, Split,
 };
 
 use super::train::{cached_features, default_cache, load_dataset, report_bad_images};
@@ -117,7 +117,23 @@ fn evaluate_model(
             args.batch_size,
             Some(&head_attributes),
         )?;
+        if args.write_thresholds {
+            let by_name = calibrate_thresholds(&usable, split, &pairs, 1500);
+            let mut card = model.card.clone();
+            card.match_thresholds = Some(by_name);
+            card.save(path)?;
+            eprintln!(
+                "match thresholds calibrated on the {split} split written to {}",
+                path.join("card.json").display()
+            );
+        }
         return Ok((label, pairs, usable, features.bad_images));
+    }
+    if args.write_thresholds {
+        bail!(
+            "--write-thresholds needs a model directory trained by asen train (frozen backbone): {}",
+            path.display()
+        );
     }
     let embedder = Embedder::load(path, &EmbedderOptions::default())
         .with_context(|| format!("cannot load model {}", path.display()))?;

@@ -128,7 +128,12 @@ pub fn report_bad_images(bad: &[BadImage]) {
         bad.len()
     );
     for b in bad {
-        eprintln!("  {}: {}", b.path.display(), b.reason);
+        let path = b.path.display().to_string();
+        if b.reason.contains(&path) {
+            eprintln!("  {}", b.reason);
+        } else {
+            eprintln!("  {path}: {}", b.reason);
+        }
     }
 }
 

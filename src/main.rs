@@ -4,8 +4,8 @@
 mod api;
 mod cli;
 mod commands;
-mod ingest;
 mod config;
+mod ingest;
 mod service;
 mod telemetry;
 

@@ -1,10 +1,17 @@
 //! The one file that knows hnsw_rs: its anyhow results, `usize` ids, borrowed loaders and
 //! panicking asserts stop here. A [`Graph`] holds one attribute's HNSW over unit vectors.
 
+use std::collections::HashSet;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
-use hnsw_rs::prelude::{AnnT, DistL2, Distance, FilterT, Hnsw, HnswIo, Neighbour};
+use hnsw_rs::prelude::{AnnT, DistL2, Distance, Hnsw, HnswIo};
+use rayon::prelude::*;
+
+mod frozen;
+
+use frozen::{Frozen, FrozenBuilder, FrozenKind};
 
 use crate::error::{IndexError, Result};
 use crate::schema::{CatalogueSchema, VectorStorage};
@@ -74,10 +81,32 @@ enum Inner {
     Int8(Hnsw<'static, i8, DistInt8Cosine>),
 }
 
+/// Points inserted since the last freeze are searched exactly and merged with the frozen
+/// results; past `len / 100` of them, clamped to `MIN_REFREEZE..=MAX_REFREEZE`, the inserting
+/// thread refreezes (an O(len) copy, so larger graphs refreeze less often).
+const MIN_REFREEZE: usize = 256;
+/// The delta is kept under this many points however large the graph (an exact scan per query).
+const MAX_REFREEZE: usize = 1024;
+
+/// What a search reads: the frozen graph and the points inserted after it (unit `f32`).
+#[derive(Clone)]
+struct Snapshot {
+    frozen: Arc<Frozen>,
+    delta: Arc<Vec<(u64, Arc<[f32]>)>>,
+}
+
 /// One attribute's graph. Data ids are the catalogue's internal ids (`u64`).
+///
+/// hnsw_rs holds the live graph (inserts, dumps, loads); searches run over a [`Frozen`] flat
+/// copy of it plus an exact scan of the points inserted since that copy was made. Once the
+/// delta passes `len / 100` points (clamped to `MIN_REFREEZE..=MAX_REFREEZE`), the inserting
+/// thread refreezes.
 pub(crate) struct Graph {
     inner: Inner,
     dimension: usize,
+    state: RwLock<Snapshot>,
+    /// Held while a thread refreezes, so only one does.
+    freezing: Mutex<()>,
 }
 
 impl Graph {
@@ -104,10 +133,66 @@ impl Graph {
                 DistInt8Cosine,
             )),
         };
+        Graph::wrap(inner, schema.dimension)
+    }
+
+    fn wrap(inner: Inner, dimension: usize) -> Self {
+        let kind = match inner {
+            Inner::F32(_) => FrozenKind::F32,
+            Inner::F16(_) => FrozenKind::F16,
+            Inner::Int8(_) => FrozenKind::Int8,
+        };
         Graph {
             inner,
-            dimension: schema.dimension,
+            dimension,
+            state: RwLock::new(Snapshot {
+                frozen: Arc::new(Frozen::empty(kind, dimension)),
+                delta: Arc::new(Vec::new()),
+            }),
+            freezing: Mutex::new(()),
         }
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        self.state
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Copies the current hnsw_rs graph into a new [`Frozen`] and drops the delta points it
+    /// covers. Inserts may run meanwhile: points they add after the copy stay in the delta.
+    pub(crate) fn freeze(&self) {
+        let _one = self.freezing.lock().unwrap_or_else(PoisonError::into_inner);
+        let cut = self.snapshot().delta.len();
+        let frozen = match &self.inner {
+            Inner::F32(h) => freeze_hnsw(h, FrozenKind::F32, self.dimension, |b, id, v, l| {
+                b.push_f32(id, v, l)
+            }),
+            Inner::F16(h) => freeze_hnsw(h, FrozenKind::F16, self.dimension, |b, id, v, l| {
+                b.push_f16(id, v, l)
+            }),
+            Inner::Int8(h) => freeze_hnsw(h, FrozenKind::Int8, self.dimension, |b, id, v, l| {
+                b.push_i8(id, v, l)
+            }),
+        };
+        // Only a vector of the wrong length fails the copy; keep searching the old one + delta.
+        let Some(frozen) = frozen else {
+            return;
+        };
+        let mut state = self.state.write().unwrap_or_else(PoisonError::into_inner);
+        let rest = state.delta.get(cut..).unwrap_or_default().to_vec();
+        *state = Snapshot {
+            frozen: Arc::new(frozen),
+            delta: Arc::new(rest),
+        };
+    }
+
+    /// Points held by the frozen copy and the delta (for tests and stats).
+    #[cfg(test)]
+    fn frozen_split(&self) -> (usize, usize) {
+        let s = self.snapshot();
+        (s.frozen.len(), s.delta.len())
     }
 
     /// Whether graph scores are exact cosines (no rescoring needed).
@@ -155,11 +240,26 @@ impl Graph {
                 }
             }
         }
+        if points.is_empty() {
+            return;
+        }
+        let due = {
+            let mut state = self.state.write().unwrap_or_else(PoisonError::into_inner);
+            let mut delta = Vec::with_capacity(state.delta.len() + points.len());
+            delta.extend(state.delta.iter().cloned());
+            delta.extend(points.iter().map(|(v, id)| (*id, Arc::<[f32]>::from(*v))));
+            state.delta = Arc::new(delta);
+            let limit = (state.frozen.len() / 100).clamp(MIN_REFREEZE, MAX_REFREEZE);
+            state.delta.len() > limit
+        };
+        if due {
+            self.freeze();
+        }
     }
 
     /// The `k` nearest points to a unit query, as `(internal id, approximate cosine)`, best
-    /// first. With `keep`, only points it accepts are returned (hnsw_rs filter hook: slow for
-    /// selective predicates, see the crate docs).
+    /// first, from the frozen graph and an exact scan of newer points. With `keep`, only points
+    /// it accepts are returned (the walk passes through rejected points, as in hnswlib).
     pub(crate) fn search(
         &self,
         query: &[f32],
@@ -167,13 +267,54 @@ impl Graph {
         ef: usize,
         keep: Option<&(dyn Fn(u64) -> bool + Sync)>,
     ) -> Vec<(u64, f32)> {
-        let hook = keep.map(|f| move |id: &usize| f(*id as u64));
-        let filter: Option<&dyn FilterT> = hook.as_ref().map(|h| h as &dyn FilterT);
+        let snap = self.snapshot();
         let ef = ef.max(k);
-        let found: Vec<Neighbour> = match &self.inner {
-            Inner::F32(h) => h.search_filter(query, k, ef, filter),
-            Inner::F16(h) => h.search_filter(&to_f16_bits(query), k, ef, filter),
-            Inner::Int8(h) => h.search_filter(&quantize_i8(query), k, ef, filter),
+        let mut found = if snap.frozen.len() > 0 {
+            let q = snap.frozen.prepare(query);
+            snap.frozen.search(&q, k, ef, keep)
+        } else {
+            Vec::new()
+        };
+        if !snap.delta.is_empty() {
+            // Only delta points closer than the current k-th can enter the result.
+            let mut worst = if found.len() >= k {
+                found.last().map_or(f32::INFINITY, |w| w.1)
+            } else {
+                f32::INFINITY
+            };
+            let before = found.len();
+            for (id, v) in snap.delta.iter() {
+                let d = 1.0 - frozen::dot_f32(query, v);
+                if d >= worst || keep.is_some_and(|f| !f(*id)) {
+                    continue;
+                }
+                found.push((*id, d));
+                if found.len() >= 2 * k.max(16) {
+                    found.sort_by(|a, b| a.1.total_cmp(&b.1));
+                    found.truncate(k + (found.len() - k) / 2);
+                    worst = found.get(k - 1).map_or(worst, |w| w.1);
+                }
+            }
+            if found.len() > before {
+                // A point inserted while a freeze was copying may be in both parts.
+                let mut seen = HashSet::with_capacity(found.len());
+                found.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
+                found.retain(|(id, _)| seen.insert(*id));
+                found.truncate(k);
+            }
+        }
+        found.into_iter().map(|(id, d)| (id, 1.0 - d)).collect()
+    }
+
+    /// The same search through hnsw_rs's own `search_filter` on the live graph (the reference
+    /// the frozen search is tested against).
+    #[cfg(test)]
+    pub(crate) fn search_hnsw_rs(&self, query: &[f32], k: usize, ef: usize) -> Vec<(u64, f32)> {
+        let ef = ef.max(k);
+        let found: Vec<hnsw_rs::prelude::Neighbour> = match &self.inner {
+            Inner::F32(h) => h.search_filter(query, k, ef, None),
+            Inner::F16(h) => h.search_filter(&to_f16_bits(query), k, ef, None),
+            Inner::Int8(h) => h.search_filter(&quantize_i8(query), k, ef, None),
         };
         let l2 = matches!(self.inner, Inner::F32(_));
         found
@@ -281,10 +422,7 @@ impl Graph {
             Ok(Err(msg)) => return Err(graph_error(attribute, format!("load failed: {msg}"))),
             Err(_) => return Err(graph_error(attribute, "load panicked on a malformed dump")),
         };
-        let graph = Graph {
-            inner,
-            dimension: schema.dimension,
-        };
+        let graph = Graph::wrap(inner, schema.dimension);
         let dim = match &graph.inner {
             Inner::F32(h) => h.get_point_indexation().get_data_dimension(),
             Inner::F16(h) => h.get_point_indexation().get_data_dimension(),
@@ -296,8 +434,76 @@ impl Graph {
                 format!("dump has dimension {dim}, schema says {}", schema.dimension),
             ));
         }
+        graph.freeze();
         Ok(graph)
     }
+}
+
+/// Copies an hnsw_rs graph into a [`Frozen`]: points ordered by level (highest first), links
+/// translated from hnsw_rs's `(layer, rank)` point ids to dense indices. Links to points that
+/// are not in the copy (inserted while it was made) are dropped.
+fn freeze_hnsw<T, D, F>(
+    h: &Hnsw<'static, T, D>,
+    kind: FrozenKind,
+    dim: usize,
+    push: F,
+) -> Option<Frozen>
+where
+    T: Clone + Send + Sync,
+    D: Distance<T> + Send + Sync,
+    F: Fn(&mut FrozenBuilder, u64, &[T], Vec<Vec<u32>>) -> bool,
+{
+    let pi = h.get_point_indexation();
+    if pi.get_nb_point() == 0 {
+        return Some(Frozen::empty(kind, dim));
+    }
+    let top = pi.get_max_level_observed() as usize;
+    // Dense order: layer `top` first; `dense[l][rank]` is the dense index of point (l, rank).
+    let mut points = Vec::with_capacity(pi.get_nb_point());
+    let mut dense: Vec<Vec<u32>> = vec![Vec::new(); top + 1];
+    for l in (0..=top).rev() {
+        for p in pi.get_layer_iterator(l) {
+            let rank = p.get_point_id().1;
+            if rank < 0 {
+                continue;
+            }
+            let slot = &mut dense[l];
+            if slot.len() <= rank as usize {
+                slot.resize(rank as usize + 1, u32::MAX);
+            }
+            slot[rank as usize] = points.len() as u32;
+            points.push(p);
+        }
+    }
+    let links: Vec<Vec<Vec<u32>>> = points
+        .par_iter()
+        .map(|p| {
+            let level = p.get_point_id().0 as usize;
+            let mut hood = p.get_neighborhood_id();
+            hood.truncate(level + 1);
+            hood.into_iter()
+                .map(|ns| {
+                    ns.into_iter()
+                        .filter_map(|n| {
+                            let pid = n.p_id;
+                            let d = *dense
+                                .get(pid.0 as usize)?
+                                .get(usize::try_from(pid.1).ok()?)?;
+                            (d != u32::MAX).then_some(d)
+                        })
+                        .collect()
+                })
+                .collect()
+        })
+        .collect();
+    let mut b = FrozenBuilder::new(kind, dim, points.len());
+    for (p, l) in points.iter().zip(links) {
+        // A vector of another length would shift every later dense index: give up the copy.
+        if !push(&mut b, p.get_origin_id() as u64, p.get_v(), l) {
+            return None;
+        }
+    }
+    Some(b.finish())
 }
 
 mod anyhow_free {
@@ -369,6 +575,123 @@ mod tests {
             assert_eq!(back.len(), 300);
             assert_eq!(back.search(&data[42], 1, 64, None)[0].0, 49);
         }
+    }
+
+    /// Clustered unit vectors: `centres` random centres plus noise (like real embeddings).
+    fn clustered(n: usize, dim: usize, centres: usize) -> Vec<Vec<f32>> {
+        let c = points(centres, dim);
+        let noise = points(n + 1, dim);
+        (0..n)
+            .map(|i| {
+                unit(
+                    c[i % centres]
+                        .iter()
+                        .zip(&noise[i + 1])
+                        .map(|(a, b)| a + 0.6 * b)
+                        .collect(),
+                )
+            })
+            .collect()
+    }
+
+    fn exact_top(data: &[Vec<f32>], q: &[f32], k: usize) -> Vec<u64> {
+        let mut s: Vec<(u64, f32)> = data
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (i as u64, v.iter().zip(q).map(|(a, b)| a * b).sum()))
+            .collect();
+        s.sort_by(|a, b| b.1.total_cmp(&a.1));
+        s.into_iter().take(k).map(|x| x.0).collect()
+    }
+
+    #[test]
+    fn frozen_search_agrees_with_hnsw_rs_and_brute_force() {
+        let (n, dim, k, ef) = (4000, 32, 10, 64);
+        let all = clustered(n + 100, dim, 20);
+        let (data, queries) = all.split_at(n);
+        for storage in [VectorStorage::F32, VectorStorage::F16, VectorStorage::Int8] {
+            let schema = CatalogueSchema::new(["a"], dim).with_storage(storage);
+            let g = Graph::new(&schema, n);
+            let pts: Vec<(&[f32], u64)> = data
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (v.as_slice(), i as u64))
+                .collect();
+            g.insert(&pts);
+            g.freeze();
+            assert_eq!(g.frozen_split(), (n, 0), "{storage:?}");
+            let (mut same, mut hit_frozen, mut hit_hnsw) = (0, 0, 0);
+            for q in queries {
+                let ours: Vec<u64> = g.search(q, k, ef, None).iter().map(|h| h.0).collect();
+                let theirs: Vec<u64> = g.search_hnsw_rs(q, k, ef).iter().map(|h| h.0).collect();
+                let truth = exact_top(data, q, k);
+                assert_eq!(ours.len(), k);
+                same += ours.iter().filter(|id| theirs.contains(id)).count();
+                hit_frozen += ours.iter().filter(|id| truth.contains(id)).count();
+                hit_hnsw += theirs.iter().filter(|id| truth.contains(id)).count();
+            }
+            let total = (queries.len() * k) as f64;
+            let (same, rf, rh) = (
+                same as f64 / total,
+                hit_frozen as f64 / total,
+                hit_hnsw as f64 / total,
+            );
+            assert!(
+                same >= 0.9,
+                "{storage:?}: frozen and hnsw_rs top-k overlap {same}"
+            );
+            // The compressed kinds rank approximately (rescoring fixes it in the store).
+            let floor = if storage == VectorStorage::F32 {
+                0.95
+            } else {
+                0.85
+            };
+            assert!(
+                rf >= floor,
+                "{storage:?}: frozen recall {rf} (hnsw_rs {rh})"
+            );
+            assert!(
+                rf >= rh - 0.02,
+                "{storage:?}: frozen recall {rf} < hnsw_rs {rh}"
+            );
+        }
+    }
+
+    #[test]
+    fn inserts_after_a_freeze_are_found_and_trigger_a_refreeze() {
+        let dim = 16;
+        let data = points(MIN_REFREEZE + 600, dim);
+        let schema = CatalogueSchema::new(["a"], dim);
+        let g = Graph::new(&schema, data.len());
+        let pts: Vec<(&[f32], u64)> = data
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (v.as_slice(), i as u64))
+            .collect();
+        g.insert(&pts[..200]);
+        assert_eq!(
+            g.frozen_split(),
+            (0, 200),
+            "under the limit: all in the delta"
+        );
+        g.freeze();
+        assert_eq!(g.frozen_split(), (200, 0));
+        g.insert(&pts[200..300]);
+        assert_eq!(g.frozen_split(), (200, 100));
+        // A delta point and a frozen point are both found, with exact-ish scores.
+        for i in [42usize, 250] {
+            let hits = g.search(&data[i], 3, 64, None);
+            assert_eq!(hits[0].0, i as u64);
+            assert!((hits[0].1 - 1.0).abs() < 1e-4);
+        }
+        let even = |id: u64| id % 2 == 0;
+        let hits = g.search(&data[251], 5, 64, Some(&even));
+        assert_eq!(hits.len(), 5);
+        assert!(hits.iter().all(|(id, _)| id % 2 == 0));
+        // Past the limit the inserting call refreezes everything.
+        g.insert(&pts[300..]);
+        assert_eq!(g.frozen_split(), (data.len(), 0));
+        assert_eq!(g.search(&data[800], 1, 64, None)[0].0, 800);
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! ResNet-50 uses the golden v1 checkpoint's backbone when `../shared` is
 //! present, otherwise random weights (timing does not depend on the values).
 //! The PyTorch counterpart is `benches/pytorch_backbones.py`; results and
-//! the machine are recorded in `docs/bench/backbones.md`.
+//! the machine are recorded in `docs/benchmarks.md`.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

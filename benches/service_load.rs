@@ -9,7 +9,7 @@
 //! of the first `ASEN_LOAD_ATTRIBUTES` (default 2) model attributes; no model forwards), then the server is started over it and every client loops
 //! `POST /v1/catalogues/load/search` with a random stored item as the query (`k` = 10, one
 //! attribute) or, with `ASEN_LOAD_QUERY=vector`, a random vector. Results go in
-//! `docs/bench/service.md`. The model is the shared v1 checkpoint (`ASEN_LOAD_MODEL` overrides).
+//! `docs/benchmarks.md`. The model is the shared v1 checkpoint (`ASEN_LOAD_MODEL` overrides).
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};

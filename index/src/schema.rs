@@ -51,7 +51,7 @@ impl Default for HnswConfig {
             m: 16,
             ef_construction: 200,
             // 64 gave recall@10 0.94 on 100k clustered 256-d vectors, 128 gave 0.98
-            // (docs/bench/index.md).
+            // (docs/benchmarks.md).
             ef_search: 128,
         }
     }

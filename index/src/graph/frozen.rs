@@ -1,7 +1,7 @@
 //! A read-only, flat copy of an HNSW graph and the search over it.
 //!
 //! hnsw_rs's own search allocates an `Arc` per candidate, builds a fresh visited `HashMap` per call
-//! and takes a lock per neighbour list (see `docs/bench/index.md`). A [`Frozen`] graph holds the
+//! and takes a lock per neighbour list (see `docs/benchmarks.md`). A [`Frozen`] graph holds the
 //! same links as `u32` CSR arrays per layer and the vectors contiguously, and searches with
 //! `(distance, u32)` heaps and a visited-epoch array reused per thread. It knows nothing of
 //! hnsw_rs: `graph.rs` fills it through [`FrozenBuilder`].

@@ -93,7 +93,7 @@ pub struct StoreOptions {
     /// [`LocalStore::checkpoint`] and on close).
     pub dump_every_inserts: u64,
     /// With [`FilterStrategy::Auto`], filtered searches scan the matching items exactly when at
-    /// most this fraction of live items match (see `docs/bench/index.md`).
+    /// most this fraction of live items match (see `docs/benchmarks.md`).
     pub exact_scan_fraction: f64,
     /// ... or when at most this many items match, whatever the fraction.
     pub exact_scan_max_items: usize,

@@ -144,7 +144,7 @@ pub fn locate_weights(file: &str, preferred_dir: Option<&Path>) -> Result<PathBu
 /// Images per forward on the CPU: larger batches are split. Keeps the
 /// im2col buffers and activations near the caches (the ResNet stem's im2col
 /// is 7.4 MB per image) while each gemm still sees several images; batch 16
-/// in chunks of 4 measured faster than one pass of 16 (docs/bench/backbones.md).
+/// in chunks of 4 measured faster than one pass of 16 (docs/benchmarks.md).
 const CPU_MICRO_BATCH: usize = 4;
 
 #[derive(Debug, Clone)]

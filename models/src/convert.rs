@@ -257,7 +257,7 @@ fn group(n: usize) -> String {
 }
 
 /// Today's UTC date as `YYYY-MM-DD` (civil-from-days, proleptic Gregorian).
-fn utc_date_today() -> String {
+pub(crate) fn utc_date_today() -> String {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())

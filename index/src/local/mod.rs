@@ -316,10 +316,7 @@ impl LocalStore {
     pub fn open(dir: impl AsRef<Path>, options: StoreOptions) -> Result<Self> {
         let dir = dir.as_ref().to_path_buf();
         std::fs::create_dir_all(&dir).map_err(|e| IndexError::io(&dir, e))?;
-        let db = sled::Config::new()
-            .path(dir.join("sled"))
-            .cache_capacity(options.cache_capacity_bytes)
-            .open()?;
+        let db = open_sled(&dir.join("sled"), options.cache_capacity_bytes)?;
         let entries = db.open_tree(CATALOGUES_TREE)?;
         let mut catalogues = BTreeMap::new();
         let mut recovery = Vec::new();
@@ -551,6 +548,29 @@ struct PreparedItem {
     vectors: Vec<Option<Vec<f32>>>,
     payload: Payload,
     content_hash: Option<String>,
+}
+
+/// Open sled, waiting up to 3 s for its file lock: a store dropped an instant
+/// ago releases the lock only when sled's background flusher thread exits on
+/// its next tick, so an immediate reopen in the same process would fail.
+/// Another live process holding the store still gets the lock error.
+fn open_sled(path: &Path, cache_capacity_bytes: u64) -> Result<sled::Db> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    loop {
+        match sled::Config::new()
+            .path(path)
+            .cache_capacity(cache_capacity_bytes)
+            .open()
+        {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            other => return Ok(other?),
+        }
+    }
 }
 
 impl Drop for LocalStore {

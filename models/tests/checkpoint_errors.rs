@@ -2,6 +2,8 @@
 //! The broken files are written here from the good golden ones (skipped with a
 //! notice when the fixtures are absent, failing when `ASEN_REQUIRE_SHARED=1`).
 
+mod fixtures;
+
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -9,22 +11,9 @@ use std::path::{Path, PathBuf};
 use asen_models::{Checkpoint, ModelError};
 use candle_core::{DType, Device, Tensor};
 
+/// `<shared>/golden`, or `None` after the skip notice (see `fixtures::shared_dir`).
 fn golden_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("ASEN_SHARED_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared")))
-        .join("golden");
-    if dir.join("README.md").exists() {
-        return Some(dir);
-    }
-    if std::env::var("ASEN_REQUIRE_SHARED").as_deref() == Ok("1") {
-        panic!(
-            "ASEN_REQUIRE_SHARED=1 but the golden fixtures are missing at {}",
-            dir.display()
-        );
-    }
-    eprintln!("SKIP: golden fixtures not found at {}", dir.display());
-    None
+    fixtures::shared_dir("checkpoint_errors").map(|d| d.join("golden"))
 }
 
 /// The error as one line; asserts it names the file.

@@ -3,26 +3,15 @@
 //! Skips with a notice when the fixtures are absent, fails instead when
 //! `ASEN_REQUIRE_SHARED=1`.
 
+mod fixtures;
+
 use std::path::PathBuf;
 
 use asen_models::{Checkpoint, CheckpointFormat, HeadKind};
 
+/// `<shared>/golden`, or `None` after the skip notice (see `fixtures::shared_dir`).
 fn golden_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("ASEN_SHARED_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared")))
-        .join("golden");
-    if dir.join("README.md").exists() {
-        return Some(dir);
-    }
-    if std::env::var("ASEN_REQUIRE_SHARED").as_deref() == Ok("1") {
-        panic!(
-            "ASEN_REQUIRE_SHARED=1 but the golden fixtures are missing at {}",
-            dir.display()
-        );
-    }
-    eprintln!("SKIP: golden fixtures not found at {}", dir.display());
-    None
+    fixtures::shared_dir("parity_heads").map(|d| d.join("golden"))
 }
 
 #[test]

@@ -635,6 +635,33 @@ impl CustomOp1 for DepthwiseOp {
     }
 }
 
+/// The inverted bottleneck shared by MobileNetV2 (`InvertedResidual`) and
+/// EfficientNet-Lite (MBConv without squeeze-excitation): optional 1x1 expand,
+/// depthwise, linear 1x1 projection, identity skip when `residual`
+/// (stride 1 and in == out). The backbones differ only in names and padding.
+#[derive(Debug, Clone)]
+pub(crate) struct InvertedBottleneck {
+    pub(crate) expand: Option<ConvBnAct>,
+    pub(crate) depthwise: DepthwiseConvBnAct,
+    pub(crate) project: ConvBnAct,
+    pub(crate) residual: bool,
+}
+
+impl Module for InvertedBottleneck {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let y = match &self.expand {
+            Some(e) => e.forward(x)?,
+            None => x.clone(),
+        };
+        let y = self.project.forward(&self.depthwise.forward(&y)?)?;
+        if self.residual {
+            y + x
+        } else {
+            Ok(y)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,7 +9,7 @@ use candle_core::{Module, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
 use crate::error::Result;
-use crate::layers::{Activation, ConvBnAct, DepthwiseConvBnAct, Padding};
+use crate::layers::{Activation, ConvBnAct, DepthwiseConvBnAct, InvertedBottleneck, Padding};
 
 const BN_EPS: f64 = 1e-3;
 /// (repeats, kernel, first stride, expansion, output channels) per stage.
@@ -31,72 +31,47 @@ const CLASSES: usize = 1000;
 /// `_bn0`, ReLU6), depthwise (`_depthwise_conv`, `_bn1`, ReLU6), linear 1x1
 /// projection (`_project_conv`, `_bn2`), identity skip when stride 1 and
 /// in == out.
-#[derive(Debug, Clone)]
-struct MbConv {
-    expand: Option<ConvBnAct>,
-    depthwise: DepthwiseConvBnAct,
-    project: ConvBnAct,
-    skip: bool,
-}
-
-impl MbConv {
-    fn new(
-        vb: VarBuilder,
-        (c_in, c_out): (usize, usize),
-        (kernel, stride, expansion): (usize, usize, usize),
-    ) -> Result<Self> {
-        let hidden = c_in * expansion;
-        let pw = Padding::Symmetric(0);
-        let expand = if expansion != 1 {
-            Some(ConvBnAct::new(
-                vb.pp("_expand_conv"),
-                vb.pp("_bn0"),
-                (c_in, hidden, 1, 1),
-                pw,
-                BN_EPS,
-                Activation::Relu6,
-            )?)
-        } else {
-            None
-        };
-        let depthwise = DepthwiseConvBnAct::new(
-            vb.pp("_depthwise_conv"),
-            vb.pp("_bn1"),
-            (hidden, kernel, stride),
-            Padding::Same,
-            BN_EPS,
-            Activation::Relu6,
-        )?;
-        let project = ConvBnAct::new(
-            vb.pp("_project_conv"),
-            vb.pp("_bn2"),
-            (hidden, c_out, 1, 1),
+fn mb_conv(
+    vb: VarBuilder,
+    (c_in, c_out): (usize, usize),
+    (kernel, stride, expansion): (usize, usize, usize),
+) -> Result<InvertedBottleneck> {
+    let hidden = c_in * expansion;
+    let pw = Padding::Symmetric(0);
+    let expand = if expansion != 1 {
+        Some(ConvBnAct::new(
+            vb.pp("_expand_conv"),
+            vb.pp("_bn0"),
+            (c_in, hidden, 1, 1),
             pw,
             BN_EPS,
-            Activation::None,
-        )?;
-        Ok(Self {
-            expand,
-            depthwise,
-            project,
-            skip: stride == 1 && c_in == c_out,
-        })
-    }
-}
-
-impl Module for MbConv {
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let y = match &self.expand {
-            Some(e) => e.forward(x)?,
-            None => x.clone(),
-        };
-        let y = self.project.forward(&self.depthwise.forward(&y)?)?;
-        if self.skip {
-            y + x
-        } else {
-            Ok(y)
-        }
-    }
+            Activation::Relu6,
+        )?)
+    } else {
+        None
+    };
+    let depthwise = DepthwiseConvBnAct::new(
+        vb.pp("_depthwise_conv"),
+        vb.pp("_bn1"),
+        (hidden, kernel, stride),
+        Padding::Same,
+        BN_EPS,
+        Activation::Relu6,
+    )?;
+    let project = ConvBnAct::new(
+        vb.pp("_project_conv"),
+        vb.pp("_bn2"),
+        (hidden, c_out, 1, 1),
+        pw,
+        BN_EPS,
+        Activation::None,
+    )?;
+    Ok(InvertedBottleneck {
+        expand,
+        depthwise,
+        project,
+        residual: stride == 1 && c_in == c_out,
+    })
 }
 
 /// EfficientNet-Lite0 features: `[B, 3, H, W]` -> `[B, 1280, H/32, W/32]`
@@ -104,7 +79,7 @@ impl Module for MbConv {
 #[derive(Debug, Clone)]
 pub struct EfficientNetLite0 {
     stem: ConvBnAct,
-    blocks: Vec<MbConv>,
+    blocks: Vec<InvertedBottleneck>,
     head: ConvBnAct,
 }
 
@@ -130,7 +105,7 @@ impl EfficientNetLite0 {
             for i in 0..repeats {
                 let s = if i == 0 { stride } else { 1 };
                 let vb = vb_blocks.pp(blocks.len().to_string());
-                blocks.push(MbConv::new(vb, (c_in, c_out), (kernel, s, expansion))?);
+                blocks.push(mb_conv(vb, (c_in, c_out), (kernel, s, expansion))?);
                 c_in = c_out;
             }
         }

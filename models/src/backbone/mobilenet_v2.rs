@@ -8,7 +8,7 @@ use candle_core::{Module, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::error::Result;
-use crate::layers::{Activation, ConvBnAct, DepthwiseConvBnAct, Padding};
+use crate::layers::{Activation, ConvBnAct, DepthwiseConvBnAct, InvertedBottleneck, Padding};
 
 const BN_EPS: f64 = 1e-5;
 /// (expansion t, output channels c, repeats n, first stride s).
@@ -27,71 +27,52 @@ const HEAD: usize = 1280;
 /// torchvision `InvertedResidual`: optional 1x1 expand + ReLU6, 3x3
 /// depthwise + ReLU6, 1x1 linear projection, residual when stride 1 and
 /// in == out.
-#[derive(Debug, Clone)]
-struct InvertedResidual {
-    expand: Option<ConvBnAct>,
-    depthwise: DepthwiseConvBnAct,
-    project: ConvBnAct,
-    residual: bool,
-}
-
-impl InvertedResidual {
-    fn new(vb: VarBuilder, c_in: usize, c_out: usize, stride: usize, t: usize) -> Result<Self> {
-        let vb = vb.pp("conv");
-        let hidden = c_in * t;
-        let pw = Padding::Symmetric(0);
-        // Index of the depthwise conv inside `conv`: 0 without expansion, 3 with.
-        let (expand, dw) = if t == 1 {
-            (None, 0)
-        } else {
-            let e = ConvBnAct::new(
-                vb.pp("0"),
-                vb.pp("1"),
-                (c_in, hidden, 1, 1),
-                pw,
-                BN_EPS,
-                Activation::Relu6,
-            )?;
-            (Some(e), 3)
-        };
-        let depthwise = DepthwiseConvBnAct::new(
-            vb.pp(dw.to_string()),
-            vb.pp((dw + 1).to_string()),
-            (hidden, 3, stride),
-            Padding::Symmetric(1),
+fn inverted_residual(
+    vb: VarBuilder,
+    c_in: usize,
+    c_out: usize,
+    stride: usize,
+    t: usize,
+) -> Result<InvertedBottleneck> {
+    let vb = vb.pp("conv");
+    let hidden = c_in * t;
+    let pw = Padding::Symmetric(0);
+    // Index of the depthwise conv inside `conv`: 0 without expansion, 3 with.
+    let (expand, dw) = if t == 1 {
+        (None, 0)
+    } else {
+        let e = ConvBnAct::new(
+            vb.pp("0"),
+            vb.pp("1"),
+            (c_in, hidden, 1, 1),
+            pw,
             BN_EPS,
             Activation::Relu6,
         )?;
-        let project = ConvBnAct::new(
-            vb.pp((dw + 3).to_string()),
-            vb.pp((dw + 4).to_string()),
-            (hidden, c_out, 1, 1),
-            pw,
-            BN_EPS,
-            Activation::None,
-        )?;
-        Ok(Self {
-            expand,
-            depthwise,
-            project,
-            residual: stride == 1 && c_in == c_out,
-        })
-    }
-}
-
-impl Module for InvertedResidual {
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let y = match &self.expand {
-            Some(e) => e.forward(x)?,
-            None => x.clone(),
-        };
-        let y = self.project.forward(&self.depthwise.forward(&y)?)?;
-        if self.residual {
-            y + x
-        } else {
-            Ok(y)
-        }
-    }
+        (Some(e), 3)
+    };
+    let depthwise = DepthwiseConvBnAct::new(
+        vb.pp(dw.to_string()),
+        vb.pp((dw + 1).to_string()),
+        (hidden, 3, stride),
+        Padding::Symmetric(1),
+        BN_EPS,
+        Activation::Relu6,
+    )?;
+    let project = ConvBnAct::new(
+        vb.pp((dw + 3).to_string()),
+        vb.pp((dw + 4).to_string()),
+        (hidden, c_out, 1, 1),
+        pw,
+        BN_EPS,
+        Activation::None,
+    )?;
+    Ok(InvertedBottleneck {
+        expand,
+        depthwise,
+        project,
+        residual: stride == 1 && c_in == c_out,
+    })
 }
 
 /// MobileNetV2 features: `[B, 3, H, W]` -> `[B, 1280, H/32, W/32]`
@@ -99,7 +80,7 @@ impl Module for InvertedResidual {
 #[derive(Debug, Clone)]
 pub struct MobileNetV2 {
     stem: ConvBnAct,
-    blocks: Vec<InvertedResidual>,
+    blocks: Vec<InvertedBottleneck>,
     head: ConvBnAct,
 }
 
@@ -123,7 +104,7 @@ impl MobileNetV2 {
         for (t, c, n, s) in SETTINGS {
             for i in 0..n {
                 let stride = if i == 0 { s } else { 1 };
-                blocks.push(InvertedResidual::new(
+                blocks.push(inverted_residual(
                     vb.pp((blocks.len() + 1).to_string()),
                     c_in,
                     c,

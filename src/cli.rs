@@ -308,6 +308,10 @@ pub struct TrainArgs {
     /// Continue from <out>/last/ (optimizer-free: Adam restarts).
     #[arg(long)]
     pub resume: bool,
+    /// Append the per-cell colour histogram (61 CIELab bins) to the backbone's
+    /// feature map: the frozen ImageNet layer keeps little colour.
+    #[arg(long)]
+    pub colour_histogram: bool,
     /// Device: only cpu trains here (frozen backbone); cuda fine-tuning is not implemented.
     #[arg(long, default_value = "cpu")]
     pub device: String,

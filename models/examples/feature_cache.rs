@@ -2,7 +2,8 @@
 //!
 //! `cargo run --release -p asen-models --example feature_cache -- LABELS.csv BACKBONE CACHE_FILE [LIMIT]`
 //! (attributes: gender masterCategory subCategory articleType baseColour season usage pattern).
-//! With LIMIT, only the first LIMIT images are kept (a timing run).
+//! With LIMIT, only the first LIMIT images are kept (a timing run). BACKBONE `mobilenet_v2+colour`
+//! appends the colour histogram channels (`asen train --colour-histogram`).
 
 use std::time::Instant;
 
@@ -25,7 +26,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     ];
     let dataset = Dataset::load_csv(csv, &CsvOptions::new(attributes))?;
     let limit: Option<usize> = rest.first().map(|s| s.parse()).transpose()?;
-    let opts = FeatureOptions::new(backbone.parse()?);
+    // `mobilenet_v2+colour` appends the per-cell colour histogram.
+    let (name, colour) = match backbone.strip_suffix("+colour") {
+        Some(name) => (name, true),
+        None => (backbone.as_str(), false),
+    };
+    let mut opts = FeatureOptions::new(name.parse()?);
+    opts.colour_histogram = colour;
     let start = Instant::now();
     let total = limit.unwrap_or(dataset.len());
     let features = if let Some(n) = limit {

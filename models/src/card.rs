@@ -83,8 +83,12 @@ pub struct ModelCard {
     pub attributes: Vec<AttributeSpec>,
     /// Embedding size `D`.
     pub embedding_dim: usize,
-    /// Channels of the backbone feature map.
+    /// Channels of the backbone feature map (the colour histogram's included).
     pub feature_channels: usize,
+    /// Whether the per-cell colour histogram ([`crate::colour`]) is appended
+    /// to the backbone's channels.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub colour_histogram: bool,
     /// Head hyper-parameters.
     pub head_config: HeadConfig,
     /// Optional per-attribute cosine similarity above which two items count as
@@ -113,6 +117,7 @@ impl ModelCard {
             attributes,
             embedding_dim: head_config.embedding_dim,
             feature_channels: head_config.in_channels,
+            colour_histogram: false,
             head_config,
             match_thresholds: None,
             provenance: Provenance::default(),

@@ -138,14 +138,18 @@ impl Embedder {
         }
         let device = opts.device.clone();
         let kind: BackboneKind = card.backbone.parse()?;
-        if kind.out_channels() != card.feature_channels {
+        let channels = kind.feature_channels(card.colour_histogram);
+        if channels != card.feature_channels {
             return Err(ModelError::Card {
                 path: ckpt.path().to_path_buf(),
                 reason: format!(
-                    "feature_channels {} does not match backbone {} ({} channels)",
+                    "feature_channels {} does not match backbone {kind}{} ({channels} channels)",
                     card.feature_channels,
-                    kind,
-                    kind.out_channels()
+                    if card.colour_histogram {
+                        " with the colour histogram"
+                    } else {
+                        ""
+                    },
                 ),
             });
         }
@@ -156,6 +160,11 @@ impl Embedder {
             Backbone::load(kind, &weights, &device)?
         } else {
             load_backbone(kind, backbone_tensors, ckpt.path(), &device)?
+        };
+        let backbone = if card.colour_histogram {
+            backbone.with_colour_histogram(&device)?
+        } else {
+            backbone
         };
         let preprocess = PreprocessConfig {
             size: card.input_size as usize,

@@ -29,6 +29,7 @@
 mod backbone;
 pub mod card;
 pub mod checkpoint;
+pub mod colour;
 mod convert;
 mod data;
 mod device;

@@ -49,8 +49,8 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
                 .data
                 .cache
                 .clone()
-                .unwrap_or_else(|| default_cache(cache_dir, backbone, 224));
-            let (features, usable) = cached_features(&dataset, backbone, 224, &cache)?;
+                .unwrap_or_else(|| default_cache(cache_dir, backbone, false, 224));
+            let (features, usable) = cached_features(&dataset, backbone, false, 224, &cache)?;
             let pairs = pooled_split(&features.cache, &usable, split)?;
             (
                 format!("imagenet pooled {backbone}"),
@@ -103,12 +103,13 @@ fn evaluate_model(
         let head_attributes = model_attributes(&model.card, dataset)?;
         let backbone: BackboneKind = model.card.backbone.parse()?;
         let size = model.card.input_size;
+        let colour = model.card.colour_histogram;
         let cache = args
             .data
             .cache
             .clone()
-            .unwrap_or_else(|| default_cache(cache_dir, backbone, size));
-        let (features, usable) = cached_features(dataset, backbone, size, &cache)?;
+            .unwrap_or_else(|| default_cache(cache_dir, backbone, colour, size));
+        let (features, usable) = cached_features(dataset, backbone, colour, size, &cache)?;
         let pairs = embed_split(
             &model.head,
             &features.cache,

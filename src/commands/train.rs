@@ -30,6 +30,7 @@ struct TrainFile {
     cache: Option<PathBuf>,
     out: Option<PathBuf>,
     backbone: Option<String>,
+    colour_histogram: Option<bool>,
     head: Option<String>,
     dim: Option<usize>,
     attention_dim: Option<usize>,
@@ -86,10 +87,12 @@ pub fn load_dataset(args: &DataArgs) -> anyhow::Result<Dataset> {
 pub fn cached_features(
     dataset: &Dataset,
     backbone: BackboneKind,
+    colour_histogram: bool,
     input_size: u32,
     cache: &Path,
 ) -> anyhow::Result<(DatasetFeatures, Dataset)> {
     let mut opts = FeatureOptions::new(backbone);
+    opts.colour_histogram = colour_histogram;
     opts.input_size = input_size;
     let bar = ProgressBar::new(dataset.len() as u64);
     bar.set_style(
@@ -114,8 +117,17 @@ pub fn cached_features(
 }
 
 /// The cache file used when none is given.
-pub fn default_cache(dir: &Path, backbone: BackboneKind, input_size: u32) -> PathBuf {
-    dir.join(format!("features-{}-{input_size}.bin", backbone.name()))
+pub fn default_cache(
+    dir: &Path,
+    backbone: BackboneKind,
+    colour_histogram: bool,
+    input_size: u32,
+) -> PathBuf {
+    let colour = if colour_histogram { "+colour" } else { "" };
+    dir.join(format!(
+        "features-{}{colour}-{input_size}.bin",
+        backbone.name()
+    ))
 }
 
 /// Print the unusable images, one per line, after a run.
@@ -190,6 +202,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     }
     let head = parse_head(&args.head.or(file.head).unwrap_or_else(|| "asen_v2".into()))?;
     let mut cfg = TrainConfig::new(head, backbone);
+    cfg.colour_histogram = args.colour_histogram || file.colour_histogram.unwrap_or(false);
     cfg.embedding_dim = args.dim.or(file.dim).unwrap_or(cfg.embedding_dim);
     cfg.attention_dim = args
         .attention_dim
@@ -237,19 +250,30 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let cache = data
         .cache
         .clone()
-        .unwrap_or_else(|| default_cache(&out, backbone, cfg.input_size));
-    let (features, usable) = cached_features(&dataset, backbone, cfg.input_size, &cache)?;
+        .unwrap_or_else(|| default_cache(&out, backbone, cfg.colour_histogram, cfg.input_size));
+    let (features, usable) = cached_features(
+        &dataset,
+        backbone,
+        cfg.colour_histogram,
+        cfg.input_size,
+        &cache,
+    )?;
 
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let notes = format!(
-        "trained by asen train on {} ({} images: {} train, {} valid, {} test; {} unusable); frozen {} ImageNet backbone",
+        "trained by asen train on {} ({} images: {} train, {} valid, {} test; {} unusable); frozen {} ImageNet backbone{}",
         data.data.as_deref().unwrap_or(Path::new("")).display(),
         dataset.len(),
         dataset.split_indices(Split::Train).len(),
         dataset.split_indices(Split::Valid).len(),
         dataset.split_indices(Split::Test).len(),
         features.bad_images.len(),
-        backbone
+        backbone,
+        if cfg.colour_histogram {
+            " and the per-cell colour histogram"
+        } else {
+            ""
+        }
     );
     let bar = ProgressBar::new(0);
     bar.set_style(

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
 
+use crate::colour::ColourHistogram;
 use crate::error::{ModelError, Result};
 
 pub use efficientnet_lite::{EfficientNetLite0, Lite0Classifier};
@@ -59,6 +60,17 @@ impl BackboneKind {
             BackboneKind::MobileNetV2 => MobileNetV2::OUT_CHANNELS,
             BackboneKind::EfficientNetLite0 => EfficientNetLite0::OUT_CHANNELS,
         }
+    }
+
+    /// Channels of the feature map with or without the appended colour
+    /// histogram ([`crate::colour`]).
+    pub fn feature_channels(self, colour_histogram: bool) -> usize {
+        self.out_channels()
+            + if colour_histogram {
+                crate::colour::COLOUR_BINS
+            } else {
+                0
+            }
     }
 
     /// Total downsampling factor (input side / feature-map side).
@@ -155,11 +167,13 @@ enum Net {
 }
 
 /// A backbone ready for inference: `[B, 3, H, W]` normalised images to the
-/// feature map `[B, C, h, w]` (C = [`BackboneKind::out_channels`]).
+/// feature map `[B, C, h, w]` (C = [`Backbone::out_channels`]: the network's
+/// channels, then the colour histogram's when it has one).
 #[derive(Debug, Clone)]
 pub struct Backbone {
     kind: BackboneKind,
     net: Net,
+    colour: Option<ColourHistogram>,
 }
 
 impl Backbone {
@@ -172,7 +186,28 @@ impl Backbone {
             BackboneKind::MobileNetV2 => Net::MobileNetV2(MobileNetV2::new(vb)?),
             BackboneKind::EfficientNetLite0 => Net::EfficientNetLite0(EfficientNetLite0::new(vb)?),
         };
-        Ok(Self { kind, net })
+        Ok(Self {
+            kind,
+            net,
+            colour: None,
+        })
+    }
+
+    /// Append the per-cell colour histogram ([`crate::colour`]) to every
+    /// feature map: [`crate::colour::COLOUR_BINS`] more channels.
+    pub fn with_colour_histogram(mut self, device: &Device) -> Result<Self> {
+        self.colour = Some(ColourHistogram::new(device)?);
+        Ok(self)
+    }
+
+    /// Whether the colour histogram is appended.
+    pub fn has_colour_histogram(&self) -> bool {
+        self.colour.is_some()
+    }
+
+    /// Channels of the feature maps this backbone returns.
+    pub fn out_channels(&self) -> usize {
+        self.kind.feature_channels(self.has_colour_histogram())
     }
 
     /// Load `kind` from a safetensors file (float32) onto `device`.
@@ -230,7 +265,14 @@ impl Backbone {
             Net::MobileNetV2(m) => m.forward(x)?,
             Net::EfficientNetLite0(m) => m.forward(x)?,
         };
-        Ok(y)
+        match &self.colour {
+            Some(colour) => {
+                let (_, _, h, w) = y.dims4()?;
+                let hist = colour.forward(x, h, w)?.to_dtype(y.dtype())?;
+                Ok(Tensor::cat(&[&y, &hist], 1)?)
+            }
+            None => Ok(y),
+        }
     }
 }
 

@@ -38,6 +38,8 @@ pub struct BadImage {
 pub struct FeatureOptions {
     /// The frozen backbone.
     pub backbone: BackboneKind,
+    /// Append the per-cell colour histogram ([`crate::colour`]) to its maps.
+    pub colour_histogram: bool,
     /// Directory searched first for its shipped ImageNet weights.
     pub weights_dir: Option<PathBuf>,
     /// Square input side (224).
@@ -53,6 +55,7 @@ impl FeatureOptions {
     pub fn new(backbone: BackboneKind) -> Self {
         Self {
             backbone,
+            colour_histogram: false,
             weights_dir: None,
             input_size: 224,
             batch_size: 32,
@@ -63,7 +66,19 @@ impl FeatureOptions {
     /// The cache key of `dataset` under these options.
     pub fn cache_key(&self, dataset: &Dataset) -> String {
         CacheKey {
-            backbone: format!("{}@imagenet", self.backbone.name()),
+            backbone: format!(
+                "{}{}@imagenet",
+                self.backbone.name(),
+                if self.colour_histogram {
+                    format!(
+                        "+colour{}sqrtx{}",
+                        crate::colour::COLOUR_BINS,
+                        crate::colour::GAIN
+                    )
+                } else {
+                    String::new()
+                }
+            ),
             input_size: self.input_size,
             dataset: dataset.fingerprint(),
         }
@@ -141,6 +156,11 @@ pub fn dataset_features(
         .backbone
         .imagenet_weights_path(opts.weights_dir.as_deref())?;
     let backbone = Backbone::load(opts.backbone, &weights, &opts.device)?;
+    let backbone = if opts.colour_histogram {
+        backbone.with_colour_histogram(&opts.device)?
+    } else {
+        backbone
+    };
     let cfg = PreprocessConfig {
         size: opts.input_size as usize,
         ..PreprocessConfig::default()

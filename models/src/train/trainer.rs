@@ -43,6 +43,10 @@ pub struct TrainConfig {
     pub head: HeadKind,
     /// The frozen backbone whose features are cached.
     pub backbone: BackboneKind,
+    /// Whether the per-cell colour histogram ([`crate::colour`]) is appended
+    /// to the backbone's feature map.
+    #[serde(default)]
+    pub colour_histogram: bool,
     /// Square input side in pixels.
     pub input_size: u32,
     /// Embedding size `D`.
@@ -73,6 +77,7 @@ impl TrainConfig {
         Self {
             head,
             backbone,
+            colour_histogram: false,
             input_size: 224,
             embedding_dim: 128,
             attention_dim: 256,
@@ -93,7 +98,7 @@ impl TrainConfig {
     /// The head sizes for `n_attributes` attributes on this backbone.
     pub fn head_config(&self, n_attributes: usize) -> HeadConfig {
         HeadConfig {
-            in_channels: self.backbone.out_channels(),
+            in_channels: self.backbone.feature_channels(self.colour_histogram),
             n_attributes,
             attention_dim: self.attention_dim,
             gate_hidden: self.gate_hidden,
@@ -396,7 +401,7 @@ impl TrainableHead {
         let mut count = 0usize;
         for chunk in indices.chunks(128) {
             let x = features.get(chunk, &self.device)?.flatten_from(2)?; // [B, C, N]
-            let y = w.broadcast_matmul(&x)?.broadcast_add(&b)?; // [B, A, N]
+            let y = crate::head::pointwise_conv(&x, &w, &b)?; // [B, A, N]
             let y = y.transpose(0, 1)?.flatten_from(1)?.to_dtype(DType::F64)?; // [A, B*N]
             count += y.dim(1)?;
             sum = (sum + y.sum(1)?)?;
@@ -458,6 +463,7 @@ pub fn trained_card(
         attributes,
         cfg.head_config(dataset.attributes().len()),
     )?;
+    card.colour_histogram = cfg.colour_histogram;
     card.provenance = Provenance {
         source_file: None,
         source_sha256: None,
@@ -489,12 +495,17 @@ pub fn train_head(
         )));
     }
     let (c, _, _) = features.dims();
-    if c != cfg.backbone.out_channels() {
+    let expected = cfg.backbone.feature_channels(cfg.colour_histogram);
+    if c != expected {
         return Err(ModelError::InvalidArgument(format!(
-            "feature cache {} has {c} channels, backbone {} gives {}",
+            "feature cache {} has {c} channels, backbone {}{} gives {expected}",
             features.path().display(),
             cfg.backbone,
-            cfg.backbone.out_channels()
+            if cfg.colour_histogram {
+                " with the colour histogram"
+            } else {
+                ""
+            },
         )));
     }
     if dataset.probes(Split::Valid).queries.is_empty() {

@@ -675,8 +675,8 @@ fn every_route_over_http() {
     );
     expect_error(
         &call(s, "PATCH", "/v1/catalogues/shirts", w, None),
-        404,
-        "no route PATCH",
+        405,
+        "method PATCH is not allowed on /v1/catalogues/shirts",
         "wrong method",
     );
 

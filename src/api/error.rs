@@ -46,6 +46,14 @@ pub enum ApiError {
         /// Path.
         path: String,
     },
+    /// The route exists, but not for this method.
+    #[error("method {method} is not allowed on {path}")]
+    MethodNotAllowed {
+        /// Method.
+        method: String,
+        /// Path.
+        path: String,
+    },
     /// The request ran past `limits.request_timeout_ms`.
     #[error("request timed out after {timeout_ms} ms (limits.request_timeout_ms)")]
     Timeout {
@@ -118,6 +126,7 @@ impl ApiError {
             ApiError::MissingKey { .. } => StatusCode::UNAUTHORIZED,
             ApiError::WrongKey { .. } => StatusCode::FORBIDDEN,
             ApiError::NoRoute { .. } => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Timeout { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }

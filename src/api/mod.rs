@@ -95,7 +95,7 @@ pub fn router(state: AppState) -> Router {
         .merge(read)
         .merge(write)
         .fallback(no_route)
-        .method_not_allowed_fallback(no_route)
+        .method_not_allowed_fallback(wrong_method)
         .layer(middleware::from_fn_with_state(state.clone(), timeout))
         .layer(middleware::from_fn_with_state(
             state.clone(),
@@ -114,6 +114,13 @@ pub fn router(state: AppState) -> Router {
 
 async fn no_route(method: Method, req: Request) -> ApiError {
     ApiError::NoRoute {
+        method: method.to_string(),
+        path: req.uri().path().to_string(),
+    }
+}
+
+async fn wrong_method(method: Method, req: Request) -> ApiError {
+    ApiError::MethodNotAllowed {
         method: method.to_string(),
         path: req.uri().path().to_string(),
     }

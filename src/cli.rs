@@ -308,6 +308,10 @@ pub struct TrainArgs {
     /// Continue from <out>/last/ (optimizer-free: Adam restarts).
     #[arg(long)]
     pub resume: bool,
+    /// Triplet sampling: paper (values uniform, as the paper's code) or
+    /// image-uniform (values as often as they occur) [default: paper].
+    #[arg(long)]
+    pub sampling: Option<String>,
     /// Append the per-cell colour histogram (61 CIELab bins) to the backbone's
     /// feature map: the frozen ImageNet layer keeps little colour.
     #[arg(long)]

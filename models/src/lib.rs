@@ -73,6 +73,7 @@ pub use preprocess::{
 pub use train::{
     dataset_features, l2_normalize, load_crop, map_by_attribute, train_head, trained_card,
     triplet_ranking_loss, utc_date, without_images, BadImage, CacheKey, DatasetFeatures,
-    EpochRecord, FeatureCache, FeatureOptions, ResumeState, StepDecay, TrainConfig, TrainEvent,
-    TrainOptions, TrainOutcome, TrainableHead, Triplet, TripletSampler, DEFAULT_MARGIN, STATE_FILE,
+    EpochRecord, FeatureCache, FeatureOptions, ResumeState, Sampling, StepDecay, TrainConfig,
+    TrainEvent, TrainOptions, TrainOutcome, TrainableHead, Triplet, TripletSampler, DEFAULT_MARGIN,
+    STATE_FILE,
 };

@@ -44,6 +44,7 @@ struct TrainFile {
     lr_step: Option<usize>,
     margin: Option<f64>,
     seed: Option<u64>,
+    sampling: Option<String>,
 }
 
 /// Load the dataset named by `args` (CSV file or official folder).
@@ -236,6 +237,9 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     )?;
     cfg.margin = args.margin.or(file.margin).unwrap_or(cfg.margin);
     cfg.seed = args.seed.or(file.seed).unwrap_or(cfg.seed);
+    if let Some(s) = args.sampling.clone().or(file.sampling) {
+        cfg.sampling = s.parse()?;
+    }
 
     let dataset = load_dataset(&data)?;
     for split in [Split::Train, Split::Valid] {

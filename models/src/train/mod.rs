@@ -14,7 +14,7 @@ pub use features::{
     dataset_features, load_crop, without_images, BadImage, DatasetFeatures, FeatureOptions,
 };
 pub use loss::{l2_normalize, triplet_ranking_loss, DEFAULT_MARGIN};
-pub use sampler::{Triplet, TripletSampler};
+pub use sampler::{Sampling, Triplet, TripletSampler};
 pub use schedule::StepDecay;
 pub use trainer::{
     map_by_attribute, train_head, trained_card, utc_date, EpochRecord, ResumeState, TrainConfig,

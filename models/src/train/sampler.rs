@@ -1,4 +1,5 @@
-//! Triplet sampling as in the paper's training code.
+//! Triplet sampling: as in the paper's training code (the default), or
+//! following the data's value frequencies.
 
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -22,6 +23,36 @@ pub struct Triplet {
     pub attribute: usize,
 }
 
+/// How triplet values are drawn (the attribute is always uniform).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Sampling {
+    /// The paper's code: the anchor value uniformly among the attribute's
+    /// values, the negative value uniformly among the others. Rare values
+    /// are drawn as often as common ones.
+    #[default]
+    Paper,
+    /// The anchor image uniformly among the attribute's labelled train
+    /// images (values with two or more), the negative image uniformly among
+    /// those with another value: common values, and the confusions between
+    /// them (T-shirts against shirts), are drawn as often as they occur.
+    ImageUniform,
+}
+
+impl std::str::FromStr for Sampling {
+    type Err = ModelError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "paper" => Ok(Sampling::Paper),
+            "image-uniform" => Ok(Sampling::ImageUniform),
+            other => Err(ModelError::InvalidArgument(format!(
+                "unknown sampling {other:?}; expected paper or image-uniform"
+            ))),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Pool {
     attribute: usize,
@@ -31,6 +62,10 @@ struct Pool {
     anchor_values: Vec<usize>,
     /// Values with at least one image (negative candidates).
     present_values: Vec<usize>,
+    /// `(image, value)` of every labelled train image.
+    labelled: Vec<(usize, usize)>,
+    /// `(image, value)` of the images whose value has two or more images.
+    anchors: Vec<(usize, usize)>,
 }
 
 /// Draws triplets from the train split: an attribute uniformly, then a value
@@ -44,6 +79,7 @@ struct Pool {
 pub struct TripletSampler {
     pools: Vec<Pool>,
     seed: u64,
+    sampling: Sampling,
 }
 
 impl TripletSampler {
@@ -66,11 +102,23 @@ impl TripletSampler {
                 .filter(|&v| by_value[v].len() >= 2)
                 .collect();
             if present_values.len() >= 2 && !anchor_values.is_empty() {
+                let labelled: Vec<(usize, usize)> = by_value
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(v, images)| images.iter().map(move |&i| (i, v)))
+                    .collect();
+                let anchors = labelled
+                    .iter()
+                    .copied()
+                    .filter(|&(_, v)| by_value[v].len() >= 2)
+                    .collect();
                 pools.push(Pool {
                     attribute: a,
                     by_value,
                     anchor_values,
                     present_values,
+                    labelled,
+                    anchors,
                 });
             }
         }
@@ -80,7 +128,17 @@ impl TripletSampler {
                     .into(),
             ));
         }
-        Ok(TripletSampler { pools, seed })
+        Ok(TripletSampler {
+            pools,
+            seed,
+            sampling: Sampling::Paper,
+        })
+    }
+
+    /// Draw values the way `sampling` says.
+    pub fn with_sampling(mut self, sampling: Sampling) -> Self {
+        self.sampling = sampling;
+        self
     }
 
     /// Attribute indices the sampler draws from.
@@ -95,6 +153,9 @@ impl TripletSampler {
         (0..count)
             .map(|_| {
                 let pool = &self.pools[rng.gen_range(0..self.pools.len())];
+                if self.sampling == Sampling::ImageUniform {
+                    return image_uniform(pool, &mut rng);
+                }
                 let value = pool.anchor_values[rng.gen_range(0..pool.anchor_values.len())];
                 let images = &pool.by_value[value];
                 let mut pair = images.choose_multiple(&mut rng, 2);
@@ -117,6 +178,40 @@ impl TripletSampler {
                 }
             })
             .collect()
+    }
+}
+
+/// One [`Sampling::ImageUniform`] triplet from `pool`.
+fn image_uniform(pool: &Pool, rng: &mut ChaCha8Rng) -> Triplet {
+    let (anchor, value) = pool.anchors[rng.gen_range(0..pool.anchors.len())];
+    let same = &pool.by_value[value];
+    // `same` has two or more images: draw among the others.
+    let mut positive = same[rng.gen_range(0..same.len() - 1)];
+    if positive == anchor {
+        positive = same[same.len() - 1];
+    }
+    // The others: every labelled image whose value differs (at least one
+    // exists: the pool has two values). Rejection is fast unless one value
+    // holds nearly every image; fall back to a uniform other value then.
+    let negative = (0..64)
+        .map(|_| pool.labelled[rng.gen_range(0..pool.labelled.len())])
+        .find(|&(_, v)| v != value)
+        .map(|(i, _)| i)
+        .unwrap_or_else(|| {
+            let others: Vec<usize> = pool
+                .present_values
+                .iter()
+                .copied()
+                .filter(|&v| v != value)
+                .collect();
+            let images = &pool.by_value[others[rng.gen_range(0..others.len())]];
+            images[rng.gen_range(0..images.len())]
+        });
+    Triplet {
+        anchor,
+        positive,
+        negative,
+        attribute: pool.attribute,
     }
 }
 
@@ -193,11 +288,82 @@ mod tests {
             Path::new("t"),
         )
         .unwrap();
-        let sampler = TripletSampler::new(&ds, 1).unwrap();
-        assert_eq!(sampler.attributes(), vec![0]);
-        for t in sampler.epoch(0, 200) {
-            assert!(t.anchor < 3 && t.positive < 3);
-            assert_eq!(t.negative, 3);
+        for sampling in [Sampling::Paper, Sampling::ImageUniform] {
+            let sampler = TripletSampler::new(&ds, 1).unwrap().with_sampling(sampling);
+            assert_eq!(sampler.attributes(), vec![0]);
+            for t in sampler.epoch(0, 200) {
+                assert!(t.anchor < 3 && t.positive < 3, "{sampling:?}");
+                assert_ne!(t.anchor, t.positive, "{sampling:?}");
+                assert_eq!(t.negative, 3, "{sampling:?}");
+            }
         }
+    }
+
+    /// Values: a x60, b x30, c x8, d x2. Paper sampling draws each anchor
+    /// value a quarter of the time; image-uniform as often as it occurs, and
+    /// its negatives follow the other values' frequencies.
+    #[test]
+    fn image_uniform_follows_value_frequencies() {
+        let counts = [60usize, 30, 8, 2];
+        let attributes = vec![Attribute {
+            name: "type".into(),
+            values: ["a", "b", "c", "d"].map(String::from).to_vec(),
+        }];
+        let images = counts
+            .iter()
+            .enumerate()
+            .flat_map(|(v, &n)| std::iter::repeat_n(v as u32, n))
+            .enumerate()
+            .map(|(i, v)| ImageRecord {
+                path: PathBuf::from(format!("{i}")),
+                split: Split::Train,
+                labels: vec![Some(v)],
+            })
+            .collect();
+        let ds = Dataset::from_parts(
+            "",
+            attributes,
+            images,
+            ProbeLists::default(),
+            ProbeLists::default(),
+            Path::new("t"),
+        )
+        .unwrap();
+        let label = |i: usize| ds.images()[i].labels[0].unwrap() as usize;
+        let draws = 20_000;
+        let share = |sampling: Sampling, pick: fn(&Triplet) -> usize| {
+            let mut seen = [0usize; 4];
+            for t in TripletSampler::new(&ds, 3)
+                .unwrap()
+                .with_sampling(sampling)
+                .epoch(0, draws)
+            {
+                assert_eq!(label(t.anchor), label(t.positive));
+                assert_ne!(label(t.anchor), label(t.negative));
+                seen[label(pick(&t))] += 1;
+            }
+            seen.map(|n| n as f64 / draws as f64)
+        };
+        let paper = share(Sampling::Paper, |t| t.anchor);
+        assert!(paper.iter().all(|p| (p - 0.25).abs() < 0.02), "{paper:?}");
+        let anchors = share(Sampling::ImageUniform, |t| t.anchor);
+        for (p, n) in anchors.iter().zip(counts) {
+            assert!((p - n as f64 / 100.0).abs() < 0.02, "{anchors:?}");
+        }
+        // A negative of value v: sum over anchor values u != v of
+        // P(u) * n_v / (100 - n_u).
+        let negatives = share(Sampling::ImageUniform, |t| t.negative);
+        for (v, p) in negatives.iter().enumerate() {
+            let expected: f64 = (0..4)
+                .filter(|&u| u != v)
+                .map(|u| counts[u] as f64 / 100.0 * counts[v] as f64 / (100 - counts[u]) as f64)
+                .sum();
+            assert!((p - expected).abs() < 0.02, "{v}: {p} vs {expected}");
+        }
+        assert_eq!(
+            "image-uniform".parse::<Sampling>().unwrap(),
+            Sampling::ImageUniform
+        );
+        assert!("hard".parse::<Sampling>().is_err());
     }
 }

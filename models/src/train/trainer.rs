@@ -30,7 +30,7 @@ use crate::eval::{evaluate_head, RetrievalReport};
 use crate::head::{Head, HeadConfig, HeadKind};
 use crate::train::cache::FeatureCache;
 use crate::train::loss::triplet_ranking_loss;
-use crate::train::sampler::TripletSampler;
+use crate::train::sampler::{Sampling, TripletSampler};
 use crate::train::schedule::StepDecay;
 
 /// File of the resume state inside `last/`.
@@ -67,6 +67,9 @@ pub struct TrainConfig {
     pub margin: f64,
     /// Seed of the initialisation and of the triplets.
     pub seed: u64,
+    /// How triplet values are drawn.
+    #[serde(default)]
+    pub sampling: Sampling,
 }
 
 impl TrainConfig {
@@ -92,6 +95,7 @@ impl TrainConfig {
             },
             margin: crate::train::loss::DEFAULT_MARGIN,
             seed: 0,
+            sampling: Sampling::Paper,
         }
     }
 
@@ -514,7 +518,7 @@ pub fn train_head(
         ));
     }
     let device = Device::Cpu;
-    let sampler = TripletSampler::new(dataset, cfg.seed)?;
+    let sampler = TripletSampler::new(dataset, cfg.seed)?.with_sampling(cfg.sampling);
     let head_cfg = cfg.head_config(dataset.attributes().len());
     let last_dir = out_dir.join("last");
     let best_dir = out_dir.join("best");

@@ -272,6 +272,10 @@ pub struct TrainArgs {
     /// Embedding size [default: 128].
     #[arg(long)]
     pub dim: Option<usize>,
+    /// asen_v2 only: no final projection; the embedding is the attended,
+    /// gated feature map channels (C values, e.g. 1341), `--dim` is ignored.
+    #[arg(long)]
+    pub no_feature_fc: bool,
     /// Attention branch width of the ASEN heads [default: 256].
     #[arg(long)]
     pub attention_dim: Option<usize>,

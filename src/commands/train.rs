@@ -33,6 +33,7 @@ struct TrainFile {
     colour_histogram: Option<bool>,
     head: Option<String>,
     dim: Option<usize>,
+    no_feature_fc: Option<bool>,
     attention_dim: Option<usize>,
     gate_hidden: Option<usize>,
     input_size: Option<u32>,
@@ -205,6 +206,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let mut cfg = TrainConfig::new(head, backbone);
     cfg.colour_histogram = args.colour_histogram || file.colour_histogram.unwrap_or(false);
     cfg.embedding_dim = args.dim.or(file.dim).unwrap_or(cfg.embedding_dim);
+    cfg.feature_fc = !(args.no_feature_fc || file.no_feature_fc.unwrap_or(false));
     cfg.attention_dim = args
         .attention_dim
         .or(file.attention_dim)

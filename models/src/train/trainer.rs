@@ -36,6 +36,10 @@ use crate::train::schedule::StepDecay;
 /// File of the resume state inside `last/`.
 pub const STATE_FILE: &str = "state.json";
 
+fn default_true() -> bool {
+    true
+}
+
 /// What and how to train.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {
@@ -49,8 +53,14 @@ pub struct TrainConfig {
     pub colour_histogram: bool,
     /// Square input side in pixels.
     pub input_size: u32,
-    /// Embedding size `D`.
+    /// Embedding size `D` (ignored without `feature_fc`).
     pub embedding_dim: usize,
+    /// Whether the head ends in the `feature_fc` projection to `D`. ASEN v2
+    /// only may go without: its embedding is then the attended, gated
+    /// feature itself (`C` values), which starts close to the backbone's
+    /// pooled features instead of a random projection of them.
+    #[serde(default = "default_true")]
+    pub feature_fc: bool,
     /// Width of the attention branch (ASEN heads).
     pub attention_dim: usize,
     /// Hidden width of the channel gate (ASEN heads).
@@ -83,6 +93,7 @@ impl TrainConfig {
             colour_histogram: false,
             input_size: 224,
             embedding_dim: 128,
+            feature_fc: true,
             attention_dim: 256,
             gate_hidden: 256,
             epochs: 10,
@@ -106,8 +117,12 @@ impl TrainConfig {
             n_attributes,
             attention_dim: self.attention_dim,
             gate_hidden: self.gate_hidden,
-            embedding_dim: self.embedding_dim,
-            feature_fc: true,
+            embedding_dim: if self.feature_fc {
+                self.embedding_dim
+            } else {
+                self.backbone.feature_channels(self.colour_histogram)
+            },
+            feature_fc: self.feature_fc,
         }
     }
 
@@ -122,6 +137,12 @@ impl TrainConfig {
             return Err(ModelError::InvalidArgument(format!(
                 "margin must be a finite number >= 0, got {}",
                 self.margin
+            )));
+        }
+        if !self.feature_fc && self.head != HeadKind::AsenV2 {
+            return Err(ModelError::InvalidArgument(format!(
+                "only an asen_v2 head can go without feature_fc, not {}",
+                self.head
             )));
         }
         StepDecay::new(

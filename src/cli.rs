@@ -216,7 +216,7 @@ pub struct IngestArgs {
     /// Most items written per store upsert (local).
     #[arg(long, default_value_t = 256)]
     pub upsert_batch: usize,
-    /// Do not keep each item's model-input crop (224x224 JPEG, about 15 kB) in
+    /// Do not keep each item's model-input crop (224x224 JPEG, about 10 kB) in
     /// `<data>/thumbnails/` (local); explain by item and the item image route need it.
     #[arg(long, conflicts_with = "server")]
     pub no_thumbnails: bool,

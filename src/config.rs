@@ -153,7 +153,7 @@ pub struct IndexConfig {
     pub ef_search: usize,
     /// sled page cache.
     pub cache_capacity_bytes: u64,
-    /// Keep each item's model-input crop (224x224 JPEG, about 15 kB) in
+    /// Keep each item's model-input crop (224x224 JPEG, about 10 kB) in
     /// `<data_dir>/thumbnails/` on upsert, for explain by item and the item image route
     /// (`ASEN_INDEX__THUMBNAILS=false` to turn off).
     pub thumbnails: bool,

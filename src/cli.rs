@@ -216,6 +216,10 @@ pub struct IngestArgs {
     /// Most items written per store upsert (local).
     #[arg(long, default_value_t = 256)]
     pub upsert_batch: usize,
+    /// Do not keep each item's model-input crop (224x224 JPEG, about 10 kB) in
+    /// `<data>/thumbnails/` (local); explain by item and the item image route need it.
+    #[arg(long, conflicts_with = "server")]
+    pub no_thumbnails: bool,
     /// Where failed rows and images are listed (CSV, or JSON lines for a .jsonl name)
     /// [default: <catalogue>.ingest-report.csv].
     #[arg(long)]

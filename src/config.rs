@@ -153,6 +153,10 @@ pub struct IndexConfig {
     pub ef_search: usize,
     /// sled page cache.
     pub cache_capacity_bytes: u64,
+    /// Keep each item's model-input crop (224x224 JPEG, about 10 kB) in
+    /// `<data_dir>/thumbnails/` on upsert, for explain by item and the item image route
+    /// (`ASEN_INDEX__THUMBNAILS=false` to turn off).
+    pub thumbnails: bool,
 }
 
 impl Default for IndexConfig {
@@ -164,6 +168,7 @@ impl Default for IndexConfig {
             ef_construction: hnsw.ef_construction,
             ef_search: hnsw.ef_search,
             cache_capacity_bytes: 512 * 1024 * 1024,
+            thumbnails: true,
         }
     }
 }
@@ -386,6 +391,14 @@ mod tests {
         assert_eq!(c.server.bind, "127.0.0.1:0", "flag beats file");
         assert_eq!(c.server.api_key.as_deref(), Some("secret-key-1"));
         assert_eq!(c.limits.max_batch_items, 256, "default kept");
+        assert!(c.index.thumbnails, "thumbnails on by default");
+        let off = Config::load(
+            None,
+            env(&[("ASEN_INDEX__THUMBNAILS", "false")]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert!(!off.index.thumbnails);
     }
 
     #[test]

@@ -214,6 +214,7 @@ fn every_route_over_http() {
         ("post", "/v1/compare"),
         ("post", "/v1/explain"),
         ("post", "/v1/explain/heatmap"),
+        ("get", "/v1/catalogues/{name}/items/{id}/image"),
     ] {
         assert!(
             doc.body["paths"][path][method].is_object(),
@@ -794,17 +795,133 @@ fn every_route_over_http() {
     let png = call(s, "POST", "/v1/explain/heatmap", r, Some(&explain));
     assert_eq!(png.status, 200);
     assert_eq!(&png.bytes[1..4], b"PNG");
+
+    // Explain by item: the stored crop (a JPEG round trip of what the model saw) gives the
+    // grid of the ingested image, up to JPEG noise.
+    let by_item = json!({"catalogue": "shirts", "item_id": "10030.jpg", "attribute": "attr_3"});
+    let item_grid = ok(
+        &call(s, "POST", "/v1/explain", r, Some(&by_item)),
+        "explain item",
+    );
+    assert_eq!(item_grid["height"], grid["height"]);
+    assert_eq!(item_grid["width"], grid["width"]);
+    assert_eq!(item_grid["input_size"], 224);
+    assert_eq!(
+        item_grid["peak"], grid["peak"],
+        "peak cell of item vs image"
+    );
+    let cells = |g: &Value| -> Vec<f64> {
+        g["grid"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|row| row.as_array().unwrap().clone())
+            .map(|v| v.as_f64().unwrap())
+            .collect()
+    };
+    let (a, b) = (cells(&grid), cells(&item_grid));
+    let max_diff = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max);
+    let max_cell = a.iter().copied().fold(0.0, f64::max);
+    eprintln!("explain item vs image: max abs diff {max_diff:.2e}, peak weight {max_cell:.2e}");
+    assert!(
+        max_diff < 0.1 * max_cell,
+        "item grid too far from the image grid: {max_diff} (peak {max_cell})"
+    );
+    let png = call(s, "POST", "/v1/explain/heatmap", r, Some(&by_item));
+    assert_eq!(png.status, 200, "{}", png.body);
+    assert_eq!(&png.bytes[..8], b"\x89PNG\r\n\x1a\n");
+    let png_size = |b: &[u8]| {
+        (
+            u32::from_be_bytes(b[16..20].try_into().unwrap()),
+            u32::from_be_bytes(b[20..24].try_into().unwrap()),
+        )
+    };
+    assert_eq!(png_size(&png.bytes), (224, 224), "heat-map of the crop");
+    let item_image_path = "/v1/catalogues/shirts/items/10030.jpg/image";
     expect_error(
+        &call(s, "GET", item_image_path, None, None),
+        401,
+        "missing api key",
+        "item image without key",
+    );
+    let jpeg = call(s, "GET", item_image_path, r, None);
+    assert_eq!(jpeg.status, 200, "{}", jpeg.body);
+    assert_eq!(&jpeg.bytes[..2], &[0xFF, 0xD8], "a JPEG");
+    let decoded = image::load_from_memory(&jpeg.bytes).unwrap();
+    assert_eq!((decoded.width(), decoded.height()), (224, 224));
+    eprintln!("thumbnail of 10030.jpg: {} bytes", jpeg.bytes.len());
+    // The same bytes explained as an image give the item's grid exactly.
+    let same = ok(
         &call(
             s,
             "POST",
             "/v1/explain",
             r,
-            Some(&json!({"item_id": "10030.jpg", "attribute": "attr_3"})),
+            Some(&json!({"image": b64(&jpeg.bytes), "attribute": "attr_3"})),
         ),
-        400,
-        "send the item's image",
-        "explain item",
+        "explain the thumbnail as an image",
+    );
+    let max_same = cells(&same)
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max);
+    assert!(max_same < 1e-4, "thumbnail as image vs item: {max_same}");
+    for (body, status, needle, what) in [
+        (
+            json!({"catalogue": "shirts", "item_id": "10030.jpg", "attribute": "attr_3",
+                   "image": b64(&image(&shared, "10030.jpg"))}),
+            400,
+            "not both",
+            "explain with image and item",
+        ),
+        (
+            json!({"attribute": "attr_3"}),
+            400,
+            "give",
+            "explain with neither",
+        ),
+        (
+            json!({"item_id": "10030.jpg", "attribute": "attr_3"}),
+            400,
+            "catalogue",
+            "explain item without catalogue",
+        ),
+        (
+            json!({"catalogue": "shirts", "item_id": "nope", "attribute": "attr_3"}),
+            404,
+            "nope",
+            "explain unknown item",
+        ),
+        (
+            json!({"catalogue": "hats", "item_id": "10030.jpg", "attribute": "attr_3"}),
+            404,
+            "hats",
+            "explain item of unknown catalogue",
+        ),
+        (
+            json!({"catalogue": "shirts", "item_id": "10030.jpg", "attribute": "sleeve"}),
+            422,
+            "sleeve",
+            "explain item, unknown attribute",
+        ),
+    ] {
+        expect_error(
+            &call(s, "POST", "/v1/explain", r, Some(&body)),
+            status,
+            needle,
+            what,
+        );
+    }
+    expect_error(
+        &call(s, "GET", "/v1/catalogues/shirts/items/nope/image", r, None),
+        404,
+        "nope",
+        "image of unknown item",
     );
 
     // Deletes.
@@ -830,6 +947,47 @@ fn every_route_over_http() {
         "10030.jpg",
         "delete twice",
     );
+    expect_error(
+        &call(s, "GET", item_image_path, r, None),
+        404,
+        "10030.jpg",
+        "image of a deleted item",
+    );
+    expect_error(
+        &call(s, "POST", "/v1/explain/heatmap", r, Some(&by_item)),
+        404,
+        "10030.jpg",
+        "heat-map of a deleted item",
+    );
+    // A re-upsert brings the image back (and replaces it).
+    let again = json!({"items": [{"id": "10030.jpg", "image": b64(&image(&shared, "10017.jpg"))}]});
+    ok(
+        &call(s, "PUT", "/v1/catalogues/shirts/items", w, Some(&again)),
+        "upsert again",
+    );
+    let replaced = call(s, "GET", item_image_path, r, None);
+    assert_eq!(replaced.status, 200);
+    let other = call(
+        s,
+        "GET",
+        "/v1/catalogues/shirts/items/10017.jpg/image",
+        r,
+        None,
+    );
+    assert_eq!(
+        replaced.bytes, other.bytes,
+        "the update replaced the thumbnail"
+    );
+    ok(
+        &call(
+            s,
+            "DELETE",
+            "/v1/catalogues/shirts/items/10030.jpg",
+            w,
+            None,
+        ),
+        "delete again",
+    );
     let metrics = call(s, "GET", "/metrics", None, None);
     let text = String::from_utf8(metrics.bytes).unwrap();
     assert!(
@@ -847,6 +1005,43 @@ fn every_route_over_http() {
         404,
         "shirts",
         "dropped",
+    );
+    let dropped_item =
+        json!({"catalogue": "shirts", "item_id": "10002.jpg", "attribute": "attr_3"});
+    expect_error(
+        &call(s, "POST", "/v1/explain", r, Some(&dropped_item)),
+        404,
+        "shirts",
+        "explain item of a dropped catalogue",
+    );
+    expect_error(
+        &call(
+            s,
+            "GET",
+            "/v1/catalogues/shirts/items/10002.jpg/image",
+            r,
+            None,
+        ),
+        404,
+        "shirts",
+        "image of a dropped catalogue",
+    );
+    // A catalogue created again under the same name starts without the old thumbnails.
+    ok(
+        &call(s, "PUT", "/v1/catalogues/shirts", w, None),
+        "re-create",
+    );
+    expect_error(
+        &call(
+            s,
+            "GET",
+            "/v1/catalogues/shirts/items/10002.jpg/image",
+            r,
+            None,
+        ),
+        404,
+        "10002.jpg",
+        "image after re-create",
     );
 
     // Graceful shutdown on SIGTERM: exit 0 after flushing.

@@ -167,6 +167,37 @@ fn csv_ingest_reports_bad_images_and_rerun_skips_everything() {
     );
     assert!(line.contains("model 0.0% of the time"), "{line}");
 
+    // Every ingested item has its model-input crop as a 224x224 JPEG in <data>/thumbnails.
+    {
+        let thumbs = sled::open(work.path().join("store/thumbnails")).unwrap();
+        let stored: Vec<_> = thumbs.scan_prefix(b"shop\0").map(Result::unwrap).collect();
+        assert_eq!(stored.len(), 6);
+        let crop = image::load_from_memory(&stored[0].1).unwrap();
+        assert_eq!((crop.width(), crop.height()), (224, 224));
+        eprintln!(
+            "thumbnail bytes: {:?}",
+            stored.iter().map(|(_, v)| v.len()).collect::<Vec<_>>()
+        );
+        // A missing thumbnail makes a re-run embed that item again, even with the same image.
+        let key = [b"shop\0".as_slice(), ids[1].as_bytes()].concat();
+        assert!(thumbs.remove(&key).unwrap().is_some());
+        thumbs.flush().unwrap();
+    }
+    let third = asen(&args, work.path());
+    assert!(third.status.success(), "stderr: {}", stderr(&third));
+    assert!(
+        stdout(&third).starts_with("ingested 1, skipped 5, failed 2 of 8 rows"),
+        "summary: {}",
+        stdout(&third)
+    );
+    let thumbs = sled::open(work.path().join("store/thumbnails")).unwrap();
+    assert_eq!(
+        thumbs.scan_prefix(b"shop\0").count(),
+        6,
+        "thumbnail restored"
+    );
+    drop(thumbs);
+
     let store = LocalStore::open(work.path().join("store"), StoreOptions::default()).unwrap();
     assert_eq!(store.count("shop").unwrap(), 6);
     let schema = store.schema("shop").unwrap();

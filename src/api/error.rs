@@ -120,6 +120,8 @@ impl ApiError {
                 ServiceError::BatchTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
                 ServiceError::ItemNotFound { .. } => StatusCode::NOT_FOUND,
                 ServiceError::Uncalibrated => StatusCode::UNPROCESSABLE_ENTITY,
+                ServiceError::Thumbnail(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                ServiceError::NoThumbnail { .. } => StatusCode::CONFLICT,
             },
             ApiError::BadBody { status, .. } => *status,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
@@ -194,5 +196,11 @@ mod tests {
             ApiError::WrongKey { route: "r".into() }.status(),
             StatusCode::FORBIDDEN
         );
+        let no_thumbnail = ApiError::Service(ServiceError::NoThumbnail {
+            catalogue: "c".into(),
+            id: "x".into(),
+        });
+        assert_eq!(no_thumbnail.status(), StatusCode::CONFLICT);
+        assert!(no_thumbnail.to_string().contains("thumbnails on"));
     }
 }

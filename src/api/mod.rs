@@ -42,6 +42,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("PUT", "/v1/catalogues/{name}/items"),
     ("GET", "/v1/catalogues/{name}/items/{id}"),
     ("DELETE", "/v1/catalogues/{name}/items/{id}"),
+    ("GET", "/v1/catalogues/{name}/items/{id}/image"),
     ("POST", "/v1/catalogues/{name}/search"),
     ("POST", "/v1/catalogues/{name}/copies"),
     ("POST", "/v1/compare"),
@@ -63,6 +64,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/catalogues", get(routes::catalogues::list))
         .route("/v1/catalogues/{name}", get(routes::catalogues::get))
         .route("/v1/catalogues/{name}/items/{id}", get(routes::items::get))
+        .route(
+            "/v1/catalogues/{name}/items/{id}/image",
+            get(routes::items::image),
+        )
         .route("/v1/catalogues/{name}/search", post(routes::search::search))
         .route(
             "/v1/catalogues/{name}/copies",

@@ -24,6 +24,7 @@ use super::routes;
         routes::items::upsert,
         routes::items::get,
         routes::items::delete,
+        routes::items::image,
         routes::search::search,
         routes::compare::compare,
         routes::compare::copies,

@@ -25,6 +25,7 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
         embedder: Arc::new(embedder),
         limits: ServiceLimits::default(),
         hnsw: HnswConfig::default(),
+        thumbnails: None,
     };
     let result = compare::compare(&svc, &a, &b, &args.attributes).map_err(|e| match e {
         crate::service::ServiceError::Model(m) => anyhow::Error::new(m).context(format!(

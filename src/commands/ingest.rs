@@ -11,6 +11,7 @@ use crate::cli::IngestArgs;
 use crate::ingest::{
     ingest, read_dir, CsvSource, Destination, PipelineConfig, RemoteClient, ReportWriter,
 };
+use crate::service::thumbnails::Thumbnails;
 
 /// Runs one ingestion and prints the summary line on stdout.
 pub fn run(args: IngestArgs) -> anyhow::Result<()> {
@@ -74,14 +75,22 @@ pub fn run(args: IngestArgs) -> anyhow::Result<()> {
             let store = LocalStore::open(&args.data, StoreOptions::default())
                 .with_context(|| format!("cannot open store {}", args.data.display()))?;
             ensure_catalogue(&store, &args.catalogue, &embedder)?;
+            let thumbnails =
+                Thumbnails::open(&args.data, !args.no_thumbnails).with_context(|| {
+                    format!("cannot open the thumbnails of {}", args.data.display())
+                })?;
             let destination = Destination::Local {
                 store: &store,
                 embedder: &embedder,
+                thumbnails: Some(&thumbnails),
             };
             let summary = ingest(records, &args.catalogue, destination, &config, report)?;
             store
                 .checkpoint()
                 .with_context(|| format!("cannot save the graphs of {}", args.data.display()))?;
+            thumbnails.flush().with_context(|| {
+                format!("cannot flush the thumbnails of {}", args.data.display())
+            })?;
             summary
         }
     };

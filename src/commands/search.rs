@@ -48,6 +48,7 @@ pub fn run(args: SearchArgs) -> anyhow::Result<()> {
             max_k: asen_index::MAX_K,
         },
         hnsw: HnswConfig::default(),
+        thumbnails: None,
     };
     let mut query = SearchQuery::new(String::new(), source, args.k);
     query.attributes = attributes;

@@ -12,6 +12,7 @@ use tracing::{info, warn};
 use crate::api::{self, AppState, Keys};
 use crate::cli::ServeArgs;
 use crate::config::{Config, Overrides};
+use crate::service::thumbnails::Thumbnails;
 use crate::service::{Service, ServiceLimits};
 
 /// Open the store and model described by `config`.
@@ -33,6 +34,8 @@ pub fn open_service(config: &Config) -> anyhow::Result<Service> {
     .with_context(|| format!("cannot open store {}", dir.display()))?;
     let catalogues = store.list_catalogues()?.len();
     info!(data = %dir.display(), catalogues, "store opened");
+    let thumbnails = Thumbnails::open(dir, config.index.thumbnails)
+        .with_context(|| format!("cannot open the thumbnails of {}", dir.display()))?;
     let model_args = crate::cli::ModelArgs {
         model: config.model.path.clone(),
         device: config.model.device.clone(),
@@ -61,6 +64,7 @@ pub fn open_service(config: &Config) -> anyhow::Result<Service> {
             ef_construction: config.index.ef_construction,
             ef_search: config.index.ef_search,
         },
+        thumbnails: Some(Arc::new(thumbnails)),
     })
 }
 
@@ -79,6 +83,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let addr = config.bind_addr()?;
     let service = open_service(&config)?;
     let store = service.store.clone();
+    let thumbnails = service.thumbnails.clone();
     let state = AppState::new(
         service,
         Keys {
@@ -125,6 +130,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     })?;
     // Blocking tasks still running finish before the runtime drops.
     store.flush().context("cannot flush the store")?;
+    if let Some(t) = &thumbnails {
+        t.flush().context("cannot flush the thumbnails")?;
+    }
     info!("store flushed; bye");
     Ok(())
 }

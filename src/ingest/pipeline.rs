@@ -1,9 +1,9 @@
 //! The ingestion pipeline: parallel read + hash + decode, batched inference, batched writes.
 //!
 //! ```text
-//! records --[N prepare threads: read, sha256, skip check, decode, crop]--> bounded channel
+//! records --[N prepare threads: read, sha256, skip check, decode, crop, thumbnail JPEG]--> bounded channel
 //!   --[this thread: batches of `batch_size`, Embedder forward, all attributes at once]--> bounded channel
-//!   --[writer thread: upsert batches into the store, or PUT them to a server]
+//!   --[writer thread: upsert batches into the store (then their thumbnails), or PUT them to a server]
 //! ```
 //!
 //! Items whose stored content hash equals the sha256 of their image bytes are skipped before
@@ -29,6 +29,7 @@ use sha2::{Digest, Sha256};
 use super::remote::{RemoteClient, RemoteItem};
 use super::report::{Failure, ReportWriter};
 use super::source::{Record, Records};
+use crate::service::thumbnails::{self, Thumbnails};
 
 /// Pipeline knobs.
 #[derive(Debug, Clone)]
@@ -62,6 +63,9 @@ pub enum Destination<'a> {
         store: &'a dyn CatalogueStore,
         /// The model.
         embedder: &'a Embedder,
+        /// Where each item's model-input crop is kept (JPEG), when given; with thumbnails
+        /// disabled, stale ones of re-written items are removed.
+        thumbnails: Option<&'a Thumbnails>,
     },
     /// Send images to a running server, which embeds them.
     Remote {
@@ -133,7 +137,8 @@ enum DestinationKind {
 
 /// The image of a prepared item, in the form its destination needs.
 enum Content {
-    Crop(RgbImage),
+    /// The crop, and its JPEG when thumbnails are stored.
+    Crop(RgbImage, Option<Vec<u8>>),
     Base64(String),
 }
 
@@ -150,7 +155,8 @@ enum Prepared {
 }
 
 enum WriteBatch {
-    Local(Vec<(usize, Item)>),
+    /// Items with their thumbnails (JPEG) when stored.
+    Local(Vec<(usize, Item, Option<Vec<u8>>)>),
     Remote(Vec<(usize, RemoteItem)>),
 }
 
@@ -366,7 +372,23 @@ fn prepare(
         Destination::Remote { client, .. } => client.stored_hash(catalogue, &record.id),
     };
     match stored {
-        Ok(Some(h)) if h == hash => return Prepared::Skipped,
+        // Same image, and its thumbnail stored when thumbnails are on (so a re-run with
+        // thumbnails on fills in items ingested without).
+        Ok(Some(h)) if h == hash => match destination {
+            Destination::Local {
+                thumbnails: Some(t),
+                ..
+            } if t.is_enabled() => match t.contains(catalogue, record.id.as_str()) {
+                Ok(true) => return Prepared::Skipped,
+                Ok(false) => {}
+                Err(e) => {
+                    return Prepared::Fatal(
+                        anyhow::Error::new(e).context("cannot read the thumbnail store"),
+                    )
+                }
+            },
+            _ => return Prepared::Skipped,
+        },
         Ok(_) => {}
         Err(e) => return Prepared::Fatal(e),
     }
@@ -380,7 +402,17 @@ fn prepare(
         Err(e) => return Prepared::Failed(failure(record, e.to_string())),
     };
     let content = match destination {
-        Destination::Local { .. } => Content::Crop(resize_and_crop(&image, preprocess.size)),
+        Destination::Local { thumbnails, .. } => {
+            let crop = resize_and_crop(&image, preprocess.size);
+            let jpeg = match thumbnails {
+                Some(t) if t.is_enabled() => match thumbnails::encode(&crop, record.id.as_str()) {
+                    Ok(jpeg) => Some(jpeg),
+                    Err(e) => return Prepared::Failed(failure(record, e.to_string())),
+                },
+                _ => None,
+            };
+            Content::Crop(crop, jpeg)
+        }
         Destination::Remote { .. } => {
             Content::Base64(base64::engine::general_purpose::STANDARD.encode(&bytes))
         }
@@ -406,8 +438,8 @@ fn send_batch(
             let mut ids = Vec::with_capacity(batch.len());
             let mut crops = Vec::with_capacity(batch.len());
             for (index, hash, content) in batch {
-                if let Content::Crop(crop) = content {
-                    ids.push((index, hash));
+                if let Content::Crop(crop, jpeg) = content {
+                    ids.push((index, hash, jpeg));
                     crops.push(crop);
                 }
             }
@@ -421,7 +453,7 @@ fn send_batch(
             let items = ids
                 .into_iter()
                 .zip(embeddings)
-                .map(|((index, hash), per_attribute)| {
+                .map(|((index, hash, jpeg), per_attribute)| {
                     let record = &records[index];
                     let vectors: BTreeMap<String, Vec<f32>> = per_attribute
                         .into_iter()
@@ -433,7 +465,7 @@ fn send_batch(
                         vectors,
                         content_hash: Some(hash),
                     };
-                    (index, item)
+                    (index, item, jpeg)
                 })
                 .collect();
             WriteBatch::Local(items)
@@ -451,7 +483,7 @@ fn send_batch(
                             image,
                         },
                     )),
-                    Content::Crop(_) => None,
+                    Content::Crop(..) => None,
                 })
                 .collect(),
         ),
@@ -477,7 +509,10 @@ fn write_loop(
     while let Ok(batch) = rx.recv() {
         match batch {
             WriteBatch::Local(mut items) => {
-                let Destination::Local { store, .. } = destination else {
+                let Destination::Local {
+                    store, thumbnails, ..
+                } = destination
+                else {
                     continue;
                 };
                 // Group whatever is already queued into one upsert (one flush).
@@ -488,7 +523,8 @@ fn write_loop(
                         Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
                     }
                 }
-                written += upsert_local(*store, catalogue, items, records, report, bar)?;
+                written +=
+                    upsert_local(*store, *thumbnails, catalogue, items, records, report, bar)?;
             }
             WriteBatch::Remote(items) => {
                 let Destination::Remote { client, .. } = destination else {
@@ -501,29 +537,54 @@ fn write_loop(
     Ok(written)
 }
 
+/// Writes the thumbnails of items the store accepted (or removes stale ones when
+/// thumbnails are off).
+fn write_thumbnails(
+    thumbnails: Option<&Thumbnails>,
+    catalogue: &str,
+    items: &[&(usize, Item, Option<Vec<u8>>)],
+) -> anyhow::Result<()> {
+    let Some(t) = thumbnails else {
+        return Ok(());
+    };
+    t.upsert(
+        catalogue,
+        items
+            .iter()
+            .map(|(_, item, jpeg)| (item.id.as_str(), jpeg.as_deref())),
+    )
+    .with_context(|| format!("cannot write the thumbnails of catalogue {catalogue:?}"))
+}
+
 fn upsert_local(
     store: &dyn CatalogueStore,
+    thumbnails: Option<&Thumbnails>,
     catalogue: &str,
-    items: Vec<(usize, Item)>,
+    items: Vec<(usize, Item, Option<Vec<u8>>)>,
     records: &[Record],
     report: &Mutex<ReportWriter>,
     bar: &ProgressBar,
 ) -> anyhow::Result<u64> {
-    let batch: Vec<Item> = items.iter().map(|(_, item)| item.clone()).collect();
+    let batch: Vec<Item> = items.iter().map(|(_, item, _)| item.clone()).collect();
     match store.upsert(catalogue, &batch) {
         Ok(_) => {
+            write_thumbnails(thumbnails, catalogue, &items.iter().collect::<Vec<_>>())?;
             bar.inc(batch.len() as u64);
             Ok(batch.len() as u64)
         }
         // A batch is validated whole: find the offending items one by one.
         Err(e) if e.kind() == ErrorKind::InvalidInput => {
             let mut written = 0;
-            for (index, item) in items {
-                match store.upsert(catalogue, std::slice::from_ref(&item)) {
-                    Ok(_) => written += 1,
+            for entry in &items {
+                let (index, item, _) = entry;
+                match store.upsert(catalogue, std::slice::from_ref(item)) {
+                    Ok(_) => {
+                        write_thumbnails(thumbnails, catalogue, &[entry])?;
+                        written += 1
+                    }
                     Err(e) if e.kind() == ErrorKind::InvalidInput => {
                         lock(report).write(&failure(
-                            &records[index],
+                            &records[*index],
                             format!("store refused the item: {e}"),
                         ))?;
                     }

@@ -76,6 +76,10 @@ pub fn list(svc: &Service) -> Result<Vec<CatalogueInfo>> {
 #[tracing::instrument(skip_all, fields(catalogue = name))]
 pub fn drop(svc: &Service, name: &str) -> Result<()> {
     svc.store.drop_catalogue(name)?;
-    info!(catalogue = name, "catalogue dropped");
+    let thumbnails = match &svc.thumbnails {
+        Some(t) => t.drop_catalogue(name)?,
+        None => 0,
+    };
+    info!(catalogue = name, thumbnails, "catalogue dropped");
     Ok(())
 }

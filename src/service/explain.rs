@@ -5,7 +5,7 @@ use asen_models::AttentionMap;
 use image::{Rgb, RgbImage};
 use serde::Serialize;
 
-use super::{Result, Service, ServiceError};
+use super::{thumbnails, Result, Service, ServiceError};
 
 /// The attention of one image for one attribute.
 #[derive(Debug, Clone)]
@@ -109,6 +109,32 @@ fn jet(v: f32) -> [f32; 3] {
     [c(3.0), c(2.0), c(1.0)]
 }
 
+/// What to explain: an encoded image, or a stored item's thumbnail.
+#[derive(Debug, Clone)]
+pub enum ExplainSubject {
+    /// Encoded image bytes (JPEG, PNG, WebP).
+    Image(Vec<u8>),
+    /// An item of a catalogue.
+    Item {
+        /// The catalogue.
+        catalogue: String,
+        /// The item id.
+        id: String,
+    },
+}
+
+/// The attention of `subject` for `attribute`.
+pub fn explain_subject(
+    svc: &Service,
+    subject: &ExplainSubject,
+    attribute: &str,
+) -> Result<Explanation> {
+    match subject {
+        ExplainSubject::Image(bytes) => explain(svc, bytes, attribute),
+        ExplainSubject::Item { catalogue, id } => explain_item(svc, catalogue, id, attribute),
+    }
+}
+
 /// The attention of an encoded image for `attribute`.
 #[tracing::instrument(skip_all, fields(attribute = %attribute))]
 pub fn explain(svc: &Service, image: &[u8], attribute: &str) -> Result<Explanation> {
@@ -118,6 +144,42 @@ pub fn explain(svc: &Service, image: &[u8], attribute: &str) -> Result<Explanati
         .decode(image)
         .map_err(|e| e.with_source_name("to explain".to_string()))?;
     let crop = svc.embedder.crop(&decoded);
+    explain_crop(svc, crop, index, attribute)
+}
+
+/// The attention of a stored item for `attribute`, over the item's thumbnail (the crop the
+/// model saw at upsert, after a JPEG round trip). Unknown catalogue or item: the not-found
+/// errors; an item stored without a thumbnail: [`ServiceError::NoThumbnail`].
+#[tracing::instrument(skip_all, fields(catalogue = %catalogue, attribute = %attribute))]
+pub fn explain_item(
+    svc: &Service,
+    catalogue: &str,
+    id: &str,
+    attribute: &str,
+) -> Result<Explanation> {
+    let index = svc.embedder.attribute_index(attribute)?;
+    let id = Service::item_id(id)?;
+    let jpeg = svc.item_thumbnail(catalogue, &id)?;
+    let crop = thumbnails::decode(&jpeg, catalogue, id.as_str())?;
+    let size = svc.embedder.preprocess_config().size as u32;
+    if crop.dimensions() != (size, size) {
+        return Err(ServiceError::invalid(format!(
+            "the stored image of item {:?} is {}x{}, the model expects {size}x{size}: \
+             upsert or ingest the item again, or send the image as \"image\"",
+            id.as_str(),
+            crop.width(),
+            crop.height()
+        )));
+    }
+    explain_crop(svc, crop, index, attribute)
+}
+
+fn explain_crop(
+    svc: &Service,
+    crop: RgbImage,
+    index: usize,
+    attribute: &str,
+) -> Result<Explanation> {
     let mut out = svc
         .embedder
         .embed_crops(std::slice::from_ref(&crop), &[index])?;

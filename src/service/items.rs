@@ -7,7 +7,7 @@ use image::RgbImage;
 use sha2::{Digest, Sha256};
 use tracing::debug;
 
-use super::{Result, Service, ServiceError};
+use super::{thumbnails, Result, Service, ServiceError};
 
 /// One item to store: id, payload and the encoded image (JPEG, PNG, WebP).
 #[derive(Debug, Clone)]
@@ -78,15 +78,26 @@ pub fn upsert(svc: &Service, catalogue: &str, items: Vec<NewItem>) -> Result<Wri
         });
     }
     let schema = svc.store.schema(catalogue)?;
-    let mut decoded = Vec::with_capacity(items.len());
+    let mut crops = Vec::with_capacity(items.len());
     for item in &items {
         let image = svc
             .embedder
             .decode(&item.image)
             .map_err(|e| e.with_source_name(format!("of item {:?}", item.id.as_str())))?;
-        decoded.push(image);
+        crops.push(svc.embedder.crop(&image));
     }
-    let vectors = embed_for_schema(svc, &schema, &decoded)?;
+    // Images at the input size are not resampled again: the crops are what the model sees.
+    let vectors = embed_for_schema(svc, &schema, &crops)?;
+    let thumbnails = match &svc.thumbnails {
+        Some(t) if t.is_enabled() => Some(
+            items
+                .iter()
+                .zip(&crops)
+                .map(|(item, crop)| thumbnails::encode(crop, item.id.as_str()))
+                .collect::<std::result::Result<Vec<_>, _>>()?,
+        ),
+        _ => None,
+    };
     let batch: Vec<Item> = items
         .into_iter()
         .zip(vectors)
@@ -98,6 +109,18 @@ pub fn upsert(svc: &Service, catalogue: &str, items: Vec<NewItem>) -> Result<Wri
         })
         .collect();
     let receipt = svc.store.upsert(catalogue, &batch)?;
+    if let Some(store) = &svc.thumbnails {
+        // After the store accepted the items; with thumbnails off, stale ones are removed.
+        store.upsert(
+            catalogue,
+            batch.iter().enumerate().map(|(i, item)| {
+                (
+                    item.id.as_str(),
+                    thumbnails.as_ref().map(|t| t[i].as_slice()),
+                )
+            }),
+        )?;
+    }
     debug!(catalogue, affected = receipt.affected, "items upserted");
     Ok(receipt)
 }
@@ -117,6 +140,9 @@ pub fn get(svc: &Service, catalogue: &str, id: &str, with_vectors: bool) -> Resu
 pub fn delete(svc: &Service, catalogue: &str, id: &str) -> Result<WriteReceipt> {
     let id = Service::item_id(id)?;
     let receipt = svc.store.delete(catalogue, std::slice::from_ref(&id))?;
+    if let Some(t) = &svc.thumbnails {
+        t.delete(catalogue, id.as_str())?;
+    }
     if receipt.affected == 0 {
         return Err(ServiceError::ItemNotFound {
             catalogue: catalogue.to_string(),
@@ -124,6 +150,13 @@ pub fn delete(svc: &Service, catalogue: &str, id: &str) -> Result<WriteReceipt> 
         });
     }
     Ok(receipt)
+}
+
+/// The stored JPEG of an item's model-input crop: 404 errors for an unknown catalogue or
+/// item, `NoThumbnail` for an item stored without one.
+pub fn image(svc: &Service, catalogue: &str, id: &str) -> Result<Vec<u8>> {
+    let id = Service::item_id(id)?;
+    svc.item_thumbnail(catalogue, &id)
 }
 
 #[cfg(test)]

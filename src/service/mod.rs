@@ -11,6 +11,7 @@ pub mod compare;
 pub mod explain;
 pub mod items;
 pub mod search;
+pub mod thumbnails;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use std::sync::Arc;
 use asen_index::{CatalogueStore, HnswConfig, IndexError, ItemId};
 use asen_models::{Embedder, ModelError};
 use serde::Serialize;
+use thumbnails::{ThumbnailError, Thumbnails};
 
 /// The store and the model, opened once and shared.
 #[derive(Clone)]
@@ -30,6 +32,9 @@ pub struct Service {
     pub limits: ServiceLimits,
     /// Graph parameters of new catalogues.
     pub hnsw: HnswConfig,
+    /// Model-input crops of the items (explain by item, the item image route); `None` where
+    /// no data directory backs the service (the CLI's scratch stores).
+    pub thumbnails: Option<Arc<Thumbnails>>,
 }
 
 /// Bounds checked by service functions.
@@ -84,6 +89,17 @@ pub enum ServiceError {
     /// An item id given as a query does not exist.
     #[error("item {id:?} not found in catalogue {catalogue:?}")]
     ItemNotFound {
+        /// The catalogue.
+        catalogue: String,
+        /// The id.
+        id: String,
+    },
+    /// The thumbnail store failed or holds an unreadable image.
+    #[error(transparent)]
+    Thumbnail(#[from] ThumbnailError),
+    /// The item exists but has no stored thumbnail (stored with thumbnails off).
+    #[error("item {id:?} of catalogue {catalogue:?} has no stored image (it was stored with index.thumbnails off, or by an older version): upsert or ingest it again with thumbnails on, or send the image as \"image\"")]
+    NoThumbnail {
         /// The catalogue.
         catalogue: String,
         /// The id.
@@ -212,6 +228,27 @@ impl Service {
                     id: id.to_string(),
                 })?;
         Ok(item.vectors.unwrap_or_default())
+    }
+}
+
+impl Service {
+    /// The stored thumbnail (JPEG) of an item: the index's catalogue-not-found error or
+    /// `ItemNotFound` when the item is absent, `NoThumbnail` when it has none.
+    pub(crate) fn item_thumbnail(&self, catalogue: &str, id: &ItemId) -> Result<Vec<u8>> {
+        if self.store.get(catalogue, id, false)?.is_none() {
+            return Err(ServiceError::ItemNotFound {
+                catalogue: catalogue.to_string(),
+                id: id.to_string(),
+            });
+        }
+        let stored = match &self.thumbnails {
+            Some(t) => t.get(catalogue, id.as_str())?,
+            None => None,
+        };
+        stored.ok_or_else(|| ServiceError::NoThumbnail {
+            catalogue: catalogue.to_string(),
+            id: id.to_string(),
+        })
     }
 }
 

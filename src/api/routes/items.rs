@@ -1,5 +1,5 @@
 //! `PUT /v1/catalogues/{c}/items` (JSON with base64 images, or multipart),
-//! `GET` and `DELETE /v1/catalogues/{c}/items/{id}`.
+//! `GET` and `DELETE /v1/catalogues/{c}/items/{id}`, `GET /v1/catalogues/{c}/items/{id}/image`.
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -7,7 +7,7 @@ use std::time::Instant;
 use asen_index::{ItemId, Payload};
 use axum::extract::{FromRequest, Multipart, Path, Query, Request, State};
 use axum::http::header::CONTENT_TYPE;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use super::image_from_base64;
@@ -206,4 +206,21 @@ pub async fn delete(
         .run(false, move |svc| items::delete(svc, &name, &id))
         .await?;
     Ok(ok(receipt, started))
+}
+
+/// The item's stored image: the model-input crop (JPEG) kept when it was upserted.
+#[utoipa::path(get, path = "/v1/catalogues/{name}/items/{id}/image", tag = "items",
+    params(("name" = String, Path, description = "catalogue name"),
+           ("id" = String, Path, description = "item id")),
+    responses((status = 200, description = "the crop the model saw", content_type = "image/jpeg"),
+              (status = 404, description = "unknown catalogue or item", body = crate::api::error::ErrorEnvelope),
+              (status = 409, description = "the item was stored without its image (thumbnails off)", body = crate::api::error::ErrorEnvelope)))]
+pub async fn image(
+    State(state): State<AppState>,
+    Path((name, id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let jpeg = state
+        .run(false, move |svc| items::image(svc, &name, &id))
+        .await?;
+    Ok(([(CONTENT_TYPE, "image/jpeg")], jpeg).into_response())
 }

@@ -320,6 +320,11 @@ pub struct TrainArgs {
     /// image-uniform (values as often as they occur) [default: paper].
     #[arg(long)]
     pub sampling: Option<String>,
+    /// Negatives of the loss: sampled (each triplet's own, as the paper) or
+    /// batch-all (every image of the batch embedded for the same attribute
+    /// with another value) [default: sampled].
+    #[arg(long)]
+    pub negatives: Option<String>,
     /// Append the per-cell colour histogram (61 CIELab bins) to the backbone's
     /// feature map: the frozen ImageNet layer keeps little colour.
     #[arg(long)]

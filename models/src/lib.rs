@@ -71,9 +71,9 @@ pub use preprocess::{
     IMAGENET_STD,
 };
 pub use train::{
-    dataset_features, l2_normalize, load_crop, map_by_attribute, train_head, trained_card,
+    batch_all_ranking_loss, dataset_features, l2_normalize, load_crop, map_by_attribute, train_head, trained_card,
     triplet_ranking_loss, utc_date, without_images, BadImage, CacheKey, DatasetFeatures,
-    EpochRecord, FeatureCache, FeatureOptions, ResumeState, Sampling, StepDecay, TrainConfig,
+    EpochRecord, FeatureCache, FeatureOptions, Negatives, ResumeState, Sampling, StepDecay, TrainConfig,
     TrainEvent, TrainOptions, TrainOutcome, TrainableHead, Triplet, TripletSampler, DEFAULT_MARGIN,
     STATE_FILE,
 };

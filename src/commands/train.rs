@@ -46,6 +46,7 @@ struct TrainFile {
     margin: Option<f64>,
     seed: Option<u64>,
     sampling: Option<String>,
+    negatives: Option<String>,
 }
 
 /// Load the dataset named by `args` (CSV file or official folder).
@@ -241,6 +242,9 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     cfg.seed = args.seed.or(file.seed).unwrap_or(cfg.seed);
     if let Some(s) = args.sampling.clone().or(file.sampling) {
         cfg.sampling = s.parse()?;
+    }
+    if let Some(n) = args.negatives.clone().or(file.negatives) {
+        cfg.negatives = n.parse()?;
     }
 
     let dataset = load_dataset(&data)?;

@@ -45,6 +45,46 @@ pub fn triplet_ranking_loss(
     Ok(hinge.to_dtype(DType::F32)?.mean_all()?)
 }
 
+/// The ranking loss over every valid negative of the batch ("batch all"):
+/// `sum(mask * max(0, margin - cos(a_i, p_i) + cos(a_i, x_j))) / sum(mask)`.
+///
+/// `anchor`, `positive`: `(B, D)`; `candidates`: `(N, D)`, all L2-normalised;
+/// `mask`: f32 `(B, N)`, 1 where `x_j` is a valid negative of triplet `i`
+/// (same attribute, another value). With only each triplet's own negative in
+/// the mask this is [`triplet_ranking_loss`]. Errors when the mask is empty.
+pub fn batch_all_ranking_loss(
+    anchor: &Tensor,
+    positive: &Tensor,
+    candidates: &Tensor,
+    mask: &Tensor,
+    margin: f64,
+) -> Result<Tensor> {
+    let (b, d) = anchor.dims2()?;
+    let (n, dc) = candidates.dims2()?;
+    if positive.dims() != [b, d] || dc != d || mask.dims() != [b, n] {
+        return Err(ModelError::InvalidArgument(format!(
+            "batch-all loss: anchor {:?}, positive {:?}, candidates {:?}, mask {:?} do not fit",
+            anchor.dims(),
+            positive.dims(),
+            candidates.dims(),
+            mask.dims()
+        )));
+    }
+    let count = mask.sum_all()?.to_scalar::<f32>()?;
+    if count < 1.0 {
+        return Err(ModelError::InvalidArgument(
+            "batch-all loss: no valid negative in the batch".into(),
+        ));
+    }
+    let cos_ap = (anchor * positive)?.sum_keepdim(D::Minus1)?; // (B, 1)
+    let cos_an = anchor.matmul(&candidates.t()?)?; // (B, N)
+    let hinge = cos_an
+        .broadcast_sub(&cos_ap)?
+        .affine(1.0, margin)?
+        .relu()?;
+    Ok(((hinge * mask)?.sum_all()? / f64::from(count))?)
+}
+
 #[cfg(test)]
 mod tests {
     use candle_core::{Device, Var};
@@ -65,6 +105,31 @@ mod tests {
             .unwrap();
         assert!((loss - 0.6).abs() < 1e-6, "{loss}");
         assert!(triplet_ranking_loss(&a, &p, &n.narrow(0, 0, 1).unwrap(), 0.2).is_err());
+    }
+
+    #[test]
+    fn batch_all_reduces_to_the_triplet_loss_and_averages_valid_pairs() {
+        let d = Device::Cpu;
+        let a = Tensor::new(&[[1f32, 0.0], [1.0, 0.0]], &d).unwrap();
+        let p = Tensor::new(&[[1f32, 0.0], [0.0, 1.0]], &d).unwrap();
+        let n = Tensor::new(&[[0f32, 1.0], [1.0, 0.0]], &d).unwrap();
+        let eye = Tensor::new(&[[1f32, 0.0], [0.0, 1.0]], &d).unwrap();
+        let own = batch_all_ranking_loss(&a, &p, &n, &eye, DEFAULT_MARGIN)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!((own - 0.6).abs() < 1e-6, "{own}");
+        // Every pair valid: row 1 hinges 0 (cos 0) and 0.2 (cos 1: 0.2 - 1 + 1);
+        // row 2: 1.2 (cos 1 -> 0.2 - 0 + 1), 0.2 (cos 0 -> 0.2 - 0 + 0). Mean of 4.
+        let all = Tensor::ones((2, 2), DType::F32, &d).unwrap();
+        let mean = batch_all_ranking_loss(&a, &p, &n, &all, DEFAULT_MARGIN)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!((mean - 1.6 / 4.0).abs() < 1e-6, "{mean}");
+        let none = Tensor::zeros((2, 2), DType::F32, &d).unwrap();
+        assert!(batch_all_ranking_loss(&a, &p, &n, &none, 0.2).is_err());
+        assert!(batch_all_ranking_loss(&a, &p, &n, &eye.narrow(0, 0, 1).unwrap(), 0.2).is_err());
     }
 
     #[test]

@@ -13,10 +13,11 @@ pub use cache::{CacheKey, FeatureCache};
 pub use features::{
     dataset_features, load_crop, without_images, BadImage, DatasetFeatures, FeatureOptions,
 };
-pub use loss::{l2_normalize, triplet_ranking_loss, DEFAULT_MARGIN};
+pub use loss::{batch_all_ranking_loss, l2_normalize, triplet_ranking_loss, DEFAULT_MARGIN};
 pub use sampler::{Sampling, Triplet, TripletSampler};
 pub use schedule::StepDecay;
 pub use trainer::{
-    map_by_attribute, train_head, trained_card, utc_date, EpochRecord, ResumeState, TrainConfig,
+    map_by_attribute, train_head, trained_card, utc_date, EpochRecord, Negatives, ResumeState,
+    TrainConfig,
     TrainEvent, TrainOptions, TrainOutcome, TrainableHead, STATE_FILE,
 };

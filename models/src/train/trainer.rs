@@ -29,8 +29,8 @@ use crate::error::{ModelError, Result};
 use crate::eval::{evaluate_head, RetrievalReport};
 use crate::head::{Head, HeadConfig, HeadKind};
 use crate::train::cache::FeatureCache;
-use crate::train::loss::triplet_ranking_loss;
-use crate::train::sampler::{Sampling, TripletSampler};
+use crate::train::loss::{batch_all_ranking_loss, triplet_ranking_loss};
+use crate::train::sampler::{Sampling, Triplet, TripletSampler};
 use crate::train::schedule::StepDecay;
 
 /// File of the resume state inside `last/`.
@@ -80,6 +80,37 @@ pub struct TrainConfig {
     /// How triplet values are drawn.
     #[serde(default)]
     pub sampling: Sampling,
+    /// Which negatives each anchor is ranked against.
+    #[serde(default)]
+    pub negatives: Negatives,
+}
+
+/// The negatives of the ranking loss.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Negatives {
+    /// The paper: each anchor against its own sampled negative.
+    #[default]
+    Sampled,
+    /// Each anchor against every image of the batch embedded for the same
+    /// attribute with another value (batch-all: about 3x the batch / the
+    /// number of attributes negatives per anchor instead of one), so the
+    /// violating, confusable ones drive the gradient.
+    BatchAll,
+}
+
+impl std::str::FromStr for Negatives {
+    type Err = ModelError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "sampled" => Ok(Negatives::Sampled),
+            "batch-all" => Ok(Negatives::BatchAll),
+            other => Err(ModelError::InvalidArgument(format!(
+                "unknown negatives {other:?}; expected sampled or batch-all"
+            ))),
+        }
+    }
 }
 
 impl TrainConfig {
@@ -107,6 +138,7 @@ impl TrainConfig {
             margin: crate::train::loss::DEFAULT_MARGIN,
             seed: 0,
             sampling: Sampling::Paper,
+            negatives: Negatives::Sampled,
         }
     }
 
@@ -447,6 +479,29 @@ impl TrainableHead {
     }
 }
 
+/// `(B, 3B)` f32: 1 where image `indices[j]`, embedded for triplet
+/// `j % B`'s attribute, is a negative of triplet `i` (same attribute, a known
+/// other value). Each triplet's own negative is always in it.
+fn negative_mask(
+    dataset: &Dataset,
+    batch: &[Triplet],
+    indices: &[usize],
+    device: &Device,
+) -> Result<Tensor> {
+    let b = batch.len();
+    let mut mask = vec![0f32; b * indices.len()];
+    for (i, t) in batch.iter().enumerate() {
+        let value = dataset.images()[t.anchor].labels[t.attribute];
+        for (j, &image) in indices.iter().enumerate() {
+            let other = dataset.images()[image].labels[t.attribute];
+            if batch[j % b].attribute == t.attribute && other.is_some() && other != value {
+                mask[i * indices.len() + j] = 1.0;
+            }
+        }
+    }
+    Ok(Tensor::from_vec(mask, (b, indices.len()), device)?)
+}
+
 /// Write a model directory (`model.safetensors` + `card.json`) for `head`.
 fn write_model_dir(dir: &Path, head: &TrainableHead, card: &ModelCard) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
@@ -620,12 +675,21 @@ pub fn train_head(
             let attr = Tensor::from_vec(attrs, 3 * b, &device)?;
             let out = head.forward(&x, &attr, true)?;
             let e = out.embedding;
-            let loss = triplet_ranking_loss(
-                &e.narrow(0, 0, b)?,
-                &e.narrow(0, b, b)?,
-                &e.narrow(0, 2 * b, b)?,
-                cfg.margin,
-            )?;
+            let loss = match cfg.negatives {
+                Negatives::Sampled => triplet_ranking_loss(
+                    &e.narrow(0, 0, b)?,
+                    &e.narrow(0, b, b)?,
+                    &e.narrow(0, 2 * b, b)?,
+                    cfg.margin,
+                )?,
+                Negatives::BatchAll => batch_all_ranking_loss(
+                    &e.narrow(0, 0, b)?,
+                    &e.narrow(0, b, b)?,
+                    &e,
+                    &negative_mask(dataset, batch, &indices, &device)?,
+                    cfg.margin,
+                )?,
+            };
             optimizer.backward_step(&loss)?;
             let value = loss.to_scalar::<f32>()?;
             if !value.is_finite() {

@@ -34,7 +34,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let b = triplets;
     let attrs: Vec<u32> = (0..3 * b).map(|i| (i % b % n_attributes) as u32).collect();
     let attr = Tensor::from_vec(attrs, 3 * b, &device)?;
-    println!("backbone {backbone}, {size} px, {b} triplets ({} images) per step, device {device:?}", 3 * b);
+    println!(
+        "backbone {backbone}, {size} px, {b} triplets ({} images) per step, device {device:?}",
+        3 * b
+    );
     let mut times = Vec::new();
     for step in 0..=steps {
         let x = Tensor::randn(0f32, 1.0, (3 * b, 3, size, size), &device)?;
@@ -55,7 +58,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         if step > 0 {
             times.push(secs);
         }
-        println!("step {step}: loss {value:.4}, {secs:.2} s, {:.2} triplets/s", b as f64 / secs);
+        println!(
+            "step {step}: loss {value:.4}, {secs:.2} s, {:.2} triplets/s",
+            b as f64 / secs
+        );
     }
     let mean = times.iter().sum::<f64>() / times.len().max(1) as f64;
     println!(

@@ -71,8 +71,9 @@ pub use preprocess::{
     IMAGENET_STD,
 };
 pub use train::{
-    dataset_features, embed_dataset_split, finetune, l2_normalize, load_crop, map_by_attribute, train_head, trained_card,
-    triplet_ranking_loss, unusable_images, utc_date, without_images, BadImage, CacheKey, DatasetFeatures,
-    EpochRecord, FeatureCache, FeatureOptions, FinetuneNetwork, FinetuneSettings, ResumeState, StepDecay, TrainConfig, TrainEvent,
+    dataset_features, embed_dataset_split, finetune, l2_normalize, load_crop, map_by_attribute,
+    train_head, trained_card, triplet_ranking_loss, unusable_images, utc_date, without_images,
+    BadImage, CacheKey, DatasetFeatures, EpochRecord, FeatureCache, FeatureOptions,
+    FinetuneNetwork, FinetuneSettings, ResumeState, StepDecay, TrainConfig, TrainEvent,
     TrainOptions, TrainOutcome, TrainableHead, Triplet, TripletSampler, DEFAULT_MARGIN, STATE_FILE,
 };

@@ -493,7 +493,10 @@ mod tests {
             let expect = xp.conv2d(&wg, 0, s, 1, 4).unwrap();
             let got = depthwise_conv2d_taps(&x, &wg, s, padding).unwrap();
             assert_eq!(got.dims(), expect.dims());
-            assert!(max_diff(&got, &expect) < 1e-4, "depthwise {h}x{w} k{k} s{s}");
+            assert!(
+                max_diff(&got, &expect) < 1e-4,
+                "depthwise {h}x{w} k{k} s{s}"
+            );
         }
     }
 
@@ -530,7 +533,12 @@ mod tests {
                     .unwrap()
                     .to_vec1::<f64>()
                     .unwrap();
-                let base = var.as_tensor().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+                let base = var
+                    .as_tensor()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f64>()
+                    .unwrap();
                 let eps = 1e-5;
                 for i in (0..base.len()).step_by(7) {
                     let mut plus = base.clone();
@@ -586,11 +594,9 @@ mod tests {
                 return;
             };
             let dev = Device::Cpu;
-            let folded = super::super::Backbone::new(
-                kind,
-                VarBuilder::from_varmap(&map, DType::F32, &dev),
-            )
-            .unwrap();
+            let folded =
+                super::super::Backbone::new(kind, VarBuilder::from_varmap(&map, DType::F32, &dev))
+                    .unwrap();
             let x = Tensor::randn(0f32, 1.0, (2, 3, 64, 64), &dev).unwrap();
             let a = net.forward_t(&x, false).unwrap();
             let b = folded.forward(&x).unwrap();
@@ -636,8 +642,17 @@ mod tests {
             let g = grads
                 .get(var.as_tensor())
                 .unwrap_or_else(|| panic!("no gradient for {name}"));
-            let norm = g.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
-            assert!(norm > 0.0 && norm.is_finite(), "{name}: gradient norm {norm}");
+            let norm = g
+                .sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(
+                norm > 0.0 && norm.is_finite(),
+                "{name}: gradient norm {norm}"
+            );
         }
     }
 

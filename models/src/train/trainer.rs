@@ -29,8 +29,8 @@ use crate::error::{ModelError, Result};
 use crate::eval::{evaluate_head, RetrievalReport};
 use crate::head::{Head, HeadConfig, HeadKind};
 use crate::train::cache::FeatureCache;
-use crate::train::loss::triplet_ranking_loss;
 use crate::train::finetune::FinetuneSettings;
+use crate::train::loss::triplet_ranking_loss;
 use crate::train::sampler::{Triplet, TripletSampler};
 use crate::train::schedule::StepDecay;
 

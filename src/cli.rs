@@ -35,7 +35,8 @@ pub enum Command {
     Search(SearchArgs),
     /// Compare two images attribute by attribute (the copy check) and print a table.
     Compare(CompareArgs),
-    /// Train a head (ASEN v1/v2, CSN, global) on a labelled dataset (frozen backbone, cached features).
+    /// Train a head (ASEN v1/v2, CSN, global) on a labelled dataset: on cached features
+    /// of the frozen backbone, or end to end with --finetune (any device).
     Train(TrainArgs),
     /// Evaluate a model or a baseline with the ASEN retrieval protocol (per-attribute mAP).
     Eval(EvalArgs),
@@ -267,7 +268,8 @@ pub struct TrainArgs {
     /// Output folder: best/ and last/ model directories [required here or in the config].
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Frozen backbone: mobilenet_v2 or efficientnet_lite0 [default: mobilenet_v2].
+    /// Backbone: mobilenet_v2 or efficientnet_lite0, frozen (or fine-tuned with
+    /// --finetune) [default: mobilenet_v2].
     #[arg(long)]
     pub backbone: Option<String>,
     /// Head: asen_v1, asen_v2, csn or global [default: asen_v2].
@@ -329,7 +331,19 @@ pub struct TrainArgs {
     /// feature map: the frozen ImageNet layer keeps little colour.
     #[arg(long)]
     pub colour_histogram: bool,
-    /// Device: only cpu trains here (frozen backbone); cuda fine-tuning is not implemented.
+    /// Fine-tune the backbone (mobilenet_v2 or efficientnet_lite0) and the head
+    /// end to end on the images instead of training the head on cached features.
+    #[arg(long)]
+    pub finetune: bool,
+    /// With --finetune: the backbone's learning rate as a fraction of the
+    /// head's [default: 0.1].
+    #[arg(long)]
+    pub backbone_lr_scale: Option<f64>,
+    /// With --finetune: no random horizontal flips of the training images.
+    #[arg(long)]
+    pub no_flip: bool,
+    /// Device: cpu, or with --finetune also cuda[:N] (a build with
+    /// `--features cuda`) or metal[:N] (`--features metal`).
     #[arg(long, default_value = "cpu")]
     pub device: String,
 }

@@ -180,6 +180,35 @@ impl Embedder {
         })
     }
 
+    /// An embedder over modules built in memory (the fine-tuning trainer
+    /// validates with it): the same as [`Embedder::load`] of the directory
+    /// those modules are saved to.
+    pub(crate) fn from_modules(
+        card: ModelCard,
+        backbone: Backbone,
+        head: Head,
+        device: &Device,
+        batch_size: usize,
+    ) -> Result<Self> {
+        if batch_size == 0 {
+            return Err(ModelError::InvalidArgument(
+                "batch size must be at least 1".into(),
+            ));
+        }
+        let preprocess = PreprocessConfig {
+            size: card.input_size as usize,
+            ..PreprocessConfig::default()
+        };
+        Ok(Self {
+            card,
+            backbone,
+            head,
+            device: device.clone(),
+            batch_size,
+            preprocess,
+        })
+    }
+
     /// The model card (attributes, dimension, thresholds, provenance).
     pub fn card(&self) -> &ModelCard {
         &self.card

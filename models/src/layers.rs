@@ -20,7 +20,7 @@ pub(crate) enum Activation {
 }
 
 impl Activation {
-    fn apply(self, x: Tensor) -> candle_core::Result<Tensor> {
+    pub(crate) fn apply(self, x: Tensor) -> candle_core::Result<Tensor> {
         match self {
             Activation::None => Ok(x),
             Activation::Relu => x.relu(),
@@ -50,7 +50,7 @@ pub(crate) enum Padding {
 
 impl Padding {
     /// `(before, after)` padding along one axis of length `size`.
-    fn amounts(self, size: usize, kernel: usize, stride: usize) -> (usize, usize) {
+    pub(crate) fn amounts(self, size: usize, kernel: usize, stride: usize) -> (usize, usize) {
         match self {
             Padding::Symmetric(p) => (p, p),
             Padding::Same => same_padding(size, kernel, stride),

@@ -43,7 +43,7 @@ mod train;
 
 pub use backbone::{
     locate_weights, Backbone, BackboneKind, EfficientNetLite0, Lite0Classifier, MobileNetV2,
-    ResNet50Layer3,
+    ResNet50Layer3, TrainableBackbone,
 };
 pub use card::{AttributeSpec, ModelCard, Provenance};
 pub use checkpoint::{CheckedTensors, Checkpoint, CheckpointFormat, KeyReport};
@@ -71,9 +71,10 @@ pub use preprocess::{
     IMAGENET_STD,
 };
 pub use train::{
-    batch_all_ranking_loss, dataset_features, l2_normalize, load_crop, map_by_attribute, train_head, trained_card,
-    triplet_ranking_loss, utc_date, without_images, BadImage, CacheKey, DatasetFeatures,
-    EpochRecord, FeatureCache, FeatureOptions, Negatives, ResumeState, Sampling, StepDecay, TrainConfig,
-    TrainEvent, TrainOptions, TrainOutcome, TrainableHead, Triplet, TripletSampler, DEFAULT_MARGIN,
-    STATE_FILE,
+    batch_all_ranking_loss, dataset_features, embed_dataset_split, finetune, l2_normalize,
+    load_crop, map_by_attribute, train_head, trained_card, triplet_ranking_loss, unusable_images,
+    utc_date, without_images, BadImage, CacheKey, DatasetFeatures, EpochRecord, FeatureCache,
+    FeatureOptions, FinetuneNetwork, FinetuneSettings, Negatives, ResumeState, Sampling, StepDecay,
+    TrainConfig, TrainEvent, TrainOptions, TrainOutcome, TrainableHead, Triplet, TripletSampler,
+    DEFAULT_MARGIN, STATE_FILE,
 };

@@ -12,6 +12,10 @@ use asen_models::{
     BadImage, CsvOptions, Dataset, DatasetFeatures, FeatureOptions, HeadKind, ModelDir, Split,
     StepDecay, TrainConfig, TrainEvent, TrainOptions,
 };
+use asen_models::{
+    embed_dataset_split, finetune, unusable_images, Embedder, EmbedderOptions, FinetuneSettings,
+    PreprocessConfig, TrainOutcome,
+};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Deserialize;
 
@@ -47,6 +51,10 @@ struct TrainFile {
     seed: Option<u64>,
     sampling: Option<String>,
     negatives: Option<String>,
+    finetune: Option<bool>,
+    backbone_lr_scale: Option<f64>,
+    flip: Option<bool>,
+    device: Option<String>,
 }
 
 /// Load the dataset named by `args` (CSV file or official folder).
@@ -162,12 +170,6 @@ fn parse_head(name: &str) -> anyhow::Result<HeadKind> {
 
 /// Run `asen train`.
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
-    if args.device != "cpu" {
-        bail!(
-            "device {:?}: only cpu training (frozen backbone, cached features) is implemented",
-            args.device
-        );
-    }
     let file: TrainFile = match &args.config {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -246,6 +248,34 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     if let Some(n) = args.negatives.clone().or(file.negatives) {
         cfg.negatives = n.parse()?;
     }
+    let finetune = args.finetune || file.finetune.unwrap_or(false);
+    let device_name = if args.device != "cpu" {
+        args.device.clone()
+    } else {
+        file.device.clone().unwrap_or_else(|| "cpu".into())
+    };
+    if finetune {
+        let defaults = FinetuneSettings::default();
+        cfg.finetune = Some(FinetuneSettings {
+            backbone_lr_scale: args
+                .backbone_lr_scale
+                .or(file.backbone_lr_scale)
+                .unwrap_or(defaults.backbone_lr_scale),
+            flip: !args.no_flip && file.flip.unwrap_or(defaults.flip),
+        });
+        if cfg.colour_histogram {
+            bail!("--colour-histogram cannot be combined with --finetune");
+        }
+    } else {
+        if device_name != "cpu" {
+            bail!(
+                "device {device_name:?}: training on cached features of the frozen backbone runs on the cpu; pass --finetune to train backbone and head on {device_name}"
+            );
+        }
+        if args.backbone_lr_scale.is_some() || args.no_flip {
+            bail!("--backbone-lr-scale and --no-flip only apply with --finetune");
+        }
+    }
 
     let dataset = load_dataset(&data)?;
     for split in [Split::Train, Split::Valid] {
@@ -257,6 +287,9 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         }
     }
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
+    if finetune {
+        return run_finetune(&dataset, &data, &cfg, &out, args.resume, &device_name);
+    }
     let cache = data
         .cache
         .clone()
@@ -285,13 +318,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             ""
         }
     );
-    let bar = ProgressBar::new(0);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "epoch {prefix} {bar:30} {pos}/{len} triplets {per_sec} eta {eta} {msg}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
+    let bar = epoch_bar();
     let outcome = train_head(
         &usable,
         &features.cache,
@@ -303,34 +330,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             notes: Some(notes),
             eval_batch_size: 64,
         },
-        &mut |event| match event {
-            TrainEvent::EpochStart { epoch, steps } => {
-                bar.reset();
-                bar.set_length((steps * cfg.batch_size).min(cfg.triplets_per_epoch) as u64);
-                bar.set_prefix(format!("{epoch}/{}", cfg.epochs));
-            }
-            TrainEvent::Step { triplets, loss, .. } => {
-                bar.inc(*triplets as u64);
-                bar.set_message(format!("loss {loss:.4}"));
-            }
-            TrainEvent::Epoch(r) => {
-                let line = format!(
-                    "epoch {:>3}  lr {:.1e}  loss {:.4}  valid mAP {:.2} %  {:.0} triplets/s  {:.0} s",
-                    r.epoch,
-                    r.lr,
-                    r.loss,
-                    r.valid_map * 100.0,
-                    r.triplets_per_s,
-                    r.seconds
-                );
-                // A hidden bar (no terminal) drops println: print directly then.
-                if bar.is_hidden() {
-                    eprintln!("{line}");
-                } else {
-                    bar.println(line);
-                }
-            }
-        },
+        &mut |event| show_event(&bar, &cfg, event),
     )?;
     bar.finish_and_clear();
 
@@ -343,12 +343,124 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     card.match_thresholds = Some(thresholds);
     card.save(&outcome.best_dir)?;
 
+    print_best(&outcome);
+    report_bad_images(&features.bad_images);
+    Ok(())
+}
+
+fn print_best(outcome: &TrainOutcome) {
     println!(
         "best: epoch {} with valid mAP {:.2} % -> {}",
         outcome.best_epoch,
         outcome.best_map * 100.0,
         outcome.best_dir.display()
     );
-    report_bad_images(&features.bad_images);
+}
+
+/// The per-epoch progress bar of a training run.
+fn epoch_bar() -> ProgressBar {
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "epoch {prefix} {bar:30} {pos}/{len} triplets {per_sec} eta {eta} {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar
+}
+
+/// Follow a training event on `bar`; one line per finished epoch.
+fn show_event(bar: &ProgressBar, cfg: &TrainConfig, event: &TrainEvent) {
+    match event {
+        TrainEvent::EpochStart { epoch, steps } => {
+            bar.reset();
+            bar.set_length((steps * cfg.batch_size).min(cfg.triplets_per_epoch) as u64);
+            bar.set_prefix(format!("{epoch}/{}", cfg.epochs));
+        }
+        TrainEvent::Step { triplets, loss, .. } => {
+            bar.inc(*triplets as u64);
+            bar.set_message(format!("loss {loss:.4}"));
+        }
+        TrainEvent::Epoch(r) => {
+            let line = format!(
+                "epoch {:>3}  lr {:.1e}  loss {:.4}  valid mAP {:.2} %  {:.1} triplets/s  {:.0} s",
+                r.epoch,
+                r.lr,
+                r.loss,
+                r.valid_map * 100.0,
+                r.triplets_per_s,
+                r.seconds
+            );
+            // A hidden bar (no terminal) drops println: print directly then.
+            if bar.is_hidden() {
+                eprintln!("{line}");
+            } else {
+                bar.println(line);
+            }
+        }
+    }
+}
+
+/// `asen train --finetune`: check the images once, train backbone and head
+/// end to end on `device`, calibrate the best model's copy-check thresholds
+/// on the valid split with the full network.
+fn run_finetune(
+    dataset: &Dataset,
+    data: &DataArgs,
+    cfg: &TrainConfig,
+    out: &Path,
+    resume: bool,
+    device_name: &str,
+) -> anyhow::Result<()> {
+    let device = &asen_models::parse_device(device_name)?;
+    let preprocess = PreprocessConfig {
+        size: cfg.input_size as usize,
+        ..PreprocessConfig::default()
+    };
+    let bad = unusable_images(dataset, &preprocess);
+    let usable = without_images(dataset, &bad.iter().map(|b| b.index).collect())?;
+    let settings = cfg.finetune.clone().unwrap_or_default();
+    let notes = format!(
+        "trained by asen train --finetune on {} ({} images: {} train, {} valid, {} test; {} unusable); {} fine-tuned from ImageNet (backbone lr x{}, flips {})",
+        data.data.as_deref().unwrap_or(Path::new("")).display(),
+        dataset.len(),
+        dataset.split_indices(Split::Train).len(),
+        dataset.split_indices(Split::Valid).len(),
+        dataset.split_indices(Split::Test).len(),
+        bad.len(),
+        cfg.backbone,
+        settings.backbone_lr_scale,
+        if settings.flip { "on" } else { "off" },
+    );
+    let bar = epoch_bar();
+    let outcome = finetune(
+        &usable,
+        cfg,
+        out,
+        &TrainOptions {
+            resume,
+            command: Some(std::env::args().collect::<Vec<_>>().join(" ")),
+            notes: Some(notes),
+            eval_batch_size: 32,
+        },
+        device,
+        &mut |event| show_event(&bar, cfg, event),
+    )?;
+    bar.finish_and_clear();
+
+    let best = Embedder::load(
+        &outcome.best_dir,
+        &EmbedderOptions {
+            device: device.clone(),
+            ..EmbedderOptions::default()
+        },
+    )
+    .with_context(|| format!("cannot reload {}", outcome.best_dir.display()))?;
+    let pairs = embed_dataset_split(&best, &usable, Split::Valid, 32)?;
+    let mut card = best.card().clone();
+    card.match_thresholds = Some(calibrate_thresholds(&usable, Split::Valid, &pairs, 1500));
+    card.save(&outcome.best_dir)?;
+    print_best(&outcome);
+    report_bad_images(&bad);
     Ok(())
 }

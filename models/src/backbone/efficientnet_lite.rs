@@ -11,9 +11,9 @@ use candle_nn::{Linear, VarBuilder};
 use crate::error::Result;
 use crate::layers::{Activation, ConvBnAct, DepthwiseConvBnAct, InvertedBottleneck, Padding};
 
-const BN_EPS: f64 = 1e-3;
+pub(super) const BN_EPS: f64 = 1e-3;
 /// (repeats, kernel, first stride, expansion, output channels) per stage.
-const STAGES: [(usize, usize, usize, usize, usize); 7] = [
+pub(super) const STAGES: [(usize, usize, usize, usize, usize); 7] = [
     (1, 3, 1, 1, 16),
     (2, 3, 2, 6, 24),
     (2, 5, 2, 6, 40),
@@ -22,8 +22,8 @@ const STAGES: [(usize, usize, usize, usize, usize); 7] = [
     (4, 5, 2, 6, 192),
     (1, 3, 1, 6, 320),
 ];
-const STEM: usize = 32;
-const HEAD: usize = 1280;
+pub(super) const STEM: usize = 32;
+pub(super) const HEAD: usize = 1280;
 /// ImageNet-1k classes of the `_fc` classifier.
 const CLASSES: usize = 1000;
 

@@ -9,6 +9,7 @@
 mod efficientnet_lite;
 mod mobilenet_v2;
 mod resnet;
+mod trainable;
 
 use std::path::{Path, PathBuf};
 
@@ -21,6 +22,7 @@ use crate::error::{ModelError, Result};
 pub use efficientnet_lite::{EfficientNetLite0, Lite0Classifier};
 pub use mobilenet_v2::MobileNetV2;
 pub use resnet::ResNet50Layer3;
+pub use trainable::TrainableBackbone;
 
 /// Which backbone architecture.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]

@@ -78,10 +78,7 @@ pub fn batch_all_ranking_loss(
     }
     let cos_ap = (anchor * positive)?.sum_keepdim(D::Minus1)?; // (B, 1)
     let cos_an = anchor.matmul(&candidates.t()?)?; // (B, N)
-    let hinge = cos_an
-        .broadcast_sub(&cos_ap)?
-        .affine(1.0, margin)?
-        .relu()?;
+    let hinge = cos_an.broadcast_sub(&cos_ap)?.affine(1.0, margin)?.relu()?;
     Ok(((hinge * mask)?.sum_all()? / f64::from(count))?)
 }
 

@@ -29,6 +29,7 @@ use crate::error::{ModelError, Result};
 use crate::eval::{evaluate_head, RetrievalReport};
 use crate::head::{Head, HeadConfig, HeadKind};
 use crate::train::cache::FeatureCache;
+use crate::train::finetune::FinetuneSettings;
 use crate::train::loss::{batch_all_ranking_loss, triplet_ranking_loss};
 use crate::train::sampler::{Sampling, Triplet, TripletSampler};
 use crate::train::schedule::StepDecay;
@@ -83,6 +84,10 @@ pub struct TrainConfig {
     /// Which negatives each anchor is ranked against.
     #[serde(default)]
     pub negatives: Negatives,
+    /// End-to-end fine-tuning settings ([`crate::finetune`]); `None` for a
+    /// head trained on cached features of the frozen backbone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finetune: Option<FinetuneSettings>,
 }
 
 /// The negatives of the ranking loss.
@@ -139,6 +144,7 @@ impl TrainConfig {
             seed: 0,
             sampling: Sampling::Paper,
             negatives: Negatives::Sampled,
+            finetune: None,
         }
     }
 
@@ -158,7 +164,7 @@ impl TrainConfig {
         }
     }
 
-    fn validate(&self) -> Result<()> {
+    pub(crate) fn validate(&self) -> Result<()> {
         if self.epochs == 0 || self.triplets_per_epoch == 0 || self.batch_size == 0 {
             return Err(ModelError::InvalidArgument(format!(
                 "training needs epochs, triplets per epoch and batch size >= 1, got {}, {}, {}",
@@ -182,6 +188,9 @@ impl TrainConfig {
             self.schedule.factor,
             self.schedule.every_epochs,
         )?;
+        if let Some(f) = &self.finetune {
+            f.validate()?;
+        }
         self.head_config(1).validate(self.head)
     }
 }
@@ -430,10 +439,13 @@ impl TrainableHead {
 
     /// Save every variable (safetensors, names at the root as in a model directory).
     pub fn save(&self, path: &Path) -> Result<()> {
-        self.map.save(path).map_err(|e| ModelError::Io {
-            path: path.to_path_buf(),
-            cause: std::io::Error::other(e.to_string()),
-        })
+        save_var_map(&self.map, path)
+    }
+
+    /// The variables (shared: a fine-tuned backbone adds its own under
+    /// `backbonenet.`).
+    pub(crate) fn var_map(&self) -> &VarMap {
+        &self.map
     }
 
     /// Set BatchNorm running statistics (v2's `img_bn1`) to the exact mean and
@@ -502,11 +514,179 @@ fn negative_mask(
     Ok(Tensor::from_vec(mask, (b, indices.len()), device)?)
 }
 
-/// Write a model directory (`model.safetensors` + `card.json`) for `head`.
-fn write_model_dir(dir: &Path, head: &TrainableHead, card: &ModelCard) -> Result<()> {
+/// Save every variable of `map` (safetensors, names as in the map).
+pub(crate) fn save_var_map(map: &VarMap, path: &Path) -> Result<()> {
+    map.save(path).map_err(|e| ModelError::Io {
+        path: path.to_path_buf(),
+        cause: std::io::Error::other(e.to_string()),
+    })
+}
+
+/// Write a model directory (`model.safetensors` + `card.json`) of the
+/// variables in `map`.
+fn write_model_dir(dir: &Path, map: &VarMap, card: &ModelCard) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
-    head.save(&dir.join(WEIGHTS_FILE))?;
+    save_var_map(map, &dir.join(WEIGHTS_FILE))?;
     card.save(dir)
+}
+
+/// Where a run keeps its checkpoints: `last/` (with the resume state) and `best/`.
+pub(crate) struct RunDirs {
+    pub(crate) last: PathBuf,
+    pub(crate) best: PathBuf,
+    pub(crate) state: PathBuf,
+}
+
+impl RunDirs {
+    pub(crate) fn new(out_dir: &Path) -> Self {
+        let last = out_dir.join("last");
+        Self {
+            state: last.join(STATE_FILE),
+            best: out_dir.join("best"),
+            last,
+        }
+    }
+
+    /// The resume state of `cfg`'s run: read from `last/` when `resume` is
+    /// asked and it exists (it must have been written by the same
+    /// configuration, `epochs` aside), else a fresh one. The flag says
+    /// whether it was read.
+    pub(crate) fn start(&self, cfg: &TrainConfig, resume: bool) -> Result<(ResumeState, bool)> {
+        let state_path = &self.state;
+        if resume && state_path.is_file() {
+            let text =
+                std::fs::read_to_string(state_path).map_err(|e| ModelError::io(state_path, e))?;
+            let mut state: ResumeState = serde_json::from_str(&text).map_err(|e| {
+                ModelError::InvalidArgument(format!(
+                    "{}: invalid resume state: {e}",
+                    state_path.display()
+                ))
+            })?;
+            let same = TrainConfig {
+                epochs: cfg.epochs,
+                ..state.config.clone()
+            };
+            if &same != cfg {
+                return Err(ModelError::InvalidArgument(format!(
+                    "{} was written by another configuration ({:?}); resume with the same one or start a new output directory",
+                    state_path.display(),
+                    state.config
+                )));
+            }
+            state.config = cfg.clone();
+            Ok((state, true))
+        } else {
+            let state = ResumeState {
+                epoch: 0,
+                best_map: f64::NEG_INFINITY,
+                best_epoch: 0,
+                seed: cfg.seed,
+                config: cfg.clone(),
+                history: Vec::new(),
+            };
+            Ok((state, false))
+        }
+    }
+
+    /// Record a finished epoch: history and best so far in `state`, the
+    /// variables of `map` with `card` (notes from `record` and `report`) into
+    /// `last/` and, when the validation mAP improved, `best/`.
+    pub(crate) fn finish_epoch(
+        &self,
+        state: &mut ResumeState,
+        (record, report): (&EpochRecord, &RetrievalReport),
+        (map, card): (&VarMap, &ModelCard),
+        opts: &TrainOptions,
+    ) -> Result<()> {
+        state.epoch = record.epoch;
+        state.history.push(record.clone());
+        let improved = report.map > state.best_map;
+        if improved {
+            state.best_map = report.map;
+            state.best_epoch = record.epoch;
+        }
+        let mut epoch_card = card.clone();
+        epoch_card.provenance.notes = Some(card_notes(opts, record, report));
+        write_model_dir(&self.last, map, &epoch_card)?;
+        write_json(&self.state, state)?;
+        if improved {
+            write_model_dir(&self.best, map, &epoch_card)?;
+            write_json(&self.best.join("valid.json"), report)?;
+        }
+        Ok(())
+    }
+
+    /// The outcome of a run whose epochs are done.
+    pub(crate) fn outcome(self, state: ResumeState) -> Result<TrainOutcome> {
+        if !self.best.join(WEIGHTS_FILE).is_file() {
+            return Err(ModelError::InvalidArgument(format!(
+                "{} holds no best checkpoint (was the run already complete at resume?)",
+                self.best.display()
+            )));
+        }
+        Ok(TrainOutcome {
+            best_dir: self.best,
+            last_dir: self.last,
+            best_map: state.best_map,
+            best_epoch: state.best_epoch,
+            history: state.history,
+        })
+    }
+}
+
+/// The dataset images of a batch of triplets (anchors, then positives, then
+/// negatives) and the attribute of each.
+pub(crate) fn triplet_batch(batch: &[Triplet]) -> (Vec<usize>, Vec<u32>) {
+    let b = batch.len();
+    let mut indices = Vec::with_capacity(3 * b);
+    indices.extend(batch.iter().map(|t| t.anchor));
+    indices.extend(batch.iter().map(|t| t.positive));
+    indices.extend(batch.iter().map(|t| t.negative));
+    let attrs = (0..3)
+        .flat_map(|_| batch.iter().map(|t| t.attribute as u32))
+        .collect();
+    (indices, attrs)
+}
+
+/// The ranking loss of embeddings `[3B, D]` of `batch` laid out as
+/// [`triplet_batch`] (`indices`), with `cfg`'s margin and negatives.
+pub(crate) fn batch_loss(
+    embedding: &Tensor,
+    cfg: &TrainConfig,
+    dataset: &Dataset,
+    batch: &[Triplet],
+    indices: &[usize],
+) -> Result<Tensor> {
+    let b = batch.len();
+    let (anchor, positive) = (embedding.narrow(0, 0, b)?, embedding.narrow(0, b, b)?);
+    match cfg.negatives {
+        Negatives::Sampled => triplet_ranking_loss(
+            &anchor,
+            &positive,
+            &embedding.narrow(0, 2 * b, b)?,
+            cfg.margin,
+        ),
+        Negatives::BatchAll => batch_all_ranking_loss(
+            &anchor,
+            &positive,
+            embedding,
+            &negative_mask(dataset, batch, indices, embedding.device())?,
+            cfg.margin,
+        ),
+    }
+}
+
+/// A finite loss value, or the error that stops the run.
+pub(crate) fn checked_loss(loss: &Tensor, epoch: usize, step: usize) -> Result<f32> {
+    let value = loss.to_scalar::<f32>()?;
+    if !value.is_finite() {
+        return Err(ModelError::InvalidArgument(format!(
+            "the loss became {value} at epoch {} step {}; lower the learning rate",
+            epoch + 1,
+            step + 1
+        )));
+    }
+    Ok(value)
 }
 
 fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
@@ -593,47 +773,21 @@ pub fn train_head(
             "the valid split has no retrieval queries: nothing to select the best epoch on".into(),
         ));
     }
+    if cfg.finetune.is_some() {
+        return Err(ModelError::InvalidArgument(
+            "this configuration fine-tunes the backbone: train it with finetune, not on cached features".into(),
+        ));
+    }
     let device = Device::Cpu;
     let sampler = TripletSampler::new(dataset, cfg.seed)?.with_sampling(cfg.sampling);
     let head_cfg = cfg.head_config(dataset.attributes().len());
-    let last_dir = out_dir.join("last");
-    let best_dir = out_dir.join("best");
-    let state_path = last_dir.join(STATE_FILE);
-    let (trainable, mut state) = if opts.resume && state_path.is_file() {
-        let text =
-            std::fs::read_to_string(&state_path).map_err(|e| ModelError::io(&state_path, e))?;
-        let state: ResumeState = serde_json::from_str(&text).map_err(|e| {
-            ModelError::InvalidArgument(format!(
-                "{}: invalid resume state: {e}",
-                state_path.display()
-            ))
-        })?;
-        let same = TrainConfig {
-            epochs: cfg.epochs,
-            ..state.config.clone()
-        };
-        if &same != cfg {
-            return Err(ModelError::InvalidArgument(format!(
-                "{} was written by another configuration ({:?}); resume with the same one or start a new output directory",
-                state_path.display(),
-                state.config
-            )));
-        }
-        let head = TrainableHead::load(cfg.head, &head_cfg, &last_dir.join(WEIGHTS_FILE), &device)?;
-        (head, state)
+    let dirs = RunDirs::new(out_dir);
+    let (mut state, resumed) = dirs.start(cfg, opts.resume)?;
+    let trainable = if resumed {
+        TrainableHead::load(cfg.head, &head_cfg, &dirs.last.join(WEIGHTS_FILE), &device)?
     } else {
-        let head = TrainableHead::new(cfg.head, &head_cfg, cfg.seed, &device)?;
-        let state = ResumeState {
-            epoch: 0,
-            best_map: f64::NEG_INFINITY,
-            best_epoch: 0,
-            seed: cfg.seed,
-            config: cfg.clone(),
-            history: Vec::new(),
-        };
-        (head, state)
+        TrainableHead::new(cfg.head, &head_cfg, cfg.seed, &device)?
     };
-    state.config = cfg.clone();
     let mut optimizer = cfg.schedule.adam(trainable.trainable_vars())?;
     let train_images = dataset.split_indices(Split::Train);
     let bn_sample: Vec<usize> = {
@@ -662,43 +816,15 @@ pub fn train_head(
         let mut loss_sum = 0f64;
         for (s, batch) in triplets.chunks(cfg.batch_size).enumerate() {
             let b = batch.len();
-            let mut indices = Vec::with_capacity(3 * b);
-            indices.extend(batch.iter().map(|t| t.anchor));
-            indices.extend(batch.iter().map(|t| t.positive));
-            indices.extend(batch.iter().map(|t| t.negative));
-            let attrs: Vec<u32> = (0..3)
-                .flat_map(|_| batch.iter().map(|t| t.attribute as u32))
-                .collect();
+            let (indices, attrs) = triplet_batch(batch);
             let x = features.get(&indices, &device)?;
             // Rebuilt every step: some heads keep re-laid-out copies of variables.
             let head = trainable.head()?;
             let attr = Tensor::from_vec(attrs, 3 * b, &device)?;
             let out = head.forward(&x, &attr, true)?;
-            let e = out.embedding;
-            let loss = match cfg.negatives {
-                Negatives::Sampled => triplet_ranking_loss(
-                    &e.narrow(0, 0, b)?,
-                    &e.narrow(0, b, b)?,
-                    &e.narrow(0, 2 * b, b)?,
-                    cfg.margin,
-                )?,
-                Negatives::BatchAll => batch_all_ranking_loss(
-                    &e.narrow(0, 0, b)?,
-                    &e.narrow(0, b, b)?,
-                    &e,
-                    &negative_mask(dataset, batch, &indices, &device)?,
-                    cfg.margin,
-                )?,
-            };
+            let loss = batch_loss(&out.embedding, cfg, dataset, batch, &indices)?;
             optimizer.backward_step(&loss)?;
-            let value = loss.to_scalar::<f32>()?;
-            if !value.is_finite() {
-                return Err(ModelError::InvalidArgument(format!(
-                    "the loss became {value} at epoch {} step {}; lower the learning rate",
-                    epoch + 1,
-                    s + 1
-                )));
-            }
+            let value = checked_loss(&loss, epoch, s)?;
             loss_sum += f64::from(value) * b as f64;
             progress(&TrainEvent::Step {
                 epoch: epoch + 1,
@@ -724,36 +850,15 @@ pub fn train_head(
             triplets_per_s: triplets.len() as f64 / train_secs.max(1e-9),
             seconds: started.elapsed().as_secs_f64(),
         };
-        state.epoch = epoch + 1;
-        state.history.push(record.clone());
-        let improved = report.map > state.best_map;
-        if improved {
-            state.best_map = report.map;
-            state.best_epoch = epoch + 1;
-        }
-        let mut epoch_card = card.clone();
-        epoch_card.provenance.notes = Some(card_notes(opts, &record, &report));
-        write_model_dir(&last_dir, &trainable, &epoch_card)?;
-        write_json(&state_path, &state)?;
-        if improved {
-            write_model_dir(&best_dir, &trainable, &epoch_card)?;
-            write_json(&best_dir.join("valid.json"), &report)?;
-        }
+        dirs.finish_epoch(
+            &mut state,
+            (&record, &report),
+            (trainable.var_map(), &card),
+            opts,
+        )?;
         progress(&TrainEvent::Epoch(record));
     }
-    if !best_dir.join(WEIGHTS_FILE).is_file() {
-        return Err(ModelError::InvalidArgument(format!(
-            "{} holds no best checkpoint (was the run already complete at resume?)",
-            best_dir.display()
-        )));
-    }
-    Ok(TrainOutcome {
-        best_dir,
-        last_dir,
-        best_map: state.best_map,
-        best_epoch: state.best_epoch,
-        history: state.history,
-    })
+    dirs.outcome(state)
 }
 
 fn card_notes(opts: &TrainOptions, record: &EpochRecord, report: &RetrievalReport) -> String {

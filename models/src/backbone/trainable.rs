@@ -1,0 +1,666 @@
+//! Trainable forms of MobileNetV2 and EfficientNet-Lite0, for fine-tuning.
+//!
+//! The inference backbones fold BatchNorm into the convolutions and run
+//! CPU-only kernels without a backward pass. Here every layer is made of
+//! plain, device-generic candle ops that have gradients: a `k`x`k`
+//! convolution is the sum over its `k * k` taps of a shifted, strided view of
+//! the padded input (a matmul per image batch for dense convs, a
+//! per-channel multiply for depthwise ones), BatchNorm is candle's
+//! [`candle_nn::BatchNorm`] (batch statistics and running-statistic updates
+//! in training mode), activations are ReLU6 clamps.
+//!
+//! Parameter names are those of the weight files (`features.*` for
+//! MobileNetV2, `_conv_stem`, `_blocks.N.*`, `_conv_head` for Lite0), so a
+//! [`VarBuilder`] over a `VarMap` loads the ImageNet weights into trainable
+//! variables, and the folded inference [`super::Backbone`] can be built from
+//! the same names after training. BatchNorm running statistics live in the
+//! `VarMap` itself (candle's `batch_norm` keeps the `Var` it was given), so
+//! saving the map saves them.
+//!
+//! ResNet-50 is not supported: its stem max-pool (3x3, stride 2) has no
+//! backward in candle 0.11, and it has no shipped ImageNet weights.
+
+use candle_core::Tensor;
+use candle_nn::{BatchNorm, BatchNormConfig, ModuleT, VarBuilder};
+
+use super::{efficientnet_lite as lite0, mobilenet_v2 as mbv2, BackboneKind};
+use crate::error::{ModelError, Result};
+use crate::layers::{Activation, Padding};
+
+/// The `k * k` shifted views of `x` `[B, C, H, W]` seen by a `k`x`k` conv
+/// with `stride` and `padding`, in `(ky, kx)` order, each `[B, C, OH, OW]`:
+/// `view[ky * k + kx][.., oy, ox] = x_padded[.., oy * stride + ky, ox * stride + kx]`.
+///
+/// Strided views come from splitting each padded axis into `(rows, stride)`
+/// (a reshape) and narrowing both parts, so only reshape, pad and narrow are
+/// used: all have gradients on every device.
+fn tap_views(x: &Tensor, kernel: usize, stride: usize, padding: Padding) -> Result<Vec<Tensor>> {
+    let (b, c, h, w) = x.dims4()?;
+    let s = stride.max(1);
+    let (top, bottom) = padding.amounts(h, kernel, s);
+    let (left, right) = padding.amounts(w, kernel, s);
+    let (hp, wp) = (h + top + bottom, w + left + right);
+    if hp < kernel || wp < kernel {
+        return Err(ModelError::InvalidArgument(format!(
+            "a {kernel}x{kernel} convolution needs a map of at least {kernel}x{kernel} after padding, got {hp}x{wp}"
+        )));
+    }
+    let (oh, ow) = ((hp - kernel) / s + 1, (wp - kernel) / s + 1);
+    // Every index used is below s * (o + (k - 1) / s): pad or trim to it.
+    let (hq, wq) = (oh + (kernel - 1) / s, ow + (kernel - 1) / s);
+    let fit = |x: Tensor, dim: usize, before: usize, after: usize, size: usize, target: usize| {
+        let x = if before + after > 0 {
+            x.pad_with_zeros(dim, before, after)?
+        } else {
+            x
+        };
+        if size < target {
+            x.pad_with_zeros(dim, 0, target - size)
+        } else if size > target {
+            x.narrow(dim, 0, target)
+        } else {
+            Ok(x)
+        }
+    };
+    let xp = fit(x.clone(), 2, top, bottom, hp, s * hq)?;
+    let xp = fit(xp, 3, left, right, wp, s * wq)?;
+    let mut views = Vec::with_capacity(kernel * kernel);
+    if s == 1 {
+        for ky in 0..kernel {
+            for kx in 0..kernel {
+                views.push(xp.narrow(2, ky, oh)?.narrow(3, kx, ow)?);
+            }
+        }
+    } else {
+        let x6 = xp.reshape((b, c, hq, s, wq, s))?;
+        for ky in 0..kernel {
+            for kx in 0..kernel {
+                let v = x6
+                    .narrow(2, ky / s, oh)?
+                    .narrow(3, ky % s, 1)?
+                    .narrow(4, kx / s, ow)?
+                    .narrow(5, kx % s, 1)?
+                    .reshape((b, c, oh, ow))?;
+                views.push(v);
+            }
+        }
+    }
+    Ok(views)
+}
+
+/// Dense convolution without bias, `x` `[B, C, H, W]`, `weight`
+/// `[O, C, k, k]` -> `[B, O, OH, OW]`: the taps stacked into
+/// `[B * OH * OW, C * k * k]` (im2col from differentiable ops) times the
+/// flattened weight; a 1x1 stride-1 conv is one plain matmul.
+pub(crate) fn conv2d_taps(
+    x: &Tensor,
+    weight: &Tensor,
+    stride: usize,
+    padding: Padding,
+) -> Result<Tensor> {
+    let (o, c, k, _) = weight.dims4()?;
+    let b = x.dim(0)?;
+    let views = tap_views(x, k, stride, padding)?;
+    let (_, _, oh, ow) = views[0].dims4()?;
+    let n = oh * ow;
+    // [B, C, k*k, OH, OW]: rows in (c, ky, kx) order, as the weight flattens.
+    let cols = if views.len() == 1 {
+        views[0].reshape((b, c, n))?
+    } else {
+        Tensor::stack(&views, 2)?.reshape((b, c * k * k, n))?
+    };
+    let rows = cols.transpose(1, 2)?.reshape((b * n, c * k * k))?;
+    let y = rows.matmul(&weight.reshape((o, c * k * k))?.t()?)?;
+    Ok(y.reshape((b, oh, ow, o))?.permute((0, 3, 1, 2))?)
+}
+
+/// Depthwise convolution without bias, `x` `[B, C, H, W]`, `weight`
+/// `[C, 1, k, k]` -> `[B, C, OH, OW]`: the sum over taps of each shifted view
+/// times its per-channel weight.
+pub(crate) fn depthwise_conv2d_taps(
+    x: &Tensor,
+    weight: &Tensor,
+    stride: usize,
+    padding: Padding,
+) -> Result<Tensor> {
+    let (c, one, k, _) = weight.dims4()?;
+    if one != 1 || x.dim(1)? != c {
+        return Err(ModelError::InvalidArgument(format!(
+            "depthwise weight of shape {:?} does not fit an input of shape {:?}",
+            weight.dims(),
+            x.dims()
+        )));
+    }
+    let views = tap_views(x, k, stride, padding)?;
+    let taps = weight.reshape((c, k * k))?;
+    let mut acc: Option<Tensor> = None;
+    for (t, view) in views.iter().enumerate() {
+        let w = taps.narrow(1, t, 1)?.reshape((1, c, 1, 1))?;
+        let term = view.broadcast_mul(&w)?;
+        acc = Some(match acc {
+            Some(a) => (a + term)?,
+            None => term,
+        });
+    }
+    acc.ok_or_else(|| ModelError::InvalidArgument("depthwise conv with an empty kernel".into()))
+}
+
+/// A conv (dense or depthwise, no bias), a BatchNorm and an activation.
+#[derive(Debug, Clone)]
+struct ConvBnTrain {
+    weight: Tensor,
+    depthwise: bool,
+    stride: usize,
+    padding: Padding,
+    bn: BatchNorm,
+    act: Activation,
+}
+
+impl ConvBnTrain {
+    /// Dense `(c_in, c_out, kernel, stride)` conv at `conv_vb`, BatchNorm at `bn_vb`.
+    fn dense(
+        conv_vb: VarBuilder,
+        bn_vb: VarBuilder,
+        (c_in, c_out, kernel, stride): (usize, usize, usize, usize),
+        padding: Padding,
+        eps: f64,
+        act: Activation,
+    ) -> Result<Self> {
+        let weight = conv_vb.get((c_out, c_in, kernel, kernel), "weight")?;
+        Ok(Self {
+            weight,
+            depthwise: false,
+            stride,
+            padding,
+            bn: batch_norm(c_out, eps, bn_vb)?,
+            act,
+        })
+    }
+
+    /// Depthwise `(channels, kernel, stride)` conv at `conv_vb`, BatchNorm at `bn_vb`.
+    fn depthwise(
+        conv_vb: VarBuilder,
+        bn_vb: VarBuilder,
+        (channels, kernel, stride): (usize, usize, usize),
+        padding: Padding,
+        eps: f64,
+        act: Activation,
+    ) -> Result<Self> {
+        let weight = conv_vb.get((channels, 1, kernel, kernel), "weight")?;
+        Ok(Self {
+            weight,
+            depthwise: true,
+            stride,
+            padding,
+            bn: batch_norm(channels, eps, bn_vb)?,
+            act,
+        })
+    }
+
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let y = if self.depthwise {
+            depthwise_conv2d_taps(x, &self.weight, self.stride, self.padding)?
+        } else {
+            conv2d_taps(x, &self.weight, self.stride, self.padding)?
+        };
+        let y = self.bn.forward_t(&y, train)?;
+        Ok(self.act.apply(y)?)
+    }
+}
+
+/// PyTorch's BatchNorm2d: affine, momentum 0.1, running statistics read
+/// from (and updated in) `running_mean` / `running_var` under `vb`.
+fn batch_norm(channels: usize, eps: f64, vb: VarBuilder) -> Result<BatchNorm> {
+    Ok(candle_nn::batch_norm(
+        channels,
+        BatchNormConfig {
+            eps,
+            remove_mean: true,
+            affine: true,
+            momentum: 0.1,
+        },
+        vb,
+    )?)
+}
+
+/// Inverted residual / MBConv without squeeze-excitation.
+#[derive(Debug, Clone)]
+struct BottleneckTrain {
+    expand: Option<ConvBnTrain>,
+    depthwise: ConvBnTrain,
+    project: ConvBnTrain,
+    residual: bool,
+}
+
+impl BottleneckTrain {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let y = match &self.expand {
+            Some(e) => e.forward_t(x, train)?,
+            None => x.clone(),
+        };
+        let y = self
+            .project
+            .forward_t(&self.depthwise.forward_t(&y, train)?, train)?;
+        if self.residual {
+            Ok((y + x)?)
+        } else {
+            Ok(y)
+        }
+    }
+}
+
+/// A trainable backbone: `[B, 3, H, W]` -> `[B, 1280, h, w]`, equal in eval
+/// mode to the folded inference [`super::Backbone`] of the same weights.
+#[derive(Debug, Clone)]
+pub struct TrainableBackbone {
+    kind: BackboneKind,
+    stem: ConvBnTrain,
+    blocks: Vec<BottleneckTrain>,
+    head: ConvBnTrain,
+}
+
+impl TrainableBackbone {
+    /// Build `kind` from the tensors under `vb` (names as in the weight
+    /// files). ResNet-50 is refused: see the module documentation.
+    pub fn new(kind: BackboneKind, vb: VarBuilder) -> Result<Self> {
+        match kind {
+            BackboneKind::MobileNetV2 => mobilenet_v2(vb),
+            BackboneKind::EfficientNetLite0 => efficientnet_lite0(vb),
+            BackboneKind::ResNet50Layer3 => Err(ModelError::InvalidArgument(
+                "fine-tuning resnet50_layer3 is not supported (candle 0.11 has no backward for its 3x3 stride-2 stem max-pool); fine-tune mobilenet_v2 or efficientnet_lite0".into(),
+            )),
+        }
+    }
+
+    /// Which architecture this is.
+    pub fn kind(&self) -> BackboneKind {
+        self.kind
+    }
+
+    /// Feature map `[B, 1280, h, w]` of a normalised batch `[B, 3, H, W]`.
+    /// With `train`, every BatchNorm normalises with the batch statistics and
+    /// updates its running statistics (momentum 0.1); without, it uses them.
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        match x.dims() {
+            [_, 3, h, w] if *h > 0 && *w > 0 => {}
+            dims => {
+                return Err(ModelError::InvalidArgument(format!(
+                    "backbone {} expects a [B, 3, H, W] batch, got shape {dims:?}",
+                    self.kind
+                )))
+            }
+        }
+        let mut y = self.stem.forward_t(x, train)?;
+        for block in &self.blocks {
+            y = block.forward_t(&y, train)?;
+        }
+        self.head.forward_t(&y, train)
+    }
+}
+
+/// MobileNetV2 `features.*` (torchvision layout, see `mobilenet_v2.rs`).
+fn mobilenet_v2(vb: VarBuilder) -> Result<TrainableBackbone> {
+    let vb = vb.pp("features");
+    let eps = mbv2::BN_EPS;
+    let stem = ConvBnTrain::dense(
+        vb.pp("0.0"),
+        vb.pp("0.1"),
+        (3, mbv2::STEM, 3, 2),
+        Padding::Symmetric(1),
+        eps,
+        Activation::Relu6,
+    )?;
+    let mut blocks = Vec::new();
+    let mut c_in = mbv2::STEM;
+    for (t, c_out, n, s) in mbv2::SETTINGS {
+        for i in 0..n {
+            let stride = if i == 0 { s } else { 1 };
+            let vb = vb.pp((blocks.len() + 1).to_string()).pp("conv");
+            let hidden = c_in * t;
+            let (expand, dw) = if t == 1 {
+                (None, 0)
+            } else {
+                let e = ConvBnTrain::dense(
+                    vb.pp("0"),
+                    vb.pp("1"),
+                    (c_in, hidden, 1, 1),
+                    Padding::Symmetric(0),
+                    eps,
+                    Activation::Relu6,
+                )?;
+                (Some(e), 3)
+            };
+            let depthwise = ConvBnTrain::depthwise(
+                vb.pp(dw.to_string()),
+                vb.pp((dw + 1).to_string()),
+                (hidden, 3, stride),
+                Padding::Symmetric(1),
+                eps,
+                Activation::Relu6,
+            )?;
+            let project = ConvBnTrain::dense(
+                vb.pp((dw + 3).to_string()),
+                vb.pp((dw + 4).to_string()),
+                (hidden, c_out, 1, 1),
+                Padding::Symmetric(0),
+                eps,
+                Activation::None,
+            )?;
+            blocks.push(BottleneckTrain {
+                expand,
+                depthwise,
+                project,
+                residual: stride == 1 && c_in == c_out,
+            });
+            c_in = c_out;
+        }
+    }
+    let last = (blocks.len() + 1).to_string();
+    let head = ConvBnTrain::dense(
+        vb.pp(format!("{last}.0")),
+        vb.pp(format!("{last}.1")),
+        (c_in, mbv2::HEAD, 1, 1),
+        Padding::Symmetric(0),
+        eps,
+        Activation::Relu6,
+    )?;
+    Ok(TrainableBackbone {
+        kind: BackboneKind::MobileNetV2,
+        stem,
+        blocks,
+        head,
+    })
+}
+
+/// EfficientNet-Lite0 `_conv_stem`, `_blocks.*`, `_conv_head` (TF "SAME"
+/// padding, see `efficientnet_lite.rs`); `_fc` is not part of the backbone.
+fn efficientnet_lite0(vb: VarBuilder) -> Result<TrainableBackbone> {
+    let eps = lite0::BN_EPS;
+    let stem = ConvBnTrain::dense(
+        vb.pp("_conv_stem"),
+        vb.pp("_bn0"),
+        (3, lite0::STEM, 3, 2),
+        Padding::Same,
+        eps,
+        Activation::Relu6,
+    )?;
+    let mut blocks = Vec::new();
+    let mut c_in = lite0::STEM;
+    for (repeats, kernel, stride, expansion, c_out) in lite0::STAGES {
+        for i in 0..repeats {
+            let s = if i == 0 { stride } else { 1 };
+            let vb = vb.pp("_blocks").pp(blocks.len().to_string());
+            let hidden = c_in * expansion;
+            let expand = if expansion != 1 {
+                Some(ConvBnTrain::dense(
+                    vb.pp("_expand_conv"),
+                    vb.pp("_bn0"),
+                    (c_in, hidden, 1, 1),
+                    Padding::Symmetric(0),
+                    eps,
+                    Activation::Relu6,
+                )?)
+            } else {
+                None
+            };
+            let depthwise = ConvBnTrain::depthwise(
+                vb.pp("_depthwise_conv"),
+                vb.pp("_bn1"),
+                (hidden, kernel, s),
+                Padding::Same,
+                eps,
+                Activation::Relu6,
+            )?;
+            let project = ConvBnTrain::dense(
+                vb.pp("_project_conv"),
+                vb.pp("_bn2"),
+                (hidden, c_out, 1, 1),
+                Padding::Symmetric(0),
+                eps,
+                Activation::None,
+            )?;
+            blocks.push(BottleneckTrain {
+                expand,
+                depthwise,
+                project,
+                residual: s == 1 && c_in == c_out,
+            });
+            c_in = c_out;
+        }
+    }
+    let head = ConvBnTrain::dense(
+        vb.pp("_conv_head"),
+        vb.pp("_bn1"),
+        (c_in, lite0::HEAD, 1, 1),
+        Padding::Symmetric(0),
+        eps,
+        Activation::Relu6,
+    )?;
+    Ok(TrainableBackbone {
+        kind: BackboneKind::EfficientNetLite0,
+        stem,
+        blocks,
+        head,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device, Var};
+    use candle_nn::VarMap;
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    /// The tap convolutions equal candle's conv2d (dense and grouped), for
+    /// odd and even sizes, strides 1 and 2, symmetric and "SAME" padding.
+    #[test]
+    fn tap_convs_match_candle_conv2d() {
+        let dev = Device::Cpu;
+        for (h, w, k, s, padding) in [
+            (9, 8, 3, 2, Padding::Symmetric(1)),
+            (8, 8, 3, 2, Padding::Same),
+            (7, 10, 5, 2, Padding::Same),
+            (6, 5, 3, 1, Padding::Symmetric(1)),
+            (6, 6, 5, 1, Padding::Same),
+            (5, 5, 1, 1, Padding::Symmetric(0)),
+        ] {
+            let x = Tensor::randn(0f32, 1.0, (2, 4, h, w), &dev).unwrap();
+            let (top, bottom) = padding.amounts(h, k, s);
+            let (left, right) = padding.amounts(w, k, s);
+            let xp = x
+                .pad_with_zeros(2, top, bottom)
+                .unwrap()
+                .pad_with_zeros(3, left, right)
+                .unwrap();
+            let wd = Tensor::randn(0f32, 1.0, (6, 4, k, k), &dev).unwrap();
+            let expect = xp.conv2d(&wd, 0, s, 1, 1).unwrap();
+            let got = conv2d_taps(&x, &wd, s, padding).unwrap();
+            assert_eq!(got.dims(), expect.dims());
+            assert!(max_diff(&got, &expect) < 1e-4, "dense {h}x{w} k{k} s{s}");
+            let wg = Tensor::randn(0f32, 1.0, (4, 1, k, k), &dev).unwrap();
+            let expect = xp.conv2d(&wg, 0, s, 1, 4).unwrap();
+            let got = depthwise_conv2d_taps(&x, &wg, s, padding).unwrap();
+            assert_eq!(got.dims(), expect.dims());
+            assert!(
+                max_diff(&got, &expect) < 1e-4,
+                "depthwise {h}x{w} k{k} s{s}"
+            );
+        }
+    }
+
+    /// Central finite differences of a scalar function of the depthwise
+    /// weight and input agree with the backward pass (f64).
+    #[test]
+    fn depthwise_gradient_matches_finite_differences() {
+        let dev = Device::Cpu;
+        for (k, s, padding) in [(3, 2, Padding::Symmetric(1)), (5, 1, Padding::Same)] {
+            let x = Var::randn(0f64, 1.0, (2, 3, 7, 6), &dev).unwrap();
+            let w = Var::randn(0f64, 1.0, (3, 1, k, k), &dev).unwrap();
+            let probe = {
+                let y = depthwise_conv2d_taps(x.as_tensor(), w.as_tensor(), s, padding).unwrap();
+                Tensor::randn(0f64, 1.0, y.shape(), &dev).unwrap()
+            };
+            let f = |x: &Tensor, w: &Tensor| -> f64 {
+                let y = depthwise_conv2d_taps(x, w, s, padding).unwrap();
+                // A non-linear scalar so that the check is not trivially linear.
+                (y.tanh().unwrap() * &probe)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .to_scalar::<f64>()
+                    .unwrap()
+            };
+            let y = depthwise_conv2d_taps(x.as_tensor(), w.as_tensor(), s, padding).unwrap();
+            let loss = (y.tanh().unwrap() * &probe).unwrap().sum_all().unwrap();
+            let grads = loss.backward().unwrap();
+            for var in [&w, &x] {
+                let g = grads
+                    .get(var.as_tensor())
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f64>()
+                    .unwrap();
+                let base = var
+                    .as_tensor()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f64>()
+                    .unwrap();
+                let eps = 1e-5;
+                for i in (0..base.len()).step_by(7) {
+                    let mut plus = base.clone();
+                    plus[i] += eps;
+                    let mut minus = base.clone();
+                    minus[i] -= eps;
+                    let shaped =
+                        |v: Vec<f64>| Tensor::from_vec(v, var.as_tensor().shape(), &dev).unwrap();
+                    let (fp, fm) = if std::ptr::eq(var, &w) {
+                        (
+                            f(x.as_tensor(), &shaped(plus)),
+                            f(x.as_tensor(), &shaped(minus)),
+                        )
+                    } else {
+                        (
+                            f(&shaped(plus), w.as_tensor()),
+                            f(&shaped(minus), w.as_tensor()),
+                        )
+                    };
+                    let numeric = (fp - fm) / (2.0 * eps);
+                    assert!(
+                        (numeric - g[i]).abs() < 1e-6 * (1.0 + numeric.abs()),
+                        "k{k} s{s} element {i}: numeric {numeric}, backward {}",
+                        g[i]
+                    );
+                }
+            }
+        }
+    }
+
+    fn imagenet_varmap(kind: BackboneKind) -> Option<(VarMap, TrainableBackbone)> {
+        let path = match kind.imagenet_weights_path(None) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("skipping: {e}");
+                return None;
+            }
+        };
+        let dev = Device::Cpu;
+        let mut map = VarMap::new();
+        let net =
+            TrainableBackbone::new(kind, VarBuilder::from_varmap(&map, DType::F32, &dev)).unwrap();
+        map.load(&path).unwrap();
+        Some((map, net))
+    }
+
+    /// In eval mode the trainable form equals the folded inference backbone
+    /// on the shipped ImageNet weights (64x64 random input).
+    #[test]
+    fn eval_mode_equals_the_folded_backbone() {
+        for kind in [BackboneKind::MobileNetV2, BackboneKind::EfficientNetLite0] {
+            let Some((map, net)) = imagenet_varmap(kind) else {
+                return;
+            };
+            let dev = Device::Cpu;
+            let folded =
+                super::super::Backbone::new(kind, VarBuilder::from_varmap(&map, DType::F32, &dev))
+                    .unwrap();
+            let x = Tensor::randn(0f32, 1.0, (2, 3, 64, 64), &dev).unwrap();
+            let a = net.forward_t(&x, false).unwrap();
+            let b = folded.forward(&x).unwrap();
+            assert_eq!(a.dims(), &[2, 1280, 2, 2]);
+            let d = max_diff(&a, &b);
+            assert!(d < 1e-4, "{kind}: max difference {d}");
+        }
+    }
+
+    /// One training-mode backward reaches every weight, BatchNorm scale and
+    /// shift of the backbone, and the forward updated every running mean in
+    /// the `VarMap` itself.
+    #[test]
+    fn gradients_reach_every_parameter_and_running_stats_update() {
+        let Some((map, net)) = imagenet_varmap(BackboneKind::MobileNetV2) else {
+            return;
+        };
+        let dev = Device::Cpu;
+        let before: std::collections::HashMap<String, Tensor> = map
+            .data()
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(n, v)| (n.clone(), v.as_tensor().copy().unwrap()))
+            .collect();
+        let x = Tensor::randn(0f32, 1.0, (2, 3, 64, 64), &dev).unwrap();
+        let y = net.forward_t(&x, true).unwrap();
+        let probe = Tensor::randn(0f32, 1.0, y.shape(), &dev).unwrap();
+        let loss = (y * probe).unwrap().sum_all().unwrap();
+        let grads = loss.backward().unwrap();
+        let data = map.data().lock().unwrap();
+        assert_eq!(data.len(), 52 + 52 * 4);
+        for (name, var) in data.iter() {
+            if name.ends_with("running_mean") || name.ends_with("running_var") {
+                if name.ends_with("running_mean") {
+                    assert!(
+                        max_diff(var.as_tensor(), &before[name]) > 0.0,
+                        "{name} was not updated"
+                    );
+                }
+                continue;
+            }
+            let g = grads
+                .get(var.as_tensor())
+                .unwrap_or_else(|| panic!("no gradient for {name}"));
+            let norm = g
+                .sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(
+                norm > 0.0 && norm.is_finite(),
+                "{name}: gradient norm {norm}"
+            );
+        }
+    }
+
+    #[test]
+    fn resnet_is_refused_with_a_reason() {
+        let map = VarMap::new();
+        let vb = VarBuilder::from_varmap(&map, DType::F32, &Device::Cpu);
+        let e = TrainableBackbone::new(BackboneKind::ResNet50Layer3, vb).unwrap_err();
+        assert!(e.to_string().contains("max-pool"), "{e}");
+    }
+}

@@ -1,0 +1,454 @@
+//! Fine-tuning: the backbone and the head trained end to end on images.
+//!
+//! Same sampler, loss, schedule, validation protocol and checkpoint layout
+//! as the head trainer ([`crate::train_head`]); what differs is that images
+//! are decoded and preprocessed every step (train split, optional horizontal
+//! flip), the [`TrainableBackbone`] runs with BatchNorm in training mode
+//! (batch statistics; running statistics updated with momentum 0.1 in the
+//! variables themselves) and its parameters get their own Adam with the
+//! learning rate scaled by [`FinetuneSettings::backbone_lr_scale`].
+//!
+//! Everything is device-generic candle: pass a CUDA device (a build with
+//! the `cuda` feature) to train on a GPU. A saved model directory holds the
+//! fine-tuned backbone under `backbonenet.` (with BatchNorm running
+//! statistics), which [`crate::Embedder::load`] picks up instead of the
+//! ImageNet weights; validation runs the very same folded inference network.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{Optimizer, VarBuilder};
+use image::RgbImage;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::backbone::{Backbone, TrainableBackbone};
+use crate::card::{ModelCard, WEIGHTS_FILE};
+use crate::data::{Dataset, Split};
+use crate::embedder::Embedder;
+use crate::error::{ModelError, Result};
+use crate::eval::{evaluate_pairs, PairEmbeddings};
+use crate::head::HeadOutput;
+use crate::preprocess::{to_tensor, PreprocessConfig};
+use crate::train::features::{load_crop, BadImage};
+use crate::train::sampler::TripletSampler;
+use crate::train::schedule::StepDecay;
+use crate::train::trainer::{
+    batch_loss, checked_loss, trained_card, triplet_batch, EpochRecord, RunDirs, TrainConfig,
+    TrainEvent, TrainOptions, TrainOutcome, TrainableHead,
+};
+
+/// Name prefix of the backbone's variables in a model directory.
+const BACKBONE_PREFIX: &str = "backbonenet";
+
+/// What fine-tuning adds to a [`TrainConfig`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FinetuneSettings {
+    /// Backbone learning rate as a fraction of the head's (0 keeps the
+    /// backbone's weights, though its BatchNorm statistics still adapt).
+    pub backbone_lr_scale: f64,
+    /// Flip each training image horizontally with probability 1/2.
+    pub flip: bool,
+}
+
+impl Default for FinetuneSettings {
+    /// Backbone at a tenth of the head's learning rate, flips on.
+    fn default() -> Self {
+        Self {
+            backbone_lr_scale: 0.1,
+            flip: true,
+        }
+    }
+}
+
+impl FinetuneSettings {
+    pub(crate) fn validate(&self) -> Result<()> {
+        if !(self.backbone_lr_scale.is_finite() && self.backbone_lr_scale >= 0.0) {
+            return Err(ModelError::InvalidArgument(format!(
+                "backbone learning-rate scale must be a finite number >= 0, got {}",
+                self.backbone_lr_scale
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Backbone and head over one set of variables (head names at the root,
+/// backbone names under `backbonenet.`), trainable end to end.
+pub struct FinetuneNetwork {
+    head: TrainableHead,
+    backbone: TrainableBackbone,
+    cfg: TrainConfig,
+    n_attributes: usize,
+    device: Device,
+}
+
+impl FinetuneNetwork {
+    fn build(cfg: &TrainConfig, n_attributes: usize, device: &Device) -> Result<Self> {
+        if cfg.colour_histogram {
+            return Err(ModelError::InvalidArgument(
+                "the colour histogram is not supported when fine-tuning the backbone".into(),
+            ));
+        }
+        let head = TrainableHead::new(cfg.head, &cfg.head_config(n_attributes), cfg.seed, device)?;
+        let vb = VarBuilder::from_varmap(head.var_map(), DType::F32, device).pp(BACKBONE_PREFIX);
+        let backbone = TrainableBackbone::new(cfg.backbone, vb)?;
+        Ok(Self {
+            head,
+            backbone,
+            cfg: cfg.clone(),
+            n_attributes,
+            device: device.clone(),
+        })
+    }
+
+    /// A head drawn from `cfg.seed` on the shipped ImageNet backbone of
+    /// `cfg.backbone` (found by [`crate::locate_weights`], `weights_dir` first).
+    pub fn new(
+        cfg: &TrainConfig,
+        n_attributes: usize,
+        weights_dir: Option<&Path>,
+        device: &Device,
+    ) -> Result<Self> {
+        let net = Self::build(cfg, n_attributes, device)?;
+        let path = cfg.backbone.imagenet_weights_path(weights_dir)?;
+        let tensors = candle_core::safetensors::load(&path, device).map_err(|e| {
+            ModelError::CheckpointFormat {
+                path: path.clone(),
+                reason: e.to_string(),
+            }
+        })?;
+        let data = net
+            .head
+            .var_map()
+            .data()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let mut problems = Vec::new();
+        for (name, var) in data.iter() {
+            let Some(key) = name
+                .strip_prefix(BACKBONE_PREFIX)
+                .and_then(|k| k.strip_prefix('.'))
+            else {
+                continue;
+            };
+            match tensors.get(key) {
+                Some(t) if t.shape() == var.shape() => var.set(&t.to_dtype(DType::F32)?)?,
+                Some(t) => problems.push(format!(
+                    "{key} has shape {:?}, expected {:?}",
+                    t.dims(),
+                    var.dims()
+                )),
+                None => problems.push(format!("{key} is missing")),
+            }
+        }
+        drop(data);
+        if !problems.is_empty() {
+            problems.sort();
+            return Err(ModelError::CheckpointMismatch {
+                path,
+                variant: format!("{} backbone", cfg.backbone),
+                report: problems.join("; "),
+            });
+        }
+        Ok(net)
+    }
+
+    /// The network saved in a model directory's weights file by a run of `cfg`.
+    pub fn load(
+        cfg: &TrainConfig,
+        n_attributes: usize,
+        weights: &Path,
+        device: &Device,
+    ) -> Result<Self> {
+        let net = Self::build(cfg, n_attributes, device)?;
+        // A clone shares the variables.
+        let mut map = net.head.var_map().clone();
+        map.load(weights)
+            .map_err(|e| ModelError::CheckpointFormat {
+                path: weights.to_path_buf(),
+                reason: e.to_string(),
+            })?;
+        Ok(net)
+    }
+
+    /// Embeddings (and attention) of a normalised batch `x` `[B, 3, S, S]`
+    /// for one attribute per image (`attr` `[B]`, u32). With `train`, every
+    /// BatchNorm uses (and updates the running statistics from) the batch.
+    pub fn forward_t(&self, x: &Tensor, attr: &Tensor, train: bool) -> Result<HeadOutput> {
+        let features = self.backbone.forward_t(x, train)?;
+        // Rebuilt every call: some heads keep re-laid-out copies of variables.
+        self.head.head()?.forward(&features, attr, train)
+    }
+
+    /// The trainable variables of the head and of the backbone, each sorted
+    /// by name (BatchNorm running statistics excluded).
+    pub fn trainable_vars(&self) -> (Vec<Var>, Vec<Var>) {
+        let data = self
+            .head
+            .var_map()
+            .data()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let mut named: Vec<(&String, &Var)> = data
+            .iter()
+            .filter(|(n, _)| !n.ends_with("running_mean") && !n.ends_with("running_var"))
+            .collect();
+        named.sort_by(|a, b| a.0.cmp(b.0));
+        let (backbone, head): (Vec<_>, Vec<_>) = named
+            .into_iter()
+            .partition(|(n, _)| n.starts_with(&format!("{BACKBONE_PREFIX}.")));
+        let vars = |v: Vec<(&String, &Var)>| v.into_iter().map(|(_, v)| v.clone()).collect();
+        (vars(head), vars(backbone))
+    }
+
+    /// The inference model over the current variables (BatchNorm folded with
+    /// its running statistics): what [`Embedder::load`] gives for a directory
+    /// this network is saved to with `card`.
+    pub fn embedder(&self, card: ModelCard, batch_size: usize) -> Result<Embedder> {
+        let map = self.head.var_map();
+        let vb = VarBuilder::from_varmap(map, DType::F32, &self.device).pp(BACKBONE_PREFIX);
+        let backbone = Backbone::new(self.cfg.backbone, vb)?;
+        let head = self.head.head()?;
+        if card.attributes.len() != self.n_attributes {
+            return Err(ModelError::InvalidArgument(format!(
+                "card has {} attributes, the network {}",
+                card.attributes.len(),
+                self.n_attributes
+            )));
+        }
+        Embedder::from_modules(card, backbone, head, &self.device, batch_size)
+    }
+
+    /// Save every variable (head at the root, backbone under `backbonenet.`).
+    pub fn save(&self, path: &Path) -> Result<()> {
+        self.head.save(path)
+    }
+}
+
+/// Read, decode, resize and crop the dataset images `indices` in parallel,
+/// flipping those whose `flips` entry is set.
+fn load_crops(
+    dataset: &Dataset,
+    indices: &[usize],
+    flips: &[bool],
+    preprocess: &PreprocessConfig,
+) -> Result<Vec<RgbImage>> {
+    indices
+        .par_iter()
+        .zip(flips)
+        .map(|(&i, &flip)| {
+            let path = dataset.image_path(i).ok_or_else(|| {
+                ModelError::InvalidArgument(format!(
+                    "image {i} is outside the dataset of {} images",
+                    dataset.len()
+                ))
+            })?;
+            let crop = load_crop(&path, preprocess)?;
+            Ok(if flip {
+                image::imageops::flip_horizontal(&crop)
+            } else {
+                crop
+            })
+        })
+        .collect()
+}
+
+/// The images of `dataset` that cannot be read, decoded and cropped with
+/// `preprocess` (checked in parallel, in dataset order): leave them out
+/// with [`crate::without_images`] before fine-tuning, which decodes every
+/// image it meets and stops at the first bad one.
+pub fn unusable_images(dataset: &Dataset, preprocess: &PreprocessConfig) -> Vec<BadImage> {
+    (0..dataset.len())
+        .into_par_iter()
+        .filter_map(|i| {
+            let path = dataset.image_path(i)?;
+            match load_crop(&path, preprocess) {
+                Ok(_) => None,
+                Err(e) => Some(BadImage {
+                    index: i,
+                    path,
+                    reason: e.to_string(),
+                }),
+            }
+        })
+        .collect()
+}
+
+/// Embed, with `embedder`, every `(image, attribute)` pair that the `split`
+/// probes of `dataset` need, decoding the images (`embedder`'s attributes
+/// must be the dataset's, in order, as in a model trained on it).
+pub fn embed_dataset_split(
+    embedder: &Embedder,
+    dataset: &Dataset,
+    split: Split,
+    batch: usize,
+) -> Result<PairEmbeddings> {
+    let n_attr = dataset.attributes().len();
+    if embedder.card().attributes.len() != n_attr {
+        return Err(ModelError::InvalidArgument(format!(
+            "the model has {} attributes, the dataset {n_attr}",
+            embedder.card().attributes.len()
+        )));
+    }
+    let mut wanted: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for (a, images) in dataset
+        .probes(split)
+        .images_by_attribute(n_attr)
+        .iter()
+        .enumerate()
+    {
+        for &i in images {
+            wanted.entry(i).or_default().push(a);
+        }
+    }
+    let images: Vec<usize> = wanted.keys().copied().collect();
+    let all: Vec<usize> = (0..n_attr).collect();
+    let mut out = PairEmbeddings::new();
+    for chunk in images.chunks(batch.max(1)) {
+        let crops = load_crops(
+            dataset,
+            chunk,
+            &vec![false; chunk.len()],
+            embedder.preprocess_config(),
+        )?;
+        for (&i, per_attribute) in chunk.iter().zip(embedder.embed_crops(&crops, &all)?) {
+            for e in per_attribute {
+                if wanted[&i].contains(&e.attribute) {
+                    out.insert((i, e.attribute), e.vector);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Fine-tune `cfg.backbone` and a `cfg.head` head end to end on the images
+/// of `dataset` on `device`, selecting on the valid split's mAP;
+/// checkpoints go to `out_dir/last` and `out_dir/best` as with
+/// [`crate::train_head`] (`cfg.finetune` `None` means the default
+/// [`FinetuneSettings`]). ResNet-50 and the colour histogram are refused.
+pub fn finetune(
+    dataset: &Dataset,
+    cfg: &TrainConfig,
+    out_dir: &Path,
+    opts: &TrainOptions,
+    device: &Device,
+    progress: &mut dyn FnMut(&TrainEvent),
+) -> Result<TrainOutcome> {
+    let settings = cfg.finetune.clone().unwrap_or_default();
+    let cfg = TrainConfig {
+        finetune: Some(settings.clone()),
+        ..cfg.clone()
+    };
+    cfg.validate()?;
+    if dataset.probes(Split::Valid).queries.is_empty() {
+        return Err(ModelError::InvalidArgument(
+            "the valid split has no retrieval queries: nothing to select the best epoch on".into(),
+        ));
+    }
+    let n_attr = dataset.attributes().len();
+    let sampler = TripletSampler::new(dataset, cfg.seed)?.with_sampling(cfg.sampling);
+    let dirs = RunDirs::new(out_dir);
+    let (mut state, resumed) = dirs.start(&cfg, opts.resume)?;
+    let net = if resumed {
+        FinetuneNetwork::load(&cfg, n_attr, &dirs.last.join(WEIGHTS_FILE), device)?
+    } else {
+        FinetuneNetwork::new(&cfg, n_attr, None, device)?
+    };
+    let (head_vars, backbone_vars) = net.trainable_vars();
+    let mut head_opt = cfg.schedule.adam(head_vars)?;
+    let backbone_schedule = StepDecay {
+        base_lr: cfg.schedule.base_lr * settings.backbone_lr_scale,
+        ..cfg.schedule
+    };
+    let mut backbone_opt = backbone_schedule.adam(backbone_vars)?;
+    let preprocess = PreprocessConfig {
+        size: cfg.input_size as usize,
+        ..PreprocessConfig::default()
+    };
+    let eval_batch = if opts.eval_batch_size == 0 {
+        64
+    } else {
+        opts.eval_batch_size
+    };
+    let card = trained_card(dataset, &cfg, opts.command.clone(), opts.notes.clone())?;
+    for epoch in state.epoch..cfg.epochs {
+        let started = Instant::now();
+        let lr = cfg.schedule.apply(&mut head_opt, epoch);
+        backbone_schedule.apply(&mut backbone_opt, epoch);
+        let triplets = sampler.epoch(epoch as u64, cfg.triplets_per_epoch);
+        let steps = triplets.len().div_ceil(cfg.batch_size);
+        progress(&TrainEvent::EpochStart {
+            epoch: epoch + 1,
+            steps,
+        });
+        // Flips depend only on the seed and the epoch, like the triplets.
+        let mut flip_rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0xf11f ^ ((epoch as u64) << 32));
+        let mut loss_sum = 0f64;
+        for (s, batch) in triplets.chunks(cfg.batch_size).enumerate() {
+            let b = batch.len();
+            let (indices, attrs) = triplet_batch(batch);
+            let flips: Vec<bool> = (0..indices.len())
+                .map(|_| settings.flip && flip_rng.gen::<bool>())
+                .collect();
+            let crops = load_crops(dataset, &indices, &flips, &preprocess)?;
+            let x = to_tensor(&crops, device)?;
+            let attr = Tensor::from_vec(attrs, 3 * b, device)?;
+            let out = net.forward_t(&x, &attr, true)?;
+            let loss = batch_loss(&out.embedding, &cfg, dataset, batch, &indices)?;
+            let grads = loss.backward()?;
+            head_opt.step(&grads)?;
+            if settings.backbone_lr_scale > 0.0 {
+                backbone_opt.step(&grads)?;
+            }
+            let value = checked_loss(&loss, epoch, s)?;
+            loss_sum += f64::from(value) * b as f64;
+            progress(&TrainEvent::Step {
+                epoch: epoch + 1,
+                step: s + 1,
+                triplets: b,
+                loss: value,
+            });
+        }
+        let train_secs = started.elapsed().as_secs_f64();
+        let embedder = net.embedder(card.clone(), eval_batch)?;
+        let pairs = embed_dataset_split(&embedder, dataset, Split::Valid, eval_batch)?;
+        let report = evaluate_pairs(dataset, Split::Valid, &pairs)?;
+        let record = EpochRecord {
+            epoch: epoch + 1,
+            lr,
+            loss: loss_sum / triplets.len() as f64,
+            valid_map: report.map,
+            triplets_per_s: triplets.len() as f64 / train_secs.max(1e-9),
+            seconds: started.elapsed().as_secs_f64(),
+        };
+        dirs.finish_epoch(
+            &mut state,
+            (&record, &report),
+            (net.head.var_map(), &card),
+            opts,
+        )?;
+        progress(&TrainEvent::Epoch(record));
+    }
+    dirs.outcome(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_are_checked() {
+        assert!(FinetuneSettings::default().validate().is_ok());
+        let bad = FinetuneSettings {
+            backbone_lr_scale: f64::NAN,
+            flip: false,
+        };
+        assert!(bad.validate().unwrap_err().to_string().contains("scale"));
+    }
+}

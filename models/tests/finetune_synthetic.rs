@@ -1,0 +1,263 @@
+//! CI-sized end-to-end fine-tuning on the synthetic garments at 32 px on the
+//! CPU (the same code runs on a CUDA device): training runs (the loss
+//! falling is NOT yet demonstrated at this size, see below), the backbone
+//! weights and BatchNorm statistics move away from ImageNet's, the saved
+//! model directory loads with `Embedder::load` and embeds exactly as the
+//! trainer's own eval-mode network, and a resumed run continues from the
+//! saved state.
+
+use asen_models::{
+    finetune, BackboneKind, Embedder, EmbedderOptions, FinetuneNetwork, FinetuneSettings, HeadKind,
+    Split, StepDecay, SyntheticConfig, TrainConfig, TrainEvent, TrainOptions, TripletSampler,
+};
+use candle_core::{Device, Tensor};
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+#[test]
+fn mobilenet_v2_and_asen_v2_fine_tune_end_to_end() {
+    let imagenet = match BackboneKind::MobileNetV2.imagenet_weights_path(None) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("skipping: {e}");
+            return;
+        }
+    };
+    let synthetic = asen_models::generate_synthetic(&SyntheticConfig {
+        size: 32,
+        train: 96,
+        valid: 24,
+        test: 8,
+        seed: 5,
+        ..SyntheticConfig::default()
+    })
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let dataset = synthetic.write(dir.path().join("data")).unwrap();
+
+    let mut cfg = TrainConfig::new(HeadKind::AsenV2, BackboneKind::MobileNetV2);
+    // 32 px (a 1x1 MobileNetV2 map) keeps the CPU run short: fine-tuning on
+    // the CPU runs about 2 triplets/s at 64 px on the loaded 2-core CI machine.
+    cfg.input_size = 32;
+    cfg.embedding_dim = 32;
+    cfg.attention_dim = 32;
+    cfg.gate_hidden = 32;
+    cfg.epochs = 2;
+    cfg.triplets_per_epoch = 64;
+    cfg.batch_size = 16;
+    cfg.schedule = StepDecay::new(1e-3, 0.5, 1).unwrap();
+    cfg.finetune = Some(FinetuneSettings {
+        backbone_lr_scale: 0.1,
+        flip: false,
+    });
+    let out = dir.path().join("run");
+    let dev = Device::Cpu;
+    // Training-mode loss of fixed batches, before and after (one step's loss
+    // is too noisy to compare at this size).
+    let sampler = TripletSampler::new(&dataset, 99).unwrap();
+    let fixed = sampler.epoch(1000, 24);
+    let fixed_loss = |net: &FinetuneNetwork| -> f32 {
+        let mut sum = 0.0;
+        for batch in fixed.chunks(8) {
+            let mut indices: Vec<usize> = batch.iter().map(|t| t.anchor).collect();
+            indices.extend(batch.iter().map(|t| t.positive));
+            indices.extend(batch.iter().map(|t| t.negative));
+            let attrs: Vec<u32> = (0..3)
+                .flat_map(|_| batch.iter().map(|t| t.attribute as u32))
+                .collect();
+            let crops: Vec<_> = indices
+                .iter()
+                .map(|&i| {
+                    let cfg = asen_models::PreprocessConfig {
+                        size: 32,
+                        ..Default::default()
+                    };
+                    asen_models::load_crop(&dataset.image_path(i).unwrap(), &cfg).unwrap()
+                })
+                .collect();
+            let x = asen_models::to_tensor(&crops, &dev).unwrap();
+            let attr = Tensor::from_vec(attrs, indices.len(), &dev).unwrap();
+            let e = net.forward_t(&x, &attr, true).unwrap().embedding;
+            let b = batch.len();
+            let loss = asen_models::triplet_ranking_loss(
+                &e.narrow(0, 0, b).unwrap(),
+                &e.narrow(0, b, b).unwrap(),
+                &e.narrow(0, 2 * b, b).unwrap(),
+                cfg.margin,
+            )
+            .unwrap();
+            sum += loss.to_scalar::<f32>().unwrap();
+        }
+        sum / 3.0
+    };
+    let initial = FinetuneNetwork::new(&cfg, dataset.attributes().len(), None, &dev).unwrap();
+    let before = fixed_loss(&initial);
+    let mut losses = Vec::new();
+    let outcome = finetune(
+        &dataset,
+        &cfg,
+        &out,
+        &TrainOptions::default(),
+        &dev,
+        &mut |e| {
+            if let TrainEvent::Step { loss, .. } = e {
+                losses.push(*loss);
+            }
+        },
+    )
+    .unwrap();
+    assert_eq!(outcome.history.len(), 2);
+    assert_eq!(losses.len(), 8);
+    assert!(losses.iter().all(|l| l.is_finite()));
+
+    // The saved backbone moved away from ImageNet: weights and BN statistics.
+    let saved =
+        candle_core::safetensors::load(outcome.last_dir.join("model.safetensors"), &dev).unwrap();
+    let original = candle_core::safetensors::load(&imagenet, &dev).unwrap();
+    for key in [
+        "features.0.0.weight",
+        "features.9.conv.3.weight",
+        "features.18.1.running_mean",
+        "features.18.1.running_var",
+    ] {
+        let d = max_abs_diff(&saved[&format!("backbonenet.{key}")], &original[key]);
+        assert!(d > 1e-6, "{key} did not change");
+    }
+    assert!(saved.keys().all(|k| !k.contains("num_batches")));
+
+    // Embedder::load of the directory == the trainer's eval-mode network.
+    let embedder = Embedder::load(&outcome.last_dir, &EmbedderOptions::default()).unwrap();
+    assert_eq!(embedder.card().backbone, "mobilenet_v2");
+    let net = FinetuneNetwork::load(
+        &cfg,
+        dataset.attributes().len(),
+        &outcome.last_dir.join("model.safetensors"),
+        &dev,
+    )
+    .unwrap();
+    // A copy of its own: the training-mode forward moves the running statistics.
+    let trained = FinetuneNetwork::load(
+        &cfg,
+        dataset.attributes().len(),
+        &outcome.last_dir.join("model.safetensors"),
+        &dev,
+    )
+    .unwrap();
+    let after = fixed_loss(&trained);
+    // NOT YET SHOWN: at this CI size (8 steps of 16 triplets at 32 px) the
+    // fixed-batch loss rose (0.199 -> 0.226 measured; 0.248 with 12 steps of
+    // 8, 0.309 with backbone lr x0.5). Open question: too few steps at 1x1
+    // maps, or a bug; the head-only trainer's test shows the loss falling.
+    eprintln!("fixed-batch training-mode loss: {before} before, {after} after");
+    assert!(after.is_finite());
+    let images: Vec<_> = dataset.split_indices(Split::Valid)[..4]
+        .iter()
+        .map(|&i| {
+            asen_models::load_crop(
+                &dataset.image_path(i).unwrap(),
+                embedder.preprocess_config(),
+            )
+            .unwrap()
+        })
+        .collect();
+    let x = asen_models::to_tensor(&images, &dev).unwrap();
+    for attribute in [0usize, 3] {
+        let attr = Tensor::from_vec(vec![attribute as u32; 4], 4, &dev).unwrap();
+        let own = net.forward_t(&x, &attr, false).unwrap().embedding;
+        let served: Vec<f32> = embedder
+            .embed_crops(&images, &[attribute])
+            .unwrap()
+            .into_iter()
+            .flat_map(|per| per[0].vector.clone())
+            .collect();
+        let served = Tensor::from_vec(served, own.shape(), &dev).unwrap();
+        let d = max_abs_diff(&own, &served);
+        assert!(d < 1e-4, "attribute {attribute}: max difference {d}");
+    }
+
+    // Resume: one more epoch trains exactly one, from the saved state.
+    cfg.epochs = 3;
+    let mut epochs = Vec::new();
+    let resumed = finetune(
+        &dataset,
+        &cfg,
+        &out,
+        &TrainOptions {
+            resume: true,
+            ..TrainOptions::default()
+        },
+        &dev,
+        &mut |e| {
+            if let TrainEvent::Epoch(r) = e {
+                epochs.push(r.epoch);
+            }
+        },
+    )
+    .unwrap();
+    assert_eq!(epochs, vec![3]);
+    assert_eq!(resumed.history.len(), 3);
+    let numbers: Vec<usize> = resumed.history.iter().map(|r| r.epoch).collect();
+    assert_eq!(numbers, vec![1, 2, 3]);
+
+    // Other settings cannot resume the same run.
+    cfg.finetune = Some(FinetuneSettings {
+        backbone_lr_scale: 0.2,
+        flip: false,
+    });
+    let err = finetune(
+        &dataset,
+        &cfg,
+        &out,
+        &TrainOptions {
+            resume: true,
+            ..TrainOptions::default()
+        },
+        &dev,
+        &mut |_| {},
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("another configuration"), "{err}");
+}
+
+#[test]
+fn resnet_and_the_colour_histogram_are_refused() {
+    let synthetic = asen_models::generate_synthetic(&SyntheticConfig {
+        size: 32,
+        train: 12,
+        valid: 8,
+        test: 4,
+        ..SyntheticConfig::default()
+    })
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let dataset = synthetic.write(dir.path().join("data")).unwrap();
+    let mut cfg = TrainConfig::new(HeadKind::Global, BackboneKind::ResNet50Layer3);
+    let run = |cfg: &TrainConfig| {
+        finetune(
+            &dataset,
+            cfg,
+            &dir.path().join("run"),
+            &TrainOptions::default(),
+            &Device::Cpu,
+            &mut |_| {},
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default()
+    };
+    assert!(run(&cfg).contains("resnet50_layer3"));
+    cfg.backbone = BackboneKind::MobileNetV2;
+    cfg.colour_histogram = true;
+    assert!(run(&cfg).contains("colour histogram"));
+}

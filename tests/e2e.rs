@@ -17,12 +17,7 @@ use std::path::Path;
 const SEED: u64 = 20_200_207;
 const K: usize = 10;
 
-// Ignored in CI until the shipped model meets the bar: with models/default (ASEN v2, frozen
-// MobileNetV2, 4 epochs) it measured baseColour 0.253 vs 0.246 and articleType 0.668 vs 0.687
-// (ImageNet GAP), so the articleType assertion fails; see docs/results.md. Run it with
-// `cargo test --release --test e2e -- --ignored` after retraining.
 #[test]
-#[ignore = "the shipped model does not yet beat ImageNet features on articleType P@10 (0.668 vs 0.687)"]
 fn ingested_valid_split_beats_imagenet_pooled_features_at_precision_10() {
     let data = retrieval::shared_data_dir();
     if !data.join("labels.csv").is_file() {
@@ -44,7 +39,7 @@ fn ingested_valid_split_beats_imagenet_pooled_features_at_precision_10() {
             );
         }
         eprintln!(
-            "NOT RUN: the trained default model is not at {} (set ASEN_MODEL_DIR or merge branch train2)",
+            "NOT RUN: the trained default model is not at {} (set ASEN_MODEL_DIR)",
             model.display()
         );
         return;

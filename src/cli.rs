@@ -37,7 +37,7 @@ pub enum Command {
     Compare(CompareArgs),
     /// Train a head (ASEN v1/v2, CSN, global) on a labelled dataset: on cached features
     /// of the frozen backbone, or end to end with --finetune (any device).
-    Train(TrainArgs),
+    Train(Box<TrainArgs>),
     /// Evaluate a model or a baseline with the ASEN retrieval protocol (per-attribute mAP).
     Eval(EvalArgs),
 }

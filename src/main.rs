@@ -37,7 +37,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Serve(args) => commands::serve::run(args),
         Command::Search(args) => commands::search::run(args),
         Command::Compare(args) => commands::compare::run(args),
-        Command::Train(args) => commands::train::run(args),
+        Command::Train(args) => commands::train::run(*args),
         Command::Eval(args) => commands::eval::run(args),
     }
 }

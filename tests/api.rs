@@ -6,6 +6,9 @@
 //! attributes `attr_0..attr_7`): skipped with a notice when `../shared` is absent, failing
 //! when `ASEN_REQUIRE_SHARED=1`.
 
+#[path = "support/shared.rs"]
+mod shared;
+
 use std::io::{BufRead, BufReader, Read};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -19,20 +22,7 @@ const READ_KEY: &str = "test-read-key";
 const MAX_BODY: usize = 256 * 1024;
 
 fn shared_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("ASEN_SHARED_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared")));
-    if dir.join("golden/asen_v1_fashionai.pth.gz").is_file() {
-        return Some(dir);
-    }
-    if std::env::var("ASEN_REQUIRE_SHARED").as_deref() == Ok("1") {
-        panic!(
-            "ASEN_REQUIRE_SHARED=1 but the shared fixtures are missing at {}",
-            dir.display()
-        );
-    }
-    eprintln!("skipping: shared fixtures not found at {}", dir.display());
-    None
+    shared::shared_dir(&["golden/asen_v1_fashionai.pth.gz"])
 }
 
 struct Server {

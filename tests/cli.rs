@@ -5,6 +5,9 @@
 //! (random-weight head, attributes `attr_0..attr_7`), so these tests do not depend on the
 //! trained default model.
 
+#[path = "support/shared.rs"]
+mod shared;
+
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -17,21 +20,10 @@ use base64::Engine;
 use sha2::{Digest, Sha256};
 
 fn shared_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("ASEN_SHARED_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared"));
-    let needed = dir.join("data/fashion-product-images/labels.csv");
-    if needed.is_file() && dir.join("golden/asen_v1_fashionai.pth.gz").is_file() {
-        return Some(dir);
-    }
-    if std::env::var("ASEN_REQUIRE_SHARED").as_deref() == Ok("1") {
-        panic!(
-            "shared fixtures missing at {} (ASEN_REQUIRE_SHARED=1)",
-            dir.display()
-        );
-    }
-    eprintln!("SKIPPED: shared fixtures not found at {}", dir.display());
-    None
+    shared::shared_dir(&[
+        "data/fashion-product-images/labels.csv",
+        "golden/asen_v1_fashionai.pth.gz",
+    ])
 }
 
 fn asen(args: &[&str], cwd: &Path) -> Output {

@@ -233,18 +233,6 @@ fn pooling_matrix(cells: usize, size: usize, device: &Device) -> Result<Tensor> 
     Ok(Tensor::from_vec(m, (cells, size), device)?)
 }
 
-/// The colour channels of a feature map that has them last: `[B, C, h, w]`
-/// to its final [`COLOUR_BINS`] channels.
-pub fn colour_channels(features: &Tensor) -> Result<Tensor> {
-    let c = features.dim(1)?;
-    if c < COLOUR_BINS {
-        return Err(ModelError::InvalidArgument(format!(
-            "a feature map of {c} channels has no colour histogram"
-        )));
-    }
-    Ok(features.narrow(1, c - COLOUR_BINS, COLOUR_BINS)?)
-}
-
 /// Argmax palette entry of each pixel, for tests and explanations: `[B, N]`.
 #[cfg(test)]
 fn nearest(h: &ColourHistogram, x: &Tensor) -> Result<Vec<Vec<u32>>> {

@@ -342,6 +342,10 @@ pub struct TrainArgs {
     /// With --finetune: no random horizontal flips of the training images.
     #[arg(long)]
     pub no_flip: bool,
+    /// With --finetune: keep the backbone's BatchNorm in eval mode (ImageNet
+    /// running statistics, affine parameters trained) instead of batch statistics.
+    #[arg(long)]
+    pub freeze_batch_norm: bool,
     /// Device: cpu, or with --finetune also cuda[:N] (a build with
     /// `--features cuda`) or metal[:N] (`--features metal`).
     #[arg(long, default_value = "cpu")]

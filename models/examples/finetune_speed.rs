@@ -15,6 +15,18 @@ use asen_models::{
 use candle_core::Tensor;
 use candle_nn::Optimizer;
 
+/// The process's peak resident memory (Linux `VmHWM`), or "n/a".
+fn peak_memory() -> String {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .map(|l| l["VmHWM:".len()..].trim().to_string())
+        })
+        .unwrap_or_else(|| "n/a".into())
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let arg = |i: usize, default: &str| args.get(i).cloned().unwrap_or_else(|| default.into());
@@ -59,8 +71,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             times.push(secs);
         }
         println!(
-            "step {step}: loss {value:.4}, {secs:.2} s, {:.2} triplets/s",
-            b as f64 / secs
+            "step {step}: loss {value:.4}, {secs:.2} s, {:.2} triplets/s, peak memory {}",
+            b as f64 / secs,
+            peak_memory()
         );
     }
     let mean = times.iter().sum::<f64>() / times.len().max(1) as f64;

@@ -1,10 +1,9 @@
 //! CI-sized end-to-end fine-tuning on the synthetic garments at 32 px on the
-//! CPU (the same code runs on a CUDA device): training runs (the loss
-//! falling is NOT yet demonstrated at this size, see below), the backbone
+//! CPU (the same code runs on a CUDA device): training runs, the backbone
 //! weights and BatchNorm statistics move away from ImageNet's, the saved
 //! model directory loads with `Embedder::load` and embeds exactly as the
 //! trainer's own eval-mode network, and a resumed run continues from the
-//! saved state.
+//! saved state; and with frozen BatchNorm the held-out loss falls.
 
 use asen_models::{
     finetune, BackboneKind, Embedder, EmbedderOptions, FinetuneNetwork, FinetuneSettings, HeadKind,
@@ -60,6 +59,7 @@ fn mobilenet_v2_and_asen_v2_fine_tune_end_to_end() {
     cfg.finetune = Some(FinetuneSettings {
         backbone_lr_scale: 0.1,
         flip: false,
+        ..FinetuneSettings::default()
     });
     let out = dir.path().join("run");
     let dev = Device::Cpu;
@@ -155,10 +155,9 @@ fn mobilenet_v2_and_asen_v2_fine_tune_end_to_end() {
     )
     .unwrap();
     let after = fixed_loss(&trained);
-    // NOT YET SHOWN: at this CI size (8 steps of 16 triplets at 32 px) the
-    // fixed-batch loss rose (0.199 -> 0.226 measured; 0.248 with 12 steps of
-    // 8, 0.309 with backbone lr x0.5). Open question: too few steps at 1x1
-    // maps, or a bug; the head-only trainer's test shows the loss falling.
+    // Not asserted: with BatchNorm in training mode this loss rises on the
+    // synthetic garments (0.199 -> 0.226 measured); frozen BatchNorm learns
+    // (`frozen_batch_norm_fine_tuning_lowers_the_held_loss`).
     eprintln!("fixed-batch training-mode loss: {before} before, {after} after");
     assert!(after.is_finite());
     let images: Vec<_> = dataset.split_indices(Split::Valid)[..4]
@@ -214,6 +213,7 @@ fn mobilenet_v2_and_asen_v2_fine_tune_end_to_end() {
     cfg.finetune = Some(FinetuneSettings {
         backbone_lr_scale: 0.2,
         flip: false,
+        ..FinetuneSettings::default()
     });
     let err = finetune(
         &dataset,
@@ -260,4 +260,133 @@ fn resnet_and_the_colour_histogram_are_refused() {
     cfg.backbone = BackboneKind::MobileNetV2;
     cfg.colour_histogram = true;
     assert!(run(&cfg).contains("colour histogram"));
+}
+
+/// Eval-mode triplet loss of `net` over fixed train triplets (mean of
+/// batches of 8): what the network has learnt, independent of batch
+/// statistics.
+fn held_loss(net: &FinetuneNetwork, dataset: &asen_models::Dataset, size: usize) -> f32 {
+    let dev = Device::Cpu;
+    let fixed = TripletSampler::new(dataset, 99).unwrap().epoch(1000, 48);
+    let preprocess = asen_models::PreprocessConfig {
+        size,
+        ..Default::default()
+    };
+    let mut sum = 0.0;
+    for batch in fixed.chunks(8) {
+        let b = batch.len();
+        let indices: Vec<usize> = [
+            batch.iter().map(|t| t.anchor).collect::<Vec<_>>(),
+            batch.iter().map(|t| t.positive).collect(),
+            batch.iter().map(|t| t.negative).collect(),
+        ]
+        .concat();
+        let attrs: Vec<u32> = (0..3)
+            .flat_map(|_| batch.iter().map(|t| t.attribute as u32))
+            .collect();
+        let crops: Vec<_> = indices
+            .iter()
+            .map(|&i| asen_models::load_crop(&dataset.image_path(i).unwrap(), &preprocess).unwrap())
+            .collect();
+        let x = asen_models::to_tensor(&crops, &dev).unwrap();
+        let attr = Tensor::from_vec(attrs, indices.len(), &dev).unwrap();
+        let e = net.forward_t(&x, &attr, false).unwrap().embedding;
+        let loss = asen_models::triplet_ranking_loss(
+            &e.narrow(0, 0, b).unwrap(),
+            &e.narrow(0, b, b).unwrap(),
+            &e.narrow(0, 2 * b, b).unwrap(),
+            0.2,
+        )
+        .unwrap();
+        sum += loss.to_scalar::<f32>().unwrap();
+    }
+    sum / fixed.chunks(8).count() as f32
+}
+
+/// Fine-tune on the synthetic garments at `size` px with the backbone's
+/// BatchNorm frozen or not; the held-out loss before and after, and the
+/// valid mAP of every epoch.
+fn fine_tune_run(freeze_batch_norm: bool, size: u32) -> Option<(f32, f32, Vec<f64>)> {
+    if BackboneKind::MobileNetV2
+        .imagenet_weights_path(None)
+        .is_err()
+    {
+        eprintln!("skipping: no MobileNetV2 ImageNet weights");
+        return None;
+    }
+    let synthetic = asen_models::generate_synthetic(&SyntheticConfig {
+        size,
+        train: 96,
+        valid: 32,
+        test: 8,
+        seed: 11,
+        ..SyntheticConfig::default()
+    })
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let dataset = synthetic.write(dir.path().join("data")).unwrap();
+    let mut cfg = TrainConfig::new(HeadKind::AsenV2, BackboneKind::MobileNetV2);
+    cfg.input_size = size;
+    cfg.embedding_dim = 32;
+    cfg.attention_dim = 32;
+    cfg.gate_hidden = 32;
+    cfg.epochs = 3;
+    cfg.triplets_per_epoch = 96;
+    cfg.batch_size = 16;
+    cfg.schedule = StepDecay::new(5e-4, 0.5, 10).unwrap();
+    cfg.finetune = Some(FinetuneSettings {
+        flip: false,
+        freeze_batch_norm,
+        ..FinetuneSettings::default()
+    });
+    let dev = Device::Cpu;
+    let n_attr = dataset.attributes().len();
+    let preprocess = asen_models::PreprocessConfig {
+        size: size as usize,
+        ..Default::default()
+    };
+    let train = dataset.split_indices(Split::Train);
+    let initial = FinetuneNetwork::new(&cfg, n_attr, None, &dev).unwrap();
+    initial
+        .recompute_head_batch_norm(&dataset, &train, &preprocess, 32)
+        .unwrap();
+    let before = held_loss(&initial, &dataset, size as usize);
+    let out = dir.path().join("run");
+    let outcome = finetune(
+        &dataset,
+        &cfg,
+        &out,
+        &TrainOptions::default(),
+        &dev,
+        &mut |_| {},
+    )
+    .unwrap();
+    let trained = FinetuneNetwork::load(
+        &cfg,
+        n_attr,
+        &outcome.last_dir.join("model.safetensors"),
+        &dev,
+    )
+    .unwrap();
+    let after = held_loss(&trained, &dataset, size as usize);
+    let maps = outcome.history.iter().map(|r| r.valid_map).collect();
+    Some((before, after, maps))
+}
+
+/// With frozen BatchNorm, fine-tuning learns: the held-out loss of fixed
+/// train triplets falls and the last epoch's valid mAP beats the first's.
+/// (With BatchNorm in training mode the same run gets worse on this data,
+/// 0.152 -> 0.210 held loss and 44 -> 36 % valid mAP when measured; see
+/// docs/results.md. Its gradient is checked in `backbone::trainable`.)
+#[test]
+fn frozen_batch_norm_fine_tuning_lowers_the_held_loss() {
+    let Some((before, after, maps)) = fine_tune_run(true, 32) else {
+        return;
+    };
+    eprintln!("held loss {before:.4} -> {after:.4}, valid mAP by epoch {maps:?}");
+    assert!(after < before, "held loss rose: {before} -> {after}");
+    assert!(
+        maps[maps.len() - 1] > maps[0],
+        "valid mAP did not improve: {maps:?}"
+    );
 }

@@ -54,6 +54,7 @@ struct TrainFile {
     finetune: Option<bool>,
     backbone_lr_scale: Option<f64>,
     flip: Option<bool>,
+    freeze_batch_norm: Option<bool>,
     device: Option<String>,
 }
 
@@ -262,6 +263,8 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
                 .or(file.backbone_lr_scale)
                 .unwrap_or(defaults.backbone_lr_scale),
             flip: !args.no_flip && file.flip.unwrap_or(defaults.flip),
+            freeze_batch_norm: args.freeze_batch_norm
+                || file.freeze_batch_norm.unwrap_or(defaults.freeze_batch_norm),
         });
         if cfg.colour_histogram {
             bail!("--colour-histogram cannot be combined with --finetune");
@@ -272,8 +275,10 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
                 "device {device_name:?}: training on cached features of the frozen backbone runs on the cpu; pass --finetune to train backbone and head on {device_name}"
             );
         }
-        if args.backbone_lr_scale.is_some() || args.no_flip {
-            bail!("--backbone-lr-scale and --no-flip only apply with --finetune");
+        if args.backbone_lr_scale.is_some() || args.no_flip || args.freeze_batch_norm {
+            bail!(
+                "--backbone-lr-scale, --no-flip and --freeze-batch-norm only apply with --finetune"
+            );
         }
     }
 
@@ -421,7 +426,7 @@ fn run_finetune(
     let usable = without_images(dataset, &bad.iter().map(|b| b.index).collect())?;
     let settings = cfg.finetune.clone().unwrap_or_default();
     let notes = format!(
-        "trained by asen train --finetune on {} ({} images: {} train, {} valid, {} test; {} unusable); {} fine-tuned from ImageNet (backbone lr x{}, flips {})",
+        "trained by asen train --finetune on {} ({} images: {} train, {} valid, {} test; {} unusable); {} fine-tuned from ImageNet (backbone lr x{}, flips {}, BatchNorm {})",
         data.data.as_deref().unwrap_or(Path::new("")).display(),
         dataset.len(),
         dataset.split_indices(Split::Train).len(),
@@ -431,6 +436,11 @@ fn run_finetune(
         cfg.backbone,
         settings.backbone_lr_scale,
         if settings.flip { "on" } else { "off" },
+        if settings.freeze_batch_norm {
+            "frozen"
+        } else {
+            "trained with batch statistics"
+        },
     );
     let bar = epoch_bar();
     let outcome = finetune(

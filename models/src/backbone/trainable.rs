@@ -500,6 +500,70 @@ mod tests {
         }
     }
 
+    /// Training-mode BatchNorm (batch statistics) has the right gradient
+    /// with respect to its input and affine parameters: central finite
+    /// differences in f64 (the running statistics move on every call, which
+    /// the training-mode output does not depend on).
+    #[test]
+    fn training_batch_norm_gradient_matches_finite_differences() {
+        let dev = Device::Cpu;
+        let map = VarMap::new();
+        let vb = VarBuilder::from_varmap(&map, DType::F64, &dev);
+        let bn = batch_norm(3, 1e-5, vb).unwrap();
+        // A non-trivial scale, so that the weight's gradient is checked away from 1.
+        map.data().lock().unwrap()["weight"]
+            .set(&Tensor::new(&[0.5f64, 1.5, -0.7], &dev).unwrap())
+            .unwrap();
+        let x = Var::randn(0f64, 1.0, (4, 3, 3, 2), &dev).unwrap();
+        let probe = Tensor::randn(0f64, 1.0, (4, 3, 3, 2), &dev).unwrap();
+        let f = |x: &Tensor| -> Tensor {
+            let y = bn.forward_t(x, true).unwrap();
+            (y.tanh().unwrap() * &probe).unwrap().sum_all().unwrap()
+        };
+        let grads = f(x.as_tensor()).backward().unwrap();
+        let vars = map.data().lock().unwrap().clone();
+        for (name, var) in [
+            ("input", &x),
+            ("weight", &vars["weight"]),
+            ("bias", &vars["bias"]),
+        ] {
+            let g = grads
+                .get(var.as_tensor())
+                .unwrap_or_else(|| panic!("no gradient for {name}"))
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f64>()
+                .unwrap();
+            let base = var
+                .as_tensor()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f64>()
+                .unwrap();
+            let eps = 1e-5;
+            for i in 0..base.len() {
+                let at = |delta: f64| {
+                    let mut v = base.clone();
+                    v[i] += delta;
+                    var.set(&Tensor::from_vec(v, var.as_tensor().shape(), &dev).unwrap())
+                        .unwrap();
+                    let value = f(x.as_tensor()).to_scalar::<f64>().unwrap();
+                    var.set(
+                        &Tensor::from_vec(base.clone(), var.as_tensor().shape(), &dev).unwrap(),
+                    )
+                    .unwrap();
+                    value
+                };
+                let numeric = (at(eps) - at(-eps)) / (2.0 * eps);
+                assert!(
+                    (numeric - g[i]).abs() < 1e-5 * (1.0 + numeric.abs()),
+                    "{name}[{i}]: numeric {numeric}, backward {}",
+                    g[i]
+                );
+            }
+        }
+    }
+
     /// Central finite differences of a scalar function of the depthwise
     /// weight and input agree with the backward pass (f64).
     #[test]

@@ -38,8 +38,8 @@ use crate::train::features::{load_crop, BadImage};
 use crate::train::sampler::TripletSampler;
 use crate::train::schedule::StepDecay;
 use crate::train::trainer::{
-    batch_loss, checked_loss, trained_card, triplet_batch, EpochRecord, RunDirs, TrainConfig,
-    TrainEvent, TrainOptions, TrainOutcome, TrainableHead,
+    batch_loss, batch_norm_sample, checked_loss, trained_card, triplet_batch, EpochRecord, RunDirs,
+    TrainConfig, TrainEvent, TrainOptions, TrainOutcome, TrainableHead,
 };
 
 /// Name prefix of the backbone's variables in a model directory.
@@ -53,6 +53,12 @@ pub struct FinetuneSettings {
     pub backbone_lr_scale: f64,
     /// Flip each training image horizontally with probability 1/2.
     pub flip: bool,
+    /// Keep the backbone's BatchNorm in eval mode while training (running
+    /// statistics fixed, affine parameters still trained): "frozen
+    /// BatchNorm", the usual choice when batches are small or the images far
+    /// from ImageNet's. Off by default: BatchNorm trains with batch statistics.
+    #[serde(default)]
+    pub freeze_batch_norm: bool,
 }
 
 impl Default for FinetuneSettings {
@@ -61,6 +67,7 @@ impl Default for FinetuneSettings {
         Self {
             backbone_lr_scale: 0.1,
             flip: true,
+            freeze_batch_norm: false,
         }
     }
 }
@@ -178,11 +185,41 @@ impl FinetuneNetwork {
 
     /// Embeddings (and attention) of a normalised batch `x` `[B, 3, S, S]`
     /// for one attribute per image (`attr` `[B]`, u32). With `train`, every
-    /// BatchNorm uses (and updates the running statistics from) the batch.
+    /// BatchNorm uses (and updates the running statistics from) the batch,
+    /// but the backbone's when the run's settings freeze it.
     pub fn forward_t(&self, x: &Tensor, attr: &Tensor, train: bool) -> Result<HeadOutput> {
-        let features = self.backbone.forward_t(x, train)?;
+        let frozen = self
+            .cfg
+            .finetune
+            .as_ref()
+            .is_some_and(|f| f.freeze_batch_norm);
+        let features = self.backbone.forward_t(x, train && !frozen)?;
         // Rebuilt every call: some heads keep re-laid-out copies of variables.
         self.head.head()?.forward(&features, attr, train)
+    }
+
+    /// Set the head's BatchNorm running statistics (ASEN v2's `img_bn1`) from
+    /// the features of `images` under the backbone in eval mode, as
+    /// inference will see them (the head trainer does the same from its
+    /// cache after every epoch).
+    pub fn recompute_head_batch_norm(
+        &self,
+        dataset: &Dataset,
+        images: &[usize],
+        preprocess: &PreprocessConfig,
+        batch: usize,
+    ) -> Result<()> {
+        // The folded inference backbone: what serving runs, and no autograd
+        // graph is kept alive through the forward pass.
+        let vb = VarBuilder::from_varmap(self.head.var_map(), DType::F32, &self.device)
+            .pp(BACKBONE_PREFIX);
+        let backbone = Backbone::new(self.cfg.backbone, vb)?;
+        let features = images.chunks(batch.max(1)).map(|chunk| {
+            let crops = load_crops(dataset, chunk, &vec![false; chunk.len()], preprocess)?;
+            let x = to_tensor(&crops, &self.device)?;
+            backbone.forward(&x)
+        });
+        self.head.recompute_batch_norm_from(features)
     }
 
     /// The trainable variables of the head and of the backbone, each sorted
@@ -377,6 +414,7 @@ pub fn finetune(
         opts.eval_batch_size
     };
     let card = trained_card(dataset, &cfg, opts.command.clone(), opts.notes.clone())?;
+    let bn_sample = batch_norm_sample(&dataset.split_indices(Split::Train), cfg.seed, 512);
     for epoch in state.epoch..cfg.epochs {
         let started = Instant::now();
         let lr = cfg.schedule.apply(&mut head_opt, epoch);
@@ -416,6 +454,7 @@ pub fn finetune(
             });
         }
         let train_secs = started.elapsed().as_secs_f64();
+        net.recompute_head_batch_norm(dataset, &bn_sample, &preprocess, eval_batch)?;
         let embedder = net.embedder(card.clone(), eval_batch)?;
         let pairs = embed_dataset_split(&embedder, dataset, Split::Valid, eval_batch)?;
         let report = evaluate_pairs(dataset, Split::Valid, &pairs)?;
@@ -447,7 +486,7 @@ mod tests {
         assert!(FinetuneSettings::default().validate().is_ok());
         let bad = FinetuneSettings {
             backbone_lr_scale: f64::NAN,
-            flip: false,
+            ..FinetuneSettings::default()
         };
         assert!(bad.validate().unwrap_err().to_string().contains("scale"));
     }

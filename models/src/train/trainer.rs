@@ -453,7 +453,21 @@ impl TrainableHead {
     /// (precise BatchNorm). candle's training-mode BatchNorm keeps its running
     /// statistics in private copies, so they are recomputed here instead.
     pub fn recompute_batch_norm(&self, features: &FeatureCache, indices: &[usize]) -> Result<()> {
-        if self.kind != HeadKind::AsenV2 || indices.is_empty() {
+        self.recompute_batch_norm_from(
+            indices
+                .chunks(128)
+                .map(|chunk| features.get(chunk, &self.device)),
+        )
+    }
+
+    /// [`Self::recompute_batch_norm`] over backbone feature maps `[B, C, H, W]`
+    /// from any source (the fine-tuning backbone, say). Nothing happens for
+    /// heads without BatchNorm or when `batches` is empty.
+    pub fn recompute_batch_norm_from(
+        &self,
+        batches: impl IntoIterator<Item = Result<Tensor>>,
+    ) -> Result<()> {
+        if self.kind != HeadKind::AsenV2 {
             return Ok(());
         }
         let data = self.map.data().lock().unwrap_or_else(|p| p.into_inner());
@@ -468,13 +482,16 @@ impl TrainableHead {
         let mut sum = Tensor::zeros(a, DType::F64, &self.device)?;
         let mut sum_sq = Tensor::zeros(a, DType::F64, &self.device)?;
         let mut count = 0usize;
-        for chunk in indices.chunks(128) {
-            let x = features.get(chunk, &self.device)?.flatten_from(2)?; // [B, C, N]
+        for x in batches {
+            let x = x?.flatten_from(2)?; // [B, C, N]
             let y = crate::head::pointwise_conv(&x, &w, &b)?; // [B, A, N]
             let y = y.transpose(0, 1)?.flatten_from(1)?.to_dtype(DType::F64)?; // [A, B*N]
             count += y.dim(1)?;
             sum = (sum + y.sum(1)?)?;
             sum_sq = (sum_sq + y.sqr()?.sum(1)?)?;
+        }
+        if count == 0 {
+            return Ok(());
         }
         let n = count as f64;
         let mean = (&sum / n)?;
@@ -489,6 +506,17 @@ impl TrainableHead {
             .set(&var.to_dtype(DType::F32)?)?;
         Ok(())
     }
+}
+
+/// Up to `n` of `images` drawn with `seed`, in ascending order: the images
+/// whose features set the head's BatchNorm statistics after each epoch.
+pub(crate) fn batch_norm_sample(images: &[usize], seed: u64, n: usize) -> Vec<usize> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed);
+    let mut v = images.to_vec();
+    rand::seq::SliceRandom::shuffle(&mut v[..], &mut rng);
+    v.truncate(n);
+    v.sort_unstable();
+    v
 }
 
 /// `(B, 3B)` f32: 1 where image `indices[j]`, embedded for triplet
@@ -790,14 +818,7 @@ pub fn train_head(
     };
     let mut optimizer = cfg.schedule.adam(trainable.trainable_vars())?;
     let train_images = dataset.split_indices(Split::Train);
-    let bn_sample: Vec<usize> = {
-        let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x5eed);
-        let mut v = train_images.clone();
-        rand::seq::SliceRandom::shuffle(&mut v[..], &mut rng);
-        v.truncate(2048);
-        v.sort_unstable();
-        v
-    };
+    let bn_sample = batch_norm_sample(&train_images, cfg.seed, 2048);
     let eval_batch = if opts.eval_batch_size == 0 {
         64
     } else {

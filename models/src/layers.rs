@@ -509,14 +509,13 @@ impl DepthwiseConvBnAct {
     }
 
     /// Candle's grouped convolution: the reference path and the non-CPU path.
+    /// Off the CPU: the sum over the `k * k` taps of shifted views times
+    /// per-channel weights (a few elementwise kernels), not candle's grouped
+    /// `conv2d`, which runs one convolution per channel.
     fn forward_grouped(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let (_, c, h, w) = x.dims4()?;
-        let (top, bottom) = self.padding.amounts(h, self.kernel, self.stride);
-        let (left, right) = self.padding.amounts(w, self.kernel, self.stride);
-        let x = x
-            .pad_with_zeros(2, top, bottom)?
-            .pad_with_zeros(3, left, right)?;
-        let y = x.conv2d(&self.weight, 0, self.stride, 1, c)?;
+        let c = x.dim(1)?;
+        let y = crate::backbone::depthwise_conv2d_taps(x, &self.weight, self.stride, self.padding)
+            .map_err(candle_core::Error::wrap)?;
         let y = y.broadcast_add(&self.bias.reshape((1, c, 1, 1))?)?;
         self.act.apply(y)
     }
@@ -699,7 +698,7 @@ mod tests {
     }
 
     #[test]
-    fn depthwise_kernel_matches_grouped_conv() {
+    fn depthwise_kernel_matches_the_off_cpu_taps() {
         for (h, w) in [(7, 7), (8, 9), (1, 1), (14, 3)] {
             for (k, s) in [(3, 1), (3, 2), (5, 1), (5, 2)] {
                 check_depthwise(h, w, k, s, Padding::Same, Activation::Relu6);

@@ -22,6 +22,7 @@ use crate::error::{ModelError, Result};
 pub use efficientnet_lite::{EfficientNetLite0, Lite0Classifier};
 pub use mobilenet_v2::MobileNetV2;
 pub use resnet::ResNet50Layer3;
+pub(crate) use trainable::depthwise_conv2d_taps;
 pub use trainable::TrainableBackbone;
 
 /// Which backbone architecture.

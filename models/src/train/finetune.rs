@@ -209,11 +209,7 @@ impl FinetuneNetwork {
         preprocess: &PreprocessConfig,
         batch: usize,
     ) -> Result<()> {
-        // The folded inference backbone: what serving runs, and no autograd
-        // graph is kept alive through the forward pass.
-        let vb = VarBuilder::from_varmap(self.head.var_map(), DType::F32, &self.device)
-            .pp(BACKBONE_PREFIX);
-        let backbone = Backbone::new(self.cfg.backbone, vb)?;
+        let backbone = self.inference_backbone()?;
         let features = images.chunks(batch.max(1)).map(|chunk| {
             let crops = load_crops(dataset, chunk, &vec![false; chunk.len()], preprocess)?;
             let x = to_tensor(&crops, &self.device)?;
@@ -247,9 +243,7 @@ impl FinetuneNetwork {
     /// its running statistics): what [`Embedder::load`] gives for a directory
     /// this network is saved to with `card`.
     pub fn embedder(&self, card: ModelCard, batch_size: usize) -> Result<Embedder> {
-        let map = self.head.var_map();
-        let vb = VarBuilder::from_varmap(map, DType::F32, &self.device).pp(BACKBONE_PREFIX);
-        let backbone = Backbone::new(self.cfg.backbone, vb)?;
+        let backbone = self.inference_backbone()?;
         let head = self.head.head()?;
         if card.attributes.len() != self.n_attributes {
             return Err(ModelError::InvalidArgument(format!(
@@ -259,6 +253,28 @@ impl FinetuneNetwork {
             )));
         }
         Embedder::from_modules(card, backbone, head, &self.device, batch_size)
+    }
+
+    /// The folded inference backbone over detached copies of the current
+    /// backbone variables: what serving runs. Detached, so that no autograd
+    /// graph is recorded (off the CPU the folded layers are candle ops, and a
+    /// graph through a 64-image batch does not fit a GPU).
+    fn inference_backbone(&self) -> Result<Backbone> {
+        let prefix = format!("{BACKBONE_PREFIX}.");
+        let tensors: std::collections::HashMap<String, Tensor> = self
+            .head
+            .var_map()
+            .data()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter_map(|(name, var)| {
+                let key = name.strip_prefix(&prefix)?;
+                Some((key.to_string(), var.as_tensor().detach()))
+            })
+            .collect();
+        let vb = VarBuilder::from_tensors(tensors, DType::F32, &self.device);
+        Backbone::new(self.cfg.backbone, vb)
     }
 
     /// Save every variable (head at the root, backbone under `backbonenet.`).

@@ -275,7 +275,7 @@ fn folder_ingest_writes_a_jsonl_report() {
 fn unusable_arguments_exit_2_with_one_line() {
     let work = tempfile::tempdir().unwrap();
     std::fs::write(work.path().join("items.csv"), "id,path\na,a.jpg\n").unwrap();
-    let cases: [(&[&str], &str); 4] = [
+    let cases: [(&[&str], &str); 5] = [
         (
             &["ingest", "--catalogue", "c", "--csv", "nope.csv"],
             "cannot read csv nope.csv",
@@ -297,6 +297,17 @@ fn unusable_arguments_exit_2_with_one_line() {
             "image folder nope does not exist",
         ),
         (&["ingest", "--catalogue", "c"], "--csv"),
+        (
+            &[
+                "train",
+                "--data",
+                "items.csv",
+                "--out",
+                "run",
+                "--freeze-batch-norm",
+            ],
+            "--freeze-batch-norm only apply with --finetune",
+        ),
     ];
     for (args, expected) in cases {
         let out = asen(args, work.path());

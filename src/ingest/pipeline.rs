@@ -539,10 +539,10 @@ fn write_loop(
 
 /// Writes the thumbnails of items the store accepted (or removes stale ones when
 /// thumbnails are off).
-fn write_thumbnails(
+fn write_thumbnails<'a>(
     thumbnails: Option<&Thumbnails>,
     catalogue: &str,
-    items: &[&(usize, Item, Option<Vec<u8>>)],
+    items: impl IntoIterator<Item = &'a (usize, Item, Option<Vec<u8>>)>,
 ) -> anyhow::Result<()> {
     let Some(t) = thumbnails else {
         return Ok(());
@@ -550,7 +550,7 @@ fn write_thumbnails(
     t.upsert(
         catalogue,
         items
-            .iter()
+            .into_iter()
             .map(|(_, item, jpeg)| (item.id.as_str(), jpeg.as_deref())),
     )
     .with_context(|| format!("cannot write the thumbnails of catalogue {catalogue:?}"))
@@ -568,7 +568,7 @@ fn upsert_local(
     let batch: Vec<Item> = items.iter().map(|(_, item, _)| item.clone()).collect();
     match store.upsert(catalogue, &batch) {
         Ok(_) => {
-            write_thumbnails(thumbnails, catalogue, &items.iter().collect::<Vec<_>>())?;
+            write_thumbnails(thumbnails, catalogue, &items)?;
             bar.inc(batch.len() as u64);
             Ok(batch.len() as u64)
         }
@@ -579,7 +579,7 @@ fn upsert_local(
                 let (index, item, _) = entry;
                 match store.upsert(catalogue, std::slice::from_ref(item)) {
                     Ok(_) => {
-                        write_thumbnails(thumbnails, catalogue, &[entry])?;
+                        write_thumbnails(thumbnails, catalogue, [entry])?;
                         written += 1
                     }
                     Err(e) if e.kind() == ErrorKind::InvalidInput => {

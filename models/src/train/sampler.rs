@@ -256,6 +256,30 @@ mod tests {
         }
     }
 
+    /// A dataset of train images only, one per entry of `labels`.
+    fn train_only(
+        attributes: Vec<Attribute>,
+        labels: impl Iterator<Item = Vec<Option<u32>>>,
+    ) -> Dataset {
+        let images = labels
+            .enumerate()
+            .map(|(i, labels)| ImageRecord {
+                path: PathBuf::from(format!("{i}")),
+                split: Split::Train,
+                labels,
+            })
+            .collect();
+        Dataset::from_parts(
+            "",
+            attributes,
+            images,
+            ProbeLists::default(),
+            ProbeLists::default(),
+            Path::new("t"),
+        )
+        .unwrap()
+    }
+
     #[test]
     fn values_without_pairs_and_unknowns_are_skipped() {
         let attributes = vec![
@@ -270,24 +294,7 @@ mod tests {
         ];
         // red x3, blue x1, green none, one unknown; shape has a single value.
         let labels = [Some(0), Some(0), Some(0), Some(1), None];
-        let images = labels
-            .iter()
-            .enumerate()
-            .map(|(i, &c)| ImageRecord {
-                path: PathBuf::from(format!("{i}")),
-                split: Split::Train,
-                labels: vec![c, Some(0)],
-            })
-            .collect();
-        let ds = Dataset::from_parts(
-            "",
-            attributes,
-            images,
-            ProbeLists::default(),
-            ProbeLists::default(),
-            Path::new("t"),
-        )
-        .unwrap();
+        let ds = train_only(attributes, labels.iter().map(|&c| vec![c, Some(0)]));
         for sampling in [Sampling::Paper, Sampling::ImageUniform] {
             let sampler = TripletSampler::new(&ds, 1).unwrap().with_sampling(sampling);
             assert_eq!(sampler.attributes(), vec![0]);
@@ -309,26 +316,11 @@ mod tests {
             name: "type".into(),
             values: ["a", "b", "c", "d"].map(String::from).to_vec(),
         }];
-        let images = counts
+        let values = counts
             .iter()
             .enumerate()
-            .flat_map(|(v, &n)| std::iter::repeat_n(v as u32, n))
-            .enumerate()
-            .map(|(i, v)| ImageRecord {
-                path: PathBuf::from(format!("{i}")),
-                split: Split::Train,
-                labels: vec![Some(v)],
-            })
-            .collect();
-        let ds = Dataset::from_parts(
-            "",
-            attributes,
-            images,
-            ProbeLists::default(),
-            ProbeLists::default(),
-            Path::new("t"),
-        )
-        .unwrap();
+            .flat_map(|(v, &n)| std::iter::repeat_n(v as u32, n));
+        let ds = train_only(attributes, values.map(|v| vec![Some(v)]));
         let label = |i: usize| ds.images()[i].labels[0].unwrap() as usize;
         let draws = 20_000;
         let share = |sampling: Sampling, pick: fn(&Triplet) -> usize| {

@@ -450,8 +450,8 @@ impl TrainableHead {
 
     /// Set BatchNorm running statistics (v2's `img_bn1`) to the exact mean and
     /// (unbiased) variance of its input over `features` entries `indices`
-    /// (precise BatchNorm). candle's training-mode BatchNorm keeps its running
-    /// statistics in private copies, so they are recomputed here instead.
+    /// (precise BatchNorm): training mode leaves a momentum average over
+    /// batches seen while the weights moved, not the final weights' statistics.
     pub fn recompute_batch_norm(&self, features: &FeatureCache, indices: &[usize]) -> Result<()> {
         self.recompute_batch_norm_from(
             indices

@@ -4,15 +4,22 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::config::Overrides;
 use crate::telemetry::LogFormat;
 
 /// asen: attribute-specific similarity search for fashion images.
+///
+/// Every command reads one configuration: defaults, then the TOML file of --config, then
+/// ASEN_SECTION__KEY environment variables, then its flags.
 #[derive(Debug, Parser)]
 #[command(name = "asen", version, about, propagate_version = true)]
 pub struct Cli {
-    /// Log format on stderr (level from RUST_LOG).
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Pretty, env = "ASEN_LOG_FORMAT")]
-    pub log_format: LogFormat,
+    /// TOML config file (sections server, limits, model, index, ingest, log, train).
+    #[arg(long, global = true)]
+    pub config: Option<PathBuf>,
+    /// Log format on stderr, pretty or json (level from RUST_LOG) [default: log.format].
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<LogFormat>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -42,25 +49,27 @@ pub enum Command {
     Eval(EvalArgs),
 }
 
+/// Which store a command opens.
+#[derive(Debug, Clone, Args, Default)]
+pub struct StoreArgs {
+    /// Data directory of the local store [default: index.data_dir, ./asen-data].
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Store: local [default: index.store, local].
+    #[arg(long)]
+    pub store: Option<String>,
+}
+
 /// `asen serve`.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Data directory of the store [default: ./asen-data, or server.data_dir].
-    #[arg(long)]
-    pub data: Option<PathBuf>,
-    /// Address to listen on; port 0 picks a free one [default: 127.0.0.1:8080].
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Address to listen on; port 0 picks a free one [default: server.bind, 127.0.0.1:8080].
     #[arg(long)]
     pub bind: Option<String>,
-    /// Model directory or checkpoint [default: the shipped model].
-    #[arg(long, env = "ASEN_MODEL")]
-    pub model: Option<PathBuf>,
-    /// Device: cpu, cuda[:N] or metal[:N] [default: cpu].
-    #[arg(long)]
-    pub device: Option<String>,
-    /// TOML config file (sections server, limits, model, index); ASEN_SECTION__KEY
-    /// variables override it, flags override both.
-    #[arg(long)]
-    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub model: ModelArgs,
 }
 
 /// `asen search`.
@@ -68,9 +77,8 @@ pub struct ServeArgs {
 pub struct SearchArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// Data directory of the store.
-    #[arg(long, default_value = "./asen-data")]
-    pub data: PathBuf,
+    #[command(flatten)]
+    pub store: StoreArgs,
     /// Catalogue to search.
     #[arg(long, short = 'c')]
     pub catalogue: String,
@@ -109,21 +117,45 @@ pub struct CompareArgs {
 }
 
 /// Where a model comes from and where it runs.
-#[derive(Debug, Clone, Args)]
+#[derive(Debug, Clone, Args, Default)]
 pub struct ModelArgs {
     /// Model directory (card.json + model.safetensors) or official .pth[.gz]
-    /// checkpoint [default: the shipped model]
-    #[arg(long, env = "ASEN_MODEL")]
+    /// checkpoint [default: model.path, else the shipped model]
+    #[arg(long)]
     pub model: Option<PathBuf>,
-    /// Device: cpu, cuda[:N] or metal[:N].
-    #[arg(long, default_value = "cpu", env = "ASEN_DEVICE")]
-    pub device: String,
-    /// Images per forward pass.
-    #[arg(long, default_value_t = 16)]
-    pub batch_size: usize,
-    /// Largest accepted image, in pixels (width x height as declared).
-    #[arg(long, default_value_t = asen_models::PreprocessConfig::DEFAULT_MAX_PIXELS)]
-    pub max_pixels: u64,
+    /// Device: cpu, cuda[:N] or metal[:N] [default: model.device, cpu].
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Images per forward pass (per request with --server) [default: model.batch_size, 16].
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Largest accepted image, in pixels (width x height as declared) [default: limits.max_pixels].
+    #[arg(long)]
+    pub max_pixels: Option<u64>,
+}
+
+impl ModelArgs {
+    /// These flags as config overrides.
+    pub fn overrides(&self) -> Overrides {
+        Overrides {
+            model: self.model.clone(),
+            device: self.device.clone(),
+            batch_size: self.batch_size,
+            max_pixels: self.max_pixels,
+            ..Overrides::default()
+        }
+    }
+}
+
+impl StoreArgs {
+    /// Add these flags to `overrides`.
+    pub fn add_to(&self, overrides: Overrides) -> Overrides {
+        Overrides {
+            data_dir: self.data.clone(),
+            store: self.store.clone(),
+            ..overrides
+        }
+    }
 }
 
 /// `asen embed`.
@@ -192,33 +224,28 @@ pub struct IngestArgs {
     /// Folder of images (recursive; id = relative path without extension).
     #[arg(long)]
     pub dir: Option<PathBuf>,
-    /// Local store directory.
-    #[arg(
-        long,
-        default_value = "./asen-data",
-        env = "ASEN_DATA",
-        conflicts_with = "server"
-    )]
-    pub data: PathBuf,
-    /// Send the images to a running `asen serve` instead (http://host:port).
-    #[arg(long)]
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Send the images to a running `asen serve` instead (http[s]://host:port)
+    /// [default: ingest.server].
+    #[arg(long, conflicts_with_all = ["data", "store"])]
     pub server: Option<String>,
-    /// API key for --server.
-    #[arg(long, env = "ASEN_API_KEY", hide_env_values = true)]
+    /// API key sent with --server [default: server.api_key, ASEN_API_KEY].
+    #[arg(long)]
     pub api_key: Option<String>,
-    /// Seconds to wait for the server on each request.
-    #[arg(long, default_value_t = 120)]
-    pub timeout_s: u64,
+    /// Seconds to wait for the server on each request [default: ingest.timeout_s, 120].
+    #[arg(long)]
+    pub timeout_s: Option<u64>,
     #[command(flatten)]
     pub model: ModelArgs,
-    /// Threads reading and decoding images [default: one per core].
+    /// Threads reading and decoding images [default: ingest.threads, one per core].
     #[arg(long)]
     pub threads: Option<usize>,
-    /// Most items written per store upsert (local).
-    #[arg(long, default_value_t = 256)]
-    pub upsert_batch: usize,
-    /// Do not keep each item's model-input crop (224x224 JPEG, about 10 kB) in
-    /// `<data>/thumbnails/` (local); explain by item and the item image route need it.
+    /// Most items written per store upsert (local) [default: ingest.upsert_batch, 256].
+    #[arg(long)]
+    pub upsert_batch: Option<usize>,
+    /// Do not keep each item's model-input crop (224x224 JPEG, about 10 kB) in the
+    /// store (local); explain by item and the item image route need it.
     #[arg(long, conflicts_with = "server")]
     pub no_thumbnails: bool,
     /// Where failed rows and images are listed (CSV, or JSON lines for a .jsonl name)
@@ -256,13 +283,10 @@ pub struct DataArgs {
     pub cache: Option<PathBuf>,
 }
 
-/// `asen train`. Flags override the `--config` file, whose keys are the
-/// flag names with underscores (`{"data": "labels.csv", "head": "asen_v2", "epochs": 10}`).
+/// `asen train`. Flags override the `[train]` section of the `--config` file, whose keys
+/// are the flag names with underscores (`data = "labels.csv"`, `head = "asen_v2"`).
 #[derive(Debug, Args)]
 pub struct TrainArgs {
-    /// JSON file of settings (keys: the long flag names, with underscores).
-    #[arg(long)]
-    pub config: Option<PathBuf>,
     #[command(flatten)]
     pub data: DataArgs,
     /// Output folder: best/ and last/ model directories [required here or in the config].
@@ -379,6 +403,35 @@ pub struct EvalArgs {
     /// and write them into its card.json (models trained by asen train).
     #[arg(long)]
     pub write_thresholds: bool,
+}
+
+impl Command {
+    /// The flags of this command that override the configuration.
+    pub fn overrides(&self) -> Overrides {
+        match self {
+            Command::Embed(a) => a.model.overrides(),
+            Command::Compare(a) => a.model.overrides(),
+            Command::Search(a) => a.store.add_to(a.model.overrides()),
+            Command::Serve(a) => Overrides {
+                bind: a.bind.clone(),
+                ..a.store.add_to(a.model.overrides())
+            },
+            Command::Ingest(a) => Overrides {
+                thumbnails: a.no_thumbnails.then_some(false),
+                api_key: a.api_key.clone(),
+                ingest_server: a.server.clone(),
+                ingest_threads: a.threads,
+                upsert_batch: a.upsert_batch,
+                timeout_s: a.timeout_s,
+                ..a.store.add_to(a.model.overrides())
+            },
+            Command::Eval(a) => Overrides {
+                model: a.model.clone(),
+                ..Overrides::default()
+            },
+            Command::Inspect(_) | Command::Convert(_) | Command::Train(_) => Overrides::default(),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,11 +1,27 @@
-//! One [`Config`] for the server, layered once at startup:
+//! One [`Config`] for every command, layered once in `main`:
 //! defaults < TOML file (`--config`) < `ASEN_SECTION__KEY` environment variables < CLI flags.
 //! Nothing reads the environment after [`Config::load`].
+//!
+//! The environment convention is one: `ASEN_<SECTION>__<KEY>` (`ASEN_LIMITS__MAX_PIXELS`),
+//! plus the two key shorthands `ASEN_API_KEY` and `ASEN_READ_KEY`. A value goes in as a
+//! string when the key takes one (keys, paths, addresses: `ASEN_API_KEY=123456789012` is
+//! the key "123456789012"), otherwise as a TOML scalar (`true`, `4000000`).
+//!
+//! The model directory is found in this order (the first that is set or exists):
+//! 1. `--model PATH`, 2. `ASEN_MODEL__PATH`, 3. `[model] path` in the config file,
+//! 4. `default/` beside the `asen` executable (an installed binary with its model),
+//! 5. `models/default/` of the source tree the binary was built from (`cargo run`, tests).
+//!
+//! Backbone weights a model directory does not carry (the shipped model's frozen
+//! ImageNet backbone) are looked up in: `[model] weights_dir`, `weights/` beside the
+//! executable, the executable's folder, then `models/weights/` of the source tree.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+pub use crate::telemetry::LogFormat;
 
 /// What can be wrong with the configuration.
 #[derive(Debug, thiserror::Error)]
@@ -27,7 +43,7 @@ pub enum ConfigError {
         detail: String,
     },
     /// An `ASEN_SECTION__KEY` variable names an unknown section.
-    #[error("environment variable {name}: unknown config section {section:?} (known: server, limits, model, index)")]
+    #[error("environment variable {name}: unknown config section {section:?} (known: {})", SECTIONS.join(", "))]
     UnknownSection {
         /// The variable.
         name: String,
@@ -44,6 +60,9 @@ pub enum ConfigError {
     },
 }
 
+/// Sections of the config file, which `ASEN_<SECTION>__<KEY>` may address.
+const SECTIONS: &[&str] = &["server", "limits", "model", "index", "ingest", "log", "train"];
+
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
@@ -54,8 +73,14 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Which model and where it runs.
     pub model: ModelConfig,
-    /// The store.
+    /// The store: which one, where, and the options of new catalogues.
     pub index: IndexConfig,
+    /// Bulk ingestion (`asen ingest`).
+    pub ingest: IngestConfig,
+    /// Logging.
+    pub log: LogConfig,
+    /// `asen train` settings (the long flag names, with underscores).
+    pub train: TrainSettings,
 }
 
 /// `[server]`.
@@ -64,9 +89,8 @@ pub struct Config {
 pub struct ServerConfig {
     /// Address to listen on (`127.0.0.1:8080`; port 0 picks a free one).
     pub bind: String,
-    /// Data directory of the store.
-    pub data_dir: PathBuf,
     /// Key required by write and admin routes (also accepted for reads); `ASEN_API_KEY`.
+    /// `asen ingest --server` sends it.
     pub api_key: Option<String>,
     /// Key required by read routes when set; `ASEN_READ_KEY`.
     pub read_key: Option<String>,
@@ -80,7 +104,6 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             bind: "127.0.0.1:8080".into(),
-            data_dir: PathBuf::from("./asen-data"),
             api_key: None,
             read_key: None,
             shutdown_timeout_ms: 10_000,
@@ -121,12 +144,15 @@ impl Default for LimitsConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ModelConfig {
-    /// Model directory or checkpoint; the shipped model when unset.
+    /// Model directory or checkpoint; the shipped model when unset (see the module docs
+    /// for the search order).
     pub path: Option<PathBuf>,
     /// `cpu`, `cuda[:N]` or `metal[:N]`.
     pub device: String,
     /// Images per forward pass.
     pub batch_size: usize,
+    /// Folder searched first for backbone weights a model directory does not carry.
+    pub weights_dir: Option<PathBuf>,
 }
 
 impl Default for ModelConfig {
@@ -135,6 +161,7 @@ impl Default for ModelConfig {
             path: None,
             device: "cpu".into(),
             batch_size: 16,
+            weights_dir: None,
         }
     }
 }
@@ -143,6 +170,10 @@ impl Default for ModelConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct IndexConfig {
+    /// Which store: `local` (the embedded sled + HNSW store under `data_dir`).
+    pub store: String,
+    /// Data directory of the local store.
+    pub data_dir: PathBuf,
     /// Flush every write before acknowledging it (otherwise sled flushes in the background).
     pub flush_writes: bool,
     /// HNSW neighbours per node for new catalogues.
@@ -153,8 +184,8 @@ pub struct IndexConfig {
     pub ef_search: usize,
     /// sled page cache.
     pub cache_capacity_bytes: u64,
-    /// Keep each item's model-input crop (224x224 JPEG, about 10 kB) in
-    /// `<data_dir>/thumbnails/` on upsert, for explain by item and the item image route
+    /// Keep each item's model-input crop (224x224 JPEG, about 10 kB) in the store on
+    /// upsert, for explain by item and the item image route
     /// (`ASEN_INDEX__THUMBNAILS=false` to turn off).
     pub thumbnails: bool,
 }
@@ -163,12 +194,115 @@ impl Default for IndexConfig {
     fn default() -> Self {
         let hnsw = asen_index::HnswConfig::default();
         Self {
+            store: "local".into(),
+            data_dir: PathBuf::from("./asen-data"),
             flush_writes: true,
             m: hnsw.m,
             ef_construction: hnsw.ef_construction,
             ef_search: hnsw.ef_search,
             cache_capacity_bytes: 512 * 1024 * 1024,
             thumbnails: true,
+        }
+    }
+}
+
+/// `[ingest]`: bulk ingestion.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngestConfig {
+    /// Send images to this running `asen serve` (`http[s]://host:port`) instead of the
+    /// local store; the server embeds them.
+    pub server: Option<String>,
+    /// Threads reading, hashing and decoding images (0: one per core).
+    pub threads: usize,
+    /// Most items per store upsert (local) or per request (`server`).
+    pub upsert_batch: usize,
+    /// Seconds to wait for the server on each request.
+    pub timeout_s: u64,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            server: None,
+            threads: 0,
+            upsert_batch: 256,
+            timeout_s: 120,
+        }
+    }
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `pretty` or `json` lines on stderr (level from `RUST_LOG`).
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Pretty,
+        }
+    }
+}
+
+/// `[train]`: the settings of `asen train`, named as its long flags (with underscores);
+/// flags override them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct TrainSettings {
+    pub data: Option<PathBuf>,
+    pub format: Option<String>,
+    pub attributes: Option<Vec<String>>,
+    pub path_column: Option<String>,
+    pub split_column: Option<String>,
+    pub probe_seed: Option<u64>,
+    pub cache: Option<PathBuf>,
+    pub out: Option<PathBuf>,
+    pub backbone: Option<String>,
+    pub colour_histogram: Option<bool>,
+    pub head: Option<String>,
+    pub dim: Option<usize>,
+    pub no_feature_fc: Option<bool>,
+    pub attention_dim: Option<usize>,
+    pub gate_hidden: Option<usize>,
+    pub input_size: Option<u32>,
+    pub epochs: Option<usize>,
+    pub triplets_per_epoch: Option<usize>,
+    pub batch_size: Option<usize>,
+    pub lr: Option<f64>,
+    pub lr_decay: Option<f64>,
+    pub lr_step: Option<usize>,
+    pub margin: Option<f64>,
+    pub seed: Option<u64>,
+    pub sampling: Option<String>,
+    pub negatives: Option<String>,
+    pub finetune: Option<bool>,
+    pub backbone_lr_scale: Option<f64>,
+    pub flip: Option<bool>,
+    pub freeze_batch_norm: Option<bool>,
+    pub device: Option<String>,
+}
+
+/// Which catalogue store a command opens (`index.store`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreKind {
+    /// The embedded store (sled + one HNSW graph per attribute) under `index.data_dir`.
+    Local,
+}
+
+impl std::str::FromStr for StoreKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "local" => Ok(StoreKind::Local),
+            other => Err(format!(
+                "{other:?} is not a store this build knows (expected \"local\")"
+            )),
         }
     }
 }
@@ -180,10 +314,74 @@ pub struct Overrides {
     pub bind: Option<String>,
     /// `--data`.
     pub data_dir: Option<PathBuf>,
+    /// `--store`.
+    pub store: Option<String>,
     /// `--model`.
     pub model: Option<PathBuf>,
     /// `--device`.
     pub device: Option<String>,
+    /// `--batch-size` (images per forward pass).
+    pub batch_size: Option<usize>,
+    /// `--max-pixels`.
+    pub max_pixels: Option<u64>,
+    /// `--no-thumbnails` gives `Some(false)`.
+    pub thumbnails: Option<bool>,
+    /// `--api-key`.
+    pub api_key: Option<String>,
+    /// `asen ingest --server`.
+    pub ingest_server: Option<String>,
+    /// `asen ingest --threads`.
+    pub ingest_threads: Option<usize>,
+    /// `asen ingest --upsert-batch`.
+    pub upsert_batch: Option<usize>,
+    /// `asen ingest --timeout-s`.
+    pub timeout_s: Option<u64>,
+    /// `--log-format`.
+    pub log_format: Option<LogFormat>,
+}
+
+impl Overrides {
+    fn apply(&self, config: &mut Config) {
+        fn set<T: Clone>(slot: &mut T, value: &Option<T>) {
+            if let Some(v) = value {
+                *slot = v.clone();
+            }
+        }
+        set(&mut config.server.bind, &self.bind);
+        set(&mut config.index.data_dir, &self.data_dir);
+        set(&mut config.index.store, &self.store);
+        if self.model.is_some() {
+            config.model.path = self.model.clone();
+        }
+        set(&mut config.model.device, &self.device);
+        set(&mut config.model.batch_size, &self.batch_size);
+        set(&mut config.limits.max_pixels, &self.max_pixels);
+        set(&mut config.index.thumbnails, &self.thumbnails);
+        if self.api_key.is_some() {
+            config.server.api_key = self.api_key.clone();
+        }
+        if self.ingest_server.is_some() {
+            config.ingest.server = self.ingest_server.clone();
+        }
+        set(&mut config.ingest.threads, &self.ingest_threads);
+        set(&mut config.ingest.upsert_batch, &self.upsert_batch);
+        set(&mut config.ingest.timeout_s, &self.timeout_s);
+        set(&mut config.log.format, &self.log_format);
+    }
+}
+
+/// A TOML scalar read from an environment variable's text, if it is one.
+fn scalar(text: &str) -> Option<toml::Value> {
+    format!("v = {text}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .filter(|v| !v.is_table() && !v.is_array())
+}
+
+/// Whether `tree` deserialises into a [`Config`].
+fn fits(tree: &toml::Table) -> bool {
+    toml::Value::Table(tree.clone()).try_into::<Config>().is_ok()
 }
 
 impl Config {
@@ -191,8 +389,8 @@ impl Config {
     /// overrides, then validate.
     ///
     /// Variables with a double underscore address a key (`ASEN_LIMITS__MAX_PIXELS=1000000`);
-    /// `ASEN_API_KEY` and `ASEN_READ_KEY` are shorthands for the server keys. Values are read
-    /// as TOML scalars (numbers, booleans), falling back to a string.
+    /// `ASEN_API_KEY` and `ASEN_READ_KEY` are shorthands for the server keys. A value is
+    /// taken as a string where the key accepts one, else as a TOML scalar.
     pub fn load(
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
@@ -211,7 +409,9 @@ impl Config {
                     detail: e.to_string(),
                 })?;
         }
-        for (name, value) in env {
+        let mut vars: Vec<(String, String)> = env.into_iter().collect();
+        vars.sort();
+        for (name, value) in vars {
             let Some(rest) = name.strip_prefix("ASEN_") else {
                 continue;
             };
@@ -223,29 +423,25 @@ impl Config {
                     None => continue,
                 },
             };
-            if !["server", "limits", "model", "index"].contains(&section.as_str()) {
+            if !SECTIONS.contains(&section.as_str()) {
                 return Err(ConfigError::UnknownSection { name, section });
             }
-            let parsed = format!("v = {value}")
-                .parse::<toml::Table>()
-                .ok()
-                .and_then(|mut t| t.remove("v"))
-                .filter(|v| !v.is_table() && !v.is_array())
-                .unwrap_or(toml::Value::String(value));
-            let entry = tree
-                .entry(section.clone())
-                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-            match entry {
-                toml::Value::Table(t) => {
-                    t.insert(key, parsed);
-                }
-                _ => {
-                    return Err(ConfigError::Parse {
-                        origin: "file".into(),
-                        detail: format!("{section} must be a table"),
-                    })
-                }
-            }
+            let as_string = toml::Value::String(value.clone());
+            let mut with_string = tree.clone();
+            insert(&mut with_string, &section, &key, as_string.clone())?;
+            // Keys that take a string keep the text as it is; others get the scalar.
+            tree = if fits(&with_string) {
+                with_string
+            } else {
+                let mut with_scalar = tree;
+                insert(
+                    &mut with_scalar,
+                    &section,
+                    &key,
+                    scalar(&value).unwrap_or(as_string),
+                )?;
+                with_scalar
+            };
         }
         let mut config: Config =
             toml::Value::Table(tree)
@@ -256,20 +452,42 @@ impl Config {
                     }),
                     detail: e.to_string(),
                 })?;
-        if let Some(bind) = &overrides.bind {
-            config.server.bind = bind.clone();
-        }
-        if let Some(dir) = &overrides.data_dir {
-            config.server.data_dir = dir.clone();
-        }
-        if let Some(model) = &overrides.model {
-            config.model.path = Some(model.clone());
-        }
-        if let Some(device) = &overrides.device {
-            config.model.device = device.clone();
-        }
+        overrides.apply(&mut config);
         config.validate()?;
         Ok(config)
+    }
+
+    /// The store `index.store` names.
+    pub fn store_kind(&self) -> Result<StoreKind, ConfigError> {
+        self.index
+            .store
+            .parse()
+            .map_err(|reason| ConfigError::Invalid {
+                field: "index.store",
+                reason,
+            })
+    }
+
+    /// The model directory or checkpoint to load (see the module docs for the order).
+    pub fn model_path(&self) -> PathBuf {
+        if let Some(path) = &self.model.path {
+            return path.clone();
+        }
+        let beside_exe = exe_dir()
+            .map(|d| d.join("default"))
+            .filter(|d| d.join("card.json").is_file());
+        beside_exe.unwrap_or_else(|| source_tree().join("models").join("default"))
+    }
+
+    /// Folders searched for backbone weights, in order.
+    pub fn weights_dirs(&self) -> Vec<PathBuf> {
+        let mut dirs: Vec<PathBuf> = self.model.weights_dir.iter().cloned().collect();
+        if let Some(exe) = exe_dir() {
+            dirs.push(exe.join("weights"));
+            dirs.push(exe);
+        }
+        dirs.push(source_tree().join("models").join("weights"));
+        dirs
     }
 
     /// The bind address, parsed.
@@ -335,6 +553,16 @@ impl Config {
         if self.model.batch_size == 0 {
             return invalid("model.batch_size", "must be at least 1");
         }
+        self.store_kind()?;
+        if self.ingest.upsert_batch == 0 || self.ingest.upsert_batch > asen_index::MAX_BATCH_ITEMS {
+            return invalid(
+                "ingest.upsert_batch",
+                &format!("must be in 1..={}", asen_index::MAX_BATCH_ITEMS),
+            );
+        }
+        if self.ingest.timeout_s == 0 {
+            return invalid("ingest.timeout_s", "must be at least 1");
+        }
         if self.index.m < 2 || self.index.ef_construction == 0 || self.index.ef_search == 0 {
             return invalid(
                 "index",
@@ -343,6 +571,40 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Set `section.key` in `tree`.
+fn insert(
+    tree: &mut toml::Table,
+    section: &str,
+    key: &str,
+    value: toml::Value,
+) -> Result<(), ConfigError> {
+    let entry = tree
+        .entry(section.to_string())
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    match entry {
+        toml::Value::Table(t) => {
+            t.insert(key.to_string(), value);
+            Ok(())
+        }
+        _ => Err(ConfigError::Parse {
+            origin: "file".into(),
+            detail: format!("{section} must be a table"),
+        }),
+    }
+}
+
+/// The folder of the running executable.
+fn exe_dir() -> Option<PathBuf> {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+}
+
+/// The source tree this binary was built from (for `cargo run` and tests).
+fn source_tree() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
 #[cfg(test)]
@@ -427,6 +689,90 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("max_k"), "{e}");
+    }
+
+    #[test]
+    fn keys_from_the_environment_stay_strings() {
+        let digits = Config::load(
+            None,
+            env(&[("ASEN_API_KEY", "123456789012")]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(digits.server.api_key.as_deref(), Some("123456789012"));
+        let quoted = Config::load(
+            None,
+            env(&[("ASEN_READ_KEY", "\"quoted-key\"")]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            quoted.server.read_key.as_deref(),
+            Some("\"quoted-key\""),
+            "taken literally"
+        );
+        let numbers = Config::load(
+            None,
+            env(&[("ASEN_MODEL__BATCH_SIZE", "4"), ("ASEN_MODEL__DEVICE", "cpu")]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(numbers.model.batch_size, 4);
+    }
+
+    #[test]
+    fn every_section_is_reachable_from_the_environment() {
+        let c = Config::load(
+            None,
+            env(&[
+                ("ASEN_INGEST__UPSERT_BATCH", "64"),
+                ("ASEN_LOG__FORMAT", "json"),
+                ("ASEN_TRAIN__EPOCHS", "3"),
+                ("ASEN_INDEX__DATA_DIR", "/tmp/x"),
+            ]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c.ingest.upsert_batch, 64);
+        assert_eq!(c.log.format, LogFormat::Json);
+        assert_eq!(c.train.epochs, Some(3));
+        assert_eq!(c.index.data_dir, PathBuf::from("/tmp/x"));
+    }
+
+    #[test]
+    fn model_path_prefers_the_configured_one() {
+        let given = Config::load(
+            None,
+            env(&[("ASEN_MODEL__PATH", "env-model")]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(given.model_path(), PathBuf::from("env-model"));
+        let flag = Config::load(
+            None,
+            env(&[("ASEN_MODEL__PATH", "env-model")]),
+            &Overrides {
+                model: Some("flag-model".into()),
+                ..Overrides::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(flag.model_path(), PathBuf::from("flag-model"));
+        // Unset: the shipped model (here the source tree's, no `default/` beside the test).
+        let shipped = Config::default().model_path();
+        assert!(shipped.ends_with("models/default"), "{}", shipped.display());
+        assert!(shipped.join("card.json").is_file());
+    }
+
+    #[test]
+    fn unknown_store_is_refused() {
+        let e = Config::load(
+            None,
+            env(&[("ASEN_INDEX__STORE", "nowhere")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("index.store"), "{e}");
     }
 
     #[test]

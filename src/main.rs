@@ -1,43 +1,30 @@
-//! The `asen` binary: CLI, REST API and bulk ingestion over `asen-models`
-//! (the network) and `asen-index` (the store).
-
-mod api;
-mod cli;
-mod commands;
-mod config;
-mod ingest;
-mod service;
-mod telemetry;
+//! The `asen` binary: parse the command line, load the configuration once, run the command.
 
 use std::process::ExitCode;
 
+use asen::cli::Cli;
+use asen::config::{Config, Overrides};
 use clap::Parser;
-
-use crate::cli::{Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init(cli.log_format);
-    match run(cli.command) {
+    let overrides = Overrides {
+        log_format: cli.log_format,
+        ..cli.command.overrides()
+    };
+    let config = match Config::load(cli.config.as_deref(), std::env::vars(), &overrides) {
+        Ok(config) => config,
+        Err(err) => return fail(&anyhow::Error::new(err)),
+    };
+    asen::telemetry::init(config.log.format);
+    match asen::run(cli.command, &config) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            // One line, the whole chain: "cannot load model x: checkpoint x: ...".
-            eprintln!("error: {err:#}");
-            ExitCode::from(2)
-        }
+        Err(err) => fail(&err),
     }
 }
 
-fn run(command: Command) -> anyhow::Result<()> {
-    match command {
-        Command::Embed(args) => commands::embed::run(args),
-        Command::Inspect(args) => commands::inspect::run(args),
-        Command::Convert(args) => commands::convert::run(args),
-        Command::Ingest(args) => commands::ingest::run(*args),
-        Command::Serve(args) => commands::serve::run(args),
-        Command::Search(args) => commands::search::run(args),
-        Command::Compare(args) => commands::compare::run(args),
-        Command::Train(args) => commands::train::run(*args),
-        Command::Eval(args) => commands::eval::run(args),
-    }
+/// One line, the whole chain ("cannot load model x: checkpoint x: ..."), exit code 2.
+fn fail(err: &anyhow::Error) -> ExitCode {
+    eprintln!("error: {err:#}");
+    ExitCode::from(2)
 }

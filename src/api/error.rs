@@ -122,6 +122,10 @@ impl ApiError {
                 ServiceError::Uncalibrated => StatusCode::UNPROCESSABLE_ENTITY,
                 ServiceError::Thumbnail(_) => StatusCode::INTERNAL_SERVER_ERROR,
                 ServiceError::NoThumbnail { .. } => StatusCode::CONFLICT,
+                // A deployment without the part the request needs: not the client's fault.
+                ServiceError::NoModel { .. } | ServiceError::NoStore { .. } => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
             },
             ApiError::BadBody { status, .. } => *status,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,

@@ -2,7 +2,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -20,8 +19,6 @@ type RequestKey = (String, String, u16);
 pub struct Metrics {
     /// (method, route, status) -> (requests, seconds).
     requests: Mutex<BTreeMap<RequestKey, (u64, f64)>>,
-    /// Model forwards started.
-    pub forwards: AtomicU64,
 }
 
 impl Metrics {
@@ -36,7 +33,13 @@ impl Metrics {
     }
 
     /// Prometheus text exposition; `items` are per-catalogue item counts.
-    pub fn render(&self, items: &[(String, u64)], in_flight_forwards: usize) -> String {
+    /// `forwards` counts model passes started, `in_flight_forwards` those running now.
+    pub fn render(
+        &self,
+        items: &[(String, u64)],
+        forwards: u64,
+        in_flight_forwards: usize,
+    ) -> String {
         let mut out = String::new();
         let map = self.requests.lock().unwrap_or_else(|p| p.into_inner());
         out.push_str("# HELP asen_http_requests_total HTTP requests answered.\n");
@@ -64,8 +67,7 @@ impl Metrics {
         out.push_str("# TYPE asen_model_forwards_total counter\n");
         let _ = writeln!(
             out,
-            "asen_model_forwards_total {}",
-            self.forwards.load(Ordering::Relaxed)
+            "asen_model_forwards_total {forwards}"
         );
         out.push_str("# HELP asen_model_forwards_in_flight Model passes running now.\n");
         out.push_str("# TYPE asen_model_forwards_in_flight gauge\n");

@@ -24,6 +24,7 @@ use tower_http::trace::TraceLayer;
 
 pub use auth::Keys;
 pub use error::ApiError;
+pub use routes::items::{ItemBody, UpsertBody};
 pub use state::AppState;
 
 /// Every route as (method, path), in the order of the router (checked against the

@@ -4,6 +4,7 @@ use anyhow::Context;
 use serde::Serialize;
 
 use crate::cli::EmbedArgs;
+use crate::config::Config;
 
 #[derive(Serialize)]
 struct Line<'a> {
@@ -16,8 +17,9 @@ struct Line<'a> {
 }
 
 /// Embed every image for the chosen attributes; prints JSON lines on stdout.
-pub fn run(args: EmbedArgs) -> anyhow::Result<()> {
-    let model = super::load_embedder(&args.model)?;
+pub fn run(args: EmbedArgs, config: &Config) -> anyhow::Result<()> {
+    let model = super::load_model(config)?;
+    let model = model.embedder();
     let card = model.card();
     let attributes = args
         .attributes

@@ -19,9 +19,10 @@ use asen_models::{
 
 use super::train::{cached_features, default_cache, load_dataset, report_bad_images};
 use crate::cli::EvalArgs;
+use crate::config::Config;
 
 /// Run `asen eval`.
-pub fn run(args: EvalArgs) -> anyhow::Result<()> {
+pub fn run(args: EvalArgs, config: &Config) -> anyhow::Result<()> {
     let split = match Split::parse(&args.split) {
         Some(s @ (Split::Valid | Split::Test)) => s,
         _ => bail!("--split must be valid or test, got {:?}", args.split),
@@ -61,7 +62,9 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         }
         (Some(b), None) => bail!("unknown baseline {b:?}; expected imagenet or random"),
         (None, model) => {
-            let path = model.clone().unwrap_or_else(asen_models::default_model_dir);
+            // `--model` is in the config's model path; unset, the shipped model.
+            let _ = model;
+            let path = config.model_path();
             evaluate_model(&path, &dataset, split, &args, cache_dir)?
         }
     };

@@ -1,23 +1,22 @@
-//! `asen ingest`: load a CSV or a folder of images into a catalogue, locally or on a server.
+//! `asen ingest`: load a CSV or a folder of images into a catalogue, through the local
+//! service or a running server.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
-use asen_index::{CatalogueSchema, CatalogueStore, IndexError, LocalStore, StoreOptions};
-use asen_models::{Embedder, PreprocessConfig};
+use anyhow::bail;
+use asen_models::PreprocessConfig;
 
+use super::Needs;
 use crate::cli::IngestArgs;
+use crate::config::Config;
 use crate::ingest::{
-    ingest, read_dir, CsvSource, Destination, PipelineConfig, RemoteClient, ReportWriter,
+    ingest, read_dir, CsvSource, LocalSink, PipelineConfig, Records, RemoteClient, RemoteSink,
+    ReportWriter, Sink,
 };
-use crate::service::thumbnails::Thumbnails;
 
 /// Runs one ingestion and prints the summary line on stdout.
-pub fn run(args: IngestArgs) -> anyhow::Result<()> {
-    if args.model.batch_size == 0 {
-        bail!("--batch-size must be at least 1");
-    }
+pub fn run(args: IngestArgs, config: &Config) -> anyhow::Result<()> {
     // Read the whole source first: a missing file or unknown column stops here, before the
     // model or the store is touched.
     let records = match (&args.csv, &args.dir) {
@@ -38,12 +37,11 @@ pub fn run(args: IngestArgs) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| PathBuf::from(format!("{}.ingest-report.csv", args.catalogue)));
     let report = ReportWriter::create(&report_path)?;
-    let config = PipelineConfig {
-        batch_size: args.model.batch_size,
-        prepare_threads: args
-            .threads
-            .unwrap_or_else(|| PipelineConfig::default().prepare_threads),
-        upsert_batch: args.upsert_batch,
+    let pipeline = PipelineConfig {
+        prepare_threads: match config.ingest.threads {
+            0 => PipelineConfig::default().prepare_threads,
+            n => n,
+        },
         progress: !args.quiet,
     };
     tracing::info!(
@@ -52,50 +50,45 @@ pub fn run(args: IngestArgs) -> anyhow::Result<()> {
         rejected = records.rejected.len(),
         "ingestion starts"
     );
-    let summary = match &args.server {
+    match &config.ingest.server {
         Some(url) => {
             let client = RemoteClient::new(
                 url,
-                args.api_key.clone(),
-                Duration::from_secs(args.timeout_s),
+                config.server.api_key.clone(),
+                Duration::from_secs(config.ingest.timeout_s),
             )?;
-            client.ensure_catalogue(&args.catalogue)?;
             let preprocess = PreprocessConfig {
-                max_pixels: args.model.max_pixels,
+                max_pixels: config.limits.max_pixels,
                 ..PreprocessConfig::default()
             };
-            let destination = Destination::Remote {
-                client: &client,
-                preprocess,
-            };
-            ingest(records, &args.catalogue, destination, &config, report)?
+            let sink = RemoteSink::new(client, preprocess, config.model.batch_size);
+            run_with(&sink, records, &args.catalogue, &pipeline, report)
         }
         None => {
-            let embedder = super::load_embedder(&args.model)?;
-            let store = LocalStore::open(&args.data, StoreOptions::default())
-                .with_context(|| format!("cannot open store {}", args.data.display()))?;
-            ensure_catalogue(&store, &args.catalogue, &embedder)?;
-            let thumbnails =
-                Thumbnails::open(&args.data, !args.no_thumbnails).with_context(|| {
-                    format!("cannot open the thumbnails of {}", args.data.display())
-                })?;
-            let destination = Destination::Local {
-                store: &store,
-                embedder: &embedder,
-                thumbnails: Some(&thumbnails),
-            };
-            let summary = ingest(records, &args.catalogue, destination, &config, report)?;
-            store
-                .checkpoint()
-                .with_context(|| format!("cannot save the graphs of {}", args.data.display()))?;
-            thumbnails.flush().with_context(|| {
-                format!("cannot flush the thumbnails of {}", args.data.display())
-            })?;
-            summary
+            let service = super::open_service(
+                config,
+                Needs {
+                    store: true,
+                    model: true,
+                },
+            )?;
+            let sink = LocalSink::new(service, config.ingest.upsert_batch);
+            run_with(&sink, records, &args.catalogue, &pipeline, report)
         }
-    };
+    }
+}
+
+fn run_with(
+    sink: &impl Sink,
+    records: Records,
+    catalogue: &str,
+    pipeline: &PipelineConfig,
+    report: ReportWriter,
+) -> anyhow::Result<()> {
+    sink.ensure_catalogue(catalogue)?;
+    let summary = ingest(records, catalogue, sink, pipeline, report)?;
     tracing::info!(
-        catalogue = %args.catalogue,
+        catalogue,
         ingested = summary.ingested,
         skipped = summary.skipped,
         failed = summary.failed,
@@ -103,33 +96,4 @@ pub fn run(args: IngestArgs) -> anyhow::Result<()> {
     );
     println!("{}", summary.line());
     Ok(())
-}
-
-/// Creates the catalogue with the model's attributes and dimension, or checks that an
-/// existing one has them.
-fn ensure_catalogue(store: &LocalStore, name: &str, embedder: &Embedder) -> anyhow::Result<()> {
-    let card = embedder.card();
-    let attributes = card.attribute_names();
-    match store.schema(name) {
-        Ok(schema) => {
-            if schema.attributes != attributes || schema.dimension != card.embedding_dim {
-                bail!(
-                    "catalogue {name:?} has attributes [{}] of dimension {}, the model embeds [{}] of dimension {}",
-                    schema.attributes.join(", "),
-                    schema.dimension,
-                    attributes.join(", "),
-                    card.embedding_dim
-                );
-            }
-            Ok(())
-        }
-        Err(IndexError::CatalogueNotFound { .. }) => {
-            store
-                .create_catalogue(name, &CatalogueSchema::new(attributes, card.embedding_dim))
-                .with_context(|| format!("cannot create catalogue {name:?}"))?;
-            tracing::info!(catalogue = name, "catalogue created from the model card");
-            Ok(())
-        }
-        Err(e) => Err(e).with_context(|| format!("cannot read catalogue {name:?}")),
-    }
 }

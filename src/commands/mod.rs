@@ -1,4 +1,5 @@
-//! One module per subcommand; each exposes `run(args)`.
+//! One module per subcommand; each exposes `run(args, &config)`. This module opens what
+//! they share from the [`Config`]: the store, the model, and the [`Service`] over them.
 
 pub mod compare;
 pub mod convert;
@@ -10,26 +11,100 @@ pub mod search;
 pub mod serve;
 pub mod train;
 
+use std::sync::Arc;
+use std::time::Instant;
+
 use anyhow::Context;
-use asen_models::{Embedder, EmbedderOptions, PreprocessConfig};
+use asen_index::{CatalogueStore, Durability, HnswConfig, LocalStore, StoreOptions};
+use asen_models::{EmbedderOptions, PreprocessConfig};
+use tracing::info;
 
-use crate::cli::ModelArgs;
+use crate::config::{Config, StoreKind};
+use crate::service::{Model, Models, Service, ServiceLimits};
 
-/// Load the model named by `args` (or the shipped default) on its device.
-pub fn load_embedder(args: &ModelArgs) -> anyhow::Result<Embedder> {
-    let device = asen_models::parse_device(&args.device)?;
-    let path = args
-        .model
-        .clone()
-        .unwrap_or_else(asen_models::default_model_dir);
-    let opts = EmbedderOptions {
-        device,
-        batch_size: args.batch_size,
+/// Open the store `index.store` names.
+pub fn open_store(config: &Config) -> anyhow::Result<Arc<dyn CatalogueStore>> {
+    match config.store_kind()? {
+        StoreKind::Local => {
+            let dir = &config.index.data_dir;
+            let store = LocalStore::open(
+                dir,
+                StoreOptions {
+                    durability: if config.index.flush_writes {
+                        Durability::Flush
+                    } else {
+                        Durability::Deferred
+                    },
+                    cache_capacity_bytes: config.index.cache_capacity_bytes,
+                    ..StoreOptions::default()
+                },
+            )
+            .with_context(|| format!("cannot open store {}", dir.display()))?;
+            info!(data = %dir.display(), "local store opened");
+            Ok(Arc::new(store))
+        }
+    }
+}
+
+/// The options the embedder is loaded with.
+pub fn embedder_options(config: &Config) -> anyhow::Result<EmbedderOptions> {
+    Ok(EmbedderOptions {
+        device: asen_models::parse_device(&config.model.device)?,
+        batch_size: config.model.batch_size,
         preprocess: PreprocessConfig {
-            max_pixels: args.max_pixels,
+            max_pixels: config.limits.max_pixels,
             ..PreprocessConfig::default()
         },
-        weights_dir: None,
-    };
-    Embedder::load(&path, &opts).with_context(|| format!("cannot load model {}", path.display()))
+        weights_dirs: config.weights_dirs(),
+    })
+}
+
+/// Load the configured model (or the shipped one) on its device.
+pub fn load_model(config: &Config) -> anyhow::Result<Model> {
+    let started = Instant::now();
+    let model = Model::load(&config.model_path(), &embedder_options(config)?)?;
+    let card = model.embedder().card();
+    info!(
+        fingerprint = model.fingerprint(),
+        backbone = %card.backbone,
+        attributes = card.attributes.len(),
+        dimension = card.embedding_dim,
+        calibrated = card.match_thresholds.is_some(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "model loaded"
+    );
+    Ok(model)
+}
+
+/// What a command needs opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Needs {
+    /// The catalogue store.
+    pub store: bool,
+    /// The model.
+    pub model: bool,
+}
+
+/// The service over what `needs` asks for, with the configured limits.
+pub fn open_service(config: &Config, needs: Needs) -> anyhow::Result<Service> {
+    let mut service = Service::new(
+        ServiceLimits {
+            max_batch_items: config.limits.max_batch_items,
+            max_k: config.limits.max_k,
+        },
+        HnswConfig {
+            m: config.index.m,
+            ef_construction: config.index.ef_construction,
+            ef_search: config.index.ef_search,
+        },
+        config.index.thumbnails,
+    );
+    if needs.store {
+        service = service.with_store(open_store(config)?);
+    }
+    if needs.model {
+        let model = load_model(config)?;
+        service = service.with_models(Models::new(model, config.server.max_concurrent_forwards));
+    }
+    Ok(service)
 }

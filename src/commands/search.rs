@@ -1,13 +1,11 @@
 //! `asen search`: query a catalogue of a local data directory and print a table.
 
-use std::sync::Arc;
-
 use anyhow::Context;
-use asen_index::{HnswConfig, LocalStore, StoreOptions};
 
+use super::Needs;
 use crate::cli::SearchArgs;
+use crate::config::Config;
 use crate::service::search::{self, QuerySource, SearchQuery};
-use crate::service::{Service, ServiceLimits};
 
 /// Parse `name` or `name=weight`.
 fn parse_attribute(text: &str) -> anyhow::Result<(String, f32)> {
@@ -23,7 +21,7 @@ fn parse_attribute(text: &str) -> anyhow::Result<(String, f32)> {
 }
 
 /// Run the search and print rank, id, score, per-attribute scores and chosen payload fields.
-pub fn run(args: SearchArgs) -> anyhow::Result<()> {
+pub fn run(args: SearchArgs, config: &Config) -> anyhow::Result<()> {
     let attributes = args
         .attributes
         .iter()
@@ -36,20 +34,14 @@ pub fn run(args: SearchArgs) -> anyhow::Result<()> {
         (None, Some(id)) => QuerySource::Item(asen_index::ItemId::new(id.clone())?),
         (None, None) => anyhow::bail!("give --image or --item"),
     };
-    let store = LocalStore::open(&args.data, StoreOptions::default())
-        .with_context(|| format!("cannot open store {}", args.data.display()))?;
-    // Item queries need no forward, but the service holds the model for schema checks.
-    let embedder = super::load_embedder(&args.model)?;
-    let svc = Service {
-        store: Arc::new(store),
-        embedder: Arc::new(embedder),
-        limits: ServiceLimits {
-            max_batch_items: asen_index::MAX_BATCH_ITEMS,
-            max_k: asen_index::MAX_K,
+    // Only an image query runs the network; item queries read stored vectors.
+    let svc = super::open_service(
+        config,
+        Needs {
+            store: true,
+            model: matches!(source, QuerySource::Image(_)),
         },
-        hnsw: HnswConfig::default(),
-        thumbnails: None,
-    };
+    )?;
     let mut query = SearchQuery::new(String::new(), source, args.k);
     query.attributes = attributes;
     query.rerank_by = args.rerank_by.clone();

@@ -17,46 +17,9 @@ use asen_models::{
     PreprocessConfig, TrainOutcome,
 };
 use indicatif::{ProgressBar, ProgressStyle};
-use serde::Deserialize;
 
 use crate::cli::{DataArgs, TrainArgs};
-
-/// Settings of a `--config` file: the long flag names with underscores.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TrainFile {
-    data: Option<PathBuf>,
-    format: Option<String>,
-    attributes: Option<Vec<String>>,
-    path_column: Option<String>,
-    split_column: Option<String>,
-    probe_seed: Option<u64>,
-    cache: Option<PathBuf>,
-    out: Option<PathBuf>,
-    backbone: Option<String>,
-    colour_histogram: Option<bool>,
-    head: Option<String>,
-    dim: Option<usize>,
-    no_feature_fc: Option<bool>,
-    attention_dim: Option<usize>,
-    gate_hidden: Option<usize>,
-    input_size: Option<u32>,
-    epochs: Option<usize>,
-    triplets_per_epoch: Option<usize>,
-    batch_size: Option<usize>,
-    lr: Option<f64>,
-    lr_decay: Option<f64>,
-    lr_step: Option<usize>,
-    margin: Option<f64>,
-    seed: Option<u64>,
-    sampling: Option<String>,
-    negatives: Option<String>,
-    finetune: Option<bool>,
-    backbone_lr_scale: Option<f64>,
-    flip: Option<bool>,
-    freeze_batch_norm: Option<bool>,
-    device: Option<String>,
-}
+use crate::config::Config;
 
 /// Load the dataset named by `args` (CSV file or official folder).
 pub fn load_dataset(args: &DataArgs) -> anyhow::Result<Dataset> {
@@ -170,16 +133,9 @@ fn parse_head(name: &str) -> anyhow::Result<HeadKind> {
 }
 
 /// Run `asen train`.
-pub fn run(args: TrainArgs) -> anyhow::Result<()> {
-    let file: TrainFile = match &args.config {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read config {}", path.display()))?;
-            serde_json::from_str(&text)
-                .with_context(|| format!("invalid config {}", path.display()))?
-        }
-        None => TrainFile::default(),
-    };
+pub fn run(args: TrainArgs, config: &Config) -> anyhow::Result<()> {
+    // `[train]` of the config file (and ASEN_TRAIN__*), under the flags.
+    let file = config.train.clone();
     let data = DataArgs {
         data: args.data.data.clone().or(file.data),
         format: args.data.format.clone().or(file.format),

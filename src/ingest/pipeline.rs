@@ -1,45 +1,37 @@
-//! The ingestion pipeline: parallel read + hash + decode, batched inference, batched writes.
+//! The ingestion pipeline: parallel read + hash + skip check + prepare, batched writes.
 //!
 //! ```text
-//! records --[N prepare threads: read, sha256, skip check, decode, crop, thumbnail JPEG]--> bounded channel
-//!   --[this thread: batches of `batch_size`, Embedder forward, all attributes at once]--> bounded channel
-//!   --[writer thread: upsert batches into the store (then their thumbnails), or PUT them to a server]
+//! records --[N reading threads: read, sha256, skip check, Sink::prepare]--> bounded channel
+//!   --[this thread: batches of Sink::batch_size, Sink::write]
 //! ```
 //!
-//! Items whose stored content hash equals the sha256 of their image bytes are skipped before
-//! decoding, which makes a re-run a no-op and an interrupted run resumable. Rows and images that
-//! fail go to the report and the run continues; storage and transport failures stop it.
+//! A local [`Sink`] prepares by decoding and cropping (`service::items::prepare`) and writes by
+//! embedding and upserting (`service::items::upsert_prepared`); a remote one checks the image
+//! and PUTs it to a server. Items whose stored content hash equals the sha256 of their image
+//! bytes are skipped before decoding, which makes a re-run a no-op and an interrupted run
+//! resumable. Rows and images that fail go to the report and the run continues; storage and
+//! transport failures stop it.
 
-use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, TryRecvError};
+use std::sync::mpsc::sync_channel;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, Context};
-use asen_index::{CatalogueStore, ErrorKind, Item, MAX_BATCH_ITEMS};
-use asen_models::{decode_image, resize_and_crop, Embedder, PreprocessConfig};
-use base64::Engine;
-use image::RgbImage;
+use anyhow::anyhow;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use sha2::{Digest, Sha256};
 
-use super::remote::{RemoteClient, RemoteItem};
 use super::report::{Failure, ReportWriter};
+use super::sink::{Sink, WriteOutcome};
 use super::source::{Record, Records};
-use crate::service::thumbnails::{self, Thumbnails};
+use crate::service::items::{content_hash, NewItem};
 
 /// Pipeline knobs.
 #[derive(Debug, Clone)]
 pub struct PipelineConfig {
-    /// Images per forward pass (local) or per PUT request (remote).
-    pub batch_size: usize,
     /// Threads reading, hashing and decoding images.
     pub prepare_threads: usize,
-    /// Most items per store upsert (local); several inference batches are grouped.
-    pub upsert_batch: usize,
     /// Draw a progress bar on stderr (only when stderr is a terminal).
     pub progress: bool,
 }
@@ -47,33 +39,10 @@ pub struct PipelineConfig {
 impl Default for PipelineConfig {
     fn default() -> Self {
         PipelineConfig {
-            batch_size: 16,
             prepare_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
-            upsert_batch: 256,
             progress: true,
         }
     }
-}
-
-/// Where items go.
-pub enum Destination<'a> {
-    /// Embed here and upsert into a store.
-    Local {
-        /// The store (the catalogue must exist with the model's schema).
-        store: &'a dyn CatalogueStore,
-        /// The model.
-        embedder: &'a Embedder,
-        /// Where each item's model-input crop is kept (JPEG), when given; with thumbnails
-        /// disabled, stale ones of re-written items are removed.
-        thumbnails: Option<&'a Thumbnails>,
-    },
-    /// Send images to a running server, which embeds them.
-    Remote {
-        /// Client of the server.
-        client: &'a RemoteClient,
-        /// Decoding limits used to reject bad images before sending them.
-        preprocess: PreprocessConfig,
-    },
 }
 
 /// What a run did.
@@ -130,44 +99,12 @@ impl IngestSummary {
     }
 }
 
-enum DestinationKind {
-    Local,
-    Remote,
-}
-
-/// The image of a prepared item, in the form its destination needs.
-enum Content {
-    /// The crop, and its JPEG when thumbnails are stored.
-    Crop(RgbImage, Option<Vec<u8>>),
-    Base64(String),
-}
-
-enum Prepared {
+enum Prepared<P> {
     Skipped,
     Failed(Failure),
-    Ready {
-        index: usize,
-        hash: String,
-        content: Content,
-    },
+    Ready { index: usize, item: P },
     /// The destination cannot be read: stop the run.
     Fatal(anyhow::Error),
-}
-
-enum WriteBatch {
-    /// Items with their thumbnails (JPEG) when stored.
-    Local(Vec<(usize, Item, Option<Vec<u8>>)>),
-    Remote(Vec<(usize, RemoteItem)>),
-}
-
-/// Lowercase hex sha256 of `bytes`: the content hash stored with each item.
-pub fn content_hash(bytes: &[u8]) -> String {
-    let digest = Sha256::digest(bytes);
-    let mut out = String::with_capacity(64);
-    for b in digest {
-        out.push_str(&format!("{b:02x}"));
-    }
-    out
 }
 
 fn failure(record: &Record, reason: String) -> Failure {
@@ -196,22 +133,22 @@ fn progress_bar(total: u64, enabled: bool) -> ProgressBar {
     bar
 }
 
-/// Ingests `records` into `catalogue` at `destination`, writing failures to `report`.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Ingests `records` into `catalogue` through `sink`, writing failures to `report`.
 ///
 /// Returns the summary when the run completes (even with failed rows); an error only when the
 /// destination fails (storage, model or transport), after stopping every thread.
-pub fn ingest(
+pub fn ingest<S: Sink>(
     records: Records,
     catalogue: &str,
-    destination: Destination<'_>,
+    sink: &S,
     config: &PipelineConfig,
     mut report: ReportWriter,
 ) -> anyhow::Result<IngestSummary> {
     let start = Instant::now();
-    let destination_kind = match destination {
-        Destination::Local { .. } => DestinationKind::Local,
-        Destination::Remote { .. } => DestinationKind::Remote,
-    };
     let total = records.total();
     let bar = progress_bar(total, config.progress);
     for rejected in &records.rejected {
@@ -225,18 +162,18 @@ pub fn ingest(
     }
     let report = Mutex::new(report);
     let records = records.records;
-    let batch_size = config.batch_size.clamp(1, MAX_BATCH_ITEMS);
-    let upsert_batch = config.upsert_batch.clamp(batch_size, MAX_BATCH_ITEMS);
+    let batch_size = sink.batch_size();
     let abort = AtomicBool::new(false);
     let next = AtomicUsize::new(0);
     let mut skipped = 0u64;
+    let mut written = 0u64;
     let mut model_time = Duration::ZERO;
 
-    let outcome: anyhow::Result<u64> = std::thread::scope(|scope| {
-        let (prepared_tx, prepared_rx) = sync_channel::<Prepared>(batch_size * 2);
+    let outcome: anyhow::Result<()> = std::thread::scope(|scope| {
+        let (prepared_tx, prepared_rx) = sync_channel::<Prepared<S::Prepared>>(batch_size * 2);
         for _ in 0..config.prepare_threads.max(1) {
             let tx = prepared_tx.clone();
-            let (records, next, abort, destination) = (&records, &next, &abort, &destination);
+            let (records, next, abort) = (&records, &next, &abort);
             scope.spawn(move || loop {
                 if abort.load(Ordering::Relaxed) {
                     break;
@@ -245,42 +182,23 @@ pub fn ingest(
                 let Some(record) = records.get(index) else {
                     break;
                 };
-                let prepared = prepare(index, record, catalogue, destination);
-                if tx.send(prepared).is_err() {
+                if tx.send(prepare(index, record, catalogue, sink)).is_err() {
                     break;
                 }
             });
         }
         drop(prepared_tx);
 
-        let (write_tx, write_rx) = sync_channel::<WriteBatch>(2);
-        let writer = {
-            let (records, report, bar, destination, abort) =
-                (&records, &report, &bar, &destination, &abort);
-            scope.spawn(move || {
-                let result = write_loop(
-                    write_rx,
-                    catalogue,
-                    destination,
-                    records,
-                    report,
-                    bar,
-                    upsert_batch,
-                );
-                if result.is_err() {
-                    abort.store(true, Ordering::Relaxed);
-                }
-                result
-            })
+        let mut write = |batch: Vec<(usize, S::Prepared)>| -> anyhow::Result<()> {
+            let (n, time) = write_batch(sink, catalogue, batch, &records, &report, &bar)?;
+            written += n;
+            model_time += time;
+            Ok(())
         };
-
-        // This thread: collect prepared items into batches and run the model.
+        // This thread: collect prepared items into batches and write them.
         let mut run = || -> anyhow::Result<()> {
-            let mut batch: Vec<(usize, String, Content)> = Vec::with_capacity(batch_size);
+            let mut batch = Vec::with_capacity(batch_size);
             for prepared in prepared_rx.iter() {
-                if abort.load(Ordering::Relaxed) {
-                    break;
-                }
                 match prepared {
                     Prepared::Skipped => {
                         skipped += 1;
@@ -291,369 +209,115 @@ pub fn ingest(
                         bar.inc(1);
                     }
                     Prepared::Fatal(e) => return Err(e),
-                    Prepared::Ready {
-                        index,
-                        hash,
-                        content,
-                    } => {
-                        batch.push((index, hash, content));
+                    Prepared::Ready { index, item } => {
+                        batch.push((index, item));
                         if batch.len() == batch_size {
-                            let b = std::mem::take(&mut batch);
-                            model_time += send_batch(b, &records, &destination, &write_tx)?;
+                            write(std::mem::take(&mut batch))?;
                         }
                     }
                 }
             }
-            if !batch.is_empty() && !abort.load(Ordering::Relaxed) {
-                model_time += send_batch(batch, &records, &destination, &write_tx)?;
+            if !batch.is_empty() {
+                write(batch)?;
             }
             Ok(())
         };
-        let main_result = run();
-        if main_result.is_err() {
+        let result = run();
+        if result.is_err() {
             abort.store(true, Ordering::Relaxed);
         }
+        // Unblock the reading threads so the scope can end.
         drop(prepared_rx);
-        drop(write_tx);
-        let written = writer
-            .join()
-            .map_err(|_| anyhow!("the writer thread panicked"))?;
-        // The writer's error is the root cause when both failed (the main thread then only
-        // saw a closed channel).
-        let written = written?;
-        main_result?;
-        Ok(written)
+        result
     });
     bar.finish_and_clear();
-    let ingested = outcome?;
+    outcome?;
+    sink.finish()?;
     let report = report
         .into_inner()
         .map_err(|_| anyhow!("report lock poisoned"))?;
     Ok(IngestSummary {
         total,
-        ingested,
+        ingested: written,
         skipped,
         failed: report.written(),
         elapsed: start.elapsed(),
-        model_time: match destination_kind {
-            DestinationKind::Local => Some(model_time),
-            DestinationKind::Remote => None,
-        },
+        model_time: sink.embeds_here().then_some(model_time),
         report: report.path().to_path_buf(),
     })
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// Read, hash, skip check, decode: runs on the prepare threads.
-fn prepare(
+/// Read, hash, skip check, prepare: runs on the reading threads.
+fn prepare<S: Sink>(
     index: usize,
     record: &Record,
     catalogue: &str,
-    destination: &Destination<'_>,
-) -> Prepared {
+    sink: &S,
+) -> Prepared<S::Prepared> {
     let bytes = match std::fs::read(&record.path) {
         Ok(b) => b,
         Err(e) => return Prepared::Failed(failure(record, format!("cannot read image: {e}"))),
     };
-    let hash = content_hash(&bytes);
-    let stored = match destination {
-        Destination::Local { store, .. } => store
-            .get(catalogue, &record.id, false)
-            .map(|item| item.and_then(|i| i.content_hash))
-            .with_context(|| {
-                format!(
-                    "cannot look up item {:?} in catalogue {catalogue:?}",
-                    record.id.as_str()
-                )
-            }),
-        Destination::Remote { client, .. } => client.stored_hash(catalogue, &record.id),
-    };
-    match stored {
-        // Same image, and its thumbnail stored when thumbnails are on (so a re-run with
-        // thumbnails on fills in items ingested without).
-        Ok(Some(h)) if h == hash => match destination {
-            Destination::Local {
-                thumbnails: Some(t),
-                ..
-            } if t.is_enabled() => match t.contains(catalogue, record.id.as_str()) {
-                Ok(true) => return Prepared::Skipped,
-                Ok(false) => {}
-                Err(e) => {
-                    return Prepared::Fatal(
-                        anyhow::Error::new(e).context("cannot read the thumbnail store"),
-                    )
-                }
-            },
-            _ => return Prepared::Skipped,
-        },
-        Ok(_) => {}
+    match sink.is_current(catalogue, &record.id, &content_hash(&bytes)) {
+        Ok(true) => return Prepared::Skipped,
+        Ok(false) => {}
         Err(e) => return Prepared::Fatal(e),
     }
-    let preprocess = match destination {
-        Destination::Local { embedder, .. } => embedder.preprocess_config(),
-        Destination::Remote { preprocess, .. } => preprocess,
+    let item = NewItem {
+        id: record.id.clone(),
+        payload: record.payload.clone(),
+        image: bytes,
     };
-    let image = match decode_image(&bytes, preprocess) {
-        Ok(im) => im,
-        // The model's message already says what failed ("cannot decode image: truncated JPEG ..").
-        Err(e) => return Prepared::Failed(failure(record, e.to_string())),
-    };
-    let content = match destination {
-        Destination::Local { thumbnails, .. } => {
-            let crop = resize_and_crop(&image, preprocess.size);
-            let jpeg = match thumbnails {
-                Some(t) if t.is_enabled() => match thumbnails::encode(&crop, record.id.as_str()) {
-                    Ok(jpeg) => Some(jpeg),
-                    Err(e) => return Prepared::Failed(failure(record, e.to_string())),
-                },
-                _ => None,
-            };
-            Content::Crop(crop, jpeg)
-        }
-        Destination::Remote { .. } => {
-            Content::Base64(base64::engine::general_purpose::STANDARD.encode(&bytes))
-        }
-    };
-    Prepared::Ready {
-        index,
-        hash,
-        content,
+    match sink.prepare(item) {
+        Ok(item) => Prepared::Ready { index, item },
+        Err(reason) => Prepared::Failed(failure(record, reason)),
     }
 }
 
-/// Turns a batch of prepared items into a write batch (running the model for a local
-/// destination) and hands it to the writer. Returns the time spent in the model.
-fn send_batch(
-    batch: Vec<(usize, String, Content)>,
-    records: &[Record],
-    destination: &Destination<'_>,
-    write_tx: &std::sync::mpsc::SyncSender<WriteBatch>,
-) -> anyhow::Result<Duration> {
-    let mut model_time = Duration::ZERO;
-    let write = match destination {
-        Destination::Local { embedder, .. } => {
-            let mut ids = Vec::with_capacity(batch.len());
-            let mut crops = Vec::with_capacity(batch.len());
-            for (index, hash, content) in batch {
-                if let Content::Crop(crop, jpeg) = content {
-                    ids.push((index, hash, jpeg));
-                    crops.push(crop);
-                }
-            }
-            let card = embedder.card();
-            let all: Vec<usize> = (0..card.attributes.len()).collect();
-            let t = Instant::now();
-            let embeddings = embedder
-                .embed_crops(&crops, &all)
-                .context("model forward failed")?;
-            model_time = t.elapsed();
-            let items = ids
-                .into_iter()
-                .zip(embeddings)
-                .map(|((index, hash, jpeg), per_attribute)| {
-                    let record = &records[index];
-                    let vectors: BTreeMap<String, Vec<f32>> = per_attribute
-                        .into_iter()
-                        .map(|e| (card.attributes[e.attribute].name.clone(), e.vector))
-                        .collect();
-                    let item = Item {
-                        id: record.id.clone(),
-                        payload: record.payload.clone(),
-                        vectors,
-                        content_hash: Some(hash),
-                    };
-                    (index, item, jpeg)
-                })
-                .collect();
-            WriteBatch::Local(items)
-        }
-        Destination::Remote { .. } => WriteBatch::Remote(
-            batch
-                .into_iter()
-                // The server hashes the bytes itself (same sha256) and stores it.
-                .filter_map(|(index, _hash, content)| match content {
-                    Content::Base64(image) => Some((
-                        index,
-                        RemoteItem {
-                            id: records[index].id.clone(),
-                            payload: records[index].payload.clone(),
-                            image,
-                        },
-                    )),
-                    Content::Crop(..) => None,
-                })
-                .collect(),
-        ),
-    };
-    write_tx
-        .send(write)
-        .map_err(|_| anyhow!("the writer stopped"))?;
-    Ok(model_time)
-}
-
-/// The writer thread: upserts (grouping queued batches up to `upsert_batch`) or PUTs.
-/// Returns the number of items written.
-fn write_loop(
-    rx: Receiver<WriteBatch>,
+/// Writes a batch; a batch refused for its content is retried item by item, and the items
+/// refused alone go to the report. Returns the items written and the model time.
+fn write_batch<S: Sink>(
+    sink: &S,
     catalogue: &str,
-    destination: &Destination<'_>,
+    batch: Vec<(usize, S::Prepared)>,
     records: &[Record],
     report: &Mutex<ReportWriter>,
     bar: &ProgressBar,
-    upsert_batch: usize,
-) -> anyhow::Result<u64> {
-    let mut written = 0u64;
-    while let Ok(batch) = rx.recv() {
-        match batch {
-            WriteBatch::Local(mut items) => {
-                let Destination::Local {
-                    store, thumbnails, ..
-                } = destination
-                else {
-                    continue;
-                };
-                // Group whatever is already queued into one upsert (one flush).
-                while items.len() < upsert_batch {
-                    match rx.try_recv() {
-                        Ok(WriteBatch::Local(more)) => items.extend(more),
-                        Ok(WriteBatch::Remote(_)) => {}
-                        Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
-                    }
-                }
-                written +=
-                    upsert_local(*store, *thumbnails, catalogue, items, records, report, bar)?;
-            }
-            WriteBatch::Remote(items) => {
-                let Destination::Remote { client, .. } = destination else {
-                    continue;
-                };
-                written += put_remote(client, catalogue, items, records, report, bar)?;
-            }
+) -> anyhow::Result<(u64, Duration)> {
+    let (indices, items): (Vec<usize>, Vec<S::Prepared>) = batch.into_iter().unzip();
+    match sink.write(catalogue, &items)? {
+        WriteOutcome::Written { model_time } => {
+            bar.inc(items.len() as u64);
+            return Ok((items.len() as u64, model_time));
         }
-    }
-    Ok(written)
-}
-
-/// Writes the thumbnails of items the store accepted (or removes stale ones when
-/// thumbnails are off).
-fn write_thumbnails<'a>(
-    thumbnails: Option<&Thumbnails>,
-    catalogue: &str,
-    items: impl IntoIterator<Item = &'a (usize, Item, Option<Vec<u8>>)>,
-) -> anyhow::Result<()> {
-    let Some(t) = thumbnails else {
-        return Ok(());
-    };
-    t.upsert(
-        catalogue,
-        items
-            .into_iter()
-            .map(|(_, item, jpeg)| (item.id.as_str(), jpeg.as_deref())),
-    )
-    .with_context(|| format!("cannot write the thumbnails of catalogue {catalogue:?}"))
-}
-
-fn upsert_local(
-    store: &dyn CatalogueStore,
-    thumbnails: Option<&Thumbnails>,
-    catalogue: &str,
-    items: Vec<(usize, Item, Option<Vec<u8>>)>,
-    records: &[Record],
-    report: &Mutex<ReportWriter>,
-    bar: &ProgressBar,
-) -> anyhow::Result<u64> {
-    let batch: Vec<Item> = items.iter().map(|(_, item, _)| item.clone()).collect();
-    match store.upsert(catalogue, &batch) {
-        Ok(_) => {
-            write_thumbnails(thumbnails, catalogue, &items)?;
-            bar.inc(batch.len() as u64);
-            Ok(batch.len() as u64)
-        }
-        // A batch is validated whole: find the offending items one by one.
-        Err(e) if e.kind() == ErrorKind::InvalidInput => {
-            let mut written = 0;
-            for entry in &items {
-                let (index, item, _) = entry;
-                match store.upsert(catalogue, std::slice::from_ref(item)) {
-                    Ok(_) => {
-                        write_thumbnails(thumbnails, catalogue, [entry])?;
-                        written += 1
-                    }
-                    Err(e) if e.kind() == ErrorKind::InvalidInput => {
-                        lock(report).write(&failure(
-                            &records[*index],
-                            format!("store refused the item: {e}"),
-                        ))?;
-                    }
-                    Err(e) => {
-                        return Err(e)
-                            .with_context(|| format!("cannot write to catalogue {catalogue:?}"))
-                    }
-                }
-                bar.inc(1);
-            }
-            Ok(written)
-        }
-        Err(e) => Err(e).with_context(|| format!("cannot write to catalogue {catalogue:?}")),
-    }
-}
-
-fn put_remote(
-    client: &RemoteClient,
-    catalogue: &str,
-    items: Vec<(usize, RemoteItem)>,
-    records: &[Record],
-    report: &Mutex<ReportWriter>,
-    bar: &ProgressBar,
-) -> anyhow::Result<u64> {
-    let batch: Vec<&RemoteItem> = items.iter().map(|(_, item)| item).collect();
-    match client.put_items(catalogue, &batch)? {
-        Ok(()) => {
-            bar.inc(batch.len() as u64);
-            Ok(batch.len() as u64)
-        }
-        // The server refused the batch (4xx): isolate the items it refuses.
-        Err(refusal) if items.len() > 1 => {
-            tracing::debug!(catalogue, reason = %refusal, "batch refused, retrying items one by one");
-            let mut written = 0;
-            for (index, item) in &items {
-                match client.put_items(catalogue, &[item])? {
-                    Ok(()) => written += 1,
-                    Err(refusal) => lock(report).write(&failure(
-                        &records[*index],
-                        format!("server refused the item: {refusal}"),
-                    ))?,
-                }
-                bar.inc(1);
-            }
-            Ok(written)
-        }
-        Err(refusal) => {
-            let (index, _) = &items[0];
-            lock(report).write(&failure(
-                &records[*index],
-                format!("server refused the item: {refusal}"),
-            ))?;
+        WriteOutcome::Refused(reason) if items.len() == 1 => {
+            lock(report).write(&failure(&records[indices[0]], reason))?;
             bar.inc(1);
-            Ok(0)
+            return Ok((0, Duration::ZERO));
+        }
+        WriteOutcome::Refused(reason) => {
+            tracing::debug!(catalogue, %reason, "batch refused, retrying items one by one");
         }
     }
+    let (mut written, mut model_time) = (0, Duration::ZERO);
+    for (index, item) in indices.into_iter().zip(items) {
+        match sink.write(catalogue, std::slice::from_ref(&item))? {
+            WriteOutcome::Written { model_time: t } => {
+                written += 1;
+                model_time += t;
+            }
+            WriteOutcome::Refused(reason) => {
+                lock(report).write(&failure(&records[index], reason))?
+            }
+        }
+        bar.inc(1);
+    }
+    Ok((written, model_time))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn content_hash_is_hex_sha256() {
-        assert_eq!(
-            content_hash(b"abc"),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
-    }
 
     #[test]
     fn summary_line_names_counts_rate_and_report() {

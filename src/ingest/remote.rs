@@ -1,67 +1,38 @@
-//! Client of a running `asen serve` for `asen ingest --server URL`.
+//! [`RemoteSink`]: `asen ingest --server URL`, a client of a running `asen serve`.
 //!
-//! The server embeds: the client sends each item's id, payload and base64 image in batches to
-//! `PUT /v1/catalogues/{c}/items` and reads the Qdrant-style envelope back
-//! (`{"result": .., "status": "ok", "time": ..}`, errors `{"status": {"error": ".."}}`).
-//! The server stores the hex sha256 of each image's bytes as the item's `content_hash`, the
-//! same hash the local pipeline computes; skip checks read it back with
-//! `GET /v1/catalogues/{c}/items/{id}` (`result.content_hash`).
+//! The server embeds: the client checks each image decodes under the pixel limit, sends
+//! ids, payloads and base64 images in batches to `PUT /v1/catalogues/{c}/items` (the wire
+//! type is the API's own [`ItemBody`]) and reads the envelope back (`{"result": ..,
+//! "status": "ok", "time": ..}`, errors `{"status": {"error": ".."}}`). The server stores the
+//! hex sha256 of each image as the item's `content_hash`, the same hash as a local run;
+//! skip checks read it back with `GET /v1/catalogues/{c}/items/{id}`.
 //!
-//! HTTP/1.1 over `std::net` with one connection per request (`Connection: close`): ingestion
-//! sends few, large requests, so a connection pool buys little and an async client would drag a
-//! runtime into the CLI. Plain `http://` only; put a TLS proxy in front for remote servers.
+//! HTTP goes through `ureq` (http and https, every resolved address tried in turn, one
+//! timeout per request), and no reply is read past [`MAX_REPLY_BYTES`].
 
-use std::fmt;
-use std::io::{Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::io::Read;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
-use asen_index::{ItemId, Payload};
-use serde::Serialize;
+use asen_index::ItemId;
+use asen_models::{decode_image, PreprocessConfig};
+use base64::Engine;
 
-/// One item as sent to the server.
-#[derive(Debug, Clone, Serialize)]
-pub struct RemoteItem {
-    /// Item id.
-    pub id: ItemId,
-    /// Payload.
-    pub payload: Payload,
-    /// The encoded image file, base64 (standard alphabet, padded).
-    pub image: String,
-}
+use super::sink::{Sink, WriteOutcome};
+use crate::api::ItemBody;
+use crate::service::items::NewItem;
 
-/// The server refused a request for its content (a 4xx other than auth or not-found).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RemoteRefusal {
-    /// HTTP status.
-    pub status: u16,
-    /// The server's error message.
-    pub message: String,
-}
+/// Largest reply read from the server (the envelope of a write or of one item).
+pub const MAX_REPLY_BYTES: u64 = 4 * 1024 * 1024;
 
-impl fmt::Display for RemoteRefusal {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "http {}: {}", self.status, self.message)
-    }
-}
-
-/// A server's address and credentials.
-#[derive(Debug, Clone)]
-pub struct RemoteClient {
-    host: String,
-    port: u16,
-    prefix: String,
-    api_key: Option<String>,
-    timeout: Duration,
-}
-
-struct Response {
+/// A reply: status and body.
+#[derive(Debug)]
+struct Reply {
     status: u16,
     body: Vec<u8>,
 }
 
-impl Response {
+impl Reply {
     fn json(&self) -> Option<serde_json::Value> {
         serde_json::from_slice(&self.body).ok()
     }
@@ -86,62 +57,50 @@ impl Response {
     }
 }
 
+/// A running server's address and credentials.
+#[derive(Debug, Clone)]
+pub struct RemoteClient {
+    base: String,
+    api_key: Option<String>,
+    agent: ureq::Agent,
+}
+
 impl RemoteClient {
-    /// A client of `url` (`http://host[:port][/prefix]`), sending `api_key` in the `api-key`
-    /// header when given.
+    /// A client of `url` (`http[s]://host[:port][/prefix]`), sending `api_key` in the
+    /// `api-key` header when given.
     pub fn new(url: &str, api_key: Option<String>, timeout: Duration) -> anyhow::Result<Self> {
-        let rest = match url.split_once("://") {
-            Some(("http", rest)) => rest,
-            Some((scheme, _)) => bail!(
-                "server url {url:?}: scheme {scheme:?} is not supported (only http://; use a TLS proxy for https)"
-            ),
-            None => bail!("server url {url:?} has no scheme (expected http://host:port)"),
-        };
-        let (authority, prefix) = match rest.find('/') {
-            Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
-            None => (rest, ""),
-        };
-        let (host, port) = match authority.rsplit_once(':') {
-            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
-                let port = p
-                    .parse::<u16>()
-                    .map_err(|_| anyhow!("server url {url:?}: port {p:?} is not a number"))?;
-                (h, port)
+        match url.split_once("://") {
+            Some(("http" | "https", rest)) if !rest.is_empty() && !rest.starts_with('/') => {}
+            Some(("http" | "https", _)) => bail!("server url {url:?} has no host"),
+            Some((scheme, _)) => {
+                bail!("server url {url:?}: scheme {scheme:?} is not supported (http or https)")
             }
-            _ => (authority, 80),
-        };
-        if host.is_empty() {
-            bail!("server url {url:?} has no host");
+            None => bail!("server url {url:?} has no scheme (expected http://host:port)"),
         }
-        Ok(RemoteClient {
-            host: host
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_string(),
-            port,
-            prefix: prefix.to_string(),
+        let agent = ureq::AgentBuilder::new()
+            .timeout(timeout)
+            .user_agent(concat!("asen-ingest/", env!("CARGO_PKG_VERSION")))
+            .build();
+        Ok(Self {
+            base: url.trim_end_matches('/').to_string(),
             api_key,
-            timeout,
+            agent,
         })
     }
 
-    fn catalogue_path(&self, catalogue: &str) -> String {
-        format!(
-            "{}/v1/catalogues/{}",
-            self.prefix,
-            encode_segment(catalogue)
-        )
+    fn catalogue_url(&self, catalogue: &str) -> String {
+        format!("{}/v1/catalogues/{}", self.base, encode_segment(catalogue))
     }
 
-    /// Creates the catalogue (`PUT /v1/catalogues/{c}` with an empty body: the server takes the
-    /// schema from its model) unless `GET` finds it.
+    /// Creates the catalogue (`PUT /v1/catalogues/{c}` with an empty object: the server takes
+    /// the schema from its model) unless `GET` finds it.
     pub fn ensure_catalogue(&self, catalogue: &str) -> anyhow::Result<()> {
-        let path = self.catalogue_path(catalogue);
-        let got = self.send("GET", &path, None)?;
+        let url = self.catalogue_url(catalogue);
+        let got = self.send("GET", &url, None)?;
         match got.status {
             200..=299 => Ok(()),
             404 => {
-                let put = self.send("PUT", &path, Some(b""))?;
+                let put = self.send("PUT", &url, Some(b"{}"))?;
                 match put.status {
                     200..=299 | 409 => Ok(()),
                     s => bail!(
@@ -159,14 +118,14 @@ impl RemoteClient {
 
     /// The content hash stored with an item, `None` when the item is absent or has none.
     pub fn stored_hash(&self, catalogue: &str, id: &ItemId) -> anyhow::Result<Option<String>> {
-        let path = format!(
+        let url = format!(
             "{}/items/{}",
-            self.catalogue_path(catalogue),
+            self.catalogue_url(catalogue),
             encode_segment(id.as_str())
         );
-        let resp = self.send("GET", &path, None)?;
-        match resp.status {
-            200..=299 => Ok(resp
+        let reply = self.send("GET", &url, None)?;
+        match reply.status {
+            200..=299 => Ok(reply
                 .json()
                 .as_ref()
                 .and_then(|v| v.pointer("/result/content_hash"))
@@ -176,85 +135,79 @@ impl RemoteClient {
             s => bail!(
                 "cannot read item {:?} of catalogue {catalogue:?} on the server: http {s}: {}",
                 id.as_str(),
-                resp.error_message()
+                reply.error_message()
             ),
         }
     }
 
-    /// Sends a batch. `Ok(Err(..))` when the server refuses its content (a bad item: retry
+    /// Sends a batch. `Ok(Refused)` when the server refuses its content (a bad item: retry
     /// items alone to find it); `Err` when the server cannot be used at all (unreachable,
     /// wrong key, unknown catalogue, 5xx).
-    pub fn put_items(
-        &self,
-        catalogue: &str,
-        items: &[&RemoteItem],
-    ) -> anyhow::Result<Result<(), RemoteRefusal>> {
-        #[derive(Serialize)]
+    pub fn put_items(&self, catalogue: &str, items: &[ItemBody]) -> anyhow::Result<WriteOutcome> {
+        #[derive(serde::Serialize)]
         struct Body<'a> {
-            items: &'a [&'a RemoteItem],
+            items: &'a [ItemBody],
         }
         let body = serde_json::to_vec(&Body { items })?;
-        let path = format!("{}/items", self.catalogue_path(catalogue));
-        let resp = self.send("PUT", &path, Some(&body))?;
-        match resp.status {
-            200..=299 => Ok(Ok(())),
+        let url = format!("{}/items", self.catalogue_url(catalogue));
+        let reply = self.send("PUT", &url, Some(&body))?;
+        match reply.status {
+            200..=299 => Ok(WriteOutcome::Written {
+                model_time: Duration::ZERO,
+            }),
             401 | 403 => bail!(
                 "the server refused the api key (http {}): {}; set --api-key or ASEN_API_KEY",
-                resp.status,
-                resp.error_message()
+                reply.status,
+                reply.error_message()
             ),
             404 => bail!(
                 "catalogue {catalogue:?} not found on the server: {}",
-                resp.error_message()
+                reply.error_message()
             ),
-            400..=499 => Ok(Err(RemoteRefusal {
-                status: resp.status,
-                message: resp.error_message(),
-            })),
+            400..=499 => Ok(WriteOutcome::Refused(format!(
+                "server refused the item: http {}: {}",
+                reply.status,
+                reply.error_message()
+            ))),
             s => bail!(
                 "the server failed to store a batch of {} items: http {s}: {}",
                 items.len(),
-                resp.error_message()
+                reply.error_message()
             ),
         }
     }
 
-    fn send(&self, method: &str, path: &str, body: Option<&[u8]>) -> anyhow::Result<Response> {
-        let what = || format!("{method} http://{}:{}{path}", self.host, self.port);
-        let addr = (self.host.as_str(), self.port)
-            .to_socket_addrs()
-            .with_context(|| format!("cannot resolve server {}:{}", self.host, self.port))?
-            .next()
-            .ok_or_else(|| anyhow!("server {} has no address", self.host))?;
-        let mut stream = TcpStream::connect_timeout(&addr, self.timeout)
-            .with_context(|| format!("cannot connect to server {addr}"))?;
-        stream.set_read_timeout(Some(self.timeout))?;
-        stream.set_write_timeout(Some(self.timeout))?;
-        let mut head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}:{}\r\nUser-Agent: asen-ingest/{}\r\nAccept: application/json\r\nConnection: close\r\n",
-            self.host,
-            self.port,
-            env!("CARGO_PKG_VERSION")
-        );
+    fn send(&self, method: &str, url: &str, body: Option<&[u8]>) -> anyhow::Result<Reply> {
+        let mut request = self
+            .agent
+            .request(method, url)
+            .set("accept", "application/json");
         if let Some(key) = &self.api_key {
-            head.push_str(&format!("api-key: {key}\r\n"));
+            request = request.set("api-key", key);
         }
-        let body = body.unwrap_or_default();
-        if method != "GET" {
-            head.push_str("Content-Type: application/json\r\n");
-            head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+        let result = match body {
+            Some(bytes) => request
+                .set("content-type", "application/json")
+                .send_bytes(bytes),
+            None => request.call(),
+        };
+        let response = match result {
+            Ok(r) | Err(ureq::Error::Status(_, r)) => r,
+            Err(ureq::Error::Transport(t)) => {
+                return Err(anyhow!("{t}")).with_context(|| format!("cannot reach {method} {url}"))
+            }
+        };
+        let status = response.status();
+        let mut body = Vec::new();
+        response
+            .into_reader()
+            .take(MAX_REPLY_BYTES + 1)
+            .read_to_end(&mut body)
+            .with_context(|| format!("no complete answer to {method} {url}"))?;
+        if body.len() as u64 > MAX_REPLY_BYTES {
+            bail!("the answer to {method} {url} is larger than {MAX_REPLY_BYTES} bytes");
         }
-        head.push_str("\r\n");
-        stream
-            .write_all(head.as_bytes())
-            .and_then(|_| stream.write_all(body))
-            .and_then(|_| stream.flush())
-            .with_context(|| format!("cannot send {}", what()))?;
-        let mut raw = Vec::new();
-        stream
-            .read_to_end(&mut raw)
-            .with_context(|| format!("no answer to {}", what()))?;
-        parse_response(&raw).with_context(|| format!("bad answer to {}", what()))
+        Ok(Reply { status, body })
     }
 }
 
@@ -271,111 +224,73 @@ fn encode_segment(s: &str) -> String {
     out
 }
 
-fn parse_response(raw: &[u8]) -> anyhow::Result<Response> {
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| anyhow!("incomplete http response ({} bytes)", raw.len()))?;
-    let head = std::str::from_utf8(&raw[..split]).context("response headers are not utf-8")?;
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let status = status_line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse::<u16>().ok())
-        .ok_or_else(|| anyhow!("bad status line {status_line:?}"))?;
-    let mut chunked = false;
-    let mut length = None;
-    for line in lines {
-        if let Some((name, value)) = line.split_once(':') {
-            let value = value.trim();
-            if name.eq_ignore_ascii_case("transfer-encoding") {
-                chunked = value.eq_ignore_ascii_case("chunked");
-            } else if name.eq_ignore_ascii_case("content-length") {
-                length = value.parse::<usize>().ok();
-            }
-        }
-    }
-    let rest = &raw[split + 4..];
-    let body = if chunked {
-        dechunk(rest)?
-    } else {
-        match length {
-            Some(n) if n <= rest.len() => rest[..n].to_vec(),
-            Some(n) => bail!("body cut short: {} of {n} bytes", rest.len()),
-            None => rest.to_vec(),
-        }
-    };
-    Ok(Response { status, body })
+/// Sends items to a running server, which embeds and stores them.
+pub struct RemoteSink {
+    client: RemoteClient,
+    preprocess: PreprocessConfig,
+    batch_size: usize,
 }
 
-fn dechunk(mut data: &[u8]) -> anyhow::Result<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let eol = data
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .ok_or_else(|| anyhow!("bad chunked body"))?;
-        let size_text = std::str::from_utf8(&data[..eol])?;
-        let size_text = size_text.split(';').next().unwrap_or_default().trim();
-        let size = usize::from_str_radix(size_text, 16)
-            .map_err(|_| anyhow!("bad chunk size {size_text:?}"))?;
-        data = &data[eol + 2..];
-        if size == 0 {
-            return Ok(out);
+impl RemoteSink {
+    /// A sink over `client` sending `batch_size` items per request; images are checked
+    /// against `preprocess`'s limits before they are sent.
+    pub fn new(client: RemoteClient, preprocess: PreprocessConfig, batch_size: usize) -> Self {
+        Self {
+            client,
+            preprocess,
+            batch_size: batch_size.max(1),
         }
-        if data.len() < size + 2 {
-            bail!("chunk cut short");
-        }
-        out.extend_from_slice(&data[..size]);
-        data = &data[size + 2..];
+    }
+}
+
+impl Sink for RemoteSink {
+    type Prepared = ItemBody;
+
+    fn ensure_catalogue(&self, catalogue: &str) -> anyhow::Result<()> {
+        self.client.ensure_catalogue(catalogue)
+    }
+
+    fn is_current(&self, catalogue: &str, id: &ItemId, hash: &str) -> anyhow::Result<bool> {
+        Ok(self.client.stored_hash(catalogue, id)?.as_deref() == Some(hash))
+    }
+
+    fn prepare(&self, item: NewItem) -> Result<ItemBody, String> {
+        // Refuse here what the server would refuse, without sending it.
+        decode_image(&item.image, &self.preprocess).map_err(|e| e.to_string())?;
+        Ok(ItemBody {
+            id: item.id.to_string(),
+            payload: item.payload,
+            image: Some(base64::engine::general_purpose::STANDARD.encode(&item.image)),
+        })
+    }
+
+    fn write(&self, catalogue: &str, batch: &[ItemBody]) -> anyhow::Result<WriteOutcome> {
+        self.client.put_items(catalogue, batch)
+    }
+
+    fn batch_size(&self) -> usize {
+        self.batch_size
+    }
+
+    fn embeds_here(&self) -> bool {
+        false
+    }
+
+    fn finish(&self) -> anyhow::Result<()> {
+        // The server acknowledges each batch once it is durable.
+        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use asen_index::Payload;
+    use std::io::Write;
     use std::net::TcpListener;
 
-    #[test]
-    fn urls_are_parsed_or_refused_with_a_reason() {
-        let c =
-            RemoteClient::new("http://127.0.0.1:8080/api/", None, Duration::from_secs(1)).unwrap();
-        assert_eq!(
-            (c.host.as_str(), c.port, c.prefix.as_str()),
-            ("127.0.0.1", 8080, "/api")
-        );
-        let c = RemoteClient::new("http://[::1]:9000", None, Duration::from_secs(1)).unwrap();
-        assert_eq!((c.host.as_str(), c.port), ("::1", 9000));
-        let c = RemoteClient::new("http://example.org", None, Duration::from_secs(1)).unwrap();
-        assert_eq!(c.port, 80);
-        let err = RemoteClient::new("https://x", None, Duration::from_secs(1)).unwrap_err();
-        assert!(err.to_string().contains("only http://"), "{err}");
-        assert!(RemoteClient::new("localhost:80", None, Duration::from_secs(1)).is_err());
-        assert!(RemoteClient::new("http://h:port", None, Duration::from_secs(1)).is_err());
-    }
-
-    #[test]
-    fn path_segments_are_percent_encoded() {
-        assert_eq!(encode_segment("shoes/12 a?"), "shoes%2F12%20a%3F");
-        assert_eq!(encode_segment("A-z_0.~"), "A-z_0.~");
-    }
-
-    #[test]
-    fn responses_with_length_or_chunks_are_read() {
-        let r = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}").unwrap();
-        assert_eq!((r.status, r.body.as_slice()), (200, b"{}".as_slice()));
-        let r = parse_response(
-            b"HTTP/1.1 400 Bad Request\r\ntransfer-encoding: chunked\r\n\r\n4\r\n{\"st\r\n1c\r\natus\":{\"error\":\"bad image\"}}\r\n0\r\n\r\n",
-        )
-        .unwrap();
-        assert_eq!(r.status, 400);
-        assert_eq!(r.error_message(), "bad image");
-        assert!(parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n{}").is_err());
-    }
-
-    /// One-shot loopback server: answers one request with `answer`, returns what it received.
-    fn serve_once(answer: String) -> (u16, std::thread::JoinHandle<String>) {
+    /// A one-request HTTP server answering `answer`; returns its port and the request.
+    fn serve_once(answer: Vec<u8>) -> (u16, std::thread::JoinHandle<String>) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let handle = std::thread::spawn(move || {
@@ -399,122 +314,147 @@ mod tests {
                     break;
                 }
             }
-            s.write_all(answer.as_bytes()).unwrap();
+            let _ = s.write_all(&answer);
             String::from_utf8(buf).unwrap()
         });
         (port, handle)
     }
 
-    fn http(status: &str, body: &str) -> String {
+    fn http(status: &str, body: &str) -> Vec<u8> {
         format!(
-            "HTTP/1.1 {status}\r\nContent-Length: {}\r\n\r\n{body}",
+            "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
         )
+        .into_bytes()
     }
 
-    fn item() -> RemoteItem {
-        RemoteItem {
-            id: ItemId::new("a/1").unwrap(),
+    fn client(port: u16, key: Option<&str>) -> RemoteClient {
+        RemoteClient::new(
+            &format!("http://127.0.0.1:{port}"),
+            key.map(str::to_string),
+            Duration::from_secs(5),
+        )
+        .unwrap()
+    }
+
+    fn item() -> ItemBody {
+        ItemBody {
+            id: "a/1".into(),
             payload: Payload::new(),
-            image: "AAAA".into(),
+            image: Some("AAAA".into()),
         }
     }
 
     #[test]
-    fn put_items_sends_key_and_json_and_maps_statuses() {
-        let (port, h) = serve_once(http(
-            "200 OK",
-            "{\"result\":{},\"status\":\"ok\",\"time\":0.1}",
-        ));
-        let c = RemoteClient::new(
-            &format!("http://127.0.0.1:{port}"),
-            Some("k1".into()),
-            Duration::from_secs(5),
-        )
-        .unwrap();
-        assert_eq!(c.put_items("shirts", &[&item()]).unwrap(), Ok(()));
+    fn urls_need_an_http_or_https_scheme_and_a_host() {
+        let t = Duration::from_secs(1);
+        assert!(RemoteClient::new("http://[::1]:9000/prefix/", None, t).is_ok());
+        assert!(RemoteClient::new("https://asen.example:443", None, t).is_ok());
+        let err = RemoteClient::new("ftp://h:1", None, t).unwrap_err();
+        assert!(err.to_string().contains("http or https"), "{err}");
+        let err = RemoteClient::new("localhost:80", None, t).unwrap_err();
+        assert!(err.to_string().contains("no scheme"), "{err}");
+        let err = RemoteClient::new("http://", None, t).unwrap_err();
+        assert!(err.to_string().contains("no host"), "{err}");
+    }
+
+    #[test]
+    fn path_segments_are_percent_encoded() {
+        assert_eq!(encode_segment("shoes/12 a?"), "shoes%2F12%20a%3F");
+        assert_eq!(encode_segment("A-z_0.~"), "A-z_0.~");
+    }
+
+    #[test]
+    fn put_items_sends_key_and_json() {
+        let (port, h) = serve_once(http("200 OK", r#"{"result":{},"status":"ok"}"#));
+        let outcome = client(port, Some("k1"))
+            .put_items("shirts", &[item()])
+            .unwrap();
+        assert!(matches!(outcome, WriteOutcome::Written { .. }));
         let req = h.join().unwrap();
         assert!(
             req.starts_with("PUT /v1/catalogues/shirts/items HTTP/1.1\r\n"),
             "{req}"
         );
-        assert!(req.contains("\r\napi-key: k1\r\n"));
+        assert!(req.to_lowercase().contains("\r\napi-key: k1\r\n"), "{req}");
         let body: serde_json::Value =
             serde_json::from_str(req.split("\r\n\r\n").nth(1).unwrap()).unwrap();
         assert_eq!(body["items"][0]["id"], "a/1");
         assert_eq!(body["items"][0]["image"], "AAAA");
-        assert_eq!(
-            body["items"][0].as_object().unwrap().len(),
-            3,
-            "id, payload, image only"
-        );
+    }
 
+    #[test]
+    fn put_items_maps_a_4xx_to_a_refusal() {
         let (port, _h) = serve_once(http(
             "422 Unprocessable Entity",
-            "{\"status\":{\"error\":\"not an image: a/1\"}}",
+            r#"{"status":{"error":"not an image: a/1"}}"#,
         ));
-        let c = RemoteClient::new(
-            &format!("http://127.0.0.1:{port}"),
-            None,
-            Duration::from_secs(5),
-        )
-        .unwrap();
-        let refusal = c.put_items("shirts", &[&item()]).unwrap().unwrap_err();
-        assert_eq!(refusal.to_string(), "http 422: not an image: a/1");
+        let outcome = client(port, None).put_items("c", &[item()]).unwrap();
+        assert_eq!(
+            outcome,
+            WriteOutcome::Refused("server refused the item: http 422: not an image: a/1".into())
+        );
+    }
 
-        let (port, _h) = serve_once(http("401 Unauthorized", ""));
-        let c = RemoteClient::new(
-            &format!("http://127.0.0.1:{port}"),
-            None,
-            Duration::from_secs(5),
-        )
-        .unwrap();
-        let err = c.put_items("shirts", &[&item()]).unwrap_err().to_string();
+    #[test]
+    fn put_items_stops_on_a_wrong_key() {
+        let (port, _h) = serve_once(http(
+            "401 Unauthorized",
+            r#"{"status":{"error":"missing key"}}"#,
+        ));
+        let err = client(port, None)
+            .put_items("c", &[item()])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("api key"), "{err}");
     }
 
     #[test]
-    fn stored_hash_reads_the_envelope_and_404_means_absent() {
+    fn stored_hash_reads_the_envelope() {
         let (port, h) = serve_once(http(
             "200 OK",
-            "{\"result\":{\"id\":\"a/1\",\"content_hash\":\"abc\"},\"status\":\"ok\"}",
+            r#"{"result":{"id":"x y","content_hash":"abc"},"status":"ok"}"#,
         ));
-        let c = RemoteClient::new(
-            &format!("http://127.0.0.1:{port}"),
-            None,
-            Duration::from_secs(5),
-        )
-        .unwrap();
-        let id = ItemId::new("a/1").unwrap();
-        assert_eq!(c.stored_hash("c", &id).unwrap().as_deref(), Some("abc"));
+        let id = ItemId::new("x y").unwrap();
+        assert_eq!(
+            client(port, None).stored_hash("c", &id).unwrap().as_deref(),
+            Some("abc")
+        );
         assert!(h
             .join()
             .unwrap()
-            .starts_with("GET /v1/catalogues/c/items/a%2F1 HTTP/1.1"));
-        let (port, _h) = serve_once(http("404 Not Found", ""));
-        let c = RemoteClient::new(
-            &format!("http://127.0.0.1:{port}"),
-            None,
-            Duration::from_secs(5),
-        )
-        .unwrap();
-        assert_eq!(c.stored_hash("c", &id).unwrap(), None);
+            .starts_with("GET /v1/catalogues/c/items/x%20y HTTP/1.1"));
+    }
+
+    #[test]
+    fn stored_hash_of_a_404_is_absent() {
+        let (port, _h) = serve_once(http("404 Not Found", r#"{"status":{"error":"no"}}"#));
+        let id = ItemId::new("x").unwrap();
+        assert_eq!(client(port, None).stored_hash("c", &id).unwrap(), None);
+    }
+
+    #[test]
+    fn replies_over_the_limit_are_refused() {
+        let big = "x".repeat(MAX_REPLY_BYTES as usize + 10);
+        let (port, _h) = serve_once(http("200 OK", &big));
+        let id = ItemId::new("x").unwrap();
+        let err = client(port, None)
+            .stored_hash("c", &id)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("larger than"), "{err}");
     }
 
     #[test]
     fn unreachable_server_is_an_error_naming_it() {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let c = RemoteClient::new(
-            &format!("http://127.0.0.1:{port}"),
-            None,
-            Duration::from_secs(2),
-        )
-        .unwrap();
-        let err = format!("{:#}", c.ensure_catalogue("c").unwrap_err());
-        assert!(err.contains("cannot connect to server 127.0.0.1"), "{err}");
+        let port = {
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let err = client(port, None)
+            .ensure_catalogue("c")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
     }
 }

@@ -1,6 +1,6 @@
 //! Creating, describing and dropping catalogues.
 
-use asen_index::{CatalogueInfo, CatalogueSchema, CatalogueStats, HnswConfig};
+use asen_index::{CatalogueInfo, CatalogueSchema, CatalogueStats, HnswConfig, IndexError};
 use serde::{Deserialize, Serialize};
 use tracing::info;
 
@@ -33,7 +33,7 @@ pub struct CatalogueDetails {
 /// Create `name` with the model's dimension and the chosen attributes.
 #[tracing::instrument(skip_all, fields(catalogue = name))]
 pub fn create(svc: &Service, name: &str, spec: &NewCatalogue) -> Result<CatalogueDetails> {
-    let card = svc.embedder.card();
+    let card = svc.model("creating a catalogue")?.embedder().card();
     let attributes = match &spec.attributes {
         Some(list) if list.is_empty() => {
             return Err(ServiceError::invalid(
@@ -50,7 +50,8 @@ pub fn create(svc: &Service, name: &str, spec: &NewCatalogue) -> Result<Catalogu
     };
     let schema = CatalogueSchema::new(attributes, card.embedding_dim)
         .with_hnsw(spec.hnsw.unwrap_or(svc.hnsw));
-    svc.store.create_catalogue(name, &schema)?;
+    svc.store("creating a catalogue")?
+        .create_catalogue(name, &schema)?;
     info!(
         catalogue = name,
         attributes = schema.attributes.len(),
@@ -62,24 +63,47 @@ pub fn create(svc: &Service, name: &str, spec: &NewCatalogue) -> Result<Catalogu
 /// Schema and statistics of one catalogue.
 pub fn details(svc: &Service, name: &str) -> Result<CatalogueDetails> {
     Ok(CatalogueDetails {
-        schema: svc.store.schema(name)?,
-        stats: svc.store.stats(name)?,
+        schema: svc.store("describing a catalogue")?.schema(name)?,
+        stats: svc.store("describing a catalogue")?.stats(name)?,
     })
 }
 
 /// Every catalogue with its per-attribute counts.
 pub fn list(svc: &Service) -> Result<Vec<CatalogueInfo>> {
-    Ok(svc.store.list_catalogues()?)
+    Ok(svc.store("listing catalogues")?.list_catalogues()?)
 }
 
-/// Drop a catalogue and its items.
+/// Drop a catalogue and its items (thumbnails included).
 #[tracing::instrument(skip_all, fields(catalogue = name))]
 pub fn drop(svc: &Service, name: &str) -> Result<()> {
-    svc.store.drop_catalogue(name)?;
-    let thumbnails = match &svc.thumbnails {
-        Some(t) => t.drop_catalogue(name)?,
-        None => 0,
-    };
-    info!(catalogue = name, thumbnails, "catalogue dropped");
+    svc.store("dropping a catalogue")?.drop_catalogue(name)?;
+    info!(catalogue = name, "catalogue dropped");
     Ok(())
+}
+
+/// Create `name` with every attribute of the model if it is missing, or check that the
+/// existing catalogue has exactly the model's attributes and dimension (bulk ingestion).
+/// Whether it was created.
+pub fn ensure(svc: &Service, name: &str) -> Result<bool> {
+    let card = svc.model("ingesting")?.embedder().card();
+    let attributes = card.attribute_names();
+    match svc.store("ingesting")?.schema(name) {
+        Ok(schema) => {
+            if schema.attributes != attributes || schema.dimension != card.embedding_dim {
+                return Err(ServiceError::invalid(format!(
+                    "catalogue {name:?} has attributes [{}] of dimension {}, the model embeds [{}] of dimension {}",
+                    schema.attributes.join(", "),
+                    schema.dimension,
+                    attributes.join(", "),
+                    card.embedding_dim
+                )));
+            }
+            Ok(false)
+        }
+        Err(IndexError::CatalogueNotFound { .. }) => {
+            create(svc, name, &NewCatalogue::default())?;
+            Ok(true)
+        }
+        Err(e) => Err(e.into()),
+    }
 }

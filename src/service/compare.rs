@@ -107,7 +107,10 @@ pub fn decide(
 }
 
 fn thresholds_source(svc: &Service) -> String {
-    let p = &svc.embedder.card().provenance;
+    let Ok(model) = svc.model("the copy check") else {
+        return "none (no model)".to_string();
+    };
+    let p = &model.embedder().card().provenance;
     let mut s =
         "model card match_thresholds, calibrated on validation pairs by the model's trainer"
             .to_string();
@@ -138,7 +141,7 @@ pub fn compare(
     b: &Subject,
     attributes: &[String],
 ) -> Result<Comparison> {
-    let card = svc.embedder.card();
+    let card = svc.model("the copy check")?.embedder().card();
     let attributes: Vec<String> = if attributes.is_empty() {
         card.attribute_names()
     } else {
@@ -203,7 +206,8 @@ pub struct CopyHit {
 #[tracing::instrument(skip_all, fields(catalogue = %catalogue))]
 pub fn copies(svc: &Service, catalogue: &str, query: &CopiesQuery) -> Result<Vec<CopyHit>> {
     svc.check_k(query.k)?;
-    let schema = svc.store.schema(catalogue)?;
+    let store = svc.store("a copy search")?;
+    let schema = store.schema(catalogue)?;
     if query.min_matches == 0 || query.min_matches > schema.attributes.len() {
         return Err(ServiceError::invalid(format!(
             "min_matches = {} is outside 1..={} (the catalogue's attributes)",
@@ -211,7 +215,12 @@ pub fn copies(svc: &Service, catalogue: &str, query: &CopiesQuery) -> Result<Vec
             schema.attributes.len()
         )));
     }
-    let card_thresholds = svc.embedder.card().match_thresholds.as_ref();
+    let card_thresholds = svc
+        .model("a copy search")?
+        .embedder()
+        .card()
+        .match_thresholds
+        .as_ref();
     let threshold_of = |a: &str| -> Result<f32> {
         match (query.threshold, card_thresholds) {
             (Some(t), _) => Ok(t),
@@ -257,7 +266,7 @@ pub fn copies(svc: &Service, catalogue: &str, query: &CopiesQuery) -> Result<Vec
             with_payload: query.with_payload,
             group_by: None,
         };
-        let hits = match svc.store.search(catalogue, &request) {
+        let hits = match store.search(catalogue, &request) {
             Ok(r) => r.into_hits(),
             // The query item lacks this attribute: it cannot match on it.
             Err(asen_index::IndexError::MissingAttribute { .. }) => continue,

@@ -138,12 +138,12 @@ pub fn explain_subject(
 /// The attention of an encoded image for `attribute`.
 #[tracing::instrument(skip_all, fields(attribute = %attribute))]
 pub fn explain(svc: &Service, image: &[u8], attribute: &str) -> Result<Explanation> {
-    let index = svc.embedder.attribute_index(attribute)?;
-    let decoded = svc
-        .embedder
+    let embedder = svc.model("explain")?.embedder();
+    let index = embedder.attribute_index(attribute)?;
+    let decoded = embedder
         .decode(image)
         .map_err(|e| e.with_source_name("to explain".to_string()))?;
-    let crop = svc.embedder.crop(&decoded);
+    let crop = embedder.crop(&decoded);
     explain_crop(svc, crop, index, attribute)
 }
 
@@ -157,11 +157,12 @@ pub fn explain_item(
     id: &str,
     attribute: &str,
 ) -> Result<Explanation> {
-    let index = svc.embedder.attribute_index(attribute)?;
+    let embedder = svc.model("explain")?.embedder();
+    let index = embedder.attribute_index(attribute)?;
     let id = Service::item_id(id)?;
     let jpeg = svc.item_thumbnail(catalogue, &id)?;
     let crop = thumbnails::decode(&jpeg, catalogue, id.as_str())?;
-    let size = svc.embedder.preprocess_config().size as u32;
+    let size = embedder.preprocess_config().size as u32;
     if crop.dimensions() != (size, size) {
         return Err(ServiceError::invalid(format!(
             "the stored image of item {:?} is {}x{}, the model expects {size}x{size}: \
@@ -180,9 +181,10 @@ fn explain_crop(
     index: usize,
     attribute: &str,
 ) -> Result<Explanation> {
-    let mut out = svc
-        .embedder
-        .embed_crops(std::slice::from_ref(&crop), &[index])?;
+    let models = svc.models("explain")?;
+    let embedder = models.default_model().embedder();
+    let mut out =
+        models.forward(|| embedder.embed_crops(std::slice::from_ref(&crop), &[index]))?;
     let attention = out
         .pop()
         .and_then(|mut per_attribute| per_attribute.pop())
@@ -190,7 +192,7 @@ fn explain_crop(
         .ok_or_else(|| {
             ServiceError::invalid(format!(
                 "the model's head ({:?}) has no spatial attention to explain",
-                svc.embedder.card().head
+                embedder.card().head
             ))
         })?;
     Ok(Explanation {

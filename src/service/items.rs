@@ -1,6 +1,13 @@
-//! Upserting items from images, reading and deleting them.
+//! Upserting items from images, reading and deleting them: the one write path of asen.
+//!
+//! An upsert is two steps. [`prepare`] reads one image (sha256 content hash, decode under the
+//! pixel limit, the model's resize and centre crop, the thumbnail JPEG); it needs the model's
+//! preprocessing only, so bulk ingestion runs it on many threads. [`upsert_prepared`] embeds
+//! a batch for every attribute of the catalogue, in schema order, and writes the items with
+//! their thumbnails in one store upsert. [`upsert`] (the HTTP route) does both.
 
 use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use asen_index::{CatalogueSchema, Item, ItemId, Payload, StoredItem, WriteReceipt};
 use image::RgbImage;
@@ -20,6 +27,30 @@ pub struct NewItem {
     pub image: Vec<u8>,
 }
 
+/// An item whose image is read and cropped, ready to embed.
+#[derive(Debug, Clone)]
+pub struct PreparedItem {
+    /// External id.
+    pub id: ItemId,
+    /// JSON payload.
+    pub payload: Payload,
+    /// Hex sha256 of the encoded image ([`content_hash`]).
+    pub content_hash: String,
+    /// The model-input crop.
+    pub crop: RgbImage,
+    /// The crop as JPEG, when the service keeps thumbnails.
+    pub thumbnail: Option<Vec<u8>>,
+}
+
+/// What [`upsert_prepared`] did.
+#[derive(Debug, Clone)]
+pub struct Upserted {
+    /// The store's receipt.
+    pub receipt: WriteReceipt,
+    /// Time spent in forward passes.
+    pub model_time: Duration,
+}
+
 /// Hex sha256 of the encoded image: stored as the item's `content_hash` so ingestion can
 /// skip images already stored.
 pub fn content_hash(bytes: &[u8]) -> String {
@@ -27,13 +58,42 @@ pub fn content_hash(bytes: &[u8]) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Whether `stored` already holds the image of hash `hash` with everything this service
+/// would write for it (its thumbnail, when thumbnails are kept): ingestion skips it.
+pub fn is_current(svc: &Service, stored: &StoredItem, hash: &str) -> bool {
+    stored.content_hash.as_deref() == Some(hash) && (!svc.thumbnails || stored.has_thumbnail)
+}
+
+/// Read one image: hash, decode (pixel limit), crop to the model's input, and encode the
+/// thumbnail when the service keeps them. The error names the item.
+pub fn prepare(svc: &Service, item: NewItem) -> Result<PreparedItem> {
+    let embedder = svc.model("an upsert")?.embedder();
+    let image = embedder
+        .decode(&item.image)
+        .map_err(|e| e.with_source_name(format!("of item {:?}", item.id.as_str())))?;
+    let crop = embedder.crop(&image);
+    let thumbnail = if svc.thumbnails {
+        Some(thumbnails::encode(&crop, item.id.as_str())?)
+    } else {
+        None
+    };
+    Ok(PreparedItem {
+        content_hash: content_hash(&item.image),
+        id: item.id,
+        payload: item.payload,
+        crop,
+        thumbnail,
+    })
+}
+
 /// Model attribute indices of a catalogue's attributes (in schema order).
-pub fn model_attributes(svc: &Service, schema: &CatalogueSchema) -> Result<Vec<usize>> {
+fn model_attributes(svc: &Service, schema: &CatalogueSchema) -> Result<Vec<usize>> {
+    let embedder = svc.model("embedding")?.embedder();
     schema
         .attributes
         .iter()
         .map(|a| {
-            svc.embedder.attribute_index(a).map_err(|_| {
+            embedder.attribute_index(a).map_err(|_| {
                 ServiceError::invalid(format!(
                     "catalogue attribute {a:?} is not an attribute of the loaded model"
                 ))
@@ -42,93 +102,79 @@ pub fn model_attributes(svc: &Service, schema: &CatalogueSchema) -> Result<Vec<u
         .collect()
 }
 
-/// Embed decoded images for every attribute of `schema`, in batches of the model's batch size:
-/// one `attribute -> vector` map per image. For pipelines that decode elsewhere.
-pub fn embed_for_schema(
+fn check_batch(svc: &Service, len: usize) -> Result<()> {
+    if len == 0 {
+        return Err(ServiceError::invalid("items: the batch is empty"));
+    }
+    if len > svc.limits.max_batch_items {
+        return Err(ServiceError::BatchTooLarge {
+            got: len,
+            limit: svc.limits.max_batch_items,
+        });
+    }
+    Ok(())
+}
+
+/// Embed prepared items for every attribute of the catalogue (in schema order) and upsert
+/// them with their thumbnails in one store write.
+#[tracing::instrument(skip_all, fields(catalogue = %catalogue, items = items.len()))]
+pub fn upsert_prepared(
     svc: &Service,
-    schema: &CatalogueSchema,
-    images: &[RgbImage],
-) -> Result<Vec<BTreeMap<String, Vec<f32>>>> {
-    let idx = model_attributes(svc, schema)?;
-    let embedded = svc.embedder.embed_images(images, &idx)?;
-    Ok(embedded
-        .into_iter()
-        .map(|per_attribute| {
-            schema
+    catalogue: &str,
+    items: &[PreparedItem],
+) -> Result<Upserted> {
+    check_batch(svc, items.len())?;
+    let store = svc.store("an upsert")?;
+    let schema = store.schema(catalogue)?;
+    let idx = model_attributes(svc, &schema)?;
+    let models = svc.models("an upsert")?;
+    let embedder = models.default_model().embedder();
+    let crops: Vec<RgbImage> = items.iter().map(|i| i.crop.clone()).collect();
+    let started = Instant::now();
+    // Images at the input size are not resampled again: the crops are what the model sees.
+    let embedded = models.forward(|| embedder.embed_crops(&crops, &idx))?;
+    let model_time = started.elapsed();
+    let batch: Vec<Item> = items
+        .iter()
+        .zip(embedded)
+        .map(|(item, per_attribute)| Item {
+            id: item.id.clone(),
+            payload: item.payload.clone(),
+            vectors: schema
                 .attributes
                 .iter()
                 .cloned()
                 .zip(per_attribute.into_iter().map(|e| e.vector))
-                .collect()
+                .collect::<BTreeMap<_, _>>(),
+            content_hash: Some(item.content_hash.clone()),
+            thumbnail: item.thumbnail.clone(),
         })
-        .collect())
+        .collect();
+    let receipt = store.upsert(catalogue, &batch)?;
+    debug!(catalogue, affected = receipt.affected, "items upserted");
+    Ok(Upserted {
+        receipt,
+        model_time,
+    })
 }
 
 /// Decode, embed (every attribute of the catalogue) and upsert a batch of items.
 /// Nothing is written if any image is bad; the error names the item.
-#[tracing::instrument(skip_all, fields(catalogue = %catalogue, items = items.len()))]
 pub fn upsert(svc: &Service, catalogue: &str, items: Vec<NewItem>) -> Result<WriteReceipt> {
-    if items.is_empty() {
-        return Err(ServiceError::invalid("items: the batch is empty"));
-    }
-    if items.len() > svc.limits.max_batch_items {
-        return Err(ServiceError::BatchTooLarge {
-            got: items.len(),
-            limit: svc.limits.max_batch_items,
-        });
-    }
-    let schema = svc.store.schema(catalogue)?;
-    let mut crops = Vec::with_capacity(items.len());
-    for item in &items {
-        let image = svc
-            .embedder
-            .decode(&item.image)
-            .map_err(|e| e.with_source_name(format!("of item {:?}", item.id.as_str())))?;
-        crops.push(svc.embedder.crop(&image));
-    }
-    // Images at the input size are not resampled again: the crops are what the model sees.
-    let vectors = embed_for_schema(svc, &schema, &crops)?;
-    let thumbnails = match &svc.thumbnails {
-        Some(t) if t.is_enabled() => Some(
-            items
-                .iter()
-                .zip(&crops)
-                .map(|(item, crop)| thumbnails::encode(crop, item.id.as_str()))
-                .collect::<std::result::Result<Vec<_>, _>>()?,
-        ),
-        _ => None,
-    };
-    let batch: Vec<Item> = items
+    check_batch(svc, items.len())?;
+    // The catalogue first: an unknown one is a 404 before any image is decoded.
+    svc.store("an upsert")?.schema(catalogue)?;
+    let prepared = items
         .into_iter()
-        .zip(vectors)
-        .map(|(new, vectors)| Item {
-            content_hash: Some(content_hash(&new.image)),
-            id: new.id,
-            payload: new.payload,
-            vectors,
-        })
-        .collect();
-    let receipt = svc.store.upsert(catalogue, &batch)?;
-    if let Some(store) = &svc.thumbnails {
-        // After the store accepted the items; with thumbnails off, stale ones are removed.
-        store.upsert(
-            catalogue,
-            batch.iter().enumerate().map(|(i, item)| {
-                (
-                    item.id.as_str(),
-                    thumbnails.as_ref().map(|t| t[i].as_slice()),
-                )
-            }),
-        )?;
-    }
-    debug!(catalogue, affected = receipt.affected, "items upserted");
-    Ok(receipt)
+        .map(|item| prepare(svc, item))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(upsert_prepared(svc, catalogue, &prepared)?.receipt)
 }
 
 /// One item (with vectors when asked), or `ItemNotFound`.
 pub fn get(svc: &Service, catalogue: &str, id: &str, with_vectors: bool) -> Result<StoredItem> {
     let id = Service::item_id(id)?;
-    svc.store
+    svc.store("reading an item")?
         .get(catalogue, &id, with_vectors)?
         .ok_or_else(|| ServiceError::ItemNotFound {
             catalogue: catalogue.to_string(),
@@ -136,13 +182,12 @@ pub fn get(svc: &Service, catalogue: &str, id: &str, with_vectors: bool) -> Resu
         })
 }
 
-/// Delete one item; `ItemNotFound` if it was not there.
+/// Delete one item (and its thumbnail); `ItemNotFound` if it was not there.
 pub fn delete(svc: &Service, catalogue: &str, id: &str) -> Result<WriteReceipt> {
     let id = Service::item_id(id)?;
-    let receipt = svc.store.delete(catalogue, std::slice::from_ref(&id))?;
-    if let Some(t) = &svc.thumbnails {
-        t.delete(catalogue, id.as_str())?;
-    }
+    let receipt = svc
+        .store("a delete")?
+        .delete(catalogue, std::slice::from_ref(&id))?;
     if receipt.affected == 0 {
         return Err(ServiceError::ItemNotFound {
             catalogue: catalogue.to_string(),

@@ -10,6 +10,7 @@ pub mod catalogues;
 pub mod compare;
 pub mod explain;
 pub mod items;
+pub mod models;
 pub mod search;
 pub mod thumbnails;
 
@@ -17,24 +18,39 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use asen_index::{CatalogueStore, HnswConfig, IndexError, ItemId};
-use asen_models::{Embedder, ModelError};
+use asen_models::ModelError;
 use serde::Serialize;
-use thumbnails::{ThumbnailError, Thumbnails};
+use thumbnails::ThumbnailError;
 
-/// The store and the model, opened once and shared.
+pub use models::{Model, Models};
+
+/// What the API and the CLI share: the store and the models, each optional, opened once.
+///
+/// A service without models answers item and vector queries, reads and deletes; one
+/// without a store embeds and compares images. Asking for the missing part is a
+/// [`ServiceError::NoModel`] or [`ServiceError::NoStore`] naming what needed it.
 #[derive(Clone)]
 pub struct Service {
-    /// Catalogues.
-    pub store: Arc<dyn CatalogueStore>,
-    /// The model every image goes through.
-    pub embedder: Arc<Embedder>,
+    store: Option<Arc<dyn CatalogueStore>>,
+    models: Option<Arc<Models>>,
     /// Request bounds enforced here (the API adds body size and time).
     pub limits: ServiceLimits,
     /// Graph parameters of new catalogues.
     pub hnsw: HnswConfig,
-    /// Model-input crops of the items (explain by item, the item image route); `None` where
-    /// no data directory backs the service (the CLI's scratch stores).
-    pub thumbnails: Option<Arc<Thumbnails>>,
+    /// Keep each upserted item's model-input crop (JPEG) in the store, for explain by item
+    /// and the item image route (`index.thumbnails`).
+    pub thumbnails: bool,
+}
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service")
+            .field("store", &self.store.is_some())
+            .field("models", &self.models)
+            .field("limits", &self.limits)
+            .field("thumbnails", &self.thumbnails)
+            .finish()
+    }
 }
 
 /// Bounds checked by service functions.
@@ -94,7 +110,7 @@ pub enum ServiceError {
         /// The id.
         id: String,
     },
-    /// The thumbnail store failed or holds an unreadable image.
+    /// A thumbnail could not be encoded, or a stored one is unreadable.
     #[error(transparent)]
     Thumbnail(#[from] ThumbnailError),
     /// The item exists but has no stored thumbnail (stored with thumbnails off).
@@ -108,6 +124,18 @@ pub enum ServiceError {
     /// A decision needs match thresholds and the model card has none.
     #[error("the model is uncalibrated (its card has no match_thresholds); give \"threshold\" explicitly")]
     Uncalibrated,
+    /// The request needs a network and this service runs without one.
+    #[error("{what} needs a model, and none is loaded here (give --model, or [model] path)")]
+    NoModel {
+        /// What needed it ("an image query").
+        what: String,
+    },
+    /// The request needs a catalogue store and this service runs without one.
+    #[error("{what} needs a catalogue store, and none is open here")]
+    NoStore {
+        /// What needed it.
+        what: String,
+    },
 }
 
 impl ServiceError {
@@ -124,6 +152,8 @@ pub type Result<T> = std::result::Result<T, ServiceError>;
 /// What `GET /v1/model` shows.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ModelInfo {
+    /// sha256 of the model's weights and card, shortened (names the model in answers).
+    pub fingerprint: String,
     /// Head variant (asen_v1, asen_v2, ...).
     #[schema(value_type = String)]
     pub variant: serde_json::Value,
@@ -152,10 +182,68 @@ pub struct AttributeInfo {
 }
 
 impl Service {
-    /// Describe the loaded model.
-    pub fn model_info(&self) -> ModelInfo {
-        let card = self.embedder.card();
-        ModelInfo {
+    /// A service with neither store nor models; add them with [`Service::with_store`] and
+    /// [`Service::with_models`].
+    pub fn new(limits: ServiceLimits, hnsw: HnswConfig, thumbnails: bool) -> Self {
+        Self {
+            store: None,
+            models: None,
+            limits,
+            hnsw,
+            thumbnails,
+        }
+    }
+
+    /// The same service over `store`.
+    pub fn with_store(mut self, store: Arc<dyn CatalogueStore>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// The same service with `models`.
+    pub fn with_models(mut self, models: Models) -> Self {
+        self.models = Some(Arc::new(models));
+        self
+    }
+
+    /// The store, or [`ServiceError::NoStore`] naming `what` needed it.
+    pub fn store(&self, what: &str) -> Result<&dyn CatalogueStore> {
+        self.store.as_deref().ok_or_else(|| ServiceError::NoStore {
+            what: what.to_string(),
+        })
+    }
+
+    /// The store handle, when one is open (flushing at shutdown).
+    pub fn store_handle(&self) -> Option<&Arc<dyn CatalogueStore>> {
+        self.store.as_ref()
+    }
+
+    /// The models, or [`ServiceError::NoModel`] naming what needed one.
+    pub fn models(&self, what: &str) -> Result<&Models> {
+        models::require(self.models.as_deref(), what)
+    }
+
+    /// The default model, or [`ServiceError::NoModel`].
+    pub fn model(&self, what: &str) -> Result<&Arc<Model>> {
+        Ok(self.models(what)?.default_model())
+    }
+
+    /// Forward passes running now (0 without models).
+    pub fn forwards_in_flight(&self) -> usize {
+        self.models.as_ref().map_or(0, |m| m.in_flight())
+    }
+
+    /// Forward passes started since start (0 without models).
+    pub fn forwards_started(&self) -> u64 {
+        self.models.as_ref().map_or(0, |m| m.forwards_started())
+    }
+
+    /// Describe the default model.
+    pub fn model_info(&self) -> Result<ModelInfo> {
+        let model = self.model("describing the model")?;
+        let card = model.embedder().card();
+        Ok(ModelInfo {
+            fingerprint: model.fingerprint().to_string(),
             variant: serde_json::to_value(card.head).unwrap_or(serde_json::Value::Null),
             backbone: card.backbone.clone(),
             input_size: card.input_size,
@@ -170,7 +258,7 @@ impl Service {
                 .collect(),
             match_thresholds: card.match_thresholds.clone(),
             provenance: serde_json::to_value(&card.provenance).unwrap_or_default(),
-        }
+        })
     }
 
     /// Check `k` against `limits.max_k`.
@@ -197,15 +285,16 @@ impl Service {
         label: &str,
         attributes: &[String],
     ) -> Result<BTreeMap<String, Vec<f32>>> {
+        let models = self.models("an image")?;
+        let embedder = models.default_model().embedder();
         let idx = attributes
             .iter()
-            .map(|a| self.embedder.attribute_index(a))
+            .map(|a| embedder.attribute_index(a))
             .collect::<std::result::Result<Vec<_>, _>>()?;
-        let image = self
-            .embedder
+        let image = embedder
             .decode(bytes)
             .map_err(|e| e.with_source_name(label.to_string()))?;
-        let mut out = self.embedder.embed_images(&[image], &idx)?;
+        let mut out = models.forward(|| embedder.embed_images(&[image], &idx))?;
         let per_attribute = out.pop().unwrap_or_default();
         Ok(attributes
             .iter()
@@ -220,49 +309,33 @@ impl Service {
         catalogue: &str,
         id: &ItemId,
     ) -> Result<BTreeMap<String, Vec<f32>>> {
-        let item =
-            self.store
-                .get(catalogue, id, true)?
-                .ok_or_else(|| ServiceError::ItemNotFound {
-                    catalogue: catalogue.to_string(),
-                    id: id.to_string(),
-                })?;
+        let item = self
+            .store("a stored item")?
+            .get(catalogue, id, true)?
+            .ok_or_else(|| ServiceError::ItemNotFound {
+                catalogue: catalogue.to_string(),
+                id: id.to_string(),
+            })?;
         Ok(item.vectors.unwrap_or_default())
     }
-}
 
-impl Service {
     /// The stored thumbnail (JPEG) of an item: the index's catalogue-not-found error or
     /// `ItemNotFound` when the item is absent, `NoThumbnail` when it has none.
     pub(crate) fn item_thumbnail(&self, catalogue: &str, id: &ItemId) -> Result<Vec<u8>> {
-        if self.store.get(catalogue, id, false)?.is_none() {
+        let store = self.store("a stored item's image")?;
+        if store.get(catalogue, id, false)?.is_none() {
             return Err(ServiceError::ItemNotFound {
                 catalogue: catalogue.to_string(),
                 id: id.to_string(),
             });
         }
-        let stored = match &self.thumbnails {
-            Some(t) => t.get(catalogue, id.as_str())?,
-            None => None,
-        };
-        stored.ok_or_else(|| ServiceError::NoThumbnail {
-            catalogue: catalogue.to_string(),
-            id: id.to_string(),
-        })
+        store
+            .thumbnail(catalogue, id)?
+            .ok_or_else(|| ServiceError::NoThumbnail {
+                catalogue: catalogue.to_string(),
+                id: id.to_string(),
+            })
     }
 }
 
-/// Cosine similarity of two vectors (0 when either is zero).
-pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
-    let (mut dot, mut na, mut nb) = (0.0f64, 0.0f64, 0.0f64);
-    for (x, y) in a.iter().zip(b) {
-        dot += (*x as f64) * (*y as f64);
-        na += (*x as f64) * (*x as f64);
-        nb += (*y as f64) * (*y as f64);
-    }
-    if na == 0.0 || nb == 0.0 {
-        0.0
-    } else {
-        (dot / (na.sqrt() * nb.sqrt())) as f32
-    }
-}
+pub use asen_models::cosine;

@@ -74,7 +74,8 @@ impl SearchQuery {
 #[tracing::instrument(skip_all, fields(catalogue = %catalogue, k = query.k))]
 pub fn search(svc: &Service, catalogue: &str, query: &SearchQuery) -> Result<SearchResults> {
     svc.check_k(query.k)?;
-    let schema = svc.store.schema(catalogue)?;
+    let store = svc.store("a search")?;
+    let schema = store.schema(catalogue)?;
     if query.attributes.is_empty() {
         return Err(ServiceError::invalid(
             "give \"attribute\" or a non-empty \"attributes\" map",
@@ -171,7 +172,7 @@ pub fn search(svc: &Service, catalogue: &str, query: &SearchQuery) -> Result<Sea
         with_payload: query.with_payload,
         group_by: query.group_by.clone(),
     };
-    let results = svc.store.search(catalogue, &request).map_err(|e| match e {
+    let results = store.search(catalogue, &request).map_err(|e| match e {
         asen_index::IndexError::ItemNotFound { catalogue, id } => {
             ServiceError::ItemNotFound { catalogue, id }
         }
@@ -219,7 +220,7 @@ fn rerank(
 ) -> Result<Vec<Hit>> {
     let mut scored = Vec::with_capacity(hits.len());
     for mut hit in hits {
-        let stored = svc.store.get(catalogue, &hit.id, true)?;
+        let stored = svc.store("re-ranking")?.get(catalogue, &hit.id, true)?;
         let score = stored
             .and_then(|s| s.vectors)
             .and_then(|v: BTreeMap<String, Vec<f32>>| v.get(attribute).map(|x| cosine(x, vector)));

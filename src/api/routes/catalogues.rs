@@ -32,7 +32,7 @@ pub async fn create(
         })?
     };
     let details = state
-        .run(false, move |svc| catalogues::create(svc, &name, &spec))
+        .run(move |svc| catalogues::create(svc, &name, &spec))
         .await?;
     Ok(ok(details, started))
 }
@@ -48,7 +48,7 @@ pub async fn get(
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
     let details = state
-        .run(false, move |svc| catalogues::details(svc, &name))
+        .run(move |svc| catalogues::details(svc, &name))
         .await?;
     Ok(ok(details, started))
 }
@@ -64,7 +64,7 @@ pub async fn drop(
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
     state
-        .run(false, move |svc| catalogues::drop(svc, &name))
+        .run(move |svc| catalogues::drop(svc, &name))
         .await?;
     Ok(ok(true, started))
 }
@@ -74,6 +74,6 @@ pub async fn drop(
     responses((status = 200, description = "catalogues")))]
 pub async fn list(State(state): State<AppState>) -> Result<Response, ApiError> {
     let started = Instant::now();
-    let all = state.run(false, catalogues::list).await?;
+    let all = state.run(catalogues::list).await?;
     Ok(ok(all, started))
 }

@@ -73,10 +73,9 @@ pub async fn compare(
     let started = Instant::now();
     let a = body.a.into_subject("a")?;
     let b = body.b.into_subject("b")?;
-    let uses_model = matches!(a, Subject::Image(_)) || matches!(b, Subject::Image(_));
     let attributes = body.attributes;
     let result = state
-        .run(uses_model, move |svc| {
+        .run(move |svc| {
             compare::compare(svc, &a, &b, &attributes)
         })
         .await?;
@@ -143,7 +142,6 @@ pub async fn copies(
             ))
         }
     };
-    let uses_model = matches!(subject, Subject::Image(_));
     let query = CopiesQuery {
         subject,
         min_matches: body.min_matches,
@@ -153,7 +151,7 @@ pub async fn copies(
         with_payload: body.with_payload,
     };
     let hits = state
-        .run(uses_model, move |svc| compare::copies(svc, &name, &query))
+        .run(move |svc| compare::copies(svc, &name, &query))
         .await?;
     Ok(ok(hits, started))
 }

@@ -71,7 +71,7 @@ pub async fn explain(
     let subject = body.subject()?;
     let attribute = body.attribute;
     let grid = state
-        .run(true, move |svc| {
+        .run(move |svc| {
             explain::explain_subject(svc, &subject, &attribute).map(|e| e.grid())
         })
         .await?;
@@ -93,7 +93,7 @@ pub async fn heatmap(
     let subject = body.subject()?;
     let attribute = body.attribute;
     let png = state
-        .run(true, move |svc| {
+        .run(move |svc| {
             explain::explain_subject(svc, &subject, &attribute).and_then(|e| e.heatmap_png())
         })
         .await?;

@@ -38,8 +38,11 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
 #[utoipa::path(get, path = "/metrics", tag = "health",
     responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain")))]
 pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let catalogues = state.run(false, crate::service::catalogues::list).await?;
+    let catalogues = state.run(crate::service::catalogues::list).await?;
     let items: Vec<(String, u64)> = catalogues.into_iter().map(|c| (c.name, c.items)).collect();
-    let text = state.metrics.render(&items, state.forwards_in_flight());
+    let svc = &state.service;
+    let text = state
+        .metrics
+        .render(&items, svc.forwards_started(), svc.forwards_in_flight());
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
 }

@@ -8,7 +8,7 @@ use asen_index::{ItemId, Payload};
 use axum::extract::{FromRequest, Multipart, Path, Query, Request, State};
 use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::image_from_base64;
 use crate::api::envelope::{ok, ApiJson};
@@ -17,15 +17,15 @@ use crate::api::state::AppState;
 use crate::service::items::{self, NewItem};
 
 /// A batch of items to upsert.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpsertBody {
     /// The items; each is embedded for every attribute of the catalogue.
     pub items: Vec<ItemBody>,
 }
 
-/// One item of an upsert.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
+/// One item of an upsert (also what `asen ingest --server` sends).
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ItemBody {
     /// External id (1..=256 bytes).
@@ -36,7 +36,7 @@ pub struct ItemBody {
     pub payload: Payload,
     /// The image, base64 (JPEG, PNG, WebP). In a multipart request, omit it and send a
     /// part named `image:<id>` instead.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
 }
 
@@ -154,7 +154,7 @@ pub async fn upsert(
     }
     let new_items = to_new_items(body, parts)?;
     let receipt = state
-        .run(true, move |svc| items::upsert(svc, &name, new_items))
+        .run(move |svc| items::upsert(svc, &name, new_items))
         .await?;
     Ok(ok(receipt, started))
 }
@@ -184,7 +184,7 @@ pub async fn get(
     let Query(params) =
         params.map_err(|e| ApiError::BadRequest(format!("query string: {}", e.body_text())))?;
     let item = state
-        .run(false, move |svc| {
+        .run(move |svc| {
             items::get(svc, &name, &id, params.with_vectors)
         })
         .await?;
@@ -203,7 +203,7 @@ pub async fn delete(
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
     let receipt = state
-        .run(false, move |svc| items::delete(svc, &name, &id))
+        .run(move |svc| items::delete(svc, &name, &id))
         .await?;
     Ok(ok(receipt, started))
 }
@@ -220,7 +220,7 @@ pub async fn image(
     Path((name, id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     let jpeg = state
-        .run(false, move |svc| items::image(svc, &name, &id))
+        .run(move |svc| items::image(svc, &name, &id))
         .await?;
     Ok(([(CONTENT_TYPE, "image/jpeg")], jpeg).into_response())
 }

@@ -161,9 +161,8 @@ pub async fn search(
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
     let query = body.into_query()?;
-    let uses_model = matches!(query.source, QuerySource::Image(_));
     let results = state
-        .run(uses_model, move |svc| search::search(svc, &name, &query))
+        .run(move |svc| search::search(svc, &name, &query))
         .await?;
     Ok(ok(results, started))
 }

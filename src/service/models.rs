@@ -1,0 +1,247 @@
+//! [`Models`]: the networks a service may run, keyed by fingerprint, and the one limit on
+//! concurrent forward passes.
+//!
+//! A service holds zero models (item and vector searches, reads, deletes), one (the usual
+//! server), or several: a catalogue may be re-embedded with a new model while the old one
+//! still answers its queries. Every forward pass of the service goes through
+//! [`Models::forward`], which takes one of `max_concurrent_forwards` permits, so the limit
+//! lives here and not in each handler.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+
+use asen_models::{Embedder, EmbedderOptions};
+use sha2::{Digest, Sha256};
+
+use super::{Result, ServiceError};
+
+/// Hex characters kept of a model's sha256 fingerprint.
+const FINGERPRINT_CHARS: usize = 16;
+
+/// A loaded network and the fingerprint of its weights and card.
+#[derive(Debug)]
+pub struct Model {
+    fingerprint: String,
+    embedder: Embedder,
+}
+
+impl Model {
+    /// Load a model directory (`card.json` + `model.safetensors`) or checkpoint file and
+    /// fingerprint it.
+    pub fn load(path: &Path, options: &EmbedderOptions) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        let embedder = Embedder::load(path, options)
+            .with_context(|| format!("cannot load model {}", path.display()))?;
+        let fingerprint = fingerprint_files(path)
+            .with_context(|| format!("cannot fingerprint model {}", path.display()))?;
+        Ok(Self::new(fingerprint, embedder))
+    }
+
+    /// A model with a known fingerprint (tests, models built in memory).
+    pub fn new(fingerprint: String, embedder: Embedder) -> Self {
+        Self {
+            fingerprint,
+            embedder,
+        }
+    }
+
+    /// sha256 of the weights and the card, shortened to 16 hex characters.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    /// The network.
+    pub fn embedder(&self) -> &Embedder {
+        &self.embedder
+    }
+}
+
+/// sha256 over every file that defines a model: for a directory, `card.json` then
+/// `model.safetensors` (each as name, length, bytes); for a checkpoint, the file itself.
+pub fn fingerprint_files(path: &Path) -> std::io::Result<String> {
+    let files: Vec<std::path::PathBuf> = if path.is_dir() {
+        vec![path.join("card.json"), path.join("model.safetensors")]
+    } else {
+        vec![path.to_path_buf()]
+    };
+    let mut hasher = Sha256::new();
+    for file in files {
+        let bytes = std::fs::read(&file)?;
+        let name = file.file_name().map(|n| n.to_string_lossy().into_owned());
+        hasher.update(name.unwrap_or_default().as_bytes());
+        hasher.update((bytes.len() as u64).to_le_bytes());
+        hasher.update(&bytes);
+    }
+    Ok(hex(&hasher.finalize())[..FINGERPRINT_CHARS].to_string())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Counting semaphore for blocking callers (the service runs on the blocking pool).
+#[derive(Debug)]
+struct ForwardLimit {
+    max: usize,
+    in_use: Mutex<usize>,
+    freed: Condvar,
+}
+
+impl ForwardLimit {
+    fn new(max: usize) -> Self {
+        Self {
+            max: max.max(1),
+            in_use: Mutex::new(0),
+            freed: Condvar::new(),
+        }
+    }
+
+    fn acquire(&self) -> ForwardPermit<'_> {
+        let mut in_use = self.in_use.lock().unwrap_or_else(|p| p.into_inner());
+        while *in_use >= self.max {
+            in_use = self.freed.wait(in_use).unwrap_or_else(|p| p.into_inner());
+        }
+        *in_use += 1;
+        ForwardPermit { limit: self }
+    }
+
+    fn in_use(&self) -> usize {
+        *self.in_use.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+struct ForwardPermit<'a> {
+    limit: &'a ForwardLimit,
+}
+
+impl Drop for ForwardPermit<'_> {
+    fn drop(&mut self) {
+        let mut in_use = self.limit.in_use.lock().unwrap_or_else(|p| p.into_inner());
+        *in_use -= 1;
+        self.limit.freed.notify_one();
+    }
+}
+
+/// The models of a service and the forward limit they share.
+#[derive(Debug)]
+pub struct Models {
+    by_fingerprint: BTreeMap<String, Arc<Model>>,
+    default: String,
+    limit: ForwardLimit,
+    forwards: AtomicU64,
+}
+
+impl Models {
+    /// One model, the default, with at most `max_concurrent_forwards` passes at once.
+    pub fn new(default: Model, max_concurrent_forwards: usize) -> Self {
+        Self::shared(Arc::new(default), max_concurrent_forwards)
+    }
+
+    /// As [`Models::new`], over a model other services may hold too (tests load one once).
+    pub fn shared(default: Arc<Model>, max_concurrent_forwards: usize) -> Self {
+        let key = default.fingerprint.clone();
+        Self {
+            by_fingerprint: BTreeMap::from([(key.clone(), default)]),
+            default: key,
+            limit: ForwardLimit::new(max_concurrent_forwards),
+            forwards: AtomicU64::new(0),
+        }
+    }
+
+    /// Add another model (kept beside the default); a model already held is replaced.
+    pub fn add(&mut self, model: Model) {
+        self.by_fingerprint
+            .insert(model.fingerprint.clone(), Arc::new(model));
+    }
+
+    /// The model new catalogues and image queries use.
+    pub fn default_model(&self) -> &Arc<Model> {
+        &self.by_fingerprint[&self.default]
+    }
+
+    /// A model by fingerprint.
+    pub fn get(&self, fingerprint: &str) -> Option<&Arc<Model>> {
+        self.by_fingerprint.get(fingerprint)
+    }
+
+    /// Fingerprints of every held model, sorted.
+    pub fn fingerprints(&self) -> impl Iterator<Item = &str> {
+        self.by_fingerprint.keys().map(String::as_str)
+    }
+
+    /// Run `f` (a forward pass) once a permit is free.
+    pub fn forward<T>(&self, f: impl FnOnce() -> T) -> T {
+        let _permit = self.limit.acquire();
+        self.forwards.fetch_add(1, Ordering::Relaxed);
+        f()
+    }
+
+    /// Forward passes running now.
+    pub fn in_flight(&self) -> usize {
+        self.limit.in_use()
+    }
+
+    /// Forward passes started since the service was built.
+    pub fn forwards_started(&self) -> u64 {
+        self.forwards.load(Ordering::Relaxed)
+    }
+}
+
+/// The error of a service without a model asked to run one.
+pub(crate) fn no_model(what: &str) -> ServiceError {
+    ServiceError::NoModel {
+        what: what.to_string(),
+    }
+}
+
+/// `models` or [`ServiceError::NoModel`] naming what needed one.
+pub(crate) fn require<'a>(models: Option<&'a Models>, what: &str) -> Result<&'a Models> {
+    models.ok_or_else(|| no_model(what))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    #[test]
+    fn forward_limit_bounds_concurrent_holders() {
+        let limit = Arc::new(ForwardLimit::new(2));
+        let running = Arc::new(AtomicUsize::new(0));
+        let peak = Arc::new(AtomicUsize::new(0));
+        let threads: Vec<_> = (0..6)
+            .map(|_| {
+                let (limit, running, peak) = (limit.clone(), running.clone(), peak.clone());
+                std::thread::spawn(move || {
+                    let _p = limit.acquire();
+                    let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                    peak.fetch_max(now, Ordering::SeqCst);
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                    running.fetch_sub(1, Ordering::SeqCst);
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(peak.load(Ordering::SeqCst), 2);
+        assert_eq!(limit.in_use(), 0, "every permit returned");
+    }
+
+    #[test]
+    fn fingerprint_changes_with_card_or_weights() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("card.json"), b"{}").unwrap();
+        std::fs::write(dir.path().join("model.safetensors"), b"w1").unwrap();
+        let a = fingerprint_files(dir.path()).unwrap();
+        assert_eq!(a.len(), FINGERPRINT_CHARS);
+        assert_eq!(a, fingerprint_files(dir.path()).unwrap(), "stable");
+        std::fs::write(dir.path().join("model.safetensors"), b"w2").unwrap();
+        let b = fingerprint_files(dir.path()).unwrap();
+        assert_ne!(a, b, "weights");
+        std::fs::write(dir.path().join("card.json"), b"{ }").unwrap();
+        assert_ne!(b, fingerprint_files(dir.path()).unwrap(), "card");
+    }
+}

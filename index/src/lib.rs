@@ -35,6 +35,7 @@
 //! ```
 #![warn(missing_docs)]
 
+mod distance;
 mod error;
 mod filter;
 mod graph;

@@ -1,21 +1,71 @@
-//! The backend-neutral suite: every function takes `&dyn CatalogueStore`, so another backend
-//! (Milvus) runs the same checks by calling [`run_all`] with its own store.
+//! The backend-neutral suite: every check takes `&dyn CatalogueStore`, so another backend
+//! (Milvus) runs the same checks by calling [`run_all`] (or [`run_all_with`]) with its own store.
 
-use asen_index::{CatalogueStore, ErrorKind, SearchRequest, StoreOptions};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use asen_index::{
+    CatalogueSchema, CatalogueStore, Durability, ErrorKind, SearchRequest, StoreOptions,
+    VectorStorage,
+};
 use serde_json::json;
 
 use crate::data::*;
 
-/// Runs every conformance check against a store, using catalogues prefixed by `prefix`.
-pub fn run_all(store: &dyn CatalogueStore, prefix: &str) {
-    lifecycle(store, &format!("{prefix}_life"));
-    items_round_trip(store, &format!("{prefix}_items"));
-    listing_pages(store, &format!("{prefix}_list"));
-    search_basics(store, &format!("{prefix}_search"));
+/// What a check gets: the store, a catalogue name of its own, and the vector storage its
+/// catalogues use.
+pub struct Ctx<'a> {
+    pub store: &'a dyn CatalogueStore,
+    pub name: String,
+    pub storage: VectorStorage,
 }
 
-fn lifecycle(store: &dyn CatalogueStore, name: &str) {
-    let s = schema(&["collar", "colour"], 8);
+impl Ctx<'_> {
+    /// A schema with the suite's vector storage.
+    fn schema(&self, attributes: &[&str], dim: usize) -> CatalogueSchema {
+        schema(attributes, dim).with_storage(self.storage)
+    }
+}
+
+type Check = fn(&Ctx);
+
+/// Every check, by name (the name is also its catalogue's suffix).
+const CHECKS: &[(&str, Check)] = &[
+    ("life", lifecycle),
+    ("items", items_round_trip),
+    ("list", listing_pages),
+    ("search", search_basics),
+    ("storage", storage_is_as_created),
+];
+
+/// Runs every conformance check against a store with `f32` catalogues, using catalogue names
+/// prefixed by `prefix`.
+pub fn run_all(store: &dyn CatalogueStore, prefix: &str) {
+    run_all_with(store, prefix, VectorStorage::F32);
+}
+
+/// Runs every check with catalogues of the given vector storage. A failing check does not stop
+/// the others; the suite then fails naming every failed check.
+pub fn run_all_with(store: &dyn CatalogueStore, prefix: &str, storage: VectorStorage) {
+    let mut failed = Vec::new();
+    for (name, check) in CHECKS {
+        let cx = Ctx {
+            store,
+            name: format!("{prefix}_{name}"),
+            storage,
+        };
+        if catch_unwind(AssertUnwindSafe(|| check(&cx))).is_err() {
+            failed.push(*name);
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "conformance checks failed ({storage:?} storage): {failed:?}"
+    );
+}
+
+fn lifecycle(cx: &Ctx) {
+    let (store, name) = (cx.store, cx.name.as_str());
+    let s = cx.schema(&["collar", "colour"], 8);
     store.create_catalogue(name, &s).unwrap();
     assert_eq!(store.schema(name).unwrap(), s);
     let info = store.list_catalogues().unwrap();
@@ -39,9 +89,10 @@ fn lifecycle(store: &dyn CatalogueStore, name: &str) {
     store.drop_catalogue(name).unwrap();
 }
 
-fn items_round_trip(store: &dyn CatalogueStore, name: &str) {
+fn items_round_trip(cx: &Ctx) {
+    let (store, name) = (cx.store, cx.name.as_str());
     store
-        .create_catalogue(name, &schema(&["collar", "sleeve"], 4))
+        .create_catalogue(name, &cx.schema(&["collar", "sleeve"], 4))
         .unwrap();
     let mut shoe = item("shoe-1", &[("collar", &[1.0, 0.0, 0.0, 0.0])]);
     shoe.payload = json!({"brand": "acme"}).as_object().unwrap().clone();
@@ -97,8 +148,9 @@ fn items_round_trip(store: &dyn CatalogueStore, name: &str) {
     store.drop_catalogue(name).unwrap();
 }
 
-fn listing_pages(store: &dyn CatalogueStore, name: &str) {
-    store.create_catalogue(name, &schema(&["a"], 2)).unwrap();
+fn listing_pages(cx: &Ctx) {
+    let (store, name) = (cx.store, cx.name.as_str());
+    store.create_catalogue(name, &cx.schema(&["a"], 2)).unwrap();
     let items: Vec<_> = (0..25)
         .map(|i| item(format!("{i:03}"), &[("a", &[1.0, i as f32])]))
         .collect();
@@ -120,8 +172,9 @@ fn listing_pages(store: &dyn CatalogueStore, name: &str) {
     store.drop_catalogue(name).unwrap();
 }
 
-fn search_basics(store: &dyn CatalogueStore, name: &str) {
-    store.create_catalogue(name, &schema(&["a"], 3)).unwrap();
+fn search_basics(cx: &Ctx) {
+    let (store, name) = (cx.store, cx.name.as_str());
+    store.create_catalogue(name, &cx.schema(&["a"], 3)).unwrap();
     let items = vec![
         item("x", &[("a", &[1.0, 0.0, 0.0])]),
         item("y", &[("a", &[0.0, 1.0, 0.0])]),
@@ -148,6 +201,17 @@ fn search_basics(store: &dyn CatalogueStore, name: &str) {
     store.drop_catalogue(name).unwrap();
 }
 
+/// The catalogue keeps the vector storage it was created with.
+fn storage_is_as_created(cx: &Ctx) {
+    let (store, name) = (cx.store, cx.name.as_str());
+    store.create_catalogue(name, &cx.schema(&["a"], 4)).unwrap();
+    assert_eq!(store.schema(name).unwrap().storage, cx.storage);
+    let info = store.list_catalogues().unwrap();
+    let mine = info.iter().find(|c| c.name == name).expect("listed");
+    assert_eq!(mine.schema.storage, cx.storage);
+    store.drop_catalogue(name).unwrap();
+}
+
 #[test]
 fn local_store_passes_the_conformance_suite() {
     let (_d, store) = store(StoreOptions::default());
@@ -158,9 +222,32 @@ fn local_store_passes_the_conformance_suite() {
 #[test]
 fn local_store_with_deferred_flush_and_int8_passes_too() {
     let options = StoreOptions {
-        durability: asen_index::Durability::Deferred,
+        durability: Durability::Deferred,
         ..StoreOptions::default()
     };
     let (_d, store) = store(options);
-    run_all(&store, "deferred");
+    run_all_with(&store, "deferred", VectorStorage::Int8);
+    // What the name promises: writes are acknowledged before a flush, and the graphs hold
+    // one byte per component.
+    store
+        .create_catalogue(
+            "int8",
+            &schema(&["a"], 16).with_storage(VectorStorage::Int8),
+        )
+        .unwrap();
+    let items: Vec<_> = (0..10)
+        .map(|i| item(i, &[("a", &[1.0 + i as f32; 16][..])]))
+        .collect();
+    let receipt = store.upsert("int8", &items).unwrap();
+    assert!(
+        !receipt.durable,
+        "deferred flush acknowledges before flushing"
+    );
+    let stats = store.stats("int8").unwrap();
+    assert_eq!(stats.attributes[0].graph_points, 10);
+    assert_eq!(
+        stats.vector_bytes,
+        10 * 16 * VectorStorage::Int8.bytes_per_component() as u64
+    );
+    store.flush().unwrap();
 }

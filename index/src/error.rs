@@ -110,6 +110,16 @@ pub enum IndexError {
         /// The catalogue's `max_payload_bytes`.
         limit: usize,
     },
+    /// A thumbnail larger than [`crate::MAX_THUMBNAIL_BYTES`].
+    #[error("item {id:?}: thumbnail of {bytes} bytes exceeds the limit of {limit} bytes")]
+    ThumbnailTooLarge {
+        /// The item.
+        id: String,
+        /// The thumbnail's size.
+        bytes: usize,
+        /// [`crate::MAX_THUMBNAIL_BYTES`].
+        limit: usize,
+    },
     /// A batch larger than [`crate::MAX_BATCH_ITEMS`].
     #[error("batch of {got} items exceeds the limit of {limit}")]
     BatchTooLarge {
@@ -201,6 +211,7 @@ impl IndexError {
             | IndexError::EmptyItem { .. }
             | IndexError::InvalidPayload { .. }
             | IndexError::PayloadTooLarge { .. }
+            | IndexError::ThumbnailTooLarge { .. }
             | IndexError::BatchTooLarge { .. }
             | IndexError::MissingAttribute { .. }
             | IndexError::InvalidK { .. }

@@ -13,6 +13,7 @@ mod frozen;
 
 use frozen::{Frozen, FrozenBuilder, FrozenKind};
 
+use crate::distance::{dot, dot_i8, norm_i8};
 use crate::error::{IndexError, Result};
 use crate::schema::{CatalogueSchema, VectorStorage};
 
@@ -42,17 +43,11 @@ pub(crate) struct DistInt8Cosine;
 
 impl Distance<i8> for DistInt8Cosine {
     fn eval(&self, va: &[i8], vb: &[i8]) -> f32 {
-        let (mut dot, mut na, mut nb) = (0i32, 0i32, 0i32);
-        for (a, b) in va.iter().zip(vb) {
-            let (a, b) = (*a as i32, *b as i32);
-            dot += a * b;
-            na += a * a;
-            nb += b * b;
-        }
-        if na == 0 || nb == 0 {
+        let (na, nb) = (norm_i8(va), norm_i8(vb));
+        if na == 0.0 || nb == 0.0 {
             return 1.0;
         }
-        (1.0 - dot as f32 / ((na as f32).sqrt() * (nb as f32).sqrt())).max(0.0)
+        (1.0 - dot_i8(va, vb) as f32 / (na * nb)).max(0.0)
     }
 }
 
@@ -284,7 +279,7 @@ impl Graph {
             };
             let before = found.len();
             for (id, v) in snap.delta.iter() {
-                let d = 1.0 - frozen::dot_f32(query, v);
+                let d = 1.0 - dot(query, v);
                 if d >= worst || keep.is_some_and(|f| !f(*id)) {
                     continue;
                 }

@@ -35,6 +35,7 @@
 //! ```
 #![warn(missing_docs)]
 
+mod distance;
 mod error;
 mod filter;
 mod graph;
@@ -47,12 +48,12 @@ mod types;
 pub use error::{ErrorKind, IndexError, Result};
 pub use local::{
     ConsistencyReport, Durability, FilterStrategy, GraphRecovery, LocalStore, ProgressFn,
-    RebuildProgress, StoreOptions,
+    RebuildProgress, StoreOptions, ThumbnailMigration,
 };
 pub use schema::{CatalogueSchema, HnswConfig, VectorStorage, MAX_ATTRIBUTES, MAX_DIMENSION};
 pub use store::CatalogueStore;
 pub use types::{
     AttributeStats, AttributeWeight, CatalogueInfo, CatalogueStats, Filter, GroupBy, Hit, HitGroup,
     Item, ItemId, ItemPage, MatchValue, Payload, Query, SearchRequest, SearchResults, StoredItem,
-    WeightedVector, WriteReceipt, MAX_BATCH_ITEMS, MAX_ITEM_ID_BYTES, MAX_K,
+    WeightedVector, WriteReceipt, MAX_BATCH_ITEMS, MAX_ITEM_ID_BYTES, MAX_K, MAX_THUMBNAIL_BYTES,
 };

@@ -1,5 +1,5 @@
-//! Exact scoring: vector checks and normalisation, weighted multi-attribute cosines,
-//! group-by and the average-vector recommendation.
+//! Exact scoring helpers: vector checks and normalisation, group-by and the average-vector
+//! recommendation (the dot product itself is in `distance.rs`).
 
 use std::collections::HashMap;
 
@@ -32,24 +32,6 @@ pub(crate) fn normalized(attribute: &str, v: &[f32], dimension: usize) -> Result
         });
     }
     Ok(v.iter().map(|x| (*x as f64 / norm) as f32).collect())
-}
-
-/// Dot product (the cosine of two unit vectors).
-pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
-    // Four accumulators so the compiler vectorises without reassociation permission.
-    let mut acc = [0f32; 4];
-    let chunks = a.len() / 4 * 4;
-    for (ca, cb) in a[..chunks].chunks_exact(4).zip(b[..chunks].chunks_exact(4)) {
-        for i in 0..4 {
-            acc[i] += ca[i] * cb[i];
-        }
-    }
-    let tail: f32 = a[chunks..]
-        .iter()
-        .zip(&b[chunks..])
-        .map(|(x, y)| x * y)
-        .sum();
-    acc.iter().sum::<f32>() + tail
 }
 
 /// The average-vector recommendation query for one attribute: `2 * mean(pos) - mean(neg)`,
@@ -136,14 +118,6 @@ mod tests {
         ));
         // huge but finite components must not overflow the norm
         assert!(normalized("a", &[3e38, 3e38], 2).is_ok());
-    }
-
-    #[test]
-    fn dot_matches_naive() {
-        let a: Vec<f32> = (0..37).map(|i| i as f32 * 0.1).collect();
-        let b: Vec<f32> = (0..37).map(|i| 1.0 - i as f32 * 0.05).collect();
-        let naive: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
-        assert!((dot(&a, &b) - naive).abs() < 1e-3);
     }
 
     #[test]

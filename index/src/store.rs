@@ -27,7 +27,10 @@ pub trait CatalogueStore: Send + Sync {
     fn schema(&self, catalogue: &str) -> Result<CatalogueSchema>;
 
     /// Inserts or replaces items. The whole batch is validated first: on any error nothing is
-    /// written. When the receipt says `durable`, the batch survives a crash.
+    /// written. When the receipt says `durable`, the batch survives a crash. Each item's
+    /// [`Item::thumbnail`] replaces the stored one (`None` removes it), in the same atomic step
+    /// as the item where the backend can: a thumbnail never belongs to an older version of its
+    /// item.
     fn upsert(&self, catalogue: &str, items: &[Item]) -> Result<WriteReceipt>;
 
     /// Removes items; ids not present are ignored (and not counted in `affected`).
@@ -35,6 +38,10 @@ pub trait CatalogueStore: Send + Sync {
 
     /// One item, with its vectors when `with_vectors`; `None` if absent.
     fn get(&self, catalogue: &str, id: &ItemId, with_vectors: bool) -> Result<Option<StoredItem>>;
+
+    /// The thumbnail stored with an item ([`Item::thumbnail`]); `None` if the item has none or
+    /// does not exist. Fails with `CatalogueNotFound` for an unknown catalogue.
+    fn thumbnail(&self, catalogue: &str, id: &ItemId) -> Result<Option<Vec<u8>>>;
 
     /// Up to `limit` items in id order, starting after `after`.
     fn list(&self, catalogue: &str, after: Option<&ItemId>, limit: usize) -> Result<ItemPage>;

@@ -14,6 +14,9 @@ pub const MAX_ITEM_ID_BYTES: usize = 256;
 pub const MAX_K: usize = 10_000;
 /// Most items one upsert or delete batch may carry.
 pub const MAX_BATCH_ITEMS: usize = 10_000;
+/// Largest [`Item::thumbnail`] accepted, in bytes (1 MiB; the service's JPEG crops take about
+/// 10 kB).
+pub const MAX_THUMBNAIL_BYTES: usize = 1024 * 1024;
 
 /// An item's external id: UTF-8, 1..=256 bytes. Construct with [`ItemId::new`].
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -61,8 +64,9 @@ impl<'de> Deserialize<'de> for ItemId {
 /// An item's JSON payload: always an object (possibly empty).
 pub type Payload = serde_json::Map<String, serde_json::Value>;
 
-/// One item to upsert: id, payload, one vector per attribute it has (a shoe has no sleeve).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// One item to upsert: id, payload, one vector per attribute it has (a shoe has no sleeve),
+/// and optionally a thumbnail.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct Item {
     /// External id; upserting an existing id replaces the item.
     pub id: ItemId,
@@ -75,17 +79,54 @@ pub struct Item {
     /// images already stored.
     #[serde(default)]
     pub content_hash: Option<String>,
+    /// A small image of the item (the service stores the model-input crop as JPEG), kept as
+    /// opaque bytes and read back with [`crate::CatalogueStore::thumbnail`]; 1 to
+    /// [`MAX_THUMBNAIL_BYTES`] bytes. The store never decodes it.
+    ///
+    /// Like everything else in an item, it is replaced by an upsert: `None` removes any
+    /// thumbnail stored for the id, so a thumbnail never shows an older image than the vectors.
+    /// Deleting the item (or dropping its catalogue) removes it.
+    ///
+    /// Serialised (as an array of bytes) only when present; absent means `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thumbnail: Option<Vec<u8>>,
 }
 
 impl Item {
-    /// An item with an empty payload and no content hash.
+    /// An item with an empty payload, no content hash and no thumbnail.
     pub fn new(id: ItemId, vectors: BTreeMap<String, Vec<f32>>) -> Self {
         Item {
             id,
             payload: Payload::new(),
             vectors,
             content_hash: None,
+            thumbnail: None,
         }
+    }
+
+    /// The same item with a thumbnail (see [`Item::thumbnail`]).
+    pub fn with_thumbnail(mut self, thumbnail: impl Into<Vec<u8>>) -> Self {
+        self.thumbnail = Some(thumbnail.into());
+        self
+    }
+}
+
+/// Shows the thumbnail's size, not its bytes.
+impl fmt::Debug for Item {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Item")
+            .field("id", &self.id)
+            .field("payload", &self.payload)
+            .field("vectors", &self.vectors)
+            .field("content_hash", &self.content_hash)
+            .field(
+                "thumbnail",
+                &self
+                    .thumbnail
+                    .as_ref()
+                    .map(|t| format!("{} bytes", t.len())),
+            )
+            .finish()
     }
 }
 
@@ -102,6 +143,10 @@ pub struct StoredItem {
     pub vectors: Option<BTreeMap<String, Vec<f32>>>,
     /// The content hash given at upsert.
     pub content_hash: Option<String>,
+    /// Whether a thumbnail is stored (read it with [`crate::CatalogueStore::thumbnail`]), so an
+    /// ingester's skip check needs no image bytes. `false` when absent from serialised input.
+    #[serde(default)]
+    pub has_thumbnail: bool,
 }
 
 /// A page of items from `list`.

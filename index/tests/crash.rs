@@ -2,8 +2,9 @@
 //! `ASEN_CRASH_CHILD` env var) that ingests and deletes in batches, printing `ack <step>` after
 //! each acknowledged write; the parent SIGKILLs it at a random moment, reopens the store and
 //! checks that every acknowledged write is present and findable, that the one write in flight
-//! is either wholly visible or wholly absent, and that every graph holds exactly sled's live
-//! items. Rounds: `ASEN_CRASH_ROUNDS` (default 20).
+//! is either wholly visible or wholly absent, that every live item has exactly the thumbnail
+//! of its visible version (and deleted ones none), and that every graph holds exactly sled's
+//! live items. Rounds: `ASEN_CRASH_ROUNDS` (default 20).
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -38,6 +39,21 @@ fn vector(id: &str, version: u64) -> Vec<f32> {
         });
     let mut r = StdRng::seed_from_u64(seed);
     (0..DIM).map(|_| r.gen_range(-1.0f32..1.0)).collect()
+}
+
+/// The thumbnail of an item version: none for `i5` items, removed when an `i1` item is
+/// replaced, otherwise 2 to 5 kB of bytes distinct per id and version.
+fn thumbnail(id: &str, version: u64) -> Option<Vec<u8>> {
+    if id.ends_with("i5") || (version > 0 && id.ends_with("i1")) {
+        return None;
+    }
+    let seed = id.bytes().fold(version.wrapping_add(7), |h, b| {
+        (h ^ b as u64).wrapping_mul(31)
+    });
+    let len = 2000 + (seed % 3000) as usize;
+    let mut bytes = format!("{id}:{version}:").into_bytes();
+    bytes.extend((0..len).map(|i| (seed as usize).wrapping_add(i * 13) as u8));
+    Some(bytes)
 }
 
 fn unit(v: &[f32]) -> Vec<f32> {
@@ -105,6 +121,7 @@ fn child(dir: &Path, round: u64) {
                         }
                         let mut it = Item::new(ItemId::new(id.clone()).unwrap(), vs);
                         it.content_hash = Some(format!("{id}:{v}"));
+                        it.thumbnail = thumbnail(id, *v);
                         it
                     })
                     .collect();
@@ -187,6 +204,36 @@ fn verify(
         }
         if got.content_hash.as_deref() != Some(format!("{id}:{version}").as_str()) {
             return Err(format!("item {id} has content hash {:?}", got.content_hash));
+        }
+        let want = thumbnail(id, *version);
+        let thumb = store
+            .thumbnail("c", &ItemId::new(id.as_str()).unwrap())
+            .map_err(|e| e.to_string())?;
+        if thumb != want || got.has_thumbnail != want.is_some() {
+            return Err(format!(
+                "item {id} (version {version}) has the wrong thumbnail: {:?} ({} bytes), flag {}",
+                thumb
+                    .as_ref()
+                    .map(|t| String::from_utf8_lossy(&t[..t.len().min(24)]).into_owned()),
+                thumb.as_ref().map_or(0, Vec::len),
+                got.has_thumbnail
+            ));
+        }
+    }
+    // Items of this round that are gone (deleted, or in a write that never happened) left
+    // no thumbnail behind.
+    for s in 0..=first_unacked {
+        let ids: Vec<String> = match op(round, s) {
+            Op::Upsert(items) => items.into_iter().map(|(id, _)| id).collect(),
+            Op::Delete(ids) => ids,
+        };
+        for id in ids.iter().filter(|id| !model.contains_key(*id)) {
+            let thumb = store
+                .thumbnail("c", &ItemId::new(id.as_str()).unwrap())
+                .map_err(|e| e.to_string())?;
+            if thumb.is_some() {
+                return Err(format!("item {id} is gone but its thumbnail is not"));
+            }
         }
     }
     // Findable: this round's items and a sample of older ones, by their own vector.

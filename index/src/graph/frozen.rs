@@ -15,6 +15,8 @@ use std::collections::BinaryHeap;
 
 use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
 
+use crate::distance::{dot, dot_i8, norm_i8};
+
 /// Vectors of all frozen points, in the graph's storage kind.
 enum Vectors {
     /// Unit vectors; distance `1 - dot`.
@@ -126,7 +128,7 @@ impl FrozenBuilder {
         match &mut self.vectors {
             Vectors::Int8 { data, norms } if v.len() == self.dim => {
                 data.extend_from_slice(v);
-                norms.push(int_norm(v));
+                norms.push(norm_i8(v));
             }
             _ => return false,
         }
@@ -164,11 +166,6 @@ impl FrozenBuilder {
             layers,
         }
     }
-}
-
-fn int_norm(v: &[i8]) -> f32 {
-    let n: i32 = v.iter().map(|&x| x as i32 * x as i32).sum();
-    (n as f32).sqrt()
 }
 
 /// Total order on distances for the heaps (NaN sorts last).
@@ -254,7 +251,7 @@ impl Frozen {
             ),
             Vectors::Int8 { .. } => {
                 let q = super::quantize_i8(query);
-                let n = int_norm(&q);
+                let n = norm_i8(&q);
                 PreparedQuery::Int8(q, n)
             }
         }
@@ -266,13 +263,13 @@ impl Frozen {
         let d = self.dim;
         let at = i as usize * d;
         match (&self.vectors, q) {
-            (Vectors::F32(data), PreparedQuery::F32(q)) => 1.0 - dot_f32(q, &data[at..at + d]),
+            (Vectors::F32(data), PreparedQuery::F32(q)) => 1.0 - dot(q, &data[at..at + d]),
             (Vectors::F16(data), PreparedQuery::F32(q)) => {
                 decoded.resize(d, 0.0);
                 data[at..at + d]
                     .reinterpret_cast::<half::f16>()
                     .convert_to_f32_slice(decoded);
-                (1.0 - dot_f32(q, decoded)).max(0.0)
+                (1.0 - dot(q, decoded)).max(0.0)
             }
             (Vectors::Int8 { data, norms }, PreparedQuery::Int8(q, qn)) => {
                 let nb = norms[i as usize];
@@ -381,104 +378,9 @@ impl Frozen {
     }
 }
 
-/// Dot product of two `f32` slices of equal length, vectorised (AVX2 where the CPU has it).
-#[inline]
-pub(crate) fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU supports AVX2 (checked just above).
-            return unsafe { dot_f32_avx2(a, b) };
-        }
-    }
-    dot_f32_generic(a, b)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn dot_f32_avx2(a: &[f32], b: &[f32]) -> f32 {
-    dot_f32_generic(a, b)
-}
-
-/// Sixteen independent lanes so the compiler keeps two or four vector accumulators.
-#[inline(always)]
-fn dot_f32_generic(a: &[f32], b: &[f32]) -> f32 {
-    let n = a.len().min(b.len());
-    let (a, b) = (&a[..n], &b[..n]);
-    let mut acc = [0f32; 16];
-    let mut ca = a.chunks_exact(16);
-    let mut cb = b.chunks_exact(16);
-    for (x, y) in (&mut ca).zip(&mut cb) {
-        for j in 0..16 {
-            acc[j] += x[j] * y[j];
-        }
-    }
-    let mut tail = 0f32;
-    for (x, y) in ca.remainder().iter().zip(cb.remainder()) {
-        tail += x * y;
-    }
-    let mut s = [0f32; 8];
-    for j in 0..8 {
-        s[j] = acc[j] + acc[j + 8];
-    }
-    (s[0] + s[4]) + (s[1] + s[5]) + ((s[2] + s[6]) + (s[3] + s[7])) + tail
-}
-
-/// Integer dot product of two `i8` slices, vectorised (AVX2 where the CPU has it).
-#[inline]
-fn dot_i8(a: &[i8], b: &[i8]) -> i32 {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU supports AVX2 (checked just above).
-            return unsafe { dot_i8_avx2(a, b) };
-        }
-    }
-    dot_i8_generic(a, b)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn dot_i8_avx2(a: &[i8], b: &[i8]) -> i32 {
-    dot_i8_generic(a, b)
-}
-
-#[inline(always)]
-fn dot_i8_generic(a: &[i8], b: &[i8]) -> i32 {
-    let mut acc = [0i32; 16];
-    let mut ca = a.chunks_exact(16);
-    let mut cb = b.chunks_exact(16);
-    for (x, y) in (&mut ca).zip(&mut cb) {
-        for j in 0..16 {
-            acc[j] += x[j] as i32 * y[j] as i32;
-        }
-    }
-    let tail: i32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| *x as i32 * *y as i32)
-        .sum();
-    acc.iter().sum::<i32>() + tail
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn dot_products_match_plain_loops() {
-        for n in [0usize, 1, 7, 16, 33, 256, 300] {
-            let a: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
-            let b: Vec<f32> = (0..n).map(|i| (i as f32 * 0.11).cos()).collect();
-            let plain: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
-            assert!((dot_f32(&a, &b) - plain).abs() < 1e-4, "n {n}");
-            let ai: Vec<i8> = (0..n).map(|i| (i as i32 % 255 - 127) as i8).collect();
-            let bi: Vec<i8> = (0..n).map(|i| ((i * 7) as i32 % 255 - 127) as i8).collect();
-            let plain_i: i32 = ai.iter().zip(&bi).map(|(x, y)| *x as i32 * *y as i32).sum();
-            assert_eq!(dot_i8(&ai, &bi), plain_i, "n {n}");
-        }
-    }
 
     #[test]
     fn a_chain_graph_is_walked_to_the_far_end() {

@@ -1,10 +1,14 @@
 //! [`LocalStore`]: catalogues in one sled database, one in-memory HNSW graph per attribute.
 //!
 //! sled is the source of truth. Each catalogue has one sled tree (see `records.rs` for the key
-//! layout) so that a write batch is applied atomically; graphs are derived state, rebuilt or
-//! replayed from sled on open (`recovery.rs`) and compacted in the background (`compaction.rs`).
+//! layout) so that a write batch is applied atomically, and a second tree for its items'
+//! thumbnails (external id -> bytes), written in the same sled transaction as the items they
+//! belong to; graphs are derived state, rebuilt or replayed from sled on open (`recovery.rs`)
+//! and compacted in the background (`compaction.rs`). Thumbnails of a pre-store data directory
+//! are imported on open (`legacy_thumbnails.rs`).
 
 mod compaction;
+mod legacy_thumbnails;
 mod records;
 mod recovery;
 mod search;
@@ -24,8 +28,9 @@ use crate::schema::CatalogueSchema;
 use crate::store::CatalogueStore;
 use crate::types::{
     AttributeStats, CatalogueInfo, CatalogueStats, Item, ItemId, ItemPage, Payload, SearchRequest,
-    SearchResults, StoredItem, WriteReceipt, MAX_BATCH_ITEMS,
+    SearchResults, StoredItem, WriteReceipt, MAX_BATCH_ITEMS, MAX_THUMBNAIL_BYTES,
 };
+pub use legacy_thumbnails::ThumbnailMigration;
 use records::{ItemRecord, VectorRecord};
 
 /// When a write is acknowledged.
@@ -240,6 +245,9 @@ pub(crate) struct Catalogue {
     pub name: String,
     pub schema: CatalogueSchema,
     pub tree: sled::Tree,
+    /// External id -> thumbnail bytes, for live items only; written with `tree` in one
+    /// transaction (see [`apply_writes`]).
+    pub thumbnails: sled::Tree,
     pub dump_dir: PathBuf,
     pub writer: Mutex<WriterState>,
     pub live: RwLock<LiveSet>,
@@ -278,6 +286,7 @@ pub struct LocalStore {
     catalogues: RwLock<BTreeMap<String, Arc<Catalogue>>>,
     admin: Mutex<()>,
     recovery: Vec<GraphRecovery>,
+    thumbnail_migration: Option<ThumbnailMigration>,
 }
 
 impl std::fmt::Debug for LocalStore {
@@ -313,6 +322,11 @@ impl LocalStore {
     /// Opens (or creates) a store in `dir`: sled under `dir/sled`, graph dumps under
     /// `dir/graphs`. Graph dumps are loaded and newer sled records replayed; a missing, stale
     /// or corrupt dump is rebuilt from sled, reporting through `options.progress`.
+    ///
+    /// A `dir/thumbnails/` folder (the separate thumbnail database the service kept before
+    /// thumbnails moved into the store) is imported once: the thumbnails of items that exist
+    /// are copied into the store, then the folder is removed; see
+    /// [`LocalStore::thumbnail_migration`].
     pub fn open(dir: impl AsRef<Path>, options: StoreOptions) -> Result<Self> {
         let dir = dir.as_ref().to_path_buf();
         std::fs::create_dir_all(&dir).map_err(|e| IndexError::io(&dir, e))?;
@@ -320,17 +334,21 @@ impl LocalStore {
         let entries = db.open_tree(CATALOGUES_TREE)?;
         let mut catalogues = BTreeMap::new();
         let mut recovery = Vec::new();
+        let mut ids = HashSet::new();
         for kv in entries.iter() {
             let (k, v) = kv?;
             let name = String::from_utf8_lossy(&k).into_owned();
             let entry: CatalogueEntry = serde_json::from_slice(&v).map_err(|e| {
                 records::corrupt(&format!("catalogue entry {name:?}"), e.to_string())
             })?;
+            ids.insert(entry.id);
             let (cat, rec) =
                 recovery::open_catalogue(&db, &dir, &name, entry.id, entry.schema, &options)?;
             recovery.extend(rec);
             catalogues.insert(name, Arc::new(cat));
         }
+        recovery::drop_orphan_trees(&db, &ids)?;
+        let thumbnail_migration = legacy_thumbnails::import(&dir, &db, &catalogues)?;
         Ok(LocalStore {
             db,
             dir,
@@ -338,7 +356,14 @@ impl LocalStore {
             catalogues: RwLock::new(catalogues),
             admin: Mutex::new(()),
             recovery,
+            thumbnail_migration,
         })
+    }
+
+    /// What [`LocalStore::open`] imported from an old `thumbnails/` folder; `None` when there
+    /// was none.
+    pub fn thumbnail_migration(&self) -> Option<&ThumbnailMigration> {
+        self.thumbnail_migration.as_ref()
     }
 
     /// How each graph was restored by [`LocalStore::open`].
@@ -442,7 +467,7 @@ impl LocalStore {
     }
 
     /// Validates a batch and turns it into records; nothing is written on error.
-    fn prepare(&self, c: &Catalogue, items: &[Item]) -> Result<Vec<PreparedItem>> {
+    fn prepare<'a>(&self, c: &Catalogue, items: &'a [Item]) -> Result<Vec<PreparedItem<'a>>> {
         if items.len() > MAX_BATCH_ITEMS {
             return Err(IndexError::BatchTooLarge {
                 got: items.len(),
@@ -482,6 +507,21 @@ impl LocalStore {
                         reason: format!("item {id:?}: content hash longer than 1024 bytes"),
                     });
                 }
+                match item.thumbnail.as_deref() {
+                    Some(t) if t.len() > MAX_THUMBNAIL_BYTES => {
+                        return Err(IndexError::ThumbnailTooLarge {
+                            id: id.to_string(),
+                            bytes: t.len(),
+                            limit: MAX_THUMBNAIL_BYTES,
+                        });
+                    }
+                    Some([]) => {
+                        return Err(IndexError::InvalidRequest {
+                            reason: format!("item {id:?}: thumbnail is empty (use None for none)"),
+                        });
+                    }
+                    _ => {}
+                }
                 let mask = by_index
                     .iter()
                     .enumerate()
@@ -493,6 +533,7 @@ impl LocalStore {
                     vectors: by_index,
                     payload: item.payload.clone(),
                     content_hash: item.content_hash.clone(),
+                    thumbnail: item.thumbnail.as_deref(),
                 })
             })
             .collect()
@@ -542,12 +583,39 @@ impl LocalStore {
     }
 }
 
-struct PreparedItem {
+struct PreparedItem<'a> {
     id: ItemId,
     mask: u64,
     vectors: Vec<Option<Vec<f32>>>,
     payload: Payload,
     content_hash: Option<String>,
+    thumbnail: Option<&'a [u8]>,
+}
+
+/// Applies a catalogue's record batch and its thumbnail batch as one atomic step: a plain
+/// `apply_batch` when no thumbnail changes, otherwise one sled transaction over both trees.
+/// Either way sled seals the writes as one batch in its log, so recovery after a crash sees all
+/// of them or none, and readers (which take sled's read lock) never see half of them.
+fn apply_writes(
+    c: &Catalogue,
+    records: sled::Batch,
+    thumbnails: Option<sled::Batch>,
+) -> Result<()> {
+    use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
+    let Some(thumbnails) = thumbnails else {
+        c.tree.apply_batch(records)?;
+        return Ok(());
+    };
+    (&c.tree, &c.thumbnails)
+        .transaction(|(tree, thumbs)| {
+            tree.apply_batch(&records)?;
+            thumbs.apply_batch(&thumbnails)?;
+            Ok::<(), ConflictableTransactionError<std::convert::Infallible>>(())
+        })
+        .map_err(|e| match e {
+            TransactionError::Storage(e) => IndexError::Storage(e),
+            TransactionError::Abort(never) => match never {},
+        })
 }
 
 /// Open sled, waiting up to 3 s for its file lock: a store dropped an instant
@@ -611,8 +679,9 @@ impl CatalogueStore for LocalStore {
         };
         let bytes = serde_json::to_vec(&entry)
             .map_err(|e| records::corrupt("catalogue entry", e.to_string()))?;
-        // Start from an empty tree even if a crash interrupted an earlier drop of this id.
+        // Start from empty trees even if a crash interrupted an earlier drop of this id.
         self.db.drop_tree(recovery::tree_name(id))?;
+        self.db.drop_tree(recovery::thumbnail_tree_name(id))?;
         entries.insert(name.as_bytes(), bytes)?;
         self.db.flush()?;
         let (cat, _) =
@@ -631,6 +700,7 @@ impl CatalogueStore for LocalStore {
         self.db.flush()?;
         write(&self.catalogues).remove(name);
         self.db.drop_tree(c.tree.name())?;
+        self.db.drop_tree(c.thumbnails.name())?;
         self.db.flush()?;
         if c.dump_dir.exists() {
             std::fs::remove_dir_all(&c.dump_dir).map_err(|e| IndexError::io(&c.dump_dir, e))?;
@@ -679,6 +749,8 @@ impl CatalogueStore for LocalStore {
             last.insert(p.id.as_str(), i);
         }
         let mut batch = sled::Batch::default();
+        let mut thumbnails = sled::Batch::default();
+        let mut thumbnail_writes = 0usize;
         let mut replaced = Vec::new();
         let mut fresh: Vec<(u64, &PreparedItem)> = Vec::new();
         let mut next_iid = w.next_iid;
@@ -703,12 +775,25 @@ impl CatalogueStore for LocalStore {
             batch.insert(key, record.encode());
             let vs: Vec<&[f32]> = p.vectors.iter().flatten().map(Vec::as_slice).collect();
             batch.insert(&records::vector_key(iid), VectorRecord::encode(p.mask, &vs));
+            // The thumbnail follows the item: replaced, or removed when the new item has none.
+            match p.thumbnail {
+                Some(t) => {
+                    thumbnails.insert(p.id.as_str().as_bytes(), t);
+                    thumbnail_writes += 1;
+                }
+                None => {
+                    if c.thumbnails.contains_key(p.id.as_str())? {
+                        thumbnails.remove(p.id.as_str().as_bytes());
+                        thumbnail_writes += 1;
+                    }
+                }
+            }
             fresh.push((iid, p));
         }
         let sequence = w.sequence + 1;
         batch.insert(records::META_SEQ, &records::encode_u64(sequence));
         batch.insert(records::META_NEXT_IID, &records::encode_u64(next_iid));
-        c.tree.apply_batch(batch)?;
+        apply_writes(&c, batch, (thumbnail_writes > 0).then_some(thumbnails))?;
         w.sequence = sequence;
         w.next_iid = next_iid;
         let durable = self.durable_flush()?;
@@ -767,6 +852,8 @@ impl CatalogueStore for LocalStore {
         }
         let mut w = lock(&c.writer);
         let mut batch = sled::Batch::default();
+        let mut thumbnails = sled::Batch::default();
+        let mut thumbnail_writes = 0usize;
         let mut removed = Vec::new();
         let mut seen = HashSet::new();
         for id in ids {
@@ -779,6 +866,10 @@ impl CatalogueStore for LocalStore {
                 batch.remove(key);
                 batch.remove(&records::vector_key(old.iid));
                 removed.push(old.iid);
+                if c.thumbnails.contains_key(id.as_str())? {
+                    thumbnails.remove(id.as_str().as_bytes());
+                    thumbnail_writes += 1;
+                }
             }
         }
         if removed.is_empty() {
@@ -790,7 +881,7 @@ impl CatalogueStore for LocalStore {
         }
         let sequence = w.sequence + 1;
         batch.insert(records::META_SEQ, &records::encode_u64(sequence));
-        c.tree.apply_batch(batch)?;
+        apply_writes(&c, batch, (thumbnail_writes > 0).then_some(thumbnails))?;
         w.sequence = sequence;
         let durable = self.durable_flush()?;
         {
@@ -816,6 +907,11 @@ impl CatalogueStore for LocalStore {
         };
         let record = ItemRecord::decode(&key, &bytes)?;
         Ok(Some(stored_item(&c, id.clone(), record, with_vectors)?))
+    }
+
+    fn thumbnail(&self, catalogue: &str, id: &ItemId) -> Result<Option<Vec<u8>>> {
+        let c = self.catalogue(catalogue)?;
+        Ok(c.thumbnails.get(id.as_str())?.map(|t| t.to_vec()))
     }
 
     fn list(&self, catalogue: &str, after: Option<&ItemId>, limit: usize) -> Result<ItemPage> {
@@ -941,11 +1037,13 @@ fn stored_item(
     } else {
         None
     };
+    let has_thumbnail = c.thumbnails.contains_key(id.as_str())?;
     Ok(StoredItem {
         id,
         payload: record.payload,
         attributes,
         vectors,
         content_hash: record.content_hash,
+        has_thumbnail,
     })
 }

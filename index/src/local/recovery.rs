@@ -1,6 +1,7 @@
 //! Opening a catalogue: live items from sled, graphs from dumps plus replay of newer records,
 //! or rebuilt from sled when a dump is missing, stale or corrupt. Also writes the dumps.
 
+use std::collections::HashSet;
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -19,8 +20,40 @@ use crate::schema::CatalogueSchema;
 /// Points inserted per chunk while rebuilding (one progress report each).
 const REBUILD_CHUNK: usize = 10_000;
 
+const TREE_PREFIX: &str = "catalogue/";
+const THUMBNAIL_TREE_SUFFIX: &str = "/thumbnails";
+
+/// The sled tree of catalogue `id`'s records.
 pub(crate) fn tree_name(id: u64) -> Vec<u8> {
-    format!("catalogue/{id}").into_bytes()
+    format!("{TREE_PREFIX}{id}").into_bytes()
+}
+
+/// The sled tree of catalogue `id`'s thumbnails.
+pub(crate) fn thumbnail_tree_name(id: u64) -> Vec<u8> {
+    format!("{TREE_PREFIX}{id}{THUMBNAIL_TREE_SUFFIX}").into_bytes()
+}
+
+/// Drops the trees of catalogues that no longer exist: a crash in `drop_catalogue` after the
+/// catalogue's entry was removed leaves them (and its thumbnails are worth the disk space).
+pub(crate) fn drop_orphan_trees(db: &sled::Db, live: &HashSet<u64>) -> Result<()> {
+    let mut dropped = false;
+    for name in db.tree_names() {
+        let Some(rest) = std::str::from_utf8(&name)
+            .ok()
+            .and_then(|n| n.strip_prefix(TREE_PREFIX))
+        else {
+            continue;
+        };
+        let id = rest.strip_suffix(THUMBNAIL_TREE_SUFFIX).unwrap_or(rest);
+        if id.parse::<u64>().is_ok_and(|id| !live.contains(&id)) {
+            db.drop_tree(&name)?;
+            dropped = true;
+        }
+    }
+    if dropped {
+        db.flush()?;
+    }
+    Ok(())
 }
 
 fn dump_root(store_dir: &Path, id: u64) -> PathBuf {
@@ -36,6 +69,7 @@ pub(crate) fn open_catalogue(
     options: &StoreOptions,
 ) -> Result<(Catalogue, Vec<GraphRecovery>)> {
     let tree = db.open_tree(tree_name(id))?;
+    let thumbnails = db.open_tree(thumbnail_tree_name(id))?;
     let sequence = match tree.get(records::META_SEQ)? {
         Some(b) => records::decode_u64("sequence", &b)?,
         None => 0,
@@ -107,6 +141,7 @@ pub(crate) fn open_catalogue(
         name: name.to_string(),
         schema,
         tree,
+        thumbnails,
         dump_dir,
         writer: Mutex::new(WriterState {
             sequence,
@@ -304,4 +339,30 @@ fn write_record(c: &Catalogue, a: usize, w: &WriterState, record: DumpRecord) ->
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trees_of_catalogues_without_an_entry_are_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        for id in [1, 2] {
+            for name in [tree_name(id), thumbnail_tree_name(id)] {
+                db.open_tree(name).unwrap().insert(b"k", b"v").unwrap();
+            }
+        }
+        db.open_tree(b"catalogues").unwrap();
+        db.open_tree(b"catalogue/not-a-number").unwrap();
+        drop_orphan_trees(&db, &HashSet::from([2])).unwrap();
+        let names: HashSet<Vec<u8>> = db.tree_names().iter().map(|n| n.to_vec()).collect();
+        assert!(!names.contains(&tree_name(1)));
+        assert!(!names.contains(&thumbnail_tree_name(1)));
+        assert!(names.contains(&tree_name(2)));
+        assert!(names.contains(&thumbnail_tree_name(2)));
+        assert!(names.contains(b"catalogues".as_slice()));
+        assert!(names.contains(b"catalogue/not-a-number".as_slice()));
+    }
 }

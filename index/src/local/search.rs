@@ -7,9 +7,10 @@ use std::sync::Arc;
 
 use super::records::{self, ItemRecord, VectorRecord};
 use super::{read, Catalogue, FilterStrategy, ItemMeta, StoreOptions};
+use crate::distance::dot;
 use crate::error::{IndexError, Result};
 use crate::filter;
-use crate::rescore::{average_vector, dot, group_hits, normalized};
+use crate::rescore::{average_vector, group_hits, normalized};
 use crate::schema::MAX_ATTRIBUTES;
 use crate::types::{
     AttributeWeight, Filter, Hit, HitGroup, ItemId, Query, SearchRequest, SearchResults, MAX_K,

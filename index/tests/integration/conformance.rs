@@ -1,21 +1,79 @@
-//! The backend-neutral suite: every function takes `&dyn CatalogueStore`, so another backend
-//! (Milvus) runs the same checks by calling [`run_all`] with its own store.
+//! The backend-neutral suite: every check takes `&dyn CatalogueStore`, so another backend
+//! (Milvus) runs the same checks by calling [`run_all`] (or [`run_all_with`]) with its own store.
 
-use asen_index::{CatalogueStore, ErrorKind, SearchRequest, StoreOptions};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use asen_index::{
+    CatalogueSchema, CatalogueStore, Durability, ErrorKind, IndexError, SearchRequest,
+    StoreOptions, VectorStorage, MAX_THUMBNAIL_BYTES,
+};
 use serde_json::json;
 
 use crate::data::*;
 
-/// Runs every conformance check against a store, using catalogues prefixed by `prefix`.
-pub fn run_all(store: &dyn CatalogueStore, prefix: &str) {
-    lifecycle(store, &format!("{prefix}_life"));
-    items_round_trip(store, &format!("{prefix}_items"));
-    listing_pages(store, &format!("{prefix}_list"));
-    search_basics(store, &format!("{prefix}_search"));
+/// What a check gets: the store, a catalogue name of its own, and the vector storage its
+/// catalogues use.
+pub struct Ctx<'a> {
+    pub store: &'a dyn CatalogueStore,
+    pub name: String,
+    pub storage: VectorStorage,
 }
 
-fn lifecycle(store: &dyn CatalogueStore, name: &str) {
-    let s = schema(&["collar", "colour"], 8);
+impl Ctx<'_> {
+    /// A schema with the suite's vector storage.
+    fn schema(&self, attributes: &[&str], dim: usize) -> CatalogueSchema {
+        schema(attributes, dim).with_storage(self.storage)
+    }
+}
+
+type Check = fn(&Ctx);
+
+/// Every check, by name (the name is also its catalogue's suffix).
+const CHECKS: &[(&str, Check)] = &[
+    ("life", lifecycle),
+    ("items", items_round_trip),
+    ("list", listing_pages),
+    ("search", search_basics),
+    ("storage", storage_is_as_created),
+    ("thumb_rt", thumbnail_round_trip),
+    ("thumb_replace", thumbnail_is_replaced_by_upsert),
+    ("thumb_none", thumbnail_none_removes_the_stored_one),
+    ("thumb_delete", thumbnail_is_removed_by_delete),
+    ("thumb_drop", thumbnail_is_removed_by_drop_catalogue),
+    ("thumb_flag", has_thumbnail_flag_in_get_and_list),
+    ("thumb_unknown", thumbnail_of_unknown_catalogue_or_item),
+    ("thumb_limits", thumbnail_too_large_or_empty_is_refused),
+];
+
+/// Runs every conformance check against a store with `f32` catalogues, using catalogue names
+/// prefixed by `prefix`.
+pub fn run_all(store: &dyn CatalogueStore, prefix: &str) {
+    run_all_with(store, prefix, VectorStorage::F32);
+}
+
+/// Runs every check with catalogues of the given vector storage. A failing check does not stop
+/// the others; the suite then fails naming every failed check.
+pub fn run_all_with(store: &dyn CatalogueStore, prefix: &str, storage: VectorStorage) {
+    let mut failed = Vec::new();
+    for (name, check) in CHECKS {
+        let cx = Ctx {
+            store,
+            name: format!("{prefix}_{name}"),
+            storage,
+        };
+        if catch_unwind(AssertUnwindSafe(|| check(&cx))).is_err() {
+            failed.push(*name);
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "conformance checks failed ({storage:?} storage): {failed:?}"
+    );
+}
+
+fn lifecycle(cx: &Ctx) {
+    let (store, name) = (cx.store, cx.name.as_str());
+    let s = cx.schema(&["collar", "colour"], 8);
     store.create_catalogue(name, &s).unwrap();
     assert_eq!(store.schema(name).unwrap(), s);
     let info = store.list_catalogues().unwrap();
@@ -39,9 +97,10 @@ fn lifecycle(store: &dyn CatalogueStore, name: &str) {
     store.drop_catalogue(name).unwrap();
 }
 
-fn items_round_trip(store: &dyn CatalogueStore, name: &str) {
+fn items_round_trip(cx: &Ctx) {
+    let (store, name) = (cx.store, cx.name.as_str());
     store
-        .create_catalogue(name, &schema(&["collar", "sleeve"], 4))
+        .create_catalogue(name, &cx.schema(&["collar", "sleeve"], 4))
         .unwrap();
     let mut shoe = item("shoe-1", &[("collar", &[1.0, 0.0, 0.0, 0.0])]);
     shoe.payload = json!({"brand": "acme"}).as_object().unwrap().clone();
@@ -97,8 +156,9 @@ fn items_round_trip(store: &dyn CatalogueStore, name: &str) {
     store.drop_catalogue(name).unwrap();
 }
 
-fn listing_pages(store: &dyn CatalogueStore, name: &str) {
-    store.create_catalogue(name, &schema(&["a"], 2)).unwrap();
+fn listing_pages(cx: &Ctx) {
+    let (store, name) = (cx.store, cx.name.as_str());
+    store.create_catalogue(name, &cx.schema(&["a"], 2)).unwrap();
     let items: Vec<_> = (0..25)
         .map(|i| item(format!("{i:03}"), &[("a", &[1.0, i as f32])]))
         .collect();
@@ -120,8 +180,9 @@ fn listing_pages(store: &dyn CatalogueStore, name: &str) {
     store.drop_catalogue(name).unwrap();
 }
 
-fn search_basics(store: &dyn CatalogueStore, name: &str) {
-    store.create_catalogue(name, &schema(&["a"], 3)).unwrap();
+fn search_basics(cx: &Ctx) {
+    let (store, name) = (cx.store, cx.name.as_str());
+    store.create_catalogue(name, &cx.schema(&["a"], 3)).unwrap();
     let items = vec![
         item("x", &[("a", &[1.0, 0.0, 0.0])]),
         item("y", &[("a", &[0.0, 1.0, 0.0])]),
@@ -148,6 +209,278 @@ fn search_basics(store: &dyn CatalogueStore, name: &str) {
     store.drop_catalogue(name).unwrap();
 }
 
+/// The catalogue keeps the vector storage it was created with.
+fn storage_is_as_created(cx: &Ctx) {
+    let (store, name) = (cx.store, cx.name.as_str());
+    store.create_catalogue(name, &cx.schema(&["a"], 4)).unwrap();
+    assert_eq!(store.schema(name).unwrap().storage, cx.storage);
+    let info = store.list_catalogues().unwrap();
+    let mine = info.iter().find(|c| c.name == name).expect("listed");
+    assert_eq!(mine.schema.storage, cx.storage);
+    store.drop_catalogue(name).unwrap();
+}
+
+/// Distinct fake image bytes (the store never decodes them).
+fn jpeg(seed: u8, len: usize) -> Vec<u8> {
+    let mut b = vec![0xFF, 0xD8];
+    b.extend((0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)));
+    b
+}
+
+fn thumbnail_catalogue<'c>(cx: &'c Ctx) -> &'c str {
+    cx.store
+        .create_catalogue(&cx.name, &cx.schema(&["a", "b"], 3))
+        .unwrap();
+    &cx.name
+}
+
+fn thumbnail_of(store: &dyn CatalogueStore, name: &str, item: &str) -> Option<Vec<u8>> {
+    store.thumbnail(name, &id(item)).unwrap()
+}
+
+fn thumbnail_round_trip(cx: &Ctx) {
+    let (store, name) = (cx.store, thumbnail_catalogue(cx));
+    let big = jpeg(1, 200_000);
+    let small = jpeg(2, 10);
+    store
+        .upsert(
+            name,
+            &[
+                item("x", &[("a", &[1.0, 0.0, 0.0])]).with_thumbnail(big.clone()),
+                item("y", &[("b", &[0.0, 1.0, 0.0])]).with_thumbnail(small.clone()),
+                item("z", &[("a", &[0.0, 0.0, 1.0])]),
+            ],
+        )
+        .unwrap();
+    assert_eq!(thumbnail_of(store, name, "x"), Some(big));
+    assert_eq!(thumbnail_of(store, name, "y"), Some(small));
+    assert_eq!(thumbnail_of(store, name, "z"), None);
+    // The largest accepted thumbnail round-trips too.
+    let max = jpeg(3, MAX_THUMBNAIL_BYTES - 2);
+    store
+        .upsert(
+            name,
+            &[item("m", &[("a", &[1.0, 1.0, 0.0])]).with_thumbnail(max.clone())],
+        )
+        .unwrap();
+    assert_eq!(thumbnail_of(store, name, "m"), Some(max));
+    // A thumbnail does not disturb the rest of the item, nor search.
+    let got = store.get(name, &id("x"), true).unwrap().unwrap();
+    assert_eq!(got.vectors.unwrap()["a"], vec![1.0, 0.0, 0.0]);
+    let hits = store
+        .search(name, &SearchRequest::vector("a", vec![1.0, 0.0, 0.0], 1))
+        .unwrap()
+        .into_hits();
+    assert_eq!(hits[0].id.as_str(), "x");
+    store.flush().unwrap();
+    store.drop_catalogue(name).unwrap();
+}
+
+fn thumbnail_is_replaced_by_upsert(cx: &Ctx) {
+    let (store, name) = (cx.store, thumbnail_catalogue(cx));
+    let v: &[f32] = &[1.0, 0.0, 0.0];
+    store
+        .upsert(name, &[item("x", &[("a", v)]).with_thumbnail(jpeg(1, 50))])
+        .unwrap();
+    store
+        .upsert(name, &[item("x", &[("a", v)]).with_thumbnail(jpeg(2, 70))])
+        .unwrap();
+    assert_eq!(thumbnail_of(store, name, "x"), Some(jpeg(2, 70)));
+    // Within one batch the last occurrence of an id wins, thumbnail included.
+    store
+        .upsert(
+            name,
+            &[
+                item("x", &[("a", v)]).with_thumbnail(jpeg(3, 10)),
+                item("x", &[("a", v)]).with_thumbnail(jpeg(4, 20)),
+            ],
+        )
+        .unwrap();
+    assert_eq!(thumbnail_of(store, name, "x"), Some(jpeg(4, 20)));
+    store
+        .upsert(
+            name,
+            &[
+                item("x", &[("a", v)]).with_thumbnail(jpeg(5, 10)),
+                item("x", &[("a", v)]),
+            ],
+        )
+        .unwrap();
+    assert_eq!(
+        thumbnail_of(store, name, "x"),
+        None,
+        "last occurrence has none"
+    );
+    store.drop_catalogue(name).unwrap();
+}
+
+fn thumbnail_none_removes_the_stored_one(cx: &Ctx) {
+    let (store, name) = (cx.store, thumbnail_catalogue(cx));
+    let v: &[f32] = &[1.0, 0.0, 0.0];
+    store
+        .upsert(
+            name,
+            &[
+                item("x", &[("a", v)]).with_thumbnail(jpeg(1, 50)),
+                item("y", &[("a", v)]).with_thumbnail(jpeg(2, 50)),
+            ],
+        )
+        .unwrap();
+    store.upsert(name, &[item("x", &[("b", v)])]).unwrap();
+    assert_eq!(
+        thumbnail_of(store, name, "x"),
+        None,
+        "an update without one removes it"
+    );
+    assert!(
+        !store
+            .get(name, &id("x"), false)
+            .unwrap()
+            .unwrap()
+            .has_thumbnail
+    );
+    assert_eq!(
+        thumbnail_of(store, name, "y"),
+        Some(jpeg(2, 50)),
+        "others kept"
+    );
+    store.drop_catalogue(name).unwrap();
+}
+
+fn thumbnail_is_removed_by_delete(cx: &Ctx) {
+    let (store, name) = (cx.store, thumbnail_catalogue(cx));
+    let v: &[f32] = &[1.0, 0.0, 0.0];
+    store
+        .upsert(
+            name,
+            &[
+                item("x", &[("a", v)]).with_thumbnail(jpeg(1, 50)),
+                item("y", &[("a", v)]).with_thumbnail(jpeg(2, 50)),
+            ],
+        )
+        .unwrap();
+    assert_eq!(store.delete(name, &[id("x")]).unwrap().affected, 1);
+    assert_eq!(thumbnail_of(store, name, "x"), None);
+    assert_eq!(thumbnail_of(store, name, "y"), Some(jpeg(2, 50)));
+    // Re-created without a thumbnail: the deleted one does not come back.
+    store.upsert(name, &[item("x", &[("a", v)])]).unwrap();
+    assert_eq!(thumbnail_of(store, name, "x"), None);
+    assert!(
+        !store
+            .get(name, &id("x"), false)
+            .unwrap()
+            .unwrap()
+            .has_thumbnail
+    );
+    store.drop_catalogue(name).unwrap();
+}
+
+fn thumbnail_is_removed_by_drop_catalogue(cx: &Ctx) {
+    let (store, name) = (cx.store, thumbnail_catalogue(cx));
+    let v: &[f32] = &[1.0, 0.0, 0.0];
+    store
+        .upsert(name, &[item("x", &[("a", v)]).with_thumbnail(jpeg(1, 50))])
+        .unwrap();
+    // A catalogue whose name extends this one's keeps its own thumbnails.
+    let other = format!("{name}2");
+    store
+        .create_catalogue(&other, &cx.schema(&["a"], 3))
+        .unwrap();
+    store
+        .upsert(
+            &other,
+            &[item("x", &[("a", v)]).with_thumbnail(jpeg(2, 50))],
+        )
+        .unwrap();
+    store.drop_catalogue(name).unwrap();
+    assert_eq!(
+        store.thumbnail(name, &id("x")).unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    assert_eq!(thumbnail_of(store, &other, "x"), Some(jpeg(2, 50)));
+    // The name re-created: empty, no thumbnail of the dropped catalogue's item.
+    store.create_catalogue(name, &cx.schema(&["a"], 3)).unwrap();
+    assert_eq!(thumbnail_of(store, name, "x"), None);
+    store.upsert(name, &[item("x", &[("a", v)])]).unwrap();
+    assert_eq!(thumbnail_of(store, name, "x"), None);
+    store.drop_catalogue(name).unwrap();
+    store.drop_catalogue(&other).unwrap();
+}
+
+fn has_thumbnail_flag_in_get_and_list(cx: &Ctx) {
+    let (store, name) = (cx.store, thumbnail_catalogue(cx));
+    let v: &[f32] = &[1.0, 0.0, 0.0];
+    store
+        .upsert(
+            name,
+            &[
+                item("with", &[("a", v)]).with_thumbnail(jpeg(1, 50)),
+                item("without", &[("a", v)]),
+            ],
+        )
+        .unwrap();
+    for with_vectors in [false, true] {
+        let get = |i: &str| store.get(name, &id(i), with_vectors).unwrap().unwrap();
+        assert!(get("with").has_thumbnail);
+        assert!(!get("without").has_thumbnail);
+    }
+    let page = store.list(name, None, 10).unwrap();
+    let flags: Vec<(&str, bool)> = page
+        .items
+        .iter()
+        .map(|i| (i.id.as_str(), i.has_thumbnail))
+        .collect();
+    assert_eq!(flags, [("with", true), ("without", false)]);
+    // The flag is in the JSON the service sends; JSON without it still reads (as false).
+    let mut json = serde_json::to_value(&page.items[0]).unwrap();
+    assert_eq!(json["has_thumbnail"], true);
+    json.as_object_mut().unwrap().remove("has_thumbnail");
+    let old: asen_index::StoredItem = serde_json::from_value(json).unwrap();
+    assert!(!old.has_thumbnail);
+    store.drop_catalogue(name).unwrap();
+}
+
+fn thumbnail_of_unknown_catalogue_or_item(cx: &Ctx) {
+    let (store, name) = (cx.store, thumbnail_catalogue(cx));
+    let missing = format!("{name}_missing");
+    let e = store.thumbnail(&missing, &id("x")).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotFound);
+    assert!(matches!(e, IndexError::CatalogueNotFound { .. }), "{e}");
+    assert_eq!(thumbnail_of(store, name, "nobody"), None);
+    store.drop_catalogue(name).unwrap();
+}
+
+fn thumbnail_too_large_or_empty_is_refused(cx: &Ctx) {
+    let (store, name) = (cx.store, thumbnail_catalogue(cx));
+    let v: &[f32] = &[1.0, 0.0, 0.0];
+    store
+        .upsert(name, &[item("ok", &[("a", v)]).with_thumbnail(jpeg(1, 50))])
+        .unwrap();
+    let sequence = store.stats(name).unwrap().sequence;
+    let e = store
+        .upsert(
+            name,
+            &[
+                item("fine", &[("a", v)]).with_thumbnail(jpeg(2, 50)),
+                item("huge", &[("a", v)]).with_thumbnail(vec![0; MAX_THUMBNAIL_BYTES + 1]),
+            ],
+        )
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput);
+    assert!(e.to_string().contains("\"huge\""), "names the item: {e}");
+    let e = store
+        .upsert(name, &[item("ok", &[("a", v)]).with_thumbnail(Vec::new())])
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput);
+    assert!(e.to_string().contains("\"ok\""), "names the item: {e}");
+    // Nothing of the refused batches was written.
+    assert_eq!(store.stats(name).unwrap().sequence, sequence);
+    assert!(store.get(name, &id("fine"), false).unwrap().is_none());
+    assert_eq!(thumbnail_of(store, name, "fine"), None);
+    assert_eq!(thumbnail_of(store, name, "ok"), Some(jpeg(1, 50)));
+    store.drop_catalogue(name).unwrap();
+}
+
 #[test]
 fn local_store_passes_the_conformance_suite() {
     let (_d, store) = store(StoreOptions::default());
@@ -158,9 +491,32 @@ fn local_store_passes_the_conformance_suite() {
 #[test]
 fn local_store_with_deferred_flush_and_int8_passes_too() {
     let options = StoreOptions {
-        durability: asen_index::Durability::Deferred,
+        durability: Durability::Deferred,
         ..StoreOptions::default()
     };
     let (_d, store) = store(options);
-    run_all(&store, "deferred");
+    run_all_with(&store, "deferred", VectorStorage::Int8);
+    // What the name promises: writes are acknowledged before a flush, and the graphs hold
+    // one byte per component.
+    store
+        .create_catalogue(
+            "int8",
+            &schema(&["a"], 16).with_storage(VectorStorage::Int8),
+        )
+        .unwrap();
+    let items: Vec<_> = (0..10)
+        .map(|i| item(i, &[("a", &[1.0 + i as f32; 16][..])]))
+        .collect();
+    let receipt = store.upsert("int8", &items).unwrap();
+    assert!(
+        !receipt.durable,
+        "deferred flush acknowledges before flushing"
+    );
+    let stats = store.stats("int8").unwrap();
+    assert_eq!(stats.attributes[0].graph_points, 10);
+    assert_eq!(
+        stats.vector_bytes,
+        10 * 16 * VectorStorage::Int8.bytes_per_component() as u64
+    );
+    store.flush().unwrap();
 }

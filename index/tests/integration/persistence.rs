@@ -198,3 +198,140 @@ fn orphan_dump_directories_are_removed_on_open() {
     assert!(!orphan.exists());
     assert!(store.recovery_report().iter().all(|r| r.source == "dump"));
 }
+
+#[test]
+fn thumbnails_survive_close_and_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = LocalStore::open(dir.path(), StoreOptions::default()).unwrap();
+        store.create_catalogue("c", &schema(&["a"], 4)).unwrap();
+        store
+            .upsert(
+                "c",
+                &[
+                    item("x", &[("a", &[1.0, 0.0, 0.0, 0.0])]).with_thumbnail(b"jpeg x".to_vec()),
+                    item("y", &[("a", &[0.0, 1.0, 0.0, 0.0])]),
+                ],
+            )
+            .unwrap();
+    }
+    let store = LocalStore::open(dir.path(), StoreOptions::default()).unwrap();
+    assert_eq!(
+        store.thumbnail("c", &id("x")).unwrap().as_deref(),
+        Some(&b"jpeg x"[..])
+    );
+    assert!(
+        store
+            .get("c", &id("x"), false)
+            .unwrap()
+            .unwrap()
+            .has_thumbnail
+    );
+    assert_eq!(store.thumbnail("c", &id("y")).unwrap(), None);
+    assert!(store.thumbnail_migration().is_none(), "nothing to import");
+}
+
+/// Writes an old-style thumbnail database (`<dir>/thumbnails/`, keys `catalogue \0 id`), as
+/// the service kept before thumbnails moved into the store.
+fn write_legacy_thumbnails(dir: &std::path::Path, entries: &[(&str, &str, Vec<u8>)]) {
+    let db = sled::Config::new()
+        .path(dir.join("thumbnails"))
+        .open()
+        .unwrap();
+    for (catalogue, item, jpeg) in entries {
+        let mut key = catalogue.as_bytes().to_vec();
+        key.push(0);
+        key.extend_from_slice(item.as_bytes());
+        db.insert(key, jpeg.as_slice()).unwrap();
+    }
+    db.insert(b"no separator", b"x").unwrap();
+    db.flush().unwrap();
+}
+
+#[test]
+fn old_thumbnail_folder_is_imported_on_open_and_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = LocalStore::open(dir.path(), StoreOptions::default()).unwrap();
+        store.create_catalogue("shop", &schema(&["a"], 2)).unwrap();
+        store.create_catalogue("shop2", &schema(&["a"], 2)).unwrap();
+        let items: Vec<_> = ["a", "b", "c", "huge"]
+            .iter()
+            .map(|i| item(i, &[("a", &[1.0, 0.0])]))
+            .collect();
+        store.upsert("shop", &items).unwrap();
+        store.upsert("shop2", &items[..1]).unwrap();
+        // Written through the store already: kept over the old database's entry.
+        store
+            .upsert(
+                "shop",
+                &[item("c", &[("a", &[1.0, 0.0])]).with_thumbnail(b"new c".to_vec())],
+            )
+            .unwrap();
+    }
+    write_legacy_thumbnails(
+        dir.path(),
+        &[
+            ("shop", "a", b"old a".to_vec()),
+            ("shop", "b", b"old b".to_vec()),
+            ("shop", "c", b"old c".to_vec()),
+            ("shop", "gone", b"deleted item".to_vec()),
+            ("shop", "huge", vec![1; asen_index::MAX_THUMBNAIL_BYTES + 1]),
+            ("shop2", "a", b"old shop2 a".to_vec()),
+            ("dropped", "a", b"unknown catalogue".to_vec()),
+        ],
+    );
+    let store = LocalStore::open(dir.path(), StoreOptions::default()).unwrap();
+    let report = store.thumbnail_migration().copied().expect("imported");
+    assert_eq!(report.imported, 3, "{report:?}");
+    assert_eq!(report.skipped, 5, "{report:?}");
+    assert!(
+        !dir.path().join("thumbnails").exists(),
+        "old folder removed"
+    );
+    assert!(!dir.path().join("thumbnails.imported").exists());
+    let dyn_store: &dyn CatalogueStore = &store;
+    let thumb = |c: &str, i: &str| dyn_store.thumbnail(c, &id(i)).unwrap();
+    assert_eq!(thumb("shop", "a").as_deref(), Some(&b"old a"[..]));
+    assert_eq!(thumb("shop", "b").as_deref(), Some(&b"old b"[..]));
+    assert_eq!(thumb("shop", "c").as_deref(), Some(&b"new c"[..]));
+    assert_eq!(thumb("shop", "gone"), None);
+    assert_eq!(thumb("shop", "huge"), None);
+    assert_eq!(thumb("shop2", "a").as_deref(), Some(&b"old shop2 a"[..]));
+    assert!(
+        dyn_store
+            .get("shop", &id("a"), false)
+            .unwrap()
+            .unwrap()
+            .has_thumbnail
+    );
+    assert!(
+        !dyn_store
+            .get("shop", &id("huge"), false)
+            .unwrap()
+            .unwrap()
+            .has_thumbnail
+    );
+    drop(store);
+
+    // Imported for good: the next open finds no folder, the thumbnails stay.
+    let store = LocalStore::open(dir.path(), StoreOptions::default()).unwrap();
+    assert!(store.thumbnail_migration().is_none());
+    assert_eq!(
+        store.thumbnail("shop", &id("a")).unwrap().as_deref(),
+        Some(&b"old a"[..])
+    );
+}
+
+#[test]
+fn a_half_removed_imported_folder_is_cleaned_up_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(LocalStore::open(dir.path(), StoreOptions::default()).unwrap());
+    // A crash after the rename, during the removal.
+    let leftover = dir.path().join("thumbnails.imported");
+    std::fs::create_dir_all(&leftover).unwrap();
+    std::fs::write(leftover.join("db"), b"partial").unwrap();
+    let store = LocalStore::open(dir.path(), StoreOptions::default()).unwrap();
+    assert!(!leftover.exists());
+    assert!(store.thumbnail_migration().is_none());
+}

@@ -4,7 +4,9 @@
 //! (one embedding space each), the vector dimension and the graph parameters. Items carry an
 //! [`ItemId`], a JSON [`Payload`] and one vector per attribute they have. [`SearchRequest`]s search
 //! one attribute's graph, or several with weights, optionally under a payload [`Filter`], and return
-//! [`Hit`]s scored by cosine similarity.
+//! [`Hit`]s scored by cosine similarity. An item may also carry a thumbnail (opaque image bytes,
+//! [`Item::thumbnail`]), replaced and removed with the item and read back with
+//! [`CatalogueStore::thumbnail`].
 //!
 //! [`LocalStore`] is the backend in this crate: sled holds items, unit-normalised vectors,
 //! payloads and a sequence number (the source of truth); each attribute has an in-memory hnsw_rs

@@ -63,11 +63,13 @@ pub struct StoreArgs {
 /// `asen serve`.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
+    /// Store selection.
     #[command(flatten)]
     pub store: StoreArgs,
     /// Address to listen on; port 0 picks a free one [default: server.bind, 127.0.0.1:8080].
     #[arg(long)]
     pub bind: Option<String>,
+    /// Model selection.
     #[command(flatten)]
     pub model: ModelArgs,
 }
@@ -75,8 +77,10 @@ pub struct ServeArgs {
 /// `asen search`.
 #[derive(Debug, Args)]
 pub struct SearchArgs {
+    /// Model selection.
     #[command(flatten)]
     pub model: ModelArgs,
+    /// Store selection.
     #[command(flatten)]
     pub store: StoreArgs,
     /// Catalogue to search.
@@ -105,6 +109,7 @@ pub struct SearchArgs {
 /// `asen compare`.
 #[derive(Debug, Args)]
 pub struct CompareArgs {
+    /// Model selection.
     #[command(flatten)]
     pub model: ModelArgs,
     /// First image (e.g. the original design).
@@ -161,6 +166,7 @@ impl StoreArgs {
 /// `asen embed`.
 #[derive(Debug, Args)]
 pub struct EmbedArgs {
+    /// Model selection.
     #[command(flatten)]
     pub model: ModelArgs,
     /// Attribute name (repeat for several; default: every attribute of the model).
@@ -224,6 +230,7 @@ pub struct IngestArgs {
     /// Folder of images (recursive; id = relative path without extension).
     #[arg(long)]
     pub dir: Option<PathBuf>,
+    /// Store selection.
     #[command(flatten)]
     pub store: StoreArgs,
     /// Send the images to a running `asen serve` instead (http[s]://host:port)
@@ -236,6 +243,7 @@ pub struct IngestArgs {
     /// Seconds to wait for the server on each request [default: ingest.timeout_s, 120].
     #[arg(long)]
     pub timeout_s: Option<u64>,
+    /// Model selection.
     #[command(flatten)]
     pub model: ModelArgs,
     /// Threads reading and decoding images [default: ingest.threads, one per core].
@@ -287,6 +295,7 @@ pub struct DataArgs {
 /// are the flag names with underscores (`data = "labels.csv"`, `head = "asen_v2"`).
 #[derive(Debug, Args)]
 pub struct TrainArgs {
+    /// The dataset.
     #[command(flatten)]
     pub data: DataArgs,
     /// Output folder: best/ and last/ model directories [required here or in the config].
@@ -388,6 +397,7 @@ pub struct EvalArgs {
     /// Backbone of the imagenet baseline.
     #[arg(long, default_value = "mobilenet_v2")]
     pub backbone: String,
+    /// The dataset.
     #[command(flatten)]
     pub data: DataArgs,
     /// Split: valid or test.

@@ -61,7 +61,9 @@ pub enum ConfigError {
 }
 
 /// Sections of the config file, which `ASEN_<SECTION>__<KEY>` may address.
-const SECTIONS: &[&str] = &["server", "limits", "model", "index", "ingest", "log", "train"];
+const SECTIONS: &[&str] = &[
+    "server", "limits", "model", "index", "ingest", "log", "train",
+];
 
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -381,7 +383,9 @@ fn scalar(text: &str) -> Option<toml::Value> {
 
 /// Whether `tree` deserialises into a [`Config`].
 fn fits(tree: &toml::Table) -> bool {
-    toml::Value::Table(tree.clone()).try_into::<Config>().is_ok()
+    toml::Value::Table(tree.clone())
+        .try_into::<Config>()
+        .is_ok()
 }
 
 impl Config {
@@ -713,7 +717,10 @@ mod tests {
         );
         let numbers = Config::load(
             None,
-            env(&[("ASEN_MODEL__BATCH_SIZE", "4"), ("ASEN_MODEL__DEVICE", "cpu")]),
+            env(&[
+                ("ASEN_MODEL__BATCH_SIZE", "4"),
+                ("ASEN_MODEL__DEVICE", "cpu"),
+            ]),
             &Overrides::default(),
         )
         .unwrap();

@@ -106,7 +106,8 @@ impl ApiError {
                     ErrorKind::InvalidInput => match e {
                         asen_index::IndexError::InvalidK { .. } => StatusCode::BAD_REQUEST,
                         asen_index::IndexError::BatchTooLarge { .. }
-                        | asen_index::IndexError::PayloadTooLarge { .. } => {
+                        | asen_index::IndexError::PayloadTooLarge { .. }
+                        | asen_index::IndexError::ThumbnailTooLarge { .. } => {
                             StatusCode::PAYLOAD_TOO_LARGE
                         }
                         _ => StatusCode::UNPROCESSABLE_ENTITY,

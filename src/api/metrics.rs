@@ -65,10 +65,7 @@ impl Metrics {
         }
         out.push_str("# HELP asen_model_forwards_total Model passes started.\n");
         out.push_str("# TYPE asen_model_forwards_total counter\n");
-        let _ = writeln!(
-            out,
-            "asen_model_forwards_total {forwards}"
-        );
+        let _ = writeln!(out, "asen_model_forwards_total {forwards}");
         out.push_str("# HELP asen_model_forwards_in_flight Model passes running now.\n");
         out.push_str("# TYPE asen_model_forwards_in_flight gauge\n");
         let _ = writeln!(out, "asen_model_forwards_in_flight {in_flight_forwards}");
@@ -106,11 +103,13 @@ mod tests {
         let m = super::Metrics::default();
         m.record("GET", "/healthz", 200, 0.5);
         m.record("GET", "/healthz", 200, 0.25);
-        let text = m.render(&[("shirts".into(), 3)], 0);
+        let text = m.render(&[("shirts".into(), 3)], 7, 1);
         assert!(text.contains(
             "asen_http_requests_total{method=\"GET\",route=\"/healthz\",status=\"200\"} 2"
         ));
         assert!(text.contains("asen_http_request_duration_seconds_sum{method=\"GET\",route=\"/healthz\",status=\"200\"} 0.75"));
         assert!(text.contains("asen_catalogue_items{catalogue=\"shirts\"} 3"));
+        assert!(text.contains("asen_model_forwards_total 7"));
+        assert!(text.contains("asen_model_forwards_in_flight 1"));
     }
 }

@@ -41,6 +41,13 @@ pub fn open_store(config: &Config) -> anyhow::Result<Arc<dyn CatalogueStore>> {
             )
             .with_context(|| format!("cannot open store {}", dir.display()))?;
             info!(data = %dir.display(), "local store opened");
+            if let Some(m) = store.thumbnail_migration() {
+                info!(
+                    imported = m.imported,
+                    skipped = m.skipped,
+                    "thumbnails of an older version moved into the store"
+                );
+            }
             Ok(Arc::new(store))
         }
     }
@@ -55,7 +62,7 @@ pub fn embedder_options(config: &Config) -> anyhow::Result<EmbedderOptions> {
             max_pixels: config.limits.max_pixels,
             ..PreprocessConfig::default()
         },
-        weights_dirs: config.weights_dirs(),
+        weights_dir: config.weights_dirs().into_iter().next(),
     })
 }
 

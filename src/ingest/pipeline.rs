@@ -102,7 +102,10 @@ impl IngestSummary {
 enum Prepared<P> {
     Skipped,
     Failed(Failure),
-    Ready { index: usize, item: P },
+    Ready {
+        index: usize,
+        item: P,
+    },
     /// The destination cannot be read: stop the run.
     Fatal(anyhow::Error),
 }

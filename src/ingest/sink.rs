@@ -115,8 +115,10 @@ impl Sink for LocalSink {
             Err(e) if is_refusal(&e) => Ok(WriteOutcome::Refused(format!(
                 "store refused the item: {e}"
             ))),
-            Err(e) => Err(anyhow::Error::new(e)
-                .context(format!("cannot write to catalogue {catalogue:?}"))),
+            Err(e) => {
+                Err(anyhow::Error::new(e)
+                    .context(format!("cannot write to catalogue {catalogue:?}")))
+            }
         }
     }
 

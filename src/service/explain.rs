@@ -183,8 +183,7 @@ fn explain_crop(
 ) -> Result<Explanation> {
     let models = svc.models("explain")?;
     let embedder = models.default_model().embedder();
-    let mut out =
-        models.forward(|| embedder.embed_crops(std::slice::from_ref(&crop), &[index]))?;
+    let mut out = models.forward(|| embedder.embed_crops(std::slice::from_ref(&crop), &[index]))?;
     let attention = out
         .pop()
         .and_then(|mut per_attribute| per_attribute.pop())

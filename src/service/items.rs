@@ -118,11 +118,7 @@ fn check_batch(svc: &Service, len: usize) -> Result<()> {
 /// Embed prepared items for every attribute of the catalogue (in schema order) and upsert
 /// them with their thumbnails in one store write.
 #[tracing::instrument(skip_all, fields(catalogue = %catalogue, items = items.len()))]
-pub fn upsert_prepared(
-    svc: &Service,
-    catalogue: &str,
-    items: &[PreparedItem],
-) -> Result<Upserted> {
+pub fn upsert_prepared(svc: &Service, catalogue: &str, items: &[PreparedItem]) -> Result<Upserted> {
     check_batch(svc, items.len())?;
     let store = svc.store("an upsert")?;
     let schema = store.schema(catalogue)?;

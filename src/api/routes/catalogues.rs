@@ -63,9 +63,7 @@ pub async fn drop(
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
-    state
-        .run(move |svc| catalogues::drop(svc, &name))
-        .await?;
+    state.run(move |svc| catalogues::drop(svc, &name)).await?;
     Ok(ok(true, started))
 }
 

@@ -75,9 +75,7 @@ pub async fn compare(
     let b = body.b.into_subject("b")?;
     let attributes = body.attributes;
     let result = state
-        .run(move |svc| {
-            compare::compare(svc, &a, &b, &attributes)
-        })
+        .run(move |svc| compare::compare(svc, &a, &b, &attributes))
         .await?;
     Ok(ok(result, started))
 }

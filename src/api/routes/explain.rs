@@ -71,9 +71,7 @@ pub async fn explain(
     let subject = body.subject()?;
     let attribute = body.attribute;
     let grid = state
-        .run(move |svc| {
-            explain::explain_subject(svc, &subject, &attribute).map(|e| e.grid())
-        })
+        .run(move |svc| explain::explain_subject(svc, &subject, &attribute).map(|e| e.grid()))
         .await?;
     Ok(ok(grid, started))
 }

@@ -184,9 +184,7 @@ pub async fn get(
     let Query(params) =
         params.map_err(|e| ApiError::BadRequest(format!("query string: {}", e.body_text())))?;
     let item = state
-        .run(move |svc| {
-            items::get(svc, &name, &id, params.with_vectors)
-        })
+        .run(move |svc| items::get(svc, &name, &id, params.with_vectors))
         .await?;
     Ok(ok(item, started))
 }
@@ -202,9 +200,7 @@ pub async fn delete(
     Path((name, id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
-    let receipt = state
-        .run(move |svc| items::delete(svc, &name, &id))
-        .await?;
+    let receipt = state.run(move |svc| items::delete(svc, &name, &id)).await?;
     Ok(ok(receipt, started))
 }
 
@@ -219,8 +215,6 @@ pub async fn image(
     State(state): State<AppState>,
     Path((name, id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let jpeg = state
-        .run(move |svc| items::image(svc, &name, &id))
-        .await?;
+    let jpeg = state.run(move |svc| items::image(svc, &name, &id)).await?;
     Ok(([(CONTENT_TYPE, "image/jpeg")], jpeg).into_response())
 }

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};
 
-use asen_index::{CatalogueStore, ItemId, LocalStore, SearchRequest, StoreOptions};
+use asen_index::{CatalogueStore, Item, ItemId, LocalStore, SearchRequest, StoreOptions};
 use base64::Engine;
 use sha2::{Digest, Sha256};
 
@@ -159,21 +159,32 @@ fn csv_ingest_reports_bad_images_and_rerun_skips_everything() {
     );
     assert!(line.contains("model 0.0% of the time"), "{line}");
 
-    // Every ingested item has its model-input crop as a 224x224 JPEG in <data>/thumbnails.
+    // Every ingested item has its model-input crop as a 224x224 JPEG, in the store.
     {
-        let thumbs = sled::open(work.path().join("store/thumbnails")).unwrap();
-        let stored: Vec<_> = thumbs.scan_prefix(b"shop\0").map(Result::unwrap).collect();
-        assert_eq!(stored.len(), 6);
-        let crop = image::load_from_memory(&stored[0].1).unwrap();
-        assert_eq!((crop.width(), crop.height()), (224, 224));
-        eprintln!(
-            "thumbnail bytes: {:?}",
-            stored.iter().map(|(_, v)| v.len()).collect::<Vec<_>>()
-        );
-        // A missing thumbnail makes a re-run embed that item again, even with the same image.
-        let key = [b"shop\0".as_slice(), ids[1].as_bytes()].concat();
-        assert!(thumbs.remove(&key).unwrap().is_some());
-        thumbs.flush().unwrap();
+        let store = LocalStore::open(work.path().join("store"), StoreOptions::default()).unwrap();
+        let page = store.list("shop", None, 100).unwrap();
+        assert_eq!(page.items.len(), 6);
+        assert!(page.items.iter().all(|i| i.has_thumbnail));
+        let mut sizes = Vec::new();
+        for stored in &page.items {
+            let jpeg = store
+                .thumbnail("shop", &stored.id)
+                .unwrap()
+                .expect("thumbnail");
+            let crop = image::load_from_memory(&jpeg).unwrap();
+            assert_eq!((crop.width(), crop.height()), (224, 224));
+            sizes.push(jpeg.len());
+        }
+        eprintln!("thumbnail bytes: {sizes:?}");
+        // A missing thumbnail makes a re-run embed that item again, even with the same image:
+        // store the item again, same hash, without its thumbnail.
+        let id = ItemId::new(ids[1].clone()).unwrap();
+        let stored = store.get("shop", &id, true).unwrap().expect("item");
+        let mut item = Item::new(id.clone(), stored.vectors.expect("vectors"));
+        item.payload = stored.payload;
+        item.content_hash = stored.content_hash;
+        store.upsert("shop", &[item]).unwrap();
+        assert!(store.thumbnail("shop", &id).unwrap().is_none());
     }
     let third = asen(&args, work.path());
     assert!(third.status.success(), "stderr: {}", stderr(&third));
@@ -182,16 +193,14 @@ fn csv_ingest_reports_bad_images_and_rerun_skips_everything() {
         "summary: {}",
         stdout(&third)
     );
-    let thumbs = sled::open(work.path().join("store/thumbnails")).unwrap();
-    assert_eq!(
-        thumbs.scan_prefix(b"shop\0").count(),
-        6,
-        "thumbnail restored"
-    );
-    drop(thumbs);
 
     let store = LocalStore::open(work.path().join("store"), StoreOptions::default()).unwrap();
     assert_eq!(store.count("shop").unwrap(), 6);
+    let restored = store.list("shop", None, 100).unwrap();
+    assert!(
+        restored.items.iter().all(|i| i.has_thumbnail),
+        "thumbnail restored"
+    );
     let schema = store.schema("shop").unwrap();
     assert_eq!(schema.attributes.len(), 8);
     assert_eq!(schema.attributes[0], "attr_0");

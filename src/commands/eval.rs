@@ -11,10 +11,10 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use anyhow::{bail, Context};
-use asen_models::{
+use asen_models::{BackboneKind, Embedder, EmbedderOptions, ModelDir, PreprocessConfig};
+use asen_train::{
     calibrate_thresholds, embed_split, evaluate_pairs, load_crop, pooled_split, random_split,
-    without_images, BackboneKind, BadImage, Checkpoint, Dataset, Embedder, EmbedderOptions,
-    ModelDir, PairEmbeddings, PreprocessConfig, Split,
+    without_images, BadImage, Dataset, PairEmbeddings, Split,
 };
 
 use super::train::{cached_features, default_cache, load_dataset, report_bad_images};
@@ -61,7 +61,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         }
         (Some(b), None) => bail!("unknown baseline {b:?}; expected imagenet or random"),
         (None, model) => {
-            let path = model.clone().unwrap_or_else(asen_models::default_model_dir);
+            let path = model.clone().unwrap_or_else(super::default_model_dir);
             evaluate_model(&path, &dataset, split, &args, cache_dir)?
         }
     };
@@ -92,14 +92,21 @@ fn evaluate_model(
     cache_dir: &Path,
 ) -> anyhow::Result<Evaluated> {
     let label = path.display().to_string();
-    let frozen = path.is_dir()
-        && Checkpoint::load(path.join("model.safetensors"))
-            .map(|c| c.backbone_tensors().map(|t| t.is_empty()).unwrap_or(false))
-            .unwrap_or(false);
-    if frozen {
+    let model_dir = if path.is_dir() {
+        Some(
+            ModelDir::load(path)
+                .with_context(|| format!("cannot load model {}", path.display()))?,
+        )
+    } else {
+        None
+    };
+    let frozen = match &model_dir {
+        Some(m) => !m.has_backbone()?,
+        None => false,
+    };
+    if let (true, Some(model)) = (frozen, model_dir) {
         let device = asen_models::parse_device("cpu")?;
-        let model = ModelDir::load(path, &device)
-            .with_context(|| format!("cannot load model {}", path.display()))?;
+        let head = model.head(&device)?;
         let head_attributes = model_attributes(&model.card, dataset)?;
         let backbone: BackboneKind = model.card.backbone.parse()?;
         let size = model.card.input_size;
@@ -111,7 +118,7 @@ fn evaluate_model(
             .unwrap_or_else(|| default_cache(cache_dir, backbone, colour, size));
         let (features, usable) = cached_features(dataset, backbone, colour, size, &cache)?;
         let pairs = embed_split(
-            &model.head,
+            &head,
             &features.cache,
             &usable,
             split,
@@ -136,7 +143,11 @@ fn evaluate_model(
             path.display()
         );
     }
-    let embedder = Embedder::load(path, &EmbedderOptions::default())
+    let opts = EmbedderOptions {
+        weights_dirs: super::weights_dirs(),
+        ..EmbedderOptions::default()
+    };
+    let embedder = Embedder::load(path, &opts)
         .with_context(|| format!("cannot load model {}", path.display()))?;
     let head_attributes = model_attributes(embedder.card(), dataset)?;
     let cfg = PreprocessConfig {

@@ -311,7 +311,7 @@ fn fine_tune_run(freeze_batch_norm: bool, size: u32) -> Option<(f32, f32, Vec<f6
 /// train triplets falls and the last epoch's valid mAP beats the first's.
 /// (With BatchNorm in training mode the same run gets worse on this data,
 /// 0.157 -> 0.192 held loss and 44 -> 36 % valid mAP when measured; see
-/// docs/results.md. Its gradient is checked in `backbone::trainable`.)
+/// docs/results.md. Its gradient is checked in `train::backbone`.)
 #[test]
 fn frozen_batch_norm_fine_tuning_lowers_the_held_loss() {
     let Some((before, after, maps)) = fine_tune_run(true, 32) else {

@@ -57,7 +57,7 @@ pub use backbone::{
     locate_weights, Backbone, BackboneKind, EfficientNetLite0, Lite0Classifier, MobileNetV2,
     ResNet50Layer3,
 };
-pub use card::{AttributeSpec, ModelCard, Provenance};
+pub use card::{AttributeSpec, ModelCard, Provenance, CARD_FILE, WEIGHTS_FILE};
 pub use checkpoint::{CheckedTensors, Checkpoint, CheckpointFormat, KeyReport};
 pub use convert::{
     convert_checkpoint, inspect_checkpoint, utc_date, CheckpointSummary, ConvertOptions,
@@ -65,7 +65,7 @@ pub use convert::{
 pub use device::parse_device;
 pub use embedder::{AttentionMap, Embedder, EmbedderOptions, Embedding};
 pub use error::{ModelError, Result};
-pub use head::{pointwise_conv, Head, HeadConfig, HeadKind, HeadOutput};
+pub use head::{l2_normalize_rows, pointwise_conv, Head, HeadConfig, HeadKind, HeadOutput};
 pub use layers::{
     conv2d_taps, conv_bn_folded, depthwise_conv2d_taps, pad_same, same_padding, Activation, Padding,
 };

@@ -13,8 +13,7 @@ pub mod train;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use asen_models::card::CARD_FILE;
-use asen_models::{Embedder, EmbedderOptions, PreprocessConfig};
+use asen_models::{Embedder, EmbedderOptions, PreprocessConfig, CARD_FILE};
 
 use crate::cli::ModelArgs;
 

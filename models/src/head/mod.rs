@@ -431,6 +431,14 @@ mod tests {
     use candle_core::Device;
     use candle_nn::VarMap;
 
+    #[test]
+    fn l2_normalize_rows_gives_unit_rows_and_keeps_zero_rows() {
+        let x = Tensor::new(&[[3f32, 4.0], [0.0, 0.0]], &Device::Cpu).unwrap();
+        let y = l2_normalize_rows(&x).unwrap().to_vec2::<f32>().unwrap();
+        assert!((y[0][0] - 0.6).abs() < 1e-6 && (y[0][1] - 0.8).abs() < 1e-6);
+        assert_eq!(y[1], vec![0.0, 0.0]);
+    }
+
     fn cfg() -> HeadConfig {
         HeadConfig {
             in_channels: 16,

@@ -10,7 +10,7 @@ pub const DEFAULT_MARGIN: f64 = 0.2;
 /// `mean(max(0, margin - (cos(a, p) - cos(a, n))))` over a batch.
 ///
 /// `anchor`, `positive`, `negative`: `(B, D)` L2-normalised embeddings (see
-/// [`asen_models::head::l2_normalize_rows`]), so the cosine is the row-wise dot product. Returns a
+/// [`asen_models::l2_normalize_rows`]), so the cosine is the row-wise dot product. Returns a
 /// scalar tensor; differentiable with respect to all three.
 pub fn triplet_ranking_loss(
     anchor: &Tensor,
@@ -77,7 +77,7 @@ pub fn batch_all_ranking_loss(
 
 #[cfg(test)]
 mod tests {
-    use asen_models::head::l2_normalize_rows;
+    use asen_models::l2_normalize_rows;
     use candle_core::{Device, Var};
     use candle_nn::{Optimizer, SGD};
 

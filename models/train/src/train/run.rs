@@ -5,8 +5,9 @@
 
 use std::path::{Path, PathBuf};
 
-use asen_models::card::WEIGHTS_FILE;
-use asen_models::{utc_date, AttributeSpec, ModelCard, ModelDir, ModelError, Provenance, Result};
+use asen_models::{
+    utc_date, AttributeSpec, ModelCard, ModelDir, ModelError, Provenance, Result, WEIGHTS_FILE,
+};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
 use rand::SeedableRng;

@@ -4,7 +4,7 @@
 //! margin, and the spatial attention for `pattern` (a region-level
 //! attribute: it lives on the torso) must peak inside its region on most
 //! test images (100 % measured, chance 22 %); the rate for `collar` (a small
-//! region) is printed, not asserted (1 %, chance 11 %: see below).
+//! region) is printed, not asserted (1 to 4 % measured, chance 11 %: see below).
 //! A resumed run must continue from the saved state.
 
 mod support;
@@ -51,7 +51,7 @@ fn asen_v2_learns_the_synthetic_garments_and_attends_to_the_regions() {
     cfg.triplets_per_epoch = 3200;
     cfg.batch_size = 32;
     cfg.schedule = StepDecay::new(1e-3, 0.5, 2).unwrap();
-    // Seed 0, attention trained: pattern 100 %, collar 1 % (before the attention branch got
+    // Seed 0, attention trained: pattern 100 %, collar 4 % (before the attention branch got
     // gradients: 67 % and 35 %, from the untrained attention's fixed peak).
     cfg.seed = 0;
     let out = dir.path().join("run");
@@ -147,7 +147,7 @@ fn asen_v2_learns_the_synthetic_garments_and_attends_to_the_regions() {
     // Collar is reported, not asserted. Until the attention branch received
     // gradients (a fused softmax without backward cut it off) this test also
     // asserted the collar rate and passed: the untrained attention happened to
-    // peak in the collar cells. Trained, it peaks there on about 1 % of the
+    // peak in the collar cells. Trained, it peaks there on 1 to 4 % of the
     // images (chance 11 %): on the last MobileNetV2 layer every cell sees the
     // whole garment, so the loss does not need the collar's own cells.
 }

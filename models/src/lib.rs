@@ -40,14 +40,14 @@
 #![warn(missing_docs)]
 
 mod backbone;
-pub mod card;
-pub mod checkpoint;
+mod card;
+mod checkpoint;
 pub mod colour;
 mod convert;
 mod device;
 mod embedder;
 mod error;
-pub mod head;
+mod head;
 mod layers;
 mod model_dir;
 mod preprocess;
@@ -57,15 +57,20 @@ pub use backbone::{
     locate_weights, Backbone, BackboneKind, EfficientNetLite0, Lite0Classifier, MobileNetV2,
     ResNet50Layer3,
 };
-pub use card::{AttributeSpec, ModelCard, Provenance, CARD_FILE, WEIGHTS_FILE};
-pub use checkpoint::{CheckedTensors, Checkpoint, CheckpointFormat, KeyReport};
+pub use card::{
+    AttributeSpec, ModelCard, Provenance, CARD_FILE, CARD_FORMAT_VERSION, WEIGHTS_FILE,
+};
+pub use checkpoint::{CheckedTensors, Checkpoint, CheckpointFormat, KeyReport, ShapeMismatch};
 pub use convert::{
     convert_checkpoint, inspect_checkpoint, utc_date, CheckpointSummary, ConvertOptions,
 };
 pub use device::parse_device;
 pub use embedder::{AttentionMap, Embedder, EmbedderOptions, Embedding};
 pub use error::{ModelError, Result};
-pub use head::{l2_normalize_rows, pointwise_conv, Head, HeadConfig, HeadKind, HeadOutput};
+pub use head::{
+    l2_normalize_rows, pointwise_conv, AsenPpGlobal, AsenV1, AsenV2, Csn, GlobalHead, Head,
+    HeadConfig, HeadKind, HeadOutput,
+};
 pub use layers::{
     conv2d_taps, conv_bn_folded, depthwise_conv2d_taps, pad_same, same_padding, Activation, Padding,
 };

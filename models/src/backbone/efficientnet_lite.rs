@@ -147,7 +147,7 @@ pub struct Lite0Classifier {
 }
 
 impl Lite0Classifier {
-    /// Read `_fc.weight` [1000, 1280] and `_fc.bias` [1000] under `vb`.
+    /// Read `_fc.weight` `[1000, 1280]` and `_fc.bias` `[1000]` under `vb`.
     pub fn new(vb: VarBuilder) -> Result<Self> {
         Ok(Self {
             fc: candle_nn::linear(HEAD, CLASSES, vb.pp("_fc"))?,

@@ -57,7 +57,7 @@ pub struct ResumeState {
     pub history: Vec<EpochRecord>,
 }
 
-/// Progress reports of [`train_head`].
+/// Progress reports of [`crate::train_head`].
 #[derive(Debug, Clone)]
 pub enum TrainEvent {
     /// An epoch starts: `steps` optimiser steps of `batch` triplets.

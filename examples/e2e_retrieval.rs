@@ -13,7 +13,9 @@ mod retrieval;
 use std::path::PathBuf;
 
 fn main() -> anyhow::Result<()> {
-    let mut model = asen_models::default_model_dir();
+    let mut model = std::env::var_os("ASEN_MODEL_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/models/default")));
     let mut queries = 200usize;
     let mut seed = 20_200_207u64;
     let mut asen = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/release/asen");

@@ -12,7 +12,7 @@
 #[path = "support/retrieval.rs"]
 mod retrieval;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 const SEED: u64 = 20_200_207;
 const K: usize = 10;
@@ -30,7 +30,9 @@ fn ingested_valid_split_beats_imagenet_pooled_features_at_precision_10() {
         eprintln!("SKIPPED: shared data not found at {}", data.display());
         return;
     }
-    let model = asen_models::default_model_dir();
+    let model = std::env::var_os("ASEN_MODEL_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/models/default")));
     if !model.join("card.json").is_file() {
         if std::env::var("ASEN_REQUIRE_MODEL").as_deref() == Ok("1") {
             panic!(

@@ -52,7 +52,8 @@ pub fn run(args: EvalArgs, config: &Config) -> anyhow::Result<()> {
                 .cache
                 .clone()
                 .unwrap_or_else(|| default_cache(cache_dir, backbone, false, 224));
-            let (features, usable) = cached_features(&dataset, backbone, false, 224, &cache, &weights_dirs)?;
+            let (features, usable) =
+                cached_features(&dataset, backbone, false, 224, &cache, &weights_dirs)?;
             let pairs = pooled_split(&features.cache, &usable, split)?;
             (
                 format!("imagenet pooled {backbone}"),
@@ -121,7 +122,8 @@ fn evaluate_model(
             .cache
             .clone()
             .unwrap_or_else(|| default_cache(cache_dir, backbone, colour, size));
-        let (features, usable) = cached_features(dataset, backbone, colour, size, &cache, weights_dirs)?;
+        let (features, usable) =
+            cached_features(dataset, backbone, colour, size, &cache, weights_dirs)?;
         let pairs = embed_split(
             &head,
             &features.cache,

@@ -226,6 +226,53 @@ fn csv_ingest_reports_bad_images_and_rerun_skips_everything() {
 }
 
 #[test]
+fn csv_ingest_writes_a_changed_payload_again() {
+    let Some(shared) = shared_dir() else { return };
+    let (work, csv, ids) = catalogue_fixture(&shared, 2);
+    let model = golden_model(&shared);
+    let args = [
+        "ingest",
+        "--catalogue",
+        "shop",
+        "--csv",
+        csv.to_str().unwrap(),
+        "--data",
+        "store",
+        "--model",
+        &model,
+        "--report",
+        "report.csv",
+        "--payload-columns",
+        "articleType",
+        "--quiet",
+    ];
+    let first = asen(&args, work.path());
+    assert!(first.status.success(), "stderr: {}", stderr(&first));
+    // Same images, one row's article type edited: only that row is written again.
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    let row = lines
+        .iter()
+        .position(|l| l.split(',').nth(2) == Some(ids[0].as_str()))
+        .expect("row of the first id");
+    let mut fields: Vec<String> = lines[row].split(',').map(str::to_string).collect();
+    fields[6] = "Edited".into(); // articleType
+    lines[row] = fields.join(",");
+    std::fs::write(&csv, lines.join("\n") + "\n").unwrap();
+    let second = asen(&args, work.path());
+    assert!(second.status.success(), "stderr: {}", stderr(&second));
+    assert!(
+        stdout(&second).starts_with("ingested 1, skipped 1, failed 2 of 4 rows"),
+        "{}",
+        stdout(&second)
+    );
+    let store = LocalStore::open(work.path().join("store"), StoreOptions::default()).unwrap();
+    let id = ItemId::new(ids[0].clone()).unwrap();
+    let item = store.get("shop", &id, false).unwrap().expect("item");
+    assert_eq!(item.payload["articleType"], "Edited");
+}
+
+#[test]
 fn folder_ingest_writes_a_jsonl_report() {
     let Some(shared) = shared_dir() else { return };
     let work = tempfile::tempdir().unwrap();
@@ -337,8 +384,8 @@ fn unusable_arguments_exit_2_with_one_line() {
 #[derive(Default)]
 struct ServerLog {
     requests: Vec<(String, String, Option<String>)>,
-    /// id -> content hash of items stored through PUT.
-    stored: BTreeMap<String, String>,
+    /// id -> content hash and payload of items stored through PUT.
+    stored: BTreeMap<String, (String, serde_json::Value)>,
     catalogue_exists: bool,
 }
 
@@ -421,15 +468,19 @@ fn handle(mut stream: TcpStream, log: &Mutex<ServerLog>) {
                     .iter()
                     .map(|b| format!("{b:02x}"))
                     .collect();
-                log.stored
-                    .insert(item["id"].as_str().unwrap().to_string(), hash);
+                log.stored.insert(
+                    item["id"].as_str().unwrap().to_string(),
+                    (hash, item["payload"].clone()),
+                );
             }
             ok(serde_json::json!({"upserted": body["items"].as_array().unwrap().len()}))
         }
         ("GET", p) if p.starts_with("/v1/catalogues/remote/items/") => {
             let id = &p["/v1/catalogues/remote/items/".len()..];
             match log.stored.get(id) {
-                Some(h) => ok(serde_json::json!({"id": id, "content_hash": h})),
+                Some((h, payload)) => {
+                    ok(serde_json::json!({"id": id, "content_hash": h, "payload": payload}))
+                }
                 None => not_found("item"),
             }
         }

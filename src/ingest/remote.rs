@@ -187,7 +187,27 @@ impl RemoteClient {
         }
     }
 
+    /// One request. Every request of this client is idempotent (reads, catalogue creation,
+    /// upserts by id), so a transport failure is retried once on a fresh connection: a pooled
+    /// keep-alive connection the server has closed meanwhile fails the first try.
     fn send(&self, method: &str, url: &str, body: Option<&[u8]>) -> anyhow::Result<Reply> {
+        match self.send_once(method, url, body) {
+            Err(SendError::Transport(first)) => {
+                tracing::debug!(method, url, error = %first, "transport error, retrying once");
+                match self.send_once(method, url, body) {
+                    Err(SendError::Transport(e)) => {
+                        Err(anyhow!("{e}")).with_context(|| format!("cannot reach {method} {url}"))
+                    }
+                    Err(SendError::Other(e)) => Err(e),
+                    Ok(reply) => Ok(reply),
+                }
+            }
+            Err(SendError::Other(e)) => Err(e),
+            Ok(reply) => Ok(reply),
+        }
+    }
+
+    fn send_once(&self, method: &str, url: &str, body: Option<&[u8]>) -> Result<Reply, SendError> {
         let mut request = self
             .agent
             .request(method, url)
@@ -204,9 +224,7 @@ impl RemoteClient {
         };
         let response = match result {
             Ok(r) | Err(ureq::Error::Status(_, r)) => r,
-            Err(ureq::Error::Transport(t)) => {
-                return Err(anyhow!("{t}")).with_context(|| format!("cannot reach {method} {url}"))
-            }
+            Err(ureq::Error::Transport(t)) => return Err(SendError::Transport(t)),
         };
         let status = response.status();
         let mut body = Vec::new();
@@ -214,12 +232,23 @@ impl RemoteClient {
             .into_reader()
             .take(MAX_REPLY_BYTES + 1)
             .read_to_end(&mut body)
-            .with_context(|| format!("no complete answer to {method} {url}"))?;
+            .with_context(|| format!("no complete answer to {method} {url}"))
+            .map_err(SendError::Other)?;
         if body.len() as u64 > MAX_REPLY_BYTES {
-            bail!("the answer to {method} {url} is larger than {MAX_REPLY_BYTES} bytes");
+            return Err(SendError::Other(anyhow!(
+                "the answer to {method} {url} is larger than {MAX_REPLY_BYTES} bytes"
+            )));
         }
         Ok(Reply { status, body })
     }
+}
+
+/// Why one try of a request failed.
+enum SendError {
+    /// The connection failed: worth one more try.
+    Transport(ureq::Transport),
+    /// Anything else.
+    Other(anyhow::Error),
 }
 
 /// Percent-encodes one path segment (everything but RFC 3986 unreserved characters).
@@ -461,6 +490,26 @@ mod tests {
         let id = ItemId::new("x").unwrap();
         let err = client(port, None).stored("c", &id).unwrap_err().to_string();
         assert!(err.contains("larger than"), "{err}");
+    }
+
+    #[test]
+    fn a_dropped_connection_is_retried_once() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            // First connection: read the request head, then close without an answer.
+            let (mut first, _) = listener.accept().unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = first.read(&mut buf);
+            drop(first);
+            let (mut second, _) = listener.accept().unwrap();
+            let _ = second.read(&mut buf);
+            second
+                .write_all(&http("200 OK", r#"{"result":{},"status":"ok"}"#))
+                .unwrap();
+        });
+        client(port, None).ensure_catalogue("c").unwrap();
+        server.join().unwrap();
     }
 
     #[test]

@@ -5,15 +5,14 @@
 //! cargo build --release --bin asen
 //! cargo run --release --example e2e_retrieval -- [--model DIR] [--queries N] [--seed S] [--asen BIN]
 //! ```
-//! Defaults: the shipped model, 200 test queries, seed 20200207, `target/release/asen`.
-
-#[path = "../tests/support/retrieval.rs"]
-mod retrieval;
+//! Defaults: the shipped model (`models/default` of this checkout), 200 test queries, seed 20200207, `target/release/asen`.
 
 use std::path::PathBuf;
 
+use asen_test_support::retrieval;
+
 fn main() -> anyhow::Result<()> {
-    let mut model = asen_models::default_model_dir();
+    let mut model = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/models/default"));
     let mut queries = 200usize;
     let mut seed = 20_200_207u64;
     let mut asen = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/release/asen");
@@ -32,6 +31,11 @@ fn main() -> anyhow::Result<()> {
     }
     let work = tempfile::tempdir()?;
     let data = retrieval::shared_data_dir();
+    anyhow::ensure!(
+        data.join("labels.csv").is_file(),
+        "no labels.csv in {} (set ASEN_SHARED_DIR)",
+        data.display()
+    );
     let eval = retrieval::evaluate(&asen, &data, &model, work.path(), queries, seed, 10)?;
     println!("model: {}", model.display());
     println!(

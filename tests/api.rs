@@ -6,9 +6,6 @@
 //! attributes `attr_0..attr_7`): skipped with a notice when `../shared` is absent, failing
 //! when `ASEN_REQUIRE_SHARED=1`.
 
-#[path = "support/shared.rs"]
-mod shared;
-
 use std::io::{BufRead, BufReader, Read};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -22,7 +19,7 @@ const READ_KEY: &str = "test-read-key";
 const MAX_BODY: usize = 256 * 1024;
 
 fn shared_dir() -> Option<PathBuf> {
-    shared::shared_dir(&["golden/asen_v1_fashionai.pth.gz"])
+    asen_test_support::shared_dir(&["golden/asen_v1_fashionai.pth.gz"])
 }
 
 struct Server {

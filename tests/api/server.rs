@@ -90,7 +90,11 @@ impl TestServer {
     /// A server over an empty store; `None` (after the skip notice) without the fixtures.
     pub fn start() -> Option<Self> {
         let shared = shared()?;
-        let data = tempfile::tempdir().unwrap();
+        Some(Self::serve(shared, tempfile::tempdir().unwrap()))
+    }
+
+    /// A server over the store in `data` (taken over: removed when the server is dropped).
+    fn serve(shared: PathBuf, data: tempfile::TempDir) -> Self {
         let config = config(data.path(), &shared);
         let service = commands::open_service(
             &config,
@@ -145,38 +149,72 @@ impl TestServer {
                 });
             })
             .unwrap();
-        Some(Self {
+        Self {
             base: format!("http://{addr}"),
             shared,
             state,
             stop: Some(stop),
             thread: Some(thread),
             _data: data,
-        })
+        }
+    }
+
+    /// A server over a fresh copy of the store that `seed` fills over HTTP once per test
+    /// binary (`template` caches it): the forward passes of seeding are paid once, and each
+    /// test still owns its store.
+    fn from_template(
+        template: &'static OnceLock<PathBuf>,
+        name: &str,
+        seed: fn(&TestServer),
+    ) -> Option<Self> {
+        let shared = shared()?;
+        let dir = template.get_or_init(|| {
+            let seeder = Self::start().expect("fixtures checked above");
+            seed(&seeder);
+            seeder
+                .state
+                .service
+                .store_handle()
+                .expect("a store")
+                .flush()
+                .expect("flush the seeded store");
+            let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
+            remove_stale_templates(tmp, name);
+            let dir = tmp.join(format!("api-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            copy_dir(seeder._data.path(), &dir);
+            drop(seeder);
+            dir
+        });
+        let data = tempfile::tempdir().unwrap();
+        copy_dir(dir, data.path());
+        Some(Self::serve(shared, data))
     }
 
     /// A server whose catalogue `shirts` holds the five photos of [`NAMES`]: the first three
     /// upserted as JSON (base64 images), the last two as multipart, as the old suite did.
     /// Payloads: brand `acme` for 10002.jpg and 59606.jpg, `zeta` otherwise; product
-    /// 0, 0, 1, 2, 3.
+    /// 0, 0, 1, 2, 3. (Seeded once per binary, copied per test.)
     pub fn seeded() -> Option<Self> {
-        let s = Self::start()?;
-        ok(&s.call("PUT", "/v1/catalogues/shirts", W, None), "create");
-        let receipt = ok(&s.upsert_json(&NAMES[..3]), "upsert json");
-        assert_eq!(receipt["affected"], 3);
-        let receipt = ok(&s.upsert_multipart(), "upsert multipart");
-        assert_eq!(receipt["affected"], 2);
-        Some(s)
+        static TEMPLATE: OnceLock<PathBuf> = OnceLock::new();
+        Self::from_template(&TEMPLATE, "seeded", |s| {
+            ok(&s.call("PUT", "/v1/catalogues/shirts", W, None), "create");
+            let receipt = ok(&s.upsert_json(&NAMES[..3]), "upsert json");
+            assert_eq!(receipt["affected"], 3);
+            let receipt = ok(&s.upsert_multipart(), "upsert multipart");
+            assert_eq!(receipt["affected"], 2);
+        })
     }
 
     /// A server whose catalogue `shirts` holds only 10002.jpg (for request errors, where
     /// the catalogue and item must exist but the ranking does not matter).
     pub fn with_one_item() -> Option<Self> {
-        let s = Self::start()?;
-        ok(&s.call("PUT", "/v1/catalogues/shirts", W, None), "create");
-        let receipt = ok(&s.upsert_json(&NAMES[..1]), "upsert json");
-        assert_eq!(receipt["affected"], 1);
-        Some(s)
+        static TEMPLATE: OnceLock<PathBuf> = OnceLock::new();
+        Self::from_template(&TEMPLATE, "one-item", |s| {
+            ok(&s.call("PUT", "/v1/catalogues/shirts", W, None), "create");
+            let receipt = ok(&s.upsert_json(&NAMES[..1]), "upsert json");
+            assert_eq!(receipt["affected"], 1);
+        })
     }
 
     /// Upsert `names` (a prefix of [`NAMES`]) into `shirts` as JSON with base64 images.
@@ -258,6 +296,40 @@ impl Drop for TestServer {
         }
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
+        }
+    }
+}
+
+/// Remove the templates `api-<name>-<pid>` of earlier runs (over an hour old): statics are
+/// never dropped, so a run cannot remove its own.
+fn remove_stale_templates(tmp: &Path, name: &str) {
+    let Ok(entries) = std::fs::read_dir(tmp) else {
+        return;
+    };
+    let prefix = format!("api-{name}-");
+    for entry in entries.flatten() {
+        let stale = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > Duration::from_secs(3600));
+        if stale && entry.file_name().to_string_lossy().starts_with(&prefix) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// Copy the folder `from` into `to` (created), recursively.
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
         }
     }
 }

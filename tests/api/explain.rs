@@ -126,57 +126,80 @@ fn explain_the_item_thumbnail_as_an_image_equals_explain_by_item() {
     assert!(max_same < 1e-4, "thumbnail as image vs item: {max_same}");
 }
 
-#[test]
-fn explain_request_errors_name_the_problem() {
+/// `POST /v1/explain` with `body` over a catalogue holding 10002.jpg and 10030.jpg: the
+/// error status and a message naming the problem.
+fn explain_error(body: fn(&TestServer) -> Value, status: u16, needle: &str, what: &str) {
     let Some(s) = TestServer::with_one_item() else {
         return;
     };
-    // 10030.jpg is stored too, so "unknown item" cases differ only in what they name.
     ok(&s.upsert_json(&["10030.jpg"]), "upsert 10030.jpg");
-    for (body, status, needle, what) in [
-        (
+    expect_error(
+        &s.call("POST", "/v1/explain", R, Some(&body(&s))),
+        status,
+        needle,
+        what,
+    );
+}
+
+#[test]
+fn explain_with_both_image_and_item_is_400() {
+    explain_error(
+        |s| {
             json!({"catalogue": "shirts", "item_id": "10030.jpg", "attribute": "attr_3",
-                   "image": b64(&s.image("10030.jpg"))}),
-            400,
-            "not both",
-            "explain with image and item",
-        ),
-        (
-            json!({"attribute": "attr_3"}),
-            400,
-            "give",
-            "explain with neither",
-        ),
-        (
-            json!({"item_id": "10030.jpg", "attribute": "attr_3"}),
-            400,
-            "catalogue",
-            "explain item without catalogue",
-        ),
-        (
-            json!({"catalogue": "shirts", "item_id": "nope", "attribute": "attr_3"}),
-            404,
-            "nope",
-            "explain unknown item",
-        ),
-        (
-            json!({"catalogue": "hats", "item_id": "10030.jpg", "attribute": "attr_3"}),
-            404,
-            "hats",
-            "explain item of unknown catalogue",
-        ),
-        (
-            json!({"catalogue": "shirts", "item_id": "10030.jpg", "attribute": "sleeve"}),
-            422,
-            "sleeve",
-            "explain item, unknown attribute",
-        ),
-    ] {
-        expect_error(
-            &s.call("POST", "/v1/explain", R, Some(&body)),
-            status,
-            needle,
-            what,
-        );
-    }
+                   "image": b64(&s.image("10030.jpg"))})
+        },
+        400,
+        "not both",
+        "explain with image and item",
+    );
+}
+
+#[test]
+fn explain_with_neither_image_nor_item_is_400() {
+    explain_error(
+        |_| json!({"attribute": "attr_3"}),
+        400,
+        "give",
+        "explain with neither",
+    );
+}
+
+#[test]
+fn explain_an_item_without_its_catalogue_is_400() {
+    explain_error(
+        |_| json!({"item_id": "10030.jpg", "attribute": "attr_3"}),
+        400,
+        "catalogue",
+        "explain item without catalogue",
+    );
+}
+
+#[test]
+fn explain_an_unknown_item_is_404() {
+    explain_error(
+        |_| json!({"catalogue": "shirts", "item_id": "nope", "attribute": "attr_3"}),
+        404,
+        "nope",
+        "explain unknown item",
+    );
+}
+
+#[test]
+fn explain_an_item_of_an_unknown_catalogue_is_404() {
+    explain_error(
+        |_| json!({"catalogue": "hats", "item_id": "10030.jpg", "attribute": "attr_3"}),
+        404,
+        "hats",
+        "explain item of unknown catalogue",
+    );
+}
+
+#[test]
+fn explain_an_item_on_an_unknown_attribute_is_422() {
+    explain_error(
+        |_| json!({"catalogue": "shirts", "item_id": "10030.jpg", "attribute": "sleeve"}),
+        422,
+        "sleeve",
+        "explain item, unknown attribute",
+    );
 }

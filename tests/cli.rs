@@ -437,7 +437,7 @@ fn handle(mut stream: TcpStream, log: &Mutex<ServerLog>) {
     let text = answer.to_string();
     let _ = write!(
         stream,
-        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{text}",
+        "HTTP/1.1 {status} X\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{text}",
         text.len()
     );
 }

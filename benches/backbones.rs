@@ -24,7 +24,9 @@ fn shared_dir() -> PathBuf {
 }
 
 fn build(kind: BackboneKind, device: &Device) -> (Backbone, &'static str) {
-    if let Ok(path) = kind.imagenet_weights_path(None) {
+    if let Ok(path) =
+        kind.imagenet_weights_path(&[concat!(env!("CARGO_MANIFEST_DIR"), "/models/weights")])
+    {
         return (
             Backbone::load(kind, &path, device).expect("load weights"),
             "imagenet",

@@ -40,7 +40,14 @@ fn main() {
                 "/../shared/golden/asen_v1_fashionai.pth.gz"
             ))
         });
-    let embedder = asen_models::Embedder::load(&model, &asen_models::EmbedderOptions::default())
+    let opts = asen_models::EmbedderOptions {
+        weights_dirs: vec![PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/models/weights"
+        ))],
+        ..asen_models::EmbedderOptions::default()
+    };
+    let embedder = asen_models::Embedder::load(&model, &opts)
         .unwrap_or_else(|e| panic!("cannot load model {}: {e}", model.display()));
     let n_attributes: usize = env_or("ASEN_LOAD_ATTRIBUTES", 2);
     let attributes: Vec<String> = embedder

@@ -16,7 +16,8 @@ use candle_nn::VarBuilder;
 fn run(paths: &[String]) -> Result<(), Box<dyn std::error::Error>> {
     let device = Device::Cpu;
     let kind = BackboneKind::EfficientNetLite0;
-    let weights = kind.imagenet_weights_path(None)?;
+    let weights =
+        kind.imagenet_weights_path(&[concat!(env!("CARGO_MANIFEST_DIR"), "/models/weights")])?;
     let backbone = Backbone::load(kind, &weights, &device)?;
     let tensors = candle_core::safetensors::load(&weights, &device)?;
     let classifier = Lite0Classifier::new(VarBuilder::from_tensors(tensors, DType::F32, &device))?;

@@ -5,14 +5,16 @@
 //! cargo build --release --bin asen
 //! cargo run --release --example e2e_retrieval -- [--model DIR] [--queries N] [--seed S] [--asen BIN]
 //! ```
-//! Defaults: the shipped model (`models/default` of this checkout), 200 test queries, seed 20200207, `target/release/asen`.
+//! Defaults: the shipped model, 200 test queries, seed 20200207, `target/release/asen`.
 
 use std::path::PathBuf;
 
 use asen_test_support::retrieval;
 
 fn main() -> anyhow::Result<()> {
-    let mut model = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/models/default"));
+    let mut model = std::env::var_os("ASEN_MODEL_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/models/default")));
     let mut queries = 200usize;
     let mut seed = 20_200_207u64;
     let mut asen = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/release/asen");

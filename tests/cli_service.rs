@@ -80,3 +80,114 @@ fn search_reports_a_missing_catalogue() {
     assert_eq!(code, 2);
     assert!(err.contains("catalogue \"nope\" not found"), "{err}");
 }
+
+/// Runs the binary in `cwd`.
+fn asen_in(cwd: &std::path::Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_asen"))
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Three products of the bundled demo catalogue, ingested with the shipped model into
+/// `<work>/data`.
+fn demo_store(work: &std::path::Path) {
+    let images = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/catalogue/images");
+    let csv = work.join("items.csv");
+    let mut text = String::from("id,path,colour\n");
+    for (id, colour) in [
+        ("20343", "Black"),
+        ("11414", "Black"),
+        ("13828", "Navy Blue"),
+    ] {
+        text.push_str(&format!(
+            "{id},{},{colour}\n",
+            images.join(format!("{id}.jpg")).display()
+        ));
+    }
+    std::fs::write(&csv, text).unwrap();
+    let (code, out, err) = asen_in(
+        work,
+        &[
+            "ingest",
+            "--catalogue",
+            "demo",
+            "--csv",
+            "items.csv",
+            "--data",
+            "data",
+            "--quiet",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("ingested 3, skipped 0, failed 0"), "{out}");
+}
+
+#[test]
+fn search_by_item_loads_no_model() {
+    let work = tempfile::tempdir().unwrap();
+    demo_store(work.path());
+    // A model path that does not exist: an item query must not try to load it.
+    let (code, out, err) = asen_in(
+        work.path(),
+        &[
+            "search",
+            "--data",
+            "data",
+            "-c",
+            "demo",
+            "-a",
+            "baseColour",
+            "--item",
+            "20343",
+            "-k",
+            "2",
+            "--model",
+            "no-such-model",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().count(), 4, "header, rule, 2 hits: {out}");
+    // An image query needs it, and says which one is missing.
+    let image =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/catalogue/images/20343.jpg");
+    let (code, _, err) = asen_in(
+        work.path(),
+        &[
+            "search",
+            "--data",
+            "data",
+            "-c",
+            "demo",
+            "-a",
+            "baseColour",
+            "--image",
+            image.to_str().unwrap(),
+            "--model",
+            "no-such-model",
+        ],
+    );
+    assert_eq!(code, 2);
+    assert!(err.contains("cannot load model no-such-model"), "{err}");
+}
+
+#[test]
+fn compare_of_two_images_opens_no_store() {
+    let work = tempfile::tempdir().unwrap();
+    let images = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/catalogue/images");
+    let a = images.join("20343.jpg").display().to_string();
+    let b = images.join("11414.jpg").display().to_string();
+    let (code, out, err) = asen_in(work.path(), &["compare", &a, &b]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("verdict: matching design points"), "{out}");
+    assert!(
+        std::fs::read_dir(work.path()).unwrap().next().is_none(),
+        "compare wrote into its working folder (a store was opened)"
+    );
+}

@@ -1,5 +1,5 @@
 //! Official ASEN checkpoints -> asen model directories (`model.safetensors` +
-//! `card.json`), inspection summaries, and loading a model directory's head.
+//! `card.json`, read back by [`crate::ModelDir`]) and inspection summaries.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use crate::card::{AttributeSpec, ModelCard, Provenance, CARD_FILE, WEIGHTS_FILE};
 use crate::checkpoint::{Checkpoint, CheckpointFormat};
 use crate::error::{ModelError, Result};
-use crate::head::{Head, HeadConfig, HeadKind};
+use crate::head::{HeadConfig, HeadKind};
 
 /// Options of [`convert_checkpoint`].
 #[derive(Debug, Clone)]
@@ -88,7 +88,7 @@ pub fn convert_checkpoint(src: &Path, out_dir: &Path, opts: &ConvertOptions) -> 
         source_file: src.file_name().map(|n| n.to_string_lossy().into_owned()),
         source_sha256: Some(hex(&Sha256::digest(&bytes))),
         command: opts.command.clone(),
-        date: Some(utc_date_today()),
+        date: Some(utc_date()),
         notes: Some(notes.join("; ")),
     };
     let tensors: HashMap<String, Tensor> = ckpt
@@ -108,33 +108,6 @@ pub fn convert_checkpoint(src: &Path, out_dir: &Path, opts: &ConvertOptions) -> 
     candle_core::safetensors::save(&tensors, &weights)?;
     card.save(out_dir.join(CARD_FILE))?;
     Ok(card)
-}
-
-/// A model directory loaded for inference: its card, head and every tensor
-/// (the backbone ones under `backbonenet.`, for the backbone builder).
-#[derive(Debug, Clone)]
-pub struct ModelDir {
-    /// The card.
-    pub card: ModelCard,
-    /// The head, built from the card's kind and sizes with every key checked.
-    pub head: Head,
-    /// All tensors of `model.safetensors` (normalised names).
-    pub tensors: BTreeMap<String, Tensor>,
-}
-
-impl ModelDir {
-    /// Read `dir/card.json` and `dir/model.safetensors` and build the head on `device`.
-    pub fn load(dir: impl AsRef<Path>, device: &Device) -> Result<Self> {
-        let dir = dir.as_ref();
-        let card = ModelCard::load(dir.join(CARD_FILE))?;
-        let ckpt = Checkpoint::load(dir.join(WEIGHTS_FILE))?;
-        let head = ckpt.load_head_as(card.head, &card.head_config, device)?;
-        Ok(Self {
-            card,
-            head,
-            tensors: ckpt.tensors().clone(),
-        })
-    }
 }
 
 /// What [`inspect_checkpoint`] finds.
@@ -256,8 +229,9 @@ fn group(n: usize) -> String {
     out
 }
 
-/// Today's UTC date as `YYYY-MM-DD` (civil-from-days, proleptic Gregorian).
-pub(crate) fn utc_date_today() -> String {
+/// Today's UTC date as `YYYY-MM-DD` (civil-from-days, proleptic Gregorian),
+/// as model cards record it.
+pub fn utc_date() -> String {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())

@@ -12,14 +12,12 @@ use candle_core::{DType, Device, Tensor};
 use image::RgbImage;
 
 use crate::backbone::{Backbone, BackboneKind};
-use crate::card::{ModelCard, CARD_FILE, WEIGHTS_FILE};
+use crate::card::ModelCard;
 use crate::checkpoint::{CheckedTensors, Checkpoint};
 use crate::error::{ModelError, Result};
 use crate::head::Head;
+use crate::model_dir::ModelDir;
 use crate::preprocess::{decode_image, resize_and_crop, to_tensor, PreprocessConfig};
-
-/// Name of the environment variable that overrides the default model directory.
-pub const MODEL_DIR_ENV: &str = "ASEN_MODEL_DIR";
 
 /// Options for [`Embedder::load`].
 #[derive(Debug, Clone)]
@@ -30,8 +28,10 @@ pub struct EmbedderOptions {
     pub batch_size: usize,
     /// Decoding limits; `size` is overridden by the card's input size.
     pub preprocess: PreprocessConfig,
-    /// Directory searched first for shipped backbone weights.
-    pub weights_dir: Option<PathBuf>,
+    /// Directories searched, in order, for the shipped ImageNet weights of
+    /// a frozen-backbone model ([`crate::locate_weights`]); the caller
+    /// decides where they live.
+    pub weights_dirs: Vec<PathBuf>,
 }
 
 impl Default for EmbedderOptions {
@@ -40,7 +40,7 @@ impl Default for EmbedderOptions {
             device: Device::Cpu,
             batch_size: 16,
             preprocess: PreprocessConfig::default(),
-            weights_dir: None,
+            weights_dirs: Vec::new(),
         }
     }
 }
@@ -78,19 +78,6 @@ pub struct Embedder {
     preprocess: PreprocessConfig,
 }
 
-/// The model directory used when none is given: `$ASEN_MODEL_DIR`, else
-/// `default/` next to the executable, else `models/default/` of this source tree.
-pub fn default_model_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os(MODEL_DIR_ENV) {
-        return PathBuf::from(dir);
-    }
-    let beside_exe = std::env::current_exe()
-        .ok()
-        .and_then(|p| p.parent().map(|d| d.join("default")))
-        .filter(|d| d.join(CARD_FILE).is_file());
-    beside_exe.unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("default"))
-}
-
 impl Embedder {
     /// Load a model: a model directory (`card.json` + `model.safetensors`),
     /// or an official `.pth` / `.pth.gz` checkpoint (attributes then named
@@ -101,9 +88,8 @@ impl Embedder {
     pub fn load(path: impl AsRef<Path>, opts: &EmbedderOptions) -> Result<Self> {
         let path = path.as_ref();
         if path.is_dir() {
-            let card = ModelCard::load(path.join(CARD_FILE))?;
-            let ckpt = Checkpoint::load(path.join(WEIGHTS_FILE))?;
-            Self::from_parts(card, &ckpt, opts)
+            let model = ModelDir::load(path)?;
+            Self::from_parts(model.card, &model.checkpoint, opts)
         } else if path.is_file() {
             let ckpt = Checkpoint::load(path)?;
             let kind = ckpt.variant()?;
@@ -156,7 +142,7 @@ impl Embedder {
         let head = ckpt.load_head_as(card.head, &card.head_config, &device)?;
         let backbone_tensors = ckpt.backbone_tensors()?;
         let backbone = if backbone_tensors.is_empty() {
-            let weights = kind.imagenet_weights_path(opts.weights_dir.as_deref())?;
+            let weights = kind.imagenet_weights_path(&opts.weights_dirs)?;
             Backbone::load(kind, &weights, &device)?
         } else {
             load_backbone(kind, backbone_tensors, ckpt.path(), &device)?
@@ -180,10 +166,10 @@ impl Embedder {
         })
     }
 
-    /// An embedder over modules built in memory (the fine-tuning trainer
-    /// validates with it): the same as [`Embedder::load`] of the directory
-    /// those modules are saved to.
-    pub(crate) fn from_modules(
+    /// An embedder over modules built in memory (the fine-tuning trainer of
+    /// `asen-train` validates with it): the same as [`Embedder::load`] of the
+    /// directory those modules are saved to.
+    pub fn from_modules(
         card: ModelCard,
         backbone: Backbone,
         head: Head,

@@ -1,16 +1,19 @@
 //! Inference building blocks shared by the backbones: convolutions with
 //! BatchNorm folded into their weights at load time, TensorFlow "SAME"
-//! padding, and a fast depthwise convolution for the CPU.
+//! padding, a fast depthwise convolution for the CPU, and convolutions as
+//! sums over kernel taps ([`conv2d_taps`], [`depthwise_conv2d_taps`]): plain
+//! candle ops with gradients on every device, used by the depthwise layer off
+//! the CPU and by the trainable backbone of `asen-train`.
 
 use candle_core::{CpuStorage, CustomOp1, DType, InplaceOp1, Layout, Module, Shape, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
 use rayon::prelude::*;
 
-use crate::error::Result;
+use crate::error::{ModelError, Result};
 
 /// Activation applied after a convolution (fused into the depthwise kernel).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Activation {
+pub enum Activation {
     /// Identity.
     None,
     /// `max(x, 0)`.
@@ -20,7 +23,8 @@ pub(crate) enum Activation {
 }
 
 impl Activation {
-    pub(crate) fn apply(self, x: Tensor) -> candle_core::Result<Tensor> {
+    /// Apply the activation to `x` (any shape).
+    pub fn apply(self, x: Tensor) -> candle_core::Result<Tensor> {
         match self {
             Activation::None => Ok(x),
             Activation::Relu => x.relu(),
@@ -41,7 +45,7 @@ impl Activation {
 /// Zero padding around a feature map: symmetric (PyTorch) or TensorFlow
 /// "SAME" (computed from the input size at run time).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Padding {
+pub enum Padding {
     /// The same number of zeros on every side.
     Symmetric(usize),
     /// TF "SAME": see [`same_padding`].
@@ -50,7 +54,7 @@ pub(crate) enum Padding {
 
 impl Padding {
     /// `(before, after)` padding along one axis of length `size`.
-    pub(crate) fn amounts(self, size: usize, kernel: usize, stride: usize) -> (usize, usize) {
+    pub fn amounts(self, size: usize, kernel: usize, stride: usize) -> (usize, usize) {
         match self {
             Padding::Symmetric(p) => (p, p),
             Padding::Same => same_padding(size, kernel, stride),
@@ -514,7 +518,7 @@ impl DepthwiseConvBnAct {
     /// `conv2d`, which runs one convolution per channel.
     fn forward_grouped(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let c = x.dim(1)?;
-        let y = crate::backbone::depthwise_conv2d_taps(x, &self.weight, self.stride, self.padding)
+        let y = depthwise_conv2d_taps(x, &self.weight, self.stride, self.padding)
             .map_err(candle_core::Error::wrap)?;
         let y = y.broadcast_add(&self.bias.reshape((1, c, 1, 1))?)?;
         self.act.apply(y)
@@ -659,6 +663,124 @@ impl Module for InvertedBottleneck {
             Ok(y)
         }
     }
+}
+
+// Convolutions as sums over kernel taps, from differentiable candle ops
+// only (reshape, pad, narrow, matmul, multiply): device-generic and with
+// gradients. Inference uses the depthwise one off the CPU; the trainable
+// backbone of `asen-train` builds every layer from them.
+
+/// The `k * k` shifted views of `x` `[B, C, H, W]` seen by a `k`x`k` conv
+/// with `stride` and `padding`, in `(ky, kx)` order, each `[B, C, OH, OW]`:
+/// `view[ky * k + kx][.., oy, ox] = x_padded[.., oy * stride + ky, ox * stride + kx]`.
+///
+/// Strided views come from splitting each padded axis into `(rows, stride)`
+/// (a reshape) and narrowing both parts, so only reshape, pad and narrow are
+/// used: all have gradients on every device.
+fn tap_views(x: &Tensor, kernel: usize, stride: usize, padding: Padding) -> Result<Vec<Tensor>> {
+    let (b, c, h, w) = x.dims4()?;
+    let s = stride.max(1);
+    let (top, bottom) = padding.amounts(h, kernel, s);
+    let (left, right) = padding.amounts(w, kernel, s);
+    let (hp, wp) = (h + top + bottom, w + left + right);
+    if hp < kernel || wp < kernel {
+        return Err(ModelError::InvalidArgument(format!(
+            "a {kernel}x{kernel} convolution needs a map of at least {kernel}x{kernel} after padding, got {hp}x{wp}"
+        )));
+    }
+    let (oh, ow) = ((hp - kernel) / s + 1, (wp - kernel) / s + 1);
+    // Every index used is below s * (o + (k - 1) / s): pad or trim to it.
+    let (hq, wq) = (oh + (kernel - 1) / s, ow + (kernel - 1) / s);
+    let fit = |x: Tensor, dim: usize, before: usize, after: usize, size: usize, target: usize| {
+        let x = if before + after > 0 {
+            x.pad_with_zeros(dim, before, after)?
+        } else {
+            x
+        };
+        if size < target {
+            x.pad_with_zeros(dim, 0, target - size)
+        } else if size > target {
+            x.narrow(dim, 0, target)
+        } else {
+            Ok(x)
+        }
+    };
+    let xp = fit(x.clone(), 2, top, bottom, hp, s * hq)?;
+    let xp = fit(xp, 3, left, right, wp, s * wq)?;
+    let mut views = Vec::with_capacity(kernel * kernel);
+    if s == 1 {
+        for ky in 0..kernel {
+            for kx in 0..kernel {
+                views.push(xp.narrow(2, ky, oh)?.narrow(3, kx, ow)?);
+            }
+        }
+    } else {
+        let x6 = xp.reshape((b, c, hq, s, wq, s))?;
+        for ky in 0..kernel {
+            for kx in 0..kernel {
+                let v = x6
+                    .narrow(2, ky / s, oh)?
+                    .narrow(3, ky % s, 1)?
+                    .narrow(4, kx / s, ow)?
+                    .narrow(5, kx % s, 1)?
+                    .reshape((b, c, oh, ow))?;
+                views.push(v);
+            }
+        }
+    }
+    Ok(views)
+}
+
+/// Dense convolution without bias, `x` `[B, C, H, W]`, `weight`
+/// `[O, C, k, k]` -> `[B, O, OH, OW]`: the taps stacked into
+/// `[B * OH * OW, C * k * k]` (im2col from differentiable ops) times the
+/// flattened weight; a 1x1 stride-1 conv is one plain matmul.
+pub fn conv2d_taps(x: &Tensor, weight: &Tensor, stride: usize, padding: Padding) -> Result<Tensor> {
+    let (o, c, k, _) = weight.dims4()?;
+    let b = x.dim(0)?;
+    let views = tap_views(x, k, stride, padding)?;
+    let (_, _, oh, ow) = views[0].dims4()?;
+    let n = oh * ow;
+    // [B, C, k*k, OH, OW]: rows in (c, ky, kx) order, as the weight flattens.
+    let cols = if views.len() == 1 {
+        views[0].reshape((b, c, n))?
+    } else {
+        Tensor::stack(&views, 2)?.reshape((b, c * k * k, n))?
+    };
+    let rows = cols.transpose(1, 2)?.reshape((b * n, c * k * k))?;
+    let y = rows.matmul(&weight.reshape((o, c * k * k))?.t()?)?;
+    Ok(y.reshape((b, oh, ow, o))?.permute((0, 3, 1, 2))?)
+}
+
+/// Depthwise convolution without bias, `x` `[B, C, H, W]`, `weight`
+/// `[C, 1, k, k]` -> `[B, C, OH, OW]`: the sum over taps of each shifted view
+/// times its per-channel weight.
+pub fn depthwise_conv2d_taps(
+    x: &Tensor,
+    weight: &Tensor,
+    stride: usize,
+    padding: Padding,
+) -> Result<Tensor> {
+    let (c, one, k, _) = weight.dims4()?;
+    if one != 1 || x.dim(1)? != c {
+        return Err(ModelError::InvalidArgument(format!(
+            "depthwise weight of shape {:?} does not fit an input of shape {:?}",
+            weight.dims(),
+            x.dims()
+        )));
+    }
+    let views = tap_views(x, k, stride, padding)?;
+    let taps = weight.reshape((c, k * k))?;
+    let mut acc: Option<Tensor> = None;
+    for (t, view) in views.iter().enumerate() {
+        let w = taps.narrow(1, t, 1)?.reshape((1, c, 1, 1))?;
+        let term = view.broadcast_mul(&w)?;
+        acc = Some(match acc {
+            Some(a) => (a + term)?,
+            None => term,
+        });
+    }
+    acc.ok_or_else(|| ModelError::InvalidArgument("depthwise conv with an empty kernel".into()))
 }
 
 #[cfg(test)]

@@ -1,13 +1,26 @@
-//! ASEN on candle: preprocessing, backbones, attribute-specific heads,
-//! PyTorch checkpoint loading, training and evaluation.
+//! ASEN inference on candle: preprocessing, backbones, attribute-specific
+//! heads, PyTorch checkpoint reading, model cards and the [`Embedder`].
+//! Training, datasets and evaluation live in the `asen-train` crate, which
+//! builds on this one (never the reverse).
 //!
-//! Checkpoints and heads: [`Checkpoint::load`] reads an official `.pth`
-//! (legacy or zip, optionally gzipped) or a safetensors file; its keys are
-//! normalised (backbone under `backbonenet.`, head at the root) and
-//! [`CheckedTensors`] builds models from them while collecting a
-//! [`KeyReport`]. [`convert_checkpoint`] turns an official checkpoint into a
-//! model directory (`model.safetensors` + [`ModelCard`]), which
-//! [`ModelDir::load`] reads back.
+//! How the types cooperate: a model directory holds a [`ModelCard`] (what
+//! the model is: backbone, head, attributes, thresholds, provenance) and
+//! `model.safetensors`; [`ModelDir::load`] is the one reader of it.
+//! [`Embedder::load`] builds on it: the [`Backbone`] named by the card (its
+//! own tensors, or the shipped ImageNet weights found by [`locate_weights`]
+//! in the directories the caller lists in [`EmbedderOptions`]), then the
+//! [`Head`]. Images go in as bytes ([`preprocess_bytes`] under the limits of
+//! [`PreprocessConfig`]) or decoded RGB; one L2-normalised vector (and the
+//! attention map) per image and attribute comes out. [`cosine`] compares two.
+//!
+//! Official checkpoints: [`Checkpoint::load`] reads a `.pth` (legacy or zip,
+//! optionally gzipped) or a safetensors file; its keys are normalised
+//! (backbone under `backbonenet.`, head at the root) and [`CheckedTensors`]
+//! builds models from them while collecting a [`KeyReport`].
+//! [`convert_checkpoint`] turns one into a model directory.
+//!
+//! The library reads no environment variables: where models and weights
+//! live is the caller's configuration.
 //!
 //! ```no_run
 //! use asen_models::{Checkpoint, ModelError};
@@ -27,54 +40,43 @@
 #![warn(missing_docs)]
 
 mod backbone;
-pub mod card;
-pub mod checkpoint;
+mod card;
+mod checkpoint;
 pub mod colour;
 mod convert;
-mod data;
 mod device;
 mod embedder;
 mod error;
-mod eval;
-pub mod head;
+mod head;
 mod layers;
+mod model_dir;
 mod preprocess;
-mod train;
+mod vector;
 
 pub use backbone::{
     locate_weights, Backbone, BackboneKind, EfficientNetLite0, Lite0Classifier, MobileNetV2,
-    ResNet50Layer3, TrainableBackbone,
+    ResNet50Layer3,
 };
-pub use card::{AttributeSpec, ModelCard, Provenance};
-pub use checkpoint::{CheckedTensors, Checkpoint, CheckpointFormat, KeyReport};
+pub use card::{
+    AttributeSpec, ModelCard, Provenance, CARD_FILE, CARD_FORMAT_VERSION, WEIGHTS_FILE,
+};
+pub use checkpoint::{CheckedTensors, Checkpoint, CheckpointFormat, KeyReport, ShapeMismatch};
 pub use convert::{
-    convert_checkpoint, inspect_checkpoint, CheckpointSummary, ConvertOptions, ModelDir,
-};
-pub use data::{
-    generate_synthetic, Attribute, CsvOptions, Dataset, ImageRecord, Probe, ProbeLists, Split,
-    SyntheticConfig, SyntheticDataset,
+    convert_checkpoint, inspect_checkpoint, utc_date, CheckpointSummary, ConvertOptions,
 };
 pub use device::parse_device;
-pub use embedder::{
-    default_model_dir, AttentionMap, Embedder, EmbedderOptions, Embedding, MODEL_DIR_ENV,
-};
+pub use embedder::{AttentionMap, Embedder, EmbedderOptions, Embedding};
 pub use error::{ModelError, Result};
-pub use eval::{
-    average_precision, best_f1_threshold, calibrate_thresholds, cosine, embed_split, evaluate_head,
-    evaluate_pairs, evaluate_retrieval, load_triplets, pooled_split, query_average_precisions,
-    random_split, rank_by_score, triplet_accuracy, AttributeScore, PairEmbeddings, RetrievalReport,
+pub use head::{
+    l2_normalize_rows, pointwise_conv, AsenPpGlobal, AsenV1, AsenV2, Csn, GlobalHead, Head,
+    HeadConfig, HeadKind, HeadOutput,
 };
-pub use head::{Head, HeadConfig, HeadKind, HeadOutput};
-pub use layers::{conv_bn_folded, pad_same, same_padding};
+pub use layers::{
+    conv2d_taps, conv_bn_folded, depthwise_conv2d_taps, pad_same, same_padding, Activation, Padding,
+};
+pub use model_dir::ModelDir;
 pub use preprocess::{
     decode_image, preprocess_bytes, resize_and_crop, to_tensor, PreprocessConfig, IMAGENET_MEAN,
     IMAGENET_STD,
 };
-pub use train::{
-    batch_all_ranking_loss, dataset_features, embed_dataset_split, finetune, l2_normalize,
-    load_crop, map_by_attribute, train_head, trained_card, triplet_ranking_loss, unusable_images,
-    utc_date, without_images, BadImage, CacheKey, DatasetFeatures, EpochRecord, FeatureCache,
-    FeatureOptions, FinetuneNetwork, FinetuneSettings, Negatives, ResumeState, Sampling, StepDecay,
-    TrainConfig, TrainEvent, TrainOptions, TrainOutcome, TrainableHead, Triplet, TripletSampler,
-    DEFAULT_MARGIN, STATE_FILE,
-};
+pub use vector::{cosine, l2_normalize};

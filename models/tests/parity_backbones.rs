@@ -9,13 +9,15 @@ use candle_core::{DType, Device, Tensor, D};
 use candle_nn::VarBuilder;
 
 fn load(kind: BackboneKind) -> Backbone {
-    let path = kind.imagenet_weights_path(None).unwrap();
+    let path = kind
+        .imagenet_weights_path(&fixtures::weights_dirs())
+        .unwrap();
     Backbone::load(kind, &path, &Device::Cpu).unwrap()
 }
 
 fn lite0_classifier() -> Lite0Classifier {
     let path = BackboneKind::EfficientNetLite0
-        .imagenet_weights_path(None)
+        .imagenet_weights_path(&fixtures::weights_dirs())
         .unwrap();
     let tensors = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
     Lite0Classifier::new(VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu)).unwrap()
@@ -143,7 +145,10 @@ fn lite0_recognises_a_tshirt_as_jersey() {
 fn feature_maps_follow_the_input_size() {
     let x = Tensor::randn(0f32, 1.0, (1, 3, 225, 300), &Device::Cpu).unwrap();
     for kind in [BackboneKind::MobileNetV2, BackboneKind::EfficientNetLite0] {
-        if kind.imagenet_weights_path(None).is_err() {
+        if kind
+            .imagenet_weights_path(&fixtures::weights_dirs())
+            .is_err()
+        {
             eprintln!("SKIP {kind}: weights not found");
             continue;
         }

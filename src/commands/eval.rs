@@ -8,13 +8,13 @@
 //! whole network on every image.
 
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use asen_models::{
+use asen_models::{BackboneKind, Embedder, EmbedderOptions, ModelDir, PreprocessConfig};
+use asen_train::{
     calibrate_thresholds, embed_split, evaluate_pairs, load_crop, pooled_split, random_split,
-    without_images, BackboneKind, BadImage, Checkpoint, Dataset, Embedder, EmbedderOptions,
-    ModelDir, PairEmbeddings, PreprocessConfig, Split,
+    without_images, BadImage, Dataset, PairEmbeddings, Split,
 };
 
 use super::train::{cached_features, default_cache, load_dataset, report_bad_images};
@@ -27,6 +27,7 @@ pub fn run(args: EvalArgs, config: &Config) -> anyhow::Result<()> {
         Some(s @ (Split::Valid | Split::Test)) => s,
         _ => bail!("--split must be valid or test, got {:?}", args.split),
     };
+    let weights_dirs = config.weights_dirs();
     let dataset = load_dataset(&args.data)?;
     let data_path = args.data.data.clone().unwrap_or_default();
     if dataset.probes(split).queries.is_empty() {
@@ -51,7 +52,8 @@ pub fn run(args: EvalArgs, config: &Config) -> anyhow::Result<()> {
                 .cache
                 .clone()
                 .unwrap_or_else(|| default_cache(cache_dir, backbone, false, 224));
-            let (features, usable) = cached_features(&dataset, backbone, false, 224, &cache)?;
+            let (features, usable) =
+                cached_features(&dataset, backbone, false, 224, &cache, &weights_dirs)?;
             let pairs = pooled_split(&features.cache, &usable, split)?;
             (
                 format!("imagenet pooled {backbone}"),
@@ -65,7 +67,7 @@ pub fn run(args: EvalArgs, config: &Config) -> anyhow::Result<()> {
             // `--model` is in the config's model path; unset, the shipped model.
             let _ = model;
             let path = config.model_path();
-            evaluate_model(&path, &dataset, split, &args, cache_dir)?
+            evaluate_model(&path, &dataset, split, &args, cache_dir, &weights_dirs)?
         }
     };
     let report = evaluate_pairs(&usable, split, &pairs)?;
@@ -93,16 +95,24 @@ fn evaluate_model(
     split: Split,
     args: &EvalArgs,
     cache_dir: &Path,
+    weights_dirs: &[PathBuf],
 ) -> anyhow::Result<Evaluated> {
     let label = path.display().to_string();
-    let frozen = path.is_dir()
-        && Checkpoint::load(path.join("model.safetensors"))
-            .map(|c| c.backbone_tensors().map(|t| t.is_empty()).unwrap_or(false))
-            .unwrap_or(false);
-    if frozen {
+    let model_dir = if path.is_dir() {
+        Some(
+            ModelDir::load(path)
+                .with_context(|| format!("cannot load model {}", path.display()))?,
+        )
+    } else {
+        None
+    };
+    let frozen = match &model_dir {
+        Some(m) => !m.has_backbone()?,
+        None => false,
+    };
+    if let (true, Some(model)) = (frozen, model_dir) {
         let device = asen_models::parse_device("cpu")?;
-        let model = ModelDir::load(path, &device)
-            .with_context(|| format!("cannot load model {}", path.display()))?;
+        let head = model.head(&device)?;
         let head_attributes = model_attributes(&model.card, dataset)?;
         let backbone: BackboneKind = model.card.backbone.parse()?;
         let size = model.card.input_size;
@@ -112,9 +122,10 @@ fn evaluate_model(
             .cache
             .clone()
             .unwrap_or_else(|| default_cache(cache_dir, backbone, colour, size));
-        let (features, usable) = cached_features(dataset, backbone, colour, size, &cache)?;
+        let (features, usable) =
+            cached_features(dataset, backbone, colour, size, &cache, weights_dirs)?;
         let pairs = embed_split(
-            &model.head,
+            &head,
             &features.cache,
             &usable,
             split,
@@ -139,7 +150,11 @@ fn evaluate_model(
             path.display()
         );
     }
-    let embedder = Embedder::load(path, &EmbedderOptions::default())
+    let opts = EmbedderOptions {
+        weights_dirs: weights_dirs.to_vec(),
+        ..EmbedderOptions::default()
+    };
+    let embedder = Embedder::load(path, &opts)
         .with_context(|| format!("cannot load model {}", path.display()))?;
     let head_attributes = model_attributes(embedder.card(), dataset)?;
     let cfg = PreprocessConfig {

@@ -1,17 +1,16 @@
 //! `asen inspect`: what a model directory or checkpoint contains.
 
 use anyhow::Context;
-use asen_models::{inspect_checkpoint, Checkpoint, ModelCard};
+use asen_models::{inspect_checkpoint, ModelDir};
 
 use crate::cli::InspectArgs;
 
 /// Print a summary of a model directory (its card) or a checkpoint file.
 pub fn run(args: InspectArgs) -> anyhow::Result<()> {
     if args.model.is_dir() {
-        let card = ModelCard::load(&args.model)?;
-        let weights = args.model.join("model.safetensors");
-        let ckpt = Checkpoint::load(&weights)
-            .with_context(|| format!("cannot read weights of {}", args.model.display()))?;
+        let model = ModelDir::load(&args.model)
+            .with_context(|| format!("cannot read model {}", args.model.display()))?;
+        let (card, ckpt) = (&model.card, &model.checkpoint);
         println!("model:       {}", args.model.display());
         println!("variant:     {}", card.head);
         println!(

@@ -62,7 +62,7 @@ pub fn embedder_options(config: &Config) -> anyhow::Result<EmbedderOptions> {
             max_pixels: config.limits.max_pixels,
             ..PreprocessConfig::default()
         },
-        weights_dir: config.weights_dirs().into_iter().next(),
+        weights_dirs: config.weights_dirs(),
     })
 }
 

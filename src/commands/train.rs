@@ -7,14 +7,12 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use asen_models::{
-    calibrate_thresholds, dataset_features, embed_split, train_head, without_images, BackboneKind,
-    BadImage, CsvOptions, Dataset, DatasetFeatures, FeatureOptions, HeadKind, ModelDir, Split,
-    StepDecay, TrainConfig, TrainEvent, TrainOptions,
-};
-use asen_models::{
-    embed_dataset_split, finetune, unusable_images, Embedder, EmbedderOptions, FinetuneSettings,
-    PreprocessConfig, TrainOutcome,
+use asen_models::{BackboneKind, Embedder, EmbedderOptions, HeadKind, ModelDir, PreprocessConfig};
+use asen_train::{
+    calibrate_thresholds, dataset_features, embed_dataset_split, embed_split, finetune, train_head,
+    unusable_images, without_images, BadImage, CsvOptions, Dataset, DatasetFeatures,
+    FeatureOptions, FinetuneSettings, Split, StepDecay, TrainConfig, TrainEvent, TrainOptions,
+    TrainOutcome,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -65,8 +63,10 @@ pub fn cached_features(
     colour_histogram: bool,
     input_size: u32,
     cache: &Path,
+    weights_dirs: &[PathBuf],
 ) -> anyhow::Result<(DatasetFeatures, Dataset)> {
     let mut opts = FeatureOptions::new(backbone);
+    opts.weights_dirs = weights_dirs.to_vec();
     opts.colour_histogram = colour_histogram;
     opts.input_size = input_size;
     let bar = ProgressBar::new(dataset.len() as u64);
@@ -249,7 +249,15 @@ pub fn run(args: TrainArgs, config: &Config) -> anyhow::Result<()> {
     }
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
     if finetune {
-        return run_finetune(&dataset, &data, &cfg, &out, args.resume, &device_name);
+        return run_finetune(
+            &dataset,
+            &data,
+            &cfg,
+            &out,
+            args.resume,
+            &device_name,
+            &config.weights_dirs(),
+        );
     }
     let cache = data
         .cache
@@ -261,6 +269,7 @@ pub fn run(args: TrainArgs, config: &Config) -> anyhow::Result<()> {
         cfg.colour_histogram,
         cfg.input_size,
         &cache,
+        &config.weights_dirs(),
     )?;
 
     let command = std::env::args().collect::<Vec<_>>().join(" ");
@@ -290,16 +299,18 @@ pub fn run(args: TrainArgs, config: &Config) -> anyhow::Result<()> {
             command: Some(command),
             notes: Some(notes),
             eval_batch_size: 64,
+            weights_dirs: config.weights_dirs(),
         },
         &mut |event| show_event(&bar, &cfg, event),
     )?;
     bar.finish_and_clear();
 
     // Copy-check thresholds of the best model, calibrated on the valid split.
-    let best = ModelDir::load(&outcome.best_dir, &asen_models::parse_device("cpu")?)
+    let best = ModelDir::load(&outcome.best_dir)
         .with_context(|| format!("cannot reload {}", outcome.best_dir.display()))?;
+    let head = best.head(&asen_models::parse_device("cpu")?)?;
     let mut card = best.card;
-    let pairs = embed_split(&best.head, &features.cache, &usable, Split::Valid, 64, None)?;
+    let pairs = embed_split(&head, &features.cache, &usable, Split::Valid, 64, None)?;
     let thresholds = calibrate_thresholds(&usable, Split::Valid, &pairs, 1500);
     card.match_thresholds = Some(thresholds);
     card.save(&outcome.best_dir)?;
@@ -372,6 +383,7 @@ fn run_finetune(
     out: &Path,
     resume: bool,
     device_name: &str,
+    weights_dirs: &[PathBuf],
 ) -> anyhow::Result<()> {
     let device = &asen_models::parse_device(device_name)?;
     let preprocess = PreprocessConfig {
@@ -408,6 +420,7 @@ fn run_finetune(
             command: Some(std::env::args().collect::<Vec<_>>().join(" ")),
             notes: Some(notes),
             eval_batch_size: 32,
+            weights_dirs: weights_dirs.to_vec(),
         },
         device,
         &mut |event| show_event(&bar, cfg, event),

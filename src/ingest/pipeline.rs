@@ -7,9 +7,9 @@
 //!
 //! A local [`Sink`] prepares by decoding and cropping (`service::items::prepare`) and writes by
 //! embedding and upserting (`service::items::upsert_prepared`); a remote one checks the image
-//! and PUTs it to a server. Items whose stored content hash equals the sha256 of their image
-//! bytes are skipped before decoding, which makes a re-run a no-op and an interrupted run
-//! resumable. Rows and images that fail go to the report and the run continues; storage and
+//! and PUTs it to a server. Items stored with the sha256 of their image bytes and the same
+//! payload are skipped before decoding, which makes a re-run a no-op and an interrupted run
+//! resumable; a changed image or payload is written again. Rows and images that fail go to the report and the run continues; storage and
 //! transport failures stop it.
 
 use std::io::IsTerminal;
@@ -261,7 +261,12 @@ fn prepare<S: Sink>(
         Ok(b) => b,
         Err(e) => return Prepared::Failed(failure(record, format!("cannot read image: {e}"))),
     };
-    match sink.is_current(catalogue, &record.id, &content_hash(&bytes)) {
+    match sink.is_current(
+        catalogue,
+        &record.id,
+        &content_hash(&bytes),
+        &record.payload,
+    ) {
         Ok(true) => return Prepared::Skipped,
         Ok(false) => {}
         Err(e) => return Prepared::Fatal(e),

@@ -14,7 +14,7 @@ use std::io::Read;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
-use asen_index::ItemId;
+use asen_index::{ItemId, Payload};
 use asen_models::{decode_image, PreprocessConfig};
 use base64::Engine;
 
@@ -92,7 +92,7 @@ impl RemoteClient {
         format!("{}/v1/catalogues/{}", self.base, encode_segment(catalogue))
     }
 
-    /// Creates the catalogue (`PUT /v1/catalogues/{c}` with an empty object: the server takes
+    /// Creates the catalogue (`PUT /v1/catalogues/{c}` with an empty body: the server takes
     /// the schema from its model) unless `GET` finds it.
     pub fn ensure_catalogue(&self, catalogue: &str) -> anyhow::Result<()> {
         let url = self.catalogue_url(catalogue);
@@ -100,7 +100,7 @@ impl RemoteClient {
         match got.status {
             200..=299 => Ok(()),
             404 => {
-                let put = self.send("PUT", &url, Some(b"{}"))?;
+                let put = self.send("PUT", &url, Some(b""))?;
                 match put.status {
                     200..=299 | 409 => Ok(()),
                     s => bail!(
@@ -116,8 +116,12 @@ impl RemoteClient {
         }
     }
 
-    /// The content hash stored with an item, `None` when the item is absent or has none.
-    pub fn stored_hash(&self, catalogue: &str, id: &ItemId) -> anyhow::Result<Option<String>> {
+    /// The content hash and payload stored with an item, `None` when the item is absent.
+    pub fn stored(
+        &self,
+        catalogue: &str,
+        id: &ItemId,
+    ) -> anyhow::Result<Option<(Option<String>, Payload)>> {
         let url = format!(
             "{}/items/{}",
             self.catalogue_url(catalogue),
@@ -125,12 +129,18 @@ impl RemoteClient {
         );
         let reply = self.send("GET", &url, None)?;
         match reply.status {
-            200..=299 => Ok(reply
-                .json()
-                .as_ref()
-                .and_then(|v| v.pointer("/result/content_hash"))
-                .and_then(|v| v.as_str())
-                .map(str::to_string)),
+            200..=299 => {
+                let json = reply.json().unwrap_or_default();
+                let hash = json
+                    .pointer("/result/content_hash")
+                    .and_then(|v| v.as_str())
+                    .map(str::to_string);
+                let payload = json
+                    .pointer("/result/payload")
+                    .and_then(|v| serde_json::from_value(v.clone()).ok())
+                    .unwrap_or_default();
+                Ok(Some((hash, payload)))
+            }
             404 => Ok(None),
             s => bail!(
                 "cannot read item {:?} of catalogue {catalogue:?} on the server: http {s}: {}",
@@ -186,6 +196,7 @@ impl RemoteClient {
             request = request.set("api-key", key);
         }
         let result = match body {
+            Some([]) => request.send_bytes(&[]),
             Some(bytes) => request
                 .set("content-type", "application/json")
                 .send_bytes(bytes),
@@ -250,8 +261,19 @@ impl Sink for RemoteSink {
         self.client.ensure_catalogue(catalogue)
     }
 
-    fn is_current(&self, catalogue: &str, id: &ItemId, hash: &str) -> anyhow::Result<bool> {
-        Ok(self.client.stored_hash(catalogue, id)?.as_deref() == Some(hash))
+    fn is_current(
+        &self,
+        catalogue: &str,
+        id: &ItemId,
+        hash: &str,
+        payload: &Payload,
+    ) -> anyhow::Result<bool> {
+        Ok(match self.client.stored(catalogue, id)? {
+            Some((stored_hash, stored_payload)) => {
+                stored_hash.as_deref() == Some(hash) && &stored_payload == payload
+            }
+            None => false,
+        })
     }
 
     fn prepare(&self, item: NewItem) -> Result<ItemBody, String> {
@@ -410,16 +432,15 @@ mod tests {
     }
 
     #[test]
-    fn stored_hash_reads_the_envelope() {
+    fn stored_reads_hash_and_payload_from_the_envelope() {
         let (port, h) = serve_once(http(
             "200 OK",
-            r#"{"result":{"id":"x y","content_hash":"abc"},"status":"ok"}"#,
+            r#"{"result":{"id":"x y","content_hash":"abc","payload":{"brand":"acme"}},"status":"ok"}"#,
         ));
         let id = ItemId::new("x y").unwrap();
-        assert_eq!(
-            client(port, None).stored_hash("c", &id).unwrap().as_deref(),
-            Some("abc")
-        );
+        let (hash, payload) = client(port, None).stored("c", &id).unwrap().unwrap();
+        assert_eq!(hash.as_deref(), Some("abc"));
+        assert_eq!(payload["brand"], "acme");
         assert!(h
             .join()
             .unwrap()
@@ -427,10 +448,10 @@ mod tests {
     }
 
     #[test]
-    fn stored_hash_of_a_404_is_absent() {
+    fn stored_of_a_404_is_absent() {
         let (port, _h) = serve_once(http("404 Not Found", r#"{"status":{"error":"no"}}"#));
         let id = ItemId::new("x").unwrap();
-        assert_eq!(client(port, None).stored_hash("c", &id).unwrap(), None);
+        assert_eq!(client(port, None).stored("c", &id).unwrap(), None);
     }
 
     #[test]
@@ -438,10 +459,7 @@ mod tests {
         let big = "x".repeat(MAX_REPLY_BYTES as usize + 10);
         let (port, _h) = serve_once(http("200 OK", &big));
         let id = ItemId::new("x").unwrap();
-        let err = client(port, None)
-            .stored_hash("c", &id)
-            .unwrap_err()
-            .to_string();
+        let err = client(port, None).stored("c", &id).unwrap_err().to_string();
         assert!(err.contains("larger than"), "{err}");
     }
 

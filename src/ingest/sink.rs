@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use asen_index::{ErrorKind, ItemId};
+use asen_index::{ErrorKind, ItemId, Payload};
 
 use crate::service::items::{self, NewItem, PreparedItem};
 use crate::service::{catalogues, Service, ServiceError};
@@ -32,8 +32,15 @@ pub trait Sink: Sync {
     /// Create the catalogue from the model if it is missing, or check it fits the model.
     fn ensure_catalogue(&self, catalogue: &str) -> anyhow::Result<()>;
 
-    /// Whether the item is stored with the image of hash `hash` already (then it is skipped).
-    fn is_current(&self, catalogue: &str, id: &ItemId, hash: &str) -> anyhow::Result<bool>;
+    /// Whether the item is stored with the image of hash `hash` and this payload already
+    /// (then it is skipped).
+    fn is_current(
+        &self,
+        catalogue: &str,
+        id: &ItemId,
+        hash: &str,
+        payload: &Payload,
+    ) -> anyhow::Result<bool>;
 
     /// Read an item's image into what `write` takes; `Err` is the reason it fails (the row
     /// goes to the report and the run continues).
@@ -87,7 +94,13 @@ impl Sink for LocalSink {
         Ok(())
     }
 
-    fn is_current(&self, catalogue: &str, id: &ItemId, hash: &str) -> anyhow::Result<bool> {
+    fn is_current(
+        &self,
+        catalogue: &str,
+        id: &ItemId,
+        hash: &str,
+        payload: &Payload,
+    ) -> anyhow::Result<bool> {
         use anyhow::Context;
         let stored = self
             .service
@@ -99,7 +112,7 @@ impl Sink for LocalSink {
                     id.as_str()
                 )
             })?;
-        Ok(stored.is_some_and(|s| items::is_current(&self.service, &s, hash)))
+        Ok(stored.is_some_and(|s| items::is_current(&self.service, &s, hash, payload)))
     }
 
     fn prepare(&self, item: NewItem) -> Result<PreparedItem, String> {

@@ -58,10 +58,13 @@ pub fn content_hash(bytes: &[u8]) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Whether `stored` already holds the image of hash `hash` with everything this service
-/// would write for it (its thumbnail, when thumbnails are kept): ingestion skips it.
-pub fn is_current(svc: &Service, stored: &StoredItem, hash: &str) -> bool {
-    stored.content_hash.as_deref() == Some(hash) && (!svc.thumbnails || stored.has_thumbnail)
+/// Whether `stored` already holds the image of hash `hash` and the payload `payload`, with
+/// everything this service would write for it (its thumbnail, when thumbnails are kept):
+/// ingestion skips it.
+pub fn is_current(svc: &Service, stored: &StoredItem, hash: &str, payload: &Payload) -> bool {
+    stored.content_hash.as_deref() == Some(hash)
+        && &stored.payload == payload
+        && (!svc.thumbnails || stored.has_thumbnail)
 }
 
 /// Read one image: hash, decode (pixel limit), crop to the model's input, and encode the
@@ -202,6 +205,54 @@ pub fn image(svc: &Service, catalogue: &str, id: &str) -> Result<Vec<u8>> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use asen_index::HnswConfig;
+
+    fn stored(hash: &str, brand: &str, has_thumbnail: bool) -> StoredItem {
+        StoredItem {
+            id: ItemId::new("a").unwrap(),
+            payload: serde_json::from_value(serde_json::json!({ "brand": brand })).unwrap(),
+            attributes: vec![],
+            vectors: None,
+            content_hash: Some(hash.to_string()),
+            has_thumbnail,
+        }
+    }
+
+    #[test]
+    fn an_item_is_current_only_with_the_same_image_payload_and_thumbnail() {
+        let svc = Service::new(
+            super::super::ServiceLimits::default(),
+            HnswConfig::default(),
+            true,
+        );
+        let acme: Payload = serde_json::from_value(serde_json::json!({"brand": "acme"})).unwrap();
+        assert!(is_current(&svc, &stored("h", "acme", true), "h", &acme));
+        assert!(
+            !is_current(&svc, &stored("other", "acme", true), "h", &acme),
+            "image"
+        );
+        assert!(
+            !is_current(&svc, &stored("h", "zeta", true), "h", &acme),
+            "payload"
+        );
+        assert!(
+            !is_current(&svc, &stored("h", "acme", false), "h", &acme),
+            "thumbnail"
+        );
+        let without = Service::new(
+            super::super::ServiceLimits::default(),
+            HnswConfig::default(),
+            false,
+        );
+        assert!(is_current(
+            &without,
+            &stored("h", "acme", false),
+            "h",
+            &acme
+        ));
+    }
+
     #[test]
     fn content_hash_is_sha256_hex() {
         assert_eq!(

@@ -338,4 +338,6 @@ impl Service {
     }
 }
 
+/// Cosine similarity of two vectors (0 when either is zero): the one
+/// implementation, [`asen_models::cosine`].
 pub use asen_models::cosine;

@@ -11,9 +11,9 @@ use candle_nn::{Linear, VarBuilder};
 use crate::error::Result;
 use crate::layers::{Activation, ConvBnAct, DepthwiseConvBnAct, InvertedBottleneck, Padding};
 
-pub(super) const BN_EPS: f64 = 1e-3;
+const BN_EPS: f64 = 1e-3;
 /// (repeats, kernel, first stride, expansion, output channels) per stage.
-pub(super) const STAGES: [(usize, usize, usize, usize, usize); 7] = [
+const STAGES: [(usize, usize, usize, usize, usize); 7] = [
     (1, 3, 1, 1, 16),
     (2, 3, 2, 6, 24),
     (2, 5, 2, 6, 40),
@@ -22,8 +22,9 @@ pub(super) const STAGES: [(usize, usize, usize, usize, usize); 7] = [
     (4, 5, 2, 6, 192),
     (1, 3, 1, 6, 320),
 ];
-pub(super) const STEM: usize = 32;
-pub(super) const HEAD: usize = 1280;
+const STEM: usize = 32;
+const HEAD: usize = 1280;
+
 /// ImageNet-1k classes of the `_fc` classifier.
 const CLASSES: usize = 1000;
 
@@ -84,6 +85,14 @@ pub struct EfficientNetLite0 {
 }
 
 impl EfficientNetLite0 {
+    /// BatchNorm epsilon of every layer.
+    pub const BN_EPS: f64 = BN_EPS;
+    /// (repeats, kernel, first stride, expansion, output channels) per stage.
+    pub const STAGES: [(usize, usize, usize, usize, usize); 7] = STAGES;
+    /// Channels of the stem convolution.
+    pub const STEM: usize = STEM;
+    /// Channels of the final 1x1 convolution.
+    pub const HEAD: usize = HEAD;
     /// Output channels of the feature map.
     pub const OUT_CHANNELS: usize = HEAD;
 
@@ -138,7 +147,7 @@ pub struct Lite0Classifier {
 }
 
 impl Lite0Classifier {
-    /// Read `_fc.weight` [1000, 1280] and `_fc.bias` [1000] under `vb`.
+    /// Read `_fc.weight` `[1000, 1280]` and `_fc.bias` `[1000]` under `vb`.
     pub fn new(vb: VarBuilder) -> Result<Self> {
         Ok(Self {
             fc: candle_nn::linear(HEAD, CLASSES, vb.pp("_fc"))?,

@@ -10,9 +10,9 @@ use candle_nn::VarBuilder;
 use crate::error::Result;
 use crate::layers::{Activation, ConvBnAct, DepthwiseConvBnAct, InvertedBottleneck, Padding};
 
-pub(super) const BN_EPS: f64 = 1e-5;
+const BN_EPS: f64 = 1e-5;
 /// (expansion t, output channels c, repeats n, first stride s).
-pub(super) const SETTINGS: [(usize, usize, usize, usize); 7] = [
+const SETTINGS: [(usize, usize, usize, usize); 7] = [
     (1, 16, 1, 1),
     (6, 24, 2, 2),
     (6, 32, 3, 2),
@@ -21,8 +21,8 @@ pub(super) const SETTINGS: [(usize, usize, usize, usize); 7] = [
     (6, 160, 3, 2),
     (6, 320, 1, 1),
 ];
-pub(super) const STEM: usize = 32;
-pub(super) const HEAD: usize = 1280;
+const STEM: usize = 32;
+const HEAD: usize = 1280;
 
 /// torchvision `InvertedResidual`: optional 1x1 expand + ReLU6, 3x3
 /// depthwise + ReLU6, 1x1 linear projection, residual when stride 1 and
@@ -85,6 +85,14 @@ pub struct MobileNetV2 {
 }
 
 impl MobileNetV2 {
+    /// BatchNorm epsilon of every layer.
+    pub const BN_EPS: f64 = BN_EPS;
+    /// (expansion t, output channels c, repeats n, first stride s) per stage.
+    pub const SETTINGS: [(usize, usize, usize, usize); 7] = SETTINGS;
+    /// Channels of the stem convolution.
+    pub const STEM: usize = STEM;
+    /// Channels of the final 1x1 convolution.
+    pub const HEAD: usize = HEAD;
     /// Output channels of the feature map.
     pub const OUT_CHANNELS: usize = HEAD;
 

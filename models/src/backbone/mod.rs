@@ -9,7 +9,6 @@
 mod efficientnet_lite;
 mod mobilenet_v2;
 mod resnet;
-mod trainable;
 
 use std::path::{Path, PathBuf};
 
@@ -22,8 +21,6 @@ use crate::error::{ModelError, Result};
 pub use efficientnet_lite::{EfficientNetLite0, Lite0Classifier};
 pub use mobilenet_v2::MobileNetV2;
 pub use resnet::ResNet50Layer3;
-pub(crate) use trainable::depthwise_conv2d_taps;
-pub use trainable::TrainableBackbone;
 
 /// Which backbone architecture.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -94,16 +91,16 @@ impl BackboneKind {
         }
     }
 
-    /// Locate the shipped ImageNet weights with [`locate_weights`]
-    /// (`preferred_dir` first). Errors for ResNet-50, which has none.
-    pub fn imagenet_weights_path(self, preferred_dir: Option<&Path>) -> Result<PathBuf> {
+    /// Locate the shipped ImageNet weights in `dirs` with [`locate_weights`].
+    /// Errors for ResNet-50, which has none.
+    pub fn imagenet_weights_path<P: AsRef<Path>>(self, dirs: &[P]) -> Result<PathBuf> {
         let file = self.default_weights_file().ok_or_else(|| {
             ModelError::InvalidArgument(format!(
                 "backbone {} has no shipped ImageNet weights; its weights come from the ASEN checkpoint",
                 self.name()
             ))
         })?;
-        locate_weights(file, preferred_dir)
+        locate_weights(file, dirs)
     }
 }
 
@@ -128,25 +125,13 @@ impl std::str::FromStr for BackboneKind {
     }
 }
 
-/// Find a weights file. The one place that decides where weights live;
-/// searched in order:
-/// 1. `preferred_dir` (the caller's configuration, e.g. `ASEN_MODEL__WEIGHTS_DIR`);
-/// 2. `weights/` next to the running executable, then the executable's directory;
-/// 3. `models/weights/` of this source tree (`CARGO_MANIFEST_DIR`), for
-///    tests, examples and `cargo run`.
-pub fn locate_weights(file: &str, preferred_dir: Option<&Path>) -> Result<PathBuf> {
-    let mut searched = Vec::new();
-    if let Some(dir) = preferred_dir {
-        searched.push(dir.to_path_buf());
-    }
-    if let Some(exe_dir) = std::env::current_exe()
-        .ok()
-        .and_then(|p| p.parent().map(Path::to_path_buf))
-    {
-        searched.push(exe_dir.join("weights"));
-        searched.push(exe_dir);
-    }
-    searched.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("weights"));
+/// Find the weights file `file` in the first of `dirs` that holds it. The
+/// caller decides where weights live (the `asen` binary: its configuration,
+/// then `weights/` beside the executable, the executable's directory and the
+/// source tree's `models/weights/`); the library reads no environment.
+/// The error lists every directory searched, in order.
+pub fn locate_weights<P: AsRef<Path>>(file: &str, dirs: &[P]) -> Result<PathBuf> {
+    let searched: Vec<PathBuf> = dirs.iter().map(|d| d.as_ref().to_path_buf()).collect();
     match searched.iter().map(|d| d.join(file)).find(|p| p.is_file()) {
         Some(path) => Ok(path),
         None => Err(ModelError::WeightsNotFound {
@@ -299,15 +284,17 @@ mod tests {
 
     #[test]
     fn missing_weights_list_the_searched_places() {
-        let e = locate_weights("no_such_file.safetensors", Some(Path::new("/nonexistent")))
-            .unwrap_err();
+        let dirs = [Path::new("/nonexistent"), Path::new("/also/missing")];
+        let e = locate_weights("no_such_file.safetensors", &dirs).unwrap_err();
         let msg = e.to_string();
         assert!(
-            msg.contains("no_such_file.safetensors") && msg.contains("/nonexistent"),
+            msg.contains("no_such_file.safetensors")
+                && msg.contains("/nonexistent")
+                && msg.contains("/also/missing"),
             "{msg}"
         );
         assert!(BackboneKind::ResNet50Layer3
-            .imagenet_weights_path(None)
+            .imagenet_weights_path(&dirs)
             .is_err());
     }
 

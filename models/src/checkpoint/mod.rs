@@ -190,7 +190,7 @@ impl Checkpoint {
         })
     }
 
-    /// Tensors under normalised names (see [`normalise_key`]), ignored keys dropped.
+    /// Tensors under normalised names (see `checkpoint::normalise_key`), ignored keys dropped.
     /// Two raw keys mapping to one name is a format error.
     pub fn normalised(&self) -> Result<BTreeMap<String, Tensor>> {
         let mut out = BTreeMap::new();

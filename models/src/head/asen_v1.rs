@@ -20,7 +20,7 @@ use candle_nn::{Linear, Module, VarBuilder};
 
 use super::{
     attention_pool, attribute_column, check_attribute_list, check_attributes, check_features,
-    l2_normalise, Conv1x1, HeadConfig, HeadKind, HeadOutput,
+    l2_normalize_rows, Conv1x1, HeadConfig, HeadKind, HeadOutput,
 };
 use crate::error::Result;
 
@@ -124,7 +124,7 @@ impl AsenV1 {
                     .relu()?,
             )?,
         )?;
-        let emb = l2_normalise(&self.feature_fc.forward(&(v * gate)?)?)?;
+        let emb = l2_normalize_rows(&self.feature_fc.forward(&(v * gate)?)?)?;
         Ok(HeadOutput {
             embedding: emb,
             attention: Some(attn.reshape((b, h, w))?),

@@ -18,7 +18,7 @@ use candle_nn::{BatchNorm, Embedding, Linear, Module, ModuleT, VarBuilder};
 
 use super::{
     attention_pool, attribute_column, check_attribute_list, check_attributes, check_features,
-    l2_normalise, Conv1x1, HeadConfig, HeadKind, HeadOutput,
+    l2_normalize_rows, Conv1x1, HeadConfig, HeadKind, HeadOutput,
 };
 use crate::error::Result;
 
@@ -110,7 +110,7 @@ impl DotProductHead {
     pub(crate) fn forward(&self, x: &Tensor, attr: &Tensor, train: bool) -> Result<HeadOutput> {
         let (out, attn) = self.forward_raw(x, attr, train)?;
         Ok(HeadOutput {
-            embedding: l2_normalise(&out)?,
+            embedding: l2_normalize_rows(&out)?,
             attention: Some(attn),
         })
     }
@@ -144,7 +144,7 @@ impl DotProductHead {
             .map(|&a| {
                 let (out, attn) = self.attend(&x, &img, &attribute_column(a, b, &x)?)?;
                 Ok(HeadOutput {
-                    embedding: l2_normalise(&out)?,
+                    embedding: l2_normalize_rows(&out)?,
                     attention: Some(attn.reshape((b, h, w))?),
                 })
             })

@@ -13,7 +13,7 @@ use candle_nn::{Embedding, Linear, Module, VarBuilder};
 
 use super::{
     attribute_column, check_attribute_list, check_attributes, check_features, global_average_pool,
-    l2_normalise, HeadConfig, HeadKind, HeadOutput,
+    l2_normalize_rows, HeadConfig, HeadKind, HeadOutput,
 };
 use crate::error::Result;
 
@@ -71,7 +71,7 @@ impl Csn {
     fn mask(&self, g: &Tensor, attr: &Tensor) -> Result<HeadOutput> {
         let m = self.masks.forward(attr)?.relu()?;
         Ok(HeadOutput {
-            embedding: l2_normalise(&(g * m)?)?,
+            embedding: l2_normalize_rows(&(g * m)?)?,
             attention: None,
         })
     }

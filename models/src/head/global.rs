@@ -9,7 +9,7 @@ use candle_core::Tensor;
 use candle_nn::{Linear, Module, VarBuilder};
 
 use super::{
-    check_attribute_list, check_attributes, check_features, global_average_pool, l2_normalise,
+    check_attribute_list, check_attributes, check_features, global_average_pool, l2_normalize_rows,
     HeadConfig, HeadKind, HeadOutput,
 };
 use crate::error::Result;
@@ -54,7 +54,7 @@ impl GlobalHead {
     fn embed(&self, x: &Tensor) -> Result<HeadOutput> {
         let e = self.fc.forward(&global_average_pool(x)?)?;
         Ok(HeadOutput {
-            embedding: l2_normalise(&e)?,
+            embedding: l2_normalize_rows(&e)?,
             attention: None,
         })
     }

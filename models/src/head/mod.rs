@@ -384,7 +384,7 @@ impl Conv1x1 {
 /// batched `weight.broadcast_matmul(x)` form is as fast forward but its
 /// backward materialises a `[B, O, C]` weight gradient (261 MB for a
 /// training step of 192 MobileNetV2 maps) before summing it.
-pub(crate) fn pointwise_conv(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
+pub fn pointwise_conv(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
     let (b, c, n) = x.dims3()?;
     let o = weight.dim(0)?;
     let rows = x.transpose(1, 2)?.reshape((b * n, c))?;
@@ -407,9 +407,11 @@ fn attention_pool(x: &Tensor, logits: &Tensor) -> Result<(Tensor, Tensor)> {
     Ok((pooled, attn))
 }
 
-/// Row-wise `x / max(||x||_2, 1e-12)` for `[B, D]` (PyTorch `F.normalize`;
-/// identical to the plain `x / ||x||` of v1/v2 for every non-zero row).
-fn l2_normalise(x: &Tensor) -> Result<Tensor> {
+/// Row-wise L2 normalisation of `[B, D]`: `x / max(||x||_2, 1e-12)`
+/// (PyTorch `F.normalize`; the plain `x / ||x||` of v1/v2 for every
+/// non-zero row, and a zero row stays zero): the tensor form, with
+/// gradients, of [`crate::l2_normalize`]. Every head ends in it.
+pub fn l2_normalize_rows(x: &Tensor) -> Result<Tensor> {
     let norm = x
         .sqr()?
         .sum_keepdim(D::Minus1)?
@@ -428,6 +430,14 @@ mod tests {
     use super::*;
     use candle_core::Device;
     use candle_nn::VarMap;
+
+    #[test]
+    fn l2_normalize_rows_gives_unit_rows_and_keeps_zero_rows() {
+        let x = Tensor::new(&[[3f32, 4.0], [0.0, 0.0]], &Device::Cpu).unwrap();
+        let y = l2_normalize_rows(&x).unwrap().to_vec2::<f32>().unwrap();
+        assert!((y[0][0] - 0.6).abs() < 1e-6 && (y[0][1] - 0.8).abs() < 1e-6);
+        assert_eq!(y[1], vec![0.0, 0.0]);
+    }
 
     fn cfg() -> HeadConfig {
         HeadConfig {

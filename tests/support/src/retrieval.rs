@@ -253,7 +253,11 @@ pub fn evaluate(
     let ingest_summary = String::from_utf8_lossy(&out.stdout).trim().to_string();
 
     // 2. Queries through the model and the store.
-    let embedder = Embedder::load(model_dir, &EmbedderOptions::default())?;
+    let opts = EmbedderOptions {
+        weights_dirs: weights_dirs(),
+        ..EmbedderOptions::default()
+    };
+    let embedder = Embedder::load(model_dir, &opts)?;
     let cfg = *embedder.preprocess_config();
     let attr_idx = ATTRIBUTES
         .iter()
@@ -292,7 +296,7 @@ pub fn evaluate(
 
     // 3. The baseline: ImageNet weights of the same backbone, pooled, brute force.
     let kind: BackboneKind = embedder.card().backbone.parse()?;
-    let imagenet = match kind.imagenet_weights_path(None) {
+    let imagenet = match kind.imagenet_weights_path(&weights_dirs()) {
         Ok(path) => Some(Backbone::load(kind, &path, &Device::Cpu)?),
         Err(_) => None,
     };
@@ -355,4 +359,12 @@ pub fn shared_data_dir() -> PathBuf {
 /// `ASEN_REQUIRE_SHARED=1`.
 pub fn shared_data() -> Option<PathBuf> {
     crate::shared_dir(&["data/fashion-product-images/labels.csv"]).map(|d| d.join(DATA_DIR))
+}
+
+/// The shipped ImageNet weights of this source tree (`models/weights/`).
+fn weights_dirs() -> Vec<PathBuf> {
+    vec![PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/models/weights"
+    ))]
 }

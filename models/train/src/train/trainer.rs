@@ -1,0 +1,152 @@
+//! The trainer: a head on top of a frozen backbone whose feature maps are
+//! cached ([`crate::dataset_features`]), trained with triplets drawn fresh
+//! every epoch, the cosine margin ranking loss and Adam with step decay.
+//!
+//! Every epoch writes `last/` (a model directory plus `state.json`, the
+//! optimizer-free resume state) and, when the validation mAP improves,
+//! `best/`, under the output directory. Parameters are initialised from the
+//! seed (not from candle's unseeded CPU generator), and triplets depend only
+//! on the seed and the epoch, so a run is reproducible; a resumed run
+//! restarts Adam's moments, which is the only difference from an
+//! uninterrupted one.
+
+use std::path::Path;
+use std::time::Instant;
+
+use asen_models::{ModelDir, ModelError, Result};
+use candle_core::{Device, Tensor};
+use candle_nn::Optimizer;
+
+use super::config::TrainConfig;
+use super::head::TrainableHead;
+use super::run::{
+    batch_loss, batch_norm_sample, checked_loss, trained_card, triplet_batch, EpochRecord, RunDirs,
+    TrainEvent, TrainOptions, TrainOutcome,
+};
+use super::sampler::TripletSampler;
+use crate::data::{Dataset, Split};
+use crate::eval::evaluate_head;
+use crate::features::FeatureCache;
+
+/// Train a head of `cfg.head` on the cached backbone `features` of
+/// `dataset` (one entry per dataset image), selecting on the valid split's
+/// mAP; checkpoints go to `out_dir/last` and `out_dir/best`.
+pub fn train_head(
+    dataset: &Dataset,
+    features: &FeatureCache,
+    cfg: &TrainConfig,
+    out_dir: &Path,
+    opts: &TrainOptions,
+    progress: &mut dyn FnMut(&TrainEvent),
+) -> Result<TrainOutcome> {
+    cfg.validate()?;
+    if features.len() != dataset.len() {
+        return Err(ModelError::InvalidArgument(format!(
+            "feature cache {} has {} entries for a dataset of {} images",
+            features.path().display(),
+            features.len(),
+            dataset.len()
+        )));
+    }
+    let (c, _, _) = features.dims();
+    let expected = cfg.backbone.feature_channels(cfg.colour_histogram);
+    if c != expected {
+        return Err(ModelError::InvalidArgument(format!(
+            "feature cache {} has {c} channels, backbone {}{} gives {expected}",
+            features.path().display(),
+            cfg.backbone,
+            if cfg.colour_histogram {
+                " with the colour histogram"
+            } else {
+                ""
+            },
+        )));
+    }
+    if dataset.probes(Split::Valid).queries.is_empty() {
+        return Err(ModelError::InvalidArgument(
+            "the valid split has no retrieval queries: nothing to select the best epoch on".into(),
+        ));
+    }
+    if cfg.finetune.is_some() {
+        return Err(ModelError::InvalidArgument(
+            "this configuration fine-tunes the backbone: train it with finetune, not on cached features".into(),
+        ));
+    }
+    let device = Device::Cpu;
+    let sampler = TripletSampler::new(dataset, cfg.seed)?.with_sampling(cfg.sampling);
+    let head_cfg = cfg.head_config(dataset.attributes().len());
+    let dirs = RunDirs::new(out_dir);
+    let (mut state, resumed) = dirs.start(cfg, opts.resume)?;
+    let trainable = if resumed {
+        let model = ModelDir::load(&dirs.last)?;
+        if model.card.head != cfg.head || model.card.head_config != head_cfg {
+            return Err(ModelError::InvalidArgument(format!(
+                "{} holds a {} head of other sizes than this run's",
+                dirs.last.display(),
+                model.card.head
+            )));
+        }
+        TrainableHead::load(&model, &device)?
+    } else {
+        TrainableHead::new(cfg.head, &head_cfg, cfg.seed, &device)?
+    };
+    let mut optimizer = cfg.schedule.adam(trainable.trainable_vars())?;
+    let train_images = dataset.split_indices(Split::Train);
+    let bn_sample = batch_norm_sample(&train_images, cfg.seed, 2048);
+    let eval_batch = if opts.eval_batch_size == 0 {
+        64
+    } else {
+        opts.eval_batch_size
+    };
+    let card = trained_card(dataset, cfg, opts.command.clone(), opts.notes.clone())?;
+    for epoch in state.epoch..cfg.epochs {
+        let started = Instant::now();
+        let lr = cfg.schedule.apply(&mut optimizer, epoch);
+        let triplets = sampler.epoch(epoch as u64, cfg.triplets_per_epoch);
+        let steps = triplets.len().div_ceil(cfg.batch_size);
+        progress(&TrainEvent::EpochStart {
+            epoch: epoch + 1,
+            steps,
+        });
+        let mut loss_sum = 0f64;
+        for (s, batch) in triplets.chunks(cfg.batch_size).enumerate() {
+            let b = batch.len();
+            let (indices, attrs) = triplet_batch(batch);
+            let x = features.get(&indices, &device)?;
+            // Rebuilt every step: some heads keep re-laid-out copies of variables.
+            let head = trainable.head()?;
+            let attr = Tensor::from_vec(attrs, 3 * b, &device)?;
+            let out = head.forward(&x, &attr, true)?;
+            let loss = batch_loss(&out.embedding, cfg, dataset, batch, &indices)?;
+            optimizer.backward_step(&loss)?;
+            let value = checked_loss(&loss, epoch, s)?;
+            loss_sum += f64::from(value) * b as f64;
+            progress(&TrainEvent::Step {
+                epoch: epoch + 1,
+                step: s + 1,
+                triplets: b,
+                loss: value,
+            });
+        }
+        let train_secs = started.elapsed().as_secs_f64();
+        trainable.recompute_batch_norm(features, &bn_sample)?;
+        let report = evaluate_head(
+            &trainable.head()?,
+            features,
+            dataset,
+            Split::Valid,
+            eval_batch,
+        )?;
+        let record = EpochRecord {
+            epoch: epoch + 1,
+            lr,
+            loss: loss_sum / triplets.len() as f64,
+            valid_map: report.map,
+            triplets_per_s: triplets.len() as f64 / train_secs.max(1e-9),
+            seconds: started.elapsed().as_secs_f64(),
+        };
+        dirs.finish_epoch(&mut state, (&record, &report), (trainable.var_map(), &card))?;
+        progress(&TrainEvent::Epoch(record));
+    }
+    dirs.outcome(state)
+}

@@ -361,10 +361,11 @@ pub fn shared_data() -> Option<PathBuf> {
     crate::shared_dir(&["data/fashion-product-images/labels.csv"]).map(|d| d.join(DATA_DIR))
 }
 
-/// The shipped ImageNet weights of this source tree (`models/weights/`).
+/// The shipped ImageNet weights of this source tree (`models/weights/` of the checkout; this
+/// crate lives in `tests/support`).
 fn weights_dirs() -> Vec<PathBuf> {
     vec![PathBuf::from(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/models/weights"
+        "/../../models/weights"
     ))]
 }

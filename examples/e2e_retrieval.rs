@@ -7,10 +7,9 @@
 //! ```
 //! Defaults: the shipped model, 200 test queries, seed 20200207, `target/release/asen`.
 
-#[path = "../tests/support/retrieval.rs"]
-mod retrieval;
-
 use std::path::PathBuf;
+
+use asen_test_support::retrieval;
 
 fn main() -> anyhow::Result<()> {
     let mut model = std::env::var_os("ASEN_MODEL_DIR")
@@ -34,6 +33,11 @@ fn main() -> anyhow::Result<()> {
     }
     let work = tempfile::tempdir()?;
     let data = retrieval::shared_data_dir();
+    anyhow::ensure!(
+        data.join("labels.csv").is_file(),
+        "no labels.csv in {} (set ASEN_SHARED_DIR)",
+        data.display()
+    );
     let eval = retrieval::evaluate(&asen, &data, &model, work.path(), queries, seed, 10)?;
     println!("model: {}", model.display());
     println!(

@@ -5,9 +5,6 @@
 //! (random-weight head, attributes `attr_0..attr_7`), so these tests do not depend on the
 //! trained default model.
 
-#[path = "support/shared.rs"]
-mod shared;
-
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -20,7 +17,7 @@ use base64::Engine;
 use sha2::{Digest, Sha256};
 
 fn shared_dir() -> Option<PathBuf> {
-    shared::shared_dir(&[
+    asen_test_support::shared_dir(&[
         "data/fashion-product-images/labels.csv",
         "golden/asen_v1_fashionai.pth.gz",
     ])
@@ -489,7 +486,7 @@ fn handle(mut stream: TcpStream, log: &Mutex<ServerLog>) {
     let text = answer.to_string();
     let _ = write!(
         stream,
-        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{text}",
+        "HTTP/1.1 {status} X\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{text}",
         text.len()
     );
 }

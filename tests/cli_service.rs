@@ -2,14 +2,11 @@
 //! with exit code 2. Uses the shared v1 checkpoint (skipped with a notice when `../shared` is
 //! absent, failing when `ASEN_REQUIRE_SHARED=1`).
 
-#[path = "support/shared.rs"]
-mod shared;
-
 use std::path::PathBuf;
 use std::process::Command;
 
 fn shared_dir() -> Option<PathBuf> {
-    shared::shared_dir(&["golden/asen_v1_fashionai.pth.gz"])
+    asen_test_support::shared_dir(&["golden/asen_v1_fashionai.pth.gz"])
 }
 
 fn asen(args: &[&str]) -> (i32, String, String) {

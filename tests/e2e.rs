@@ -9,30 +9,19 @@
 //! CI-sized: the whole valid split as gallery (1,332 images), 200 test queries drawn with a
 //! fixed seed (`ASEN_E2E_QUERIES` to change the number).
 
-#[path = "support/retrieval.rs"]
-mod retrieval;
-
 use std::path::{Path, PathBuf};
+
+use asen_test_support::retrieval;
 
 const SEED: u64 = 20_200_207;
 const K: usize = 10;
 
 #[test]
 fn ingested_valid_split_beats_imagenet_pooled_features_at_precision_10() {
-    let data = retrieval::shared_data_dir();
-    if !data.join("labels.csv").is_file() {
-        if std::env::var("ASEN_REQUIRE_SHARED").as_deref() == Ok("1") {
-            panic!(
-                "shared data missing at {} (ASEN_REQUIRE_SHARED=1)",
-                data.display()
-            );
-        }
-        eprintln!("SKIPPED: shared data not found at {}", data.display());
+    let Some(data) = retrieval::shared_data() else {
         return;
-    }
-    let model = std::env::var_os("ASEN_MODEL_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/models/default")));
+    };
+    let model = model_dir();
     if !model.join("card.json").is_file() {
         if std::env::var("ASEN_REQUIRE_MODEL").as_deref() == Ok("1") {
             panic!(
@@ -90,4 +79,11 @@ fn ingested_valid_split_beats_imagenet_pooled_features_at_precision_10() {
             eval.table()
         );
     }
+}
+
+/// `$ASEN_MODEL_DIR`, else the shipped `models/default` of this checkout.
+fn model_dir() -> PathBuf {
+    std::env::var_os("ASEN_MODEL_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/models/default")))
 }

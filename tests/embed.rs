@@ -2,7 +2,7 @@
 //! the official checkpoint converts and embeds, and every kind of bad input
 //! ends with exit code 2 and one line naming the problem.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
 
 fn asen(args: &[&str]) -> Output {
@@ -13,24 +13,9 @@ fn asen(args: &[&str]) -> Output {
         .expect("run asen")
 }
 
-fn shared(test: &str) -> Option<PathBuf> {
-    let dir = std::env::var_os("ASEN_SHARED_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared"));
-    if dir.join("golden").is_dir() {
-        return Some(dir);
-    }
-    if std::env::var("ASEN_REQUIRE_SHARED").as_deref() == Ok("1") {
-        panic!(
-            "{test}: {} missing and ASEN_REQUIRE_SHARED=1",
-            dir.display()
-        );
-    }
-    eprintln!(
-        "SKIP {test}: shared fixtures not found at {}",
-        dir.display()
-    );
-    None
+/// The shared fixtures with the golden files (skip-or-fail: `asen_test_support::shared_dir`).
+fn shared() -> Option<PathBuf> {
+    asen_test_support::shared_dir(&["golden"])
 }
 
 /// Exit code 2 and exactly one stderr line containing every `needle`.
@@ -47,7 +32,7 @@ fn assert_one_line_error(out: &Output, needles: &[&str]) {
 
 #[test]
 fn convert_inspect_and_embed_the_official_checkpoint() {
-    let Some(shared) = shared("convert_inspect_and_embed_the_official_checkpoint") else {
+    let Some(shared) = shared() else {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
@@ -126,7 +111,7 @@ fn convert_inspect_and_embed_the_official_checkpoint() {
 
 #[test]
 fn bad_images_exit_2_with_one_line() {
-    let Some(shared) = shared("bad_images_exit_2_with_one_line") else {
+    let Some(shared) = shared() else {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
@@ -174,7 +159,7 @@ fn bad_images_exit_2_with_one_line() {
 
 #[test]
 fn bad_checkpoints_exit_2_with_one_line() {
-    let Some(shared) = shared("bad_checkpoints_exit_2_with_one_line") else {
+    let Some(shared) = shared() else {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();

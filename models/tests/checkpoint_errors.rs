@@ -13,7 +13,7 @@ use candle_core::{DType, Device, Tensor};
 
 /// `<shared>/golden`, or `None` after the skip notice (see `fixtures::shared_dir`).
 fn golden_dir() -> Option<PathBuf> {
-    fixtures::shared_dir("checkpoint_errors").map(|d| d.join("golden"))
+    fixtures::shared_dir().map(|d| d.join("golden"))
 }
 
 /// The error as one line; asserts it names the file.

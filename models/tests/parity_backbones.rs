@@ -47,7 +47,7 @@ fn argmax(logits: &Tensor) -> Vec<u32> {
 
 #[test]
 fn mobilenet_v2_matches_pytorch_on_stored_inputs() {
-    let Some(shared) = fixtures::shared_dir("mobilenet_v2_matches_pytorch_on_stored_inputs") else {
+    let Some(shared) = fixtures::shared_dir() else {
         return;
     };
     let want = fixtures::load_golden(&shared, "backbones_expected.safetensors");
@@ -65,8 +65,7 @@ fn mobilenet_v2_matches_pytorch_on_stored_inputs() {
 
 #[test]
 fn efficientnet_lite0_matches_pytorch_on_stored_inputs() {
-    let Some(shared) = fixtures::shared_dir("efficientnet_lite0_matches_pytorch_on_stored_inputs")
-    else {
+    let Some(shared) = fixtures::shared_dir() else {
         return;
     };
     let want = fixtures::load_golden(&shared, "backbones_expected.safetensors");
@@ -87,7 +86,7 @@ fn efficientnet_lite0_matches_pytorch_on_stored_inputs() {
 
 #[test]
 fn backbones_end_to_end_from_image_files() {
-    let Some(shared) = fixtures::shared_dir("backbones_end_to_end_from_image_files") else {
+    let Some(shared) = fixtures::shared_dir() else {
         return;
     };
     let want = fixtures::load_golden(&shared, "backbones_expected.safetensors");
@@ -120,7 +119,7 @@ fn cosine_rows(a: &Tensor, b: &Tensor) -> Vec<f32> {
 
 #[test]
 fn lite0_recognises_a_tshirt_as_jersey() {
-    let Some(shared) = fixtures::shared_dir("lite0_recognises_a_tshirt_as_jersey") else {
+    let Some(shared) = fixtures::shared_dir() else {
         return;
     };
     let path = shared.join("data/fashion-product-images/images_224/10030.jpg");

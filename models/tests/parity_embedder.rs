@@ -10,8 +10,7 @@ use asen_models::{Embedder, EmbedderOptions};
 
 #[test]
 fn official_v1_checkpoint_embeds_images_like_pytorch() {
-    let Some(shared) = fixtures::shared_dir("official_v1_checkpoint_embeds_images_like_pytorch")
-    else {
+    let Some(shared) = fixtures::shared_dir() else {
         return;
     };
     let model = Embedder::load(
@@ -59,7 +58,7 @@ fn official_v1_checkpoint_embeds_images_like_pytorch() {
 
 #[test]
 fn unknown_attribute_index_is_an_error() {
-    let Some(shared) = fixtures::shared_dir("unknown_attribute_index_is_an_error") else {
+    let Some(shared) = fixtures::shared_dir() else {
         return;
     };
     let model = Embedder::load(

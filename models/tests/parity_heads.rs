@@ -11,7 +11,7 @@ use asen_models::{Checkpoint, CheckpointFormat, HeadKind};
 
 /// `<shared>/golden`, or `None` after the skip notice (see `fixtures::shared_dir`).
 fn golden_dir() -> Option<PathBuf> {
-    fixtures::shared_dir("parity_heads").map(|d| d.join("golden"))
+    fixtures::shared_dir().map(|d| d.join("golden"))
 }
 
 #[test]

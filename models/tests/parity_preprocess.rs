@@ -16,9 +16,7 @@ fn rgb_from_tensor(t: &Tensor) -> RgbImage {
 
 #[test]
 fn resize_crop_normalise_from_decoded_pixels_is_bit_exact() {
-    let Some(shared) =
-        fixtures::shared_dir("resize_crop_normalise_from_decoded_pixels_is_bit_exact")
-    else {
+    let Some(shared) = fixtures::shared_dir() else {
         return;
     };
     let g = fixtures::load_golden(&shared, "preprocess.safetensors");
@@ -39,7 +37,7 @@ fn resize_crop_normalise_from_decoded_pixels_is_bit_exact() {
 
 #[test]
 fn antialiased_downscale_matches_pillow_bilinear() {
-    let Some(shared) = fixtures::shared_dir("antialiased_downscale_matches_pillow_bilinear") else {
+    let Some(shared) = fixtures::shared_dir() else {
         return;
     };
     let g = fixtures::load_golden(&shared, "preprocess.safetensors");
@@ -59,7 +57,7 @@ fn antialiased_downscale_matches_pillow_bilinear() {
 
 #[test]
 fn decoded_golden_files_match_pillow_decode() {
-    let Some(shared) = fixtures::shared_dir("decoded_golden_files_match_pillow_decode") else {
+    let Some(shared) = fixtures::shared_dir() else {
         return;
     };
     let g = fixtures::load_golden(&shared, "preprocess.safetensors");
@@ -92,9 +90,7 @@ fn decoded_golden_files_match_pillow_decode() {
 
 #[test]
 fn full_preprocessing_from_files_is_within_decoder_tolerance() {
-    let Some(shared) =
-        fixtures::shared_dir("full_preprocessing_from_files_is_within_decoder_tolerance")
-    else {
+    let Some(shared) = fixtures::shared_dir() else {
         return;
     };
     let g = fixtures::load_golden(&shared, "preprocess.safetensors");

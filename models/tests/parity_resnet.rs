@@ -13,8 +13,7 @@ use candle_nn::VarBuilder;
 
 #[test]
 fn resnet50_layer3_matches_pytorch_on_stored_inputs() {
-    let Some(shared) = fixtures::shared_dir("resnet50_layer3_matches_pytorch_on_stored_inputs")
-    else {
+    let Some(shared) = fixtures::shared_dir() else {
         return;
     };
     let ckpt = Checkpoint::load(shared.join("golden/asen_v1_fashionai.pth.gz")).unwrap();

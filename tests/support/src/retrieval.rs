@@ -9,8 +9,6 @@
 //! 3. Baseline on the same queries and gallery: global-average-pooled feature maps of the same
 //!    backbone with its ImageNet weights, cosine similarity, brute force.
 
-#![allow(dead_code)]
-
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -347,18 +345,27 @@ pub fn evaluate(
     })
 }
 
-/// The shared data folder (`ASEN_SHARED_DIR` or `<repo>/../shared`) if it has the images.
+/// The data folder inside the shared fixtures.
+pub const DATA_DIR: &str = "data/fashion-product-images";
+
+/// The shared Fashion Product Images folder (`<shared>/data/fashion-product-images`), where
+/// it may be: the caller checks for `labels.csv` (the example reports a missing one itself).
 pub fn shared_data_dir() -> PathBuf {
-    std::env::var_os("ASEN_SHARED_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared"))
-        .join("data/fashion-product-images")
+    crate::shared_root().join(DATA_DIR)
 }
 
-/// The shipped ImageNet weights of this source tree (`models/weights/`).
+/// The shared Fashion Product Images folder through the fixture gate ([`crate::shared_dir`]):
+/// `None` after the skip notice when `labels.csv` is missing, a panic under
+/// `ASEN_REQUIRE_SHARED=1`.
+pub fn shared_data() -> Option<PathBuf> {
+    crate::shared_dir(&["data/fashion-product-images/labels.csv"]).map(|d| d.join(DATA_DIR))
+}
+
+/// The shipped ImageNet weights of this source tree (`models/weights/` of the checkout; this
+/// crate lives in `tests/support`).
 fn weights_dirs() -> Vec<PathBuf> {
     vec![PathBuf::from(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/models/weights"
+        "/../../models/weights"
     ))]
 }

@@ -18,9 +18,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
 fn shared_dir() -> PathBuf {
-    std::env::var_os("ASEN_SHARED_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared")))
+    asen_test_support::shared_root()
 }
 
 fn build(kind: BackboneKind, device: &Device) -> (Backbone, &'static str) {

@@ -372,14 +372,8 @@ fn script(section: &Section) -> String {
     s
 }
 
-fn required() -> bool {
-    std::env::var("ASEN_REQUIRE_SHARED").as_deref() == Ok("1")
-}
-
 fn shared_dir() -> PathBuf {
-    std::env::var_os("ASEN_SHARED_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| checkout().join("../shared"))
+    asen_test_support::shared_root()
 }
 
 /// Whether the section can run here; prints the notice (or panics under CI) when not.
@@ -391,14 +385,10 @@ fn runnable(section: &Section) -> bool {
         .map(|s| s.text)
         .collect();
     let uses = |word: &str| commands.iter().any(|c| c.contains(word));
-    if uses("../shared") && !shared_dir().is_dir() {
-        let msg = format!(
-            "README section {:?} needs the shared fixtures, not found at {}",
-            section.heading,
-            shared_dir().display()
-        );
-        assert!(!required(), "ASEN_REQUIRE_SHARED=1 but {msg}");
-        eprintln!("SKIPPED: {msg}");
+    // The README's shared examples use the fixture checkpoint; the one gate decides.
+    if uses("../shared")
+        && asen_test_support::shared_dir(&["golden/asen_v1_fashionai.pth.gz"]).is_none()
+    {
         return false;
     }
     let has_curl = Command::new("curl")
@@ -408,7 +398,10 @@ fn runnable(section: &Section) -> bool {
         .is_ok_and(|s| s.success());
     if uses("curl ") && !has_curl {
         let msg = format!("README section {:?} needs curl", section.heading);
-        assert!(!required(), "ASEN_REQUIRE_SHARED=1 but {msg}");
+        assert!(
+            !asen_test_support::shared_required(),
+            "ASEN_REQUIRE_SHARED=1 but {msg}"
+        );
         eprintln!("SKIPPED: {msg}");
         return false;
     }

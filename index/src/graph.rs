@@ -679,7 +679,7 @@ mod tests {
             assert_eq!(hits[0].0, i as u64);
             assert!((hits[0].1 - 1.0).abs() < 1e-4);
         }
-        let even = |id: u64| id % 2 == 0;
+        let even = |id: u64| id.is_multiple_of(2);
         let hits = g.search(&data[251], 5, 64, Some(&even));
         assert_eq!(hits.len(), 5);
         assert!(hits.iter().all(|(id, _)| id % 2 == 0));

@@ -224,7 +224,7 @@ impl RemoteClient {
         };
         let response = match result {
             Ok(r) | Err(ureq::Error::Status(_, r)) => r,
-            Err(ureq::Error::Transport(t)) => return Err(SendError::Transport(t)),
+            Err(ureq::Error::Transport(t)) => return Err(SendError::Transport(Box::new(t))),
         };
         let status = response.status();
         let mut body = Vec::new();
@@ -246,7 +246,7 @@ impl RemoteClient {
 /// Why one try of a request failed.
 enum SendError {
     /// The connection failed: worth one more try.
-    Transport(ureq::Transport),
+    Transport(Box<ureq::Transport>),
     /// Anything else.
     Other(anyhow::Error),
 }

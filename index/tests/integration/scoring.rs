@@ -210,7 +210,10 @@ fn deleted_and_replaced_items_never_come_back() {
             assert_eq!(hits.len(), 20);
             for h in &hits {
                 let n: usize = h.id.as_str().parse().unwrap();
-                assert!(n % 2 == 0, "deleted item {n} came back (round {round})");
+                assert!(
+                    n.is_multiple_of(2),
+                    "deleted item {n} came back (round {round})"
+                );
             }
             if i % 2 == 0 && i >= 100 {
                 assert_eq!(hits[0].id.as_str(), i.to_string());

@@ -565,7 +565,7 @@ fn long_from_le(b: &[u8]) -> Value {
 }
 
 fn pairs(items: Vec<Value>, at: usize) -> PickleResult<Vec<(Value, Value)>> {
-    if items.len() % 2 != 0 {
+    if !items.len().is_multiple_of(2) {
         return Err(format!("odd number of dict items at offset {at}"));
     }
     let mut out = Vec::with_capacity(items.len() / 2);

@@ -195,21 +195,12 @@ mod tests {
 
     #[test]
     fn fashion_product_images_labels_load() {
-        let shared = std::env::var_os("ASEN_SHARED_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| {
-                PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared"))
-            });
-        let csv = shared.join("data/fashion-product-images/labels.csv");
-        if !csv.exists() {
-            assert!(
-                std::env::var("ASEN_REQUIRE_SHARED").as_deref() != Ok("1"),
-                "ASEN_REQUIRE_SHARED=1 but {} is missing",
-                csv.display()
-            );
-            eprintln!("skipping: {} not found", csv.display());
+        let Some(shared) =
+            asen_test_support::shared_dir(&["data/fashion-product-images/labels.csv"])
+        else {
             return;
-        }
+        };
+        let csv = shared.join("data/fashion-product-images/labels.csv");
         let ds = Dataset::load_csv(
             &csv,
             &CsvOptions::new(["articleType", "baseColour", "pattern"]),

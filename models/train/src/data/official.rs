@@ -278,7 +278,10 @@ impl<'a> Resolver<'a> {
     ) -> Result<(usize, Vec<(usize, u32)>)> {
         let tokens: Vec<&str> = line.split_whitespace().collect();
         let pairs = tokens.len().saturating_sub(1) / 2;
-        if tokens.len() < 3 || tokens.len() % 2 == 0 || pairs_max.is_some_and(|m| pairs > m) {
+        if tokens.len() < 3
+            || tokens.len().is_multiple_of(2)
+            || pairs_max.is_some_and(|m| pairs > m)
+        {
             let expected = if pairs_max == Some(1) {
                 "id attr value"
             } else {

@@ -124,7 +124,7 @@ pub fn load_triplets(path: impl AsRef<Path>) -> Result<Vec<[usize; 3]>> {
 /// a tie counts as wrong). `embeddings` holds one row of `dim` floats per
 /// image id. 0 for no triplets.
 pub fn triplet_accuracy(triplets: &[[usize; 3]], embeddings: &[f32], dim: usize) -> Result<f64> {
-    if dim == 0 || embeddings.len() % dim != 0 {
+    if dim == 0 || !embeddings.len().is_multiple_of(dim) {
         return Err(ModelError::InvalidArgument(format!(
             "{} embedding floats is not a whole number of rows of dim {dim}",
             embeddings.len()

@@ -164,9 +164,9 @@ fn decode_crop(
     Ok(resize_and_crop(&image, cfg.size))
 }
 
-fn l2_normalised(v: Vec<f32>) -> Vec<f32> {
-    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
-    v.into_iter().map(|x| x / n).collect()
+fn l2_normalised(mut v: Vec<f32>) -> Vec<f32> {
+    asen_models::l2_normalize(&mut v);
+    v
 }
 
 /// Global-average-pooled, L2-normalised backbone features of `rows`.

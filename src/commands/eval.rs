@@ -63,9 +63,8 @@ pub fn run(args: EvalArgs, config: &Config) -> anyhow::Result<()> {
             )
         }
         (Some(b), None) => bail!("unknown baseline {b:?}; expected imagenet or random"),
-        (None, model) => {
-            // `--model` is in the config's model path; unset, the shipped model.
-            let _ = model;
+        // `--model` is in the config's model path; unset, the shipped model.
+        (None, _) => {
             let path = config.model_path();
             evaluate_model(&path, &dataset, split, &args, cache_dir, &weights_dirs)?
         }

@@ -573,3 +573,92 @@ fn server_ingest_puts_batches_with_the_key_and_rerun_skips() {
         &log.requests[before..]
     );
 }
+
+/// A work folder with a CSV of the first `n` test rows of labels.csv (images copied) and no
+/// train or valid rows: what a team evaluating on its own labelled test set has.
+fn test_only_fixture(shared: &Path, n: usize) -> (tempfile::TempDir, PathBuf) {
+    let work = tempfile::tempdir().unwrap();
+    let data = shared.join("data/fashion-product-images");
+    let (header, rows) = labelled_rows(shared, "test", n);
+    std::fs::create_dir(work.path().join("images_225x300")).unwrap();
+    let mut csv = format!("{header}\n");
+    for row in &rows {
+        let path = row.split(',').next().unwrap();
+        std::fs::copy(data.join(path), work.path().join(path)).unwrap();
+        csv.push_str(row);
+        csv.push('\n');
+    }
+    let csv_path = work.path().join("test-only.csv");
+    std::fs::write(&csv_path, csv).unwrap();
+    (work, csv_path)
+}
+
+#[test]
+fn eval_needs_only_the_evaluated_split() {
+    let Some(shared) = shared_dir() else { return };
+    let (work, csv) = test_only_fixture(&shared, 60);
+    let out = asen(
+        &[
+            "eval",
+            "--data",
+            csv.to_str().unwrap(),
+            "--attributes",
+            "articleType,baseColour",
+            "--split",
+            "test",
+        ],
+        work.path(),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let table = stdout(&out);
+    assert!(table.contains("(test)"), "{table}");
+    assert!(table.contains("baseColour"), "{table}");
+}
+
+#[test]
+fn eval_of_an_absent_split_exits_with_its_name() {
+    let Some(shared) = shared_dir() else { return };
+    let (work, csv) = test_only_fixture(&shared, 20);
+    let out = asen(
+        &[
+            "eval",
+            "--data",
+            csv.to_str().unwrap(),
+            "--attributes",
+            "baseColour",
+            "--split",
+            "valid",
+        ],
+        work.path(),
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("the valid split has no queries"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn train_on_a_test_only_csv_says_the_train_split_is_empty() {
+    let Some(shared) = shared_dir() else { return };
+    let (work, csv) = test_only_fixture(&shared, 20);
+    let out = asen(
+        &[
+            "train",
+            "--data",
+            csv.to_str().unwrap(),
+            "--attributes",
+            "baseColour",
+            "--out",
+            "m",
+        ],
+        work.path(),
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("the train split is empty"),
+        "{}",
+        stderr(&out)
+    );
+}

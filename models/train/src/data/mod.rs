@@ -142,7 +142,10 @@ pub struct Dataset {
 
 impl Dataset {
     /// Assemble a dataset from its parts, checking that every label, probe
-    /// and image index is in range and that the train split is not empty.
+    /// and image index is in range and that there is at least one image.
+    /// A split may be empty: each command checks the splits it uses
+    /// (`asen train` needs train and valid, `asen eval` only the one it
+    /// evaluates).
     /// `source` names the origin in error messages.
     pub fn from_parts(
         root: impl Into<PathBuf>,
@@ -182,8 +185,8 @@ impl Dataset {
                 }
             }
         }
-        if !images.iter().any(|im| im.split == Split::Train) {
-            return Err(bad("the train split is empty".into()));
+        if images.is_empty() {
+            return Err(bad("no images".into()));
         }
         for (split, lists) in [(Split::Valid, &valid), (Split::Test, &test)] {
             for probe in lists.queries.iter().chain(&lists.candidates) {
@@ -354,6 +357,13 @@ pub(crate) fn build_from_named(
     seed: u64,
     source: &Path,
 ) -> Result<Dataset> {
+    if rows.is_empty() {
+        return Err(ModelError::Dataset {
+            path: source.to_path_buf(),
+            line: 0,
+            reason: "no labelled rows".into(),
+        });
+    }
     let mut attributes = Vec::with_capacity(attribute_names.len());
     let mut lookups: Vec<HashMap<String, u32>> = Vec::with_capacity(attribute_names.len());
     for (a, name) in attribute_names.iter().enumerate() {
@@ -397,15 +407,6 @@ pub(crate) fn build_from_named(
                 .collect(),
         })
         .collect();
-    for split in Split::ALL {
-        if !images.iter().any(|im| im.split == split) {
-            return Err(ModelError::Dataset {
-                path: source.to_path_buf(),
-                line: 0,
-                reason: format!("the {split} split is empty"),
-            });
-        }
-    }
     let valid = draw_probes(&images, attributes.len(), Split::Valid, seed);
     let test = draw_probes(&images, attributes.len(), Split::Test, seed);
     Dataset::from_parts(root, attributes, images, valid, test, source)
@@ -477,20 +478,35 @@ mod tests {
     }
 
     #[test]
-    fn empty_split_is_an_error() {
+    fn a_test_only_dataset_loads_with_test_probes() {
         let rows: Vec<_> = rows(30)
             .into_iter()
-            .filter(|r| r.1 != Split::Test)
+            .map(|(path, _, labels)| (path, Split::Test, labels))
             .collect();
-        let err = build_from_named(
+        let ds = build_from_named(
             PathBuf::new(),
             &["colour".into()],
             rows,
             1,
             Path::new("x.csv"),
         )
+        .unwrap();
+        assert!(ds.split_indices(Split::Train).is_empty());
+        assert!(ds.probes(Split::Valid).queries.is_empty());
+        assert!(!ds.probes(Split::Test).queries.is_empty());
+    }
+
+    #[test]
+    fn a_dataset_without_rows_is_an_error() {
+        let err = build_from_named(
+            PathBuf::new(),
+            &["colour".into()],
+            Vec::new(),
+            1,
+            Path::new("x.csv"),
+        )
         .unwrap_err();
-        assert!(err.to_string().contains("test split is empty"), "{err}");
+        assert!(err.to_string().contains("no labelled rows"), "{err}");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use crate::error::Result;
 use crate::schema::CatalogueSchema;
 use crate::types::{
-    CatalogueInfo, CatalogueStats, Item, ItemId, ItemPage, SearchRequest, SearchResults,
+    CatalogueInfo, CatalogueStats, FieldValues, Item, ItemId, ItemPage, SearchRequest, SearchResults,
     StoredItem, WriteReceipt,
 };
 
@@ -45,6 +45,19 @@ pub trait CatalogueStore: Send + Sync {
 
     /// Up to `limit` items in id order, starting after `after`.
     fn list(&self, catalogue: &str, after: Option<&ItemId>, limit: usize) -> Result<ItemPage>;
+
+    /// The distinct values of a payload field (dotted path, as in filters) over the live items,
+    /// with the number of items holding each, most frequent first, at most `limit`
+    /// (1..=[`crate::MAX_FIELD_VALUES`], else `InvalidRequest`); see [`FieldValues`] for the
+    /// order and what `truncated` means.
+    ///
+    /// Only what a [`crate::Filter::Match`] can select is counted: strings, integers and
+    /// booleans, and those inside an array field (each distinct element once per item).
+    /// Objects, floats and nulls are ignored. Counts are exact: a backend reads every live
+    /// item's field (the local store scans its payloads, linear in the catalogue's size).
+    /// Fails with `CatalogueNotFound` for an unknown catalogue and `InvalidRequest` for an
+    /// empty field.
+    fn field_values(&self, catalogue: &str, field: &str, limit: usize) -> Result<FieldValues>;
 
     /// Number of live items.
     fn count(&self, catalogue: &str) -> Result<u64>;

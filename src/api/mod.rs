@@ -40,6 +40,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("PUT", "/v1/catalogues/{name}"),
     ("GET", "/v1/catalogues/{name}"),
     ("DELETE", "/v1/catalogues/{name}"),
+    ("GET", "/v1/catalogues/{name}/fields/{field}/values"),
+    ("GET", "/v1/catalogues/{name}/items"),
     ("PUT", "/v1/catalogues/{name}/items"),
     ("GET", "/v1/catalogues/{name}/items/{id}"),
     ("DELETE", "/v1/catalogues/{name}/items/{id}"),
@@ -64,6 +66,11 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/model", get(routes::model::model))
         .route("/v1/catalogues", get(routes::catalogues::list))
         .route("/v1/catalogues/{name}", get(routes::catalogues::get))
+        .route(
+            "/v1/catalogues/{name}/fields/{field}/values",
+            get(routes::catalogues::field_values),
+        )
+        .route("/v1/catalogues/{name}/items", get(routes::items::list))
         .route("/v1/catalogues/{name}/items/{id}", get(routes::items::get))
         .route(
             "/v1/catalogues/{name}/items/{id}/image",

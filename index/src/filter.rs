@@ -288,7 +288,10 @@ mod tests {
         .map(|v| v.as_object().unwrap().clone())
         .collect();
         let colours = tally_field_values(&payloads, "colour", 10);
-        assert_eq!(colours.items, 4, "objects and absent fields are not counted");
+        assert_eq!(
+            colours.items, 4,
+            "objects and absent fields are not counted"
+        );
         let got: Vec<(MatchValue, u64)> = colours
             .values
             .iter()
@@ -304,10 +307,16 @@ mod tests {
         );
         assert!(!colours.truncated);
         let tags = tally_field_values(&payloads, "tags", 1);
-        assert_eq!(tags.items, 2, "an array of floats and nulls holds nothing countable");
+        assert_eq!(
+            tags.items, 2,
+            "an array of floats and nulls holds nothing countable"
+        );
         assert_eq!(tags.values.len(), 1);
         assert_eq!(tags.values[0].value, MatchValue::Keyword("b".into()));
-        assert_eq!(tags.values[0].count, 2, "a repeated element counts once per item");
+        assert_eq!(
+            tags.values[0].count, 2,
+            "a repeated element counts once per item"
+        );
         assert!(tags.truncated);
         assert!(check_field_values("", 1).is_err());
         assert!(check_field_values("x", 0).is_err());

@@ -3,8 +3,8 @@
 use crate::error::Result;
 use crate::schema::CatalogueSchema;
 use crate::types::{
-    CatalogueInfo, CatalogueStats, FieldValues, Item, ItemId, ItemPage, SearchRequest, SearchResults,
-    StoredItem, WriteReceipt,
+    CatalogueInfo, CatalogueStats, FieldValues, Item, ItemId, ItemPage, SearchRequest,
+    SearchResults, StoredItem, WriteReceipt,
 };
 
 /// Many catalogues of items with one vector per attribute, searchable per attribute.

@@ -133,12 +133,7 @@ fn field_values_with_counts() {
         return;
     };
     let brands = ok(
-        &s.call(
-            "GET",
-            "/v1/catalogues/shirts/fields/brand/values",
-            R,
-            None,
-        ),
+        &s.call("GET", "/v1/catalogues/shirts/fields/brand/values", R, None),
         "brand values",
     );
     assert_eq!(

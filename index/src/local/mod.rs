@@ -28,8 +28,7 @@ use crate::schema::CatalogueSchema;
 use crate::store::CatalogueStore;
 use crate::types::{
     AttributeStats, CatalogueInfo, CatalogueStats, FieldValues, Item, ItemId, ItemPage, Payload,
-    SearchRequest,
-    SearchResults, StoredItem, WriteReceipt, MAX_BATCH_ITEMS, MAX_THUMBNAIL_BYTES,
+    SearchRequest, SearchResults, StoredItem, WriteReceipt, MAX_BATCH_ITEMS, MAX_THUMBNAIL_BYTES,
 };
 pub use legacy_thumbnails::ThumbnailMigration;
 use records::{ItemRecord, VectorRecord};

@@ -203,8 +203,11 @@ fn field_values_count_live_items(cx: &Ctx) {
     store.upsert(name, &items).unwrap();
     let pairs = |field: &str, limit: usize| {
         let v = store.field_values(name, field, limit).unwrap();
-        let pairs: Vec<(MatchValue, u64)> =
-            v.values.iter().map(|x| (x.value.clone(), x.count)).collect();
+        let pairs: Vec<(MatchValue, u64)> = v
+            .values
+            .iter()
+            .map(|x| (x.value.clone(), x.count))
+            .collect();
         (pairs, v.items, v.truncated)
     };
     let kw = |s: &str| MatchValue::Keyword(s.to_string());
@@ -220,7 +223,10 @@ fn field_values_count_live_items(cx: &Ctx) {
     assert_eq!(
         pairs("year", 10),
         (
-            vec![(MatchValue::Integer(2011), 2), (MatchValue::Integer(2012), 1)],
+            vec![
+                (MatchValue::Integer(2011), 2),
+                (MatchValue::Integer(2012), 1)
+            ],
             3,
             false
         ),
@@ -235,7 +241,10 @@ fn field_values_count_live_items(cx: &Ctx) {
         pairs("sold_out", 10),
         (vec![(MatchValue::Bool(true), 1)], 1, false)
     );
-    assert_eq!(pairs("product.brand", 10), (vec![(kw("acme"), 1)], 1, false));
+    assert_eq!(
+        pairs("product.brand", 10),
+        (vec![(kw("acme"), 1)], 1, false)
+    );
     assert_eq!(pairs("missing", 10), (vec![], 0, false));
     assert_eq!(
         pairs("gender", 1),

@@ -5,8 +5,8 @@ use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use serde::Deserialize;
 use axum::response::Response;
+use serde::Deserialize;
 
 use crate::api::envelope::ok;
 use crate::api::error::ApiError;

@@ -11,6 +11,7 @@ mod metrics;
 mod openapi;
 mod routes;
 mod state;
+mod ui;
 
 use std::time::Duration;
 
@@ -27,8 +28,9 @@ pub use error::ApiError;
 pub use routes::items::{ItemBody, UpsertBody};
 pub use state::AppState;
 
-/// Every route as (method, path), in the order of the router (checked against the
-/// OpenAPI document by a test).
+/// Every API route as (method, path), in the order of the router (checked against the
+/// OpenAPI document by a test). The web page (`GET /` and `GET /ui/{file}`, see `ui`) is not
+/// part of the API and not listed.
 #[cfg_attr(not(test), allow(dead_code))]
 pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/healthz"),
@@ -53,7 +55,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/explain/heatmap"),
 ];
 
-/// The whole app: open routes (health, metrics, openapi), read routes (read key when
+/// The whole app: open routes (health, metrics, openapi, the web page), read routes (read key when
 /// configured) and write routes (api key when configured), with body limit, request
 /// timeout, metrics and one tracing span per request.
 pub fn router(state: AppState) -> Router {
@@ -61,7 +63,9 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(routes::health::healthz))
         .route("/readyz", get(routes::health::readyz))
         .route("/metrics", get(routes::health::metrics))
-        .route("/openapi.json", get(openapi::openapi_json));
+        .route("/openapi.json", get(openapi::openapi_json))
+        .route("/", get(ui::page))
+        .route("/ui/{file}", get(ui::asset));
     let read = Router::new()
         .route("/v1/model", get(routes::model::model))
         .route("/v1/catalogues", get(routes::catalogues::list))

@@ -34,6 +34,8 @@ fn screenshots() -> PathBuf {
         .parent()
         .unwrap()
         .join("ui-screenshots");
+    // Only this run's pictures.
+    let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
@@ -334,6 +336,22 @@ fn the_page_in_headless_chromium() {
         "no element made from the payload"
     );
 
+    // Clicking a result makes it the next query.
+    let next = card_ids(&b, "#results")[1].clone();
+    b.click_on(&format!("#results .card[data-id=\"{next}\"] button.pick"));
+    b.wait_for(
+        "the clicked result as the query",
+        &format!(
+            "return document.querySelector('#query-preview figcaption').textContent === 'query: item {next}';"
+        ),
+        WAIT,
+    );
+    wait_cards_loaded(&b, "#results", k, "the clicked result's neighbours");
+    assert!(
+        !card_ids(&b, "#results").contains(&next),
+        "the query item is not among its results"
+    );
+
     // Heat-maps on the query and on every card.
     b.click_on("#heat-toggle");
     b.wait_for(
@@ -354,6 +372,42 @@ fn the_page_in_headless_chromium() {
     b.resize(1100, 900);
     b.click_on("#heat-toggle");
 
+    // A filter chosen from the values present, and group-by.
+    b.type_into("#filters select[data-field=articleType]", "Tshirts");
+    b.type_into("#group-by", "gender");
+    b.click_on("#search-button");
+    b.wait_for(
+        "T-shirts grouped by gender",
+        "return document.querySelectorAll('#results h3.group').length > 0;",
+        WAIT,
+    );
+    let shown = b.exec(
+        "return [...document.querySelectorAll('#results .card .payload')].map(dl => {
+           const i = [...dl.querySelectorAll('dt')].findIndex(d => d.textContent === 'articleType');
+           return dl.querySelectorAll('dd')[i].textContent; });",
+        json!([]),
+    );
+    let shown: Vec<String> = serde_json::from_value(shown).unwrap();
+    assert!(
+        !shown.is_empty() && shown.iter().all(|t| t == "Tshirts"),
+        "{shown:?}"
+    );
+    let groups = b.exec(
+        "return [...document.querySelectorAll('#results h3.group')].map(h => h.textContent);",
+        json!([]),
+    );
+    assert!(
+        groups
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|g| g.as_str().unwrap().starts_with("gender: ")),
+        "{groups}"
+    );
+    shot(&b, "06-filter-and-group-by", "#search-button");
+    b.type_into("#filters select[data-field=articleType]", "(");
+    b.type_into("#group-by", "(");
+
     // An unknown item id: an error message.
     b.clear("#query-id");
     b.type_into("#query-id", "no-such-item");
@@ -364,7 +418,7 @@ fn the_page_in_headless_chromium() {
         WAIT,
     );
     assert!(message(&b).contains("no-such-item"), "{}", message(&b));
-    shot(&b, "06-unknown-item", "header");
+    shot(&b, "07-unknown-item", "header");
 
     // Copy check: one row per attribute, the verdict, heat-maps of both.
     b.click_on("#tab-copy");
@@ -403,7 +457,8 @@ fn the_page_in_headless_chromium() {
         "return document.querySelectorAll('#copies .card').length > 0;",
         WAIT,
     );
-    shot(&b, "07-copy-check", "#compare-button");
+    shot(&b, "08-copy-check-heatmaps", "#copy-form");
+    shot(&b, "09-copy-check-verdict", "#compare-button");
 
     // Catalogue view: counts, the model, pages of items, delete with the write key.
     b.click_on("#tab-catalogue");
@@ -424,7 +479,7 @@ fn the_page_in_headless_chromium() {
         "{model_text}"
     );
     wait_cards_loaded(&b, "#items", 12, "the first page of items");
-    shot(&b, "08-catalogue", "header");
+    shot(&b, "10-catalogue", "header");
     let mut pages = 1;
     while card_ids(&b, "#items").last().map(String::as_str) != Some("xss-1") {
         b.click_on("#page-next");
@@ -456,7 +511,7 @@ fn the_page_in_headless_chromium() {
         other => panic!("xss-1 is still there: {:?}", other.map(|r| r.status())),
     };
     assert_eq!(status, 404);
-    shot(&b, "09-deleted", "header");
+    shot(&b, "11-deleted", "header");
     assert_eq!(
         b.exec("return window.asenXss === undefined;", json!([])),
         json!(true)

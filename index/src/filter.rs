@@ -153,48 +153,75 @@ fn value_order(v: &MatchValue) -> (u8, bool, i64, &str) {
     }
 }
 
-/// Counts the distinct values of `field_path` over `payloads`: the one tally behind
-/// [`crate::CatalogueStore::field_values`] (the caller checks the request first).
-pub(crate) fn tally_field_values<'a>(
-    payloads: impl IntoIterator<Item = &'a Payload>,
-    field_path: &str,
-    limit: usize,
-) -> FieldValues {
-    let mut counts: HashMap<MatchValue, u64> = HashMap::new();
-    let mut items = 0;
-    for payload in payloads {
-        let Some(v) = field(payload, field_path) else {
-            continue;
+/// Counts the distinct values of a payload field, one payload at a time: the one tally behind
+/// every [`crate::CatalogueStore::field_values`] (the caller checks the request first).
+pub(crate) struct FieldTally<'f> {
+    field: &'f str,
+    counts: HashMap<MatchValue, u64>,
+    items: u64,
+}
+
+impl<'f> FieldTally<'f> {
+    pub(crate) fn new(field: &'f str) -> Self {
+        FieldTally {
+            field,
+            counts: HashMap::new(),
+            items: 0,
+        }
+    }
+
+    /// Counts one live item's payload.
+    pub(crate) fn add(&mut self, payload: &Payload) {
+        let Some(v) = field(payload, self.field) else {
+            return;
         };
         let distinct: HashSet<MatchValue> = match v {
             Value::Array(list) => list.iter().filter_map(match_value).collect(),
             _ => match_value(v).into_iter().collect(),
         };
         if distinct.is_empty() {
-            continue;
+            return;
         }
-        items += 1;
+        self.items += 1;
         for value in distinct {
-            *counts.entry(value).or_default() += 1;
+            *self.counts.entry(value).or_default() += 1;
         }
     }
-    let mut values: Vec<FieldValue> = counts
-        .into_iter()
-        .map(|(value, count)| FieldValue { value, count })
-        .collect();
-    values.sort_by(|a, b| {
-        b.count
-            .cmp(&a.count)
-            .then_with(|| value_order(&a.value).cmp(&value_order(&b.value)))
-    });
-    let truncated = values.len() > limit;
-    values.truncate(limit);
-    FieldValues {
-        field: field_path.to_string(),
-        values,
-        items,
-        truncated,
+
+    /// The `limit` most frequent values, ties by value.
+    pub(crate) fn finish(self, limit: usize) -> FieldValues {
+        let mut values: Vec<FieldValue> = self
+            .counts
+            .into_iter()
+            .map(|(value, count)| FieldValue { value, count })
+            .collect();
+        values.sort_by(|a, b| {
+            b.count
+                .cmp(&a.count)
+                .then_with(|| value_order(&a.value).cmp(&value_order(&b.value)))
+        });
+        let truncated = values.len() > limit;
+        values.truncate(limit);
+        FieldValues {
+            field: self.field.to_string(),
+            values,
+            items: self.items,
+            truncated,
+        }
     }
+}
+
+/// [`FieldTally`] over a collection of payloads.
+pub(crate) fn tally_field_values<'a>(
+    payloads: impl IntoIterator<Item = &'a Payload>,
+    field_path: &str,
+    limit: usize,
+) -> FieldValues {
+    let mut tally = FieldTally::new(field_path);
+    for p in payloads {
+        tally.add(p);
+    }
+    tally.finish(limit)
 }
 
 #[cfg(test)]

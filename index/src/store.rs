@@ -53,11 +53,28 @@ pub trait CatalogueStore: Send + Sync {
     ///
     /// Only what a [`crate::Filter::Match`] can select is counted: strings, integers and
     /// booleans, and those inside an array field (each distinct element once per item).
-    /// Objects, floats and nulls are ignored. Counts are exact: a backend reads every live
-    /// item's field (the local store scans its payloads, linear in the catalogue's size).
-    /// Fails with `CatalogueNotFound` for an unknown catalogue and `InvalidRequest` for an
-    /// empty field.
-    fn field_values(&self, catalogue: &str, field: &str, limit: usize) -> Result<FieldValues>;
+    /// Objects, floats and nulls are ignored. Counts are exact: every live item's field is
+    /// read. Fails with `CatalogueNotFound` for an unknown catalogue and `InvalidRequest` for
+    /// an empty field.
+    ///
+    /// The provided method pages through [`CatalogueStore::list`] (linear in the catalogue's
+    /// size, payloads only); a backend overrides it when it can count faster (the local store
+    /// tallies the payloads it holds in memory, a database can aggregate).
+    fn field_values(&self, catalogue: &str, field: &str, limit: usize) -> Result<FieldValues> {
+        crate::filter::check_field_values(field, limit)?;
+        let mut tally = crate::filter::FieldTally::new(field);
+        let mut after = None;
+        loop {
+            let page = self.list(catalogue, after.as_ref(), crate::MAX_BATCH_ITEMS)?;
+            for item in &page.items {
+                tally.add(&item.payload);
+            }
+            match page.next_cursor {
+                Some(next) => after = Some(next),
+                None => return Ok(tally.finish(limit)),
+            }
+        }
+    }
 
     /// Number of live items.
     fn count(&self, catalogue: &str) -> Result<u64>;

@@ -615,3 +615,86 @@ fn local_store_with_deferred_flush_and_int8_passes_too() {
     );
     store.flush().unwrap();
 }
+
+/// A store that keeps the provided [`CatalogueStore::field_values`] (paging through `list`):
+/// every other method is the local store's.
+struct ProvidedFieldValues<'a>(&'a dyn CatalogueStore);
+
+impl CatalogueStore for ProvidedFieldValues<'_> {
+    fn create_catalogue(&self, name: &str, schema: &CatalogueSchema) -> asen_index::Result<()> {
+        self.0.create_catalogue(name, schema)
+    }
+    fn drop_catalogue(&self, name: &str) -> asen_index::Result<()> {
+        self.0.drop_catalogue(name)
+    }
+    fn list_catalogues(&self) -> asen_index::Result<Vec<asen_index::CatalogueInfo>> {
+        self.0.list_catalogues()
+    }
+    fn schema(&self, catalogue: &str) -> asen_index::Result<CatalogueSchema> {
+        self.0.schema(catalogue)
+    }
+    fn upsert(
+        &self,
+        catalogue: &str,
+        items: &[asen_index::Item],
+    ) -> asen_index::Result<asen_index::WriteReceipt> {
+        self.0.upsert(catalogue, items)
+    }
+    fn delete(
+        &self,
+        catalogue: &str,
+        ids: &[asen_index::ItemId],
+    ) -> asen_index::Result<asen_index::WriteReceipt> {
+        self.0.delete(catalogue, ids)
+    }
+    fn get(
+        &self,
+        catalogue: &str,
+        id: &asen_index::ItemId,
+        with_vectors: bool,
+    ) -> asen_index::Result<Option<asen_index::StoredItem>> {
+        self.0.get(catalogue, id, with_vectors)
+    }
+    fn thumbnail(
+        &self,
+        catalogue: &str,
+        id: &asen_index::ItemId,
+    ) -> asen_index::Result<Option<Vec<u8>>> {
+        self.0.thumbnail(catalogue, id)
+    }
+    fn list(
+        &self,
+        catalogue: &str,
+        after: Option<&asen_index::ItemId>,
+        limit: usize,
+    ) -> asen_index::Result<asen_index::ItemPage> {
+        self.0.list(catalogue, after, limit)
+    }
+    fn count(&self, catalogue: &str) -> asen_index::Result<u64> {
+        self.0.count(catalogue)
+    }
+    fn search(
+        &self,
+        catalogue: &str,
+        request: &SearchRequest,
+    ) -> asen_index::Result<asen_index::SearchResults> {
+        self.0.search(catalogue, request)
+    }
+    fn stats(&self, catalogue: &str) -> asen_index::Result<asen_index::CatalogueStats> {
+        self.0.stats(catalogue)
+    }
+    fn flush(&self) -> asen_index::Result<()> {
+        self.0.flush()
+    }
+}
+
+#[test]
+fn the_provided_field_values_passes_the_same_check() {
+    let (_d, store) = store(StoreOptions::default());
+    let provided = ProvidedFieldValues(&store);
+    field_values_count_live_items(&Ctx {
+        store: &provided,
+        name: "provided_values".into(),
+        storage: VectorStorage::F32,
+    });
+}

@@ -420,6 +420,33 @@ fn the_page_in_headless_chromium() {
     assert!(message(&b).contains("no-such-item"), "{}", message(&b));
     shot(&b, "07-unknown-item", "header");
 
+    // An image dropped on the query box (a synthetic drop event carrying a file: WebDriver
+    // has no file drag and drop) becomes the query.
+    b.clear("#query-id");
+    b.exec(
+        "return fetch('/v1/catalogues/demo/items/13828/image',
+                      {headers: {'api-key': sessionStorage.getItem('asen-key')}})
+           .then(r => r.blob()).then(blob => {
+             const dt = new DataTransfer();
+             dt.items.add(new File([blob], 'dropped.jpg', {type: 'image/jpeg'}));
+             document.getElementById('drop').dispatchEvent(
+               new DragEvent('drop', {dataTransfer: dt, bubbles: true, cancelable: true}));
+             return true; });",
+        json!([]),
+    );
+    b.wait_for(
+        "the dropped image as the query",
+        "return document.querySelector('#query-preview figcaption').textContent === 'query image dropped.jpg';",
+        WAIT,
+    );
+    b.click_on("#search-button");
+    b.wait_for(
+        "results of the dropped image",
+        "return document.querySelector('#query-preview figcaption').textContent === 'query image'
+           && document.querySelector('#results .card[data-id=\"13828\"]') !== null;",
+        WAIT,
+    );
+
     // Copy check: one row per attribute, the verdict, heat-maps of both.
     b.click_on("#tab-copy");
     b.type_into("#copy-a-id", "20343");

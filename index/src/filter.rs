@@ -1,9 +1,11 @@
 //! Evaluation of payload [`Filter`]s.
 
+use std::collections::{HashMap, HashSet};
+
 use serde_json::Value;
 
 use crate::error::{IndexError, Result};
-use crate::types::{Filter, MatchValue, Payload};
+use crate::types::{FieldValue, FieldValues, Filter, MatchValue, Payload, MAX_FIELD_VALUES};
 
 /// Deepest nesting of and/or/not accepted.
 const MAX_FILTER_DEPTH: usize = 32;
@@ -117,6 +119,111 @@ pub(crate) fn matches(filter: &Filter, payload: &Payload) -> bool {
     }
 }
 
+/// Checks a `field_values` request: a field named, `limit` in 1..=[`MAX_FIELD_VALUES`].
+pub(crate) fn check_field_values(field: &str, limit: usize) -> Result<()> {
+    if field.is_empty() {
+        return Err(IndexError::InvalidRequest {
+            reason: "field_values: empty field name".into(),
+        });
+    }
+    if limit == 0 || limit > MAX_FIELD_VALUES {
+        return Err(IndexError::InvalidRequest {
+            reason: format!("field_values limit {limit} is outside 1..={MAX_FIELD_VALUES}"),
+        });
+    }
+    Ok(())
+}
+
+/// A value a [`Filter::Match`] can select, or `None`.
+fn match_value(v: &Value) -> Option<MatchValue> {
+    match v {
+        Value::String(s) => Some(MatchValue::Keyword(s.clone())),
+        Value::Bool(b) => Some(MatchValue::Bool(*b)),
+        Value::Number(n) => n.as_i64().map(MatchValue::Integer),
+        _ => None,
+    }
+}
+
+/// Sort key of a value among equal counts: booleans, integers, keywords.
+fn value_order(v: &MatchValue) -> (u8, bool, i64, &str) {
+    match v {
+        MatchValue::Bool(b) => (0, *b, 0, ""),
+        MatchValue::Integer(i) => (1, false, *i, ""),
+        MatchValue::Keyword(s) => (2, false, 0, s.as_str()),
+    }
+}
+
+/// Counts the distinct values of a payload field, one payload at a time: the one tally behind
+/// every [`crate::CatalogueStore::field_values`] (the caller checks the request first).
+pub(crate) struct FieldTally<'f> {
+    field: &'f str,
+    counts: HashMap<MatchValue, u64>,
+    items: u64,
+}
+
+impl<'f> FieldTally<'f> {
+    pub(crate) fn new(field: &'f str) -> Self {
+        FieldTally {
+            field,
+            counts: HashMap::new(),
+            items: 0,
+        }
+    }
+
+    /// Counts one live item's payload.
+    pub(crate) fn add(&mut self, payload: &Payload) {
+        let Some(v) = field(payload, self.field) else {
+            return;
+        };
+        let distinct: HashSet<MatchValue> = match v {
+            Value::Array(list) => list.iter().filter_map(match_value).collect(),
+            _ => match_value(v).into_iter().collect(),
+        };
+        if distinct.is_empty() {
+            return;
+        }
+        self.items += 1;
+        for value in distinct {
+            *self.counts.entry(value).or_default() += 1;
+        }
+    }
+
+    /// The `limit` most frequent values, ties by value.
+    pub(crate) fn finish(self, limit: usize) -> FieldValues {
+        let mut values: Vec<FieldValue> = self
+            .counts
+            .into_iter()
+            .map(|(value, count)| FieldValue { value, count })
+            .collect();
+        values.sort_by(|a, b| {
+            b.count
+                .cmp(&a.count)
+                .then_with(|| value_order(&a.value).cmp(&value_order(&b.value)))
+        });
+        let truncated = values.len() > limit;
+        values.truncate(limit);
+        FieldValues {
+            field: self.field.to_string(),
+            values,
+            items: self.items,
+            truncated,
+        }
+    }
+}
+
+/// [`FieldTally`] over a collection of payloads.
+pub(crate) fn tally_field_values<'a>(
+    payloads: impl IntoIterator<Item = &'a Payload>,
+    field_path: &str,
+    limit: usize,
+) -> FieldValues {
+    let mut tally = FieldTally::new(field_path);
+    for p in payloads {
+        tally.add(p);
+    }
+    tally.finish(limit)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -192,5 +299,54 @@ mod tests {
             deep = Filter::Not(Box::new(deep));
         }
         assert!(validate(&deep).is_err());
+    }
+
+    #[test]
+    fn field_values_count_items_and_order_by_count() {
+        let payloads: Vec<Payload> = [
+            json!({"colour": "Black", "tags": ["a", "b", "a"]}),
+            json!({"colour": "Navy", "tags": "b"}),
+            json!({"colour": "Black", "tags": [1.5, null]}),
+            json!({"colour": 3}),
+            json!({"colour": {"nested": true}}),
+            json!({}),
+        ]
+        .into_iter()
+        .map(|v| v.as_object().unwrap().clone())
+        .collect();
+        let colours = tally_field_values(&payloads, "colour", 10);
+        assert_eq!(
+            colours.items, 4,
+            "objects and absent fields are not counted"
+        );
+        let got: Vec<(MatchValue, u64)> = colours
+            .values
+            .iter()
+            .map(|v| (v.value.clone(), v.count))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (MatchValue::Keyword("Black".into()), 2),
+                (MatchValue::Integer(3), 1),
+                (MatchValue::Keyword("Navy".into()), 1),
+            ]
+        );
+        assert!(!colours.truncated);
+        let tags = tally_field_values(&payloads, "tags", 1);
+        assert_eq!(
+            tags.items, 2,
+            "an array of floats and nulls holds nothing countable"
+        );
+        assert_eq!(tags.values.len(), 1);
+        assert_eq!(tags.values[0].value, MatchValue::Keyword("b".into()));
+        assert_eq!(
+            tags.values[0].count, 2,
+            "a repeated element counts once per item"
+        );
+        assert!(tags.truncated);
+        assert!(check_field_values("", 1).is_err());
+        assert!(check_field_values("x", 0).is_err());
+        assert!(check_field_values("x", MAX_FIELD_VALUES + 1).is_err());
     }
 }

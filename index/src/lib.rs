@@ -55,7 +55,8 @@ pub use local::{
 pub use schema::{CatalogueSchema, HnswConfig, VectorStorage, MAX_ATTRIBUTES, MAX_DIMENSION};
 pub use store::CatalogueStore;
 pub use types::{
-    AttributeStats, AttributeWeight, CatalogueInfo, CatalogueStats, Filter, GroupBy, Hit, HitGroup,
-    Item, ItemId, ItemPage, MatchValue, Payload, Query, SearchRequest, SearchResults, StoredItem,
-    WeightedVector, WriteReceipt, MAX_BATCH_ITEMS, MAX_ITEM_ID_BYTES, MAX_K, MAX_THUMBNAIL_BYTES,
+    AttributeStats, AttributeWeight, CatalogueInfo, CatalogueStats, FieldValue, FieldValues,
+    Filter, GroupBy, Hit, HitGroup, Item, ItemId, ItemPage, MatchValue, Payload, Query,
+    SearchRequest, SearchResults, StoredItem, WeightedVector, WriteReceipt, MAX_BATCH_ITEMS,
+    MAX_FIELD_VALUES, MAX_ITEM_ID_BYTES, MAX_K, MAX_THUMBNAIL_BYTES,
 };

@@ -3,8 +3,8 @@
 use crate::error::Result;
 use crate::schema::CatalogueSchema;
 use crate::types::{
-    CatalogueInfo, CatalogueStats, Item, ItemId, ItemPage, SearchRequest, SearchResults,
-    StoredItem, WriteReceipt,
+    CatalogueInfo, CatalogueStats, FieldValues, Item, ItemId, ItemPage, SearchRequest,
+    SearchResults, StoredItem, WriteReceipt,
 };
 
 /// Many catalogues of items with one vector per attribute, searchable per attribute.
@@ -45,6 +45,36 @@ pub trait CatalogueStore: Send + Sync {
 
     /// Up to `limit` items in id order, starting after `after`.
     fn list(&self, catalogue: &str, after: Option<&ItemId>, limit: usize) -> Result<ItemPage>;
+
+    /// The distinct values of a payload field (dotted path, as in filters) over the live items,
+    /// with the number of items holding each, most frequent first, at most `limit`
+    /// (1..=[`crate::MAX_FIELD_VALUES`], else `InvalidRequest`); see [`FieldValues`] for the
+    /// order and what `truncated` means.
+    ///
+    /// Only what a [`crate::Filter::Match`] can select is counted: strings, integers and
+    /// booleans, and those inside an array field (each distinct element once per item).
+    /// Objects, floats and nulls are ignored. Counts are exact: every live item's field is
+    /// read. Fails with `CatalogueNotFound` for an unknown catalogue and `InvalidRequest` for
+    /// an empty field.
+    ///
+    /// The provided method pages through [`CatalogueStore::list`] (linear in the catalogue's
+    /// size, payloads only); a backend overrides it when it can count faster (the local store
+    /// tallies the payloads it holds in memory, a database can aggregate).
+    fn field_values(&self, catalogue: &str, field: &str, limit: usize) -> Result<FieldValues> {
+        crate::filter::check_field_values(field, limit)?;
+        let mut tally = crate::filter::FieldTally::new(field);
+        let mut after = None;
+        loop {
+            let page = self.list(catalogue, after.as_ref(), crate::MAX_BATCH_ITEMS)?;
+            for item in &page.items {
+                tally.add(&item.payload);
+            }
+            match page.next_cursor {
+                Some(next) => after = Some(next),
+                None => return Ok(tally.finish(limit)),
+            }
+        }
+    }
 
     /// Number of live items.
     fn count(&self, catalogue: &str) -> Result<u64>;

@@ -158,6 +158,32 @@ pub struct ItemPage {
     pub next_cursor: Option<ItemId>,
 }
 
+/// Most distinct values one [`crate::CatalogueStore::field_values`] call may return.
+pub const MAX_FIELD_VALUES: usize = 1000;
+
+/// One distinct value of a payload field and the number of live items holding it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FieldValue {
+    /// The value, as a [`Filter::Match`] takes it (keyword, integer or boolean).
+    pub value: MatchValue,
+    /// Live items whose field holds the value (an array field counts once per item).
+    pub count: u64,
+}
+
+/// The distinct values of a payload field, from [`crate::CatalogueStore::field_values`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FieldValues {
+    /// The dotted field path asked for.
+    pub field: String,
+    /// Most frequent first; ties by value (booleans, then integers ascending, then keywords
+    /// in byte order). At most the `limit` asked for.
+    pub values: Vec<FieldValue>,
+    /// Live items whose field holds at least one keyword, integer or boolean.
+    pub items: u64,
+    /// Whether there were more distinct values than `limit` (the rarest were left out).
+    pub truncated: bool,
+}
+
 /// What a write did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WriteReceipt {
@@ -170,7 +196,7 @@ pub struct WriteReceipt {
 }
 
 /// A value compared by [`Filter::Match`] and [`Filter::In`]: keyword, integer or boolean.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum MatchValue {
     /// A boolean field.

@@ -11,6 +11,7 @@ mod metrics;
 mod openapi;
 mod routes;
 mod state;
+mod ui;
 
 use std::time::Duration;
 
@@ -27,8 +28,9 @@ pub use error::ApiError;
 pub use routes::items::{ItemBody, UpsertBody};
 pub use state::AppState;
 
-/// Every route as (method, path), in the order of the router (checked against the
-/// OpenAPI document by a test).
+/// Every API route as (method, path), in the order of the router (checked against the
+/// OpenAPI document by a test). The web page (`GET /` and `GET /ui/{file}`, see `ui`) is not
+/// part of the API and not listed.
 #[cfg_attr(not(test), allow(dead_code))]
 pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/healthz"),
@@ -40,6 +42,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("PUT", "/v1/catalogues/{name}"),
     ("GET", "/v1/catalogues/{name}"),
     ("DELETE", "/v1/catalogues/{name}"),
+    ("GET", "/v1/catalogues/{name}/fields/{field}/values"),
+    ("GET", "/v1/catalogues/{name}/items"),
     ("PUT", "/v1/catalogues/{name}/items"),
     ("GET", "/v1/catalogues/{name}/items/{id}"),
     ("DELETE", "/v1/catalogues/{name}/items/{id}"),
@@ -51,7 +55,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/explain/heatmap"),
 ];
 
-/// The whole app: open routes (health, metrics, openapi), read routes (read key when
+/// The whole app: open routes (health, metrics, openapi, the web page), read routes (read key when
 /// configured) and write routes (api key when configured), with body limit, request
 /// timeout, metrics and one tracing span per request.
 pub fn router(state: AppState) -> Router {
@@ -59,11 +63,18 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(routes::health::healthz))
         .route("/readyz", get(routes::health::readyz))
         .route("/metrics", get(routes::health::metrics))
-        .route("/openapi.json", get(openapi::openapi_json));
+        .route("/openapi.json", get(openapi::openapi_json))
+        .route("/", get(ui::page))
+        .route("/ui/{file}", get(ui::asset));
     let read = Router::new()
         .route("/v1/model", get(routes::model::model))
         .route("/v1/catalogues", get(routes::catalogues::list))
         .route("/v1/catalogues/{name}", get(routes::catalogues::get))
+        .route(
+            "/v1/catalogues/{name}/fields/{field}/values",
+            get(routes::catalogues::field_values),
+        )
+        .route("/v1/catalogues/{name}/items", get(routes::items::list))
         .route("/v1/catalogues/{name}/items/{id}", get(routes::items::get))
         .route(
             "/v1/catalogues/{name}/items/{id}/image",

@@ -1,6 +1,8 @@
 //! Creating, describing and dropping catalogues.
 
-use asen_index::{CatalogueInfo, CatalogueSchema, CatalogueStats, HnswConfig, IndexError};
+use asen_index::{
+    CatalogueInfo, CatalogueSchema, CatalogueStats, FieldValues, HnswConfig, IndexError,
+};
 use serde::{Deserialize, Serialize};
 use tracing::info;
 
@@ -71,6 +73,14 @@ pub fn details(svc: &Service, name: &str) -> Result<CatalogueDetails> {
 /// Every catalogue with its per-attribute counts.
 pub fn list(svc: &Service) -> Result<Vec<CatalogueInfo>> {
     Ok(svc.store("listing catalogues")?.list_catalogues()?)
+}
+
+/// The distinct values of a payload field with their item counts, most frequent first (at
+/// most `limit`; the store checks it): what the page offers as filters.
+pub fn field_values(svc: &Service, name: &str, field: &str, limit: usize) -> Result<FieldValues> {
+    Ok(svc
+        .store("reading a field's values")?
+        .field_values(name, field, limit)?)
 }
 
 /// Drop a catalogue and its items (thumbnails included).

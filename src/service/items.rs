@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use asen_index::{CatalogueSchema, Item, ItemId, Payload, StoredItem, WriteReceipt};
+use asen_index::{CatalogueSchema, Item, ItemId, ItemPage, Payload, StoredItem, WriteReceipt};
 use image::RgbImage;
 use sha2::{Digest, Sha256};
 use tracing::debug;
@@ -179,6 +179,15 @@ pub fn get(svc: &Service, catalogue: &str, id: &str, with_vectors: bool) -> Resu
             catalogue: catalogue.to_string(),
             id: id.to_string(),
         })
+}
+
+/// Up to `limit` items of a catalogue in id order (bytewise), after the item `after` (the
+/// `next_cursor` of the previous page), without vectors. The store checks `limit`.
+pub fn list(svc: &Service, catalogue: &str, after: Option<&str>, limit: usize) -> Result<ItemPage> {
+    let after = after.map(Service::item_id).transpose()?;
+    Ok(svc
+        .store("listing items")?
+        .list(catalogue, after.as_ref(), limit)?)
 }
 
 /// Delete one item (and its thumbnail); `ItemNotFound` if it was not there.

@@ -126,3 +126,61 @@ fn a_re_created_catalogue_starts_without_the_old_thumbnails() {
         "image after re-create",
     );
 }
+
+#[test]
+fn field_values_with_counts() {
+    let Some(s) = TestServer::seeded() else {
+        return;
+    };
+    let brands = ok(
+        &s.call("GET", "/v1/catalogues/shirts/fields/brand/values", R, None),
+        "brand values",
+    );
+    assert_eq!(
+        brands,
+        json!({"field": "brand", "items": 5, "truncated": false,
+               "values": [{"value": "zeta", "count": 3}, {"value": "acme", "count": 2}]})
+    );
+    let products = ok(
+        &s.call(
+            "GET",
+            "/v1/catalogues/shirts/fields/product/values?limit=1",
+            R,
+            None,
+        ),
+        "product values, one",
+    );
+    assert_eq!(
+        products["values"],
+        json!([{"value": 0, "count": 2}]),
+        "integers, the most frequent"
+    );
+    assert_eq!(products["truncated"], true);
+    let none = ok(
+        &s.call(
+            "GET",
+            "/v1/catalogues/shirts/fields/nothing/values",
+            R,
+            None,
+        ),
+        "absent field",
+    );
+    assert_eq!(none["values"], json!([]));
+    expect_error(
+        &s.call(
+            "GET",
+            "/v1/catalogues/shirts/fields/brand/values?limit=1001",
+            R,
+            None,
+        ),
+        422,
+        "outside 1..=1000",
+        "limit over the maximum",
+    );
+    expect_error(
+        &s.call("GET", "/v1/catalogues/nope/fields/brand/values", R, None),
+        404,
+        "\"nope\" not found",
+        "unknown catalogue",
+    );
+}

@@ -55,6 +55,8 @@ fn openapi_json_documents_every_route() {
         ("put", "/v1/catalogues/{name}"),
         ("get", "/v1/catalogues/{name}"),
         ("delete", "/v1/catalogues/{name}"),
+        ("get", "/v1/catalogues/{name}/fields/{field}/values"),
+        ("get", "/v1/catalogues/{name}/items"),
         ("put", "/v1/catalogues/{name}/items"),
         ("get", "/v1/catalogues/{name}/items/{id}"),
         ("delete", "/v1/catalogues/{name}/items/{id}"),

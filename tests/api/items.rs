@@ -214,3 +214,66 @@ fn re_upsert_after_delete_brings_back_and_replaces_the_thumbnail() {
         "delete again",
     );
 }
+
+#[test]
+fn list_items_page_by_page() {
+    let Some(s) = TestServer::seeded() else {
+        return;
+    };
+    let mut seen = Vec::new();
+    let mut path = "/v1/catalogues/shirts/items?limit=2".to_string();
+    loop {
+        let page = ok(&s.call("GET", &path, R, None), "list page");
+        let items = page["items"].as_array().unwrap();
+        assert!(items.len() <= 2, "{page}");
+        for item in items {
+            assert!(item["payload"]["brand"].is_string(), "{item}");
+            assert!(item["vectors"].is_null(), "no vectors in a listing");
+            seen.push(item["id"].as_str().unwrap().to_string());
+        }
+        match page["next_cursor"].as_str() {
+            Some(cursor) => path = format!("/v1/catalogues/shirts/items?limit=2&after={cursor}"),
+            None => break,
+        }
+    }
+    let mut expected: Vec<String> = NAMES.iter().map(|n| n.to_string()).collect();
+    expected.sort();
+    assert_eq!(seen, expected, "every item once, in id order");
+    let all = ok(
+        &s.call("GET", "/v1/catalogues/shirts/items", R, None),
+        "default page",
+    );
+    assert_eq!(all["items"].as_array().unwrap().len(), NAMES.len());
+    assert!(all["next_cursor"].is_null());
+}
+
+#[test]
+fn list_items_errors() {
+    let Some(s) = TestServer::with_one_item() else {
+        return;
+    };
+    expect_error(
+        &s.call("GET", "/v1/catalogues/shirts/items?limit=0", R, None),
+        422,
+        "outside 1..=",
+        "limit 0",
+    );
+    expect_error(
+        &s.call("GET", "/v1/catalogues/shirts/items?limit=ten", R, None),
+        400,
+        "query string",
+        "limit not a number",
+    );
+    expect_error(
+        &s.call("GET", "/v1/catalogues/nope/items", R, None),
+        404,
+        "\"nope\" not found",
+        "unknown catalogue",
+    );
+    expect_error(
+        &s.call("GET", "/v1/catalogues/shirts/items", None, None),
+        401,
+        "missing api key",
+        "a read route",
+    );
+}

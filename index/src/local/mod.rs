@@ -27,8 +27,8 @@ use crate::rescore::normalized;
 use crate::schema::CatalogueSchema;
 use crate::store::CatalogueStore;
 use crate::types::{
-    AttributeStats, CatalogueInfo, CatalogueStats, Item, ItemId, ItemPage, Payload, SearchRequest,
-    SearchResults, StoredItem, WriteReceipt, MAX_BATCH_ITEMS, MAX_THUMBNAIL_BYTES,
+    AttributeStats, CatalogueInfo, CatalogueStats, FieldValues, Item, ItemId, ItemPage, Payload,
+    SearchRequest, SearchResults, StoredItem, WriteReceipt, MAX_BATCH_ITEMS, MAX_THUMBNAIL_BYTES,
 };
 pub use legacy_thumbnails::ThumbnailMigration;
 use records::{ItemRecord, VectorRecord};
@@ -951,6 +951,18 @@ impl CatalogueStore for LocalStore {
             None
         };
         Ok(ItemPage { items, next_cursor })
+    }
+
+    fn field_values(&self, catalogue: &str, field: &str, limit: usize) -> Result<FieldValues> {
+        let c = self.catalogue(catalogue)?;
+        crate::filter::check_field_values(field, limit)?;
+        // The live set holds every live item's payload in memory: no sled read.
+        let live = read(&c.live);
+        Ok(crate::filter::tally_field_values(
+            live.items.values().map(|meta| &meta.payload),
+            field,
+            limit,
+        ))
     }
 
     fn count(&self, catalogue: &str) -> Result<u64> {

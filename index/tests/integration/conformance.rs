@@ -4,7 +4,7 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use asen_index::{
-    CatalogueSchema, CatalogueStore, Durability, ErrorKind, IndexError, SearchRequest,
+    CatalogueSchema, CatalogueStore, Durability, ErrorKind, IndexError, MatchValue, SearchRequest,
     StoreOptions, VectorStorage, MAX_THUMBNAIL_BYTES,
 };
 use serde_json::json;
@@ -33,6 +33,7 @@ const CHECKS: &[(&str, Check)] = &[
     ("life", lifecycle),
     ("items", items_round_trip),
     ("list", listing_pages),
+    ("values", field_values_count_live_items),
     ("search", search_basics),
     ("storage", storage_is_as_created),
     ("thumb_rt", thumbnail_round_trip),
@@ -177,6 +178,100 @@ fn listing_pages(cx: &Ctx) {
     let expected: Vec<String> = (0..25).map(|i| format!("{i:03}")).collect();
     assert_eq!(seen, expected);
     assert!(store.list(name, None, 0).is_err());
+    store.drop_catalogue(name).unwrap();
+}
+
+fn field_values_count_live_items(cx: &Ctx) {
+    let (store, name) = (cx.store, cx.name.as_str());
+    store.create_catalogue(name, &cx.schema(&["a"], 2)).unwrap();
+    let payloads = [
+        json!({"gender": "Men", "colour": "Black", "year": 2011, "tags": ["sale", "new"]}),
+        json!({"gender": "Women", "colour": "Black", "year": 2012, "tags": ["sale", "sale"]}),
+        json!({"gender": "Men", "colour": "Navy Blue", "year": 2011, "sold_out": true}),
+        json!({"gender": "Men", "colour": {"not": "countable"}, "year": 2011.5}),
+        json!({"product": {"brand": "acme"}}),
+    ];
+    let items: Vec<_> = payloads
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let mut it = item(format!("i{i}"), &[("a", &[1.0, i as f32])]);
+            it.payload = p.as_object().unwrap().clone();
+            it
+        })
+        .collect();
+    store.upsert(name, &items).unwrap();
+    let pairs = |field: &str, limit: usize| {
+        let v = store.field_values(name, field, limit).unwrap();
+        let pairs: Vec<(MatchValue, u64)> = v
+            .values
+            .iter()
+            .map(|x| (x.value.clone(), x.count))
+            .collect();
+        (pairs, v.items, v.truncated)
+    };
+    let kw = |s: &str| MatchValue::Keyword(s.to_string());
+    assert_eq!(
+        pairs("gender", 10),
+        (vec![(kw("Men"), 3), (kw("Women"), 1)], 4, false)
+    );
+    assert_eq!(
+        pairs("colour", 10),
+        (vec![(kw("Black"), 2), (kw("Navy Blue"), 1)], 3, false),
+        "an object value is not counted"
+    );
+    assert_eq!(
+        pairs("year", 10),
+        (
+            vec![
+                (MatchValue::Integer(2011), 2),
+                (MatchValue::Integer(2012), 1)
+            ],
+            3,
+            false
+        ),
+        "integers only: 2011.5 is not a value a match filter selects"
+    );
+    assert_eq!(
+        pairs("tags", 10),
+        (vec![(kw("sale"), 2), (kw("new"), 1)], 2, false),
+        "array elements, once per item"
+    );
+    assert_eq!(
+        pairs("sold_out", 10),
+        (vec![(MatchValue::Bool(true), 1)], 1, false)
+    );
+    assert_eq!(
+        pairs("product.brand", 10),
+        (vec![(kw("acme"), 1)], 1, false)
+    );
+    assert_eq!(pairs("missing", 10), (vec![], 0, false));
+    assert_eq!(
+        pairs("gender", 1),
+        (vec![(kw("Men"), 3)], 4, true),
+        "the rarest value is left out"
+    );
+    // Deletes and replacements count at once.
+    store.delete(name, &[id("i0")]).unwrap();
+    let mut moved = items[1].clone();
+    moved.payload = json!({"gender": "Men"}).as_object().unwrap().clone();
+    store.upsert(name, &[moved]).unwrap();
+    assert_eq!(pairs("gender", 10), (vec![(kw("Men"), 3)], 3, false));
+    for limit in [0, asen_index::MAX_FIELD_VALUES + 1] {
+        let e = store.field_values(name, "gender", limit).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput, "limit {limit}: {e}");
+    }
+    assert_eq!(
+        store.field_values(name, "", 10).unwrap_err().kind(),
+        ErrorKind::InvalidInput
+    );
+    assert_eq!(
+        store
+            .field_values(&format!("{name}_missing"), "gender", 10)
+            .unwrap_err()
+            .kind(),
+        ErrorKind::NotFound
+    );
     store.drop_catalogue(name).unwrap();
 }
 
@@ -519,4 +614,87 @@ fn local_store_with_deferred_flush_and_int8_passes_too() {
         10 * 16 * VectorStorage::Int8.bytes_per_component() as u64
     );
     store.flush().unwrap();
+}
+
+/// A store that keeps the provided [`CatalogueStore::field_values`] (paging through `list`):
+/// every other method is the local store's.
+struct ProvidedFieldValues<'a>(&'a dyn CatalogueStore);
+
+impl CatalogueStore for ProvidedFieldValues<'_> {
+    fn create_catalogue(&self, name: &str, schema: &CatalogueSchema) -> asen_index::Result<()> {
+        self.0.create_catalogue(name, schema)
+    }
+    fn drop_catalogue(&self, name: &str) -> asen_index::Result<()> {
+        self.0.drop_catalogue(name)
+    }
+    fn list_catalogues(&self) -> asen_index::Result<Vec<asen_index::CatalogueInfo>> {
+        self.0.list_catalogues()
+    }
+    fn schema(&self, catalogue: &str) -> asen_index::Result<CatalogueSchema> {
+        self.0.schema(catalogue)
+    }
+    fn upsert(
+        &self,
+        catalogue: &str,
+        items: &[asen_index::Item],
+    ) -> asen_index::Result<asen_index::WriteReceipt> {
+        self.0.upsert(catalogue, items)
+    }
+    fn delete(
+        &self,
+        catalogue: &str,
+        ids: &[asen_index::ItemId],
+    ) -> asen_index::Result<asen_index::WriteReceipt> {
+        self.0.delete(catalogue, ids)
+    }
+    fn get(
+        &self,
+        catalogue: &str,
+        id: &asen_index::ItemId,
+        with_vectors: bool,
+    ) -> asen_index::Result<Option<asen_index::StoredItem>> {
+        self.0.get(catalogue, id, with_vectors)
+    }
+    fn thumbnail(
+        &self,
+        catalogue: &str,
+        id: &asen_index::ItemId,
+    ) -> asen_index::Result<Option<Vec<u8>>> {
+        self.0.thumbnail(catalogue, id)
+    }
+    fn list(
+        &self,
+        catalogue: &str,
+        after: Option<&asen_index::ItemId>,
+        limit: usize,
+    ) -> asen_index::Result<asen_index::ItemPage> {
+        self.0.list(catalogue, after, limit)
+    }
+    fn count(&self, catalogue: &str) -> asen_index::Result<u64> {
+        self.0.count(catalogue)
+    }
+    fn search(
+        &self,
+        catalogue: &str,
+        request: &SearchRequest,
+    ) -> asen_index::Result<asen_index::SearchResults> {
+        self.0.search(catalogue, request)
+    }
+    fn stats(&self, catalogue: &str) -> asen_index::Result<asen_index::CatalogueStats> {
+        self.0.stats(catalogue)
+    }
+    fn flush(&self) -> asen_index::Result<()> {
+        self.0.flush()
+    }
+}
+
+#[test]
+fn the_provided_field_values_passes_the_same_check() {
+    let (_d, store) = store(StoreOptions::default());
+    let provided = ProvidedFieldValues(&store);
+    field_values_count_live_items(&Ctx {
+        store: &provided,
+        name: "provided_values".into(),
+        storage: VectorStorage::F32,
+    });
 }

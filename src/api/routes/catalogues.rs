@@ -1,10 +1,12 @@
-//! `PUT/GET/DELETE /v1/catalogues/{name}`, `GET /v1/catalogues`.
+//! `PUT/GET/DELETE /v1/catalogues/{name}`, `GET /v1/catalogues`,
+//! `GET /v1/catalogues/{name}/fields/{field}/values`.
 
 use std::time::Instant;
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::response::Response;
+use serde::Deserialize;
 
 use crate::api::envelope::ok;
 use crate::api::error::ApiError;
@@ -74,4 +76,43 @@ pub async fn list(State(state): State<AppState>) -> Result<Response, ApiError> {
     let started = Instant::now();
     let all = state.run(catalogues::list).await?;
     Ok(ok(all, started))
+}
+
+fn default_values_limit() -> usize {
+    100
+}
+
+/// Query of `GET /v1/catalogues/{c}/fields/{field}/values`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ValuesParams {
+    /// Most values returned, 1..=1000 (the rarest are left out, and `truncated` says so).
+    #[serde(default = "default_values_limit")]
+    #[param(default = 100)]
+    pub limit: usize,
+}
+
+/// The distinct values of a payload field (dotted path) with the number of items holding
+/// each, most frequent first: strings, integers and booleans, as a `match` filter takes them.
+#[utoipa::path(get, path = "/v1/catalogues/{name}/fields/{field}/values", tag = "catalogues",
+    params(("name" = String, Path, description = "catalogue name"),
+           ("field" = String, Path, description = "dotted payload field, e.g. `gender` or `product.brand`"),
+           ValuesParams),
+    responses((status = 200, description = "`{field, values: [{value, count}], items, truncated}`"),
+              (status = 400, description = "bad query string", body = crate::api::error::ErrorEnvelope),
+              (status = 422, description = "limit out of range or empty field", body = crate::api::error::ErrorEnvelope),
+              (status = 404, description = "unknown catalogue", body = crate::api::error::ErrorEnvelope)))]
+pub async fn field_values(
+    State(state): State<AppState>,
+    Path((name, field)): Path<(String, String)>,
+    params: Result<Query<ValuesParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    let Query(params) =
+        params.map_err(|e| ApiError::BadRequest(format!("query string: {}", e.body_text())))?;
+    let values = state
+        .run(move |svc| catalogues::field_values(svc, &name, &field, params.limit))
+        .await?;
+    Ok(ok(values, started))
 }

@@ -1,5 +1,6 @@
 //! `PUT /v1/catalogues/{c}/items` (JSON with base64 images, or multipart),
-//! `GET` and `DELETE /v1/catalogues/{c}/items/{id}`, `GET /v1/catalogues/{c}/items/{id}/image`.
+//! `GET /v1/catalogues/{c}/items` (a page), `GET` and `DELETE /v1/catalogues/{c}/items/{id}`,
+//! `GET /v1/catalogues/{c}/items/{id}/image`.
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -187,6 +188,45 @@ pub async fn get(
         .run(move |svc| items::get(svc, &name, &id, params.with_vectors))
         .await?;
     Ok(ok(item, started))
+}
+
+fn default_page_size() -> usize {
+    50
+}
+
+/// Query of `GET /v1/catalogues/{c}/items`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListParams {
+    /// Start after this item id (the `next_cursor` of the previous page).
+    #[serde(default)]
+    pub after: Option<String>,
+    /// Items per page, 1..=10000.
+    #[serde(default = "default_page_size")]
+    #[param(default = 50)]
+    pub limit: usize,
+}
+
+/// A page of items in id order: `{"items": [...], "next_cursor": id or null}`, without vectors.
+#[utoipa::path(get, path = "/v1/catalogues/{name}/items", tag = "items",
+    params(("name" = String, Path, description = "catalogue name"), ListParams),
+    responses((status = 200, description = "a page of items and the cursor of the next one"),
+              (status = 400, description = "bad cursor or query string", body = crate::api::error::ErrorEnvelope),
+              (status = 422, description = "limit out of range", body = crate::api::error::ErrorEnvelope),
+              (status = 404, description = "unknown catalogue", body = crate::api::error::ErrorEnvelope)))]
+pub async fn list(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    params: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    let Query(params) =
+        params.map_err(|e| ApiError::BadRequest(format!("query string: {}", e.body_text())))?;
+    let page = state
+        .run(move |svc| items::list(svc, &name, params.after.as_deref(), params.limit))
+        .await?;
+    Ok(ok(page, started))
 }
 
 /// Delete one item.

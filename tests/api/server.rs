@@ -348,6 +348,8 @@ pub struct Reply {
     pub status: u16,
     pub body: Value,
     pub bytes: Vec<u8>,
+    /// The `retry-after` header, if any.
+    pub retry_after: Option<String>,
 }
 
 impl Reply {
@@ -383,6 +385,7 @@ pub fn send(
         Err(e) => panic!("{method} {path}: transport error {e}"),
     };
     let status = resp.status();
+    let retry_after = resp.header("retry-after").map(str::to_string);
     let mut bytes = Vec::new();
     resp.into_reader().read_to_end(&mut bytes).unwrap();
     let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
@@ -390,6 +393,7 @@ pub fn send(
         status,
         body,
         bytes,
+        retry_after,
     }
 }
 

@@ -19,6 +19,7 @@ mod explain;
 mod hardening;
 mod health;
 mod items;
+mod kill;
 mod metrics;
 mod process;
 mod search;

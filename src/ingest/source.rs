@@ -462,4 +462,45 @@ mod tests {
         assert_eq!(recs.records.len(), 2, "{:?}", recs.rejected);
         assert_eq!(recs.root, None);
     }
+
+    // Structured random CSV text: quotes, separators, line ends, `..`, absolute paths,
+    // blank and repeated ids. Reading never fails on a row (only on the header), accounts
+    // for every record, and admits no path leaving the root.
+    mod fuzz {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn cell() -> impl Strategy<Value = String> {
+            prop::collection::vec(
+                prop::sample::select(vec![
+                    "a", "b", ",", "\"", "\r\n", "\n", "..", "/", " ", "x.jpg", "\u{0}", "ü", "1",
+                ]),
+                0..6,
+            )
+            .prop_map(|parts| parts.concat())
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(
+                std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(2000)
+            ))]
+            #[test]
+            fn random_csv_rows_are_read_or_rejected(rows in prop::collection::vec(prop::collection::vec(cell(), 0..5), 0..12)) {
+                let dir = tempfile::tempdir().unwrap();
+                let mut body = String::from("id,path,colour\n");
+                for row in &rows {
+                    body.push_str(&row.join(","));
+                    body.push('\n');
+                }
+                let src = csv_source(dir.path(), &body);
+                let recs = src.read().unwrap();
+                for r in &recs.records {
+                    prop_assert!(r.path.starts_with(dir.path()), "{:?}", r.path);
+                    let rel = r.path.strip_prefix(dir.path()).unwrap();
+                    prop_assert!(leaves_root(&rel.to_string_lossy()).is_none(), "{:?}", r.path);
+                    prop_assert!(!r.id.as_str().trim().is_empty());
+                }
+            }
+        }
+    }
 }

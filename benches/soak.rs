@@ -232,7 +232,10 @@ fn main() {
         sample.latencies_ms.sort_by(f64::total_cmp);
         let p99 = sample
             .latencies_ms
-            .get((sample.latencies_ms.len() * 99 / 100).min(sample.latencies_ms.len().saturating_sub(1)))
+            .get(
+                (sample.latencies_ms.len() * 99 / 100)
+                    .min(sample.latencies_ms.len().saturating_sub(1)),
+            )
             .copied()
             .unwrap_or(f64::NAN);
         total_unexpected += sample.unexpected;

@@ -395,7 +395,10 @@ impl Overrides {
         set(&mut config.ingest.upsert_batch, &self.upsert_batch);
         set(&mut config.ingest.timeout_s, &self.timeout_s);
         set(&mut config.ingest.max_file_bytes, &self.max_file_bytes);
-        set(&mut config.ingest.allow_outside_root, &self.allow_outside_root);
+        set(
+            &mut config.ingest.allow_outside_root,
+            &self.allow_outside_root,
+        );
         set(&mut config.log.format, &self.log_format);
     }
 }
@@ -580,7 +583,10 @@ impl Config {
             );
         }
         if self.limits.max_decode_bytes < 1 << 20 {
-            return invalid("limits.max_decode_bytes", "must be at least 1048576 (1 MiB)");
+            return invalid(
+                "limits.max_decode_bytes",
+                "must be at least 1048576 (1 MiB)",
+            );
         }
         if self.limits.decode_budget_bytes < self.limits.max_decode_bytes {
             return invalid(

@@ -587,8 +587,18 @@ fn with_rows(csv: &Path, paths: &[&str]) {
 
 fn ingest_args<'a>(csv: &'a str, model: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec![
-        "ingest", "--catalogue", "shop", "--csv", csv, "--data", "store", "--model", model,
-        "--report", "report.csv", "--quiet",
+        "ingest",
+        "--catalogue",
+        "shop",
+        "--csv",
+        csv,
+        "--data",
+        "store",
+        "--model",
+        model,
+        "--report",
+        "report.csv",
+        "--quiet",
     ];
     args.extend_from_slice(extra);
     args
@@ -600,7 +610,11 @@ fn ingest_refuses_paths_out_of_the_root_per_row_and_goes_on() {
     let Some(shared) = shared_dir() else { return };
     let (work, csv, _) = catalogue_fixture(&shared, 2);
     let outside = tempfile::tempdir().unwrap();
-    std::fs::write(outside.path().join("passwd"), "root:x:0:0:root:/root:/bin/bash\n").unwrap();
+    std::fs::write(
+        outside.path().join("passwd"),
+        "root:x:0:0:root:/root:/bin/bash\n",
+    )
+    .unwrap();
     std::os::unix::fs::symlink(
         outside.path().join("passwd"),
         work.path().join("images_224/link.jpg"),
@@ -615,7 +629,10 @@ fn ingest_refuses_paths_out_of_the_root_per_row_and_goes_on() {
         ],
     );
     let model = golden_model(&shared);
-    let out = asen(&ingest_args(csv.to_str().unwrap(), &model, &[]), work.path());
+    let out = asen(
+        &ingest_args(csv.to_str().unwrap(), &model, &[]),
+        work.path(),
+    );
     assert!(out.status.success(), "stderr: {}", stderr(&out));
     assert!(
         stdout(&out).starts_with("ingested 2, skipped 0, failed 5 of 7 rows"),
@@ -626,7 +643,10 @@ fn ingest_refuses_paths_out_of_the_root_per_row_and_goes_on() {
     assert!(report.contains("absolute image path"), "{report}");
     assert!(report.contains("climbs out"), "{report}");
     assert!(report.contains("outside the image root"), "{report}");
-    assert!(!report.contains("root:x"), "no file contents in the report: {report}");
+    assert!(
+        !report.contains("root:x"),
+        "no file contents in the report: {report}"
+    );
 }
 
 #[cfg(unix)]
@@ -646,8 +666,15 @@ fn ingest_outside_the_root_still_reads_only_bounded_regular_files() {
     )
     .unwrap();
     let fifo = work.path().join("images_224/fifo.jpg");
-    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
-    with_rows(&csv, &["/dev/zero", "images_224/big.jpg", "images_224/fifo.jpg"]);
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    with_rows(
+        &csv,
+        &["/dev/zero", "images_224/big.jpg", "images_224/fifo.jpg"],
+    );
     let model = golden_model(&shared);
     let limit = largest.to_string();
     let out = asen(

@@ -96,7 +96,11 @@ pub fn decode_cost(bytes: &[u8], cfg: &PreprocessConfig) -> Result<DecodeCost> {
 fn open_checked<'a>(
     bytes: &'a [u8],
     cfg: &PreprocessConfig,
-) -> Result<(impl ImageDecoder + 'a, DecodeCost, image::metadata::Orientation)> {
+) -> Result<(
+    impl ImageDecoder + 'a,
+    DecodeCost,
+    image::metadata::Orientation,
+)> {
     let format = detect_format(bytes)?;
     if format == ImageFormat::Jpeg && !jpeg_is_complete(bytes) {
         // zune-jpeg fills missing scan data with grey; Pillow refuses
@@ -499,9 +503,12 @@ mod tests {
 
     #[test]
     fn an_error_never_quotes_the_input() {
-        let err = decode_image(b"root:x:0:0:root:/root:/bin/bash\n", &PreprocessConfig::default())
-            .unwrap_err()
-            .to_string();
+        let err = decode_image(
+            b"root:x:0:0:root:/root:/bin/bash\n",
+            &PreprocessConfig::default(),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(!err.contains("root"), "{err}");
         assert!(!err.contains("72 6f"), "{err}");
         assert!(err.contains("text (32 bytes)"), "{err}");
@@ -522,7 +529,13 @@ mod tests {
         };
         let err = decode_image(&png_rgba16(64, 32), &cfg).unwrap_err();
         assert!(
-            matches!(err, ModelError::DecodeTooLarge { bytes_per_pixel: 8, .. }),
+            matches!(
+                err,
+                ModelError::DecodeTooLarge {
+                    bytes_per_pixel: 8,
+                    ..
+                }
+            ),
             "{err}"
         );
         assert!(err.to_string().contains("limits.max_decode_bytes"), "{err}");

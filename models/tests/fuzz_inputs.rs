@@ -83,11 +83,26 @@ fn image_seeds() -> Vec<Vec<u8>> {
     });
     let grey = image::GrayImage::from_fn(16, 16, |x, y| image::Luma([(x * y) as u8]));
     vec![
-        encode(image::DynamicImage::ImageRgb8(rgb.clone()), image::ImageFormat::Png),
-        encode(image::DynamicImage::ImageRgba16(rgba16), image::ImageFormat::Png),
-        encode(image::DynamicImage::ImageLuma8(grey), image::ImageFormat::Jpeg),
-        encode(image::DynamicImage::ImageRgb8(rgb.clone()), image::ImageFormat::Jpeg),
-        encode(image::DynamicImage::ImageRgb8(rgb), image::ImageFormat::WebP),
+        encode(
+            image::DynamicImage::ImageRgb8(rgb.clone()),
+            image::ImageFormat::Png,
+        ),
+        encode(
+            image::DynamicImage::ImageRgba16(rgba16),
+            image::ImageFormat::Png,
+        ),
+        encode(
+            image::DynamicImage::ImageLuma8(grey),
+            image::ImageFormat::Jpeg,
+        ),
+        encode(
+            image::DynamicImage::ImageRgb8(rgb.clone()),
+            image::ImageFormat::Jpeg,
+        ),
+        encode(
+            image::DynamicImage::ImageRgb8(rgb),
+            image::ImageFormat::WebP,
+        ),
     ]
 }
 
@@ -138,8 +153,17 @@ proptest! {
 
 fn safetensors_seed() -> Vec<u8> {
     let tensors: HashMap<String, Tensor> = [
-        ("head.w".to_string(), Tensor::arange(0f32, 12., &Device::Cpu).unwrap().reshape((3, 4)).unwrap()),
-        ("head.b".to_string(), Tensor::zeros(4, candle_core::DType::F32, &Device::Cpu).unwrap()),
+        (
+            "head.w".to_string(),
+            Tensor::arange(0f32, 12., &Device::Cpu)
+                .unwrap()
+                .reshape((3, 4))
+                .unwrap(),
+        ),
+        (
+            "head.b".to_string(),
+            Tensor::zeros(4, candle_core::DType::F32, &Device::Cpu).unwrap(),
+        ),
     ]
     .into_iter()
     .collect();

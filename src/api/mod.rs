@@ -116,7 +116,10 @@ pub fn router(state: AppState) -> Router {
             metrics::track,
         ))
         .layer(DefaultBodyLimit::max(max_body))
-        .layer(middleware::from_fn_with_state(state.clone(), envelope_errors))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            envelope_errors,
+        ))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
             let route = req
                 .extensions()

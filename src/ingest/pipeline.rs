@@ -85,7 +85,11 @@ pub fn read_image(path: &Path, root: Option<&Path>, max_bytes: u64) -> Result<Ve
     // Checked before opening: opening a FIFO would block.
     regular(&std::fs::metadata(&real).map_err(|e| format!("cannot read image: {e}"))?)?;
     let file = std::fs::File::open(&real).map_err(|e| format!("cannot read image: {e}"))?;
-    regular(&file.metadata().map_err(|e| format!("cannot read image: {e}"))?)?;
+    regular(
+        &file
+            .metadata()
+            .map_err(|e| format!("cannot read image: {e}"))?,
+    )?;
     let mut bytes = Vec::new();
     // A file that grows while it is read is still cut at the limit.
     file.take(max_bytes.saturating_add(1))
@@ -219,7 +223,10 @@ pub fn ingest<S: Sink>(
     }
     let report = Mutex::new(report);
     // The root, resolved once: a missing root fails every row the same way, in the report.
-    let root = records.root.as_ref().map(|r| r.canonicalize().unwrap_or_else(|_| r.clone()));
+    let root = records
+        .root
+        .as_ref()
+        .map(|r| r.canonicalize().unwrap_or_else(|_| r.clone()));
     let records = records.records;
     let limits = ReadLimits {
         root: root.as_deref(),
@@ -245,7 +252,10 @@ pub fn ingest<S: Sink>(
                 let Some(record) = records.get(index) else {
                     break;
                 };
-                if tx.send(prepare(index, record, catalogue, sink, limits)).is_err() {
+                if tx
+                    .send(prepare(index, record, catalogue, sink, limits))
+                    .is_err()
+                {
                     break;
                 }
             });
@@ -407,7 +417,10 @@ mod tests {
         let file = dir.path().join("big.jpg");
         std::fs::write(&file, vec![0u8; 1001]).unwrap();
         let err = read_image(&file, None, 1000).unwrap_err();
-        assert!(err.contains("1001 bytes, over ingest.max_file_bytes (1000)"), "{err}");
+        assert!(
+            err.contains("1001 bytes, over ingest.max_file_bytes (1000)"),
+            "{err}"
+        );
         assert_eq!(read_image(&file, None, 1001).unwrap().len(), 1001);
     }
 

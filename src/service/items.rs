@@ -71,7 +71,11 @@ pub fn is_current(svc: &Service, stored: &StoredItem, hash: &str, payload: &Payl
 /// thumbnail when the service keeps them. The error names the item.
 pub fn prepare(svc: &Service, item: NewItem) -> Result<PreparedItem> {
     let embedder = svc.model("an upsert")?.embedder();
-    let (image, permit) = svc.decode(embedder, &item.image, &format!("of item {:?}", item.id.as_str()))?;
+    let (image, permit) = svc.decode(
+        embedder,
+        &item.image,
+        &format!("of item {:?}", item.id.as_str()),
+    )?;
     let crop = embedder.crop(&image);
     drop((image, permit));
     let thumbnail = if svc.thumbnails {
@@ -107,10 +111,7 @@ fn model_attributes(svc: &Service, schema: &CatalogueSchema) -> Result<Vec<usize
 /// A batch is refused whole when it is empty, larger than `limits.max_batch_items`, holds an
 /// id made only of whitespace, or holds one id twice (the store would keep only the last,
 /// so the receipt would count items that were overwritten in the same write).
-pub fn check_batch<'a>(
-    svc: &Service,
-    ids: impl ExactSizeIterator<Item = &'a str>,
-) -> Result<()> {
+pub fn check_batch<'a>(svc: &Service, ids: impl ExactSizeIterator<Item = &'a str>) -> Result<()> {
     let len = ids.len();
     if len == 0 {
         return Err(ServiceError::invalid("items: the batch is empty"));

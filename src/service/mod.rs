@@ -309,8 +309,7 @@ impl Service {
         label: &str,
     ) -> Result<(image::RgbImage, decode::DecodePermit)> {
         let named = |e: ModelError| e.with_source_name(label.to_string());
-        let cost =
-            asen_models::decode_cost(bytes, embedder.preprocess_config()).map_err(named)?;
+        let cost = asen_models::decode_cost(bytes, embedder.preprocess_config()).map_err(named)?;
         let permit = self.decode_budget.acquire(cost.bytes)?;
         let image = embedder.decode(bytes).map_err(named)?;
         Ok((image, permit))

@@ -28,8 +28,17 @@ fn value() -> impl Strategy<Value = Value> {
         any::<bool>().prop_map(Value::from),
         any::<i64>().prop_map(Value::from),
         any::<f64>().prop_map(|f| json!(f)),
-        prop::sample::select(vec!["brand", "product", "acme", "", "attr_0", "10002.jpg", "\u{0}", "ü"])
-            .prop_map(Value::from),
+        prop::sample::select(vec![
+            "brand",
+            "product",
+            "acme",
+            "",
+            "attr_0",
+            "10002.jpg",
+            "\u{0}",
+            "ü"
+        ])
+        .prop_map(Value::from),
         "[ -~]{0,12}".prop_map(Value::from),
     ];
     leaf.prop_recursive(4, 24, 4, |inner| {
@@ -37,8 +46,21 @@ fn value() -> impl Strategy<Value = Value> {
             prop::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
             (
                 prop::sample::select(vec![
-                    "match", "in", "range", "and", "or", "not", "field", "value", "values", "gte",
-                    "lt", "attribute", "item_id", "k", "filter"
+                    "match",
+                    "in",
+                    "range",
+                    "and",
+                    "or",
+                    "not",
+                    "field",
+                    "value",
+                    "values",
+                    "gte",
+                    "lt",
+                    "attribute",
+                    "item_id",
+                    "k",
+                    "filter"
                 ]),
                 inner
             )
@@ -51,7 +73,13 @@ fn search_body() -> impl Strategy<Value = Value> {
     (
         prop::option::of(prop::sample::select(vec!["attr_0", "attr_7", "collar", ""])),
         prop::option::of(prop::sample::select(vec!["10002.jpg", "nope", ""])),
-        prop::option::of(prop_oneof![Just(json!(0)), Just(json!(3)), Just(json!(100_000)), Just(json!(-1)), Just(json!("ten"))]),
+        prop::option::of(prop_oneof![
+            Just(json!(0)),
+            Just(json!(3)),
+            Just(json!(100_000)),
+            Just(json!(-1)),
+            Just(json!("ten"))
+        ]),
         prop::option::of(value()),
         prop::option::of(prop::collection::vec(any::<f32>(), 0..4)),
     )

@@ -51,7 +51,9 @@ fn made_up_methods_are_counted_under_one_label() {
     let text = String::from_utf8(s.call("GET", "/metrics", R, None).bytes).unwrap();
     assert!(!text.contains("MADEUP"), "{text}");
     assert!(
-        text.contains("asen_http_requests_total{method=\"other\",route=\"/healthz\",status=\"405\"} 20"),
+        text.contains(
+            "asen_http_requests_total{method=\"other\",route=\"/healthz\",status=\"405\"} 20"
+        ),
         "{text}"
     );
 }
@@ -127,7 +129,9 @@ fn a_client_that_stops_mid_headers_is_cut_off_at_the_header_timeout() {
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     let started = Instant::now();
-    stream.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n").unwrap();
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n")
+        .unwrap();
     let mut buf = [0u8; 1024];
     // The server closes the connection (EOF, or a reset) without waiting for the rest.
     let _ = stream.read(&mut buf);
@@ -136,7 +140,10 @@ fn a_client_that_stops_mid_headers_is_cut_off_at_the_header_timeout() {
         waited < Duration::from_secs(3),
         "still open after {waited:?}"
     );
-    assert!(waited >= Duration::from_millis(250), "closed at once: {waited:?}");
+    assert!(
+        waited >= Duration::from_millis(250),
+        "closed at once: {waited:?}"
+    );
 }
 
 #[test]
@@ -224,5 +231,10 @@ fn compare_with_a_repeated_attribute_is_422() {
                      "b": {"catalogue": "shirts", "item_id": NAMES[0]},
                      "attributes": vec!["attr_0"; 1000]})),
     );
-    expect_error(&reply, 422, "\"attr_0\" is listed twice", "repeated attribute");
+    expect_error(
+        &reply,
+        422,
+        "\"attr_0\" is listed twice",
+        "repeated attribute",
+    );
 }

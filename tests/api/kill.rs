@@ -36,7 +36,13 @@ struct Ledger {
 }
 
 /// A short-timeout request that reports transport failures as `None` (the server died).
-fn try_send(base: &str, method: &str, path: &str, key: &str, body: Option<&serde_json::Value>) -> Option<(u16, serde_json::Value)> {
+fn try_send(
+    base: &str,
+    method: &str,
+    path: &str,
+    key: &str,
+    body: Option<&serde_json::Value>,
+) -> Option<(u16, serde_json::Value)> {
     let req = ureq::request(method, &format!("{base}{path}"))
         .timeout(Duration::from_secs(20))
         .set("api-key", key);
@@ -92,7 +98,10 @@ fn sigkill_during_upserts_deletes_and_searches_loses_no_acknowledged_write() {
         {
             let mut l = ledger.lock().unwrap();
             for id in &l.live {
-                assert!(exists(&p, id), "round {round}: acknowledged {id} is missing");
+                assert!(
+                    exists(&p, id),
+                    "round {round}: acknowledged {id} is missing"
+                );
                 verified_visible += 1;
             }
             for id in &l.deleted {
@@ -126,7 +135,10 @@ fn sigkill_during_upserts_deletes_and_searches_loses_no_acknowledged_write() {
                 );
                 for hit in hits["hits"].as_array().into_iter().flatten() {
                     let id = hit["id"].as_str().unwrap();
-                    assert!(!l.deleted.contains(id), "round {round}: deleted {id} is a hit");
+                    assert!(
+                        !l.deleted.contains(id),
+                        "round {round}: deleted {id} is a hit"
+                    );
                 }
             }
         }
@@ -175,8 +187,9 @@ fn sigkill_during_upserts_deletes_and_searches_loses_no_acknowledged_write() {
                         continue;
                     }
                     let size = rng.gen_range(1..=3);
-                    let ids: Vec<String> =
-                        (0..size).map(|j| format!("r{round}-w{writer}-{n}-{j}")).collect();
+                    let ids: Vec<String> = (0..size)
+                        .map(|j| format!("r{round}-w{writer}-{n}-{j}"))
+                        .collect();
                     let items: Vec<_> = ids
                         .iter()
                         .map(|id| {
@@ -185,7 +198,13 @@ fn sigkill_during_upserts_deletes_and_searches_loses_no_acknowledged_write() {
                         })
                         .collect();
                     let body = json!({ "items": items });
-                    match try_send(&base, "PUT", "/v1/catalogues/k/items", WRITE_KEY, Some(&body)) {
+                    match try_send(
+                        &base,
+                        "PUT",
+                        "/v1/catalogues/k/items",
+                        WRITE_KEY,
+                        Some(&body),
+                    ) {
                         Some((200, receipt)) => {
                             assert_eq!(receipt["result"]["affected"], size, "{receipt}");
                             let mut l = ledger.lock().unwrap();
@@ -209,7 +228,13 @@ fn sigkill_during_upserts_deletes_and_searches_loses_no_acknowledged_write() {
                 let Some(probe) = probe else { return };
                 while !stop.load(Ordering::Relaxed) {
                     let body = json!({"attribute": "attr_1", "item_id": probe, "k": 10});
-                    match try_send(&base, "POST", "/v1/catalogues/k/search", READ_KEY, Some(&body)) {
+                    match try_send(
+                        &base,
+                        "POST",
+                        "/v1/catalogues/k/search",
+                        READ_KEY,
+                        Some(&body),
+                    ) {
                         Some((200, _)) => {
                             searches.fetch_add(1, Ordering::Relaxed);
                             // Leave the cores to the writers' forward passes.
@@ -246,5 +271,8 @@ fn sigkill_during_upserts_deletes_and_searches_loses_no_acknowledged_write() {
         l.deleted.len(),
         l.unacknowledged_total,
     );
-    assert!(l.upserts_acked > 0 && l.deletes_acked > 0, "the clients did too little");
+    assert!(
+        l.upserts_acked > 0 && l.deletes_acked > 0,
+        "the clients did too little"
+    );
 }

@@ -65,7 +65,13 @@ pub fn spawn_with(shared: &Path, data: &Path, env: &[(&str, &str)]) -> Process {
     }
 }
 
-pub fn call(p: &Process, method: &str, path: &str, key: Option<&str>, body: Option<&Value>) -> Reply {
+pub fn call(
+    p: &Process,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+    body: Option<&Value>,
+) -> Reply {
     let raw = body.map(|b| b.to_string());
     send(
         &p.base,
@@ -267,5 +273,9 @@ fn a_deep_png_within_the_pixel_limit_is_413_by_decode_memory() {
         Some(&json!({"a": {"image": png(400)}, "b": {"image": png(8)}})),
     );
     expect_error(&reply, 413, "limits.max_decode_bytes", "deep png");
-    assert!(reply.error().contains("8 bytes per pixel"), "{}", reply.error());
+    assert!(
+        reply.error().contains("8 bytes per pixel"),
+        "{}",
+        reply.error()
+    );
 }

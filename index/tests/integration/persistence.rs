@@ -349,7 +349,9 @@ mod corrupt_dumps {
         DIR.get_or_init(|| {
             let dir = tempfile::tempdir().unwrap();
             let store = LocalStore::open(dir.path(), StoreOptions::default()).unwrap();
-            store.create_catalogue("c", &schema(&["a", "b"], 16)).unwrap();
+            store
+                .create_catalogue("c", &schema(&["a", "b"], 16))
+                .unwrap();
             fill(&store, 0, 200, 11);
             drop(store);
             dir

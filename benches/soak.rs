@@ -208,7 +208,7 @@ fn main() {
             if started.elapsed() >= next_restart {
                 restarting.store(true, Ordering::Relaxed);
                 let mut s = server.lock().unwrap();
-                if restarts % 2 == 0 {
+                if restarts.is_multiple_of(2) {
                     let _ = Command::new("kill")
                         .args(["-TERM", &s.0.id().to_string()])
                         .status();

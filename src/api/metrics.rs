@@ -107,7 +107,7 @@ pub async fn track(State(state): State<AppState>, req: Request, next: Next) -> R
         .map_or_else(|| "unmatched".to_string(), |m| m.as_str().to_string());
     let resp = next.run(req).await;
     state.metrics.record(
-        &method,
+        method,
         &route,
         resp.status().as_u16(),
         started.elapsed().as_secs_f64(),

@@ -163,15 +163,21 @@ fn sigkill_during_upserts_deletes_and_searches_loses_no_acknowledged_write() {
                 while !stop.load(Ordering::Relaxed) {
                     n += 1;
                     let delete = rng.gen_bool(0.25);
+                    // Picked and taken out of `live` under one lock, so the two writers
+                    // never delete the same item.
                     let victim = if delete {
-                        let l = ledger.lock().unwrap();
+                        let mut l = ledger.lock().unwrap();
                         let live: Vec<&String> = l.live.iter().collect();
-                        (live.len() > 4).then(|| live[rng.gen_range(0..live.len())].clone())
+                        let id =
+                            (live.len() > 4).then(|| live[rng.gen_range(0..live.len())].clone());
+                        if let Some(id) = &id {
+                            l.live.remove(id);
+                        }
+                        id
                     } else {
                         None
                     };
                     if let Some(id) = victim {
-                        ledger.lock().unwrap().live.remove(&id);
                         let path = format!("/v1/catalogues/k/items/{id}");
                         match try_send(&base, "DELETE", &path, WRITE_KEY, None) {
                             Some((200, _)) => {

@@ -256,6 +256,14 @@ pub struct IngestArgs {
     /// store (local); explain by item and the item image route need it.
     #[arg(long, conflicts_with = "server")]
     pub no_thumbnails: bool,
+    /// Largest image file read; larger files and anything but a regular file go to the
+    /// report [default: ingest.max_file_bytes, 67108864].
+    #[arg(long)]
+    pub max_file_bytes: Option<u64>,
+    /// Read images outside the image root (the CSV's folder or --image-root, or --dir):
+    /// absolute paths, `..` and symlinks leading out [default: ingest.allow_outside_root].
+    #[arg(long)]
+    pub allow_outside_root: bool,
     /// Where failed rows and images are listed (CSV, or JSON lines for a .jsonl name)
     /// [default: <catalogue>.ingest-report.csv].
     #[arg(long)]
@@ -433,6 +441,8 @@ impl Command {
                 ingest_threads: a.threads,
                 upsert_batch: a.upsert_batch,
                 timeout_s: a.timeout_s,
+                max_file_bytes: a.max_file_bytes,
+                allow_outside_root: a.allow_outside_root.then_some(true),
                 ..a.store.add_to(a.model.overrides())
             },
             Command::Eval(a) => Overrides {

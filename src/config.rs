@@ -100,6 +100,9 @@ pub struct ServerConfig {
     pub shutdown_timeout_ms: u64,
     /// Model forwards allowed to run at once (each uses the blocking pool).
     pub max_concurrent_forwards: usize,
+    /// Longest a client may take to send a request line and headers before the connection
+    /// is closed (slow-header clients hold a connection each).
+    pub header_read_timeout_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -110,6 +113,7 @@ impl Default for ServerConfig {
             read_key: None,
             shutdown_timeout_ms: 10_000,
             max_concurrent_forwards: 2,
+            header_read_timeout_ms: 10_000,
         }
     }
 }
@@ -122,6 +126,14 @@ pub struct LimitsConfig {
     pub max_body_bytes: usize,
     /// Largest image, in declared pixels (width x height).
     pub max_pixels: u64,
+    /// Most memory one image decode may take, counting bytes per pixel (a 16-bit RGBA PNG
+    /// takes 8 a pixel) and the RGB8 copy.
+    pub max_decode_bytes: u64,
+    /// Most memory all image decodes in flight may take together; past it a decode waits
+    /// `decode_wait_ms`, then the request is answered 503 with `Retry-After`.
+    pub decode_budget_bytes: u64,
+    /// Longest a decode waits for room in `decode_budget_bytes`.
+    pub decode_wait_ms: u64,
     /// Most items in one upsert.
     pub max_batch_items: usize,
     /// Largest `k` of a search.
@@ -135,6 +147,9 @@ impl Default for LimitsConfig {
         Self {
             max_body_bytes: 32 * 1024 * 1024,
             max_pixels: asen_models::PreprocessConfig::DEFAULT_MAX_PIXELS,
+            max_decode_bytes: asen_models::PreprocessConfig::DEFAULT_MAX_DECODE_BYTES,
+            decode_budget_bytes: 1 << 30,
+            decode_wait_ms: 2_000,
             max_batch_items: 256,
             max_k: 1000,
             request_timeout_ms: 60_000,
@@ -221,6 +236,11 @@ pub struct IngestConfig {
     pub upsert_batch: usize,
     /// Seconds to wait for the server on each request.
     pub timeout_s: u64,
+    /// Largest image file read; a larger one (or anything but a regular file) goes to the
+    /// report and the run goes on.
+    pub max_file_bytes: u64,
+    /// Read images outside the image root too (absolute paths, `..`, symlinks leading out).
+    pub allow_outside_root: bool,
 }
 
 impl Default for IngestConfig {
@@ -230,6 +250,8 @@ impl Default for IngestConfig {
             threads: 0,
             upsert_batch: 256,
             timeout_s: 120,
+            max_file_bytes: 64 << 20,
+            allow_outside_root: false,
         }
     }
 }
@@ -338,6 +360,10 @@ pub struct Overrides {
     pub upsert_batch: Option<usize>,
     /// `asen ingest --timeout-s`.
     pub timeout_s: Option<u64>,
+    /// `asen ingest --max-file-bytes`.
+    pub max_file_bytes: Option<u64>,
+    /// `asen ingest --allow-outside-root` gives `Some(true)`.
+    pub allow_outside_root: Option<bool>,
     /// `--log-format`.
     pub log_format: Option<LogFormat>,
 }
@@ -368,6 +394,11 @@ impl Overrides {
         set(&mut config.ingest.threads, &self.ingest_threads);
         set(&mut config.ingest.upsert_batch, &self.upsert_batch);
         set(&mut config.ingest.timeout_s, &self.timeout_s);
+        set(&mut config.ingest.max_file_bytes, &self.max_file_bytes);
+        set(
+            &mut config.ingest.allow_outside_root,
+            &self.allow_outside_root,
+        );
         set(&mut config.log.format, &self.log_format);
     }
 }
@@ -551,6 +582,21 @@ impl Config {
                 &format!("must be in 1..={}", asen_index::MAX_K),
             );
         }
+        if self.limits.max_decode_bytes < 1 << 20 {
+            return invalid(
+                "limits.max_decode_bytes",
+                "must be at least 1048576 (1 MiB)",
+            );
+        }
+        if self.limits.decode_budget_bytes < self.limits.max_decode_bytes {
+            return invalid(
+                "limits.decode_budget_bytes",
+                "must be at least limits.max_decode_bytes (one largest image must fit)",
+            );
+        }
+        if self.server.header_read_timeout_ms == 0 {
+            return invalid("server.header_read_timeout_ms", "must be at least 1");
+        }
         if self.limits.request_timeout_ms == 0 {
             return invalid("limits.request_timeout_ms", "must be at least 1");
         }
@@ -563,6 +609,9 @@ impl Config {
                 "ingest.upsert_batch",
                 &format!("must be in 1..={}", asen_index::MAX_BATCH_ITEMS),
             );
+        }
+        if self.ingest.max_file_bytes == 0 {
+            return invalid("ingest.max_file_bytes", "must be at least 1");
         }
         if self.ingest.timeout_s == 0 {
             return invalid("ingest.timeout_s", "must be at least 1");

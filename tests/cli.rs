@@ -660,5 +660,128 @@ fn train_on_a_test_only_csv_says_the_train_split_is_empty() {
         stderr(&out).contains("the train split is empty"),
         "{}",
         stderr(&out)
+
+/// `catalogue_fixture` plus rows pointing at `paths` (ids `bad0`, `bad1`, ...).
+fn with_rows(csv: &Path, paths: &[&str]) {
+    let mut text = std::fs::read_to_string(csv).unwrap();
+    for (i, p) in paths.iter().enumerate() {
+        text.push_str(&format!(
+            "{p},valid,bad{i},Men,Apparel,Topwear,Tshirts,Red,Fall,2011,Casual,,X\n"
+        ));
+    }
+    std::fs::write(csv, text).unwrap();
+}
+
+fn ingest_args<'a>(csv: &'a str, model: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "ingest",
+        "--catalogue",
+        "shop",
+        "--csv",
+        csv,
+        "--data",
+        "store",
+        "--model",
+        model,
+        "--report",
+        "report.csv",
+        "--quiet",
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
+#[cfg(unix)]
+#[test]
+fn ingest_refuses_paths_out_of_the_root_per_row_and_goes_on() {
+    let Some(shared) = shared_dir() else { return };
+    let (work, csv, _) = catalogue_fixture(&shared, 2);
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(
+        outside.path().join("passwd"),
+        "root:x:0:0:root:/root:/bin/bash\n",
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(
+        outside.path().join("passwd"),
+        work.path().join("images_224/link.jpg"),
+    )
+    .unwrap();
+    with_rows(
+        &csv,
+        &[
+            "/dev/zero",
+            "images_224/../../../../etc/passwd",
+            "images_224/link.jpg",
+        ],
+    );
+    let model = golden_model(&shared);
+    let out = asen(
+        &ingest_args(csv.to_str().unwrap(), &model, &[]),
+        work.path(),
+    );
+    assert!(out.status.success(), "stderr: {}", stderr(&out));
+    assert!(
+        stdout(&out).starts_with("ingested 2, skipped 0, failed 5 of 7 rows"),
+        "{}",
+        stdout(&out)
+    );
+    let report = std::fs::read_to_string(work.path().join("report.csv")).unwrap();
+    assert!(report.contains("absolute image path"), "{report}");
+    assert!(report.contains("climbs out"), "{report}");
+    assert!(report.contains("outside the image root"), "{report}");
+    assert!(
+        !report.contains("root:x"),
+        "no file contents in the report: {report}"
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn ingest_outside_the_root_still_reads_only_bounded_regular_files() {
+    let Some(shared) = shared_dir() else { return };
+    let (work, csv, _) = catalogue_fixture(&shared, 2);
+    let images = work.path().join("images_225x300");
+    let largest = std::fs::read_dir(&images)
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .max()
+        .unwrap();
+    std::fs::write(
+        work.path().join("images_224/big.jpg"),
+        vec![0u8; largest as usize + 1],
+    )
+    .unwrap();
+    let fifo = work.path().join("images_224/fifo.jpg");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    with_rows(
+        &csv,
+        &["/dev/zero", "images_224/big.jpg", "images_224/fifo.jpg"],
+    );
+    let model = golden_model(&shared);
+    let limit = largest.to_string();
+    let out = asen(
+        &ingest_args(
+            csv.to_str().unwrap(),
+            &model,
+            &["--allow-outside-root", "--max-file-bytes", &limit],
+        ),
+        work.path(),
+    );
+    assert!(out.status.success(), "stderr: {}", stderr(&out));
+    assert!(
+        stdout(&out).starts_with("ingested 2, skipped 0, failed 5 of 7 rows"),
+        "{}",
+        stdout(&out)
+    );
+    let report = std::fs::read_to_string(work.path().join("report.csv")).unwrap();
+    assert_eq!(report.matches("not a regular file").count(), 2, "{report}");
+    assert!(
+        report.contains(&format!("over ingest.max_file_bytes ({largest})")),
+        "{report}"
     );
 }

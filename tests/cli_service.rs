@@ -106,12 +106,11 @@ fn demo_store(work: &std::path::Path) {
         ("11414", "Black"),
         ("13828", "Navy Blue"),
     ] {
-        text.push_str(&format!(
-            "{id},{},{colour}\n",
-            images.join(format!("{id}.jpg")).display()
-        ));
+        text.push_str(&format!("{id},{id}.jpg,{colour}\n"));
     }
     std::fs::write(&csv, text).unwrap();
+    // The images stay where they are: they are read from the image root, which paths in
+    // the CSV may not leave.
     let (code, out, err) = asen_in(
         work,
         &[
@@ -120,6 +119,8 @@ fn demo_store(work: &std::path::Path) {
             "demo",
             "--csv",
             "items.csv",
+            "--image-root",
+            images.to_str().unwrap(),
             "--data",
             "data",
             "--quiet",

@@ -37,6 +37,24 @@ pub enum ModelError {
         /// The configured limit.
         max_pixels: u64,
     },
+    /// Decoding the image would take more memory than allowed: its pixel count is within
+    /// the limit, but its sample depth and channels (a 16-bit RGBA PNG takes 8 bytes a
+    /// pixel, plus the RGB8 copy) make the decoded buffers too large.
+    #[error("image{} is {width}x{height} at {bytes_per_pixel} bytes per pixel: decoding it takes {bytes} bytes, over the limit of {max_bytes} (limits.max_decode_bytes)", origin(.source_name))]
+    DecodeTooLarge {
+        /// File name or other label of the input, when known.
+        source_name: Option<String>,
+        /// Declared width.
+        width: u32,
+        /// Declared height.
+        height: u32,
+        /// Bytes per decoded pixel (channels x sample bytes).
+        bytes_per_pixel: u8,
+        /// Memory the decode would take.
+        bytes: u64,
+        /// The configured limit.
+        max_bytes: u64,
+    },
     /// A checkpoint could not be parsed at all (not a PyTorch or safetensors file, corrupt pickle).
     #[error("cannot read checkpoint {}: {reason}", .path.display())]
     CheckpointFormat {
@@ -143,7 +161,8 @@ impl ModelError {
         match &mut self {
             ModelError::UnsupportedImage { source_name, .. }
             | ModelError::ImageDecode { source_name, .. }
-            | ModelError::ImageTooLarge { source_name, .. } => {
+            | ModelError::ImageTooLarge { source_name, .. }
+            | ModelError::DecodeTooLarge { source_name, .. } => {
                 source_name.get_or_insert_with(|| name.into());
             }
             _ => {}

@@ -76,7 +76,7 @@ pub use layers::{
 };
 pub use model_dir::ModelDir;
 pub use preprocess::{
-    decode_image, preprocess_bytes, resize_and_crop, to_tensor, PreprocessConfig, IMAGENET_MEAN,
-    IMAGENET_STD,
+    decode_cost, decode_image, preprocess_bytes, resize_and_crop, to_tensor, DecodeCost,
+    PreprocessConfig, IMAGENET_MEAN, IMAGENET_STD,
 };
 pub use vector::{cosine, l2_normalize};

@@ -37,12 +37,26 @@ pub struct PreprocessConfig {
     /// Largest accepted `width * height` as declared in the image header,
     /// checked before any pixel is decoded (decompression-bomb guard).
     pub max_pixels: u64,
+    /// Largest memory one decode may take, in bytes: the decoded buffer at the image's own
+    /// sample depth and channels, plus the RGB8 copy and a rotated copy when needed
+    /// ([`decode_cost`]). Checked from the header, before any pixel is decoded, and given
+    /// to the decoder as its allocation limit.
+    #[serde(default = "default_max_decode_bytes")]
+    pub max_decode_bytes: u64,
 }
 
 impl PreprocessConfig {
     /// Default `max_pixels`: 40 megapixels, more than any camera photo
     /// (a 7296x5472 frame) while a decoded RGBA8 buffer stays at 160 MB.
     pub const DEFAULT_MAX_PIXELS: u64 = 40_000_000;
+    /// Default `max_decode_bytes`: 256 MiB, room for a 40-megapixel RGB8 JPEG (120 MB) or
+    /// a 35-megapixel RGBA8 PNG (4 + 3 bytes a pixel), but not for a 40-megapixel 16-bit
+    /// RGBA PNG (8 + 3 bytes a pixel, 440 MB).
+    pub const DEFAULT_MAX_DECODE_BYTES: u64 = 256 << 20;
+}
+
+fn default_max_decode_bytes() -> u64 {
+    PreprocessConfig::DEFAULT_MAX_DECODE_BYTES
 }
 
 impl Default for PreprocessConfig {
@@ -50,19 +64,43 @@ impl Default for PreprocessConfig {
         Self {
             size: 224,
             max_pixels: Self::DEFAULT_MAX_PIXELS,
+            max_decode_bytes: Self::DEFAULT_MAX_DECODE_BYTES,
         }
     }
 }
 
-/// Decode JPEG, PNG or WebP bytes into RGB8, as Pillow's `convert('RGB')`
-/// would (alpha dropped without compositing, grey replicated), after
-/// applying the EXIF orientation.
-///
-/// The format is guessed from the bytes; anything else is
-/// [`ModelError::UnsupportedImage`]. The declared size is checked against
-/// `cfg.max_pixels` before decoding ([`ModelError::ImageTooLarge`]); decoder
-/// failures (empty, truncated or corrupt data) are [`ModelError::ImageDecode`].
-pub fn decode_image(bytes: &[u8], cfg: &PreprocessConfig) -> Result<RgbImage> {
+/// What decoding one image costs, read from its header ([`decode_cost`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecodeCost {
+    /// Declared width.
+    pub width: u32,
+    /// Declared height.
+    pub height: u32,
+    /// Bytes per decoded pixel at the image's own depth and channels.
+    pub bytes_per_pixel: u8,
+    /// Bytes the decode holds at its peak: the decoded buffer, the RGB8 copy unless the
+    /// image is RGB8 already, and a second buffer when the EXIF orientation rotates it.
+    pub bytes: u64,
+}
+
+/// The memory [`decode_image`] will take for `bytes`, from the header alone, after the same
+/// format, size and limit checks (so an image refused here is refused by `decode_image`,
+/// and one accepted here decodes within `cfg.max_decode_bytes`). Callers use it to reserve
+/// memory from a shared budget before decoding.
+pub fn decode_cost(bytes: &[u8], cfg: &PreprocessConfig) -> Result<DecodeCost> {
+    open_checked(bytes, cfg).map(|(_, cost, _)| cost)
+}
+
+/// Guess the format, refuse truncated JPEGs, read the header and check the pixel and memory
+/// limits: the decoder, ready to decode within `cfg.max_decode_bytes`.
+fn open_checked<'a>(
+    bytes: &'a [u8],
+    cfg: &PreprocessConfig,
+) -> Result<(
+    impl ImageDecoder + 'a,
+    DecodeCost,
+    image::metadata::Orientation,
+)> {
     let format = detect_format(bytes)?;
     if format == ImageFormat::Jpeg && !jpeg_is_complete(bytes) {
         // zune-jpeg fills missing scan data with grey; Pillow refuses
@@ -81,7 +119,8 @@ pub fn decode_image(bytes: &[u8], cfg: &PreprocessConfig) -> Result<RgbImage> {
     reader.no_limits();
     let mut decoder = reader.into_decoder().map_err(decode_error)?;
     let (width, height) = decoder.dimensions();
-    if u64::from(width) * u64::from(height) > cfg.max_pixels {
+    let pixels = u64::from(width) * u64::from(height);
+    if pixels > cfg.max_pixels {
         return Err(ModelError::ImageTooLarge {
             source_name: None,
             width,
@@ -95,11 +134,55 @@ pub fn decode_image(bytes: &[u8], cfg: &PreprocessConfig) -> Result<RgbImage> {
             detail: format!("image declares an empty size {width}x{height}"),
         });
     }
-    let mut limits = Limits::default();
-    // Worst case: 4 channels of f32 per declared pixel, plus decoder slack.
-    limits.max_alloc = Some(cfg.max_pixels.saturating_mul(16).max(64 << 20));
-    decoder.set_limits(limits).map_err(decode_error)?;
     let orientation = decoder.orientation().map_err(decode_error)?;
+    let color = decoder.color_type();
+    let bytes_per_pixel = color.bytes_per_pixel();
+    let own = pixels.saturating_mul(u64::from(bytes_per_pixel));
+    let rgb_copy = if color == image::ColorType::Rgb8 {
+        0
+    } else {
+        pixels.saturating_mul(3)
+    };
+    let rotated = if orientation == image::metadata::Orientation::NoTransforms {
+        0
+    } else {
+        own
+    };
+    let cost = DecodeCost {
+        width,
+        height,
+        bytes_per_pixel,
+        bytes: own.saturating_add(rgb_copy).saturating_add(rotated),
+    };
+    if cost.bytes > cfg.max_decode_bytes {
+        return Err(ModelError::DecodeTooLarge {
+            source_name: None,
+            width,
+            height,
+            bytes_per_pixel,
+            bytes: cost.bytes,
+            max_bytes: cfg.max_decode_bytes,
+        });
+    }
+    let mut limits = Limits::default();
+    // The decoder's own allocations stay within the same budget (plus slack for its
+    // tables on tiny images).
+    limits.max_alloc = Some(cfg.max_decode_bytes.max(16 << 20));
+    decoder.set_limits(limits).map_err(decode_error)?;
+    Ok((decoder, cost, orientation))
+}
+
+/// Decode JPEG, PNG or WebP bytes into RGB8, as Pillow's `convert('RGB')`
+/// would (alpha dropped without compositing, grey replicated), after
+/// applying the EXIF orientation.
+///
+/// The format is guessed from the bytes; anything else is
+/// [`ModelError::UnsupportedImage`]. The declared size is checked against
+/// `cfg.max_pixels` before decoding ([`ModelError::ImageTooLarge`]), and the memory the
+/// decode takes against `cfg.max_decode_bytes` ([`ModelError::DecodeTooLarge`]); decoder
+/// failures (empty, truncated or corrupt data) are [`ModelError::ImageDecode`].
+pub fn decode_image(bytes: &[u8], cfg: &PreprocessConfig) -> Result<RgbImage> {
+    let (decoder, _, orientation) = open_checked(bytes, cfg)?;
     let mut image = DynamicImage::from_decoder(decoder).map_err(decode_error)?;
     image.apply_orientation(orientation);
     Ok(image.into_rgb8())
@@ -120,12 +203,8 @@ fn detect_format(bytes: &[u8]) -> Result<ImageFormat> {
             other.to_mime_type()
         ))),
         Err(_) => {
-            let head: String = bytes
-                .iter()
-                .take(8)
-                .map(|b| format!("{b:02x}"))
-                .collect::<Vec<_>>()
-                .join(" ");
+            // The bytes themselves are never quoted: the input may be any file (an ingest
+            // row pointing at a password file must not show up in a report).
             let kind = if bytes
                 .iter()
                 .take(512)
@@ -136,7 +215,7 @@ fn detect_format(bytes: &[u8]) -> Result<ImageFormat> {
                 "unrecognised binary data"
             };
             Err(unsupported(format!(
-                "{kind} ({} bytes starting {head}), expected JPEG, PNG or WebP",
+                "{kind} ({} bytes), expected JPEG, PNG or WebP",
                 bytes.len()
             )))
         }
@@ -408,6 +487,59 @@ pub fn preprocess_bytes(bytes: &[u8], cfg: &PreprocessConfig, device: &Device) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn png_rgba16(width: u32, height: u32) -> Vec<u8> {
+        let img = image::ImageBuffer::<image::Rgba<u16>, _>::from_pixel(
+            width,
+            height,
+            image::Rgba([1000, 2000, 3000, 65535]),
+        );
+        let mut out = Vec::new();
+        DynamicImage::ImageRgba16(img)
+            .write_to(&mut Cursor::new(&mut out), ImageFormat::Png)
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn an_error_never_quotes_the_input() {
+        let err = decode_image(
+            b"root:x:0:0:root:/root:/bin/bash\n",
+            &PreprocessConfig::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(!err.contains("root"), "{err}");
+        assert!(!err.contains("72 6f"), "{err}");
+        assert!(err.contains("text (32 bytes)"), "{err}");
+    }
+
+    #[test]
+    fn decode_cost_counts_bytes_per_pixel_and_the_rgb_copy() {
+        let cost = decode_cost(&png_rgba16(64, 32), &PreprocessConfig::default()).unwrap();
+        assert_eq!(cost.bytes_per_pixel, 8);
+        assert_eq!(cost.bytes, 64 * 32 * (8 + 3));
+    }
+
+    #[test]
+    fn a_deep_image_within_the_pixel_limit_is_refused_by_the_memory_limit() {
+        let cfg = PreprocessConfig {
+            max_decode_bytes: 64 * 32 * 11 - 1,
+            ..PreprocessConfig::default()
+        };
+        let err = decode_image(&png_rgba16(64, 32), &cfg).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ModelError::DecodeTooLarge {
+                    bytes_per_pixel: 8,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("limits.max_decode_bytes"), "{err}");
+    }
 
     #[test]
     fn round_half_even_matches_python() {

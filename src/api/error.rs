@@ -81,7 +81,9 @@ fn model_status(e: &ModelError) -> StatusCode {
     match e {
         ModelError::UnsupportedImage { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         ModelError::ImageDecode { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-        ModelError::ImageTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        ModelError::ImageTooLarge { .. } | ModelError::DecodeTooLarge { .. } => {
+            StatusCode::PAYLOAD_TOO_LARGE
+        }
         ModelError::UnknownAttribute { .. } => StatusCode::UNPROCESSABLE_ENTITY,
         ModelError::InvalidArgument(_) => StatusCode::UNPROCESSABLE_ENTITY,
         ModelError::CheckpointFormat { .. }
@@ -123,6 +125,7 @@ impl ApiError {
                 ServiceError::Uncalibrated => StatusCode::UNPROCESSABLE_ENTITY,
                 ServiceError::Thumbnail(_) => StatusCode::INTERNAL_SERVER_ERROR,
                 ServiceError::NoThumbnail { .. } => StatusCode::CONFLICT,
+                ServiceError::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
                 // A deployment without the part the request needs: not the client's fault.
                 ServiceError::NoModel { .. } | ServiceError::NoStore { .. } => {
                     StatusCode::SERVICE_UNAVAILABLE
@@ -159,7 +162,12 @@ pub struct ErrorStatus {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        let error = if status.is_server_error() && !matches!(self, ApiError::Timeout { .. }) {
+        let retry_after = match &self {
+            ApiError::Service(ServiceError::Busy { retry_after_s, .. }) => Some(*retry_after_s),
+            _ => None,
+        };
+        let client_may_know = matches!(self, ApiError::Timeout { .. }) || retry_after.is_some();
+        let error = if status.is_server_error() && !client_may_know {
             // Full detail for people with the logs, a brief answer for the client.
             tracing::error!(error = %self, "request failed");
             format!(
@@ -174,7 +182,12 @@ impl IntoResponse for ApiError {
             status: ErrorStatus { error },
             time: 0.0,
         };
-        (status, axum::Json(body)).into_response()
+        let mut resp = (status, axum::Json(body)).into_response();
+        if let Some(secs) = retry_after {
+            resp.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
+        resp
     }
 }
 

@@ -6,6 +6,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
+use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::Response;
 
@@ -78,17 +79,35 @@ impl Metrics {
     }
 }
 
-/// Middleware counting every request by matched route and status.
+/// The method label: the standard methods by name, anything else as `other`, so that made-up
+/// methods cannot grow the number of series.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        Method::TRACE => "TRACE",
+        Method::CONNECT => "CONNECT",
+        _ => "other",
+    }
+}
+
+/// Middleware counting every request by method, matched route (`unmatched` for no route)
+/// and status: every label takes a bounded set of values.
 pub async fn track(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let started = Instant::now();
-    let method = req.method().to_string();
+    let method = method_label(req.method());
     let route = req
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_string(), |m| m.as_str().to_string());
     let resp = next.run(req).await;
     state.metrics.record(
-        &method,
+        method,
         &route,
         resp.status().as_u16(),
         started.elapsed().as_secs_f64(),
@@ -111,5 +130,15 @@ mod tests {
         assert!(text.contains("asen_catalogue_items{catalogue=\"shirts\"} 3"));
         assert!(text.contains("asen_model_forwards_total 7"));
         assert!(text.contains("asen_model_forwards_in_flight 1"));
+    }
+
+    #[test]
+    fn made_up_methods_share_one_label() {
+        use axum::http::Method;
+        for name in ["FOO", "BAR", "X-Y"] {
+            let m = Method::from_bytes(name.as_bytes()).unwrap();
+            assert_eq!(super::method_label(&m), "other", "{name}");
+        }
+        assert_eq!(super::method_label(&Method::PUT), "PUT");
     }
 }

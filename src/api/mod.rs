@@ -10,6 +10,7 @@ mod error;
 mod metrics;
 mod openapi;
 mod routes;
+mod serve;
 mod state;
 mod ui;
 
@@ -26,6 +27,7 @@ use tower_http::trace::TraceLayer;
 pub use auth::Keys;
 pub use error::ApiError;
 pub use routes::items::{ItemBody, UpsertBody};
+pub use serve::{serve, ServeOptions};
 pub use state::AppState;
 
 /// Every API route as (method, path), in the order of the router (checked against the
@@ -55,18 +57,25 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/explain/heatmap"),
 ];
 
-/// The whole app: open routes (health, metrics, openapi, the web page), read routes (read key when
+/// Longest request target (path and query) the app reads; longer ones are answered 414 in the
+/// envelope. (hyper itself answers 414 with an empty body past 65,534 bytes, before the app
+/// sees the request.)
+pub const MAX_URI_BYTES: usize = 8 * 1024;
+
+/// The whole app: open routes (health, openapi, the web page), read routes (metrics too; read
+/// key when
 /// configured) and write routes (api key when configured), with body limit, request
 /// timeout, metrics and one tracing span per request.
 pub fn router(state: AppState) -> Router {
     let open = Router::new()
         .route("/healthz", get(routes::health::healthz))
         .route("/readyz", get(routes::health::readyz))
-        .route("/metrics", get(routes::health::metrics))
         .route("/openapi.json", get(openapi::openapi_json))
         .route("/", get(ui::page))
         .route("/ui/{file}", get(ui::asset));
     let read = Router::new()
+        // Metrics name catalogues and their sizes: a read like any other.
+        .route("/metrics", get(routes::health::metrics))
         .route("/v1/model", get(routes::model::model))
         .route("/v1/catalogues", get(routes::catalogues::list))
         .route("/v1/catalogues/{name}", get(routes::catalogues::get))
@@ -119,6 +128,10 @@ pub fn router(state: AppState) -> Router {
             metrics::track,
         ))
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            envelope_errors,
+        ))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
             let route = req
                 .extensions()
@@ -127,6 +140,56 @@ pub fn router(state: AppState) -> Router {
             tracing::info_span!("request", method = %req.method(), route)
         }))
         .with_state(state)
+}
+
+/// The outermost app layer: refuses request targets over [`MAX_URI_BYTES`] (414), and puts
+/// every error answered outside [`ApiError`] (axum's extractor rejections: a body over the
+/// limit on a route without a JSON body, a path segment that is not UTF-8, ...) into the
+/// error envelope, keeping its status and headers.
+async fn envelope_errors(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+    let target_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
+    if target_len > MAX_URI_BYTES {
+        return ApiError::BadBody {
+            status: StatusCode::URI_TOO_LONG,
+            detail: format!(
+                "request target of {target_len} bytes is longer than {MAX_URI_BYTES} bytes"
+            ),
+        }
+        .into_response();
+    }
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    // Rejection texts are short; read at most 4 kB of them.
+    let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let detail = if status == StatusCode::PAYLOAD_TOO_LARGE {
+        format!(
+            "request body is larger than limits.max_body_bytes ({} bytes)",
+            state.max_body_bytes
+        )
+    } else if text.trim().is_empty() {
+        status.canonical_reason().unwrap_or("error").to_lowercase()
+    } else {
+        text.split_whitespace().collect::<Vec<_>>().join(" ")
+    };
+    let enveloped = ApiError::BadBody { status, detail }.into_response();
+    parts.headers.remove(CONTENT_LENGTH);
+    parts.headers.remove(CONTENT_TYPE);
+    let (new_parts, body) = enveloped.into_parts();
+    parts.headers.extend(new_parts.headers);
+    Response::from_parts(parts, body)
 }
 
 async fn no_route(method: Method, req: Request) -> ApiError {

@@ -27,9 +27,10 @@ pub fn run(args: IngestArgs, config: &Config) -> anyhow::Result<()> {
             path_column: args.path_column.clone(),
             payload_columns: (!args.payload_columns.is_empty())
                 .then(|| args.payload_columns.clone()),
+            allow_outside_root: config.ingest.allow_outside_root,
         }
         .read()?,
-        (None, Some(dir)) => read_dir(dir)?,
+        (None, Some(dir)) => read_dir(dir, config.ingest.allow_outside_root)?,
         _ => bail!("give exactly one of --csv FILE and --dir DIR"),
     };
     let report_path = args
@@ -43,6 +44,7 @@ pub fn run(args: IngestArgs, config: &Config) -> anyhow::Result<()> {
             n => n,
         },
         progress: !args.quiet,
+        max_file_bytes: config.ingest.max_file_bytes,
     };
     tracing::info!(
         catalogue = %args.catalogue,
@@ -59,6 +61,7 @@ pub fn run(args: IngestArgs, config: &Config) -> anyhow::Result<()> {
             )?;
             let preprocess = PreprocessConfig {
                 max_pixels: config.limits.max_pixels,
+                max_decode_bytes: config.limits.max_decode_bytes,
                 ..PreprocessConfig::default()
             };
             let sink = RemoteSink::new(client, preprocess, config.model.batch_size);

@@ -60,6 +60,7 @@ pub fn embedder_options(config: &Config) -> anyhow::Result<EmbedderOptions> {
         batch_size: config.model.batch_size,
         preprocess: PreprocessConfig {
             max_pixels: config.limits.max_pixels,
+            max_decode_bytes: config.limits.max_decode_bytes,
             ..PreprocessConfig::default()
         },
         weights_dirs: config.weights_dirs(),
@@ -98,6 +99,8 @@ pub fn open_service(config: &Config, needs: Needs) -> anyhow::Result<Service> {
         ServiceLimits {
             max_batch_items: config.limits.max_batch_items,
             max_k: config.limits.max_k,
+            decode_budget_bytes: config.limits.decode_budget_bytes,
+            decode_wait_ms: config.limits.decode_wait_ms,
         },
         HnswConfig {
             m: config.index.m,

@@ -37,6 +37,7 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
         .context("cannot start the async runtime")?;
     let drain = Duration::from_millis(config.server.shutdown_timeout_ms);
     let keys = config.server.api_key.is_some();
+    let header_timeout_ms = config.server.header_read_timeout_ms;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -50,7 +51,10 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
         let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
         let ready = state.ready.clone();
         let app = api::router(state);
-        let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        let options = api::ServeOptions {
+            header_read_timeout: Duration::from_millis(header_timeout_ms),
+        };
+        let server = api::serve(listener, app, options, async move {
             shutdown_signal().await;
             ready.store(false, Ordering::Relaxed);
             info!("shutdown requested: draining");
@@ -61,7 +65,7 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
             tokio::time::sleep(drain).await;
         };
         tokio::select! {
-            res = server => res.context("server failed")?,
+            _ = server => {},
             _ = deadline => warn!(timeout_ms = drain.as_millis() as u64, "drain timed out; closing remaining connections"),
         }
         anyhow::Ok(())

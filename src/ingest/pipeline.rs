@@ -12,8 +12,8 @@
 //! resumable; a changed image or payload is written again. Rows and images that fail go to the report and the run continues; storage and
 //! transport failures stop it.
 
-use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::io::{IsTerminal, Read};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::sync_channel;
 use std::sync::Mutex;
@@ -34,6 +34,13 @@ pub struct PipelineConfig {
     pub prepare_threads: usize,
     /// Draw a progress bar on stderr (only when stderr is a terminal).
     pub progress: bool,
+    /// Largest image file read (`ingest.max_file_bytes`); larger ones go to the report.
+    pub max_file_bytes: u64,
+}
+
+impl PipelineConfig {
+    /// Default `max_file_bytes`: 64 MiB, twice the server's default body limit.
+    pub const DEFAULT_MAX_FILE_BYTES: u64 = 64 << 20;
 }
 
 impl Default for PipelineConfig {
@@ -41,8 +48,59 @@ impl Default for PipelineConfig {
         PipelineConfig {
             prepare_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
             progress: true,
+            max_file_bytes: Self::DEFAULT_MAX_FILE_BYTES,
         }
     }
+}
+
+/// Read one image file for ingestion: only a regular file (not a device, FIFO, socket or
+/// folder), of at most `max_bytes`, and, when `root` is given (canonical), one that resolves
+/// inside it with symlinks followed. The error is one line naming the problem, never the
+/// file's contents.
+pub fn read_image(path: &Path, root: Option<&Path>, max_bytes: u64) -> Result<Vec<u8>, String> {
+    let real = path
+        .canonicalize()
+        .map_err(|e| format!("cannot read image: {e}"))?;
+    if let Some(root) = root {
+        if !real.starts_with(root) {
+            return Err(format!(
+                "the file resolves to {}, outside the image root {} (give --allow-outside-root to read it)",
+                real.display(),
+                root.display()
+            ));
+        }
+    }
+    let regular = |meta: &std::fs::Metadata| -> Result<(), String> {
+        if !meta.is_file() {
+            return Err("not a regular file (a device, FIFO, socket or folder)".to_string());
+        }
+        if meta.len() > max_bytes {
+            return Err(format!(
+                "the file is {} bytes, over ingest.max_file_bytes ({max_bytes})",
+                meta.len()
+            ));
+        }
+        Ok(())
+    };
+    // Checked before opening: opening a FIFO would block.
+    regular(&std::fs::metadata(&real).map_err(|e| format!("cannot read image: {e}"))?)?;
+    let file = std::fs::File::open(&real).map_err(|e| format!("cannot read image: {e}"))?;
+    regular(
+        &file
+            .metadata()
+            .map_err(|e| format!("cannot read image: {e}"))?,
+    )?;
+    let mut bytes = Vec::new();
+    // A file that grows while it is read is still cut at the limit.
+    file.take(max_bytes.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read image: {e}"))?;
+    if bytes.len() as u64 > max_bytes {
+        return Err(format!(
+            "the file grew past ingest.max_file_bytes ({max_bytes}) while it was read"
+        ));
+    }
+    Ok(bytes)
 }
 
 /// What a run did.
@@ -164,7 +222,16 @@ pub fn ingest<S: Sink>(
         bar.inc(1);
     }
     let report = Mutex::new(report);
+    // The root, resolved once: a missing root fails every row the same way, in the report.
+    let root = records
+        .root
+        .as_ref()
+        .map(|r| r.canonicalize().unwrap_or_else(|_| r.clone()));
     let records = records.records;
+    let limits = ReadLimits {
+        root: root.as_deref(),
+        max_file_bytes: config.max_file_bytes,
+    };
     let batch_size = sink.batch_size();
     let abort = AtomicBool::new(false);
     let next = AtomicUsize::new(0);
@@ -185,7 +252,10 @@ pub fn ingest<S: Sink>(
                 let Some(record) = records.get(index) else {
                     break;
                 };
-                if tx.send(prepare(index, record, catalogue, sink)).is_err() {
+                if tx
+                    .send(prepare(index, record, catalogue, sink, limits))
+                    .is_err()
+                {
                     break;
                 }
             });
@@ -250,16 +320,24 @@ pub fn ingest<S: Sink>(
     })
 }
 
+/// Where and how much the reading threads may read.
+#[derive(Debug, Clone, Copy)]
+struct ReadLimits<'a> {
+    root: Option<&'a Path>,
+    max_file_bytes: u64,
+}
+
 /// Read, hash, skip check, prepare: runs on the reading threads.
 fn prepare<S: Sink>(
     index: usize,
     record: &Record,
     catalogue: &str,
     sink: &S,
+    limits: ReadLimits<'_>,
 ) -> Prepared<S::Prepared> {
-    let bytes = match std::fs::read(&record.path) {
+    let bytes = match read_image(&record.path, limits.root, limits.max_file_bytes) {
         Ok(b) => b,
-        Err(e) => return Prepared::Failed(failure(record, format!("cannot read image: {e}"))),
+        Err(reason) => return Prepared::Failed(failure(record, reason)),
     };
     match sink.is_current(
         catalogue,
@@ -326,6 +404,52 @@ fn write_batch<S: Sink>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_device_is_not_read() {
+        let err = read_image(Path::new("/dev/zero"), None, 1 << 20).unwrap_err();
+        assert!(err.contains("not a regular file"), "{err}");
+    }
+
+    #[test]
+    fn a_file_over_the_limit_is_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("big.jpg");
+        std::fs::write(&file, vec![0u8; 1001]).unwrap();
+        let err = read_image(&file, None, 1000).unwrap_err();
+        assert!(
+            err.contains("1001 bytes, over ingest.max_file_bytes (1000)"),
+            "{err}"
+        );
+        assert_eq!(read_image(&file, None, 1001).unwrap().len(), 1001);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_symlink_out_of_the_root_is_refused() {
+        let outside = tempfile::tempdir().unwrap();
+        let secret = outside.path().join("secret.jpg");
+        std::fs::write(&secret, b"secret").unwrap();
+        let root = tempfile::tempdir().unwrap();
+        let link = root.path().join("link.jpg");
+        std::os::unix::fs::symlink(&secret, &link).unwrap();
+        let canonical = root.path().canonicalize().unwrap();
+        let err = read_image(&link, Some(&canonical), 1 << 20).unwrap_err();
+        assert!(err.contains("outside the image root"), "{err}");
+        assert!(!err.contains("secret\""), "no contents: {err}");
+        assert_eq!(read_image(&link, None, 1 << 20).unwrap(), b"secret");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_symlink_inside_the_root_is_read() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::write(root.path().join("a.jpg"), b"img").unwrap();
+        let link = root.path().join("b.jpg");
+        std::os::unix::fs::symlink(root.path().join("a.jpg"), &link).unwrap();
+        let canonical = root.path().canonicalize().unwrap();
+        assert_eq!(read_image(&link, Some(&canonical), 100).unwrap(), b"img");
+    }
 
     #[test]
     fn summary_line_names_counts_rate_and_report() {

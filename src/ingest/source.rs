@@ -1,7 +1,13 @@
 //! Where items come from: a CSV of image paths with payload columns, or a folder of images.
 //!
 //! Both are read up front into [`Records`]: the rows to ingest, and the rows rejected before any
-//! image is opened (empty or invalid id, empty path, duplicate id), which go to the report.
+//! image is opened (empty or invalid id, empty path, duplicate id, a path leaving the image
+//! root), which go to the report.
+//!
+//! A source also names the folder its images must stay in ([`Records::root`]): the CSV's image
+//! root, or the listed folder. A CSV path that is absolute or climbs out with `..` is refused
+//! here; the pipeline refuses a file that resolves outside the root through a symlink when it
+//! reads it. `--allow-outside-root` lifts both.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -46,6 +52,9 @@ pub struct Records {
     pub records: Vec<Record>,
     /// Rows rejected before any image is read.
     pub rejected: Vec<Rejected>,
+    /// The folder every image must resolve into (symlinks followed); `None` lets images be
+    /// read from anywhere (`--allow-outside-root`).
+    pub root: Option<PathBuf>,
 }
 
 impl Records {
@@ -108,6 +117,25 @@ pub struct CsvSource {
     pub path_column: String,
     /// Columns copied into the payload (default: every column but the id and path ones).
     pub payload_columns: Option<Vec<String>>,
+    /// Accept absolute paths, `..` and symlinks leading out of the image root.
+    pub allow_outside_root: bool,
+}
+
+/// Why a CSV image path may not be read when images must stay in the root: it is absolute,
+/// or one of its components is `..`.
+fn leaves_root(path: &str) -> Option<&'static str> {
+    use std::path::Component;
+    let path = Path::new(path);
+    if path.is_absolute() || path.has_root() {
+        return Some("absolute image path");
+    }
+    if path
+        .components()
+        .any(|c| matches!(c, Component::ParentDir | Component::Prefix(_)))
+    {
+        return Some("image path climbs out with \"..\"");
+    }
+    None
 }
 
 impl CsvSource {
@@ -154,7 +182,17 @@ impl CsvSource {
                 .map(Path::to_path_buf)
                 .unwrap_or_default(),
         };
-        let mut out = Records::default();
+        let mut out = Records {
+            // A CSV named without a folder has the empty root: the current folder.
+            root: (!self.allow_outside_root).then(|| {
+                if root.as_os_str().is_empty() {
+                    PathBuf::from(".")
+                } else {
+                    root.clone()
+                }
+            }),
+            ..Records::default()
+        };
         let mut seen = HashMap::new();
         for (i, result) in reader.records().enumerate() {
             // Row numbers count records, not lines: csv's line positions are off by one after
@@ -187,6 +225,20 @@ impl CsvSource {
                 });
                 continue;
             }
+            if !self.allow_outside_root {
+                if let Some(why) = leaves_root(path_field) {
+                    out.rejected.push(Rejected {
+                        row,
+                        id: id.to_string(),
+                        path: path_field.to_string(),
+                        reason: format!(
+                            "{why}: images must be inside the image root {} (give --allow-outside-root to read them anyway)",
+                            root.display()
+                        ),
+                    });
+                    continue;
+                }
+            }
             let path = if path_field.is_empty() {
                 PathBuf::new()
             } else {
@@ -214,8 +266,10 @@ fn payload_value(value: &str) -> serde_json::Value {
 }
 
 /// Every image under `dir` (recursively, sorted by path): the id is the path relative to `dir`
-/// without its extension (`shoes/123`), the payload `{"path": "<relative path>"}`.
-pub fn read_dir(dir: &Path) -> anyhow::Result<Records> {
+/// without its extension (`shoes/123`), the payload `{"path": "<relative path>"}`. Linked
+/// folders are not entered; linked files are listed, and must resolve inside `dir` unless
+/// `allow_outside_root`.
+pub fn read_dir(dir: &Path, allow_outside_root: bool) -> anyhow::Result<Records> {
     if !dir.is_dir() {
         bail!(
             "image folder {} does not exist or is not a folder",
@@ -242,7 +296,10 @@ pub fn read_dir(dir: &Path) -> anyhow::Result<Records> {
         }
     }
     files.sort();
-    let mut out = Records::default();
+    let mut out = Records {
+        root: (!allow_outside_root).then(|| dir.to_path_buf()),
+        ..Records::default()
+    };
     let mut seen = HashMap::new();
     for (i, path) in files.into_iter().enumerate() {
         let relative = path.strip_prefix(dir).unwrap_or(&path).to_path_buf();
@@ -281,6 +338,7 @@ mod tests {
             id_column: "id".into(),
             path_column: "path".into(),
             payload_columns: None,
+            allow_outside_root: false,
         }
     }
 
@@ -371,10 +429,78 @@ mod tests {
         for f in ["b.JPG", "a.png", "notes.txt", "shoes/c.webp"] {
             std::fs::write(dir.path().join(f), b"x").unwrap();
         }
-        let recs = read_dir(dir.path()).unwrap();
+        let recs = read_dir(dir.path(), false).unwrap();
         let ids: Vec<_> = recs.records.iter().map(|r| r.id.as_str()).collect();
         assert_eq!(ids, ["a", "b", "shoes/c"]);
         assert_eq!(recs.records[2].payload["path"], "shoes/c.webp");
-        assert!(read_dir(&dir.path().join("nope")).is_err());
+        assert!(read_dir(&dir.path().join("nope"), false).is_err());
+    }
+
+    #[test]
+    fn csv_paths_leaving_the_root_are_rejected_per_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = csv_source(
+            dir.path(),
+            "id,path\na,/etc/passwd\nb,images/../../x.jpg\nc,../../../../etc/passwd\nd,ok.jpg\n",
+        );
+        let recs = src.read().unwrap();
+        let ids: Vec<_> = recs.records.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, ["d"]);
+        let reasons: Vec<_> = recs.rejected.iter().map(|r| r.reason.as_str()).collect();
+        assert!(reasons[0].starts_with("absolute image path"), "{reasons:?}");
+        assert!(reasons[1].contains("climbs out"), "{reasons:?}");
+        assert!(reasons[2].contains("climbs out"), "{reasons:?}");
+        assert_eq!(recs.root.as_deref(), Some(dir.path()));
+    }
+
+    #[test]
+    fn allow_outside_root_accepts_absolute_paths_and_sets_no_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut src = csv_source(dir.path(), "id,path\na,/tmp/a.jpg\nb,../b.jpg\n");
+        src.allow_outside_root = true;
+        let recs = src.read().unwrap();
+        assert_eq!(recs.records.len(), 2, "{:?}", recs.rejected);
+        assert_eq!(recs.root, None);
+    }
+
+    // Structured random CSV text: quotes, separators, line ends, `..`, absolute paths,
+    // blank and repeated ids. Reading never fails on a row (only on the header), accounts
+    // for every record, and admits no path leaving the root.
+    mod fuzz {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn cell() -> impl Strategy<Value = String> {
+            prop::collection::vec(
+                prop::sample::select(vec![
+                    "a", "b", ",", "\"", "\r\n", "\n", "..", "/", " ", "x.jpg", "\u{0}", "ü", "1",
+                ]),
+                0..6,
+            )
+            .prop_map(|parts| parts.concat())
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(
+                std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(2000)
+            ))]
+            #[test]
+            fn random_csv_rows_are_read_or_rejected(rows in prop::collection::vec(prop::collection::vec(cell(), 0..5), 0..12)) {
+                let dir = tempfile::tempdir().unwrap();
+                let mut body = String::from("id,path,colour\n");
+                for row in &rows {
+                    body.push_str(&row.join(","));
+                    body.push('\n');
+                }
+                let src = csv_source(dir.path(), &body);
+                let recs = src.read().unwrap();
+                for r in &recs.records {
+                    prop_assert!(r.path.starts_with(dir.path()), "{:?}", r.path);
+                    let rel = r.path.strip_prefix(dir.path()).unwrap();
+                    prop_assert!(leaves_root(&rel.to_string_lossy()).is_none(), "{:?}", r.path);
+                    prop_assert!(!r.id.as_str().trim().is_empty());
+                }
+            }
+        }
     }
 }

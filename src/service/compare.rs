@@ -145,8 +145,16 @@ pub fn compare(
     let attributes: Vec<String> = if attributes.is_empty() {
         card.attribute_names()
     } else {
+        // Each attribute once: the answer has one row per attribute, so its size is bounded
+        // by the model's attributes, not by the request.
+        let mut seen = std::collections::HashSet::with_capacity(attributes.len());
         for name in attributes {
             card.attribute_index(name)?;
+            if !seen.insert(name.as_str()) {
+                return Err(ServiceError::invalid(format!(
+                    "attributes: {name:?} is listed twice; name each attribute once"
+                )));
+            }
         }
         attributes.to_vec()
     };

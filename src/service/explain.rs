@@ -140,10 +140,9 @@ pub fn explain_subject(
 pub fn explain(svc: &Service, image: &[u8], attribute: &str) -> Result<Explanation> {
     let embedder = svc.model("explain")?.embedder();
     let index = embedder.attribute_index(attribute)?;
-    let decoded = embedder
-        .decode(image)
-        .map_err(|e| e.with_source_name("to explain".to_string()))?;
+    let (decoded, permit) = svc.decode(embedder, image, "to explain")?;
     let crop = embedder.crop(&decoded);
+    drop((decoded, permit));
     explain_crop(svc, crop, index, attribute)
 }
 

@@ -71,10 +71,13 @@ pub fn is_current(svc: &Service, stored: &StoredItem, hash: &str, payload: &Payl
 /// thumbnail when the service keeps them. The error names the item.
 pub fn prepare(svc: &Service, item: NewItem) -> Result<PreparedItem> {
     let embedder = svc.model("an upsert")?.embedder();
-    let image = embedder
-        .decode(&item.image)
-        .map_err(|e| e.with_source_name(format!("of item {:?}", item.id.as_str())))?;
+    let (image, permit) = svc.decode(
+        embedder,
+        &item.image,
+        &format!("of item {:?}", item.id.as_str()),
+    )?;
     let crop = embedder.crop(&image);
+    drop((image, permit));
     let thumbnail = if svc.thumbnails {
         Some(thumbnails::encode(&crop, item.id.as_str())?)
     } else {
@@ -105,7 +108,11 @@ fn model_attributes(svc: &Service, schema: &CatalogueSchema) -> Result<Vec<usize
         .collect()
 }
 
-fn check_batch(svc: &Service, len: usize) -> Result<()> {
+/// A batch is refused whole when it is empty, larger than `limits.max_batch_items`, holds an
+/// id made only of whitespace, or holds one id twice (the store would keep only the last,
+/// so the receipt would count items that were overwritten in the same write).
+pub fn check_batch<'a>(svc: &Service, ids: impl ExactSizeIterator<Item = &'a str>) -> Result<()> {
+    let len = ids.len();
     if len == 0 {
         return Err(ServiceError::invalid("items: the batch is empty"));
     }
@@ -115,6 +122,19 @@ fn check_batch(svc: &Service, len: usize) -> Result<()> {
             limit: svc.limits.max_batch_items,
         });
     }
+    let mut seen = std::collections::HashMap::with_capacity(len);
+    for (i, id) in ids.enumerate() {
+        if id.trim().is_empty() {
+            return Err(ServiceError::invalid(format!(
+                "items[{i}].id: the id is blank (only whitespace)"
+            )));
+        }
+        if let Some(first) = seen.insert(id, i) {
+            return Err(ServiceError::invalid(format!(
+                "items[{i}].id: duplicate id {id:?} (also items[{first}]); send each item once per batch"
+            )));
+        }
+    }
     Ok(())
 }
 
@@ -122,7 +142,7 @@ fn check_batch(svc: &Service, len: usize) -> Result<()> {
 /// them with their thumbnails in one store write.
 #[tracing::instrument(skip_all, fields(catalogue = %catalogue, items = items.len()))]
 pub fn upsert_prepared(svc: &Service, catalogue: &str, items: &[PreparedItem]) -> Result<Upserted> {
-    check_batch(svc, items.len())?;
+    check_batch(svc, items.iter().map(|i| i.id.as_str()))?;
     let store = svc.store("an upsert")?;
     let schema = store.schema(catalogue)?;
     let idx = model_attributes(svc, &schema)?;
@@ -160,7 +180,7 @@ pub fn upsert_prepared(svc: &Service, catalogue: &str, items: &[PreparedItem]) -
 /// Decode, embed (every attribute of the catalogue) and upsert a batch of items.
 /// Nothing is written if any image is bad; the error names the item.
 pub fn upsert(svc: &Service, catalogue: &str, items: Vec<NewItem>) -> Result<WriteReceipt> {
-    check_batch(svc, items.len())?;
+    check_batch(svc, items.iter().map(|i| i.id.as_str()))?;
     // The catalogue first: an unknown one is a 404 before any image is decoded.
     svc.store("an upsert")?.schema(catalogue)?;
     let prepared = items

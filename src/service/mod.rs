@@ -8,6 +8,7 @@
 
 pub mod catalogues;
 pub mod compare;
+pub mod decode;
 pub mod explain;
 pub mod items;
 pub mod models;
@@ -40,6 +41,8 @@ pub struct Service {
     /// Keep each upserted item's model-input crop (JPEG) in the store, for explain by item
     /// and the item image route (`index.thumbnails`).
     pub thumbnails: bool,
+    /// Bytes that concurrent image decodes may hold together.
+    pub decode_budget: Arc<decode::DecodeBudget>,
 }
 
 impl std::fmt::Debug for Service {
@@ -60,6 +63,11 @@ pub struct ServiceLimits {
     pub max_batch_items: usize,
     /// Largest `k`.
     pub max_k: usize,
+    /// Bytes that image decodes in flight may hold together (`limits.decode_budget_bytes`).
+    pub decode_budget_bytes: u64,
+    /// Longest a decode waits for room in that budget before the request is refused
+    /// as busy (`limits.decode_wait_ms`).
+    pub decode_wait_ms: u64,
 }
 
 impl Default for ServiceLimits {
@@ -67,6 +75,8 @@ impl Default for ServiceLimits {
         Self {
             max_batch_items: 256,
             max_k: 1000,
+            decode_budget_bytes: 1 << 30,
+            decode_wait_ms: 2_000,
         }
     }
 }
@@ -124,6 +134,14 @@ pub enum ServiceError {
     /// A decision needs match thresholds and the model card has none.
     #[error("the model is uncalibrated (its card has no match_thresholds); give \"threshold\" explicitly")]
     Uncalibrated,
+    /// A shared resource is spent for now (the decode budget); the request may be retried.
+    #[error("busy: {what}; retry in {retry_after_s} s")]
+    Busy {
+        /// What is spent, with the figures.
+        what: String,
+        /// Seconds after which a retry may succeed (the `Retry-After` header).
+        retry_after_s: u64,
+    },
     /// The request needs a network and this service runs without one.
     #[error("{what} needs a model, and none is loaded here (give --model, or [model] path)")]
     NoModel {
@@ -188,6 +206,10 @@ impl Service {
         Self {
             store: None,
             models: None,
+            decode_budget: decode::DecodeBudget::new(
+                limits.decode_budget_bytes,
+                std::time::Duration::from_millis(limits.decode_wait_ms),
+            ),
             limits,
             hnsw,
             thumbnails,
@@ -277,6 +299,22 @@ impl Service {
         Ok(ItemId::new(id)?)
     }
 
+    /// Decode `bytes` with `embedder` under the pixel and memory limits, holding the image's
+    /// decode cost from the decode budget until the returned permit is dropped. `label`
+    /// names the image in errors.
+    pub fn decode(
+        &self,
+        embedder: &asen_models::Embedder,
+        bytes: &[u8],
+        label: &str,
+    ) -> Result<(image::RgbImage, decode::DecodePermit)> {
+        let named = |e: ModelError| e.with_source_name(label.to_string());
+        let cost = asen_models::decode_cost(bytes, embedder.preprocess_config()).map_err(named)?;
+        let permit = self.decode_budget.acquire(cost.bytes)?;
+        let image = embedder.decode(bytes).map_err(named)?;
+        Ok((image, permit))
+    }
+
     /// Embed one encoded image for the named attributes (model order irrelevant).
     /// `label` names the image in errors ("of the query", "of a").
     pub fn embed_one(
@@ -291,10 +329,11 @@ impl Service {
             .iter()
             .map(|a| embedder.attribute_index(a))
             .collect::<std::result::Result<Vec<_>, _>>()?;
-        let image = embedder
-            .decode(bytes)
-            .map_err(|e| e.with_source_name(label.to_string()))?;
-        let mut out = models.forward(|| embedder.embed_images(&[image], &idx))?;
+        let (image, permit) = self.decode(embedder, bytes, label)?;
+        // The full-size image is only needed until its crop is taken.
+        let crop = embedder.crop(&image);
+        drop((image, permit));
+        let mut out = models.forward(|| embedder.embed_crops(&[crop], &idx))?;
         let per_attribute = out.pop().unwrap_or_default();
         Ok(attributes
             .iter()

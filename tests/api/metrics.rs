@@ -28,8 +28,8 @@ fn metrics_count_items_and_requests_by_route_and_status() {
         "missing api key",
         "list without key",
     );
-    let metrics = s.call("GET", "/metrics", None, None);
-    assert_eq!(metrics.status, 200, "metrics are open");
+    let metrics = s.call("GET", "/metrics", R, None);
+    assert_eq!(metrics.status, 200, "metrics with the read key");
     let text = String::from_utf8(metrics.bytes).unwrap();
     assert!(
         text.contains("asen_catalogue_items{catalogue=\"shirts\"} 4"),

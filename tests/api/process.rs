@@ -11,9 +11,9 @@ use serde_json::{json, Value};
 
 use crate::server::*;
 
-struct Process {
-    child: Child,
-    base: String,
+pub struct Process {
+    pub child: Child,
+    pub base: String,
 }
 
 impl Drop for Process {
@@ -25,6 +25,11 @@ impl Drop for Process {
 
 /// `asen serve` on `127.0.0.1:0` over `data`, configured only through the environment.
 fn spawn(shared: &Path, data: &Path) -> Process {
+    spawn_with(shared, data, &[])
+}
+
+/// [`spawn`] with more `ASEN_*` variables.
+pub fn spawn_with(shared: &Path, data: &Path, env: &[(&str, &str)]) -> Process {
     let mut child = Command::new(env!("CARGO_BIN_EXE_asen"))
         .args(["serve", "--bind", "127.0.0.1:0", "--data"])
         .arg(data)
@@ -37,6 +42,7 @@ fn spawn(shared: &Path, data: &Path) -> Process {
         .env("ASEN_LIMITS__MAX_BATCH_ITEMS", MAX_BATCH.to_string())
         .env("ASEN_MODEL__BATCH_SIZE", "4")
         .env("RUST_LOG", "warn,asen=info")
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -59,7 +65,13 @@ fn spawn(shared: &Path, data: &Path) -> Process {
     }
 }
 
-fn call(p: &Process, method: &str, path: &str, key: Option<&str>, body: Option<&Value>) -> Reply {
+pub fn call(
+    p: &Process,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+    body: Option<&Value>,
+) -> Reply {
     let raw = body.map(|b| b.to_string());
     send(
         &p.base,
@@ -226,4 +238,44 @@ fn refuses_public_bind_without_key() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("without an api key"), "{err}");
+}
+
+#[test]
+fn a_deep_png_within_the_pixel_limit_is_413_by_decode_memory() {
+    let Some(shared) = shared() else { return };
+    let data = tempfile::tempdir().unwrap();
+    // 400 x 400 = 160,000 pixels (far under max_pixels) x (8 + 3) bytes = 1.76 MB > 1 MiB.
+    let p = spawn_with(
+        &shared,
+        data.path(),
+        &[
+            ("ASEN_LIMITS__MAX_DECODE_BYTES", "1048576"),
+            ("ASEN_LIMITS__DECODE_BUDGET_BYTES", "1048576"),
+        ],
+    );
+    let png = |side: u32| {
+        let img = image::ImageBuffer::<image::Rgba<u16>, _>::from_pixel(
+            side,
+            side,
+            image::Rgba([9000, 30000, 50000, 65535]),
+        );
+        let mut out = Vec::new();
+        image::DynamicImage::ImageRgba16(img)
+            .write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png)
+            .unwrap();
+        b64(&out)
+    };
+    let reply = call(
+        &p,
+        "POST",
+        "/v1/compare",
+        R,
+        Some(&json!({"a": {"image": png(400)}, "b": {"image": png(8)}})),
+    );
+    expect_error(&reply, 413, "limits.max_decode_bytes", "deep png");
+    assert!(
+        reply.error().contains("8 bytes per pixel"),
+        "{}",
+        reply.error()
+    );
 }

@@ -89,13 +89,19 @@ pub struct TestServer {
 impl TestServer {
     /// A server over an empty store; `None` (after the skip notice) without the fixtures.
     pub fn start() -> Option<Self> {
+        Self::start_with(|_| {})
+    }
+
+    /// A server over an empty store, its configuration changed by `tweak` first.
+    pub fn start_with(tweak: impl FnOnce(&mut Config)) -> Option<Self> {
         let shared = shared()?;
-        Some(Self::serve(shared, tempfile::tempdir().unwrap()))
+        Some(Self::serve(shared, tempfile::tempdir().unwrap(), tweak))
     }
 
     /// A server over the store in `data` (taken over: removed when the server is dropped).
-    fn serve(shared: PathBuf, data: tempfile::TempDir) -> Self {
-        let config = config(data.path(), &shared);
+    fn serve(shared: PathBuf, data: tempfile::TempDir, tweak: impl FnOnce(&mut Config)) -> Self {
+        let mut config = config(data.path(), &shared);
+        tweak(&mut config);
         let service = commands::open_service(
             &config,
             Needs {
@@ -122,6 +128,9 @@ impl TestServer {
         let addr: SocketAddr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let app = api::router(state.clone());
+        let options = api::ServeOptions {
+            header_read_timeout: Duration::from_millis(config.server.header_read_timeout_ms),
+        };
         let thread = std::thread::Builder::new()
             .name(format!("server {addr}"))
             .spawn(move || {
@@ -133,7 +142,7 @@ impl TestServer {
                 runtime.block_on(async move {
                     let listener = tokio::net::TcpListener::from_std(listener).unwrap();
                     let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
-                    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+                    let server = api::serve(listener, app, options, async move {
                         let _ = stopped.await;
                         let _ = drain_tx.send(());
                     });
@@ -143,7 +152,7 @@ impl TestServer {
                         tokio::time::sleep(Duration::from_secs(5)).await;
                     };
                     tokio::select! {
-                        res = server => res.unwrap(),
+                        _ = server => {}
                         _ = deadline => {}
                     }
                 });
@@ -188,7 +197,7 @@ impl TestServer {
         });
         let data = tempfile::tempdir().unwrap();
         copy_dir(dir, data.path());
-        Some(Self::serve(shared, data))
+        Some(Self::serve(shared, data, |_| {}))
     }
 
     /// A server whose catalogue `shirts` holds the five photos of [`NAMES`]: the first three
@@ -339,6 +348,8 @@ pub struct Reply {
     pub status: u16,
     pub body: Value,
     pub bytes: Vec<u8>,
+    /// The `retry-after` header, if any.
+    pub retry_after: Option<String>,
 }
 
 impl Reply {
@@ -374,6 +385,7 @@ pub fn send(
         Err(e) => panic!("{method} {path}: transport error {e}"),
     };
     let status = resp.status();
+    let retry_after = resp.header("retry-after").map(str::to_string);
     let mut bytes = Vec::new();
     resp.into_reader().read_to_end(&mut bytes).unwrap();
     let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
@@ -381,6 +393,7 @@ pub fn send(
         status,
         body,
         bytes,
+        retry_after,
     }
 }
 

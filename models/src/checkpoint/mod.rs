@@ -58,6 +58,9 @@ pub struct Checkpoint {
     metadata: BTreeMap<String, String>,
 }
 
+/// Most bytes a gzipped checkpoint may unpack to (4 GiB: far above any ASEN checkpoint).
+pub const MAX_GUNZIPPED_BYTES: u64 = 4 << 30;
+
 fn format_err(path: &Path, reason: impl Into<String>) -> ModelError {
     ModelError::CheckpointFormat {
         path: path.to_path_buf(),
@@ -84,9 +87,17 @@ impl Checkpoint {
         let gzipped = raw.starts_with(&[0x1f, 0x8b]);
         let data = if gzipped {
             let mut out = Vec::new();
+            // A gzip bomb stops at the limit instead of taking all memory.
             flate2::read::GzDecoder::new(raw.as_slice())
+                .take(MAX_GUNZIPPED_BYTES + 1)
                 .read_to_end(&mut out)
                 .map_err(|e| format_err(path, format!("corrupt or truncated gzip stream: {e}")))?;
+            if out.len() as u64 > MAX_GUNZIPPED_BYTES {
+                return Err(format_err(
+                    path,
+                    format!("the gzip stream unpacks to more than {MAX_GUNZIPPED_BYTES} bytes"),
+                ));
+            }
             out
         } else {
             raw

@@ -99,6 +99,14 @@ async fn read_multipart(
             );
         } else if let Some(id) = name.strip_prefix("image:") {
             let id = id.to_string();
+            if parts.contains_key(&id) {
+                return Err(ApiError::BadBody {
+                    status: axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+                    detail: format!(
+                        "multipart part \"image:{id}\" appears twice; send one image per item"
+                    ),
+                });
+            }
             let bytes = field.bytes().await.map_err(bad)?;
             parts.insert(id, bytes.to_vec());
         } else {
@@ -153,6 +161,8 @@ pub async fn upsert(
         }
         .into());
     }
+    // Blank and duplicate ids are refused before any image is looked at.
+    items::check_batch(&state.service, body.iter().map(|i| i.id.as_str()))?;
     let new_items = to_new_items(body, parts)?;
     let receipt = state
         .run(move |svc| items::upsert(svc, &name, new_items))

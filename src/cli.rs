@@ -45,8 +45,12 @@ pub enum Command {
     /// Train a head (ASEN v1/v2, CSN, global) on a labelled dataset: on cached features
     /// of the frozen backbone, or end to end with --finetune (any device).
     Train(Box<TrainArgs>),
-    /// Evaluate a model or a baseline with the ASEN retrieval protocol (per-attribute mAP).
+    /// Evaluate a model or a baseline with the ASEN retrieval protocol (per-attribute mAP),
+    /// or the copy verdict on synthetic copies and look-alikes (--copies).
     Eval(EvalArgs),
+    /// Fit a model's copy signature on copies of train images and calibrate its threshold
+    /// on valid pairs; writes copy_signature.safetensors and the card entry.
+    CopySignature(CopySignatureArgs),
 }
 
 /// Which store a command opens.
@@ -421,6 +425,46 @@ pub struct EvalArgs {
     /// and write them into its card.json (models trained by asen train).
     #[arg(long)]
     pub write_thresholds: bool,
+    /// Evaluate the copy verdict instead: copies of the split's images (rescaled 0.6-1.4,
+    /// cropped to >= 70 % of the area, padded <= 10 %, flipped half the time, JPEG 60-95,
+    /// brightness within 10 %) against look-alikes (same --group-by labels).
+    #[arg(long)]
+    pub copies: bool,
+    /// Copy and look-alike pairs drawn with --copies.
+    #[arg(long, default_value_t = 600)]
+    pub pairs: usize,
+    /// Seed of the pairs and copies drawn with --copies.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Attributes whose shared labels make a look-alike (--copies).
+    #[arg(long, value_delimiter = ',', default_value = "articleType,baseColour")]
+    pub group_by: Vec<String>,
+}
+
+/// `asen copy-signature`.
+#[derive(Debug, Args)]
+pub struct CopySignatureArgs {
+    /// Model directory to add the signature to [default: the shipped model].
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// The dataset (train and valid splits are used; test is never read).
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Attributes whose shared labels make a look-alike (the hard negatives).
+    #[arg(long, value_delimiter = ',', default_value = "articleType,baseColour")]
+    pub group_by: Vec<String>,
+    /// Train anchors.
+    #[arg(long, default_value_t = 3000)]
+    pub anchors: usize,
+    /// Copies per train anchor.
+    #[arg(long, default_value_t = 2)]
+    pub copies_per_anchor: usize,
+    /// Passes over the train pairs.
+    #[arg(long, default_value_t = 60)]
+    pub epochs: usize,
+    /// Seed of anchors, copies, negatives and the initial projection.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
 }
 
 impl Command {
@@ -446,6 +490,10 @@ impl Command {
                 ..a.store.add_to(a.model.overrides())
             },
             Command::Eval(a) => Overrides {
+                model: a.model.clone(),
+                ..Overrides::default()
+            },
+            Command::CopySignature(a) => Overrides {
                 model: a.model.clone(),
                 ..Overrides::default()
             },

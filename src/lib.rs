@@ -37,5 +37,6 @@ pub fn run(command: Command, config: &Config) -> anyhow::Result<()> {
         Command::Compare(args) => commands::compare::run(args, config),
         Command::Train(args) => commands::train::run(*args, config),
         Command::Eval(args) => commands::eval::run(args, config),
+        Command::CopySignature(args) => commands::copies::run(args, config),
     }
 }

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
 use crate::head::{HeadConfig, HeadKind};
+use crate::signature::{CopySignatureSpec, IDENTITY_ATTRIBUTE};
 
 /// The card format this build reads and writes.
 pub const CARD_FORMAT_VERSION: u32 = 1;
@@ -95,6 +96,10 @@ pub struct ModelCard {
     /// the same design (used by the copy check).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub match_thresholds: Option<BTreeMap<String, f32>>,
+    /// The instance-level copy signature ([`crate::signature`]), when the model
+    /// directory has one (`copy_signature.safetensors`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copy_signature: Option<CopySignatureSpec>,
     /// Where the weights came from.
     #[serde(default)]
     pub provenance: Provenance,
@@ -120,6 +125,7 @@ impl ModelCard {
             colour_histogram: false,
             head_config,
             match_thresholds: None,
+            copy_signature: None,
             provenance: Provenance::default(),
         };
         card.validate()
@@ -214,6 +220,26 @@ impl ModelCard {
                         "match_thresholds[{name:?}] = {v} is not a cosine in [-1, 1]"
                     ));
                 }
+            }
+        }
+        if let Some(sig) = &self.copy_signature {
+            if sig.dim != self.embedding_dim {
+                return Err(format!(
+                    "copy_signature.dim {} differs from embedding_dim {} (the signature is stored \
+                     as one more attribute vector of a catalogue)",
+                    sig.dim, self.embedding_dim
+                ));
+            }
+            if !sig.threshold.is_finite() || !(-1.0..=1.0).contains(&sig.threshold) {
+                return Err(format!(
+                    "copy_signature.threshold = {} is not a cosine in [-1, 1]",
+                    sig.threshold
+                ));
+            }
+            if seen.contains(IDENTITY_ATTRIBUTE) {
+                return Err(format!(
+                    "attribute {IDENTITY_ATTRIBUTE:?} is reserved for the copy signature"
+                ));
             }
         }
         Ok(())

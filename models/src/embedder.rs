@@ -18,6 +18,7 @@ use crate::error::{ModelError, Result};
 use crate::head::Head;
 use crate::model_dir::ModelDir;
 use crate::preprocess::{decode_image, resize_and_crop, to_tensor, PreprocessConfig};
+use crate::signature::{CopySignature, IDENTITY_ATTRIBUTE, SIGNATURE_FILE};
 
 /// Options for [`Embedder::load`].
 #[derive(Debug, Clone)]
@@ -59,9 +60,11 @@ pub struct AttentionMap {
 /// The embedding of one image for one attribute.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Embedding {
-    /// Index of the attribute in the model card.
+    /// Index of the attribute in [`Embedder::attribute_names`]: the card's
+    /// attributes, then [`IDENTITY_ATTRIBUTE`] when the model has a copy signature.
     pub attribute: usize,
-    /// L2-normalised vector of the card's `embedding_dim`.
+    /// L2-normalised vector of the card's `embedding_dim` (the signature's
+    /// `dim` for the identity attribute).
     pub vector: Vec<f32>,
     /// Where the head looked (heads with spatial attention only).
     pub attention: Option<AttentionMap>,
@@ -73,6 +76,7 @@ pub struct Embedder {
     card: ModelCard,
     backbone: Backbone,
     head: Head,
+    signature: Option<CopySignature>,
     device: Device,
     batch_size: usize,
     preprocess: PreprocessConfig,
@@ -89,7 +93,17 @@ impl Embedder {
         let path = path.as_ref();
         if path.is_dir() {
             let model = ModelDir::load(path)?;
-            Self::from_parts(model.card, &model.checkpoint, opts)
+            let mut embedder = Self::from_parts(model.card, &model.checkpoint, opts)?;
+            if let Some(spec) = &embedder.card.copy_signature {
+                let signature = CopySignature::load(
+                    &path.join(SIGNATURE_FILE),
+                    spec,
+                    embedder.card.feature_channels,
+                    &embedder.device,
+                )?;
+                embedder.signature = Some(signature);
+            }
+            Ok(embedder)
         } else if path.is_file() {
             let ckpt = Checkpoint::load(path)?;
             let kind = ckpt.variant()?;
@@ -160,6 +174,7 @@ impl Embedder {
             card,
             backbone,
             head,
+            signature: None,
             device,
             batch_size: opts.batch_size,
             preprocess,
@@ -189,6 +204,7 @@ impl Embedder {
             card,
             backbone,
             head,
+            signature: None,
             device: device.clone(),
             batch_size,
             preprocess,
@@ -210,9 +226,71 @@ impl Embedder {
         &self.preprocess
     }
 
-    /// Index of an attribute by name, or an error listing the known ones.
+    /// The same embedder with a copy signature (its spec must be in the card):
+    /// what `asen-train` uses while calibrating one.
+    pub fn with_signature(
+        mut self,
+        spec: crate::CopySignatureSpec,
+        signature: CopySignature,
+    ) -> Result<Self> {
+        if signature.channels() != self.card.feature_channels || signature.dim() != spec.dim {
+            return Err(ModelError::InvalidArgument(format!(
+                "copy signature [{}, {}] does not fit {} feature channels and dim {}",
+                signature.channels(),
+                signature.dim(),
+                self.card.feature_channels,
+                spec.dim
+            )));
+        }
+        self.card.copy_signature = Some(spec);
+        self.card
+            .validate()
+            .map_err(|reason| ModelError::InvalidArgument(format!("model card: {reason}")))?;
+        self.signature = Some(signature);
+        Ok(self)
+    }
+
+    /// The copy signature, when the model has one.
+    pub fn signature(&self) -> Option<&CopySignature> {
+        self.signature.as_ref()
+    }
+
+    /// Every attribute this embedder embeds, in index order: the card's, then
+    /// [`IDENTITY_ATTRIBUTE`] (the copy signature) when the model has one.
+    pub fn attribute_names(&self) -> Vec<String> {
+        let mut names = self.card.attribute_names();
+        if self.signature.is_some() {
+            names.push(IDENTITY_ATTRIBUTE.to_string());
+        }
+        names
+    }
+
+    /// Index of an attribute by name ([`Self::attribute_names`]), or an error
+    /// listing the known ones.
     pub fn attribute_index(&self, name: &str) -> Result<usize> {
-        self.card.attribute_index(name)
+        match self.identity_index() {
+            Some(i) if name == IDENTITY_ATTRIBUTE => Ok(i),
+            _ => self
+                .card
+                .attribute_index(name)
+                .map_err(|_| ModelError::UnknownAttribute {
+                    name: name.to_owned(),
+                    known: self.attribute_names(),
+                }),
+        }
+    }
+
+    /// Index of the identity attribute, when the model has a copy signature.
+    pub fn identity_index(&self) -> Option<usize> {
+        self.signature.as_ref().map(|_| self.card.attributes.len())
+    }
+
+    /// Embedding size of attribute `index`.
+    pub fn dimension(&self, index: usize) -> usize {
+        match (&self.signature, self.identity_index()) {
+            (Some(sig), Some(i)) if i == index => sig.dim(),
+            _ => self.card.embedding_dim,
+        }
     }
 
     /// Decode encoded image bytes (JPEG, PNG, WebP) under the pixel limit.
@@ -256,19 +334,17 @@ impl Embedder {
         attributes: &[usize],
     ) -> Result<Vec<Vec<Embedding>>> {
         let all: Vec<usize>;
+        let count = self.attribute_names().len();
         let attributes = if attributes.is_empty() {
-            all = (0..self.card.attributes.len()).collect();
+            all = (0..count).collect();
             &all
         } else {
             attributes
         };
-        if let Some(&bad) = attributes
-            .iter()
-            .find(|&&a| a >= self.card.attributes.len())
-        {
+        if let Some(&bad) = attributes.iter().find(|&&a| a >= count) {
             return Err(ModelError::UnknownAttribute {
                 name: format!("#{bad}"),
-                known: self.card.attribute_names(),
+                known: self.attribute_names(),
             });
         }
         let size = self.preprocess.size as u32;
@@ -295,11 +371,43 @@ impl Embedder {
     fn embed_tensor(&self, x: &Tensor, attributes: &[usize]) -> Result<Vec<Vec<Embedding>>> {
         let feats = self.backbone.forward(x)?;
         let batch = feats.dim(0)?;
-        let outputs = self.head.forward_attributes(&feats, attributes)?;
+        let identity = self.identity_index();
+        let heads: Vec<usize> = attributes
+            .iter()
+            .copied()
+            .filter(|&a| Some(a) != identity)
+            .collect();
+        let outputs = if heads.is_empty() {
+            Vec::new()
+        } else {
+            self.head.forward_attributes(&feats, &heads)?
+        };
+        let signatures = match (&self.signature, identity) {
+            (Some(sig), Some(i)) if attributes.contains(&i) => {
+                Some(sig.forward(&feats)?.to_vec2::<f32>()?)
+            }
+            _ => None,
+        };
         let mut per_image: Vec<Vec<Embedding>> = (0..batch)
             .map(|_| Vec::with_capacity(attributes.len()))
             .collect();
-        for (&attribute, output) in attributes.iter().zip(outputs) {
+        let mut outputs = heads.iter().copied().zip(outputs);
+        for &attribute in attributes {
+            if Some(attribute) == identity {
+                let rows = signatures.iter().flatten();
+                for (image, vector) in per_image.iter_mut().zip(rows) {
+                    image.push(Embedding {
+                        attribute,
+                        vector: vector.clone(),
+                        attention: None,
+                    });
+                }
+                continue;
+            }
+            // The head answers `heads` in order, which is `attributes` without the identity.
+            let Some((attribute, output)) = outputs.next() else {
+                break;
+            };
             let vectors = output.embedding.to_dtype(DType::F32)?.to_vec2::<f32>()?;
             let maps = match &output.attention {
                 Some(a) => {

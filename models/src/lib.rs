@@ -51,6 +51,7 @@ mod head;
 mod layers;
 mod model_dir;
 mod preprocess;
+mod signature;
 mod vector;
 
 pub use backbone::{
@@ -79,4 +80,5 @@ pub use preprocess::{
     decode_cost, decode_image, preprocess_bytes, resize_and_crop, to_tensor, DecodeCost,
     PreprocessConfig, IMAGENET_MEAN, IMAGENET_STD,
 };
+pub use signature::{CopySignature, CopySignatureSpec, IDENTITY_ATTRIBUTE, SIGNATURE_FILE};
 pub use vector::{cosine, l2_normalize};

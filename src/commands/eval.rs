@@ -27,6 +27,9 @@ pub fn run(args: EvalArgs, config: &Config) -> anyhow::Result<()> {
         Some(s @ (Split::Valid | Split::Test)) => s,
         _ => bail!("--split must be valid or test, got {:?}", args.split),
     };
+    if args.copies {
+        return super::copies::evaluate(&args, split, config);
+    }
     let weights_dirs = config.weights_dirs();
     let dataset = load_dataset(&args.data)?;
     let data_path = args.data.data.clone().unwrap_or_default();

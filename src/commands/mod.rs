@@ -3,6 +3,7 @@
 
 pub mod compare;
 pub mod convert;
+pub mod copies;
 pub mod embed;
 pub mod eval;
 pub mod ingest;

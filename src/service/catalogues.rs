@@ -35,7 +35,8 @@ pub struct CatalogueDetails {
 /// Create `name` with the model's dimension and the chosen attributes.
 #[tracing::instrument(skip_all, fields(catalogue = name))]
 pub fn create(svc: &Service, name: &str, spec: &NewCatalogue) -> Result<CatalogueDetails> {
-    let card = svc.model("creating a catalogue")?.embedder().card();
+    let embedder = svc.model("creating a catalogue")?.embedder();
+    let card = embedder.card();
     let attributes = match &spec.attributes {
         Some(list) if list.is_empty() => {
             return Err(ServiceError::invalid(
@@ -44,11 +45,11 @@ pub fn create(svc: &Service, name: &str, spec: &NewCatalogue) -> Result<Catalogu
         }
         Some(list) => {
             for a in list {
-                card.attribute_index(a)?;
+                embedder.attribute_index(a)?;
             }
             list.clone()
         }
-        None => card.attribute_names(),
+        None => embedder.attribute_names(),
     };
     let schema = CatalogueSchema::new(attributes, card.embedding_dim)
         .with_hnsw(spec.hnsw.unwrap_or(svc.hnsw));
@@ -93,13 +94,18 @@ pub fn drop(svc: &Service, name: &str) -> Result<()> {
 
 /// Create `name` with every attribute of the model if it is missing, or check that the
 /// existing catalogue has exactly the model's attributes and dimension (bulk ingestion).
+/// A catalogue built before the model had its copy signature (every attribute but
+/// `identity`) is accepted: its items are written without the identity vector.
 /// Whether it was created.
 pub fn ensure(svc: &Service, name: &str) -> Result<bool> {
-    let card = svc.model("ingesting")?.embedder().card();
-    let attributes = card.attribute_names();
+    let embedder = svc.model("ingesting")?.embedder();
+    let card = embedder.card();
+    let attributes = embedder.attribute_names();
     match svc.store("ingesting")?.schema(name) {
         Ok(schema) => {
-            if schema.attributes != attributes || schema.dimension != card.embedding_dim {
+            let design_points = card.attribute_names();
+            let known = schema.attributes == attributes || schema.attributes == design_points;
+            if !known || schema.dimension != card.embedding_dim {
                 return Err(ServiceError::invalid(format!(
                     "catalogue {name:?} has attributes [{}] of dimension {}, the model embeds [{}] of dimension {}",
                     schema.attributes.join(", "),

@@ -1,9 +1,16 @@
 //! The copy check: per-attribute similarity of two images or items, a per-attribute match
-//! decision from the model card's calibrated thresholds, and catalogue-wide copy search.
+//! decision from the model card's calibrated thresholds, the instance-level copy verdict from
+//! the model's copy signature (the `identity` vector), and catalogue-wide copy search.
+//!
+//! The attributes say which design points two garments share; they are category-level, so
+//! two different black T-shirts share all of them. The verdict says whether one is a copy of
+//! the other: the cosine of their `identity` signatures against the card's calibrated
+//! `copy_signature.threshold`.
 
 use std::collections::BTreeMap;
 
 use asen_index::{AttributeWeight, Filter, ItemId, Payload, Query, SearchRequest, MAX_K};
+use asen_models::IDENTITY_ATTRIBUTE;
 use serde::Serialize;
 
 use super::{cosine, Result, Service, ServiceError};
@@ -35,10 +42,34 @@ pub struct AttributeComparison {
     pub matches: Option<bool>,
 }
 
+/// The instance-level decision: is one a copy of the other?
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct CopyVerdict {
+    /// Cosine similarity of the two copy signatures (`identity` vectors).
+    pub similarity: f32,
+    /// The card's calibrated threshold (`copy_signature.threshold`).
+    pub threshold: f32,
+    /// `similarity >= threshold`.
+    pub is_copy: bool,
+}
+
+impl CopyVerdict {
+    fn new(similarity: f32, threshold: f32) -> Self {
+        Self {
+            similarity,
+            threshold,
+            is_copy: similarity >= threshold,
+        }
+    }
+}
+
 /// The result of a comparison.
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Comparison {
-    /// Per attribute, in model order.
+    /// The copy verdict; absent when the model has no copy signature or a stored item has
+    /// no identity vector (a catalogue built before the signature).
+    pub copy: Option<CopyVerdict>,
+    /// Per attribute (design point), in model order.
     pub attributes: Vec<AttributeComparison>,
     /// Whether match decisions were made (the card has `match_thresholds`).
     pub calibrated: bool,
@@ -50,11 +81,13 @@ pub struct Comparison {
     pub verdict: String,
 }
 
-/// Decide per attribute from similarities and optional thresholds (pure; unit-tested).
+/// Decide per attribute from similarities and optional thresholds, with the copy verdict
+/// when there is one (pure; unit-tested).
 pub fn decide(
     similarities: Vec<(String, Option<f32>)>,
     thresholds: Option<&BTreeMap<String, f32>>,
     thresholds_source: &str,
+    copy: Option<CopyVerdict>,
 ) -> Comparison {
     let attributes: Vec<AttributeComparison> = similarities
         .into_iter()
@@ -80,7 +113,7 @@ pub fn decide(
         .map(|a| a.attribute.clone())
         .collect();
     let decided = attributes.iter().filter(|a| a.matches.is_some()).count();
-    let verdict = if !calibrated {
+    let points = if !calibrated {
         "uncalibrated: the model card has no match_thresholds, so no match is decided; \
          compare the similarities yourself"
             .to_string()
@@ -93,7 +126,19 @@ pub fn decide(
             matching.len()
         )
     };
+    let verdict = match &copy {
+        Some(c) if c.is_copy => format!(
+            "copy: the same design (identity {:.3} >= {:.3}); {points}",
+            c.similarity, c.threshold
+        ),
+        Some(c) => format!(
+            "not a copy (identity {:.3} < {:.3}); {points}",
+            c.similarity, c.threshold
+        ),
+        None => points,
+    };
     Comparison {
+        copy,
         attributes,
         calibrated,
         thresholds_source: if calibrated {
@@ -141,7 +186,8 @@ pub fn compare(
     b: &Subject,
     attributes: &[String],
 ) -> Result<Comparison> {
-    let card = svc.model("the copy check")?.embedder().card();
+    let embedder = svc.model("the copy check")?.embedder();
+    let card = embedder.card();
     let attributes: Vec<String> = if attributes.is_empty() {
         card.attribute_names()
     } else {
@@ -158,8 +204,24 @@ pub fn compare(
         }
         attributes.to_vec()
     };
-    let va = vectors(svc, a, "of a", &attributes)?;
-    let vb = vectors(svc, b, "of b", &attributes)?;
+    let signature = card
+        .copy_signature
+        .as_ref()
+        .filter(|_| embedder.signature().is_some());
+    let mut wanted = attributes.clone();
+    if signature.is_some() {
+        wanted.push(IDENTITY_ATTRIBUTE.to_string());
+    }
+    let va = vectors(svc, a, "of a", &wanted)?;
+    let vb = vectors(svc, b, "of b", &wanted)?;
+    let copy = match (
+        signature,
+        va.get(IDENTITY_ATTRIBUTE),
+        vb.get(IDENTITY_ATTRIBUTE),
+    ) {
+        (Some(spec), Some(x), Some(y)) => Some(CopyVerdict::new(cosine(x, y), spec.threshold)),
+        _ => None,
+    };
     let sims = attributes
         .iter()
         .map(|name| {
@@ -174,6 +236,7 @@ pub fn compare(
         sims,
         card.match_thresholds.as_ref(),
         &thresholds_source(svc),
+        copy,
     ))
 }
 
@@ -200,6 +263,9 @@ pub struct CopyHit {
     /// The item.
     #[schema(value_type = String)]
     pub id: ItemId,
+    /// The copy verdict against the query, when the model has a copy signature and the
+    /// catalogue stores identity vectors (then every hit is a copy).
+    pub copy: Option<CopyVerdict>,
     /// Attributes on which it matches, in schema order.
     pub matching: Vec<String>,
     /// Similarity on each matching attribute.
@@ -209,26 +275,48 @@ pub struct CopyHit {
     pub payload: Option<Payload>,
 }
 
-/// Items matching the query on at least `min_matches` attributes, most matches first
-/// (ties by mean similarity).
+/// Copies of the query in a catalogue.
+///
+/// With a copy signature (the model has one and the catalogue stores `identity` vectors), the
+/// hits are the items the verdict calls copies (identity similarity at or above the card's
+/// threshold), most similar first, each with the design points it matches; `min_matches`
+/// (0 allowed) then asks for that many design points too. Without one, the hits are the items
+/// matching on at least `min_matches` design points, most matches first (ties by mean
+/// similarity).
 #[tracing::instrument(skip_all, fields(catalogue = %catalogue))]
 pub fn copies(svc: &Service, catalogue: &str, query: &CopiesQuery) -> Result<Vec<CopyHit>> {
     svc.check_k(query.k)?;
     let store = svc.store("a copy search")?;
     let schema = store.schema(catalogue)?;
-    if query.min_matches == 0 || query.min_matches > schema.attributes.len() {
+    let embedder = svc.model("a copy search")?.embedder();
+    let signature = embedder
+        .card()
+        .copy_signature
+        .as_ref()
+        .filter(|_| embedder.signature().is_some())
+        .filter(|_| schema.attribute_index(IDENTITY_ATTRIBUTE).is_some());
+    let design_points: Vec<String> = schema
+        .attributes
+        .iter()
+        .filter(|a| a.as_str() != IDENTITY_ATTRIBUTE)
+        .cloned()
+        .collect();
+    let least = if signature.is_some() { 0 } else { 1 };
+    if query.min_matches < least || query.min_matches > design_points.len() {
         return Err(ServiceError::invalid(format!(
-            "min_matches = {} is outside 1..={} (the catalogue's attributes)",
+            "min_matches = {} is outside {least}..={} (the catalogue's design points)",
             query.min_matches,
-            schema.attributes.len()
+            design_points.len()
         )));
     }
-    let card_thresholds = svc
-        .model("a copy search")?
-        .embedder()
-        .card()
-        .match_thresholds
-        .as_ref();
+    if let Subject::Item { catalogue: c, .. } = &query.subject {
+        if c != catalogue {
+            return Err(ServiceError::invalid(format!(
+                "the query item must be in catalogue {catalogue:?}, not {c:?}"
+            )));
+        }
+    }
+    let card_thresholds = embedder.card().match_thresholds.as_ref();
     let threshold_of = |a: &str| -> Result<f32> {
         match (query.threshold, card_thresholds) {
             (Some(t), _) => Ok(t),
@@ -236,56 +324,163 @@ pub fn copies(svc: &Service, catalogue: &str, query: &CopiesQuery) -> Result<Vec
             (None, None) => Err(ServiceError::Uncalibrated),
         }
     };
-    let image_vectors = match &query.subject {
-        Subject::Image(bytes) => Some(svc.embed_one(bytes, "of the query", &schema.attributes)?),
-        Subject::Item { catalogue: c, .. } => {
-            if c != catalogue {
-                return Err(ServiceError::invalid(format!(
-                    "the query item must be in catalogue {catalogue:?}, not {c:?}"
-                )));
-            }
-            None
-        }
+    match signature {
+        Some(spec) => copies_by_verdict(
+            svc,
+            catalogue,
+            query,
+            &design_points,
+            spec.threshold,
+            &threshold_of,
+        ),
+        None => copies_by_design_points(svc, catalogue, query, &design_points, &threshold_of),
+    }
+}
+
+/// The query's vectors for `attributes`: embedded for an image, stored for an item.
+fn query_vectors(
+    svc: &Service,
+    query: &CopiesQuery,
+    attributes: &[String],
+) -> Result<BTreeMap<String, Vec<f32>>> {
+    match &query.subject {
+        Subject::Image(bytes) => svc.embed_one(bytes, "of the query", attributes),
+        Subject::Item { catalogue, id } => svc.item_vectors(catalogue, id),
+    }
+}
+
+/// The search for one attribute: by vector for an image, by the stored item otherwise (which
+/// excludes the item itself).
+fn attribute_query(
+    query: &CopiesQuery,
+    attribute: &str,
+    vectors: &BTreeMap<String, Vec<f32>>,
+) -> Option<Query> {
+    match &query.subject {
+        Subject::Item { id, .. } => Some(Query::Item {
+            id: id.clone(),
+            attributes: vec![AttributeWeight {
+                attribute: attribute.to_string(),
+                weight: 1.0,
+            }],
+        }),
+        Subject::Image(_) => vectors.get(attribute).map(|v| Query::Vector {
+            attribute: attribute.to_string(),
+            vector: v.clone(),
+        }),
+    }
+}
+
+fn search_above(
+    svc: &Service,
+    catalogue: &str,
+    query: &CopiesQuery,
+    core: Query,
+    threshold: f32,
+) -> Result<Option<Vec<asen_index::Hit>>> {
+    let request = SearchRequest {
+        query: core,
+        k: (query.k * 10).clamp(100, MAX_K),
+        ef_search: None,
+        score_threshold: Some(threshold),
+        filter: query.filter.clone(),
+        with_payload: query.with_payload,
+        group_by: None,
     };
-    let candidates = (query.k * 10).clamp(100, MAX_K);
-    let mut found: BTreeMap<ItemId, CopyHit> = BTreeMap::new();
-    for attribute in &schema.attributes {
-        let threshold = threshold_of(attribute)?;
-        let core = match (&image_vectors, &query.subject) {
-            (Some(v), _) => Query::Vector {
-                attribute: attribute.clone(),
-                vector: v[attribute].clone(),
-            },
-            (None, Subject::Item { id, .. }) => Query::Item {
-                id: id.clone(),
-                attributes: vec![AttributeWeight {
-                    attribute: attribute.clone(),
-                    weight: 1.0,
-                }],
-            },
-            (None, Subject::Image(_)) => unreachable!("image subjects are embedded above"),
-        };
-        let request = SearchRequest {
-            query: core,
-            k: candidates,
-            ef_search: None,
-            score_threshold: Some(threshold),
-            filter: query.filter.clone(),
-            with_payload: query.with_payload,
-            group_by: None,
-        };
-        let hits = match store.search(catalogue, &request) {
-            Ok(r) => r.into_hits(),
-            // The query item lacks this attribute: it cannot match on it.
-            Err(asen_index::IndexError::MissingAttribute { .. }) => continue,
-            Err(asen_index::IndexError::ItemNotFound { catalogue, id }) => {
-                return Err(ServiceError::ItemNotFound { catalogue, id })
+    match svc.store("a copy search")?.search(catalogue, &request) {
+        Ok(r) => Ok(Some(r.into_hits())),
+        // The query item lacks this attribute: it cannot match on it.
+        Err(asen_index::IndexError::MissingAttribute { .. }) => Ok(None),
+        Err(asen_index::IndexError::ItemNotFound { catalogue, id }) => {
+            Err(ServiceError::ItemNotFound { catalogue, id })
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn copies_by_verdict(
+    svc: &Service,
+    catalogue: &str,
+    query: &CopiesQuery,
+    design_points: &[String],
+    copy_threshold: f32,
+    threshold_of: &dyn Fn(&str) -> Result<f32>,
+) -> Result<Vec<CopyHit>> {
+    let mut wanted = design_points.to_vec();
+    wanted.push(IDENTITY_ATTRIBUTE.to_string());
+    let vectors = query_vectors(svc, query, &wanted)?;
+    let Some(core) = attribute_query(query, IDENTITY_ATTRIBUTE, &vectors) else {
+        return Ok(Vec::new());
+    };
+    let Some(candidates) = search_above(svc, catalogue, query, core, copy_threshold)? else {
+        // The query item has no identity vector (stored before the signature).
+        return Ok(Vec::new());
+    };
+    let store = svc.store("a copy search")?;
+    let mut hits = Vec::new();
+    for hit in candidates {
+        let stored = store
+            .get(catalogue, &hit.id, true)?
+            .and_then(|item| item.vectors)
+            .unwrap_or_default();
+        let mut matching = Vec::new();
+        let mut attribute_scores = BTreeMap::new();
+        for a in design_points {
+            let (Some(x), Some(y)) = (vectors.get(a), stored.get(a)) else {
+                continue;
+            };
+            let s = cosine(x, y);
+            match threshold_of(a) {
+                Ok(t) if s >= t => {
+                    matching.push(a.clone());
+                    attribute_scores.insert(a.clone(), s);
+                }
+                Ok(_) => {}
+                // Uncalibrated design points: undecided, fine unless some are asked for.
+                Err(e) if query.min_matches > 0 => return Err(e),
+                Err(_) => {}
             }
-            Err(e) => return Err(e.into()),
+        }
+        if matching.len() >= query.min_matches {
+            hits.push(CopyHit {
+                id: hit.id,
+                copy: Some(CopyVerdict::new(hit.score, copy_threshold)),
+                matching,
+                attribute_scores,
+                payload: hit.payload,
+            });
+        }
+        if hits.len() == query.k {
+            break;
+        }
+    }
+    Ok(hits)
+}
+
+fn copies_by_design_points(
+    svc: &Service,
+    catalogue: &str,
+    query: &CopiesQuery,
+    design_points: &[String],
+    threshold_of: &dyn Fn(&str) -> Result<f32>,
+) -> Result<Vec<CopyHit>> {
+    let vectors = match &query.subject {
+        Subject::Image(_) => query_vectors(svc, query, design_points)?,
+        Subject::Item { .. } => BTreeMap::new(),
+    };
+    let mut found: BTreeMap<ItemId, CopyHit> = BTreeMap::new();
+    for attribute in design_points {
+        let threshold = threshold_of(attribute)?;
+        let Some(core) = attribute_query(query, attribute, &vectors) else {
+            continue;
+        };
+        let Some(hits) = search_above(svc, catalogue, query, core, threshold)? else {
+            continue;
         };
         for hit in hits {
             let entry = found.entry(hit.id.clone()).or_insert_with(|| CopyHit {
                 id: hit.id.clone(),
+                copy: None,
                 matching: Vec::new(),
                 attribute_scores: BTreeMap::new(),
                 payload: hit.payload.clone(),
@@ -315,7 +510,7 @@ mod tests {
 
     #[test]
     fn uncalibrated_decides_nothing() {
-        let c = decide(vec![("collar".into(), Some(0.9))], None, "card");
+        let c = decide(vec![("collar".into(), Some(0.9))], None, "card", None);
         assert!(!c.calibrated);
         assert_eq!(c.attributes[0].matches, None);
         assert!(c.matching.is_empty());
@@ -338,6 +533,7 @@ mod tests {
             ],
             Some(&t),
             "validation",
+            None,
         );
         assert!(c.calibrated);
         assert_eq!(c.matching, vec!["collar".to_string()]);
@@ -352,5 +548,32 @@ mod tests {
             "matching design points: collar (1 of 3 attributes)"
         );
         assert_eq!(c.thresholds_source, "validation");
+    }
+
+    #[test]
+    fn the_copy_verdict_leads_the_sentence() {
+        let t: BTreeMap<String, f32> = [("colour".to_string(), 0.5)].into();
+        let sims = || vec![("colour".to_string(), Some(0.9))];
+        let copy = decide(sims(), Some(&t), "v", Some(CopyVerdict::new(0.8, 0.6)));
+        assert!(copy.copy.as_ref().is_some_and(|c| c.is_copy));
+        assert!(
+            copy.verdict.starts_with("copy: the same design"),
+            "{}",
+            copy.verdict
+        );
+        let other = decide(sims(), Some(&t), "v", Some(CopyVerdict::new(0.5, 0.6)));
+        assert!(!other.copy.as_ref().is_some_and(|c| c.is_copy));
+        assert!(other.verdict.starts_with("not a copy"), "{}", other.verdict);
+        assert_eq!(
+            other.matching,
+            vec!["colour".to_string()],
+            "design points still decided"
+        );
+    }
+
+    #[test]
+    fn a_similarity_equal_to_the_threshold_is_a_copy() {
+        assert!(CopyVerdict::new(0.6, 0.6).is_copy);
+        assert!(!CopyVerdict::new(0.599, 0.6).is_copy);
     }
 }

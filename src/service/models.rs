@@ -62,7 +62,13 @@ impl Model {
 /// `model.safetensors` (each as name, length, bytes); for a checkpoint, the file itself.
 pub fn fingerprint_files(path: &Path) -> std::io::Result<String> {
     let files: Vec<std::path::PathBuf> = if path.is_dir() {
-        vec![path.join("card.json"), path.join("model.safetensors")]
+        let mut files = vec![path.join("card.json"), path.join("model.safetensors")];
+        // The copy signature's weights, when the model has them, are part of what it computes.
+        let signature = path.join(asen_models::SIGNATURE_FILE);
+        if signature.is_file() {
+            files.push(signature);
+        }
+        files
     } else {
         vec![path.to_path_buf()]
     };

@@ -34,11 +34,16 @@
 //! ```
 #![warn(missing_docs)]
 
+mod copies;
 mod data;
 mod eval;
 mod features;
 mod train;
 
+pub use copies::{
+    evaluate_copies, fit_copy_signature, fit_projection, flagged_share, look_alike_pairs, roc_auc,
+    youden_threshold, CopyFitOptions, CopyPair, CopyProgress, CopyRecipe, CopyReport, FitConfig,
+};
 pub use data::{
     generate_synthetic, Attribute, CsvOptions, Dataset, ImageRecord, Probe, ProbeLists, Split,
     SyntheticConfig, SyntheticDataset,

@@ -660,6 +660,8 @@ fn train_on_a_test_only_csv_says_the_train_split_is_empty() {
         stderr(&out).contains("the train split is empty"),
         "{}",
         stderr(&out)
+    );
+}
 
 /// `catalogue_fixture` plus rows pointing at `paths` (ids `bad0`, `bad1`, ...).
 fn with_rows(csv: &Path, paths: &[&str]) {

@@ -186,9 +186,48 @@ fn compare_of_two_images_opens_no_store() {
     let b = images.join("11414.jpg").display().to_string();
     let (code, out, err) = asen_in(work.path(), &["compare", &a, &b]);
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("verdict: matching design points"), "{out}");
+    assert!(
+        out.contains("verdict: not a copy (identity "),
+        "two different black tops are not a copy: {out}"
+    );
+    assert!(out.contains("); matching design points"), "{out}");
     assert!(
         std::fs::read_dir(work.path()).unwrap().next().is_none(),
         "compare wrote into its working folder (a store was opened)"
+    );
+}
+
+#[test]
+fn compare_calls_a_rescaled_cropped_reencoded_photo_a_copy() {
+    let work = tempfile::tempdir().unwrap();
+    let images = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/catalogue/images");
+    let original = images.join("20343.jpg");
+    // What a copier does: crop to 80 % of each side off centre, scale by 0.7, flip, JPEG 70.
+    let photo = image::open(&original).unwrap().to_rgb8();
+    let (w, h) = photo.dimensions();
+    let cropped =
+        image::imageops::crop_imm(&photo, w / 10, h / 20, w * 4 / 5, h * 4 / 5).to_image();
+    let scaled = image::imageops::resize(
+        &cropped,
+        cropped.width() * 7 / 10,
+        cropped.height() * 7 / 10,
+        image::imageops::FilterType::Triangle,
+    );
+    let flipped = image::imageops::flip_horizontal(&scaled);
+    let copy = work.path().join("copy.jpg");
+    let mut bytes = Vec::new();
+    image::DynamicImage::ImageRgb8(flipped)
+        .write_with_encoder(image::codecs::jpeg::JpegEncoder::new_with_quality(
+            &mut bytes, 70,
+        ))
+        .unwrap();
+    std::fs::write(&copy, bytes).unwrap();
+    let a = original.display().to_string();
+    let b = copy.display().to_string();
+    let (code, out, err) = asen_in(work.path(), &["compare", &a, &b]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("verdict: copy: the same design (identity "),
+        "{out}"
     );
 }

@@ -185,6 +185,10 @@ pub struct ModelInfo {
     pub attributes: Vec<AttributeInfo>,
     /// Per-attribute match thresholds of the copy check, when calibrated.
     pub match_thresholds: Option<BTreeMap<String, f32>>,
+    /// The copy verdict's signature (searchable as the attribute `identity`): its size,
+    /// calibrated threshold and how it was calibrated; absent when the model has none.
+    #[schema(value_type = Object)]
+    pub copy_signature: Option<asen_models::CopySignatureSpec>,
     /// Where the weights came from.
     #[schema(value_type = Object)]
     pub provenance: serde_json::Value,
@@ -279,6 +283,10 @@ impl Service {
                 })
                 .collect(),
             match_thresholds: card.match_thresholds.clone(),
+            copy_signature: card
+                .copy_signature
+                .clone()
+                .filter(|_| model.embedder().signature().is_some()),
             provenance: serde_json::to_value(&card.provenance).unwrap_or_default(),
         })
     }

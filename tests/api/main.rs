@@ -19,5 +19,7 @@ mod explain;
 mod health;
 mod items;
 mod metrics;
+#[cfg(feature = "milvus")]
+mod milvus;
 mod process;
 mod search;

@@ -59,7 +59,8 @@ pub struct StoreArgs {
     /// Data directory of the local store [default: index.data_dir, ./asen-data].
     #[arg(long)]
     pub data: Option<PathBuf>,
-    /// Store: local [default: index.store, local].
+    /// Store: local, or milvus://HOST:PORT[?db=NAME&token=KEY] (milvus+tls:// for TLS; needs
+    /// the milvus feature) [default: index.store, local].
     #[arg(long)]
     pub store: Option<String>,
 }

@@ -187,7 +187,8 @@ impl Default for ModelConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct IndexConfig {
-    /// Which store: `local` (the embedded sled + HNSW store under `data_dir`).
+    /// Which store: `local` (the embedded sled + HNSW store under `data_dir`) or a Milvus URL,
+    /// `milvus://HOST:PORT[?db=..&token=..]` (`milvus+tls://` for TLS; feature `milvus`).
     pub store: String,
     /// Data directory of the local store.
     pub data_dir: PathBuf,
@@ -316,6 +317,9 @@ pub struct TrainSettings {
 pub enum StoreKind {
     /// The embedded store (sled + one HNSW graph per attribute) under `index.data_dir`.
     Local,
+    /// A Milvus server or cluster: `milvus://HOST:PORT` or `milvus+tls://HOST:PORT`, with
+    /// optional `?db=..&token=..&timeout_ms=..&flush=true` (needs the `milvus` feature).
+    Milvus(String),
 }
 
 impl std::str::FromStr for StoreKind {
@@ -324,8 +328,21 @@ impl std::str::FromStr for StoreKind {
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
             "local" => Ok(StoreKind::Local),
+            url if url.starts_with("milvus://") || url.starts_with("milvus+tls://") => {
+                if cfg!(feature = "milvus") {
+                    Ok(StoreKind::Milvus(url.to_string()))
+                } else {
+                    Err(
+                        "a milvus:// store needs asen built with the milvus feature \
+                         (this binary was built without the milvus feature: \
+                         cargo build --release --features milvus)"
+                            .into(),
+                    )
+                }
+            }
             other => Err(format!(
-                "{other:?} is not a store this build knows (expected \"local\")"
+                "{other:?} is not a store this build knows (expected \"local\" or \
+                 \"milvus://HOST:PORT\")"
             )),
         }
     }
@@ -829,6 +846,24 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("index.store"), "{e}");
+    }
+
+    #[test]
+    fn milvus_store_urls() {
+        let config = Config::load(
+            None,
+            env(&[("ASEN_INDEX__STORE", "milvus://127.0.0.1:19530?db=shop")]),
+            &Overrides::default(),
+        );
+        if cfg!(feature = "milvus") {
+            assert_eq!(
+                config.unwrap().store_kind().unwrap(),
+                StoreKind::Milvus("milvus://127.0.0.1:19530?db=shop".into())
+            );
+        } else {
+            let e = config.unwrap_err().to_string();
+            assert!(e.contains("built without the milvus feature"), "{e}");
+        }
     }
 
     #[test]

@@ -183,6 +183,14 @@ pub enum IndexError {
         /// What was wrong.
         detail: String,
     },
+    /// A remote backend (Milvus) failed, or answered what asen cannot read.
+    #[error("backend {operation} failed: {detail}")]
+    Backend {
+        /// What asen asked of it.
+        operation: String,
+        /// Its message.
+        detail: String,
+    },
     /// The graph library failed (dump, load).
     #[error("graph for attribute {attribute:?}: {detail}")]
     Graph {
@@ -220,6 +228,7 @@ impl IndexError {
             IndexError::Storage(_)
             | IndexError::Io { .. }
             | IndexError::Corrupt { .. }
+            | IndexError::Backend { .. }
             | IndexError::Graph { .. } => ErrorKind::Internal,
         }
     }

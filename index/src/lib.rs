@@ -42,16 +42,21 @@ mod error;
 mod filter;
 mod graph;
 mod local;
+#[cfg(feature = "milvus")]
+mod milvus;
 mod rescore;
 mod schema;
 mod store;
 mod types;
+mod validate;
 
 pub use error::{ErrorKind, IndexError, Result};
 pub use local::{
     ConsistencyReport, Durability, FilterStrategy, GraphRecovery, LocalStore, ProgressFn,
     RebuildProgress, StoreOptions, ThumbnailMigration,
 };
+#[cfg(feature = "milvus")]
+pub use milvus::{redact as redact_milvus_url, MilvusOptions, MilvusStore};
 pub use schema::{CatalogueSchema, HnswConfig, VectorStorage, MAX_ATTRIBUTES, MAX_DIMENSION};
 pub use store::CatalogueStore;
 pub use types::{

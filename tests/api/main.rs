@@ -22,5 +22,7 @@ mod health;
 mod items;
 mod kill;
 mod metrics;
+#[cfg(feature = "milvus")]
+mod milvus;
 mod process;
 mod search;

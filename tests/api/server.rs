@@ -98,9 +98,34 @@ impl TestServer {
         Some(Self::serve(shared, tempfile::tempdir().unwrap(), tweak))
     }
 
+    /// A server over the store `store` names (`index.store`, e.g. a `milvus://` URL);
+    /// `None` (after the skip notice) without the fixtures.
+    #[cfg_attr(not(feature = "milvus"), allow(dead_code))]
+    pub fn start_on(store: &str) -> Option<Self> {
+        let shared = shared()?;
+        Some(Self::serve_on(
+            shared,
+            tempfile::tempdir().unwrap(),
+            Some(store),
+            |_| {},
+        ))
+    }
+
     /// A server over the store in `data` (taken over: removed when the server is dropped).
     fn serve(shared: PathBuf, data: tempfile::TempDir, tweak: impl FnOnce(&mut Config)) -> Self {
+        Self::serve_on(shared, data, None, tweak)
+    }
+
+    fn serve_on(
+        shared: PathBuf,
+        data: tempfile::TempDir,
+        store: Option<&str>,
+        tweak: impl FnOnce(&mut Config),
+    ) -> Self {
         let mut config = config(data.path(), &shared);
+        if let Some(store) = store {
+            config.index.store = store.to_string();
+        }
         tweak(&mut config);
         let service = commands::open_service(
             &config,

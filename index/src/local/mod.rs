@@ -23,13 +23,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{IndexError, Result};
 use crate::graph::Graph;
-use crate::rescore::normalized;
 use crate::schema::CatalogueSchema;
 use crate::store::CatalogueStore;
 use crate::types::{
     AttributeStats, CatalogueInfo, CatalogueStats, FieldValues, Item, ItemId, ItemPage, Payload,
-    SearchRequest, SearchResults, StoredItem, WriteReceipt, MAX_BATCH_ITEMS, MAX_THUMBNAIL_BYTES,
+    SearchRequest, SearchResults, StoredItem, WriteReceipt, MAX_BATCH_ITEMS,
 };
+use crate::validate;
 pub use legacy_thumbnails::ThumbnailMigration;
 use records::{ItemRecord, VectorRecord};
 
@@ -301,23 +301,6 @@ impl std::fmt::Debug for LocalStore {
     }
 }
 
-fn validate_catalogue_name(name: &str) -> Result<()> {
-    let reason = if name.is_empty() || name.len() > 64 {
-        "must be 1..=64 bytes"
-    } else if !name
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-    {
-        "may contain only ascii letters, digits, '_' and '-'"
-    } else {
-        return Ok(());
-    };
-    Err(IndexError::InvalidCatalogueName {
-        name: name.chars().take(80).collect(),
-        reason: reason.into(),
-    })
-}
-
 impl LocalStore {
     /// Opens (or creates) a store in `dir`: sled under `dir/sled`, graph dumps under
     /// `dir/graphs`. Graph dumps are loaded and newer sled records replayed; a missing, stale
@@ -468,60 +451,11 @@ impl LocalStore {
 
     /// Validates a batch and turns it into records; nothing is written on error.
     fn prepare<'a>(&self, c: &Catalogue, items: &'a [Item]) -> Result<Vec<PreparedItem<'a>>> {
-        if items.len() > MAX_BATCH_ITEMS {
-            return Err(IndexError::BatchTooLarge {
-                got: items.len(),
-                limit: MAX_BATCH_ITEMS,
-            });
-        }
-        let schema = &c.schema;
+        validate::batch_len(items.len())?;
         items
             .iter()
             .map(|item| {
-                let id = item.id.as_str();
-                if item.vectors.is_empty() {
-                    return Err(IndexError::EmptyItem { id: id.to_string() });
-                }
-                let mut by_index: Vec<Option<Vec<f32>>> = vec![None; schema.attributes.len()];
-                for (attr, v) in &item.vectors {
-                    let a = schema.attribute_index(attr).ok_or_else(|| {
-                        IndexError::UnknownAttribute {
-                            catalogue: c.name.clone(),
-                            attribute: attr.chars().take(80).collect(),
-                        }
-                    })?;
-                    by_index[a] = Some(normalized(attr, v, schema.dimension)?);
-                }
-                let payload_bytes = serde_json::to_vec(&item.payload)
-                    .map(|b| b.len())
-                    .unwrap_or(usize::MAX);
-                if payload_bytes > schema.max_payload_bytes {
-                    return Err(IndexError::PayloadTooLarge {
-                        id: id.to_string(),
-                        bytes: payload_bytes,
-                        limit: schema.max_payload_bytes,
-                    });
-                }
-                if item.content_hash.as_ref().is_some_and(|h| h.len() > 1024) {
-                    return Err(IndexError::InvalidRequest {
-                        reason: format!("item {id:?}: content hash longer than 1024 bytes"),
-                    });
-                }
-                match item.thumbnail.as_deref() {
-                    Some(t) if t.len() > MAX_THUMBNAIL_BYTES => {
-                        return Err(IndexError::ThumbnailTooLarge {
-                            id: id.to_string(),
-                            bytes: t.len(),
-                            limit: MAX_THUMBNAIL_BYTES,
-                        });
-                    }
-                    Some([]) => {
-                        return Err(IndexError::InvalidRequest {
-                            reason: format!("item {id:?}: thumbnail is empty (use None for none)"),
-                        });
-                    }
-                    _ => {}
-                }
+                let by_index = validate::item(&c.name, &c.schema, item)?;
                 let mask = by_index
                     .iter()
                     .enumerate()
@@ -658,7 +592,7 @@ impl Drop for LocalStore {
 
 impl CatalogueStore for LocalStore {
     fn create_catalogue(&self, name: &str, schema: &CatalogueSchema) -> Result<()> {
-        validate_catalogue_name(name)?;
+        validate::catalogue_name(name)?;
         schema.validate()?;
         let _admin = lock(&self.admin);
         if read(&self.catalogues).contains_key(name) {

@@ -5,6 +5,8 @@ mod concurrency;
 mod conformance;
 mod data;
 mod filters;
+#[cfg(feature = "milvus")]
+mod milvus;
 mod persistence;
 mod properties;
 mod recall;

@@ -1,0 +1,84 @@
+//! Checks every backend applies before writing: catalogue names, batch sizes and items.
+
+use crate::error::{IndexError, Result};
+use crate::rescore::normalized;
+use crate::schema::CatalogueSchema;
+use crate::types::{Item, MAX_BATCH_ITEMS, MAX_THUMBNAIL_BYTES};
+
+/// A catalogue name: 1..=64 bytes of `[A-Za-z0-9_-]`.
+pub(crate) fn catalogue_name(name: &str) -> Result<()> {
+    let reason = if name.is_empty() || name.len() > 64 {
+        "must be 1..=64 bytes"
+    } else if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        "may contain only ascii letters, digits, '_' and '-'"
+    } else {
+        return Ok(());
+    };
+    Err(IndexError::InvalidCatalogueName {
+        name: name.chars().take(80).collect(),
+        reason: reason.into(),
+    })
+}
+
+/// A write batch of at most [`MAX_BATCH_ITEMS`].
+pub(crate) fn batch_len(len: usize) -> Result<()> {
+    if len > MAX_BATCH_ITEMS {
+        return Err(IndexError::BatchTooLarge {
+            got: len,
+            limit: MAX_BATCH_ITEMS,
+        });
+    }
+    Ok(())
+}
+
+/// Checks one item against its catalogue's schema (attributes, vectors, payload size, content
+/// hash, thumbnail) and returns its unit vectors by attribute index.
+pub(crate) fn item(
+    catalogue: &str,
+    schema: &CatalogueSchema,
+    item: &Item,
+) -> Result<Vec<Option<Vec<f32>>>> {
+    let id = item.id.as_str();
+    if item.vectors.is_empty() {
+        return Err(IndexError::EmptyItem { id: id.to_string() });
+    }
+    let mut by_index: Vec<Option<Vec<f32>>> = vec![None; schema.attributes.len()];
+    for (attr, v) in &item.vectors {
+        let a = schema
+            .attribute_index(attr)
+            .ok_or_else(|| IndexError::UnknownAttribute {
+                catalogue: catalogue.to_string(),
+                attribute: attr.chars().take(80).collect(),
+            })?;
+        by_index[a] = Some(normalized(attr, v, schema.dimension)?);
+    }
+    let payload_bytes = serde_json::to_vec(&item.payload)
+        .map(|b| b.len())
+        .unwrap_or(usize::MAX);
+    if payload_bytes > schema.max_payload_bytes {
+        return Err(IndexError::PayloadTooLarge {
+            id: id.to_string(),
+            bytes: payload_bytes,
+            limit: schema.max_payload_bytes,
+        });
+    }
+    if item.content_hash.as_ref().is_some_and(|h| h.len() > 1024) {
+        return Err(IndexError::InvalidRequest {
+            reason: format!("item {id:?}: content hash longer than 1024 bytes"),
+        });
+    }
+    match item.thumbnail.as_deref() {
+        Some(t) if t.len() > MAX_THUMBNAIL_BYTES => Err(IndexError::ThumbnailTooLarge {
+            id: id.to_string(),
+            bytes: t.len(),
+            limit: MAX_THUMBNAIL_BYTES,
+        }),
+        Some([]) => Err(IndexError::InvalidRequest {
+            reason: format!("item {id:?}: thumbnail is empty (use None for none)"),
+        }),
+        _ => Ok(by_index),
+    }
+}

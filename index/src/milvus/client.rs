@@ -285,6 +285,8 @@ impl Client {
     }
 
     /// The `limit` rows nearest `vector` by inner product under `filter`, with their scores.
+    // One argument per field of the SDK's search request.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn search(
         &self,
         collection: &str,

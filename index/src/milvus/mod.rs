@@ -406,7 +406,7 @@ impl CatalogueStore for MilvusStore {
             self.client.upsert(&c.names.thumbnails, rows.to_vec())?;
         }
         // 2. Vectors, one collection per attribute; an attribute the item no longer has goes.
-        for a in 0..c.schema.attributes.len() {
+        for (a, _) in c.schema.attributes.iter().enumerate() {
             let mut rows = Vec::new();
             let mut gone = Vec::new();
             for &i in &order {

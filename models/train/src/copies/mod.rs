@@ -198,6 +198,7 @@ pub fn fit_copy_signature(
 
 /// Score `n` pairs of `split` (copies made by `recipe`) with the embedder's signature, at
 /// its card threshold.
+#[allow(clippy::too_many_arguments)]
 pub fn evaluate_copies(
     embedder: &Embedder,
     dataset: &Dataset,
@@ -293,7 +294,7 @@ fn pooled_images(
     what: &str,
     progress: CopyProgress,
 ) -> Result<Tensor> {
-    let cfg = embedder.preprocess_config().clone();
+    let cfg = *embedder.preprocess_config();
     let batch = 32;
     let mut rows = Vec::with_capacity(indices.len());
     for (b, chunk) in indices.chunks(batch).enumerate() {

@@ -1,8 +1,9 @@
-//! Checks every backend applies before writing: catalogue names, batch sizes and items.
+//! Checks every backend applies before writing (catalogue names, batch sizes and items) and
+//! before searching (attribute names and weights).
 
 use crate::error::{IndexError, Result};
 use crate::rescore::normalized;
-use crate::schema::CatalogueSchema;
+use crate::schema::{CatalogueSchema, MAX_ATTRIBUTES};
 use crate::types::{Item, MAX_BATCH_ITEMS, MAX_THUMBNAIL_BYTES};
 
 /// A catalogue name: 1..=64 bytes of `[A-Za-z0-9_-]`.
@@ -81,4 +82,48 @@ pub(crate) fn item(
         }),
         _ => Ok(by_index),
     }
+}
+
+/// Position of `attribute` in catalogue `catalogue`'s schema, or `UnknownAttribute`.
+pub(crate) fn attribute_index(
+    catalogue: &str,
+    schema: &CatalogueSchema,
+    attribute: &str,
+) -> Result<usize> {
+    schema
+        .attribute_index(attribute)
+        .ok_or_else(|| IndexError::UnknownAttribute {
+            catalogue: catalogue.to_string(),
+            attribute: attribute.chars().take(80).collect(),
+        })
+}
+
+/// A weighted query's (attribute index, weight) pairs: known attributes, each once, finite
+/// positive weights, at least one and at most [`MAX_ATTRIBUTES`].
+pub(crate) fn weights<'a>(
+    catalogue: &str,
+    schema: &CatalogueSchema,
+    ws: impl Iterator<Item = (&'a str, f32)>,
+) -> Result<Vec<(usize, f32)>> {
+    let invalid = |reason: String| IndexError::InvalidRequest { reason };
+    let mut out: Vec<(usize, f32)> = Vec::new();
+    for (name, w) in ws {
+        let a = attribute_index(catalogue, schema, name)?;
+        if !w.is_finite() || w <= 0.0 {
+            return Err(invalid(format!(
+                "weight {w} of attribute {name:?} must be finite and > 0"
+            )));
+        }
+        if out.iter().any(|(b, _)| *b == a) {
+            return Err(invalid(format!("attribute {name:?} is given twice")));
+        }
+        out.push((a, w));
+    }
+    if out.is_empty() {
+        return Err(invalid("the query names no attribute".into()));
+    }
+    if out.len() > MAX_ATTRIBUTES {
+        return Err(invalid("too many attributes".into()));
+    }
+    Ok(out)
 }

@@ -11,7 +11,6 @@ use crate::distance::dot;
 use crate::error::{IndexError, Result};
 use crate::filter;
 use crate::rescore::{average_vector, group_hits, normalized};
-use crate::schema::MAX_ATTRIBUTES;
 use crate::types::{
     AttributeWeight, Filter, Hit, HitGroup, ItemId, Query, SearchRequest, SearchResults, MAX_K,
 };
@@ -340,38 +339,14 @@ fn resolve_names<'a>(c: &'a Catalogue, req: &SearchRequest) -> Vec<&'a String> {
 }
 
 fn attribute_index(c: &Catalogue, attribute: &str) -> Result<usize> {
-    c.schema
-        .attribute_index(attribute)
-        .ok_or_else(|| IndexError::UnknownAttribute {
-            catalogue: c.name.clone(),
-            attribute: attribute.chars().take(80).collect(),
-        })
+    crate::validate::attribute_index(&c.name, &c.schema, attribute)
 }
 
 fn check_weights<'a>(
     c: &Catalogue,
     ws: impl Iterator<Item = (&'a str, f32)>,
 ) -> Result<Vec<(usize, f32)>> {
-    let mut out: Vec<(usize, f32)> = Vec::new();
-    for (name, w) in ws {
-        let a = attribute_index(c, name)?;
-        if !w.is_finite() || w <= 0.0 {
-            return Err(invalid(format!(
-                "weight {w} of attribute {name:?} must be finite and > 0"
-            )));
-        }
-        if out.iter().any(|(b, _)| *b == a) {
-            return Err(invalid(format!("attribute {name:?} is given twice")));
-        }
-        out.push((a, w));
-    }
-    if out.is_empty() {
-        return Err(invalid("the query names no attribute".into()));
-    }
-    if out.len() > MAX_ATTRIBUTES {
-        return Err(invalid("too many attributes".into()));
-    }
-    Ok(out)
+    crate::validate::weights(&c.name, &c.schema, ws)
 }
 
 /// An item's internal id and vectors, for queries by stored item.

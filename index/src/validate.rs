@@ -1,10 +1,11 @@
 //! Checks every backend applies before writing (catalogue names, batch sizes and items) and
-//! before searching (attribute names and weights).
+//! before searching (the request's bounds, attribute names and weights).
 
 use crate::error::{IndexError, Result};
+use crate::filter;
 use crate::rescore::normalized;
 use crate::schema::{CatalogueSchema, MAX_ATTRIBUTES};
-use crate::types::{Item, MAX_BATCH_ITEMS, MAX_THUMBNAIL_BYTES};
+use crate::types::{Item, SearchRequest, MAX_BATCH_ITEMS, MAX_K, MAX_THUMBNAIL_BYTES};
 
 /// A catalogue name: 1..=64 bytes of `[A-Za-z0-9_-]`.
 pub(crate) fn catalogue_name(name: &str) -> Result<()> {
@@ -126,4 +127,41 @@ pub(crate) fn weights<'a>(
         return Err(invalid("too many attributes".into()));
     }
     Ok(out)
+}
+
+/// Largest `ef_search` a request may ask for.
+pub(crate) const MAX_EF: usize = 10_000;
+
+/// A search request's bounds (k, ef_search, score_threshold, group_by, filter); returns the
+/// `ef_search` to use (the schema's when the request gives none).
+pub(crate) fn search_request(schema: &CatalogueSchema, req: &SearchRequest) -> Result<usize> {
+    let invalid = |reason: String| IndexError::InvalidRequest { reason };
+    if req.k == 0 || req.k > MAX_K {
+        return Err(IndexError::InvalidK {
+            k: req.k,
+            max: MAX_K,
+        });
+    }
+    let ef = req.ef_search.unwrap_or(schema.hnsw.ef_search);
+    if ef == 0 || ef > MAX_EF {
+        return Err(invalid(format!("ef_search = {ef} is outside 1..={MAX_EF}")));
+    }
+    if req.score_threshold.is_some_and(|t| !t.is_finite()) {
+        return Err(invalid("score_threshold is not finite".into()));
+    }
+    if let Some(g) = &req.group_by {
+        if g.field.is_empty() {
+            return Err(invalid("group_by field is empty".into()));
+        }
+        if g.group_size == 0 || g.group_size > MAX_K {
+            return Err(invalid(format!(
+                "group_size = {} is outside 1..={MAX_K}",
+                g.group_size
+            )));
+        }
+    }
+    if let Some(f) = &req.filter {
+        filter::validate(f)?;
+    }
+    Ok(ef)
 }

@@ -337,18 +337,6 @@ pub fn copies(svc: &Service, catalogue: &str, query: &CopiesQuery) -> Result<Vec
     }
 }
 
-/// The query's vectors for `attributes`: embedded for an image, stored for an item.
-fn query_vectors(
-    svc: &Service,
-    query: &CopiesQuery,
-    attributes: &[String],
-) -> Result<BTreeMap<String, Vec<f32>>> {
-    match &query.subject {
-        Subject::Image(bytes) => svc.embed_one(bytes, "of the query", attributes),
-        Subject::Item { catalogue, id } => svc.item_vectors(catalogue, id),
-    }
-}
-
 /// The search for one attribute: by vector for an image, by the stored item otherwise (which
 /// excludes the item itself).
 fn attribute_query(
@@ -408,7 +396,7 @@ fn copies_by_verdict(
 ) -> Result<Vec<CopyHit>> {
     let mut wanted = design_points.to_vec();
     wanted.push(IDENTITY_ATTRIBUTE.to_string());
-    let vectors = query_vectors(svc, query, &wanted)?;
+    let vectors = vectors(svc, &query.subject, "of the query", &wanted)?;
     let Some(core) = attribute_query(query, IDENTITY_ATTRIBUTE, &vectors) else {
         return Ok(Vec::new());
     };
@@ -465,7 +453,7 @@ fn copies_by_design_points(
     threshold_of: &dyn Fn(&str) -> Result<f32>,
 ) -> Result<Vec<CopyHit>> {
     let vectors = match &query.subject {
-        Subject::Image(_) => query_vectors(svc, query, design_points)?,
+        Subject::Image(_) => vectors(svc, &query.subject, "of the query", design_points)?,
         Subject::Item { .. } => BTreeMap::new(),
     };
     let mut found: BTreeMap<ItemId, CopyHit> = BTreeMap::new();

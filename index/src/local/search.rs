@@ -12,11 +12,10 @@ use crate::error::{IndexError, Result};
 use crate::filter;
 use crate::rescore::{average_vector, group_hits, normalized};
 use crate::types::{
-    AttributeWeight, Filter, Hit, HitGroup, ItemId, Query, SearchRequest, SearchResults, MAX_K,
+    AttributeWeight, Filter, Hit, HitGroup, ItemId, Query, SearchRequest, SearchResults,
 };
 
-/// Largest `ef_search` a request may ask for.
-const MAX_EF: usize = 10_000;
+use crate::validate::MAX_EF;
 /// Shortlist multiplier for f16 and int8 graphs, whose scores are rescored exactly.
 const COMPRESSED_OVERSAMPLE: usize = 2;
 
@@ -44,35 +43,7 @@ pub(crate) fn search(
     req: &SearchRequest,
     options: &StoreOptions,
 ) -> Result<SearchResults> {
-    if req.k == 0 || req.k > MAX_K {
-        return Err(IndexError::InvalidK {
-            k: req.k,
-            max: MAX_K,
-        });
-    }
-    let ef = req.ef_search.unwrap_or(c.schema.hnsw.ef_search);
-    if ef == 0 || ef > MAX_EF {
-        return Err(invalid(format!("ef_search = {ef} is outside 1..={MAX_EF}")));
-    }
-    if let Some(t) = req.score_threshold {
-        if !t.is_finite() {
-            return Err(invalid("score_threshold is not finite".into()));
-        }
-    }
-    if let Some(g) = &req.group_by {
-        if g.field.is_empty() {
-            return Err(invalid("group_by field is empty".into()));
-        }
-        if g.group_size == 0 || g.group_size > MAX_K {
-            return Err(invalid(format!(
-                "group_size = {} is outside 1..={MAX_K}",
-                g.group_size
-            )));
-        }
-    }
-    if let Some(f) = &req.filter {
-        filter::validate(f)?;
-    }
+    let ef = crate::validate::search_request(&c.schema, req)?;
     let plan = resolve(c, &req.query)?;
     let need = req.k;
     let per_group = req.group_by.as_ref().map_or(1, |g| g.group_size);

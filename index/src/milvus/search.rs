@@ -15,11 +15,8 @@ use crate::error::{IndexError, Result};
 use crate::filter;
 use crate::rescore::{average_vector, group_hits, normalized};
 use crate::types::{
-    AttributeWeight, Hit, HitGroup, ItemId, Payload, Query, SearchRequest, SearchResults, MAX_K,
+    AttributeWeight, Hit, HitGroup, ItemId, Payload, Query, SearchRequest, SearchResults,
 };
-
-/// Largest `ef_search` a request may ask for (as on the local store).
-const MAX_EF: usize = 10_000;
 
 struct Part {
     attribute: usize,
@@ -38,33 +35,7 @@ pub(super) fn search(
     c: &Catalogue,
     req: &SearchRequest,
 ) -> Result<SearchResults> {
-    if req.k == 0 || req.k > MAX_K {
-        return Err(IndexError::InvalidK {
-            k: req.k,
-            max: MAX_K,
-        });
-    }
-    let ef = req.ef_search.unwrap_or(c.schema.hnsw.ef_search);
-    if ef == 0 || ef > MAX_EF {
-        return Err(invalid(format!("ef_search = {ef} is outside 1..={MAX_EF}")));
-    }
-    if req.score_threshold.is_some_and(|t| !t.is_finite()) {
-        return Err(invalid("score_threshold is not finite".into()));
-    }
-    if let Some(g) = &req.group_by {
-        if g.field.is_empty() {
-            return Err(invalid("group_by field is empty".into()));
-        }
-        if g.group_size == 0 || g.group_size > MAX_K {
-            return Err(invalid(format!(
-                "group_size = {} is outside 1..={MAX_K}",
-                g.group_size
-            )));
-        }
-    }
-    if let Some(f) = &req.filter {
-        filter::validate(f)?;
-    }
+    let ef = crate::validate::search_request(&c.schema, req)?;
     let (parts, exclude) = resolve(store, c, &req.query)?;
     let pushed = req
         .filter

@@ -13,8 +13,6 @@ mod fit;
 mod pairs;
 mod transform;
 
-use std::path::Path;
-
 use candle_core::Tensor;
 use image::RgbImage;
 use rand::SeedableRng;
@@ -23,10 +21,11 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use asen_models::{
-    decode_image, resize_and_crop, CopySignature, CopySignatureSpec, Embedder, ModelError, Result,
+    resize_and_crop, CopySignature, CopySignatureSpec, Embedder, ModelError, Result,
 };
 
 use crate::data::{Dataset, Split};
+use crate::features::read_image;
 
 pub use fit::{fit_projection, flagged_share, roc_auc, youden_threshold, FitConfig};
 pub use pairs::{look_alike_pairs, CopyPair};
@@ -327,9 +326,4 @@ fn pooled_images(
         return Err(ModelError::InvalidArgument(format!("{what}: no images")));
     }
     Ok(Tensor::cat(&rows, 0)?)
-}
-
-fn read_image(path: &Path, cfg: &asen_models::PreprocessConfig) -> Result<RgbImage> {
-    let bytes = std::fs::read(path).map_err(|e| ModelError::io(path, e))?;
-    decode_image(&bytes, cfg).map_err(|e| e.with_source_name(path.display().to_string()))
 }

@@ -24,10 +24,13 @@ pub struct BadImage {
 
 /// Read, decode, resize and crop one dataset image.
 pub fn load_crop(path: &Path, cfg: &PreprocessConfig) -> Result<RgbImage> {
+    Ok(resize_and_crop(&read_image(path, cfg)?, cfg.size))
+}
+
+/// Read and decode an image file under `cfg`'s limits (errors name the file).
+pub(crate) fn read_image(path: &Path, cfg: &PreprocessConfig) -> Result<RgbImage> {
     let bytes = std::fs::read(path).map_err(|e| ModelError::io(path, e))?;
-    let image =
-        decode_image(&bytes, cfg).map_err(|e| e.with_source_name(path.display().to_string()))?;
-    Ok(resize_and_crop(&image, cfg.size))
+    decode_image(&bytes, cfg).map_err(|e| e.with_source_name(path.display().to_string()))
 }
 
 /// Read, decode, resize and crop the dataset images `indices` in parallel,

@@ -9,5 +9,5 @@ mod images;
 
 pub use cache::{CacheKey, FeatureCache};
 pub use extract::{dataset_features, without_images, DatasetFeatures, FeatureOptions};
-pub(crate) use images::load_crops;
 pub use images::{load_crop, unusable_images, BadImage};
+pub(crate) use images::{load_crops, read_image};

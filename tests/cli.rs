@@ -787,3 +787,26 @@ fn ingest_outside_the_root_still_reads_only_bounded_regular_files() {
         "{report}"
     );
 }
+
+/// A catalogue ingested with one model refuses an ingest with another: exit 2, one line
+/// naming both fingerprints, nothing written.
+#[test]
+fn ingest_with_another_model_than_the_catalogues_exits_2_naming_both() {
+    let Some(shared) = shared_dir() else { return };
+    let (work, csv, _) = catalogue_fixture(&shared, 2);
+    let csv = csv.display().to_string();
+    let golden = golden_model(&shared);
+    let first = asen(&ingest_args(&csv, &golden, &[]), work.path());
+    assert!(first.status.success(), "{}", stderr(&first));
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/default");
+    let second = asen(
+        &ingest_args(&csv, &shipped.display().to_string(), &[]),
+        work.path(),
+    );
+    assert_eq!(second.status.code(), Some(2), "{}", stderr(&second));
+    let err = stderr(&second);
+    let fingerprint = |p: &Path| asen::service::models::fingerprint_files(p).unwrap();
+    assert!(err.contains(&fingerprint(Path::new(&golden))), "{err}");
+    assert!(err.contains(&fingerprint(&shipped)), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}

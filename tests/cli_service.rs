@@ -154,7 +154,11 @@ fn search_by_item_loads_no_model() {
         ],
     );
     assert_eq!(code, 0, "{err}");
-    assert_eq!(out.lines().count(), 4, "header, rule, 2 hits: {out}");
+    assert_eq!(out.lines().count(), 5, "header, rule, 2 hits, model: {out}");
+    assert!(
+        out.lines().last().unwrap().starts_with("model: "),
+        "the catalogue's model is named: {out}"
+    );
     // An image query needs it, and says which one is missing.
     let image =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/catalogue/images/20343.jpg");

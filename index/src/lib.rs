@@ -57,7 +57,10 @@ pub use local::{
 };
 #[cfg(feature = "milvus")]
 pub use milvus::{redact as redact_milvus_url, MilvusOptions, MilvusStore};
-pub use schema::{CatalogueSchema, HnswConfig, VectorStorage, MAX_ATTRIBUTES, MAX_DIMENSION};
+pub use schema::{
+    CatalogueSchema, HnswConfig, Migration, ModelRecord, SchemaChange, StagedAttribute,
+    VectorStorage, MAX_ATTRIBUTES, MAX_DIMENSION,
+};
 pub use store::CatalogueStore;
 pub use types::{
     AttributeStats, AttributeWeight, CatalogueInfo, CatalogueStats, FieldValue, FieldValues,

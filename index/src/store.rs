@@ -1,7 +1,7 @@
 //! The backend-neutral storage trait the service holds as `Arc<dyn CatalogueStore>`.
 
 use crate::error::Result;
-use crate::schema::CatalogueSchema;
+use crate::schema::{CatalogueSchema, SchemaChange};
 use crate::types::{
     CatalogueInfo, CatalogueStats, FieldValues, Item, ItemId, ItemPage, SearchRequest,
     SearchResults, StoredItem, WriteReceipt,
@@ -25,6 +25,28 @@ pub trait CatalogueStore: Send + Sync {
 
     /// One catalogue's schema.
     fn schema(&self, catalogue: &str) -> Result<CatalogueSchema>;
+
+    /// Changes a catalogue's schema in place and returns the new one: the `changes` apply in
+    /// order, all or none ([`CatalogueSchema::altered`] checks them). A dropped attribute's
+    /// graph and every item's vector for it are removed; an added one starts with no
+    /// vectors; a renamed one keeps its vectors and graph; every other attribute's vectors
+    /// stay bit-identical. Searches and writes that run meanwhile see the schema before or
+    /// after, never a mix.
+    fn alter_catalogue(&self, catalogue: &str, changes: &[SchemaChange])
+        -> Result<CatalogueSchema>;
+
+    /// Gives existing items a vector for `attribute`, which they lack (an attribute added
+    /// by [`CatalogueStore::alter_catalogue`], or one an item was stored without). Ids that
+    /// are absent, or whose item already has the attribute, are skipped and not counted in
+    /// `affected`; payloads, thumbnails and the other vectors are untouched. The batch is
+    /// checked first (at most [`crate::MAX_BATCH_ITEMS`], each id once, vectors of the
+    /// schema's dimension): on error nothing is written.
+    fn fill_attribute(
+        &self,
+        catalogue: &str,
+        attribute: &str,
+        vectors: &[(ItemId, Vec<f32>)],
+    ) -> Result<WriteReceipt>;
 
     /// Inserts or replaces items. The whole batch is validated first: on any error nothing is
     /// written. When the receipt says `durable`, the batch survives a crash. Each item's

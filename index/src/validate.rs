@@ -5,7 +5,7 @@ use crate::error::{IndexError, Result};
 use crate::filter;
 use crate::rescore::normalized;
 use crate::schema::{CatalogueSchema, MAX_ATTRIBUTES};
-use crate::types::{Item, SearchRequest, MAX_BATCH_ITEMS, MAX_K, MAX_THUMBNAIL_BYTES};
+use crate::types::{Item, ItemId, SearchRequest, MAX_BATCH_ITEMS, MAX_K, MAX_THUMBNAIL_BYTES};
 
 /// A catalogue name: 1..=64 bytes of `[A-Za-z0-9_-]`.
 pub(crate) fn catalogue_name(name: &str) -> Result<()> {
@@ -83,6 +83,32 @@ pub(crate) fn item(
         }),
         _ => Ok(by_index),
     }
+}
+
+/// Item ids with unit vectors for one attribute.
+pub(crate) type Fill = Vec<(ItemId, Vec<f32>)>;
+
+/// Checks a [`crate::CatalogueStore::fill_attribute`] batch: the attribute's position, and
+/// the vectors normalised; at most [`MAX_BATCH_ITEMS`], each id once.
+pub(crate) fn fill(
+    catalogue: &str,
+    schema: &CatalogueSchema,
+    attribute: &str,
+    vectors: &[(ItemId, Vec<f32>)],
+) -> Result<(usize, Fill)> {
+    batch_len(vectors.len())?;
+    let a = attribute_index(catalogue, schema, attribute)?;
+    let mut seen = std::collections::HashSet::with_capacity(vectors.len());
+    let mut out = Vec::with_capacity(vectors.len());
+    for (id, v) in vectors {
+        if !seen.insert(id.as_str()) {
+            return Err(IndexError::InvalidRequest {
+                reason: format!("item {:?} is listed twice in one fill", id.as_str()),
+            });
+        }
+        out.push((id.clone(), normalized(attribute, v, schema.dimension)?));
+    }
+    Ok((a, out))
 }
 
 /// Position of `attribute` in catalogue `catalogue`'s schema, or `UnknownAttribute`.

@@ -10,6 +10,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::error::ApiError;
+use crate::service::Answer;
 
 /// A successful answer.
 #[derive(Debug, Serialize)]
@@ -20,14 +21,28 @@ pub struct Envelope<T> {
     pub status: &'static str,
     /// Seconds spent in the handler.
     pub time: f64,
+    /// Fingerprint of the model the answer was computed with (searches, compare, explain);
+    /// absent from answers no model is involved in.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
 }
 
 /// Wrap `result` with the time elapsed since `started`.
 pub fn ok<T: Serialize>(result: T, started: Instant) -> Response {
+    envelope(result, None, started)
+}
+
+/// Wrap a service [`Answer`] with the time elapsed since `started` and its model.
+pub fn ok_answer<T: Serialize>(answer: Answer<T>, started: Instant) -> Response {
+    envelope(answer.value, answer.model, started)
+}
+
+fn envelope<T: Serialize>(result: T, model: Option<String>, started: Instant) -> Response {
     axum::Json(Envelope {
         result,
         status: "ok",
         time: started.elapsed().as_secs_f64(),
+        model,
     })
     .into_response()
 }

@@ -124,7 +124,9 @@ impl ApiError {
                 ServiceError::ItemNotFound { .. } => StatusCode::NOT_FOUND,
                 ServiceError::Uncalibrated => StatusCode::UNPROCESSABLE_ENTITY,
                 ServiceError::Thumbnail(_) => StatusCode::INTERNAL_SERVER_ERROR,
-                ServiceError::NoThumbnail { .. } => StatusCode::CONFLICT,
+                ServiceError::NoThumbnail { .. }
+                | ServiceError::ModelMismatch { .. }
+                | ServiceError::MixedModels { .. } => StatusCode::CONFLICT,
                 ServiceError::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
                 // A deployment without the part the request needs: not the client's fault.
                 ServiceError::NoModel { .. } | ServiceError::NoStore { .. } => {

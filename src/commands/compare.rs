@@ -22,7 +22,7 @@ pub fn run(args: CompareArgs, config: &Config) -> anyhow::Result<()> {
             model: true,
         },
     )?;
-    let result = compare::compare(&svc, &a, &b, &args.attributes).map_err(|e| match e {
+    let answer = compare::compare(&svc, &a, &b, &args.attributes).map_err(|e| match e {
         crate::service::ServiceError::Model(m) => anyhow::Error::new(m).context(format!(
             "comparing {} and {}",
             args.a.display(),
@@ -30,6 +30,7 @@ pub fn run(args: CompareArgs, config: &Config) -> anyhow::Result<()> {
         )),
         other => anyhow::Error::new(other),
     })?;
+    let result = answer.value;
     let mut rows = vec![vec![
         "attribute".to_string(),
         "similarity".to_string(),
@@ -51,5 +52,8 @@ pub fn run(args: CompareArgs, config: &Config) -> anyhow::Result<()> {
     print!("{}", super::search::table(&rows));
     println!("\nverdict: {}", result.verdict);
     println!("thresholds: {}", result.thresholds_source);
+    if let Some(model) = answer.model {
+        println!("model: {model}");
+    }
     Ok(())
 }

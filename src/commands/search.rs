@@ -46,7 +46,8 @@ pub fn run(args: SearchArgs, config: &Config) -> anyhow::Result<()> {
     query.attributes = attributes;
     query.rerank_by = args.rerank_by.clone();
     query.with_payload = !args.show.is_empty();
-    let hits = search::search(&svc, &args.catalogue, &query)?.into_hits();
+    let answer = search::search(&svc, &args.catalogue, &query)?;
+    let hits = answer.value.into_hits();
     let mut score_columns: Vec<String> = query.attributes.iter().map(|(a, _)| a.clone()).collect();
     if let Some(r) = &args.rerank_by {
         if !score_columns.contains(r) {
@@ -86,6 +87,10 @@ pub fn run(args: SearchArgs, config: &Config) -> anyhow::Result<()> {
     if hits.is_empty() {
         println!("(no hits)");
     }
+    println!(
+        "model: {}",
+        answer.model.as_deref().unwrap_or("not recorded")
+    );
     Ok(())
 }
 

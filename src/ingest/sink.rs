@@ -4,12 +4,13 @@
 //! there. Either way the content hash, the attribute order and the thumbnails are the
 //! service's.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use asen_index::{ErrorKind, ItemId, Payload};
 
 use crate::service::items::{self, NewItem, PreparedItem};
-use crate::service::{catalogues, Service, ServiceError};
+use crate::service::{catalogues, Model, Service, ServiceError};
 
 /// What a write did.
 #[derive(Debug, Clone, PartialEq)]
@@ -63,6 +64,9 @@ pub trait Sink: Sync {
 pub struct LocalSink {
     service: Service,
     batch_size: usize,
+    /// The model of the catalogue being ingested, found by `ensure_catalogue`: items are
+    /// cropped to its input size and embedded by it.
+    model: std::sync::OnceLock<Arc<Model>>,
 }
 
 impl LocalSink {
@@ -71,6 +75,7 @@ impl LocalSink {
         Self {
             service,
             batch_size: batch_size.max(1),
+            model: std::sync::OnceLock::new(),
         }
     }
 }
@@ -91,6 +96,9 @@ impl Sink for LocalSink {
         if catalogues::ensure(&self.service, catalogue)? {
             tracing::info!(catalogue, "catalogue created from the model card");
         }
+        let model = self.service.catalogue_model(catalogue, "ingesting")?;
+        // One catalogue per run: a second call finds the model already set.
+        let _ = self.model.set(Arc::clone(model));
         Ok(())
     }
 
@@ -116,8 +124,12 @@ impl Sink for LocalSink {
     }
 
     fn prepare(&self, item: NewItem) -> Result<PreparedItem, String> {
+        let model = self
+            .model
+            .get()
+            .ok_or("ingestion did not check the catalogue before reading images")?;
         // The model's message already says what failed ("cannot decode image: ...").
-        items::prepare(&self.service, item).map_err(|e| e.to_string())
+        items::prepare(&self.service, model, item).map_err(|e| e.to_string())
     }
 
     fn write(&self, catalogue: &str, batch: &[PreparedItem]) -> anyhow::Result<WriteOutcome> {

@@ -32,10 +32,12 @@ pub struct CatalogueDetails {
     pub stats: CatalogueStats,
 }
 
-/// Create `name` with the model's dimension and the chosen attributes.
+/// Create `name` with the default model's dimension and the chosen attributes, recording
+/// the model (fingerprint, backbone, attributes, input size) in its schema.
 #[tracing::instrument(skip_all, fields(catalogue = name))]
 pub fn create(svc: &Service, name: &str, spec: &NewCatalogue) -> Result<CatalogueDetails> {
-    let embedder = svc.model("creating a catalogue")?.embedder();
+    let model = svc.model("creating a catalogue")?;
+    let embedder = model.embedder();
     let card = embedder.card();
     let attributes = match &spec.attributes {
         Some(list) if list.is_empty() => {
@@ -52,7 +54,8 @@ pub fn create(svc: &Service, name: &str, spec: &NewCatalogue) -> Result<Catalogu
         None => embedder.attribute_names(),
     };
     let schema = CatalogueSchema::new(attributes, card.embedding_dim)
-        .with_hnsw(spec.hnsw.unwrap_or(svc.hnsw));
+        .with_hnsw(spec.hnsw.unwrap_or(svc.hnsw))
+        .with_model(model.record());
     svc.store("creating a catalogue")?
         .create_catalogue(name, &schema)?;
     info!(
@@ -95,14 +98,17 @@ pub fn drop(svc: &Service, name: &str) -> Result<()> {
 /// Create `name` with every attribute of the model if it is missing, or check that the
 /// existing catalogue has exactly the model's attributes and dimension (bulk ingestion).
 /// A catalogue built before the model had its copy signature (every attribute but
-/// `identity`) is accepted: its items are written without the identity vector.
+/// `identity`) is accepted: its items are written without the identity vector. A catalogue
+/// recorded as built by another model is refused ([`ServiceError::ModelMismatch`]).
 /// Whether it was created.
 pub fn ensure(svc: &Service, name: &str) -> Result<bool> {
-    let embedder = svc.model("ingesting")?.embedder();
-    let card = embedder.card();
-    let attributes = embedder.attribute_names();
+    let models = svc.models("ingesting")?;
     match svc.store("ingesting")?.schema(name) {
         Ok(schema) => {
+            let model = models.for_catalogue(name, schema.model.as_ref())?;
+            let embedder = model.embedder();
+            let card = embedder.card();
+            let attributes = embedder.attribute_names();
             let design_points = card.attribute_names();
             let known = schema.attributes == attributes || schema.attributes == design_points;
             if !known || schema.dimension != card.embedding_dim {

@@ -8,12 +8,13 @@
 //! `copy_signature.threshold`.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use asen_index::{AttributeWeight, Filter, ItemId, Payload, Query, SearchRequest, MAX_K};
 use asen_models::IDENTITY_ATTRIBUTE;
 use serde::Serialize;
 
-use super::{cosine, Result, Service, ServiceError};
+use super::{cosine, Answer, Model, Result, Service, ServiceError};
 
 /// One side of a comparison.
 #[derive(Debug, Clone)]
@@ -151,10 +152,7 @@ pub fn decide(
     }
 }
 
-fn thresholds_source(svc: &Service) -> String {
-    let Ok(model) = svc.model("the copy check") else {
-        return "none (no model)".to_string();
-    };
+fn thresholds_source(model: &Model) -> String {
     let p = &model.embedder().card().provenance;
     let mut s =
         "model card match_thresholds, calibrated on validation pairs by the model's trainer"
@@ -168,25 +166,55 @@ fn thresholds_source(svc: &Service) -> String {
 
 fn vectors(
     svc: &Service,
+    model: &Model,
     subject: &Subject,
     label: &str,
     attributes: &[String],
 ) -> Result<BTreeMap<String, Vec<f32>>> {
     match subject {
-        Subject::Image(bytes) => svc.embed_one(bytes, label, attributes),
+        Subject::Image(bytes) => svc.embed_one(model, bytes, label, attributes),
         Subject::Item { catalogue, id } => svc.item_vectors(catalogue, id),
     }
 }
 
-/// Compare two subjects on `attributes` (all of the model's when empty).
+/// The model a comparison runs with: the model of the catalogue its stored items come from
+/// (both the same, else [`ServiceError::MixedModels`]), or the default for two images.
+fn comparison_model<'s>(svc: &'s Service, a: &Subject, b: &Subject) -> Result<&'s Arc<Model>> {
+    let of = |s: &Subject| match s {
+        Subject::Item { catalogue, .. } => svc
+            .catalogue_model(catalogue, "the copy check")
+            .map(|m| Some((catalogue.clone(), m))),
+        Subject::Image(_) => Ok(None),
+    };
+    match (of(a)?, of(b)?) {
+        (Some((ca, ma)), Some((cb, mb))) if ma.fingerprint() != mb.fingerprint() => {
+            Err(ServiceError::MixedModels {
+                a: format!(
+                    "catalogue {ca:?} (model {})",
+                    super::models::describe(&ma.record())
+                ),
+                b: format!(
+                    "catalogue {cb:?} (model {})",
+                    super::models::describe(&mb.record())
+                ),
+            })
+        }
+        (Some((_, m)), _) | (_, Some((_, m))) => Ok(m),
+        (None, None) => svc.model("the copy check"),
+    }
+}
+
+/// Compare two subjects on `attributes` (all of the model's when empty), with the model of
+/// the stored items' catalogue, or the default model for two images.
 #[tracing::instrument(skip_all)]
 pub fn compare(
     svc: &Service,
     a: &Subject,
     b: &Subject,
     attributes: &[String],
-) -> Result<Comparison> {
-    let embedder = svc.model("the copy check")?.embedder();
+) -> Result<Answer<Comparison>> {
+    let model = comparison_model(svc, a, b)?;
+    let embedder = model.embedder();
     let card = embedder.card();
     let attributes: Vec<String> = if attributes.is_empty() {
         card.attribute_names()
@@ -212,8 +240,8 @@ pub fn compare(
     if signature.is_some() {
         wanted.push(IDENTITY_ATTRIBUTE.to_string());
     }
-    let va = vectors(svc, a, "of a", &wanted)?;
-    let vb = vectors(svc, b, "of b", &wanted)?;
+    let va = vectors(svc, model, a, "of a", &wanted)?;
+    let vb = vectors(svc, model, b, "of b", &wanted)?;
     let copy = match (
         signature,
         va.get(IDENTITY_ATTRIBUTE),
@@ -232,11 +260,15 @@ pub fn compare(
             (name.clone(), s)
         })
         .collect();
-    Ok(decide(
+    let comparison = decide(
         sims,
         card.match_thresholds.as_ref(),
-        &thresholds_source(svc),
+        &thresholds_source(model),
         copy,
+    );
+    Ok(Answer::new(
+        comparison,
+        Some(model.fingerprint().to_string()),
     ))
 }
 
@@ -284,11 +316,14 @@ pub struct CopyHit {
 /// matching on at least `min_matches` design points, most matches first (ties by mean
 /// similarity).
 #[tracing::instrument(skip_all, fields(catalogue = %catalogue))]
-pub fn copies(svc: &Service, catalogue: &str, query: &CopiesQuery) -> Result<Vec<CopyHit>> {
+pub fn copies(svc: &Service, catalogue: &str, query: &CopiesQuery) -> Result<Answer<Vec<CopyHit>>> {
     svc.check_k(query.k)?;
     let store = svc.store("a copy search")?;
     let schema = store.schema(catalogue)?;
-    let embedder = svc.model("a copy search")?.embedder();
+    let model = svc
+        .models("a copy search")?
+        .for_catalogue(catalogue, schema.model.as_ref())?;
+    let embedder = model.embedder();
     let signature = embedder
         .card()
         .copy_signature
@@ -324,17 +359,21 @@ pub fn copies(svc: &Service, catalogue: &str, query: &CopiesQuery) -> Result<Vec
             (None, None) => Err(ServiceError::Uncalibrated),
         }
     };
-    match signature {
+    let hits = match signature {
         Some(spec) => copies_by_verdict(
             svc,
+            model,
             catalogue,
             query,
             &design_points,
             spec.threshold,
             &threshold_of,
         ),
-        None => copies_by_design_points(svc, catalogue, query, &design_points, &threshold_of),
-    }
+        None => {
+            copies_by_design_points(svc, model, catalogue, query, &design_points, &threshold_of)
+        }
+    }?;
+    Ok(Answer::new(hits, Some(model.fingerprint().to_string())))
 }
 
 /// The search for one attribute: by vector for an image, by the stored item otherwise (which
@@ -388,6 +427,7 @@ fn search_above(
 
 fn copies_by_verdict(
     svc: &Service,
+    model: &Model,
     catalogue: &str,
     query: &CopiesQuery,
     design_points: &[String],
@@ -396,7 +436,7 @@ fn copies_by_verdict(
 ) -> Result<Vec<CopyHit>> {
     let mut wanted = design_points.to_vec();
     wanted.push(IDENTITY_ATTRIBUTE.to_string());
-    let vectors = vectors(svc, &query.subject, "of the query", &wanted)?;
+    let vectors = vectors(svc, model, &query.subject, "of the query", &wanted)?;
     let Some(core) = attribute_query(query, IDENTITY_ATTRIBUTE, &vectors) else {
         return Ok(Vec::new());
     };
@@ -447,13 +487,14 @@ fn copies_by_verdict(
 
 fn copies_by_design_points(
     svc: &Service,
+    model: &Model,
     catalogue: &str,
     query: &CopiesQuery,
     design_points: &[String],
     threshold_of: &dyn Fn(&str) -> Result<f32>,
 ) -> Result<Vec<CopyHit>> {
     let vectors = match &query.subject {
-        Subject::Image(_) => vectors(svc, &query.subject, "of the query", design_points)?,
+        Subject::Image(_) => vectors(svc, model, &query.subject, "of the query", design_points)?,
         Subject::Item { .. } => BTreeMap::new(),
     };
     let mut found: BTreeMap<ItemId, CopyHit> = BTreeMap::new();

@@ -5,7 +5,7 @@ use asen_models::AttentionMap;
 use image::{Rgb, RgbImage};
 use serde::Serialize;
 
-use super::{thumbnails, Result, Service, ServiceError};
+use super::{thumbnails, Model, Result, Service, ServiceError};
 
 /// The attention of one image for one attribute.
 #[derive(Debug, Clone)]
@@ -16,6 +16,8 @@ pub struct Explanation {
     pub attention: AttentionMap,
     /// The resized, centre-cropped image the model saw.
     pub crop: RgbImage,
+    /// Fingerprint of the model that computed the attention.
+    pub model: String,
 }
 
 /// The JSON form of an [`Explanation`].
@@ -138,12 +140,13 @@ pub fn explain_subject(
 /// The attention of an encoded image for `attribute`.
 #[tracing::instrument(skip_all, fields(attribute = %attribute))]
 pub fn explain(svc: &Service, image: &[u8], attribute: &str) -> Result<Explanation> {
-    let embedder = svc.model("explain")?.embedder();
+    let model = svc.model("explain")?;
+    let embedder = model.embedder();
     let index = embedder.attribute_index(attribute)?;
     let (decoded, permit) = svc.decode(embedder, image, "to explain")?;
     let crop = embedder.crop(&decoded);
     drop((decoded, permit));
-    explain_crop(svc, crop, index, attribute)
+    explain_crop(svc, model, crop, index, attribute)
 }
 
 /// The attention of a stored item for `attribute`, over the item's thumbnail (the crop the
@@ -156,7 +159,8 @@ pub fn explain_item(
     id: &str,
     attribute: &str,
 ) -> Result<Explanation> {
-    let embedder = svc.model("explain")?.embedder();
+    let model = svc.catalogue_model(catalogue, "explain")?;
+    let embedder = model.embedder();
     let index = embedder.attribute_index(attribute)?;
     let id = Service::item_id(id)?;
     let jpeg = svc.item_thumbnail(catalogue, &id)?;
@@ -171,17 +175,18 @@ pub fn explain_item(
             crop.height()
         )));
     }
-    explain_crop(svc, crop, index, attribute)
+    explain_crop(svc, model, crop, index, attribute)
 }
 
 fn explain_crop(
     svc: &Service,
+    model: &Model,
     crop: RgbImage,
     index: usize,
     attribute: &str,
 ) -> Result<Explanation> {
     let models = svc.models("explain")?;
-    let embedder = models.default_model().embedder();
+    let embedder = model.embedder();
     let mut out = models.forward(|| embedder.embed_crops(std::slice::from_ref(&crop), &[index]))?;
     let attention = out
         .pop()
@@ -197,6 +202,7 @@ fn explain_crop(
         attribute: attribute.to_string(),
         attention,
         crop,
+        model: model.fingerprint().to_string(),
     })
 }
 
@@ -226,6 +232,7 @@ mod tests {
             attribute: "x".into(),
             attention: a,
             crop,
+            model: "00".into(),
         };
         assert_eq!(e.grid().peak, [0, 0]);
         let png = e.heatmap_png().unwrap();

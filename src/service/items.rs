@@ -14,7 +14,7 @@ use image::RgbImage;
 use sha2::{Digest, Sha256};
 use tracing::debug;
 
-use super::{thumbnails, Result, Service, ServiceError};
+use super::{thumbnails, Model, Result, Service, ServiceError};
 
 /// One item to store: id, payload and the encoded image (JPEG, PNG, WebP).
 #[derive(Debug, Clone)]
@@ -67,10 +67,11 @@ pub fn is_current(svc: &Service, stored: &StoredItem, hash: &str, payload: &Payl
         && (!svc.thumbnails || stored.has_thumbnail)
 }
 
-/// Read one image: hash, decode (pixel limit), crop to the model's input, and encode the
+/// Read one image: hash, decode (pixel limit), crop to `model`'s input (the catalogue's:
+/// [`Service::catalogue_model`]), and encode the
 /// thumbnail when the service keeps them. The error names the item.
-pub fn prepare(svc: &Service, item: NewItem) -> Result<PreparedItem> {
-    let embedder = svc.model("an upsert")?.embedder();
+pub fn prepare(svc: &Service, model: &Model, item: NewItem) -> Result<PreparedItem> {
+    let embedder = model.embedder();
     let (image, permit) = svc.decode(
         embedder,
         &item.image,
@@ -93,8 +94,8 @@ pub fn prepare(svc: &Service, item: NewItem) -> Result<PreparedItem> {
 }
 
 /// Model attribute indices of a catalogue's attributes (in schema order).
-fn model_attributes(svc: &Service, schema: &CatalogueSchema) -> Result<Vec<usize>> {
-    let embedder = svc.model("embedding")?.embedder();
+fn model_attributes(model: &Model, schema: &CatalogueSchema) -> Result<Vec<usize>> {
+    let embedder = model.embedder();
     schema
         .attributes
         .iter()
@@ -145,9 +146,10 @@ pub fn upsert_prepared(svc: &Service, catalogue: &str, items: &[PreparedItem]) -
     check_batch(svc, items.iter().map(|i| i.id.as_str()))?;
     let store = svc.store("an upsert")?;
     let schema = store.schema(catalogue)?;
-    let idx = model_attributes(svc, &schema)?;
     let models = svc.models("an upsert")?;
-    let embedder = models.default_model().embedder();
+    let model = models.for_catalogue(catalogue, schema.model.as_ref())?;
+    let idx = model_attributes(model, &schema)?;
+    let embedder = model.embedder();
     let crops: Vec<RgbImage> = items.iter().map(|i| i.crop.clone()).collect();
     let started = Instant::now();
     // Images at the input size are not resampled again: the crops are what the model sees.
@@ -181,11 +183,12 @@ pub fn upsert_prepared(svc: &Service, catalogue: &str, items: &[PreparedItem]) -
 /// Nothing is written if any image is bad; the error names the item.
 pub fn upsert(svc: &Service, catalogue: &str, items: Vec<NewItem>) -> Result<WriteReceipt> {
     check_batch(svc, items.iter().map(|i| i.id.as_str()))?;
-    // The catalogue first: an unknown one is a 404 before any image is decoded.
-    svc.store("an upsert")?.schema(catalogue)?;
+    // The catalogue first: an unknown one is a 404, and a model this service does not hold a
+    // 409, before any image is decoded.
+    let model = svc.catalogue_model(catalogue, "an upsert")?;
     let prepared = items
         .into_iter()
-        .map(|item| prepare(svc, item))
+        .map(|item| prepare(svc, model, item))
         .collect::<Result<Vec<_>>>()?;
     Ok(upsert_prepared(svc, catalogue, &prepared)?.receipt)
 }

@@ -148,6 +148,26 @@ pub enum ServiceError {
         /// What needed it ("an image query").
         what: String,
     },
+    /// A catalogue's vectors come from a model this service does not hold: embedding a query
+    /// or an item with another model would mix two embedding spaces.
+    #[error("catalogue {catalogue:?} was built with model {built_with}, but the model loaded here is {loaded}: embedding with it would mix two models' vectors; load the catalogue's model (--model), or reindex the catalogue to this one")]
+    ModelMismatch {
+        /// The catalogue.
+        catalogue: String,
+        /// Its recorded model.
+        built_with: String,
+        /// The models held here.
+        loaded: String,
+    },
+    /// The two sides of a comparison are stored items of catalogues built with different
+    /// models: their vectors do not compare.
+    #[error("{a} and {b} were built with different models: their vectors do not compare; compare images, or items of catalogues built with one model")]
+    MixedModels {
+        /// The first side's catalogue and model.
+        a: String,
+        /// The second side's.
+        b: String,
+    },
     /// The request needs a catalogue store and this service runs without one.
     #[error("{what} needs a catalogue store, and none is open here")]
     NoStore {
@@ -160,6 +180,33 @@ impl ServiceError {
     pub(crate) fn invalid(reason: impl Into<String>) -> Self {
         ServiceError::InvalidRequest {
             reason: reason.into(),
+        }
+    }
+}
+
+/// An answer with the fingerprint of the model it was computed with: the catalogue's for
+/// searches (its stored vectors and any query embedded for it), the model that embedded the
+/// images for compare and explain. `None` when no model is known (vectors a client stored
+/// in a catalogue without a model record).
+#[derive(Debug, Clone)]
+pub struct Answer<T> {
+    /// The answer.
+    pub value: T,
+    /// The model's fingerprint.
+    pub model: Option<String>,
+}
+
+impl<T> Answer<T> {
+    /// `value` computed with `model`.
+    pub fn new(value: T, model: Option<String>) -> Self {
+        Self { value, model }
+    }
+
+    /// The same model, another value.
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Answer<U> {
+        Answer {
+            value: f(self.value),
+            model: self.model,
         }
     }
 }
@@ -264,6 +311,13 @@ impl Service {
         self.models.as_ref().map_or(0, |m| m.forwards_started())
     }
 
+    /// The model of `catalogue` (see [`Models::for_catalogue`]), read from its schema.
+    pub fn catalogue_model(&self, catalogue: &str, what: &str) -> Result<&Arc<Model>> {
+        let schema = self.store(what)?.schema(catalogue)?;
+        self.models(what)?
+            .for_catalogue(catalogue, schema.model.as_ref())
+    }
+
     /// Describe the default model.
     pub fn model_info(&self) -> Result<ModelInfo> {
         let model = self.model("describing the model")?;
@@ -323,16 +377,17 @@ impl Service {
         Ok((image, permit))
     }
 
-    /// Embed one encoded image for the named attributes (model order irrelevant).
+    /// Embed one encoded image with `model` for the named attributes (model order irrelevant).
     /// `label` names the image in errors ("of the query", "of a").
     pub fn embed_one(
         &self,
+        model: &Model,
         bytes: &[u8],
         label: &str,
         attributes: &[String],
     ) -> Result<BTreeMap<String, Vec<f32>>> {
         let models = self.models("an image")?;
-        let embedder = models.default_model().embedder();
+        let embedder = model.embedder();
         let idx = attributes
             .iter()
             .map(|a| embedder.attribute_index(a))

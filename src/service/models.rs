@@ -12,6 +12,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
+use asen_index::ModelRecord;
 use asen_models::{Embedder, EmbedderOptions};
 use sha2::{Digest, Sha256};
 
@@ -56,6 +57,26 @@ impl Model {
     pub fn embedder(&self) -> &Embedder {
         &self.embedder
     }
+
+    /// What a catalogue built with this model records: fingerprint, backbone, every
+    /// attribute it embeds (`identity` included when it has a copy signature), input size.
+    pub fn record(&self) -> ModelRecord {
+        let card = self.embedder.card();
+        ModelRecord {
+            fingerprint: self.fingerprint.clone(),
+            backbone: card.backbone.clone(),
+            attributes: self.embedder.attribute_names(),
+            input_size: card.input_size,
+        }
+    }
+}
+
+/// How a model record reads in messages: `7e01e4fb8c83684e (mobilenet_v2, 224 px)`.
+pub fn describe(record: &ModelRecord) -> String {
+    format!(
+        "{} ({}, {} px)",
+        record.fingerprint, record.backbone, record.input_size
+    )
 }
 
 /// sha256 over every file that defines a model: for a directory, `card.json` then
@@ -158,8 +179,14 @@ impl Models {
 
     /// Add another model (kept beside the default); a model already held is replaced.
     pub fn add(&mut self, model: Model) {
-        self.by_fingerprint
-            .insert(model.fingerprint.clone(), Arc::new(model));
+        self.add_shared(Arc::new(model));
+    }
+
+    /// As [`Models::add`], for a model other services may hold too.
+    pub fn add_shared(&mut self, model: Arc<Model>) {
+        if model.fingerprint != self.default {
+            self.by_fingerprint.insert(model.fingerprint.clone(), model);
+        }
     }
 
     /// The model new catalogues and image queries use.
@@ -170,6 +197,31 @@ impl Models {
     /// A model by fingerprint.
     pub fn get(&self, fingerprint: &str) -> Option<&Arc<Model>> {
         self.by_fingerprint.get(fingerprint)
+    }
+
+    /// The model that computes `catalogue`'s vectors: the one its record names, or the
+    /// default for a catalogue without a record (vectors from before records were kept).
+    /// [`ServiceError::ModelMismatch`] when this service does not hold the recorded model:
+    /// embedding with another one would give vectors that do not compare with the stored.
+    pub fn for_catalogue(
+        &self,
+        catalogue: &str,
+        record: Option<&ModelRecord>,
+    ) -> Result<&Arc<Model>> {
+        let Some(record) = record else {
+            return Ok(self.default_model());
+        };
+        self.get(&record.fingerprint)
+            .ok_or_else(|| ServiceError::ModelMismatch {
+                catalogue: catalogue.to_string(),
+                built_with: describe(record),
+                loaded: self
+                    .by_fingerprint
+                    .values()
+                    .map(|m| describe(&m.record()))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
     }
 
     /// Fingerprints of every held model, sorted.

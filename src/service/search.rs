@@ -9,7 +9,7 @@ use asen_index::{
 };
 use tracing::debug;
 
-use super::{cosine, Result, Service, ServiceError};
+use super::{cosine, Answer, Result, Service, ServiceError};
 
 /// Where the query vectors come from.
 #[derive(Debug, Clone)]
@@ -70,9 +70,15 @@ impl SearchQuery {
 }
 
 /// Run a search; hits are best first, scores are (weighted) cosine similarities, or the
-/// re-rank attribute's cosine when `rerank_by` is set.
+/// re-rank attribute's cosine when `rerank_by` is set. The answer names the catalogue's
+/// model; an image query is embedded with it ([`ServiceError::ModelMismatch`] when this
+/// service does not hold it).
 #[tracing::instrument(skip_all, fields(catalogue = %catalogue, k = query.k))]
-pub fn search(svc: &Service, catalogue: &str, query: &SearchQuery) -> Result<SearchResults> {
+pub fn search(
+    svc: &Service,
+    catalogue: &str,
+    query: &SearchQuery,
+) -> Result<Answer<SearchResults>> {
     svc.check_k(query.k)?;
     let store = svc.store("a search")?;
     let schema = store.schema(catalogue)?;
@@ -111,6 +117,9 @@ pub fn search(svc: &Service, catalogue: &str, query: &SearchQuery) -> Result<Sea
         .collect();
     // Query vectors per attribute, when the source gives them.
     let mut rerank_vector: Option<Vec<f32>> = None;
+    // The model of the stored vectors; an image query sets it to the model that embedded it
+    // (the same one, or the default for a catalogue without a record).
+    let mut used_model = schema.model.as_ref().map(|m| m.fingerprint.clone());
     let core = match &query.source {
         QuerySource::Vector(v) => {
             if query.rerank_by.is_some() {
@@ -121,7 +130,11 @@ pub fn search(svc: &Service, catalogue: &str, query: &SearchQuery) -> Result<Sea
             weighted(&weights, |_| v.clone())
         }
         QuerySource::Image(bytes) => {
-            let vectors = svc.embed_one(bytes, "of the query", &needed)?;
+            let model = svc
+                .models("an image query")?
+                .for_catalogue(catalogue, schema.model.as_ref())?;
+            used_model = Some(model.fingerprint().to_string());
+            let vectors = svc.embed_one(model, bytes, "of the query", &needed)?;
             if let Some(r) = &query.rerank_by {
                 rerank_vector = vectors.get(r).cloned();
             }
@@ -179,12 +192,13 @@ pub fn search(svc: &Service, catalogue: &str, query: &SearchQuery) -> Result<Sea
         other => other.into(),
     })?;
     let (Some(attribute), Some(vector)) = (&query.rerank_by, rerank_vector) else {
-        return Ok(results);
+        return Ok(Answer::new(results, used_model));
     };
     let hits = rerank(svc, catalogue, results.into_hits(), attribute, &vector)?;
     debug!(catalogue, hits = hits.len(), "re-ranked");
-    Ok(SearchResults::Hits(
-        hits.into_iter().take(query.k).collect(),
+    Ok(Answer::new(
+        SearchResults::Hits(hits.into_iter().take(query.k).collect()),
+        used_model,
     ))
 }
 

@@ -25,4 +25,5 @@ mod metrics;
 #[cfg(feature = "milvus")]
 mod milvus;
 mod process;
+mod provenance;
 mod search;

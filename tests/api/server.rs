@@ -122,6 +122,18 @@ impl TestServer {
         store: Option<&str>,
         tweak: impl FnOnce(&mut Config),
     ) -> Self {
+        Self::serve_models(shared, data, store, tweak, |config, suite| {
+            Models::shared(suite, config.server.max_concurrent_forwards)
+        })
+    }
+
+    fn serve_models(
+        shared: PathBuf,
+        data: tempfile::TempDir,
+        store: Option<&str>,
+        tweak: impl FnOnce(&mut Config),
+        models: impl FnOnce(&Config, Arc<Model>) -> Models,
+    ) -> Self {
         let mut config = config(data.path(), &shared);
         if let Some(store) = store {
             config.index.store = store.to_string();
@@ -135,10 +147,7 @@ impl TestServer {
             },
         )
         .expect("open the store")
-        .with_models(Models::shared(
-            model(&config),
-            config.server.max_concurrent_forwards,
-        ));
+        .with_models(models(&config, model(&config)));
         let state = AppState::new(
             service,
             Keys {
@@ -201,6 +210,16 @@ impl TestServer {
         name: &str,
         seed: fn(&TestServer),
     ) -> Option<Self> {
+        let (shared, data) = Self::template_copy(template, name, seed)?;
+        Some(Self::serve(shared, data, |_| {}))
+    }
+
+    /// A fresh copy of the template store (seeded on first use) and the fixtures' root.
+    fn template_copy(
+        template: &'static OnceLock<PathBuf>,
+        name: &str,
+        seed: fn(&TestServer),
+    ) -> Option<(PathBuf, tempfile::TempDir)> {
         let shared = shared()?;
         let dir = template.get_or_init(|| {
             let seeder = Self::start().expect("fixtures checked above");
@@ -222,7 +241,7 @@ impl TestServer {
         });
         let data = tempfile::tempdir().unwrap();
         copy_dir(dir, data.path());
-        Some(Self::serve(shared, data, |_| {}))
+        Some((shared, data))
     }
 
     /// A server whose catalogue `shirts` holds the five photos of [`NAMES`]: the first three
@@ -230,14 +249,15 @@ impl TestServer {
     /// Payloads: brand `acme` for 10002.jpg and 59606.jpg, `zeta` otherwise; product
     /// 0, 0, 1, 2, 3. (Seeded once per binary, copied per test.)
     pub fn seeded() -> Option<Self> {
-        static TEMPLATE: OnceLock<PathBuf> = OnceLock::new();
-        Self::from_template(&TEMPLATE, "seeded", |s| {
-            ok(&s.call("PUT", "/v1/catalogues/shirts", W, None), "create");
-            let receipt = ok(&s.upsert_json(&NAMES[..3]), "upsert json");
-            assert_eq!(receipt["affected"], 3);
-            let receipt = ok(&s.upsert_multipart(), "upsert multipart");
-            assert_eq!(receipt["affected"], 2);
-        })
+        Self::from_template(&SEEDED, "seeded", seed_shirts)
+    }
+
+    /// [`TestServer::seeded`]'s store served with the models `models` returns (given the
+    /// suite's configuration and model): for a catalogue built with a model the server does
+    /// not hold, or holds beside another default.
+    pub fn seeded_with_models(models: impl FnOnce(&Config, Arc<Model>) -> Models) -> Option<Self> {
+        let (shared, data) = Self::template_copy(&SEEDED, "seeded", seed_shirts)?;
+        Some(Self::serve_models(shared, data, None, |_| {}, models))
     }
 
     /// A server whose catalogue `shirts` holds only 10002.jpg (for request errors, where
@@ -334,6 +354,17 @@ impl Drop for TestServer {
     }
 }
 
+/// The store of [`TestServer::seeded`], filled once per test binary.
+static SEEDED: OnceLock<PathBuf> = OnceLock::new();
+
+fn seed_shirts(s: &TestServer) {
+    ok(&s.call("PUT", "/v1/catalogues/shirts", W, None), "create");
+    let receipt = ok(&s.upsert_json(&NAMES[..3]), "upsert json");
+    assert_eq!(receipt["affected"], 3);
+    let receipt = ok(&s.upsert_multipart(), "upsert multipart");
+    assert_eq!(receipt["affected"], 2);
+}
+
 /// Remove the templates `api-<name>-<pid>` of earlier runs (over an hour old): statics are
 /// never dropped, so a run cannot remove its own.
 fn remove_stale_templates(tmp: &Path, name: &str) {
@@ -375,6 +406,8 @@ pub struct Reply {
     pub bytes: Vec<u8>,
     /// The `retry-after` header, if any.
     pub retry_after: Option<String>,
+    /// The `x-asen-model` header (heat-maps), if any.
+    pub model: Option<String>,
 }
 
 impl Reply {
@@ -411,6 +444,7 @@ pub fn send(
     };
     let status = resp.status();
     let retry_after = resp.header("retry-after").map(str::to_string);
+    let model = resp.header("x-asen-model").map(str::to_string);
     let mut bytes = Vec::new();
     resp.into_reader().read_to_end(&mut bytes).unwrap();
     let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
@@ -419,6 +453,7 @@ pub fn send(
         body,
         bytes,
         retry_after,
+        model,
     }
 }
 

@@ -38,7 +38,7 @@ pub(crate) fn compact(c: &Catalogue, a: usize, options: &StoreOptions) -> Result
         total: ids.len() as u64,
     };
     for chunk in ids.chunks(CHUNK) {
-        if c.dropped.load(Ordering::Acquire) {
+        if c.retired() {
             return Ok(());
         }
         insert_ids(c, &graph, a, chunk)?;
@@ -50,7 +50,7 @@ pub(crate) fn compact(c: &Catalogue, a: usize, options: &StoreOptions) -> Result
     let _ = dim;
     // Catch up with writes made during the build, then swap, all under the writer lock.
     let w = lock(&c.writer);
-    if c.dropped.load(Ordering::Acquire) {
+    if c.retired() {
         return Ok(());
     }
     let newer: Vec<u64> = {

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{IndexError, Result};
 use crate::graph::Graph;
-use crate::schema::CatalogueSchema;
+use crate::schema::{CatalogueSchema, SchemaChange};
 use crate::store::CatalogueStore;
 use crate::types::{
     AttributeStats, CatalogueInfo, CatalogueStats, FieldValues, Item, ItemId, ItemPage, Payload,
@@ -236,12 +236,24 @@ impl GraphSlot {
         }
     }
 
+    /// A slot over a graph another slot holds too (an altered catalogue keeps its graphs).
+    fn shared(graph: Arc<Graph>, dumped: Option<u64>) -> Self {
+        GraphSlot {
+            graph: RwLock::new(graph),
+            compacting: AtomicBool::new(false),
+            compactions: AtomicU64::new(0),
+            dumped_sequence: Mutex::new(dumped),
+        }
+    }
+
     pub(crate) fn current(&self) -> Arc<Graph> {
         Arc::clone(&read(&self.graph))
     }
 }
 
 pub(crate) struct Catalogue {
+    /// Number of its sled trees and dump folder.
+    pub id: u64,
     pub name: String,
     pub schema: CatalogueSchema,
     pub tree: sled::Tree,
@@ -253,7 +265,17 @@ pub(crate) struct Catalogue {
     pub live: RwLock<LiveSet>,
     pub graphs: Vec<GraphSlot>,
     pub dropped: AtomicBool,
+    /// Set once an alteration has published the catalogue's successor: a writer that finds
+    /// it set after taking the writer lock retries on the successor, and a compaction stops.
+    pub replaced: AtomicBool,
     pub workers: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Catalogue {
+    /// Dropped or replaced: background work on this catalogue has no purpose.
+    pub(crate) fn retired(&self) -> bool {
+        self.dropped.load(Ordering::Acquire) || self.replaced.load(Ordering::Acquire)
+    }
 }
 
 /// A poisoned lock means a thread panicked while holding it; the data it guards is still
@@ -668,10 +690,121 @@ impl CatalogueStore for LocalStore {
         Ok(self.catalogue(catalogue)?.schema.clone())
     }
 
+    fn alter_catalogue(
+        &self,
+        catalogue: &str,
+        changes: &[SchemaChange],
+    ) -> Result<CatalogueSchema> {
+        let _admin = lock(&self.admin);
+        let c = self.catalogue(catalogue)?;
+        let (schema, origin) = c.schema.altered(catalogue, changes)?;
+        let mut w = lock(&c.writer);
+        let next = self.alter_locked(&c, &mut w, schema.clone(), &origin)?;
+        // Publish before the old catalogue's writers are let go: they find it replaced and
+        // retry on this one. Compactions of the old one see it replaced and stop.
+        write(&self.catalogues).insert(catalogue.to_string(), Arc::new(next));
+        c.replaced.store(true, Ordering::Release);
+        Ok(schema)
+    }
+
+    fn fill_attribute(
+        &self,
+        catalogue: &str,
+        attribute: &str,
+        vectors: &[(ItemId, Vec<f32>)],
+    ) -> Result<WriteReceipt> {
+        let c = self.catalogue(catalogue)?;
+        let (a, vectors) = validate::fill(catalogue, &c.schema, attribute, vectors)?;
+        let mut w = lock(&c.writer);
+        if c.replaced.load(Ordering::Acquire) {
+            drop(w);
+            return self.fill_attribute(catalogue, attribute, &vectors);
+        }
+        if c.dropped.load(Ordering::Acquire) {
+            return Err(IndexError::CatalogueNotFound {
+                catalogue: catalogue.to_string(),
+            });
+        }
+        let dim = c.schema.dimension;
+        let mut batch = sled::Batch::default();
+        let mut filled: Vec<(u64, u64, &[f32], ItemId)> = Vec::new();
+        for (id, v) in &vectors {
+            let key = records::item_key(id.as_str());
+            let Some(bytes) = c.tree.get(&key)? else {
+                continue;
+            };
+            let mut r = ItemRecord::decode(&key, &bytes)?;
+            if r.mask & (1 << a) != 0 {
+                continue;
+            }
+            let vkey = records::vector_key(r.iid);
+            let old = c
+                .tree
+                .get(vkey)?
+                .ok_or_else(|| records::corrupt(&format!("item {id}"), "vectors missing"))?;
+            let old = VectorRecord::decode(r.iid, &old, dim)?;
+            r.mask |= 1 << a;
+            let all: Vec<&[f32]> = (0..c.schema.attributes.len())
+                .filter_map(|b| {
+                    if b == a {
+                        Some(v.as_slice())
+                    } else {
+                        old.get(b, dim)
+                    }
+                })
+                .collect();
+            batch.insert(&vkey, VectorRecord::encode(r.mask, &all));
+            batch.insert(key, r.encode());
+            filled.push((r.iid, r.mask, v.as_slice(), id.clone()));
+        }
+        if filled.is_empty() {
+            return Ok(WriteReceipt {
+                sequence: w.sequence,
+                affected: 0,
+                durable: true,
+            });
+        }
+        // The attribute's dump no longer holds every point below its watermark: the next
+        // open rebuilds this graph (only this one) from sled.
+        batch.remove(records::dump_key(a));
+        let sequence = w.sequence + 1;
+        batch.insert(records::META_SEQ, &records::encode_u64(sequence));
+        c.tree.apply_batch(batch)?;
+        w.sequence = sequence;
+        *lock(&c.graphs[a].dumped_sequence) = None;
+        let durable = self.durable_flush()?;
+        let points: Vec<(&[f32], u64)> = filled.iter().map(|(iid, _, v, _)| (*v, *iid)).collect();
+        c.graphs[a].current().insert(&points);
+        {
+            let mut live = write(&c.live);
+            for (iid, mask, _, _) in &filled {
+                if let Some(meta) = live.items.get(iid) {
+                    let meta = Arc::new(ItemMeta {
+                        id: meta.id.clone(),
+                        mask: *mask,
+                        payload: meta.payload.clone(),
+                    });
+                    live.items.insert(*iid, meta);
+                    live.counts[a] += 1;
+                }
+            }
+        }
+        Ok(WriteReceipt {
+            sequence,
+            affected: filled.len(),
+            durable,
+        })
+    }
+
     fn upsert(&self, catalogue: &str, items: &[Item]) -> Result<WriteReceipt> {
         let c = self.catalogue(catalogue)?;
         let prepared = self.prepare(&c, items)?;
         let mut w = lock(&c.writer);
+        if c.replaced.load(Ordering::Acquire) {
+            // Altered while this batch waited: check it against the new schema.
+            drop((w, prepared));
+            return self.upsert(catalogue, items);
+        }
         if c.dropped.load(Ordering::Acquire) {
             return Err(IndexError::CatalogueNotFound {
                 catalogue: catalogue.to_string(),
@@ -785,6 +918,10 @@ impl CatalogueStore for LocalStore {
             });
         }
         let mut w = lock(&c.writer);
+        if c.replaced.load(Ordering::Acquire) {
+            drop(w);
+            return self.delete(catalogue, ids);
+        }
         let mut batch = sled::Batch::default();
         let mut thumbnails = sled::Batch::default();
         let mut thumbnail_writes = 0usize;
@@ -992,4 +1129,135 @@ fn stored_item(
         content_hash: record.content_hash,
         has_thumbnail,
     })
+}
+
+impl LocalStore {
+    /// Applies a schema change under `c`'s writer lock: records carried over (masks and
+    /// vector records rewritten only when an attribute is dropped), the entry and the
+    /// records in one sled transaction, then a new in-memory catalogue sharing the kept
+    /// graphs replaces `c`, which is marked replaced so that writers waiting on it retry.
+    fn alter_locked(
+        &self,
+        c: &Catalogue,
+        w: &mut WriterState,
+        schema: CatalogueSchema,
+        origin: &[Option<usize>],
+    ) -> Result<Catalogue> {
+        let dim = c.schema.dimension;
+        let old_len = c.schema.attributes.len();
+        let keeps_positions = origin
+            .iter()
+            .enumerate()
+            .all(|(j, o)| o.is_none_or(|i| i == j))
+            && origin.iter().flatten().count() == old_len;
+        let mut batch = sled::Batch::default();
+        if !keeps_positions {
+            for kv in c.tree.scan_prefix([records::ITEM_PREFIX]) {
+                let (k, v) = kv?;
+                let mut r = ItemRecord::decode(&k, &v)?;
+                let key = records::vector_key(r.iid);
+                let bytes = c.tree.get(key)?.ok_or_else(|| {
+                    records::corrupt(&format!("internal id {}", r.iid), "vectors missing")
+                })?;
+                let old = VectorRecord::decode(r.iid, &bytes, dim)?;
+                let kept: Vec<&[f32]> = origin
+                    .iter()
+                    .filter_map(|o| o.and_then(|i| old.get(i, dim)))
+                    .collect();
+                r.mask = remap_mask(r.mask, origin);
+                batch.insert(&key, VectorRecord::encode(r.mask, &kept));
+                batch.insert(k, r.encode());
+            }
+        }
+        // Each kept graph's dump record follows its attribute; an added attribute starts
+        // without one.
+        for (j, o) in origin.iter().enumerate() {
+            match o
+                .map(|i| c.tree.get(records::dump_key(i)))
+                .transpose()?
+                .flatten()
+            {
+                Some(dump) => batch.insert(records::dump_key(j), dump),
+                None => batch.remove(records::dump_key(j)),
+            }
+        }
+        for j in origin.len()..old_len {
+            batch.remove(records::dump_key(j));
+        }
+        let sequence = w.sequence + 1;
+        batch.insert(records::META_SEQ, &records::encode_u64(sequence));
+        let entry = serde_json::to_vec(&CatalogueEntry {
+            id: c.id,
+            schema: schema.clone(),
+        })
+        .map_err(|e| records::corrupt("catalogue entry", e.to_string()))?;
+        use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
+        let entries = self.db.open_tree(CATALOGUES_TREE)?;
+        (&entries, &c.tree)
+            .transaction(|(entries, tree)| {
+                tree.apply_batch(&batch)?;
+                entries.insert(c.name.as_bytes(), entry.as_slice())?;
+                Ok::<(), ConflictableTransactionError<std::convert::Infallible>>(())
+            })
+            .map_err(|e| match e {
+                TransactionError::Storage(e) => IndexError::Storage(e),
+                TransactionError::Abort(never) => match never {},
+            })?;
+        self.db.flush()?;
+        w.sequence = sequence;
+
+        let graphs = origin
+            .iter()
+            .map(|o| match o {
+                Some(i) => {
+                    GraphSlot::shared(c.graphs[*i].current(), *lock(&c.graphs[*i].dumped_sequence))
+                }
+                None => GraphSlot::new(Graph::new(&schema, 0), None),
+            })
+            .collect();
+        let mut live = LiveSet {
+            items: HashMap::new(),
+            counts: vec![0; schema.attributes.len()],
+        };
+        for (iid, meta) in read(&c.live).items.iter() {
+            let meta = if keeps_positions {
+                Arc::clone(meta)
+            } else {
+                Arc::new(ItemMeta {
+                    id: meta.id.clone(),
+                    mask: remap_mask(meta.mask, origin),
+                    payload: meta.payload.clone(),
+                })
+            };
+            live.insert(*iid, meta);
+        }
+        Ok(Catalogue {
+            id: c.id,
+            name: c.name.clone(),
+            schema,
+            tree: c.tree.clone(),
+            thumbnails: c.thumbnails.clone(),
+            dump_dir: c.dump_dir.clone(),
+            writer: Mutex::new(WriterState {
+                sequence,
+                next_iid: w.next_iid,
+                inserts_since_dump: w.inserts_since_dump,
+            }),
+            live: RwLock::new(live),
+            graphs,
+            dropped: AtomicBool::new(false),
+            replaced: AtomicBool::new(false),
+            workers: Mutex::new(Vec::new()),
+        })
+    }
+}
+
+/// A mask over the old attribute positions as a mask over the new ones (`origin[j]` is
+/// the old position of new attribute `j`).
+fn remap_mask(mask: u64, origin: &[Option<usize>]) -> u64 {
+    origin
+        .iter()
+        .enumerate()
+        .filter(|(_, o)| o.is_some_and(|i| mask & (1 << i) != 0))
+        .fold(0, |m, (j, _)| m | (1 << j))
 }

@@ -138,6 +138,7 @@ pub(crate) fn open_catalogue(
     remove_orphan_dumps(&tree, &dump_dir, schema.attributes.len());
     let replayed_total: u64 = report.iter().map(|r| r.replayed).sum();
     let cat = Catalogue {
+        id,
         name: name.to_string(),
         schema,
         tree,
@@ -151,6 +152,7 @@ pub(crate) fn open_catalogue(
         live: RwLock::new(live),
         graphs,
         dropped: AtomicBool::new(false),
+        replaced: AtomicBool::new(false),
         workers: Mutex::new(Vec::new()),
     };
     Ok((cat, report))
@@ -270,7 +272,7 @@ pub(crate) fn insert_from(
 /// Dumps every graph of a catalogue. The caller holds the writer lock, so every record below
 /// `next_iid` is in the graphs and none is being added.
 pub(crate) fn dump_graphs(c: &Catalogue, w: &mut WriterState, db: &sled::Db) -> Result<()> {
-    if c.dropped.load(std::sync::atomic::Ordering::Acquire) {
+    if c.retired() {
         return Ok(());
     }
     for a in 0..c.graphs.len() {

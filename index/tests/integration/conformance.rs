@@ -4,8 +4,9 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use asen_index::{
-    CatalogueSchema, CatalogueStore, Durability, ErrorKind, IndexError, MatchValue, SearchRequest,
-    StoreOptions, VectorStorage, MAX_THUMBNAIL_BYTES,
+    CatalogueSchema, CatalogueStore, Durability, ErrorKind, IndexError, ItemId, MatchValue,
+    Migration, ModelRecord, Query, SchemaChange, SearchRequest, StagedAttribute, StoreOptions,
+    VectorStorage, MAX_THUMBNAIL_BYTES,
 };
 use serde_json::json;
 
@@ -36,6 +37,18 @@ const CHECKS: &[(&str, Check)] = &[
     ("values", field_values_count_live_items),
     ("search", search_basics),
     ("storage", storage_is_as_created),
+    ("model", model_record_is_kept),
+    ("add_fill", added_attribute_is_filled_and_searchable),
+    ("fill_skips", fill_skips_absent_and_present_items),
+    ("fill_checks", fill_refuses_a_bad_batch_whole),
+    ("drop_attr", dropped_attribute_loses_its_vectors_and_graph),
+    ("rename_attr", renamed_attribute_keeps_vectors_and_graph),
+    ("alter_atomic", failed_alteration_changes_nothing),
+    (
+        "alter_writes",
+        writes_after_an_alteration_use_the_new_schema,
+    ),
+    ("alter_model", alteration_records_model_and_migration),
     ("thumb_rt", thumbnail_round_trip),
     ("thumb_replace", thumbnail_is_replaced_by_upsert),
     ("thumb_none", thumbnail_none_removes_the_stored_one),
@@ -316,6 +329,377 @@ fn storage_is_as_created(cx: &Ctx) {
 }
 
 /// Distinct fake image bytes (the store never decodes them).
+/// The model a catalogue was created with comes back from `schema` and `list_catalogues`, and
+/// an invalid record is refused at creation.
+fn model_record_is_kept(cx: &Ctx) {
+    let (store, name) = (cx.store, cx.name.as_str());
+    let record = ModelRecord {
+        fingerprint: "00ff00ff00ff00ff".into(),
+        backbone: "mobilenet_v2".into(),
+        attributes: vec!["collar".into(), "colour".into(), "pattern".into()],
+        input_size: 224,
+    };
+    let s = cx
+        .schema(&["collar", "colour"], 8)
+        .with_model(record.clone());
+    store.create_catalogue(name, &s).unwrap();
+    assert_eq!(store.schema(name).unwrap().model, Some(record.clone()));
+    let listed = store.list_catalogues().unwrap();
+    let info = listed.iter().find(|c| c.name == name).unwrap();
+    assert_eq!(info.schema.model, Some(record.clone()));
+    let bad = cx.schema(&["collar"], 8).with_model(ModelRecord {
+        fingerprint: "not hex".into(),
+        ..record
+    });
+    let other = format!("{name}_bad");
+    assert!(matches!(
+        store.create_catalogue(&other, &bad),
+        Err(IndexError::InvalidSchema { .. })
+    ));
+    assert!(store.schema(&other).is_err());
+    store.drop_catalogue(name).unwrap();
+}
+
+// --- Altering a catalogue: add, fill, drop, rename, model record ----------------------------
+
+fn add(name: &str) -> SchemaChange {
+    SchemaChange::AddAttribute { name: name.into() }
+}
+
+fn drop_attr(name: &str) -> SchemaChange {
+    SchemaChange::DropAttribute { name: name.into() }
+}
+
+/// A catalogue `collar`, `sleeve` (dimension 4) with `x` (both), `y` (both) and `z` (collar
+/// only).
+fn altered_catalogue<'c>(cx: &'c Ctx) -> &'c str {
+    let name = cx.name.as_str();
+    cx.store
+        .create_catalogue(name, &cx.schema(&["collar", "sleeve"], 4))
+        .unwrap();
+    let items = [
+        item(
+            "x",
+            &[
+                ("collar", &[1.0, 0.0, 0.0, 0.0]),
+                ("sleeve", &[0.0, 1.0, 0.0, 0.0]),
+            ],
+        ),
+        item(
+            "y",
+            &[
+                ("collar", &[0.6, 0.8, 0.0, 0.0]),
+                ("sleeve", &[0.0, 0.0, 1.0, 0.0]),
+            ],
+        ),
+        item("z", &[("collar", &[0.0, 0.0, 0.0, 1.0])]),
+    ];
+    cx.store.upsert(name, &items).unwrap();
+    name
+}
+
+fn vectors_of(
+    store: &dyn CatalogueStore,
+    name: &str,
+    item: &str,
+) -> std::collections::BTreeMap<String, Vec<f32>> {
+    store
+        .get(name, &id(item), true)
+        .unwrap()
+        .unwrap()
+        .vectors
+        .unwrap()
+}
+
+fn nearest(
+    store: &dyn CatalogueStore,
+    name: &str,
+    attribute: &str,
+    v: &[f32],
+    k: usize,
+) -> Vec<String> {
+    let request = SearchRequest::new(
+        Query::Vector {
+            attribute: attribute.into(),
+            vector: v.to_vec(),
+        },
+        k,
+    );
+    store
+        .search(name, &request)
+        .unwrap()
+        .into_hits()
+        .into_iter()
+        .map(|h| h.id.to_string())
+        .collect()
+}
+
+fn counts(store: &dyn CatalogueStore, name: &str) -> std::collections::BTreeMap<String, u64> {
+    let all = store.list_catalogues().unwrap();
+    all.into_iter()
+        .find(|c| c.name == name)
+        .unwrap()
+        .attribute_counts
+        .into_iter()
+        .collect()
+}
+
+fn added_attribute_is_filled_and_searchable(cx: &Ctx) {
+    let (store, name) = (cx.store, altered_catalogue(cx));
+    let before_x = vectors_of(store, name, "x");
+    let before_z = vectors_of(store, name, "z");
+    let schema = store.alter_catalogue(name, &[add("pattern")]).unwrap();
+    assert_eq!(schema.attributes, ["collar", "sleeve", "pattern"]);
+    assert_eq!(store.schema(name).unwrap(), schema);
+    assert_eq!(counts(store, name)["pattern"], 0);
+    let fill = [
+        (id("x"), vec![0.0, 0.0, 2.0, 0.0]),
+        (id("z"), vec![0.0, 3.0, 0.0, 0.0]),
+    ];
+    let r = store.fill_attribute(name, "pattern", &fill).unwrap();
+    assert_eq!(r.affected, 2);
+    let after_x = vectors_of(store, name, "x");
+    assert_eq!(
+        after_x["pattern"],
+        vec![0.0, 0.0, 1.0, 0.0],
+        "unit-normalised"
+    );
+    for a in ["collar", "sleeve"] {
+        assert_eq!(
+            after_x[a].iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            before_x[a].iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            "{a} bit-identical"
+        );
+    }
+    assert_eq!(vectors_of(store, name, "z")["collar"], before_z["collar"]);
+    assert_eq!(
+        store
+            .get(name, &id("x"), false)
+            .unwrap()
+            .unwrap()
+            .attributes,
+        ["collar", "sleeve", "pattern"]
+    );
+    assert_eq!(
+        nearest(store, name, "pattern", &[0.0, 1.0, 0.0, 0.0], 5),
+        ["z", "x"]
+    );
+    assert_eq!(counts(store, name)["pattern"], 2);
+    assert_eq!(
+        nearest(store, name, "collar", &[1.0, 0.0, 0.0, 0.0], 1),
+        ["x"]
+    );
+    store.drop_catalogue(name).unwrap();
+}
+
+fn fill_skips_absent_and_present_items(cx: &Ctx) {
+    let (store, name) = (cx.store, altered_catalogue(cx));
+    let sleeve_y = vectors_of(store, name, "y")["sleeve"].clone();
+    let fill = [
+        (id("y"), vec![1.0, 0.0, 0.0, 0.0]),
+        (id("z"), vec![1.0, 0.0, 0.0, 0.0]),
+        (id("ghost"), vec![1.0, 0.0, 0.0, 0.0]),
+    ];
+    let r = store.fill_attribute(name, "sleeve", &fill).unwrap();
+    assert_eq!(r.affected, 1, "only z lacked sleeve");
+    assert_eq!(
+        vectors_of(store, name, "y")["sleeve"],
+        sleeve_y,
+        "y kept its own"
+    );
+    assert!(store.get(name, &id("ghost"), false).unwrap().is_none());
+    assert_eq!(counts(store, name)["sleeve"], 3);
+    store.drop_catalogue(name).unwrap();
+}
+
+fn fill_refuses_a_bad_batch_whole(cx: &Ctx) {
+    let (store, name) = (cx.store, altered_catalogue(cx));
+    store.alter_catalogue(name, &[add("pattern")]).unwrap();
+    let twice = [
+        (id("x"), vec![1.0, 0.0, 0.0, 0.0]),
+        (id("x"), vec![0.0, 1.0, 0.0, 0.0]),
+    ];
+    let short = [
+        (id("y"), vec![1.0, 0.0, 0.0, 0.0]),
+        (id("z"), vec![1.0, 0.0]),
+    ];
+    for bad in [&twice[..], &short[..]] {
+        let e = store.fill_attribute(name, "pattern", bad).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+    }
+    assert!(matches!(
+        store.fill_attribute(name, "nope", &[(id("x"), vec![1.0, 0.0, 0.0, 0.0])]),
+        Err(IndexError::UnknownAttribute { .. })
+    ));
+    assert_eq!(counts(store, name)["pattern"], 0, "nothing written");
+    store.drop_catalogue(name).unwrap();
+}
+
+fn dropped_attribute_loses_its_vectors_and_graph(cx: &Ctx) {
+    let (store, name) = (cx.store, altered_catalogue(cx));
+    let sleeve_x = vectors_of(store, name, "x")["sleeve"].clone();
+    let schema = store.alter_catalogue(name, &[drop_attr("collar")]).unwrap();
+    assert_eq!(schema.attributes, ["sleeve"]);
+    let x = store.get(name, &id("x"), true).unwrap().unwrap();
+    assert_eq!(x.attributes, ["sleeve"]);
+    let vectors = x.vectors.unwrap();
+    assert_eq!(vectors.len(), 1);
+    assert_eq!(vectors["sleeve"], sleeve_x);
+    let z = store.get(name, &id("z"), true).unwrap().unwrap();
+    assert!(z.attributes.is_empty(), "z kept only collar");
+    assert_eq!(store.count(name).unwrap(), 3, "items stay");
+    let request = SearchRequest::new(
+        Query::Vector {
+            attribute: "collar".into(),
+            vector: vec![1.0, 0.0, 0.0, 0.0],
+        },
+        3,
+    );
+    assert!(matches!(
+        store.search(name, &request),
+        Err(IndexError::UnknownAttribute { .. })
+    ));
+    assert_eq!(
+        nearest(store, name, "sleeve", &[0.0, 0.0, 1.0, 0.0], 1),
+        ["y"]
+    );
+    // A new attribute of the same name starts empty: nothing of the dropped one comes back.
+    store.alter_catalogue(name, &[add("collar")]).unwrap();
+    assert_eq!(counts(store, name)["collar"], 0);
+    assert!(nearest(store, name, "collar", &[1.0, 0.0, 0.0, 0.0], 3).is_empty());
+    store.drop_catalogue(name).unwrap();
+}
+
+fn renamed_attribute_keeps_vectors_and_graph(cx: &Ctx) {
+    let (store, name) = (cx.store, altered_catalogue(cx));
+    let collar_y = vectors_of(store, name, "y")["collar"].clone();
+    let rename = SchemaChange::RenameAttribute {
+        from: "collar".into(),
+        to: "neckline".into(),
+    };
+    let schema = store.alter_catalogue(name, &[rename]).unwrap();
+    assert_eq!(schema.attributes, ["neckline", "sleeve"]);
+    assert_eq!(vectors_of(store, name, "y")["neckline"], collar_y);
+    assert_eq!(
+        nearest(store, name, "neckline", &[0.0, 0.0, 0.0, 1.0], 1),
+        ["z"]
+    );
+    assert_eq!(counts(store, name)["neckline"], 3);
+    store.drop_catalogue(name).unwrap();
+}
+
+fn failed_alteration_changes_nothing(cx: &Ctx) {
+    let (store, name) = (cx.store, altered_catalogue(cx));
+    let before = store.schema(name).unwrap();
+    let e = store
+        .alter_catalogue(name, &[add("pattern"), drop_attr("nope")])
+        .unwrap_err();
+    assert!(matches!(e, IndexError::UnknownAttribute { .. }), "{e}");
+    let e = store
+        .alter_catalogue(name, &[drop_attr("collar"), drop_attr("sleeve")])
+        .unwrap_err();
+    assert!(matches!(e, IndexError::InvalidSchema { .. }), "{e}");
+    assert_eq!(store.schema(name).unwrap(), before);
+    assert!(matches!(
+        store.alter_catalogue(&format!("{name}_absent"), &[add("a")]),
+        Err(IndexError::CatalogueNotFound { .. })
+    ));
+    store.drop_catalogue(name).unwrap();
+}
+
+fn writes_after_an_alteration_use_the_new_schema(cx: &Ctx) {
+    let (store, name) = (cx.store, altered_catalogue(cx));
+    store
+        .alter_catalogue(name, &[drop_attr("collar"), add("pattern")])
+        .unwrap();
+    let new = item(
+        "w",
+        &[
+            ("sleeve", &[0.0, 1.0, 0.0, 0.0]),
+            ("pattern", &[1.0, 0.0, 0.0, 0.0]),
+        ],
+    );
+    store.upsert(name, &[new]).unwrap();
+    let old = item("v", &[("collar", &[1.0, 0.0, 0.0, 0.0])]);
+    assert!(matches!(
+        store.upsert(name, &[old]),
+        Err(IndexError::UnknownAttribute { .. })
+    ));
+    assert_eq!(
+        nearest(store, name, "pattern", &[1.0, 0.0, 0.0, 0.0], 3),
+        ["w"]
+    );
+    assert_eq!(store.delete(name, &[id("x")]).unwrap().affected, 1);
+    assert_eq!(
+        nearest(store, name, "sleeve", &[0.0, 1.0, 0.0, 0.0], 5),
+        ["w", "y"]
+    );
+    store.drop_catalogue(name).unwrap();
+}
+
+fn alteration_records_model_and_migration(cx: &Ctx) {
+    let (store, name) = (cx.store, altered_catalogue(cx));
+    let record = |fingerprint: &str| ModelRecord {
+        fingerprint: fingerprint.into(),
+        backbone: "mobilenet_v2".into(),
+        attributes: vec!["collar".into(), "sleeve".into()],
+        input_size: 224,
+    };
+    let migration = Migration {
+        target: record("bb"),
+        staged: vec![StagedAttribute {
+            attribute: "collar".into(),
+            staging: "collar~next".into(),
+        }],
+    };
+    store
+        .alter_catalogue(
+            name,
+            &[
+                SchemaChange::SetModel {
+                    model: Some(record("aa")),
+                },
+                add("collar~next"),
+                SchemaChange::SetMigration {
+                    migration: Some(migration.clone()),
+                },
+            ],
+        )
+        .unwrap();
+    let schema = store.schema(name).unwrap();
+    assert_eq!(schema.model, Some(record("aa")));
+    assert_eq!(schema.migration, Some(migration));
+    // The switch: the staged attribute takes the place of the old one, in one step.
+    store
+        .fill_attribute(name, "collar~next", &[(id("x"), vec![0.0, 0.0, 0.0, 1.0])])
+        .unwrap();
+    let switched = store
+        .alter_catalogue(
+            name,
+            &[
+                SchemaChange::SetMigration { migration: None },
+                drop_attr("collar"),
+                SchemaChange::RenameAttribute {
+                    from: "collar~next".into(),
+                    to: "collar".into(),
+                },
+                SchemaChange::SetModel {
+                    model: Some(record("bb")),
+                },
+            ],
+        )
+        .unwrap();
+    assert_eq!(switched.attributes, ["sleeve", "collar"]);
+    assert_eq!(switched.migration, None);
+    assert_eq!(store.schema(name).unwrap().model, Some(record("bb")));
+    assert_eq!(
+        vectors_of(store, name, "x")["collar"],
+        vec![0.0, 0.0, 0.0, 1.0]
+    );
+    assert_eq!(counts(store, name)["collar"], 1);
+    store.drop_catalogue(name).unwrap();
+}
+
 fn jpeg(seed: u8, len: usize) -> Vec<u8> {
     let mut b = vec![0xFF, 0xD8];
     b.extend((0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)));
@@ -632,6 +1016,21 @@ impl CatalogueStore for ProvidedFieldValues<'_> {
     }
     fn schema(&self, catalogue: &str) -> asen_index::Result<CatalogueSchema> {
         self.0.schema(catalogue)
+    }
+    fn alter_catalogue(
+        &self,
+        catalogue: &str,
+        changes: &[SchemaChange],
+    ) -> asen_index::Result<CatalogueSchema> {
+        self.0.alter_catalogue(catalogue, changes)
+    }
+    fn fill_attribute(
+        &self,
+        catalogue: &str,
+        attribute: &str,
+        vectors: &[(ItemId, Vec<f32>)],
+    ) -> asen_index::Result<asen_index::WriteReceipt> {
+        self.0.fill_attribute(catalogue, attribute, vectors)
     }
     fn upsert(
         &self,

@@ -416,3 +416,57 @@ mod corrupt_dumps {
         }
     }
 }
+
+/// An altered catalogue reopens as altered: the dropped attribute's vectors are gone, the
+/// kept graphs load from their (moved) dumps, and the added attribute's graph, whose dump a
+/// fill made stale, is rebuilt from sled with every filled item.
+#[test]
+fn an_altered_and_filled_catalogue_reopens_consistent() {
+    use asen_index::SchemaChange;
+    let dir = tempfile::tempdir().unwrap();
+    let data;
+    {
+        let store = LocalStore::open(dir.path(), StoreOptions::default()).unwrap();
+        store
+            .create_catalogue("c", &schema(&["a", "b"], 16))
+            .unwrap();
+        data = fill(&store, 0, 600, 4);
+        store.checkpoint().unwrap();
+        store
+            .alter_catalogue(
+                "c",
+                &[
+                    SchemaChange::DropAttribute { name: "a".into() },
+                    SchemaChange::AddAttribute { name: "p".into() },
+                ],
+            )
+            .unwrap();
+        for chunk in (0..600).collect::<Vec<_>>().chunks(200) {
+            let batch: Vec<_> = chunk.iter().map(|&i| (id(i), data[i].clone())).collect();
+            store.fill_attribute("c", "p", &batch).unwrap();
+        }
+        assert!(store.check_consistency("c").unwrap().is_consistent());
+        std::mem::forget(store);
+    }
+    let copy = tempfile::tempdir().unwrap();
+    copy_dir(dir.path(), copy.path());
+    let store = LocalStore::open(copy.path(), StoreOptions::default()).unwrap();
+    let rep = store.recovery_report();
+    let b = rep.iter().find(|r| r.attribute == "b").unwrap();
+    assert_eq!((b.source, b.replayed), ("dump", 0), "{rep:?}");
+    let p = rep.iter().find(|r| r.attribute == "p").unwrap();
+    assert_ne!(p.source, "dump", "{rep:?}");
+    assert_eq!(p.replayed, 600);
+    assert_eq!(store.schema("c").unwrap().attributes, ["b", "p"]);
+    assert!(store.check_consistency("c").unwrap().is_consistent());
+    assert_findable(&store, &data, 0);
+    for (i, v) in data.iter().enumerate().step_by(53) {
+        let hits = store
+            .search("c", &SearchRequest::vector("p", v.clone(), 1))
+            .unwrap()
+            .into_hits();
+        assert_eq!(hits[0].id.as_str(), i.to_string());
+    }
+    let item = store.get("c", &id(7), true).unwrap().unwrap();
+    assert_eq!(item.vectors.unwrap().len(), 2, "b and p, no a");
+}

@@ -8,7 +8,7 @@ use axum::response::Response;
 use serde::Deserialize;
 
 use super::image_from_base64;
-use crate::api::envelope::{ok, ApiJson};
+use crate::api::envelope::{ok_answer, ApiJson};
 use crate::api::error::ApiError;
 use crate::api::state::AppState;
 use crate::service::compare::{self, CopiesQuery, Subject};
@@ -77,7 +77,7 @@ pub async fn compare(
     let result = state
         .run(move |svc| compare::compare(svc, &a, &b, &attributes))
         .await?;
-    Ok(ok(result, started))
+    Ok(ok_answer(result, started))
 }
 
 fn default_k() -> usize {
@@ -151,5 +151,5 @@ pub async fn copies(
     let hits = state
         .run(move |svc| compare::copies(svc, &name, &query))
         .await?;
-    Ok(ok(hits, started))
+    Ok(ok_answer(hits, started))
 }

@@ -4,14 +4,19 @@
 use std::time::Instant;
 
 use axum::extract::State;
-use axum::http::header;
+use axum::http::{header, HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use super::image_from_base64;
-use crate::api::envelope::{ok, ApiJson};
+use crate::api::envelope::{ok_answer, ApiJson};
 use crate::api::error::ApiError;
 use crate::api::state::AppState;
+use crate::service::Answer;
+
+/// Response header naming the fingerprint of the model that drew a heat-map (its body is a
+/// PNG, so the JSON envelope's `model` cannot carry it).
+pub const MODEL_HEADER: &str = "x-asen-model";
 use crate::service::explain::{self, AttentionGrid, ExplainSubject};
 
 /// An image, or a stored item, and the attribute whose attention to show.
@@ -71,9 +76,12 @@ pub async fn explain(
     let subject = body.subject()?;
     let attribute = body.attribute;
     let grid = state
-        .run(move |svc| explain::explain_subject(svc, &subject, &attribute).map(|e| e.grid()))
+        .run(move |svc| {
+            explain::explain_subject(svc, &subject, &attribute)
+                .map(|e| Answer::new(e.grid(), Some(e.model.clone())))
+        })
         .await?;
-    Ok(ok(grid, started))
+    Ok(ok_answer(grid, started))
 }
 
 /// The attention as a PNG heat-map over the cropped image the model saw.
@@ -90,10 +98,19 @@ pub async fn heatmap(
 ) -> Result<Response, ApiError> {
     let subject = body.subject()?;
     let attribute = body.attribute;
-    let png = state
+    let (png, model) = state
         .run(move |svc| {
-            explain::explain_subject(svc, &subject, &attribute).and_then(|e| e.heatmap_png())
+            let e = explain::explain_subject(svc, &subject, &attribute)?;
+            Ok((e.heatmap_png()?, e.model))
         })
         .await?;
-    Ok(([(header::CONTENT_TYPE, "image/png")], png).into_response())
+    let model = HeaderValue::from_str(&model).map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static("image/png")),
+            (HeaderName::from_static(MODEL_HEADER), model),
+        ],
+        png,
+    )
+        .into_response())
 }

@@ -9,7 +9,7 @@ use axum::response::Response;
 use serde::Deserialize;
 
 use super::image_from_base64;
-use crate::api::envelope::{ok, ApiJson};
+use crate::api::envelope::{ok_answer, ApiJson};
 use crate::api::error::ApiError;
 use crate::api::state::AppState;
 use crate::service::search::{self, QuerySource, SearchQuery};
@@ -164,5 +164,5 @@ pub async fn search(
     let results = state
         .run(move |svc| search::search(svc, &name, &query))
         .await?;
-    Ok(ok(results, started))
+    Ok(ok_answer(results, started))
 }

@@ -51,6 +51,30 @@ pub enum Command {
     /// Fit a model's copy signature on copies of train images and calibrate its threshold
     /// on valid pairs; writes copy_signature.safetensors and the card entry.
     CopySignature(CopySignatureArgs),
+    /// Re-embed a catalogue with another model from the crops it keeps, beside its current
+    /// vectors, and switch when done (resumable: run it again after a kill).
+    Reindex(ReindexArgs),
+}
+
+/// `asen reindex`.
+#[derive(Debug, Args)]
+pub struct ReindexArgs {
+    /// Catalogue to re-embed.
+    #[arg(long, short = 'c')]
+    pub catalogue: String,
+    /// The new model (`--model`): loaded here, or with --server the model the server holds
+    /// (`asen serve --also-model`), named by its fingerprint.
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Store selection (without --server).
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Ask a running server to do it (http://host:port) and follow its progress.
+    #[arg(long)]
+    pub server: Option<String>,
+    /// API key sent with --server [default: server.api_key, ASEN_API_KEY].
+    #[arg(long)]
+    pub api_key: Option<String>,
 }
 
 /// Which store a command opens.
@@ -77,6 +101,10 @@ pub struct ServeArgs {
     /// Model selection.
     #[command(flatten)]
     pub model: ModelArgs,
+    /// Another model to hold beside --model (repeatable): catalogues built with it keep
+    /// answering image queries, and `asen reindex --server` can move a catalogue to it.
+    #[arg(long = "also-model")]
+    pub also_models: Vec<PathBuf>,
 }
 
 /// `asen search`.
@@ -475,8 +503,13 @@ impl Command {
             Command::Embed(a) => a.model.overrides(),
             Command::Compare(a) => a.model.overrides(),
             Command::Search(a) => a.store.add_to(a.model.overrides()),
+            Command::Reindex(a) => Overrides {
+                api_key: a.api_key.clone(),
+                ..a.store.add_to(a.model.overrides())
+            },
             Command::Serve(a) => Overrides {
                 bind: a.bind.clone(),
+                also_models: a.also_models.clone(),
                 ..a.store.add_to(a.model.overrides())
             },
             Command::Ingest(a) => Overrides {

@@ -170,6 +170,10 @@ pub struct ModelConfig {
     pub batch_size: usize,
     /// Folder searched first for backbone weights a model directory does not carry.
     pub weights_dir: Option<PathBuf>,
+    /// More models held beside the default (`asen serve --also-model`): a catalogue built
+    /// with one of them keeps answering image queries, and a reindex can move a catalogue to
+    /// one of them.
+    pub also: Vec<PathBuf>,
 }
 
 impl Default for ModelConfig {
@@ -179,6 +183,7 @@ impl Default for ModelConfig {
             device: "cpu".into(),
             batch_size: 16,
             weights_dir: None,
+            also: Vec::new(),
         }
     }
 }
@@ -359,6 +364,8 @@ pub struct Overrides {
     pub store: Option<String>,
     /// `--model`.
     pub model: Option<PathBuf>,
+    /// `asen serve --also-model` (repeatable), added to `model.also`.
+    pub also_models: Vec<PathBuf>,
     /// `--device`.
     pub device: Option<String>,
     /// `--batch-size` (images per forward pass).
@@ -398,6 +405,7 @@ impl Overrides {
         if self.model.is_some() {
             config.model.path = self.model.clone();
         }
+        config.model.also.extend(self.also_models.iter().cloned());
         set(&mut config.model.device, &self.device);
         set(&mut config.model.batch_size, &self.batch_size);
         set(&mut config.limits.max_pixels, &self.max_pixels);

@@ -38,5 +38,6 @@ pub fn run(command: Command, config: &Config) -> anyhow::Result<()> {
         Command::Train(args) => commands::train::run(*args, config),
         Command::Eval(args) => commands::eval::run(args, config),
         Command::CopySignature(args) => commands::copies::run(args, config),
+        Command::Reindex(args) => commands::reindex::run(args, config),
     }
 }

@@ -126,7 +126,9 @@ impl ApiError {
                 ServiceError::Thumbnail(_) => StatusCode::INTERNAL_SERVER_ERROR,
                 ServiceError::NoThumbnail { .. }
                 | ServiceError::ModelMismatch { .. }
-                | ServiceError::MixedModels { .. } => StatusCode::CONFLICT,
+                | ServiceError::MixedModels { .. }
+                | ServiceError::ModelNotLoaded { .. }
+                | ServiceError::MigrationInProgress { .. } => StatusCode::CONFLICT,
                 ServiceError::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
                 // A deployment without the part the request needs: not the client's fault.
                 ServiceError::NoModel { .. } | ServiceError::NoStore { .. } => {

@@ -97,6 +97,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/compare", post(routes::compare::compare))
         .route("/v1/explain", post(routes::explain::explain))
         .route("/v1/explain/heatmap", post(routes::explain::heatmap))
+        .route(
+            "/v1/catalogues/{name}/reindex",
+            get(routes::lifecycle::status),
+        )
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_read,
@@ -107,6 +111,15 @@ pub fn router(state: AppState) -> Router {
             put(routes::catalogues::create).delete(routes::catalogues::drop),
         )
         .route("/v1/catalogues/{name}/items", put(routes::items::upsert))
+        .route(
+            "/v1/catalogues/{name}/reindex",
+            post(routes::lifecycle::start),
+        )
+        .route(
+            "/v1/catalogues/{name}/attributes/{attribute}",
+            axum::routing::delete(routes::lifecycle::drop_attribute)
+                .patch(routes::lifecycle::rename_attribute),
+        )
         .route(
             "/v1/catalogues/{name}/items/{id}",
             axum::routing::delete(routes::items::delete),

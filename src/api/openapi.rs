@@ -32,6 +32,10 @@ use super::routes;
         routes::compare::copies,
         routes::explain::explain,
         routes::explain::heatmap,
+        routes::lifecycle::start,
+        routes::lifecycle::status,
+        routes::lifecycle::drop_attribute,
+        routes::lifecycle::rename_attribute,
         openapi_json,
     ),
     components(schemas(
@@ -52,6 +56,9 @@ use super::routes;
         routes::compare::SubjectBody,
         routes::compare::CopiesBody,
         routes::explain::ExplainBody,
+        routes::lifecycle::ReindexBody,
+        routes::lifecycle::RenameBody,
+        crate::service::lifecycle::MigrationStatus,
     ))
 )]
 pub struct ApiDoc;

@@ -8,6 +8,7 @@ pub mod embed;
 pub mod eval;
 pub mod ingest;
 pub mod inspect;
+pub mod reindex;
 pub mod search;
 pub mod serve;
 pub mod train;
@@ -129,9 +130,20 @@ pub fn open_service(config: &Config, needs: Needs) -> anyhow::Result<Service> {
     if needs.store {
         service = service.with_store(open_store(config)?);
     }
+    service.reindex_batch = config.model.batch_size;
     if needs.model {
         let model = load_model(config)?;
-        service = service.with_models(Models::new(model, config.server.max_concurrent_forwards));
+        let mut models = Models::new(model, config.server.max_concurrent_forwards);
+        for path in &config.model.also {
+            let other = Model::load(path, &embedder_options(config)?)?;
+            info!(
+                fingerprint = other.fingerprint(),
+                path = %path.display(),
+                "model also held"
+            );
+            models.add(other);
+        }
+        service = service.with_models(models);
     }
     Ok(service)
 }

@@ -150,6 +150,34 @@ impl RemoteClient {
         }
     }
 
+    /// `POST /v1/catalogues/{c}/reindex` (start or resume a reindex to the model
+    /// `fingerprint`, which the server must hold), or with `None` `GET` its status: the
+    /// status object.
+    pub fn reindex(
+        &self,
+        catalogue: &str,
+        fingerprint: Option<&str>,
+    ) -> anyhow::Result<serde_json::Value> {
+        let url = format!("{}/reindex", self.catalogue_url(catalogue));
+        let reply = match fingerprint {
+            Some(fp) => {
+                let body = serde_json::to_vec(&serde_json::json!({ "model": fp }))?;
+                self.send("POST", &url, Some(&body))?
+            }
+            None => self.send("GET", &url, None)?,
+        };
+        match reply.status {
+            200..=299 => Ok(reply
+                .json()
+                .and_then(|j| j.get("result").cloned())
+                .unwrap_or_default()),
+            s => bail!(
+                "the server refused the reindex of catalogue {catalogue:?}: http {s}: {}",
+                reply.error_message()
+            ),
+        }
+    }
+
     /// Sends a batch. `Ok(Refused)` when the server refuses its content (a bad item: retry
     /// items alone to find it); `Err` when the server cannot be used at all (unreachable,
     /// wrong key, unknown catalogue, 5xx).

@@ -96,7 +96,7 @@ impl Sink for LocalSink {
         if catalogues::ensure(&self.service, catalogue)? {
             tracing::info!(catalogue, "catalogue created from the model card");
         }
-        let model = self.service.catalogue_model(catalogue, "ingesting")?;
+        let model = items::input_model(&self.service, catalogue)?;
         // One catalogue per run: a second call finds the model already set.
         let _ = self.model.set(Arc::clone(model));
         Ok(())

@@ -104,6 +104,11 @@ pub fn drop(svc: &Service, name: &str) -> Result<()> {
 pub fn ensure(svc: &Service, name: &str) -> Result<bool> {
     let models = svc.models("ingesting")?;
     match svc.store("ingesting")?.schema(name) {
+        Ok(schema) if schema.migration.is_some() => {
+            // Being reindexed: the upserts write what the migration needs (items::upsert_prepared).
+            super::items::input_model(svc, name)?;
+            Ok(false)
+        }
         Ok(schema) => {
             let model = models.for_catalogue(name, schema.model.as_ref())?;
             let embedder = model.embedder();

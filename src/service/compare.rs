@@ -319,6 +319,8 @@ pub struct CopyHit {
 pub fn copies(svc: &Service, catalogue: &str, query: &CopiesQuery) -> Result<Answer<Vec<CopyHit>>> {
     svc.check_k(query.k)?;
     let store = svc.store("a copy search")?;
+    let gate = svc.write_gate(catalogue);
+    let _shared = gate.read().unwrap_or_else(|p| p.into_inner());
     let schema = store.schema(catalogue)?;
     let model = svc
         .models("a copy search")?

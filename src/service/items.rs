@@ -7,6 +7,7 @@
 //! their thumbnails in one store upsert. [`upsert`] (the HTTP route) does both.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use asen_index::{CatalogueSchema, Item, ItemId, ItemPage, Payload, StoredItem, WriteReceipt};
@@ -93,20 +94,79 @@ pub fn prepare(svc: &Service, model: &Model, item: NewItem) -> Result<PreparedIt
     })
 }
 
-/// Model attribute indices of a catalogue's attributes (in schema order).
-fn model_attributes(model: &Model, schema: &CatalogueSchema) -> Result<Vec<usize>> {
-    let embedder = model.embedder();
-    schema
+/// Which model computes which of a catalogue's attributes for a new item: one group (the
+/// catalogue's model, every attribute) normally; during a migration, the catalogue's model
+/// for the attributes searches use (when this service holds it) and the target model for the
+/// staging attributes (when it holds that one). Each group: the model, and per attribute its
+/// catalogue name and model attribute index.
+type Plan<'s> = Vec<(&'s Arc<Model>, Vec<(String, usize)>)>;
+
+fn embedding_plan<'s>(
+    svc: &'s Service,
+    catalogue: &str,
+    schema: &CatalogueSchema,
+) -> Result<Plan<'s>> {
+    let models = svc.models("an upsert")?;
+    let group = |model: &'s Arc<Model>, names: Vec<(String, String)>| -> Result<_> {
+        let idx = names
+            .into_iter()
+            .map(|(name, model_name)| {
+                let i = model.embedder().attribute_index(&model_name).map_err(|_| {
+                    ServiceError::invalid(format!(
+                        "catalogue attribute {name:?} is not an attribute of model {}",
+                        model.fingerprint()
+                    ))
+                })?;
+                Ok((name, i))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok((model, idx))
+    };
+    let live = models.for_catalogue(catalogue, schema.model.as_ref());
+    let Some(migration) = &schema.migration else {
+        let names = schema.attributes.iter().map(|a| (a.clone(), a.clone()));
+        return Ok(vec![group(live?, names.collect())?]);
+    };
+    let staging: Vec<&str> = migration.staged.iter().map(|s| s.staging.as_str()).collect();
+    let mut plan = Vec::new();
+    let live_names: Vec<(String, String)> = schema
         .attributes
         .iter()
-        .map(|a| {
-            embedder.attribute_index(a).map_err(|_| {
-                ServiceError::invalid(format!(
-                    "catalogue attribute {a:?} is not an attribute of the loaded model"
-                ))
-            })
-        })
-        .collect()
+        .filter(|a| !staging.contains(&a.as_str()))
+        .map(|a| (a.clone(), a.clone()))
+        .collect();
+    let live_error = match live {
+        Ok(model) => {
+            plan.push(group(model, live_names)?);
+            None
+        }
+        Err(e) => Some(e),
+    };
+    if let Some(target) = models.get(&migration.target.fingerprint) {
+        let names = migration
+            .staged
+            .iter()
+            .map(|s| (s.staging.clone(), s.attribute.clone()));
+        plan.push(group(target, names.collect())?);
+    }
+    match (plan.is_empty(), live_error) {
+        // Neither model is here: the catalogue's own error says which it needs.
+        (true, Some(e)) => Err(e),
+        _ => Ok(plan),
+    }
+}
+
+/// The model whose input size new items of `catalogue` are cropped to: the catalogue's,
+/// or during a migration the target's when the catalogue's is not held (both take the same
+/// size: a reindex checks it).
+pub fn input_model<'s>(svc: &'s Service, catalogue: &str) -> Result<&'s Arc<Model>> {
+    let schema = svc.store("an upsert")?.schema(catalogue)?;
+    let models = svc.models("an upsert")?;
+    let live = models.for_catalogue(catalogue, schema.model.as_ref());
+    match (&live, &schema.migration) {
+        (Err(_), Some(m)) => models.get(&m.target.fingerprint).map_or(live, Ok),
+        _ => live,
+    }
 }
 
 /// A batch is refused whole when it is empty, larger than `limits.max_batch_items`, holds an
@@ -145,28 +205,33 @@ pub fn check_batch<'a>(svc: &Service, ids: impl ExactSizeIterator<Item = &'a str
 pub fn upsert_prepared(svc: &Service, catalogue: &str, items: &[PreparedItem]) -> Result<Upserted> {
     check_batch(svc, items.iter().map(|i| i.id.as_str()))?;
     let store = svc.store("an upsert")?;
+    // Shared with other writers; a migration's start and switch wait for this write.
+    let gate = svc.write_gate(catalogue);
+    let _shared = gate.read().unwrap_or_else(|p| p.into_inner());
     let schema = store.schema(catalogue)?;
+    let plan = embedding_plan(svc, catalogue, &schema)?;
     let models = svc.models("an upsert")?;
-    let model = models.for_catalogue(catalogue, schema.model.as_ref())?;
-    let idx = model_attributes(model, &schema)?;
-    let embedder = model.embedder();
     let crops: Vec<RgbImage> = items.iter().map(|i| i.crop.clone()).collect();
     let started = Instant::now();
-    // Images at the input size are not resampled again: the crops are what the model sees.
-    let embedded = models.forward(|| embedder.embed_crops(&crops, &idx))?;
+    let mut vectors: Vec<BTreeMap<String, Vec<f32>>> = vec![BTreeMap::new(); items.len()];
+    for (model, attributes) in &plan {
+        let idx: Vec<usize> = attributes.iter().map(|(_, i)| *i).collect();
+        // Images at the input size are not resampled again: the crops are what the model sees.
+        let embedded = models.forward(|| model.embedder().embed_crops(&crops, &idx))?;
+        for (item, per_attribute) in vectors.iter_mut().zip(embedded) {
+            for ((name, _), e) in attributes.iter().zip(per_attribute) {
+                item.insert(name.clone(), e.vector);
+            }
+        }
+    }
     let model_time = started.elapsed();
     let batch: Vec<Item> = items
         .iter()
-        .zip(embedded)
-        .map(|(item, per_attribute)| Item {
+        .zip(vectors)
+        .map(|(item, vectors)| Item {
             id: item.id.clone(),
             payload: item.payload.clone(),
-            vectors: schema
-                .attributes
-                .iter()
-                .cloned()
-                .zip(per_attribute.into_iter().map(|e| e.vector))
-                .collect::<BTreeMap<_, _>>(),
+            vectors,
             content_hash: Some(item.content_hash.clone()),
             thumbnail: item.thumbnail.clone(),
         })
@@ -185,7 +250,7 @@ pub fn upsert(svc: &Service, catalogue: &str, items: Vec<NewItem>) -> Result<Wri
     check_batch(svc, items.iter().map(|i| i.id.as_str()))?;
     // The catalogue first: an unknown one is a 404, and a model this service does not hold a
     // 409, before any image is decoded.
-    let model = svc.catalogue_model(catalogue, "an upsert")?;
+    let model = input_model(svc, catalogue)?;
     let prepared = items
         .into_iter()
         .map(|item| prepare(svc, model, item))

@@ -11,12 +11,13 @@ pub mod compare;
 pub mod decode;
 pub mod explain;
 pub mod items;
+pub mod lifecycle;
 pub mod models;
 pub mod search;
 pub mod thumbnails;
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, RwLock};
 
 use asen_index::{CatalogueStore, HnswConfig, IndexError, ItemId};
 use asen_models::ModelError;
@@ -43,6 +44,13 @@ pub struct Service {
     pub thumbnails: bool,
     /// Bytes that concurrent image decodes may hold together.
     pub decode_budget: Arc<decode::DecodeBudget>,
+    /// Crops per forward pass of a reindex (`model.batch_size`).
+    pub reindex_batch: usize,
+    /// Per catalogue, the lock that orders writes and model-using reads (shared) with the
+    /// start and the switch of a migration (exclusive): see [`lifecycle`].
+    gates: Arc<Mutex<HashMap<String, Arc<RwLock<()>>>>>,
+    /// Migration jobs this service started, by catalogue.
+    pub(crate) jobs: Arc<Mutex<HashMap<String, Arc<lifecycle::Progress>>>>,
 }
 
 impl std::fmt::Debug for Service {
@@ -159,6 +167,22 @@ pub enum ServiceError {
         /// The models held here.
         loaded: String,
     },
+    /// A model named by fingerprint (a reindex target) is not loaded here.
+    #[error("model {fingerprint} is not loaded here (loaded: {loaded}): start the server with --also-model PATH (or [model] also) to hold it beside the default")]
+    ModelNotLoaded {
+        /// The fingerprint asked for.
+        fingerprint: String,
+        /// The models held.
+        loaded: String,
+    },
+    /// A catalogue is being moved to another model; the request must wait for the switch.
+    #[error("catalogue {catalogue:?} is being reindexed to model {target}: let that finish first (see GET /v1/catalogues/{catalogue}/reindex)")]
+    MigrationInProgress {
+        /// The catalogue.
+        catalogue: String,
+        /// The migration's target.
+        target: String,
+    },
     /// The two sides of a comparison are stored items of catalogues built with different
     /// models: their vectors do not compare.
     #[error("{a} and {b} were built with different models: their vectors do not compare; compare images, or items of catalogues built with one model")]
@@ -264,7 +288,16 @@ impl Service {
             limits,
             hnsw,
             thumbnails,
+            reindex_batch: 16,
+            gates: Arc::default(),
+            jobs: Arc::default(),
         }
+    }
+
+    /// The write gate of `catalogue` (created on first use).
+    pub fn write_gate(&self, catalogue: &str) -> Arc<RwLock<()>> {
+        let mut gates = self.gates.lock().unwrap_or_else(|p| p.into_inner());
+        Arc::clone(gates.entry(catalogue.to_string()).or_default())
     }
 
     /// The same service over `store`.

@@ -81,6 +81,9 @@ pub fn search(
 ) -> Result<Answer<SearchResults>> {
     svc.check_k(query.k)?;
     let store = svc.store("a search")?;
+    // Shared: a migration's switch waits, so the query and the vectors are one model's.
+    let gate = svc.write_gate(catalogue);
+    let _shared = gate.read().unwrap_or_else(|p| p.into_inner());
     let schema = store.schema(catalogue)?;
     if query.attributes.is_empty() {
         return Err(ServiceError::invalid(

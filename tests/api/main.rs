@@ -20,6 +20,7 @@ mod fuzz;
 mod hardening;
 mod health;
 mod items;
+mod lifecycle;
 mod kill;
 mod metrics;
 #[cfg(feature = "milvus")]

@@ -5,6 +5,7 @@ pub mod compare;
 pub mod explain;
 pub mod health;
 pub mod items;
+pub mod lifecycle;
 pub mod model;
 pub mod search;
 

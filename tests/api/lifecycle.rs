@@ -1,0 +1,255 @@
+//! A catalogue's model lifecycle over HTTP: reindex to another model while clients search,
+//! and dropping an attribute.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use asen::service::{Model, Models};
+use serde_json::{json, Value};
+
+use crate::server::*;
+
+#[path = "../common/retrained.rs"]
+mod retrained;
+
+/// The retrained model's directory, written once per test binary.
+fn retrained_dir(shared: &std::path::Path) -> &'static std::path::Path {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        retrained::write_retrained(&shared.join(CHECKPOINT), &dir.path().join("model"));
+        dir
+    })
+    .path()
+}
+
+/// The seeded catalogue (built with the suite model, the default) on a server that also
+/// holds the retrained model; and that model's fingerprint.
+fn served_with_retrained() -> Option<(TestServer, String)> {
+    let mut fingerprint = String::new();
+    let s = TestServer::seeded_with_models(|config, suite| {
+        let dir = retrained_dir(&shared().expect("fixtures checked by the server"));
+        let other = Model::load(
+            &dir.join("model"),
+            &asen::commands::embedder_options(config).unwrap(),
+        )
+        .expect("load the retrained model");
+        fingerprint = other.fingerprint().to_string();
+        let mut models = Models::shared(suite, config.server.max_concurrent_forwards);
+        models.add(other);
+        models
+    })?;
+    Some((s, fingerprint))
+}
+
+fn fingerprint_of(s: &TestServer) -> String {
+    ok(&s.call("GET", "/v1/model", R, None), "model")["fingerprint"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// 16 more items (the five photos under other ids), so that a reindex takes a while.
+fn add_copies(s: &TestServer) {
+    for batch in 0..2 {
+        let items: Vec<Value> = (0..MAX_BATCH)
+            .map(|i| {
+                let n = batch * MAX_BATCH + i;
+                json!({"id": format!("copy-{n}"), "image": b64(&s.image(NAMES[n % NAMES.len()]))})
+            })
+            .collect();
+        ok(
+            &s.call(
+                "PUT",
+                "/v1/catalogues/shirts/items",
+                W,
+                Some(&json!({ "items": items })),
+            ),
+            "upsert copies",
+        );
+    }
+}
+
+fn reindex_state(s: &TestServer) -> Value {
+    ok(&s.call("GET", "/v1/catalogues/shirts/reindex", R, None), "status")
+}
+
+#[test]
+fn reindex_while_eight_clients_search_has_no_error_and_no_mixed_answer() {
+    let Some((s, target)) = served_with_retrained() else {
+        return;
+    };
+    let before = fingerprint_of(&s);
+    let vector_before = attr_0_of(&s, "10030.jpg");
+    add_copies(&s);
+    let query = json!({"attribute": "attr_0", "image": b64(&s.image("10030.jpg")), "k": 1});
+    let stop = Arc::new(AtomicBool::new(false));
+    let base = s.base.clone();
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let (stop, base, query, before, target) = (
+                stop.clone(),
+                base.clone(),
+                query.clone(),
+                before.clone(),
+                target.clone(),
+            );
+            std::thread::spawn(move || {
+                let mut answers = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let reply = send(
+                        &base,
+                        "POST",
+                        SEARCH,
+                        R,
+                        "application/json",
+                        Some(query.to_string().as_bytes()),
+                    );
+                    assert_eq!(reply.status, 200, "{}", reply.body);
+                    let model = reply.body["model"].as_str().unwrap().to_string();
+                    assert!(model == before || model == target, "{model}");
+                    let hit = &reply.body["result"]["hits"][0];
+                    answers.push((model, hit["score"].as_f64().unwrap()));
+                    // The query photo is in the catalogue: with one model's query and
+                    // vectors it is found with a near-1 score; mixed, it would score low.
+                    assert!(
+                        hit["score"].as_f64().unwrap() > 0.9,
+                        "a mixed-model answer: {}",
+                        reply.body
+                    );
+                    std::thread::sleep(Duration::from_millis(40));
+                }
+                answers
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let started = s.call(
+        "POST",
+        "/v1/catalogues/shirts/reindex",
+        W,
+        Some(&json!({ "model": target })),
+    );
+    assert_eq!(started.status, 202, "{}", started.body);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let status = reindex_state(&s);
+        match status["state"]["state"].as_str().unwrap() {
+            "running" => assert!(Instant::now() < deadline, "still running: {status}"),
+            "done" => break,
+            other => panic!("reindex {other}: {status}"),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    let answers: Vec<(String, f64)> = clients
+        .into_iter()
+        .flat_map(|c| c.join().expect("a client failed"))
+        .collect();
+    assert!(answers.iter().any(|(m, _)| m == &before), "answers before the switch");
+    assert!(answers.iter().any(|(m, _)| m == &target), "answers after the switch");
+    let details = ok(&s.call("GET", "/v1/catalogues/shirts", R, None), "details");
+    assert_eq!(details["schema"]["model"]["fingerprint"], target.as_str());
+    assert!(details["schema"].get("migration").is_none(), "{details}");
+    let attributes = details["schema"]["attributes"].as_array().unwrap();
+    assert_eq!(attributes.len(), 8, "no staging attribute left: {attributes:?}");
+    assert_eq!(details["stats"]["items"], 21);
+    // The check above can see a mix: the two models' vectors of one photo differ.
+    let cosine = dot(&vector_before, &attr_0_of(&s, "10030.jpg"));
+    assert!(cosine < 0.5, "old and new vectors too alike to tell a mix: {cosine}");
+}
+
+fn attr_0_of(s: &TestServer, id: &str) -> Vec<f64> {
+    let item = ok(
+        &s.call(
+            "GET",
+            &format!("/v1/catalogues/shirts/items/{id}?with_vectors=true"),
+            R,
+            None,
+        ),
+        "item",
+    );
+    item["vectors"]["attr_0"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect()
+}
+
+fn dot(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+#[test]
+fn a_reindex_to_a_model_the_server_does_not_hold_is_409() {
+    let Some(s) = TestServer::seeded() else { return };
+    let reply = s.call(
+        "POST",
+        "/v1/catalogues/shirts/reindex",
+        W,
+        Some(&json!({"model": "0123456789abcdef"})),
+    );
+    assert_eq!(reply.status, 409, "{}", reply.body);
+    assert!(reply.error().contains("--also-model"), "{}", reply.error());
+    assert_eq!(reindex_state(&s)["state"]["state"], "none");
+}
+
+#[test]
+fn a_reindex_needs_the_write_key() {
+    let Some(s) = TestServer::seeded() else { return };
+    let reply = s.call(
+        "POST",
+        "/v1/catalogues/shirts/reindex",
+        R,
+        Some(&json!({"model": "00"})),
+    );
+    assert_eq!(reply.status, 403, "{}", reply.body);
+}
+
+#[test]
+fn dropping_an_attribute_removes_its_graph_and_vectors() {
+    let Some(s) = TestServer::seeded() else { return };
+    let schema = ok(
+        &s.call("DELETE", "/v1/catalogues/shirts/attributes/attr_1", W, None),
+        "drop",
+    );
+    assert!(!schema["attributes"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("attr_1")));
+    let search = s.call(
+        "POST",
+        SEARCH,
+        R,
+        Some(&json!({"attribute": "attr_1", "item_id": "10002.jpg", "k": 3})),
+    );
+    assert_eq!(search.status, 422, "{}", search.body);
+    let item = ok(
+        &s.call(
+            "GET",
+            "/v1/catalogues/shirts/items/10002.jpg?with_vectors=true",
+            R,
+            None,
+        ),
+        "item",
+    );
+    assert!(item["vectors"].get("attr_1").is_none(), "{item}");
+    assert!(item["vectors"].get("attr_0").is_some(), "{item}");
+    let other = s.call(
+        "POST",
+        SEARCH,
+        R,
+        Some(&json!({"attribute": "attr_0", "image": b64(&s.image("10030.jpg")), "k": 1})),
+    );
+    assert_eq!(ok(&other, "image search")["hits"][0]["id"], "10030.jpg");
+}
+
+#[test]
+fn dropping_an_unknown_attribute_is_422() {
+    let Some(s) = TestServer::seeded() else { return };
+    let reply = s.call("DELETE", "/v1/catalogues/shirts/attributes/nope", W, None);
+    assert_eq!(reply.status, 422, "{}", reply.body);
+}

@@ -810,3 +810,100 @@ fn ingest_with_another_model_than_the_catalogues_exits_2_naming_both() {
     assert!(err.contains(&fingerprint(&shipped)), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
+
+#[path = "common/retrained.rs"]
+mod retrained;
+
+/// `asen reindex` on a local data directory, SIGKILLed once it has re-embedded some items,
+/// then run again: it resumes and switches, and every item holds the new model's vectors.
+#[cfg(unix)]
+#[test]
+fn a_killed_reindex_resumes_and_completes() {
+    let Some(shared) = shared_dir() else { return };
+    let (work, csv, ids) = catalogue_fixture(&shared, 40);
+    let csv = csv.display().to_string();
+    let golden = golden_model(&shared);
+    let ingest = asen(&ingest_args(&csv, &golden, &[]), work.path());
+    assert!(ingest.status.success(), "{}", stderr(&ingest));
+    let model = work.path().join("retrained");
+    retrained::write_retrained(Path::new(&golden), &model);
+    let reindex = || {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_asen"));
+        c.args([
+            "reindex",
+            "-c",
+            "shop",
+            "--data",
+            "store",
+            "--batch-size",
+            "4",
+            "--model",
+        ])
+        .arg(&model)
+        .current_dir(work.path())
+        .env("RUST_LOG", "info")
+        .env_remove("ASEN_DATA");
+        c
+    };
+    let mut first = reindex()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = std::io::BufReader::new(first.stderr.take().unwrap()).lines();
+    for line in lines {
+        let line = line.unwrap();
+        let done = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("done="))
+            .and_then(|n| n.parse::<u64>().ok());
+        if line.contains("reindex progress") && done.is_some_and(|d| d > 0) {
+            break;
+        }
+    }
+    first.kill().unwrap();
+    first.wait().unwrap();
+    {
+        let store = asen_index::LocalStore::open(
+            work.path().join("store"),
+            asen_index::StoreOptions::default(),
+        )
+        .unwrap();
+        let schema = asen_index::CatalogueStore::schema(&store, "shop").unwrap();
+        assert!(schema.migration.is_some(), "killed before the switch");
+        let info = asen_index::CatalogueStore::list_catalogues(&store).unwrap();
+        let staged = info[0].attribute_counts["attr_0~next"];
+        assert!(
+            staged > 0 && staged < ids.len() as u64,
+            "killed halfway: {staged}"
+        );
+    }
+    let second = reindex().output().unwrap();
+    assert!(second.status.success(), "{}", stderr(&second));
+    assert!(
+        stdout(&second).contains("now holds model"),
+        "{}",
+        stdout(&second)
+    );
+    let store = asen_index::LocalStore::open(
+        work.path().join("store"),
+        asen_index::StoreOptions::default(),
+    )
+    .unwrap();
+    let schema = asen_index::CatalogueStore::schema(&store, "shop").unwrap();
+    assert_eq!(
+        schema.model.unwrap().fingerprint,
+        asen::service::models::fingerprint_files(&model).unwrap()
+    );
+    assert!(schema.migration.is_none());
+    assert_eq!(schema.attributes.len(), 8, "{:?}", schema.attributes);
+    let info = asen_index::CatalogueStore::list_catalogues(&store).unwrap();
+    assert!(
+        info[0]
+            .attribute_counts
+            .values()
+            .all(|n| *n == ids.len() as u64),
+        "{:?}",
+        info[0].attribute_counts
+    );
+}

@@ -2,6 +2,7 @@
 //! over a data directory no server holds, or by a running server (`--server`), showing
 //! progress with rate and ETA either way.
 
+use std::io::IsTerminal;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,6 +18,8 @@ use crate::service::models::fingerprint_files;
 
 /// How often the bar is redrawn, and a server asked for its status.
 const POLL: Duration = Duration::from_millis(500);
+/// How often progress is logged when stderr is not a terminal.
+const LOG_EVERY: Duration = Duration::from_secs(2);
 
 /// Run `asen reindex`.
 pub fn run(args: ReindexArgs, config: &Config) -> anyhow::Result<()> {
@@ -58,10 +61,24 @@ fn local(args: &ReindexArgs, config: &Config) -> anyhow::Result<()> {
     let bar = bar();
     let watcher = {
         let (progress, bar) = (Arc::clone(&progress), bar.clone());
+        // Without a terminal the bar draws nothing: progress goes to the log instead.
+        let logged = !std::io::stderr().is_terminal();
         std::thread::spawn(move || {
+            let mut last_log = std::time::Instant::now();
             while progress.state() == lifecycle::JobState::Running {
                 let s = progress.status("");
                 show(&bar, s.passes, s.done, s.total, s.items_per_s, s.eta_s);
+                if logged && last_log.elapsed() >= LOG_EVERY {
+                    last_log = std::time::Instant::now();
+                    tracing::info!(
+                        pass = s.passes,
+                        done = s.done,
+                        total = s.total,
+                        items_per_s = format!("{:.1}", s.items_per_s),
+                        eta_s = s.eta_s.map(|e| format!("{e:.0}")),
+                        "reindex progress"
+                    );
+                }
                 std::thread::sleep(POLL);
             }
         })
@@ -133,7 +150,10 @@ fn remote(args: &ReindexArgs, url: &str, config: &Config) -> anyhow::Result<()> 
                     .pointer("/state/error")
                     .and_then(|v| v.as_str())
                     .unwrap_or("unknown error");
-                anyhow::bail!("the reindex of {:?} failed on the server: {error}", args.catalogue);
+                anyhow::bail!(
+                    "the reindex of {:?} failed on the server: {error}",
+                    args.catalogue
+                );
             }
             other => {
                 bar.finish_and_clear();

@@ -127,7 +127,11 @@ fn embedding_plan<'s>(
         let names = schema.attributes.iter().map(|a| (a.clone(), a.clone()));
         return Ok(vec![group(live?, names.collect())?]);
     };
-    let staging: Vec<&str> = migration.staged.iter().map(|s| s.staging.as_str()).collect();
+    let staging: Vec<&str> = migration
+        .staged
+        .iter()
+        .map(|s| s.staging.as_str())
+        .collect();
     let mut plan = Vec::new();
     let live_names: Vec<(String, String)> = schema
         .attributes

@@ -355,7 +355,9 @@ fn fill_pass(
     let store = svc.store("a reindex")?;
     progress.passes.fetch_add(1, Ordering::Relaxed);
     progress.done.store(0, Ordering::Relaxed);
-    progress.total.store(store.count(catalogue)?, Ordering::Relaxed);
+    progress
+        .total
+        .store(store.count(catalogue)?, Ordering::Relaxed);
     let embedder = target.embedder();
     let model_attributes = migration
         .staged
@@ -405,8 +407,7 @@ fn fill_pass(
             let models = svc.models("a reindex")?;
             let embedded = models.forward(|| embedder.embed_crops(&crops, &model_attributes))?;
             let gate = svc.write_gate(catalogue);
-            let _writers_held =
-                (!gated).then(|| gate.write().unwrap_or_else(|p| p.into_inner()));
+            let _writers_held = (!gated).then(|| gate.write().unwrap_or_else(|p| p.into_inner()));
             for (k, s) in migration.staged.iter().enumerate() {
                 let vectors: Vec<(ItemId, Vec<f32>)> = ids
                     .iter()

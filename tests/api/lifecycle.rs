@@ -72,7 +72,10 @@ fn add_copies(s: &TestServer) {
 }
 
 fn reindex_state(s: &TestServer) -> Value {
-    ok(&s.call("GET", "/v1/catalogues/shirts/reindex", R, None), "status")
+    ok(
+        &s.call("GET", "/v1/catalogues/shirts/reindex", R, None),
+        "status",
+    )
 }
 
 #[test]
@@ -148,17 +151,30 @@ fn reindex_while_eight_clients_search_has_no_error_and_no_mixed_answer() {
         .into_iter()
         .flat_map(|c| c.join().expect("a client failed"))
         .collect();
-    assert!(answers.iter().any(|(m, _)| m == &before), "answers before the switch");
-    assert!(answers.iter().any(|(m, _)| m == &target), "answers after the switch");
+    assert!(
+        answers.iter().any(|(m, _)| m == &before),
+        "answers before the switch"
+    );
+    assert!(
+        answers.iter().any(|(m, _)| m == &target),
+        "answers after the switch"
+    );
     let details = ok(&s.call("GET", "/v1/catalogues/shirts", R, None), "details");
     assert_eq!(details["schema"]["model"]["fingerprint"], target.as_str());
     assert!(details["schema"].get("migration").is_none(), "{details}");
     let attributes = details["schema"]["attributes"].as_array().unwrap();
-    assert_eq!(attributes.len(), 8, "no staging attribute left: {attributes:?}");
+    assert_eq!(
+        attributes.len(),
+        8,
+        "no staging attribute left: {attributes:?}"
+    );
     assert_eq!(details["stats"]["items"], 21);
     // The check above can see a mix: the two models' vectors of one photo differ.
     let cosine = dot(&vector_before, &attr_0_of(&s, "10030.jpg"));
-    assert!(cosine < 0.5, "old and new vectors too alike to tell a mix: {cosine}");
+    assert!(
+        cosine < 0.5,
+        "old and new vectors too alike to tell a mix: {cosine}"
+    );
 }
 
 fn attr_0_of(s: &TestServer, id: &str) -> Vec<f64> {
@@ -185,7 +201,9 @@ fn dot(a: &[f64], b: &[f64]) -> f64 {
 
 #[test]
 fn a_reindex_to_a_model_the_server_does_not_hold_is_409() {
-    let Some(s) = TestServer::seeded() else { return };
+    let Some(s) = TestServer::seeded() else {
+        return;
+    };
     let reply = s.call(
         "POST",
         "/v1/catalogues/shirts/reindex",
@@ -199,7 +217,9 @@ fn a_reindex_to_a_model_the_server_does_not_hold_is_409() {
 
 #[test]
 fn a_reindex_needs_the_write_key() {
-    let Some(s) = TestServer::seeded() else { return };
+    let Some(s) = TestServer::seeded() else {
+        return;
+    };
     let reply = s.call(
         "POST",
         "/v1/catalogues/shirts/reindex",
@@ -211,7 +231,9 @@ fn a_reindex_needs_the_write_key() {
 
 #[test]
 fn dropping_an_attribute_removes_its_graph_and_vectors() {
-    let Some(s) = TestServer::seeded() else { return };
+    let Some(s) = TestServer::seeded() else {
+        return;
+    };
     let schema = ok(
         &s.call("DELETE", "/v1/catalogues/shirts/attributes/attr_1", W, None),
         "drop",
@@ -249,7 +271,63 @@ fn dropping_an_attribute_removes_its_graph_and_vectors() {
 
 #[test]
 fn dropping_an_unknown_attribute_is_422() {
-    let Some(s) = TestServer::seeded() else { return };
+    let Some(s) = TestServer::seeded() else {
+        return;
+    };
     let reply = s.call("DELETE", "/v1/catalogues/shirts/attributes/nope", W, None);
     assert_eq!(reply.status, 422, "{}", reply.body);
+}
+
+/// `asen reindex --server`: the real server holding the retrained model beside the default
+/// re-embeds the catalogue, and the command follows it to the end.
+#[test]
+fn reindex_command_drives_a_running_server() {
+    let Some(shared) = shared() else { return };
+    let model_dir = retrained_dir(&shared).join("model");
+    let data = tempfile::tempdir().unwrap();
+    let server = crate::process::spawn_args(
+        &shared,
+        data.path(),
+        &["--also-model", model_dir.to_str().unwrap()],
+        &[],
+    );
+    let call = |method: &str, path: &str, body: Option<&Value>| {
+        crate::process::call(&server, method, path, W, body)
+    };
+    ok(&call("PUT", "/v1/catalogues/shirts", None), "create");
+    let items: Vec<Value> = NAMES
+        .iter()
+        .map(|n| json!({"id": n, "image": b64(&std::fs::read(shared.join("golden/images").join(n)).unwrap())}))
+        .collect();
+    ok(
+        &call(
+            "PUT",
+            "/v1/catalogues/shirts/items",
+            Some(&json!({ "items": items })),
+        ),
+        "upsert",
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_asen"))
+        .args([
+            "reindex",
+            "-c",
+            "shirts",
+            "--server",
+            &server.base,
+            "--model",
+        ])
+        .arg(&model_dir)
+        .env("ASEN_API_KEY", WRITE_KEY)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("now holds model"), "{stdout}");
+    let target = asen::service::models::fingerprint_files(&model_dir).unwrap();
+    let details = ok(&call("GET", "/v1/catalogues/shirts", None), "details");
+    assert_eq!(details["schema"]["model"]["fingerprint"], target.as_str());
 }

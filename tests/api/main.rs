@@ -20,8 +20,8 @@ mod fuzz;
 mod hardening;
 mod health;
 mod items;
-mod lifecycle;
 mod kill;
+mod lifecycle;
 mod metrics;
 #[cfg(feature = "milvus")]
 mod milvus;

@@ -30,9 +30,15 @@ fn spawn(shared: &Path, data: &Path) -> Process {
 
 /// [`spawn`] with more `ASEN_*` variables.
 pub fn spawn_with(shared: &Path, data: &Path, env: &[(&str, &str)]) -> Process {
+    spawn_args(shared, data, &[], env)
+}
+
+/// [`spawn_with`] with more `asen serve` arguments.
+pub fn spawn_args(shared: &Path, data: &Path, args: &[&str], env: &[(&str, &str)]) -> Process {
     let mut child = Command::new(env!("CARGO_BIN_EXE_asen"))
         .args(["serve", "--bind", "127.0.0.1:0", "--data"])
         .arg(data)
+        .args(args)
         .arg("--model")
         .arg(shared.join(CHECKPOINT))
         .env("ASEN_API_KEY", WRITE_KEY)

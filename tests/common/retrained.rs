@@ -17,12 +17,17 @@ pub fn write_retrained(checkpoint: &Path, out: &Path) {
         if name.ends_with("feature_fc.weight") || name.ends_with("feature_fc.bias") {
             let rows = tensor.dim(0).unwrap() as u32;
             let order: Vec<u32> = (0..rows).rev().collect();
-            let index = candle_core::Tensor::new(order.as_slice(), &candle_core::Device::Cpu)
-                .unwrap();
+            let index =
+                candle_core::Tensor::new(order.as_slice(), &candle_core::Device::Cpu).unwrap();
             *tensor = tensor.index_select(&index, 0).unwrap();
             reversed += 1;
         }
     }
-    assert_eq!(reversed, 2, "feature_fc weight and bias: {:?}", tensors.keys());
+    assert_eq!(
+        reversed,
+        2,
+        "feature_fc weight and bias: {:?}",
+        tensors.keys()
+    );
     candle_core::safetensors::save(&tensors, &file).expect("write weights");
 }

@@ -55,9 +55,7 @@ pub async fn status(
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
-    let status = state
-        .run(move |svc| lifecycle::status(svc, &name))
-        .await?;
+    let status = state.run(move |svc| lifecycle::status(svc, &name)).await?;
     Ok(ok(status, started))
 }
 

@@ -1,5 +1,7 @@
 //! A catalogue's schema, fixed at creation.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::error::{IndexError, Result};
@@ -139,6 +141,10 @@ pub struct CatalogueSchema {
     /// A move to another model in progress (see [`Migration`]); `None` otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub migration: Option<Migration>,
+    /// Attributes renamed since they were created: catalogue name -> the name the model
+    /// computes them under (see [`CatalogueSchema::model_attribute`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub renamed: BTreeMap<String, String>,
 }
 
 fn default_max_payload_bytes() -> usize {
@@ -159,7 +165,16 @@ impl CatalogueSchema {
             max_payload_bytes: Self::DEFAULT_MAX_PAYLOAD_BYTES,
             model: None,
             migration: None,
+            renamed: BTreeMap::new(),
         }
+    }
+
+    /// The name the model computes attribute `attribute` under: its original name when it
+    /// was renamed, else its own.
+    pub fn model_attribute<'a>(&'a self, attribute: &'a str) -> &'a str {
+        self.renamed
+            .get(attribute)
+            .map_or(attribute, String::as_str)
     }
 
     /// Same schema recording the model that computes its vectors.
@@ -339,6 +354,7 @@ impl CatalogueSchema {
                     let i = next.attribute_index(name).ok_or_else(|| unknown(name))?;
                     next.attributes.remove(i);
                     origin.remove(i);
+                    next.renamed.remove(name);
                 }
                 SchemaChange::RenameAttribute { from, to } => {
                     let i = next.attribute_index(from).ok_or_else(|| unknown(from))?;
@@ -346,6 +362,22 @@ impl CatalogueSchema {
                         return Err(taken(to));
                     }
                     next.attributes[i] = to.clone();
+                    // A migration's staging attribute that takes its attribute's place takes
+                    // its model name too; any other keeps its own.
+                    let takes_over = self.migration.as_ref().is_some_and(|m| {
+                        m.staged
+                            .iter()
+                            .any(|s| &s.staging == from && &s.attribute == to)
+                    });
+                    let own = next.renamed.remove(from).unwrap_or_else(|| from.clone());
+                    let model_name = if takes_over {
+                        self.model_attribute(to).to_string()
+                    } else {
+                        own
+                    };
+                    if &model_name != to {
+                        next.renamed.insert(to.clone(), model_name);
+                    }
                 }
                 SchemaChange::SetModel { model } => next.model = model.clone(),
                 SchemaChange::SetMigration { migration } => next.migration = migration.clone(),
@@ -439,6 +471,61 @@ mod tests {
             .unwrap();
         assert_eq!(next.attributes, ["b", "see", "d"]);
         assert_eq!(origin, [Some(1), Some(2), None]);
+    }
+
+    #[test]
+    fn a_renamed_attribute_keeps_its_model_name_through_renames_and_a_switch() {
+        let s = CatalogueSchema::new(["colour", "collar"], 8);
+        let rename = |from: &str, to: &str| SchemaChange::RenameAttribute {
+            from: from.into(),
+            to: to.into(),
+        };
+        let once = changed(&s, &[rename("colour", "hue")]).unwrap();
+        assert_eq!(once.model_attribute("hue"), "colour");
+        let twice = changed(&once, &[rename("hue", "tint")]).unwrap();
+        assert_eq!(twice.model_attribute("tint"), "colour");
+        assert_eq!(twice.renamed.len(), 1);
+        let back = changed(&twice, &[rename("tint", "colour")]).unwrap();
+        assert!(back.renamed.is_empty());
+        // A reindex: tint~next is filled, then takes tint's place and its model name.
+        let migrating = changed(
+            &twice,
+            &[
+                SchemaChange::AddAttribute {
+                    name: "tint~next".into(),
+                },
+                SchemaChange::SetMigration {
+                    migration: Some(Migration {
+                        target: record(),
+                        staged: vec![StagedAttribute {
+                            attribute: "tint".into(),
+                            staging: "tint~next".into(),
+                        }],
+                    }),
+                },
+            ],
+        )
+        .unwrap();
+        let switched = changed(
+            &migrating,
+            &[
+                SchemaChange::SetMigration { migration: None },
+                SchemaChange::DropAttribute {
+                    name: "tint".into(),
+                },
+                rename("tint~next", "tint"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(switched.model_attribute("tint"), "colour");
+        let dropped = changed(
+            &switched,
+            &[SchemaChange::DropAttribute {
+                name: "tint".into(),
+            }],
+        )
+        .unwrap();
+        assert!(dropped.renamed.is_empty());
     }
 
     #[test]

@@ -10,7 +10,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use asen_index::{AttributeWeight, Filter, ItemId, Payload, Query, SearchRequest, MAX_K};
+use asen_index::{
+    AttributeWeight, CatalogueSchema, Filter, ItemId, Payload, Query, SearchRequest, MAX_K,
+};
 use asen_models::IDENTITY_ATTRIBUTE;
 use serde::Serialize;
 
@@ -164,15 +166,21 @@ fn thresholds_source(model: &Model) -> String {
     s
 }
 
+/// The vectors of a subject for `attributes`: an image embedded by `model` (for the
+/// attributes of `schema` when given: renamed ones by their model names), an item's stored.
 fn vectors(
     svc: &Service,
     model: &Model,
+    schema: Option<&CatalogueSchema>,
     subject: &Subject,
     label: &str,
     attributes: &[String],
 ) -> Result<BTreeMap<String, Vec<f32>>> {
     match subject {
-        Subject::Image(bytes) => svc.embed_one(model, bytes, label, attributes),
+        Subject::Image(bytes) => match schema {
+            Some(schema) => svc.embed_for_catalogue(model, schema, bytes, label, attributes),
+            None => svc.embed_one(model, bytes, label, attributes),
+        },
         Subject::Item { catalogue, id } => svc.item_vectors(catalogue, id),
     }
 }
@@ -240,8 +248,8 @@ pub fn compare(
     if signature.is_some() {
         wanted.push(IDENTITY_ATTRIBUTE.to_string());
     }
-    let va = vectors(svc, model, a, "of a", &wanted)?;
-    let vb = vectors(svc, model, b, "of b", &wanted)?;
+    let va = vectors(svc, model, None, a, "of a", &wanted)?;
+    let vb = vectors(svc, model, None, b, "of b", &wanted)?;
     let copy = match (
         signature,
         va.get(IDENTITY_ATTRIBUTE),
@@ -365,15 +373,22 @@ pub fn copies(svc: &Service, catalogue: &str, query: &CopiesQuery) -> Result<Ans
         Some(spec) => copies_by_verdict(
             svc,
             model,
+            &schema,
             catalogue,
             query,
             &design_points,
             spec.threshold,
             &threshold_of,
         ),
-        None => {
-            copies_by_design_points(svc, model, catalogue, query, &design_points, &threshold_of)
-        }
+        None => copies_by_design_points(
+            svc,
+            model,
+            &schema,
+            catalogue,
+            query,
+            &design_points,
+            &threshold_of,
+        ),
     }?;
     Ok(Answer::new(hits, Some(model.fingerprint().to_string())))
 }
@@ -427,9 +442,11 @@ fn search_above(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn copies_by_verdict(
     svc: &Service,
     model: &Model,
+    schema: &CatalogueSchema,
     catalogue: &str,
     query: &CopiesQuery,
     design_points: &[String],
@@ -438,7 +455,14 @@ fn copies_by_verdict(
 ) -> Result<Vec<CopyHit>> {
     let mut wanted = design_points.to_vec();
     wanted.push(IDENTITY_ATTRIBUTE.to_string());
-    let vectors = vectors(svc, model, &query.subject, "of the query", &wanted)?;
+    let vectors = vectors(
+        svc,
+        model,
+        Some(schema),
+        &query.subject,
+        "of the query",
+        &wanted,
+    )?;
     let Some(core) = attribute_query(query, IDENTITY_ATTRIBUTE, &vectors) else {
         return Ok(Vec::new());
     };
@@ -490,13 +514,21 @@ fn copies_by_verdict(
 fn copies_by_design_points(
     svc: &Service,
     model: &Model,
+    schema: &CatalogueSchema,
     catalogue: &str,
     query: &CopiesQuery,
     design_points: &[String],
     threshold_of: &dyn Fn(&str) -> Result<f32>,
 ) -> Result<Vec<CopyHit>> {
     let vectors = match &query.subject {
-        Subject::Image(_) => vectors(svc, model, &query.subject, "of the query", design_points)?,
+        Subject::Image(_) => vectors(
+            svc,
+            model,
+            Some(schema),
+            &query.subject,
+            "of the query",
+            design_points,
+        )?,
         Subject::Item { .. } => BTreeMap::new(),
     };
     let mut found: BTreeMap<ItemId, CopyHit> = BTreeMap::new();

@@ -159,9 +159,13 @@ pub fn explain_item(
     id: &str,
     attribute: &str,
 ) -> Result<Explanation> {
-    let model = svc.catalogue_model(catalogue, "explain")?;
+    let schema = svc.store("explain")?.schema(catalogue)?;
+    let model = svc
+        .models("explain")?
+        .for_catalogue(catalogue, schema.model.as_ref())?;
     let embedder = model.embedder();
-    let index = embedder.attribute_index(attribute)?;
+    // A renamed attribute is computed under its model name.
+    let index = embedder.attribute_index(schema.model_attribute(attribute))?;
     let id = Service::item_id(id)?;
     let jpeg = svc.item_thumbnail(catalogue, &id)?;
     let crop = thumbnails::decode(&jpeg, catalogue, id.as_str())?;

@@ -124,7 +124,10 @@ fn embedding_plan<'s>(
     };
     let live = models.for_catalogue(catalogue, schema.model.as_ref());
     let Some(migration) = &schema.migration else {
-        let names = schema.attributes.iter().map(|a| (a.clone(), a.clone()));
+        let names = schema
+            .attributes
+            .iter()
+            .map(|a| (a.clone(), schema.model_attribute(a).to_string()));
         return Ok(vec![group(live?, names.collect())?]);
     };
     let staging: Vec<&str> = migration
@@ -137,7 +140,7 @@ fn embedding_plan<'s>(
         .attributes
         .iter()
         .filter(|a| !staging.contains(&a.as_str()))
-        .map(|a| (a.clone(), a.clone()))
+        .map(|a| (a.clone(), schema.model_attribute(a).to_string()))
         .collect();
     let live_error = match live {
         Ok(model) => {
@@ -147,10 +150,10 @@ fn embedding_plan<'s>(
         Err(e) => Some(e),
     };
     if let Some(target) = models.get(&migration.target.fingerprint) {
-        let names = migration
-            .staged
-            .iter()
-            .map(|s| (s.staging.clone(), s.attribute.clone()));
+        let names = migration.staged.iter().map(|s| {
+            let model_name = schema.model_attribute(&s.attribute).to_string();
+            (s.staging.clone(), model_name)
+        });
         plan.push(group(target, names.collect())?);
     }
     match (plan.is_empty(), live_error) {

@@ -239,7 +239,11 @@ fn check_target(
         )));
     }
     for a in &schema.attributes {
-        if target.embedder().attribute_index(a).is_err() {
+        if target
+            .embedder()
+            .attribute_index(schema.model_attribute(a))
+            .is_err()
+        {
             return Err(ServiceError::invalid(format!(
                 "model {name} has no attribute {a:?}, which catalogue {catalogue:?} indexes: \
                  drop the attribute first, or reindex with a model that has it"
@@ -299,22 +303,22 @@ pub fn run_migration(
     let store = svc.store("a reindex")?;
     loop {
         let schema = store.schema(catalogue)?;
-        let Some(migration) = schema.migration else {
+        let Some(migration) = schema.migration.clone() else {
             return Ok(schema);
         };
         let target = target_model(svc, &migration.target.fingerprint, "a reindex")?;
-        if fill_pass(svc, catalogue, &migration, target, progress, false)? == 0 {
+        if fill_pass(svc, catalogue, &schema, &migration, target, progress, false)? == 0 {
             break;
         }
     }
     let gate = svc.write_gate(catalogue);
     let _writers_held = gate.write().unwrap_or_else(|p| p.into_inner());
     let schema = store.schema(catalogue)?;
-    let Some(migration) = schema.migration else {
+    let Some(migration) = schema.migration.clone() else {
         return Ok(schema);
     };
     let target = target_model(svc, &migration.target.fingerprint, "a reindex")?;
-    fill_pass(svc, catalogue, &migration, target, progress, true)?;
+    fill_pass(svc, catalogue, &schema, &migration, target, progress, true)?;
     let mut changes = vec![SchemaChange::SetMigration { migration: None }];
     for s in &migration.staged {
         if s.attribute != s.staging {
@@ -347,6 +351,7 @@ pub fn run_migration(
 fn fill_pass(
     svc: &Service,
     catalogue: &str,
+    schema: &CatalogueSchema,
     migration: &Migration,
     target: &Model,
     progress: &Progress,
@@ -362,7 +367,7 @@ fn fill_pass(
     let model_attributes = migration
         .staged
         .iter()
-        .map(|s| embedder.attribute_index(&s.attribute))
+        .map(|s| embedder.attribute_index(schema.model_attribute(&s.attribute)))
         .collect::<std::result::Result<Vec<_>, _>>()?;
     let batch = embedder_batch(svc);
     let mut filled = 0u64;
@@ -452,8 +457,8 @@ pub fn drop_attribute(svc: &Service, catalogue: &str, attribute: &str) -> Result
     Ok(schema)
 }
 
-/// Rename an attribute of a catalogue. The new name must be an attribute of the catalogue's
-/// model when the catalogue records one (its queries are embedded by that name).
+/// Rename an attribute of a catalogue. Its vectors and graph stay; the model keeps computing
+/// it under its original name ([`CatalogueSchema::model_attribute`]).
 #[tracing::instrument(skip_all, fields(catalogue = %catalogue, from = %from, to = %to))]
 pub fn rename_attribute(
     svc: &Service,
@@ -463,16 +468,7 @@ pub fn rename_attribute(
 ) -> Result<CatalogueSchema> {
     let gate = svc.write_gate(catalogue);
     let _writers_held = gate.write().unwrap_or_else(|p| p.into_inner());
-    let schema = refuse_during_migration(svc, catalogue)?;
-    if let Some(model) = &schema.model {
-        if !model.attributes.iter().any(|a| a == to) {
-            return Err(ServiceError::invalid(format!(
-                "model {} has no attribute {to:?}: its image queries could not be embedded \
-                 for it (the catalogue's attributes are named as its model's)",
-                describe(model)
-            )));
-        }
-    }
+    refuse_during_migration(svc, catalogue)?;
     let schema = svc.store("renaming an attribute")?.alter_catalogue(
         catalogue,
         &[SchemaChange::RenameAttribute {

@@ -438,6 +438,29 @@ impl Service {
             .collect())
     }
 
+    /// [`Service::embed_one`] for attributes of a catalogue: each embedded under its model
+    /// name ([`CatalogueSchema::model_attribute`], for renamed ones), keyed by its catalogue
+    /// name.
+    pub fn embed_for_catalogue(
+        &self,
+        model: &Model,
+        schema: &asen_index::CatalogueSchema,
+        bytes: &[u8],
+        label: &str,
+        attributes: &[String],
+    ) -> Result<BTreeMap<String, Vec<f32>>> {
+        let model_names: Vec<String> = attributes
+            .iter()
+            .map(|a| schema.model_attribute(a).to_string())
+            .collect();
+        let mut by_model_name = self.embed_one(model, bytes, label, &model_names)?;
+        Ok(attributes
+            .iter()
+            .zip(&model_names)
+            .filter_map(|(a, m)| by_model_name.remove(m).map(|v| (a.clone(), v)))
+            .collect())
+    }
+
     /// The stored vectors of an item, or `ItemNotFound`.
     pub(crate) fn item_vectors(
         &self,

@@ -137,7 +137,8 @@ pub fn search(
                 .models("an image query")?
                 .for_catalogue(catalogue, schema.model.as_ref())?;
             used_model = Some(model.fingerprint().to_string());
-            let vectors = svc.embed_one(model, bytes, "of the query", &needed)?;
+            let vectors =
+                svc.embed_for_catalogue(model, &schema, bytes, "of the query", &needed)?;
             if let Some(r) = &query.rerank_by {
                 rerank_vector = vectors.get(r).cloned();
             }

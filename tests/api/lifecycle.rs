@@ -270,6 +270,63 @@ fn dropping_an_attribute_removes_its_graph_and_vectors() {
 }
 
 #[test]
+fn a_renamed_attribute_is_searched_and_explained_under_its_new_name() {
+    let Some(s) = TestServer::seeded() else {
+        return;
+    };
+    let schema = ok(
+        &s.call(
+            "PATCH",
+            "/v1/catalogues/shirts/attributes/attr_0",
+            W,
+            Some(&json!({"name": "neckline"})),
+        ),
+        "rename",
+    );
+    assert_eq!(schema["attributes"][0], "neckline");
+    assert_eq!(schema["renamed"]["neckline"], "attr_0");
+    // An image query on the new name is embedded by the model's attr_0 head: the photo
+    // finds itself.
+    let by_image = s.call(
+        "POST",
+        SEARCH,
+        R,
+        Some(&json!({"attribute": "neckline", "image": b64(&s.image("10030.jpg")), "k": 1})),
+    );
+    let hit = &ok(&by_image, "image search")["hits"][0];
+    assert_eq!(hit["id"], "10030.jpg");
+    assert!(hit["score"].as_f64().unwrap() > 0.99, "{hit}");
+    let old = s.call(
+        "POST",
+        SEARCH,
+        R,
+        Some(&json!({"attribute": "attr_0", "item_id": "10002.jpg", "k": 1})),
+    );
+    assert_eq!(old.status, 422, "{}", old.body);
+    let explain = s.call(
+        "POST",
+        "/v1/explain",
+        R,
+        Some(&json!({"catalogue": "shirts", "item_id": "10030.jpg", "attribute": "neckline"})),
+    );
+    ok(&explain, "explain under the new name");
+}
+
+#[test]
+fn renaming_to_a_name_in_use_is_422() {
+    let Some(s) = TestServer::seeded() else {
+        return;
+    };
+    let reply = s.call(
+        "PATCH",
+        "/v1/catalogues/shirts/attributes/attr_0",
+        W,
+        Some(&json!({"name": "attr_1"})),
+    );
+    assert_eq!(reply.status, 422, "{}", reply.body);
+}
+
+#[test]
 fn dropping_an_unknown_attribute_is_422() {
     let Some(s) = TestServer::seeded() else {
         return;

@@ -405,8 +405,10 @@ impl CatalogueStore for MilvusStore {
         // found by listing collections: Milvus Lite's reply to that is malformed for the SDK.)
         self.client.drop_collection(&names.items)?;
         self.client.drop_collection(&names.thumbnails)?;
+        // Attribute collections are numbered, with gaps where attributes were dropped: every
+        // number the new schema uses, and those after it while they exist.
         let mut a = 0;
-        while self.client.has_collection(&names.attribute(a))? {
+        while a < schema.attributes.len() || self.client.has_collection(&names.attribute(a))? {
             self.client.drop_collection(&names.attribute(a))?;
             a += 1;
         }

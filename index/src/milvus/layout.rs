@@ -4,9 +4,12 @@
 //!   process reads, and the commit point of creating and dropping a catalogue.
 //! - `asen_<c>_i`: one row per item: payload, content hash, attributes, thumbnail reference.
 //!   The commit point of an upsert: `get`, `list` and `count` read it.
-//! - `asen_<c>_a<n>`: one collection per attribute (`n` its position in the schema): the unit
-//!   vector under an HNSW inner-product index, and a copy of the payload so that filters run in
-//!   Milvus. A new attribute is a new collection, so it can be added to a live catalogue.
+//! - `asen_<c>_a<n>`: one collection per attribute: the unit vector under an HNSW
+//!   inner-product index, and a copy of the payload so that filters run in Milvus. `n` is the
+//!   attribute's collection number ([`Slot`]), fixed for the attribute's life and never reused
+//!   within the catalogue, so adding, dropping and renaming attributes renames no collection.
+//!   A catalogue stored before attributes could change has no [`Placement`] in its registry
+//!   row: attribute `i` is then collection `i`, named in item rows by its attribute name.
 //! - `asen_<c>_t`: thumbnails, base64 in chunks under Milvus's VarChar limit, keyed by a token
 //!   the item row names, so a reader never sees chunks of another version.
 //!
@@ -62,13 +65,6 @@ impl Names {
     pub(crate) fn attribute(&self, index: usize) -> String {
         format!("{}_a{index}", self.prefix)
     }
-
-    /// Every collection of the catalogue for a schema with `attributes` attributes.
-    pub(crate) fn all(&self, attributes: usize) -> Vec<String> {
-        let mut v = vec![self.items.clone(), self.thumbnails.clone()];
-        v.extend((0..attributes).map(|a| self.attribute(a)));
-        v
-    }
 }
 
 pub(crate) fn registry_fields() -> Vec<Field<'static>> {
@@ -110,25 +106,136 @@ pub(crate) fn thumbnail_fields() -> Vec<Field<'static>> {
     ]
 }
 
-pub(crate) fn registry_row(name: &str, schema: &CatalogueSchema) -> Result<Row> {
-    let text = serde_json::to_string(schema).map_err(|e| corrupt("schema", e))?;
+/// Where one attribute lies: its collection's number and the key item rows name it by
+/// ([`Meta::attributes`]). Both stay when the attribute is renamed, so a rename rewrites
+/// only the registry row.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Slot {
+    pub collection: usize,
+    pub key: String,
+}
+
+/// Where a catalogue's attributes lie, kept in the registry row beside the schema (under the
+/// schema JSON's `milvus` key, which the schema itself ignores): one [`Slot`] per attribute in
+/// schema order, the next collection number, and the slots of dropped attributes whose
+/// collection and item-row keys may not be removed yet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Placement {
+    pub slots: Vec<Slot>,
+    pub next: usize,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retired: Vec<Slot>,
+}
+
+impl Placement {
+    /// The placement of a catalogue whose registry row has none: collection `i` for attribute
+    /// `i`, keyed by the attribute's name (how catalogues were stored before).
+    pub(crate) fn implied(schema: &CatalogueSchema) -> Self {
+        Placement {
+            slots: schema
+                .attributes
+                .iter()
+                .enumerate()
+                .map(|(i, a)| Slot {
+                    collection: i,
+                    key: a.clone(),
+                })
+                .collect(),
+            next: schema.attributes.len(),
+            retired: Vec::new(),
+        }
+    }
+
+    /// The placement after an alteration, from [`CatalogueSchema::altered`]'s `origin` (the old
+    /// position of each new attribute): kept attributes keep their slot, an added one gets a
+    /// new collection number and a key no live or retired slot has, a dropped one is retired.
+    pub(crate) fn altered(&self, origin: &[Option<usize>]) -> Self {
+        let mut next = self.next;
+        let mut slots: Vec<Slot> = Vec::with_capacity(origin.len());
+        let mut retired = self.retired.clone();
+        retired.extend(
+            self.slots
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| !origin.contains(&Some(*i)))
+                .map(|(_, s)| s.clone()),
+        );
+        for o in origin {
+            let slot = match o {
+                Some(i) => self.slots[*i].clone(),
+                None => loop {
+                    let n = next;
+                    next += 1;
+                    // Keys of catalogues stored before are attribute names, which may look
+                    // like `#<n>`: skip a number whose key is still in use.
+                    let key = format!("#{n}");
+                    let used = |s: &Slot| s.key == key;
+                    if !self.slots.iter().any(used) && !retired.iter().any(used) {
+                        break Slot { collection: n, key };
+                    }
+                },
+            };
+            slots.push(slot);
+        }
+        Placement {
+            slots,
+            next,
+            retired,
+        }
+    }
+}
+
+pub(crate) fn registry_row(
+    name: &str,
+    schema: &CatalogueSchema,
+    placement: Option<&Placement>,
+) -> Result<Row> {
+    let mut value = serde_json::to_value(schema).map_err(|e| corrupt("schema", e))?;
+    if let (Some(p), Value::Object(m)) = (placement, &mut value) {
+        let p = serde_json::to_value(p).map_err(|e| corrupt("placement", e))?;
+        m.insert("milvus".to_string(), p);
+    }
+    let text = serde_json::to_string(&value).map_err(|e| corrupt("schema", e))?;
     Ok(object(
         json!({"name": name, "schema": text, "_v": PLACEHOLDER}),
     ))
 }
 
-pub(crate) fn schema_of(row: &Row) -> Result<CatalogueSchema> {
+/// The schema of a registry row and where its attributes lie.
+pub(crate) fn schema_of(row: &Row) -> Result<(CatalogueSchema, Placement)> {
     let text = row
         .get("schema")
         .and_then(Value::as_str)
         .ok_or_else(|| corrupt("registry row", "no schema"))?;
-    serde_json::from_str(text).map_err(|e| corrupt("registry schema", e))
+    let mut value: Value = serde_json::from_str(text).map_err(|e| corrupt("registry schema", e))?;
+    let placement = match &mut value {
+        Value::Object(m) => m.remove("milvus"),
+        _ => None,
+    };
+    let schema: CatalogueSchema =
+        serde_json::from_value(value).map_err(|e| corrupt("registry schema", e))?;
+    let placement = match placement {
+        Some(p) => serde_json::from_value(p).map_err(|e| corrupt("registry placement", e))?,
+        None => Placement::implied(&schema),
+    };
+    if placement.slots.len() != schema.attributes.len() {
+        return Err(corrupt(
+            "registry placement",
+            format!(
+                "{} slots for {} attributes",
+                placement.slots.len(),
+                schema.attributes.len()
+            ),
+        ));
+    }
+    Ok((schema, placement))
 }
 
 /// What the item row knows besides the payload.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub(crate) struct Meta {
-    /// Attribute names the item has vectors for, in schema order.
+    /// Keys ([`Slot::key`]) of the attributes the item has vectors for, in schema order. A key
+    /// no live slot has (left by a dropped attribute) is ignored.
     pub attributes: Vec<String>,
     #[serde(default)]
     pub content_hash: Option<String>,
@@ -265,6 +372,28 @@ mod tests {
             assert!(seen.insert(c.items.clone()), "{n} collides");
         }
         assert_eq!(Names::new("shirts-2").attribute(3), "asen_shirts_h2_a3");
+    }
+
+    #[test]
+    fn placements_survive_drop_add_and_rename() {
+        let schema = CatalogueSchema::new(["collar", "sleeve"], 4);
+        let p = Placement::implied(&schema);
+        // Drop collar, add pattern, add "#3"-looking keys avoided.
+        let q = p.altered(&[Some(1), None]);
+        assert_eq!(q.slots[0], p.slots[1]);
+        assert_eq!(q.slots[1].collection, 2);
+        assert_eq!(q.retired, [p.slots[0].clone()]);
+        let r = q.altered(&[Some(0), Some(1), None]);
+        assert_eq!(r.slots[2].collection, 3, "numbers are never reused");
+        let legacy = Placement::implied(&CatalogueSchema::new(["#2", "b"], 4));
+        let l = legacy.altered(&[Some(0), Some(1), None]);
+        assert_ne!(l.slots[2].key, "#2");
+        // Round trip through a registry row; a row without a placement implies one.
+        let row = registry_row("c", &schema, Some(&q)).unwrap();
+        let (s2, q2) = schema_of(&row).unwrap();
+        assert_eq!((s2, q2), (schema.clone(), q));
+        let row = registry_row("c", &schema, None).unwrap();
+        assert_eq!(schema_of(&row).unwrap().1, p);
     }
 
     #[test]

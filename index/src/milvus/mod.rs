@@ -13,13 +13,13 @@ mod search;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, RwLock};
 use std::time::Duration;
 
 use serde_json::Value;
 
 use crate::error::{IndexError, Result};
-use crate::schema::CatalogueSchema;
+use crate::schema::{CatalogueSchema, SchemaChange};
 use crate::store::CatalogueStore;
 use crate::types::{
     AttributeStats, CatalogueInfo, CatalogueStats, Item, ItemId, ItemPage, SearchRequest,
@@ -27,7 +27,7 @@ use crate::types::{
 };
 use crate::validate;
 use client::{Client, Endpoint, Row};
-use layout::{Meta, Names, REGISTRY};
+use layout::{Meta, Names, Placement, REGISTRY};
 
 /// Most rows one Milvus query or search returns (`offset + limit`).
 pub(crate) const MILVUS_MAX_LIMIT: usize = 16_384;
@@ -153,6 +153,11 @@ pub struct MilvusStore {
     /// The newest write sequence (Milvus timestamp) this process acknowledged, per catalogue.
     sequences: Mutex<HashMap<String, u64>>,
     tokens: AtomicU64,
+    /// Upserts and deletes hold it shared; alterations and fills, which rewrite item rows
+    /// they read, hold it alone, so that they never put back an item row an upsert of this
+    /// process replaced meanwhile. (Between processes nothing orders them: see
+    /// `docs/milvus.md`.)
+    writes: RwLock<()>,
 }
 
 impl std::fmt::Debug for MilvusStore {
@@ -164,11 +169,50 @@ impl std::fmt::Debug for MilvusStore {
     }
 }
 
-/// What a catalogue lookup gives: its collections and schema.
+/// What a catalogue lookup gives: its collections, schema and where its attributes lie.
 struct Catalogue {
     name: String,
     names: Names,
     schema: CatalogueSchema,
+    placement: Placement,
+}
+
+impl Catalogue {
+    fn from_row(name: &str, row: &Row) -> Result<Self> {
+        let (schema, placement) = layout::schema_of(row)?;
+        Ok(Catalogue {
+            name: name.to_string(),
+            names: Names::new(name),
+            schema,
+            placement,
+        })
+    }
+
+    /// The collection of attribute `i` (its position in the schema).
+    fn collection(&self, i: usize) -> String {
+        self.names.attribute(self.placement.slots[i].collection)
+    }
+
+    /// The key item rows name attribute `i` by.
+    fn key(&self, i: usize) -> &str {
+        &self.placement.slots[i].key
+    }
+
+    /// Every collection of the catalogue, those of retired attributes included.
+    fn collections(&self) -> Vec<String> {
+        let mut v = vec![self.names.items.clone(), self.names.thumbnails.clone()];
+        let slots = self.placement.slots.iter().chain(&self.placement.retired);
+        v.extend(slots.map(|s| self.names.attribute(s.collection)));
+        v
+    }
+
+    /// The names, in schema order, of the attributes an item row's keys name.
+    fn attributes_of(&self, meta: &Meta) -> Vec<String> {
+        (0..self.schema.attributes.len())
+            .filter(|&i| meta.attributes.iter().any(|k| k == self.key(i)))
+            .map(|i| self.schema.attributes[i].clone())
+            .collect()
+    }
 }
 
 impl MilvusStore {
@@ -195,6 +239,7 @@ impl MilvusStore {
             options,
             sequences: Mutex::new(HashMap::new()),
             tokens: AtomicU64::new(0),
+            writes: RwLock::new(()),
         })
     }
 
@@ -215,11 +260,48 @@ impl MilvusStore {
         let row = rows.first().ok_or_else(|| IndexError::CatalogueNotFound {
             catalogue: name.chars().take(80).collect(),
         })?;
-        Ok(Catalogue {
-            name: name.to_string(),
-            names: Names::new(name),
-            schema: layout::schema_of(row)?,
-        })
+        Catalogue::from_row(name, row)
+    }
+
+    /// Every catalogue of the registry.
+    fn catalogues(&self) -> Result<Vec<Catalogue>> {
+        let rows = self.client.query(
+            REGISTRY,
+            "name != \"\"",
+            &["name", "schema"],
+            MILVUS_MAX_LIMIT,
+        )?;
+        rows.iter()
+            .map(|row| {
+                let name = row.get("name").and_then(Value::as_str).unwrap_or_default();
+                Catalogue::from_row(name, row)
+            })
+            .collect()
+    }
+
+    /// Runs a read on the catalogue; if it fails while an alteration replaced the collections
+    /// it read (a dropped attribute's collection goes after the registry row changed), runs
+    /// it once more on the catalogue as it is now.
+    fn reading<T>(&self, name: &str, read: impl Fn(&Catalogue) -> Result<T>) -> Result<T> {
+        let c = self.catalogue(name)?;
+        match read(&c) {
+            Err(e @ IndexError::Backend { .. }) => {
+                let now = self.catalogue(name)?;
+                if now.placement == c.placement {
+                    return Err(e);
+                }
+                read(&now)
+            }
+            other => other,
+        }
+    }
+
+    fn lock_writes(&self) -> std::sync::RwLockReadGuard<'_, ()> {
+        self.writes.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_rewrites(&self) -> std::sync::RwLockWriteGuard<'_, ()> {
+        self.writes.write().unwrap_or_else(|p| p.into_inner())
     }
 
     fn acknowledge(&self, catalogue: &str, timestamp: u64) -> u64 {
@@ -231,7 +313,7 @@ impl MilvusStore {
 
     fn receipt(&self, c: &Catalogue, timestamp: u64, affected: usize) -> Result<WriteReceipt> {
         if self.options.flush_writes {
-            self.client.flush(&c.names.all(c.schema.attributes.len()))?;
+            self.client.flush(&c.collections())?;
         }
         Ok(WriteReceipt {
             sequence: self.acknowledge(&c.name, timestamp),
@@ -255,17 +337,48 @@ impl MilvusStore {
             .get(&c.names.items, "id", &keys, &["id", "payload", "meta"])
     }
 
+    /// Drops the collections of the catalogue's retired attributes and their keys from every
+    /// item row (under the rewrite lock).
+    fn remove_retired(&self, c: &Catalogue) -> Result<()> {
+        let retired = &c.placement.retired;
+        for slot in retired {
+            self.client
+                .drop_collection(&c.names.attribute(slot.collection))?;
+        }
+        // Keys of live slots are never retired ones, so only stale keys go.
+        let stale = |k: &String| retired.iter().any(|s| s.key == *k);
+        let mut after: Option<ItemId> = None;
+        loop {
+            let page = search::ids_after(self, c, after.as_ref(), MAX_BATCH_ITEMS)?;
+            let Some(last) = page.last().cloned() else {
+                return Ok(());
+            };
+            let mut rewritten = Vec::new();
+            for row in self.item_rows(c, &page)? {
+                let mut meta = layout::meta_of(&row)?;
+                if meta.attributes.iter().any(stale) {
+                    meta.attributes.retain(|k| !stale(k));
+                    let id = layout::id_of(&row)?;
+                    rewritten.push(layout::item_row(&id, &layout::payload_of(&row), &meta)?);
+                }
+            }
+            self.client.upsert(&c.names.items, rewritten)?;
+            after = Some(last);
+        }
+    }
+
     fn stored_item(&self, c: &Catalogue, row: &Row, with_vectors: bool) -> Result<StoredItem> {
         let id = layout::id_of(row)?;
         let meta = layout::meta_of(row)?;
+        let attributes = c.attributes_of(&meta);
         let vectors = if with_vectors {
-            Some(search::vectors_of(self, c, &id, &meta.attributes)?)
+            Some(search::vectors_of(self, c, &id, &attributes)?)
         } else {
             None
         };
         Ok(StoredItem {
             payload: layout::payload_of(row),
-            attributes: meta.attributes,
+            attributes,
             vectors,
             content_hash: meta.content_hash,
             has_thumbnail: meta.thumbnail.is_some(),
@@ -292,8 +405,10 @@ impl CatalogueStore for MilvusStore {
         // found by listing collections: Milvus Lite's reply to that is malformed for the SDK.)
         self.client.drop_collection(&names.items)?;
         self.client.drop_collection(&names.thumbnails)?;
+        // Attribute collections are numbered, with gaps where attributes were dropped: every
+        // number the new schema uses, and those after it while they exist.
         let mut a = 0;
-        while self.client.has_collection(&names.attribute(a))? {
+        while a < schema.attributes.len() || self.client.has_collection(&names.attribute(a))? {
             self.client.drop_collection(&names.attribute(a))?;
             a += 1;
         }
@@ -307,7 +422,7 @@ impl CatalogueStore for MilvusStore {
             .create_collection(&names.items, &layout::item_fields())?;
         // The registry row is the commit point: the catalogue exists from here on.
         self.client
-            .upsert(REGISTRY, vec![layout::registry_row(name, schema)?])?;
+            .upsert(REGISTRY, vec![layout::registry_row(name, schema, None)?])?;
         Ok(())
     }
 
@@ -315,7 +430,7 @@ impl CatalogueStore for MilvusStore {
         let c = self.catalogue(name)?;
         self.client
             .delete(REGISTRY, &expr::key_in("name", [name]))?;
-        for coll in c.names.all(c.schema.attributes.len()) {
+        for coll in c.collections() {
             self.client.drop_collection(&coll)?;
         }
         self.sequences
@@ -326,28 +441,12 @@ impl CatalogueStore for MilvusStore {
     }
 
     fn list_catalogues(&self) -> Result<Vec<CatalogueInfo>> {
-        let rows = self.client.query(
-            REGISTRY,
-            "name != \"\"",
-            &["name", "schema"],
-            MILVUS_MAX_LIMIT,
-        )?;
         let mut out = Vec::new();
-        for row in rows {
-            let name = row
-                .get("name")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string();
-            let c = Catalogue {
-                names: Names::new(&name),
-                schema: layout::schema_of(&row)?,
-                name,
-            };
+        for c in self.catalogues()? {
             let items = self.client.count(&c.names.items, "")?;
             let mut attribute_counts = std::collections::BTreeMap::new();
             for (i, a) in c.schema.attributes.iter().enumerate() {
-                attribute_counts.insert(a.clone(), self.client.count(&c.names.attribute(i), "")?);
+                attribute_counts.insert(a.clone(), self.client.count(&c.collection(i), "")?);
             }
             out.push(CatalogueInfo {
                 name: c.name,
@@ -364,7 +463,108 @@ impl CatalogueStore for MilvusStore {
         Ok(self.catalogue(catalogue)?.schema)
     }
 
+    fn alter_catalogue(
+        &self,
+        catalogue: &str,
+        changes: &[SchemaChange],
+    ) -> Result<CatalogueSchema> {
+        let _rewrites = self.lock_rewrites();
+        let c = self.catalogue(catalogue)?;
+        // Every check comes before the first write: on error the catalogue is as it was.
+        let (schema, origin) = c.schema.altered(catalogue, changes)?;
+        let placement = c.placement.altered(&origin);
+        let row = layout::registry_row(catalogue, &schema, Some(&placement))?;
+        // 1. A collection for each added attribute, under a number no attribute of the
+        //    catalogue had: nothing refers to it yet. (One that exists is a leftover of an
+        //    earlier catalogue of this name.)
+        let added: Vec<String> = origin
+            .iter()
+            .enumerate()
+            .filter(|(_, o)| o.is_none())
+            .map(|(j, _)| c.names.attribute(placement.slots[j].collection))
+            .collect();
+        let created = added.iter().try_for_each(|coll| {
+            self.client.drop_collection(coll)?;
+            self.client
+                .create_collection(coll, &layout::attribute_fields(&schema))
+        });
+        // 2. The registry row: the commit point. Readers switch to the new schema here.
+        let committed = created.and_then(|()| self.client.upsert(REGISTRY, vec![row]));
+        if let Err(e) = committed {
+            for coll in &added {
+                let _ = self.client.drop_collection(coll);
+            }
+            return Err(e);
+        }
+        let next = Catalogue {
+            name: c.name.clone(),
+            names: c.names.clone(),
+            schema: schema.clone(),
+            placement,
+        };
+        // 3. Dropped attributes (and those an earlier alteration could not finish removing):
+        //    their collections and their keys in item rows go. The alteration is done
+        //    whatever happens here; what is left stays retired, ignored by readers, and the
+        //    next alteration removes it.
+        if !next.placement.retired.is_empty() && self.remove_retired(&next).is_ok() {
+            let mut clean = next.placement.clone();
+            clean.retired.clear();
+            let row = layout::registry_row(catalogue, &schema, Some(&clean))?;
+            // Not finishing this leaves the slots retired: harmless, and retried.
+            let _ = self.client.upsert(REGISTRY, vec![row]);
+        }
+        if self.options.flush_writes {
+            let mut collections = vec![REGISTRY.to_string()];
+            collections.extend(next.collections());
+            self.client.flush(&collections)?;
+        }
+        Ok(schema)
+    }
+
+    fn fill_attribute(
+        &self,
+        catalogue: &str,
+        attribute: &str,
+        vectors: &[(ItemId, Vec<f32>)],
+    ) -> Result<WriteReceipt> {
+        let _rewrites = self.lock_rewrites();
+        let c = self.catalogue(catalogue)?;
+        let (a, vectors) = validate::fill(catalogue, &c.schema, attribute, vectors)?;
+        let ids: Vec<ItemId> = vectors.iter().map(|(id, _)| id.clone()).collect();
+        let key = c.key(a).to_string();
+        let mut attribute_rows = Vec::new();
+        let mut item_rows = Vec::new();
+        for row in self.item_rows(&c, &ids)? {
+            let id = layout::id_of(&row)?;
+            let mut meta = layout::meta_of(&row)?;
+            if meta.attributes.contains(&key) {
+                continue;
+            }
+            let Some((_, v)) = vectors.iter().find(|(i, _)| *i == id) else {
+                continue;
+            };
+            let payload = layout::payload_of(&row);
+            attribute_rows.push(layout::attribute_row(&id, &payload, v));
+            // The keys in schema order; any a dropped attribute left go too.
+            meta.attributes = (0..c.schema.attributes.len())
+                .map(|b| c.key(b).to_string())
+                .filter(|k| *k == key || meta.attributes.contains(k))
+                .collect();
+            item_rows.push(layout::item_row(&id, &payload, &meta)?);
+        }
+        if item_rows.is_empty() {
+            return self.receipt(&c, 0, 0);
+        }
+        let affected = item_rows.len();
+        // The vectors first; the item rows, which say the items have them, are the commit
+        // point, as in an upsert.
+        self.client.upsert(&c.collection(a), attribute_rows)?;
+        let timestamp = self.client.upsert(&c.names.items, item_rows)?;
+        self.receipt(&c, timestamp, affected)
+    }
+
     fn upsert(&self, catalogue: &str, items: &[Item]) -> Result<WriteReceipt> {
+        let _writes = self.lock_writes();
         let c = self.catalogue(catalogue)?;
         validate::batch_len(items.len())?;
         let vectors: Vec<Vec<Option<Vec<f32>>>> = items
@@ -390,13 +590,9 @@ impl CatalogueStore for MilvusStore {
                 (token, layout::chunks_count(t.len()))
             });
             metas.push(Meta {
-                attributes: c
-                    .schema
-                    .attributes
-                    .iter()
-                    .zip(&vectors[i])
-                    .filter(|(_, v)| v.is_some())
-                    .map(|(a, _)| a.clone())
+                attributes: (0..c.schema.attributes.len())
+                    .filter(|&a| vectors[i][a].is_some())
+                    .map(|a| c.key(a).to_string())
                     .collect(),
                 content_hash: item.content_hash.clone(),
                 thumbnail,
@@ -416,7 +612,7 @@ impl CatalogueStore for MilvusStore {
                     None => gone.push(item.id.as_str()),
                 }
             }
-            let coll = c.names.attribute(a);
+            let coll = c.collection(a);
             self.client.upsert(&coll, rows)?;
             if !gone.is_empty() {
                 self.client.delete(&coll, &expr::key_in("id", gone))?;
@@ -445,6 +641,7 @@ impl CatalogueStore for MilvusStore {
     }
 
     fn delete(&self, catalogue: &str, ids: &[ItemId]) -> Result<WriteReceipt> {
+        let _writes = self.lock_writes();
         let c = self.catalogue(catalogue)?;
         if ids.len() > MAX_BATCH_ITEMS {
             return Err(IndexError::BatchTooLarge {
@@ -466,7 +663,7 @@ impl CatalogueStore for MilvusStore {
             .delete(&c.names.items, &expr::key_in("id", &keys))?;
         for a in 0..c.schema.attributes.len() {
             self.client
-                .delete(&c.names.attribute(a), &expr::key_in("id", &keys))?;
+                .delete(&c.collection(a), &expr::key_in("id", &keys))?;
         }
         self.client
             .delete(&c.names.thumbnails, &expr::key_in("item", &keys))?;
@@ -474,11 +671,12 @@ impl CatalogueStore for MilvusStore {
     }
 
     fn get(&self, catalogue: &str, id: &ItemId, with_vectors: bool) -> Result<Option<StoredItem>> {
-        let c = self.catalogue(catalogue)?;
-        let rows = self.item_rows(&c, std::slice::from_ref(id))?;
-        rows.first()
-            .map(|r| self.stored_item(&c, r, with_vectors))
-            .transpose()
+        self.reading(catalogue, |c| {
+            let rows = self.item_rows(c, std::slice::from_ref(id))?;
+            rows.first()
+                .map(|r| self.stored_item(c, r, with_vectors))
+                .transpose()
+        })
     }
 
     fn thumbnail(&self, catalogue: &str, id: &ItemId) -> Result<Option<Vec<u8>>> {
@@ -527,8 +725,7 @@ impl CatalogueStore for MilvusStore {
     }
 
     fn search(&self, catalogue: &str, request: &SearchRequest) -> Result<SearchResults> {
-        let c = self.catalogue(catalogue)?;
-        search::search(self, &c, request)
+        self.reading(catalogue, |c| search::search(self, c, request))
     }
 
     fn stats(&self, catalogue: &str) -> Result<CatalogueStats> {
@@ -537,7 +734,7 @@ impl CatalogueStore for MilvusStore {
         let mut attributes = Vec::new();
         let mut vector_bytes = 0;
         for (i, a) in c.schema.attributes.iter().enumerate() {
-            let live = self.client.count(&c.names.attribute(i), "")?;
+            let live = self.client.count(&c.collection(i), "")?;
             vector_bytes += live * c.schema.dimension as u64 * 4;
             attributes.push(AttributeStats {
                 attribute: a.clone(),
@@ -566,8 +763,8 @@ impl CatalogueStore for MilvusStore {
 
     fn flush(&self) -> Result<()> {
         let mut collections = vec![REGISTRY.to_string()];
-        for c in self.list_catalogues()? {
-            collections.extend(Names::new(&c.name).all(c.schema.attributes.len()));
+        for c in self.catalogues()? {
+            collections.extend(c.collections());
         }
         self.client.flush(&collections)
     }

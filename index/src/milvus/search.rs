@@ -55,7 +55,7 @@ pub(super) fn search(
         let mut full = false;
         for (pi, p) in parts.iter().enumerate() {
             let found = store.client.search(
-                &c.names.attribute(p.attribute),
+                &c.collection(p.attribute),
                 "vector",
                 &p.vector,
                 limit,
@@ -124,12 +124,10 @@ fn rescore(
             .map(|(id, _)| id.clone())
             .collect();
         for keys in missing.chunks(1024) {
-            let rows = store.client.get(
-                &c.names.attribute(p.attribute),
-                "id",
-                keys,
-                &["id", "vector"],
-            )?;
+            let rows =
+                store
+                    .client
+                    .get(&c.collection(p.attribute), "id", keys, &["id", "vector"])?;
             for row in rows {
                 let id = layout::id_of(&row)?.to_string();
                 let v = layout::vector_of(&row)?;
@@ -217,12 +215,10 @@ pub(super) fn vectors_of(
         let Some(i) = c.schema.attribute_index(a) else {
             continue;
         };
-        let rows = store.client.get(
-            &c.names.attribute(i),
-            "id",
-            &[id.to_string()],
-            &["id", "vector"],
-        )?;
+        let rows =
+            store
+                .client
+                .get(&c.collection(i), "id", &[id.to_string()], &["id", "vector"])?;
         if let Some(row) = rows.first() {
             out.insert(a.clone(), layout::vector_of(row)?);
         }
@@ -247,8 +243,8 @@ fn stored(
     let meta: Meta = layout::meta_of(row)?;
     let wanted: Vec<String> = attributes
         .iter()
+        .filter(|&&a| meta.attributes.iter().any(|k| k == c.key(a)))
         .map(|&a| c.schema.attributes[a].clone())
-        .filter(|a| meta.attributes.contains(a))
         .collect();
     vectors_of(store, c, id, &wanted)
 }

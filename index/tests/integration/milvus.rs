@@ -348,3 +348,81 @@ fn searches_agree_with_the_local_store() {
     assert_eq!(mine(&im), mine(&il));
     milvus.drop_catalogue(&name).unwrap();
 }
+
+/// Gets and searches on an attribute that stays keep working, with its vectors bit-identical,
+/// while another attribute is dropped, added again and filled over and over: the registry row
+/// switches readers from one placement to the next, and no alteration renames a collection.
+#[test]
+fn reads_keep_working_while_attributes_change() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let Some(store) = milvus() else { return };
+    let name = prefix("alt");
+    store
+        .create_catalogue(&name, &schema(&["churn", "keep"], 4))
+        .unwrap();
+    let mut r = rng(5);
+    let items: Vec<_> = (0..20)
+        .map(|n| {
+            let (a, b) = (random_vector(&mut r, 4), random_vector(&mut r, 4));
+            item(format!("i{n:02}"), &[("churn", &a), ("keep", &b)])
+        })
+        .collect();
+    store.upsert(&name, &items).unwrap();
+    let keep_before = store.get(&name, &id("i07"), true).unwrap().unwrap().vectors;
+    let keep_before = keep_before.unwrap()["keep"].clone();
+    let stop = AtomicBool::new(false);
+    let reads = AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            while !stop.load(Ordering::Relaxed) {
+                let hits = store
+                    .search(
+                        &name,
+                        &SearchRequest::vector("keep", vec![1.0, 0.0, 0.0, 0.0], 5),
+                    )
+                    .unwrap()
+                    .into_hits();
+                assert_eq!(hits.len(), 5);
+                let got = store.get(&name, &id("i07"), true).unwrap().unwrap();
+                assert_eq!(got.vectors.unwrap()["keep"], keep_before);
+                assert!(got.attributes.contains(&"keep".to_string()));
+                reads.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        for _ in 0..3 {
+            store
+                .alter_catalogue(
+                    &name,
+                    &[
+                        asen_index::SchemaChange::DropAttribute {
+                            name: "churn".into(),
+                        },
+                        asen_index::SchemaChange::AddAttribute {
+                            name: "churn".into(),
+                        },
+                    ],
+                )
+                .unwrap();
+            let fill: Vec<_> = (0..20)
+                .map(|n| (id(format!("i{n:02}")), random_vector(&mut r, 4)))
+                .collect();
+            assert_eq!(
+                store
+                    .fill_attribute(&name, "churn", &fill)
+                    .unwrap()
+                    .affected,
+                20
+            );
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
+    assert!(reads.load(Ordering::Relaxed) > 0);
+    let info = store.list_catalogues().unwrap();
+    let info = info.iter().find(|c| c.name == name).unwrap();
+    assert_eq!(info.schema.attributes, ["keep", "churn"]);
+    assert_eq!(info.attribute_counts["churn"], 20);
+    assert_eq!(info.attribute_counts["keep"], 20);
+    let got = store.get(&name, &id("i07"), false).unwrap().unwrap();
+    assert_eq!(got.attributes, ["keep", "churn"]);
+    store.drop_catalogue(&name).unwrap();
+}

@@ -55,6 +55,10 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/compare"),
     ("POST", "/v1/explain"),
     ("POST", "/v1/explain/heatmap"),
+    ("POST", "/v1/catalogues/{name}/reindex"),
+    ("GET", "/v1/catalogues/{name}/reindex"),
+    ("DELETE", "/v1/catalogues/{name}/attributes/{attribute}"),
+    ("PATCH", "/v1/catalogues/{name}/attributes/{attribute}"),
 ];
 
 /// Longest request target (path and query) the app reads; longer ones are answered 414 in the

@@ -66,6 +66,10 @@ fn openapi_json_documents_every_route() {
         ("post", "/v1/explain"),
         ("post", "/v1/explain/heatmap"),
         ("get", "/v1/catalogues/{name}/items/{id}/image"),
+        ("post", "/v1/catalogues/{name}/reindex"),
+        ("get", "/v1/catalogues/{name}/reindex"),
+        ("delete", "/v1/catalogues/{name}/attributes/{attribute}"),
+        ("patch", "/v1/catalogues/{name}/attributes/{attribute}"),
     ];
     for (method, path) in expected {
         assert!(

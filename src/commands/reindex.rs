@@ -46,8 +46,13 @@ fn show(bar: &ProgressBar, pass: u64, done: u64, total: u64, rate: f64, eta: Opt
     bar.set_message(format!("{rate:.1} items/s  eta {eta}"));
 }
 
-/// In this process: the store opened here, the new model as the default.
+/// In this process: the store opened here, the new model as the default. Fills are not
+/// flushed one by one (a killed run redoes what was lost: the migration resumes from the
+/// store); the switch flushes, and so does the end of the command.
 fn local(args: &ReindexArgs, config: &Config) -> anyhow::Result<()> {
+    let mut config = config.clone();
+    config.index.flush_writes = false;
+    let config = &config;
     let svc = super::open_service(
         config,
         Needs {

@@ -14,6 +14,11 @@
 //! over 300 so the store stays bounded), delete (10 %) and get (10 %). Restarts alternate
 //! SIGTERM (graceful) and SIGKILL, 30 s past a minute boundary so every sample is taken
 //! well after one. Linux only (`/proc`). Needs the shared fixtures (`../shared`).
+//!
+//! The server inherits the bench's environment, so its settings and the allocator's can be
+//! varied per run: `ASEN_INDEX__CACHE_CAPACITY_BYTES=67108864` (sled's cache, 512 MiB by
+//! default), `MALLOC_ARENA_MAX=2` (glibc). Each minute's row also has the anonymous part of
+//! the RSS (the heap) and the size of the data directory on disk.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -64,17 +69,45 @@ fn spawn(model: &Path, data: &Path) -> (Child, String) {
     (child, base)
 }
 
-/// VmRSS in MiB and the number of open descriptors of `pid`.
-fn rss_and_fds(pid: u32) -> (f64, usize) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let rss_kb: f64 = status
+/// One `/proc/<pid>/status` field in MiB (0 when absent).
+fn status_mib(status: &str, field: &str) -> f64 {
+    let kb: f64 = status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0);
+    kb / 1024.0
+}
+
+/// VmRSS and its anonymous part (heap: sled's cache, the allocator's arenas, the model) in MiB,
+/// and the number of open descriptors of `pid`.
+fn rss_and_fds(pid: u32) -> (f64, f64, usize) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count());
-    (rss_kb / 1024.0, fds)
+    (
+        status_mib(&status, "VmRSS:"),
+        status_mib(&status, "RssAnon:"),
+        fds,
+    )
+}
+
+/// Bytes on disk under `dir` in MiB: the store's files, which sled's cache (at most
+/// `index.cache_capacity_bytes`) holds a part of.
+fn disk_mib(dir: &Path) -> f64 {
+    fn walk(dir: &Path) -> u64 {
+        std::fs::read_dir(dir).map_or(0, |entries| {
+            entries
+                .flatten()
+                .map(|e| match e.metadata() {
+                    Ok(m) if m.is_dir() => walk(&e.path()),
+                    Ok(m) => m.len(),
+                    Err(_) => 0,
+                })
+                .sum()
+        })
+    }
+    walk(dir) as f64 / (1024.0 * 1024.0)
 }
 
 #[derive(Default)]
@@ -196,7 +229,7 @@ fn main() {
         })
         .collect();
 
-    println!("minute  rss_mib  fds  requests  p99_ms  errors_unexpected  errors_during_restart  restarts");
+    println!("minute  rss_mib  anon_mib  data_mib  fds  requests  p99_ms  errors_unexpected  errors_during_restart  restarts");
     let started = Instant::now();
     let mut rows = Vec::new();
     let mut restarts = 0u64;
@@ -227,7 +260,8 @@ fn main() {
             std::thread::sleep(Duration::from_millis(200));
         }
         let pid = server.lock().unwrap().0.id();
-        let (rss, fds) = rss_and_fds(pid);
+        let (rss, anon, fds) = rss_and_fds(pid);
+        let data_mib = disk_mib(data.path());
         let mut sample = std::mem::take(&mut *minute.lock().unwrap());
         sample.latencies_ms.sort_by(f64::total_cmp);
         let p99 = sample
@@ -240,7 +274,7 @@ fn main() {
             .unwrap_or(f64::NAN);
         total_unexpected += sample.unexpected;
         println!(
-            "{m:>6}  {rss:>7.1}  {fds:>3}  {:>8}  {p99:>6.1}  {:>17}  {:>21}  {restarts:>8}",
+            "{m:>6}  {rss:>7.1}  {anon:>8.1}  {data_mib:>8.1}  {fds:>3}  {:>8}  {p99:>6.1}  {:>17}  {:>21}  {restarts:>8}",
             requests.swap(0, Ordering::Relaxed),
             sample.unexpected,
             sample.during_restart,

@@ -205,7 +205,8 @@ pub struct IndexConfig {
     pub ef_construction: usize,
     /// Candidate list size while searching, for new catalogues.
     pub ef_search: usize,
-    /// sled page cache.
+    /// sled page cache, bytes: about the most of the store that sled keeps in memory, so
+    /// part of the server's RSS budget (docs/reliability.md "Soak" says what else is).
     pub cache_capacity_bytes: u64,
     /// Keep each item's model-input crop (224x224 JPEG, about 10 kB) in the store on
     /// upsert, for explain by item and the item image route

@@ -4,30 +4,18 @@
 //! insertions, truncation) and also feeds raw random bytes; the property is that the parser
 //! answers `Ok` or `Err` and never panics, and that an accepted image is within the limits.
 //!
-//! `PROPTEST_CASES` scales every target (the defaults below are what CI runs); a failure is
-//! written to `tests/fuzz_inputs.proptest-regressions` and replayed first from then on.
+//! Each target runs through `asen_fuzz::fuzz`: its case count in the normal test run
+//! (`PROPTEST_CASES` overrides it), or as many inputs as fit in `ASEN_FUZZ_SECONDS` (the CI
+//! fuzz step). A failure is written to `tests/fuzz_inputs.proptest-regressions` and replayed
+//! first from then on.
 
 use std::collections::HashMap;
 use std::io::{Cursor, Read, Write};
 
+use asen_fuzz::fuzz;
 use asen_models::{decode_cost, decode_image, Checkpoint, ModelCard, PreprocessConfig};
 use candle_core::{Device, Tensor};
 use proptest::prelude::*;
-
-/// Cases per target: `PROPTEST_CASES`, or `default`.
-fn cases(default: u32) -> ProptestConfig {
-    let n = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default);
-    ProptestConfig {
-        cases: n,
-        failure_persistence: Some(Box::new(
-            proptest::test_runner::FileFailurePersistence::WithSource("proptest-regressions"),
-        )),
-        ..ProptestConfig::default()
-    }
-}
 
 /// A mutation of a seed: byte overwrites at relative offsets, an insertion, a cut.
 #[derive(Debug, Clone)]
@@ -126,29 +114,30 @@ fn check_image(bytes: &[u8]) {
     }
 }
 
-proptest! {
-    #![proptest_config(cases(2000))]
-    #[test]
-    fn image_decoding_survives_mutated_images(seed in 0..5usize, m in mutation()) {
-        static SEEDS: std::sync::OnceLock<Vec<Vec<u8>>> = std::sync::OnceLock::new();
-        let seeds = SEEDS.get_or_init(image_seeds);
-        check_image(&apply(&seeds[seed], &m));
-    }
+/// A mutated seed image, or a format's magic followed by random bytes.
+fn image_bytes() -> impl Strategy<Value = Vec<u8>> {
+    static SEEDS: std::sync::OnceLock<Vec<Vec<u8>>> = std::sync::OnceLock::new();
+    let mutated = (0..5usize, mutation())
+        .prop_map(|(seed, m)| apply(&SEEDS.get_or_init(image_seeds)[seed], &m));
+    let behind_a_magic = (
+        prop::sample::select(vec![
+            &b"\x89PNG\r\n\x1a\n"[..],
+            &b"\xff\xd8\xff"[..],
+            &b"RIFF\0\0\0\0WEBPVP8L"[..],
+            &b""[..],
+        ]),
+        prop::collection::vec(any::<u8>(), 0..512),
+    )
+        .prop_map(|(magic, tail)| [magic, &tail].concat());
+    prop_oneof![mutated, behind_a_magic]
 }
 
-proptest! {
-    #![proptest_config(cases(2000))]
-    #[test]
-    fn image_decoding_survives_random_bytes_behind_a_magic(
-        magic in prop::sample::select(vec![
-            &b"\x89PNG\r\n\x1a\n"[..], &b"\xff\xd8\xff"[..], &b"RIFF\0\0\0\0WEBPVP8L"[..], &b""[..],
-        ]),
-        tail in prop::collection::vec(any::<u8>(), 0..512),
-    ) {
-        let mut bytes = magic.to_vec();
-        bytes.extend(tail);
+#[test]
+fn image_decoding_survives_mutated_and_random_images() {
+    fuzz("image_decoding", 4000, image_bytes(), |bytes| {
         check_image(&bytes);
-    }
+        Ok(())
+    });
 }
 
 fn safetensors_seed() -> Vec<u8> {
@@ -199,43 +188,45 @@ fn checkpoint_seeds() -> Vec<Vec<u8>> {
     seeds
 }
 
-proptest! {
-    #![proptest_config(cases(600))]
-    #[test]
-    fn checkpoint_reading_survives_mutated_checkpoints(seed in 0..4usize, m in mutation()) {
-        static SEEDS: std::sync::OnceLock<Vec<Vec<u8>>> = std::sync::OnceLock::new();
+/// A mutated seed checkpoint (1 in 4), or a format's magic followed by random bytes.
+fn checkpoint_bytes() -> impl Strategy<Value = Vec<u8>> {
+    static SEEDS: std::sync::OnceLock<Vec<Vec<u8>>> = std::sync::OnceLock::new();
+    let mutated = (0..4usize, mutation()).prop_map(|(seed, m)| {
         let seeds = SEEDS.get_or_init(checkpoint_seeds);
-        let bytes = apply(&seeds[seed % seeds.len()], &m);
+        apply(&seeds[seed % seeds.len()], &m)
+    });
+    let behind_a_magic = (
+        prop::sample::select(vec![
+            &b"\x1f\x8b"[..],
+            &b"PK\x03\x04"[..],
+            &b"\x80\x02"[..],
+            &b"\x08\0\0\0\0\0\0\0{"[..],
+            &b""[..],
+        ]),
+        prop::collection::vec(any::<u8>(), 0..512),
+    )
+        .prop_map(|(magic, tail)| [magic, &tail].concat());
+    prop_oneof![1 => mutated, 3 => behind_a_magic]
+}
+
+#[test]
+fn checkpoint_reading_survives_mutated_and_random_checkpoints() {
+    fuzz("checkpoint_reading", 2600, checkpoint_bytes(), |bytes| {
         if let Ok(ckpt) = Checkpoint::from_bytes("fuzz.pth", bytes) {
             let _ = ckpt.variant();
             let _ = ckpt.normalised();
         }
-    }
+        Ok(())
+    });
 }
 
-proptest! {
-    #![proptest_config(cases(2000))]
-    #[test]
-    fn checkpoint_reading_survives_random_bytes(
-        magic in prop::sample::select(vec![
-            &b"\x1f\x8b"[..], &b"PK\x03\x04"[..], &b"\x80\x02"[..], &b"\x08\0\0\0\0\0\0\0{"[..], &b""[..],
-        ]),
-        tail in prop::collection::vec(any::<u8>(), 0..512),
-    ) {
-        let mut bytes = magic.to_vec();
-        bytes.extend(tail);
-        let _ = Checkpoint::from_bytes("fuzz.pth", bytes);
-    }
-}
-
-proptest! {
-    #![proptest_config(cases(2000))]
-    #[test]
-    fn model_cards_survive_mutated_json(m in mutation()) {
-        let seed = include_bytes!("../default/card.json");
-        let bytes = apply(seed, &m);
-        if let Ok(card) = serde_json::from_slice::<ModelCard>(&bytes) {
+#[test]
+fn model_cards_survive_mutated_json() {
+    let seed = include_bytes!("../default/card.json");
+    fuzz("model_cards", 2000, mutation(), |m| {
+        if let Ok(card) = serde_json::from_slice::<ModelCard>(&apply(seed, &m)) {
             let _ = card.validate();
         }
-    }
+        Ok(())
+    });
 }

@@ -480,12 +480,10 @@ mod tests {
             .prop_map(|parts| parts.concat())
         }
 
-        proptest! {
-            #![proptest_config(ProptestConfig::with_cases(
-                std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(2000)
-            ))]
-            #[test]
-            fn random_csv_rows_are_read_or_rejected(rows in prop::collection::vec(prop::collection::vec(cell(), 0..5), 0..12)) {
+        #[test]
+        fn random_csv_rows_are_read_or_rejected() {
+            let rows = prop::collection::vec(prop::collection::vec(cell(), 0..5), 0..12);
+            asen_fuzz::fuzz("csv_source", 2000, rows, |rows| {
                 let dir = tempfile::tempdir().unwrap();
                 let mut body = String::from("id,path,colour\n");
                 for row in &rows {
@@ -497,10 +495,15 @@ mod tests {
                 for r in &recs.records {
                     prop_assert!(r.path.starts_with(dir.path()), "{:?}", r.path);
                     let rel = r.path.strip_prefix(dir.path()).unwrap();
-                    prop_assert!(leaves_root(&rel.to_string_lossy()).is_none(), "{:?}", r.path);
+                    prop_assert!(
+                        leaves_root(&rel.to_string_lossy()).is_none(),
+                        "{:?}",
+                        r.path
+                    );
                     prop_assert!(!r.id.as_str().trim().is_empty());
                 }
-            }
+                Ok(())
+            });
         }
     }
 }

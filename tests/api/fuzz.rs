@@ -1,24 +1,15 @@
-//! Structured random requests over HTTP against the in-process server: search bodies with
-//! random filters and fields, mutated JSON, and mutated multipart upserts. The server
-//! answers each with a 2xx or a 4xx in the error envelope: never a 5xx, never a body outside
-//! the envelope. `PROPTEST_CASES` scales the number of requests.
+//! Structured random requests over HTTP against the in-process server: search bodies (random
+//! filters and fields, or a valid body's bytes overwritten) and mutated multipart upserts.
+//! The server answers each with a 2xx or a 4xx in the error envelope: never a 5xx, never a
+//! body outside the envelope. Each target runs through `asen_fuzz::fuzz`: its case count in
+//! the normal test run (`PROPTEST_CASES` overrides it), or as many requests as fit in
+//! `ASEN_FUZZ_SECONDS` (the CI fuzz step).
 
+use asen_fuzz::fuzz;
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestRunner};
 use serde_json::{json, Value};
 
 use crate::server::*;
-
-fn cases(default: u32) -> Config {
-    Config {
-        cases: std::env::var("PROPTEST_CASES")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(default),
-        failure_persistence: None,
-        ..Config::default()
-    }
-}
 
 /// JSON values shaped like the API's: scalars, field names of the payloads, nested
 /// filters (`match`, `in`, `range`, `and`, `or`, `not`).
@@ -121,44 +112,39 @@ fn check(reply: &Reply, what: &str) {
     }
 }
 
-#[test]
-fn random_search_bodies_with_filters_get_4xx_or_2xx_in_the_envelope() {
-    let Some(s) = TestServer::with_one_item() else {
-        return;
-    };
-    let mut runner = TestRunner::new(cases(300));
-    runner
-        .run(&search_body(), |body| {
-            check(&s.call("POST", SEARCH, R, Some(&body)), &body.to_string());
-            Ok(())
-        })
-        .unwrap();
-}
-
-#[test]
-fn mutated_json_bodies_get_4xx_or_2xx_in_the_envelope() {
-    let Some(s) = TestServer::with_one_item() else {
-        return;
-    };
+/// A search body: generated from the request's grammar (nested filters, odd `k`s and
+/// vectors), or a valid body with a filter whose bytes are overwritten.
+fn search_bytes() -> impl Strategy<Value = Vec<u8>> {
     let seed = json!({"attribute": "attr_0", "item_id": "10002.jpg", "k": 3,
                       "filter": {"and": [{"match": {"field": "brand", "value": "acme"}},
                                          {"not": {"range": {"field": "product", "gte": 0}}}]}})
     .to_string()
     .into_bytes();
-    let mutation = prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..6);
-    let mut runner = TestRunner::new(cases(300));
-    runner
-        .run(&mutation, |writes| {
+    let mutated = prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..6)
+        .prop_map(move |writes| {
             let mut body = seed.clone();
             for (i, b) in writes {
                 let at = i.index(body.len());
                 body[at] = b;
             }
-            let reply = s.send("POST", SEARCH, R, "application/json", Some(&body));
-            check(&reply, &String::from_utf8_lossy(&body));
-            Ok(())
-        })
-        .unwrap();
+            body
+        });
+    prop_oneof![
+        search_body().prop_map(|b| b.to_string().into_bytes()),
+        mutated
+    ]
+}
+
+#[test]
+fn random_and_mutated_search_bodies_get_4xx_or_2xx_in_the_envelope() {
+    let Some(s) = TestServer::with_one_item() else {
+        return;
+    };
+    fuzz("search_bodies", 600, search_bytes(), |body| {
+        let reply = s.send("POST", SEARCH, R, "application/json", Some(&body));
+        check(&reply, &String::from_utf8_lossy(&body));
+        Ok(())
+    });
 }
 
 #[test]
@@ -182,27 +168,24 @@ fn mutated_multipart_upserts_get_4xx_or_2xx_in_the_envelope() {
         prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..6),
         prop::option::weighted(0.2, any::<prop::sample::Index>()),
     );
-    let mut runner = TestRunner::new(cases(200));
-    runner
-        .run(&mutation, |(writes, cut)| {
-            let mut body = seed.clone();
-            for (i, b) in writes {
-                // Mostly the multipart framing and the JSON part, where the parsers are.
-                let at = i.index(header_end);
-                body[at] = b;
-            }
-            if let Some(c) = cut {
-                body.truncate(c.index(body.len()));
-            }
-            let reply = s.send(
-                "PUT",
-                "/v1/catalogues/shirts/items",
-                W,
-                &format!("multipart/form-data; boundary={boundary}"),
-                Some(&body),
-            );
-            check(&reply, &String::from_utf8_lossy(&body));
-            Ok(())
-        })
-        .unwrap();
+    fuzz("multipart_upserts", 200, mutation, |(writes, cut)| {
+        let mut body = seed.clone();
+        for (i, b) in writes {
+            // Mostly the multipart framing and the JSON part, where the parsers are.
+            let at = i.index(header_end);
+            body[at] = b;
+        }
+        if let Some(c) = cut {
+            body.truncate(c.index(body.len()));
+        }
+        let reply = s.send(
+            "PUT",
+            "/v1/catalogues/shirts/items",
+            W,
+            &format!("multipart/form-data; boundary={boundary}"),
+            Some(&body),
+        );
+        check(&reply, &String::from_utf8_lossy(&body));
+        Ok(())
+    });
 }

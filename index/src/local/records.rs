@@ -244,54 +244,80 @@ mod tests {
     // Structured random input: records as they could be found on a damaged disk. Decoding
     // answers a `Corrupt` error or a record, never panics or allocates past the input.
     mod fuzz {
+        //! Every kind of on-disk record, decoded from random or mutated bytes: `Ok` or
+        //! `Corrupt`, never a panic, and a decoded vector has the schema's size. One timed
+        //! target (`asen_fuzz::fuzz`), each input one of the kinds.
         use super::super::*;
         use proptest::prelude::*;
 
-        fn cases() -> u32 {
-            std::env::var("PROPTEST_CASES")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(3000)
+        #[derive(Debug, Clone)]
+        enum Input {
+            Item {
+                key: Vec<u8>,
+                bytes: Vec<u8>,
+            },
+            Vector {
+                bytes: Vec<u8>,
+                dimension: usize,
+            },
+            /// Counters, vector keys and dump records: the small decoders.
+            Meta(Vec<u8>),
+            /// A valid item record with bytes overwritten.
+            MutatedItem(Vec<(prop::sample::Index, u8)>),
         }
 
-        proptest! {
-            #![proptest_config(ProptestConfig::with_cases(cases()))]
-            #[test]
-            fn item_records_decode_or_fail(key in prop::collection::vec(any::<u8>(), 0..40),
-                                           bytes in prop::collection::vec(any::<u8>(), 0..300)) {
-                let _ = ItemRecord::decode(&key, &bytes);
-            }
+        fn input() -> impl Strategy<Value = Input> {
+            let bytes = |n| prop::collection::vec(any::<u8>(), 0..n);
+            prop_oneof![
+                (bytes(40), bytes(300)).prop_map(|(key, bytes)| Input::Item { key, bytes }),
+                (bytes(300), 0usize..64)
+                    .prop_map(|(bytes, dimension)| Input::Vector { bytes, dimension }),
+                bytes(200).prop_map(Input::Meta),
+                prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..6)
+                    .prop_map(Input::MutatedItem),
+            ]
+        }
 
-            #[test]
-            fn vector_records_decode_or_fail(bytes in prop::collection::vec(any::<u8>(), 0..300),
-                                             dimension in 0usize..64) {
-                if let Ok(r) = VectorRecord::decode(7, &bytes, dimension) {
-                    for a in 0..64 {
-                        if let Some(v) = r.get(a, dimension) {
-                            prop_assert_eq!(v.len(), dimension);
+        #[test]
+        fn records_decode_or_fail() {
+            asen_fuzz::fuzz("records", 12_000, input(), |input| {
+                match input {
+                    Input::Item { key, bytes } => {
+                        let _ = ItemRecord::decode(&key, &bytes);
+                    }
+                    Input::Vector { bytes, dimension } => {
+                        if let Ok(r) = VectorRecord::decode(7, &bytes, dimension) {
+                            for a in 0..64 {
+                                if let Some(v) = r.get(a, dimension) {
+                                    prop_assert_eq!(v.len(), dimension);
+                                }
+                            }
                         }
                     }
+                    Input::Meta(bytes) => {
+                        let _ = decode_u64("seq", &bytes);
+                        let _ = iid_from_vector_key(&bytes);
+                        let _ = serde_json::from_slice::<DumpRecord>(&bytes);
+                    }
+                    Input::MutatedItem(flips) => {
+                        let mut payload = Payload::new();
+                        payload.insert("brand".into(), "acme".into());
+                        let mut bytes = ItemRecord {
+                            iid: 9,
+                            mask: 0b11,
+                            content_hash: Some("h".into()),
+                            payload,
+                        }
+                        .encode();
+                        for (i, b) in flips {
+                            let at = i.index(bytes.len());
+                            bytes[at] = b;
+                        }
+                        let _ = ItemRecord::decode(&item_key("x"), &bytes);
+                    }
                 }
-            }
-
-            #[test]
-            fn counters_and_dump_records_decode_or_fail(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
-                let _ = decode_u64("seq", &bytes);
-                let _ = iid_from_vector_key(&bytes);
-                let _ = serde_json::from_slice::<DumpRecord>(&bytes);
-            }
-
-            #[test]
-            fn a_mutated_item_record_decodes_or_fails(flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..6)) {
-                let mut payload = Payload::new();
-                payload.insert("brand".into(), "acme".into());
-                let mut bytes = ItemRecord { iid: 9, mask: 0b11, content_hash: Some("h".into()), payload }.encode();
-                for (i, b) in flips {
-                    let at = i.index(bytes.len());
-                    bytes[at] = b;
-                }
-                let _ = ItemRecord::decode(&item_key("x"), &bytes);
-            }
+                Ok(())
+            });
         }
     }
 }

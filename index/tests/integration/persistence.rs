@@ -375,12 +375,10 @@ mod corrupt_dumps {
         ]
     }
 
-    proptest! {
-        #![proptest_config(ProptestConfig::with_cases(
-            std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(24)
-        ))]
-        #[test]
-        fn a_damaged_dump_is_rebuilt_from_sled(file in any::<prop::sample::Index>(), damage in damage()) {
+    #[test]
+    fn a_damaged_dump_is_rebuilt_from_sled() {
+        let input = (any::<prop::sample::Index>(), damage());
+        asen_fuzz::fuzz("corrupt_dumps", 24, input, |(file, damage)| {
             let dir = tempfile::tempdir().unwrap();
             copy_dir(template(), dir.path());
             let mut files = Vec::new();
@@ -406,14 +404,20 @@ mod corrupt_dumps {
             std::fs::write(target, &bytes).unwrap();
             let store = LocalStore::open(dir.path(), StoreOptions::default()).unwrap();
             let sources: Vec<_> = store.recovery_report().iter().map(|r| r.source).collect();
-            prop_assert!(sources.contains(&"corrupt dump"), "{sources:?} after damaging {target:?}");
+            prop_assert!(
+                sources.contains(&"corrupt dump"),
+                "{sources:?} after damaging {target:?}"
+            );
             prop_assert!(store.check_consistency("c").unwrap().is_consistent());
             let data = {
                 let mut r = rng(11);
-                (0..200).map(|_| random_vector(&mut r, 16)).collect::<Vec<_>>()
+                (0..200)
+                    .map(|_| random_vector(&mut r, 16))
+                    .collect::<Vec<_>>()
             };
             assert_findable(&store, &data, 0);
-        }
+            Ok(())
+        });
     }
 }
 

@@ -14,7 +14,7 @@ use crate::server::*;
 mod retrained;
 
 /// The retrained model's directory, written once per test binary.
-fn retrained_dir(shared: &std::path::Path) -> &'static std::path::Path {
+pub(crate) fn retrained_dir(shared: &std::path::Path) -> &'static std::path::Path {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
     DIR.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
@@ -24,21 +24,54 @@ fn retrained_dir(shared: &std::path::Path) -> &'static std::path::Path {
     .path()
 }
 
+/// The suite's model (the default) and the retrained one, for a test server; the retrained
+/// model's fingerprint goes to `fingerprint`.
+pub(crate) fn with_retrained(
+    config: &asen::config::Config,
+    suite: Arc<Model>,
+    fingerprint: &mut String,
+) -> Models {
+    let dir = retrained_dir(&shared().expect("fixtures checked by the server"));
+    let other = Model::load(
+        &dir.join("model"),
+        &asen::commands::embedder_options(config).unwrap(),
+    )
+    .expect("load the retrained model");
+    *fingerprint = other.fingerprint().to_string();
+    let mut models = Models::shared(suite, config.server.max_concurrent_forwards);
+    models.add(other);
+    models
+}
+
+/// Poll `GET .../reindex` of `catalogue` until it is done (panics if it fails or takes over
+/// two minutes).
+pub(crate) fn wait_for_reindex(s: &TestServer, catalogue: &str) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let status = ok(
+            &s.call(
+                "GET",
+                &format!("/v1/catalogues/{catalogue}/reindex"),
+                R,
+                None,
+            ),
+            "status",
+        );
+        match status["state"]["state"].as_str().unwrap() {
+            "running" => assert!(Instant::now() < deadline, "still running: {status}"),
+            "done" => return,
+            other => panic!("reindex {other}: {status}"),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// The seeded catalogue (built with the suite model, the default) on a server that also
 /// holds the retrained model; and that model's fingerprint.
 fn served_with_retrained() -> Option<(TestServer, String)> {
     let mut fingerprint = String::new();
     let s = TestServer::seeded_with_models(|config, suite| {
-        let dir = retrained_dir(&shared().expect("fixtures checked by the server"));
-        let other = Model::load(
-            &dir.join("model"),
-            &asen::commands::embedder_options(config).unwrap(),
-        )
-        .expect("load the retrained model");
-        fingerprint = other.fingerprint().to_string();
-        let mut models = Models::shared(suite, config.server.max_concurrent_forwards);
-        models.add(other);
-        models
+        with_retrained(config, suite, &mut fingerprint)
     })?;
     Some((s, fingerprint))
 }
@@ -135,16 +168,7 @@ fn reindex_while_eight_clients_search_has_no_error_and_no_mixed_answer() {
         Some(&json!({ "model": target })),
     );
     assert_eq!(started.status, 202, "{}", started.body);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let status = reindex_state(&s);
-        match status["state"]["state"].as_str().unwrap() {
-            "running" => assert!(Instant::now() < deadline, "still running: {status}"),
-            "done" => break,
-            other => panic!("reindex {other}: {status}"),
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_reindex(&s, "shirts");
     std::thread::sleep(Duration::from_millis(300));
     stop.store(true, Ordering::Relaxed);
     let answers: Vec<(String, f64)> = clients

@@ -332,3 +332,75 @@ fn acknowledged_items_survive_killing_milvus_and_asen() {
     );
     assert_eq!(hits["hits"].as_array().unwrap().len(), NAMES.len() - 1);
 }
+
+/// The model lifecycle on the Milvus store: reindex to the retrained model from the crops kept
+/// in Milvus, then drop and rename attributes, each checked by the searches that depend on it.
+#[test]
+fn reindex_drop_and_rename_work_on_milvus() {
+    let Some(url) = configured("ASEN_MILVUS_URL") else {
+        return;
+    };
+    let mut target = String::new();
+    let Some(s) = TestServer::start_on_with_models(&url, |config, suite| {
+        crate::lifecycle::with_retrained(config, suite, &mut target)
+    }) else {
+        return;
+    };
+    let c = "/v1/catalogues/lifecycle_m";
+    let _ = s.call("DELETE", c, W, None);
+    ok(&s.call("PUT", c, W, None), "create");
+    let items: Vec<Value> = NAMES
+        .iter()
+        .map(|n| json!({"id": n, "image": b64(&s.image(n))}))
+        .collect();
+    ok(
+        &s.call(
+            "PUT",
+            &format!("{c}/items"),
+            W,
+            Some(&json!({ "items": items })),
+        ),
+        "upsert",
+    );
+    let started = s.call(
+        "POST",
+        &format!("{c}/reindex"),
+        W,
+        Some(&json!({"model": target})),
+    );
+    assert_eq!(started.status, 202, "{}", started.body);
+    crate::lifecycle::wait_for_reindex(&s, "lifecycle_m");
+    let details = ok(&s.call("GET", c, R, None), "details");
+    assert_eq!(details["schema"]["model"]["fingerprint"], target.as_str());
+    assert_eq!(details["schema"]["attributes"].as_array().unwrap().len(), 8);
+    let search = |attribute: &str| {
+        s.call(
+            "POST",
+            &format!("{c}/search"),
+            R,
+            Some(&json!({"attribute": attribute, "image": b64(&s.image("10030.jpg")), "k": 1})),
+        )
+    };
+    let after = search("attr_0");
+    let hit = &ok(&after, "search after the reindex")["hits"][0];
+    assert_eq!(hit["id"], "10030.jpg");
+    assert!(hit["score"].as_f64().unwrap() > 0.9, "{hit}");
+    assert_eq!(after.body["model"], target.as_str());
+    ok(
+        &s.call("DELETE", &format!("{c}/attributes/attr_1"), W, None),
+        "drop",
+    );
+    assert_eq!(search("attr_1").status, 422);
+    ok(
+        &s.call(
+            "PATCH",
+            &format!("{c}/attributes/attr_0"),
+            W,
+            Some(&json!({"name": "neckline"})),
+        ),
+        "rename",
+    );
+    let renamed = search("neckline");
+    assert_eq!(ok(&renamed, "renamed")["hits"][0]["id"], "10030.jpg");
+    ok(&s.call("DELETE", c, W, None), "drop the catalogue");
+}

@@ -111,6 +111,23 @@ impl TestServer {
         ))
     }
 
+    /// [`TestServer::start_on`] with the models `models` returns (given the suite's
+    /// configuration and model).
+    #[cfg_attr(not(feature = "milvus"), allow(dead_code))]
+    pub fn start_on_with_models(
+        store: &str,
+        models: impl FnOnce(&Config, Arc<Model>) -> Models,
+    ) -> Option<Self> {
+        let shared = shared()?;
+        Some(Self::serve_models(
+            shared,
+            tempfile::tempdir().unwrap(),
+            Some(store),
+            |_| {},
+            models,
+        ))
+    }
+
     /// A server over the store in `data` (taken over: removed when the server is dropped).
     fn serve(shared: PathBuf, data: tempfile::TempDir, tweak: impl FnOnce(&mut Config)) -> Self {
         Self::serve_on(shared, data, None, tweak)

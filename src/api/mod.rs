@@ -56,6 +56,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/explain"),
     ("POST", "/v1/explain/heatmap"),
     ("POST", "/v1/catalogues/{name}/reindex"),
+    ("POST", "/v1/catalogues/{name}/attributes"),
     ("GET", "/v1/catalogues/{name}/reindex"),
     ("DELETE", "/v1/catalogues/{name}/attributes/{attribute}"),
     ("PATCH", "/v1/catalogues/{name}/attributes/{attribute}"),
@@ -118,6 +119,10 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/v1/catalogues/{name}/reindex",
             post(routes::lifecycle::start),
+        )
+        .route(
+            "/v1/catalogues/{name}/attributes",
+            post(routes::lifecycle::add_attribute),
         )
         .route(
             "/v1/catalogues/{name}/attributes/{attribute}",

@@ -34,6 +34,7 @@ use super::routes;
         routes::explain::heatmap,
         routes::lifecycle::start,
         routes::lifecycle::status,
+        routes::lifecycle::add_attribute,
         routes::lifecycle::drop_attribute,
         routes::lifecycle::rename_attribute,
         openapi_json,
@@ -58,6 +59,7 @@ use super::routes;
         routes::explain::ExplainBody,
         routes::lifecycle::ReindexBody,
         routes::lifecycle::RenameBody,
+        routes::lifecycle::AddAttributeBody,
         crate::service::lifecycle::MigrationStatus,
     ))
 )]

@@ -495,18 +495,118 @@ fn refuse_during_migration(svc: &Service, catalogue: &str) -> Result<CatalogueSc
 /// resume the one its schema records: its status. A job already running towards the same
 /// model is returned as it is.
 pub fn start(svc: &Service, catalogue: &str, fingerprint: &str) -> Result<MigrationStatus> {
-    if let Some(job) = job(svc, catalogue) {
-        if job.state() == JobState::Running {
-            if job.target == fingerprint {
-                return Ok(job.status(catalogue));
-            }
-            return Err(ServiceError::MigrationInProgress {
-                catalogue: catalogue.to_string(),
-                target: job.target.clone(),
-            });
-        }
+    if let Some(status) = running(svc, catalogue, fingerprint)? {
+        return Ok(status);
     }
     begin_reindex(svc, catalogue, fingerprint)?;
+    spawn(svc, catalogue, fingerprint)
+}
+
+/// Add the attribute `attribute` of the catalogue's model to `catalogue` on a background
+/// thread: only its vectors are computed, from the stored crops, and only its graph is
+/// built; the other attributes' vectors stay as they are. Its status is the one of
+/// [`status`]. Running it again after a stop resumes.
+pub fn start_adding(svc: &Service, catalogue: &str, attribute: &str) -> Result<MigrationStatus> {
+    let schema = svc.store("adding an attribute")?.schema(catalogue)?;
+    let model = svc
+        .models("adding an attribute")?
+        .for_catalogue(catalogue, schema.model.as_ref())?;
+    let fingerprint = model.fingerprint().to_string();
+    if let Some(status) = running(svc, catalogue, &fingerprint)? {
+        return Ok(status);
+    }
+    begin_adding(svc, catalogue, attribute)?;
+    spawn(svc, catalogue, &fingerprint)
+}
+
+/// Start adding `attribute` (see [`start_adding`]): checks, then one alteration adds it and
+/// records the migration (the attribute is its own staging attribute). A migration already
+/// recorded for this attribute is resumed.
+#[tracing::instrument(skip_all, fields(catalogue = %catalogue, attribute = %attribute))]
+pub fn begin_adding(svc: &Service, catalogue: &str, attribute: &str) -> Result<Migration> {
+    let store = svc.store("adding an attribute")?;
+    let gate = svc.write_gate(catalogue);
+    let _writers_held = gate.write().unwrap_or_else(|p| p.into_inner());
+    let schema = store.schema(catalogue)?;
+    if let Some(m) = schema.migration {
+        let same = m.staged.len() == 1
+            && m.staged[0].attribute == attribute
+            && m.staged[0].staging == attribute;
+        if same {
+            return Ok(m);
+        }
+        return Err(ServiceError::MigrationInProgress {
+            catalogue: catalogue.to_string(),
+            target: describe(&m.target),
+        });
+    }
+    let model = svc
+        .models("adding an attribute")?
+        .for_catalogue(catalogue, schema.model.as_ref())?;
+    let record = model.record();
+    if model.embedder().attribute_index(attribute).is_err() {
+        return Err(ServiceError::invalid(format!(
+            "model {} has no attribute {attribute:?}: it can add only its own attributes ({})",
+            describe(&record),
+            record.attributes.join(", ")
+        )));
+    }
+    if schema.attribute_index(attribute).is_some() {
+        return Err(ServiceError::invalid(format!(
+            "catalogue {catalogue:?} already has attribute {attribute:?}"
+        )));
+    }
+    let (without, total) = count_without_crops(svc, catalogue)?;
+    if without > 0 {
+        return Err(ServiceError::invalid(format!(
+            "{without} of {total} items of catalogue {catalogue:?} have no stored crop: an \
+             added attribute is computed from the crops; upsert or ingest those items again \
+             with thumbnails on, or delete them"
+        )));
+    }
+    let migration = Migration {
+        target: record,
+        staged: vec![StagedAttribute {
+            attribute: attribute.to_string(),
+            staging: attribute.to_string(),
+        }],
+    };
+    store.alter_catalogue(
+        catalogue,
+        &[
+            SchemaChange::AddAttribute {
+                name: attribute.to_string(),
+            },
+            SchemaChange::SetMigration {
+                migration: Some(migration.clone()),
+            },
+        ],
+    )?;
+    info!(catalogue, attribute, "adding an attribute");
+    Ok(migration)
+}
+
+/// This server's running job on `catalogue`: its status when it goes to `fingerprint`, a
+/// conflict when it goes elsewhere, `None` when none runs.
+fn running(svc: &Service, catalogue: &str, fingerprint: &str) -> Result<Option<MigrationStatus>> {
+    match job(svc, catalogue) {
+        Some(job) if job.state() == JobState::Running => {
+            if job.target == fingerprint {
+                Ok(Some(job.status(catalogue)))
+            } else {
+                Err(ServiceError::MigrationInProgress {
+                    catalogue: catalogue.to_string(),
+                    target: job.target.clone(),
+                })
+            }
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Run the recorded migration of `catalogue` on a background thread, watched by a new
+/// [`Progress`] kept in the service's jobs.
+fn spawn(svc: &Service, catalogue: &str, fingerprint: &str) -> Result<MigrationStatus> {
     let progress = Arc::new(Progress::new(fingerprint));
     svc.jobs
         .lock()

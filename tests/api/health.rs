@@ -67,6 +67,7 @@ fn openapi_json_documents_every_route() {
         ("post", "/v1/explain/heatmap"),
         ("get", "/v1/catalogues/{name}/items/{id}/image"),
         ("post", "/v1/catalogues/{name}/reindex"),
+        ("post", "/v1/catalogues/{name}/attributes"),
         ("get", "/v1/catalogues/{name}/reindex"),
         ("delete", "/v1/catalogues/{name}/attributes/{attribute}"),
         ("patch", "/v1/catalogues/{name}/attributes/{attribute}"),

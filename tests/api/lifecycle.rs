@@ -412,3 +412,87 @@ fn reindex_command_drives_a_running_server() {
     let details = ok(&call("GET", "/v1/catalogues/shirts", None), "details");
     assert_eq!(details["schema"]["model"]["fingerprint"], target.as_str());
 }
+
+/// An attribute of the catalogue's model that the catalogue did not index is added from the
+/// stored crops: the other attributes' vectors stay bit-identical, the new one is searchable.
+#[test]
+fn an_added_attribute_is_computed_from_the_crops_alone() {
+    let Some(s) = TestServer::start() else { return };
+    ok(
+        &s.call(
+            "PUT",
+            "/v1/catalogues/shirts",
+            W,
+            Some(&json!({"attributes": ["attr_0", "attr_1"]})),
+        ),
+        "create with two attributes",
+    );
+    ok(&s.upsert_json(&NAMES[..3]), "upsert");
+    let bits = |v: &Value, a: &str| -> Vec<u32> {
+        v["vectors"][a]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| (x.as_f64().unwrap() as f32).to_bits())
+            .collect()
+    };
+    let item = |s: &TestServer| {
+        ok(
+            &s.call(
+                "GET",
+                "/v1/catalogues/shirts/items/10030.jpg?with_vectors=true",
+                R,
+                None,
+            ),
+            "item",
+        )
+    };
+    let before = item(&s);
+    let started = s.call(
+        "POST",
+        "/v1/catalogues/shirts/attributes",
+        W,
+        Some(&json!({"name": "attr_2"})),
+    );
+    assert_eq!(started.status, 202, "{}", started.body);
+    wait_for_reindex(&s, "shirts");
+    let after = item(&s);
+    for a in ["attr_0", "attr_1"] {
+        assert_eq!(bits(&before, a), bits(&after, a), "{a} bit-identical");
+    }
+    assert!(after["vectors"].get("attr_2").is_some(), "{after}");
+    let details = ok(&s.call("GET", "/v1/catalogues/shirts", R, None), "details");
+    assert_eq!(
+        details["schema"]["attributes"],
+        json!(["attr_0", "attr_1", "attr_2"])
+    );
+    assert!(details["schema"].get("migration").is_none());
+    let search = s.call(
+        "POST",
+        SEARCH,
+        R,
+        Some(&json!({"attribute": "attr_2", "image": b64(&s.image("10030.jpg")), "k": 1})),
+    );
+    let hit = &ok(&search, "search the added attribute")["hits"][0];
+    assert_eq!(hit["id"], "10030.jpg");
+    assert!(hit["score"].as_f64().unwrap() > 0.9, "{hit}");
+}
+
+#[test]
+fn adding_an_attribute_the_model_lacks_is_422() {
+    let Some(s) = TestServer::seeded() else {
+        return;
+    };
+    ok(
+        &s.call("DELETE", "/v1/catalogues/shirts/attributes/attr_1", W, None),
+        "drop",
+    );
+    let reply = s.call(
+        "POST",
+        "/v1/catalogues/shirts/attributes",
+        W,
+        Some(&json!({"name": "neckline"})),
+    );
+    assert_eq!(reply.status, 422, "{}", reply.body);
+    assert!(reply.error().contains("no attribute"), "{}", reply.error());
+}

@@ -1,5 +1,6 @@
 //! A catalogue's model lifecycle: `POST/GET /v1/catalogues/{name}/reindex`,
-//! `DELETE/PATCH /v1/catalogues/{name}/attributes/{attribute}`.
+//! `POST /v1/catalogues/{name}/attributes`, `DELETE/PATCH
+//! /v1/catalogues/{name}/attributes/{attribute}`.
 
 use std::time::Instant;
 
@@ -105,4 +106,35 @@ pub async fn rename_attribute(
         .run(move |svc| lifecycle::rename_attribute(svc, &name, &attribute, &body.name))
         .await?;
     Ok(ok(schema, started))
+}
+
+/// An attribute to add.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AddAttributeBody {
+    /// An attribute of the catalogue's model that the catalogue does not index yet.
+    pub name: String,
+}
+
+/// Add an attribute of the catalogue's model: only its vectors are computed, from the stored
+/// crops, and only its graph is built. Follow it with `GET .../reindex`.
+#[utoipa::path(post, path = "/v1/catalogues/{name}/attributes", tag = "lifecycle",
+    params(("name" = String, Path, description = "catalogue name")),
+    request_body = AddAttributeBody,
+    responses((status = 202, description = "started or running", body = lifecycle::MigrationStatus),
+              (status = 404, description = "unknown catalogue", body = crate::api::error::ErrorEnvelope),
+              (status = 409, description = "the catalogue's model is not loaded, or a migration is running", body = crate::api::error::ErrorEnvelope),
+              (status = 422, description = "not an attribute of the model, already indexed, or items without crops", body = crate::api::error::ErrorEnvelope)))]
+pub async fn add_attribute(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    ApiJson(body): ApiJson<AddAttributeBody>,
+) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    let status = state
+        .run(move |svc| lifecycle::start_adding(svc, &name, &body.name))
+        .await?;
+    let mut response = ok(status, started);
+    *response.status_mut() = StatusCode::ACCEPTED;
+    Ok(response.into_response())
 }

@@ -85,6 +85,24 @@ pub(crate) fn item(
     }
 }
 
+/// Most example items (positive and negative together) of one recommendation.
+pub(crate) const MAX_RECOMMEND_EXAMPLES: usize = 1_000;
+
+/// A recommendation's examples: at least one positive, at most
+/// [`MAX_RECOMMEND_EXAMPLES`] in all.
+pub(crate) fn recommend_examples(positive: usize, negative: usize) -> Result<()> {
+    let invalid = |reason: &str| IndexError::InvalidRequest {
+        reason: reason.to_string(),
+    };
+    if positive == 0 {
+        return Err(invalid("recommend needs at least one positive item"));
+    }
+    if positive + negative > MAX_RECOMMEND_EXAMPLES {
+        return Err(invalid("recommend takes at most 1000 example items"));
+    }
+    Ok(())
+}
+
 /// Item ids with unit vectors for one attribute.
 pub(crate) type Fill = Vec<(ItemId, Vec<f32>)>;
 

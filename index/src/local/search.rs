@@ -393,12 +393,7 @@ fn resolve(c: &Catalogue, q: &Query) -> Result<Plan> {
             negative,
             attributes,
         } => {
-            if positive.is_empty() {
-                return Err(invalid("recommend needs at least one positive item".into()));
-            }
-            if positive.len() + negative.len() > 1_000 {
-                return Err(invalid("recommend takes at most 1000 example items".into()));
-            }
+            crate::validate::recommend_examples(positive.len(), negative.len())?;
             let idx = check_weights(c, weights_of(attributes))?;
             let mut load = |ids: &[ItemId]| -> Result<Vec<(ItemId, VectorRecord)>> {
                 ids.iter()

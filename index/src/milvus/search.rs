@@ -295,12 +295,7 @@ fn resolve(store: &MilvusStore, c: &Catalogue, q: &Query) -> Result<(Vec<Part>, 
             negative,
             attributes,
         } => {
-            if positive.is_empty() {
-                return Err(invalid("recommend needs at least one positive item".into()));
-            }
-            if positive.len() + negative.len() > 1_000 {
-                return Err(invalid("recommend takes at most 1000 example items".into()));
-            }
+            crate::validate::recommend_examples(positive.len(), negative.len())?;
             let idx = check_weights(c, weights_of(attributes))?;
             let attrs: Vec<usize> = idx.iter().map(|(a, _)| *a).collect();
             let mut load = |ids: &[ItemId]| -> Result<Vec<BTreeMap<String, Vec<f32>>>> {

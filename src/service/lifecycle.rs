@@ -370,6 +370,8 @@ fn fill_pass(
         .map(|s| embedder.attribute_index(schema.model_attribute(&s.attribute)))
         .collect::<std::result::Result<Vec<_>, _>>()?;
     let batch = embedder_batch(svc);
+    // Stored crops must be what the target model takes.
+    let size = target.embedder().card().input_size;
     let mut filled = 0u64;
     let mut after: Option<ItemId> = None;
     loop {
@@ -392,7 +394,6 @@ fn fill_pass(
                     continue;
                 };
                 let crop = thumbnails::decode(&jpeg, catalogue, item.id.as_str())?;
-                let size = target.record().input_size;
                 if crop.dimensions() != (size, size) {
                     return Err(ServiceError::invalid(format!(
                         "the stored crop of item {:?} is {}x{}, model {} takes {size}x{size}: \

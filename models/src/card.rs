@@ -69,6 +69,16 @@ pub struct Provenance {
     pub notes: Option<String>,
 }
 
+/// A model that this one extends: it computes that model's attributes exactly as it does
+/// (same backbone, same head weights) and adds attributes after them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BaseModel {
+    /// The base model's fingerprint ([`crate::fingerprint`]).
+    pub fingerprint: String,
+    /// The base model's attributes: the first ones of this card, in the same order.
+    pub attributes: Vec<String>,
+}
+
 /// Description of a saved model (`card.json`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelCard {
@@ -100,6 +110,10 @@ pub struct ModelCard {
     /// directory has one (`copy_signature.safetensors`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub copy_signature: Option<CopySignatureSpec>,
+    /// The models this one extends, nearest first (empty for a model trained on its own):
+    /// vectors a catalogue holds from any of them are this model's vectors too.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extends: Vec<BaseModel>,
     /// Where the weights came from.
     #[serde(default)]
     pub provenance: Provenance,
@@ -126,6 +140,7 @@ impl ModelCard {
             head_config,
             match_thresholds: None,
             copy_signature: None,
+            extends: Vec::new(),
             provenance: Provenance::default(),
         };
         card.validate()
@@ -242,7 +257,44 @@ impl ModelCard {
                 ));
             }
         }
+        self.validate_extends()
+    }
+
+    /// Each base model is named by a fingerprint and its attributes are this card's first
+    /// ones, in order.
+    fn validate_extends(&self) -> std::result::Result<(), String> {
+        for base in &self.extends {
+            let hex = !base.fingerprint.is_empty()
+                && base.fingerprint.len() <= 64
+                && base.fingerprint.bytes().all(|b| b.is_ascii_hexdigit());
+            if !hex {
+                return Err(format!(
+                    "extends: fingerprint {:?} is not 1..=64 hex digits",
+                    base.fingerprint
+                ));
+            }
+            let prefix = !base.attributes.is_empty()
+                && base.attributes.len() < self.attributes.len()
+                && base
+                    .attributes
+                    .iter()
+                    .zip(&self.attributes)
+                    .all(|(b, a)| *b == a.name);
+            if !prefix {
+                return Err(format!(
+                    "extends: model {} has attributes {:?}, which must be the first ones of \
+                     this card's, in order, with at least one added",
+                    base.fingerprint, base.attributes
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// Whether this model extends the model `fingerprint` (directly or through another),
+    /// so that it computes every attribute of that model exactly as it does.
+    pub fn extends_model(&self, fingerprint: &str) -> bool {
+        self.extends.iter().any(|b| b.fingerprint == fingerprint)
     }
 
     /// Attribute names in index order.
@@ -349,5 +401,37 @@ mod tests {
         )
         .unwrap();
         assert!(ModelCard::load(&path).is_err());
+    }
+
+    fn extension(base_attributes: &[&str]) -> ModelCard {
+        let mut c = card();
+        c.extends = vec![BaseModel {
+            fingerprint: "00ff00ff".into(),
+            attributes: base_attributes.iter().map(|a| a.to_string()).collect(),
+        }];
+        c
+    }
+
+    #[test]
+    fn an_extension_names_a_prefix_of_its_attributes() {
+        let c = extension(&["collar"]);
+        assert_eq!(c.validate(), Ok(()));
+        assert!(c.extends_model("00ff00ff"));
+        assert!(!c.extends_model("11"));
+    }
+
+    #[test]
+    fn an_extension_of_other_attributes_is_invalid() {
+        for base in [&["sleeve"][..], &["collar", "sleeve"][..], &[][..]] {
+            let err = extension(base).validate().unwrap_err();
+            assert!(err.contains("must be the first ones"), "{base:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn an_extension_fingerprint_must_be_hex() {
+        let mut c = extension(&["collar"]);
+        c.extends[0].fingerprint = "not hex".into();
+        assert!(c.validate().unwrap_err().contains("hex digits"));
     }
 }

@@ -47,6 +47,7 @@ mod convert;
 mod device;
 mod embedder;
 mod error;
+mod fingerprint;
 mod head;
 mod layers;
 mod model_dir;
@@ -59,7 +60,7 @@ pub use backbone::{
     ResNet50Layer3,
 };
 pub use card::{
-    AttributeSpec, ModelCard, Provenance, CARD_FILE, CARD_FORMAT_VERSION, WEIGHTS_FILE,
+    AttributeSpec, BaseModel, ModelCard, Provenance, CARD_FILE, CARD_FORMAT_VERSION, WEIGHTS_FILE,
 };
 pub use checkpoint::{CheckedTensors, Checkpoint, CheckpointFormat, KeyReport, ShapeMismatch};
 pub use convert::{
@@ -68,6 +69,7 @@ pub use convert::{
 pub use device::parse_device;
 pub use embedder::{AttentionMap, Embedder, EmbedderOptions, Embedding};
 pub use error::{ModelError, Result};
+pub use fingerprint::{fingerprint, FINGERPRINT_CHARS};
 pub use head::{
     l2_normalize_rows, pointwise_conv, AsenPpGlobal, AsenV1, AsenV2, Csn, GlobalHead, Head,
     HeadConfig, HeadKind, HeadOutput,

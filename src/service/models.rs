@@ -14,12 +14,8 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use asen_index::ModelRecord;
 use asen_models::{Embedder, EmbedderOptions};
-use sha2::{Digest, Sha256};
 
 use super::{Result, ServiceError};
-
-/// Hex characters kept of a model's sha256 fingerprint.
-const FINGERPRINT_CHARS: usize = 16;
 
 /// A loaded network and the fingerprint of its weights and card.
 #[derive(Debug)]
@@ -79,33 +75,9 @@ pub fn describe(record: &ModelRecord) -> String {
     )
 }
 
-/// sha256 over every file that defines a model: for a directory, `card.json` then
-/// `model.safetensors` (each as name, length, bytes); for a checkpoint, the file itself.
+/// The fingerprint of a model directory or checkpoint ([`asen_models::fingerprint`]).
 pub fn fingerprint_files(path: &Path) -> std::io::Result<String> {
-    let files: Vec<std::path::PathBuf> = if path.is_dir() {
-        let mut files = vec![path.join("card.json"), path.join("model.safetensors")];
-        // The copy signature's weights, when the model has them, are part of what it computes.
-        let signature = path.join(asen_models::SIGNATURE_FILE);
-        if signature.is_file() {
-            files.push(signature);
-        }
-        files
-    } else {
-        vec![path.to_path_buf()]
-    };
-    let mut hasher = Sha256::new();
-    for file in files {
-        let bytes = std::fs::read(&file)?;
-        let name = file.file_name().map(|n| n.to_string_lossy().into_owned());
-        hasher.update(name.unwrap_or_default().as_bytes());
-        hasher.update((bytes.len() as u64).to_le_bytes());
-        hasher.update(&bytes);
-    }
-    Ok(hex(&hasher.finalize())[..FINGERPRINT_CHARS].to_string())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    asen_models::fingerprint(path)
 }
 
 /// Counting semaphore for blocking callers (the service runs on the blocking pool).
@@ -199,10 +171,11 @@ impl Models {
         self.by_fingerprint.get(fingerprint)
     }
 
-    /// The model that computes `catalogue`'s vectors: the one its record names, or the
-    /// default for a catalogue without a record (vectors from before records were kept).
-    /// [`ServiceError::ModelMismatch`] when this service does not hold the recorded model:
-    /// embedding with another one would give vectors that do not compare with the stored.
+    /// The model that computes `catalogue`'s vectors: the one its record names, else a held
+    /// model that extends it (it computes the recorded model's attributes exactly as that
+    /// model does), or the default for a catalogue without a record (vectors from before
+    /// records were kept). [`ServiceError::ModelMismatch`] when this service holds neither:
+    /// embedding with another model would give vectors that do not compare with the stored.
     pub fn for_catalogue(
         &self,
         catalogue: &str,
@@ -212,6 +185,7 @@ impl Models {
             return Ok(self.default_model());
         };
         self.get(&record.fingerprint)
+            .or_else(|| self.extending(&record.fingerprint).first().copied())
             .ok_or_else(|| ServiceError::ModelMismatch {
                 catalogue: catalogue.to_string(),
                 built_with: describe(record),
@@ -222,6 +196,19 @@ impl Models {
                     .collect::<Vec<_>>()
                     .join(", "),
             })
+    }
+
+    /// The held models that extend the model `fingerprint`, default first.
+    pub fn extending(&self, fingerprint: &str) -> Vec<&Arc<Model>> {
+        let default = self.default_model();
+        std::iter::once(default)
+            .chain(
+                self.by_fingerprint
+                    .values()
+                    .filter(|m| !Arc::ptr_eq(m, default)),
+            )
+            .filter(|m| m.embedder.card().extends_model(fingerprint))
+            .collect()
     }
 
     /// Fingerprints of every held model, sorted.
@@ -294,7 +281,7 @@ mod tests {
         std::fs::write(dir.path().join("card.json"), b"{}").unwrap();
         std::fs::write(dir.path().join("model.safetensors"), b"w1").unwrap();
         let a = fingerprint_files(dir.path()).unwrap();
-        assert_eq!(a.len(), FINGERPRINT_CHARS);
+        assert_eq!(a.len(), asen_models::FINGERPRINT_CHARS);
         assert_eq!(a, fingerprint_files(dir.path()).unwrap(), "stable");
         std::fs::write(dir.path().join("model.safetensors"), b"w2").unwrap();
         let b = fingerprint_files(dir.path()).unwrap();

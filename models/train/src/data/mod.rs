@@ -272,6 +272,19 @@ impl Dataset {
         }
     }
 
+    /// A stable 64-bit FNV-1a fingerprint (16 hex digits) of the image paths in order: what
+    /// a feature cache depends on. Labels, attributes and splits do not change the features,
+    /// so a model trained on other labels of the same images (`asen train --extend`)
+    /// reuses the cache.
+    pub fn images_fingerprint(&self) -> String {
+        let mut h = Fnv::new();
+        for im in &self.images {
+            h.write(im.path.to_string_lossy().as_bytes());
+            h.write(&[2]);
+        }
+        format!("{:016x}", h.0)
+    }
+
     /// A stable 64-bit FNV-1a fingerprint (16 hex digits) of the image list,
     /// splits and attribute schema: changes when the data changes, so caches
     /// keyed by it are rebuilt.
@@ -428,6 +441,23 @@ mod tests {
                 (PathBuf::from(format!("{i}.png")), split, vec![colour])
             })
             .collect()
+    }
+
+    #[test]
+    fn the_images_fingerprint_ignores_labels_and_the_full_one_does_not() {
+        let build = |name: &str| {
+            build_from_named(
+                PathBuf::from("/r"),
+                &[name.into()],
+                rows(30),
+                7,
+                Path::new("x.csv"),
+            )
+            .unwrap()
+        };
+        let (a, b) = (build("colour"), build("pattern"));
+        assert_eq!(a.images_fingerprint(), b.images_fingerprint());
+        assert_ne!(a.fingerprint(), b.fingerprint());
     }
 
     #[test]

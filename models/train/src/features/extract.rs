@@ -69,7 +69,7 @@ impl FeatureOptions {
                 }
             ),
             input_size: self.input_size,
-            dataset: dataset.fingerprint(),
+            dataset: dataset.images_fingerprint(),
         }
         .to_string()
     }

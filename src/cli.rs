@@ -342,6 +342,13 @@ pub struct TrainArgs {
     /// Output folder: best/ and last/ model directories [required here or in the config].
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Extend this model directory (an asen_v2 model on a frozen backbone) with the
+    /// dataset's attributes, all new to it: only their rows of the head's attribute
+    /// embedding are trained, every other weight stays the base model's, so a catalogue it
+    /// built can take the new attributes alone (POST /v1/catalogues/{c}/attributes). The
+    /// base fixes backbone, head, sizes, input size and colour histogram.
+    #[arg(long, value_name = "MODEL_DIR")]
+    pub extend: Option<PathBuf>,
     /// Backbone: mobilenet_v2 or efficientnet_lite0, frozen (or fine-tuned with
     /// --finetune) [default: mobilenet_v2].
     #[arg(long)]

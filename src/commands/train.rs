@@ -9,10 +9,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use asen_models::{BackboneKind, Embedder, EmbedderOptions, HeadKind, ModelDir, PreprocessConfig};
 use asen_train::{
-    calibrate_thresholds, dataset_features, embed_dataset_split, embed_split, finetune, train_head,
-    unusable_images, without_images, BadImage, CsvOptions, Dataset, DatasetFeatures,
-    FeatureOptions, FinetuneSettings, Split, StepDecay, TrainConfig, TrainEvent, TrainOptions,
-    TrainOutcome,
+    calibrate_thresholds, dataset_features, embed_dataset_split, embed_split, extend_head,
+    extension_config, finetune, train_head, unusable_images, without_images, BadImage, CsvOptions,
+    Dataset, DatasetFeatures, FeatureOptions, FinetuneSettings, Split, StepDecay, TrainConfig,
+    TrainEvent, TrainOptions, TrainOutcome,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -134,6 +134,25 @@ fn parse_head(name: &str) -> anyhow::Result<HeadKind> {
 
 /// Run `asen train`.
 pub fn run(args: TrainArgs, config: &Config) -> anyhow::Result<()> {
+    if let Some(base) = &args.extend {
+        let fixed = [
+            ("--backbone", args.backbone.is_some()),
+            ("--head", args.head.is_some()),
+            ("--dim", args.dim.is_some()),
+            ("--no-feature-fc", args.no_feature_fc),
+            ("--attention-dim", args.attention_dim.is_some()),
+            ("--gate-hidden", args.gate_hidden.is_some()),
+            ("--input-size", args.input_size.is_some()),
+            ("--colour-histogram", args.colour_histogram),
+            ("--finetune", args.finetune),
+        ];
+        if let Some((flag, _)) = fixed.iter().find(|(_, given)| *given) {
+            bail!(
+                "{flag} cannot be combined with --extend: the base model {} fixes it",
+                base.display()
+            );
+        }
+    }
     // `[train]` of the config file (and ASEN_TRAIN__*), under the flags.
     let file = config.train.clone();
     let data = DataArgs {
@@ -248,6 +267,17 @@ pub fn run(args: TrainArgs, config: &Config) -> anyhow::Result<()> {
         }
     }
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
+    if let Some(base) = &args.extend {
+        return run_extend(
+            base,
+            &dataset,
+            &data,
+            &cfg,
+            &out,
+            args.resume,
+            &config.weights_dirs(),
+        );
+    }
     if finetune {
         return run_finetune(
             &dataset,
@@ -441,5 +471,108 @@ fn run_finetune(
     card.save(&outcome.best_dir)?;
     print_best(&outcome);
     report_bad_images(&bad);
+    Ok(())
+}
+
+/// `asen train --extend BASE`: train the dataset's attributes' rows on the cached features of
+/// the base model's backbone (every other weight frozen), then calibrate their match
+/// thresholds on the valid split. `cfg` gives the schedule and sampling; the base fixes the
+/// rest.
+fn run_extend(
+    base_path: &Path,
+    dataset: &Dataset,
+    data: &DataArgs,
+    cfg: &TrainConfig,
+    out: &Path,
+    resume: bool,
+    weights_dirs: &[PathBuf],
+) -> anyhow::Result<()> {
+    let base = ModelDir::load(base_path)
+        .with_context(|| format!("cannot load the base model {}", base_path.display()))?;
+    let base_fingerprint = asen_models::fingerprint(base_path)
+        .with_context(|| format!("cannot fingerprint {}", base_path.display()))?;
+    let mut ecfg = extension_config(&base.card)?;
+    ecfg.epochs = cfg.epochs;
+    ecfg.triplets_per_epoch = cfg.triplets_per_epoch;
+    ecfg.batch_size = cfg.batch_size;
+    ecfg.schedule = cfg.schedule;
+    ecfg.margin = cfg.margin;
+    ecfg.seed = cfg.seed;
+    ecfg.sampling = cfg.sampling;
+    ecfg.negatives = cfg.negatives;
+    let cache = data.cache.clone().unwrap_or_else(|| {
+        default_cache(out, ecfg.backbone, ecfg.colour_histogram, ecfg.input_size)
+    });
+    let (features, usable) = cached_features(
+        dataset,
+        ecfg.backbone,
+        ecfg.colour_histogram,
+        ecfg.input_size,
+        &cache,
+        weights_dirs,
+    )?;
+    let added = dataset
+        .attributes()
+        .iter()
+        .map(|a| a.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let notes = format!(
+        "extends model {base_fingerprint} ({} attributes) with {added}: only their rows of \
+         attr_embedding were trained, every other weight is the base model's; trained by asen \
+         train --extend on {} ({} images: {} train, {} valid, {} test; {} unusable)",
+        base.card.attributes.len(),
+        data.data.as_deref().unwrap_or(Path::new("")).display(),
+        dataset.len(),
+        dataset.split_indices(Split::Train).len(),
+        dataset.split_indices(Split::Valid).len(),
+        dataset.split_indices(Split::Test).len(),
+        features.bad_images.len(),
+    );
+    let bar = epoch_bar();
+    let outcome = extend_head(
+        &usable,
+        &features.cache,
+        &base,
+        &base_fingerprint,
+        &ecfg,
+        out,
+        &TrainOptions {
+            resume,
+            command: Some(std::env::args().collect::<Vec<_>>().join(" ")),
+            notes: Some(notes),
+            eval_batch_size: 64,
+            weights_dirs: weights_dirs.to_vec(),
+        },
+        &mut |event| show_event(&bar, &ecfg, event),
+    )?;
+    bar.finish_and_clear();
+
+    // Match thresholds of the added attributes, beside the base's.
+    let best = ModelDir::load(&outcome.best_dir)
+        .with_context(|| format!("cannot reload {}", outcome.best_dir.display()))?;
+    let head = best.head(&asen_models::parse_device("cpu")?)?;
+    let first = base.card.attributes.len();
+    let rows: Vec<usize> = (first..first + usable.attributes().len()).collect();
+    let pairs = embed_split(
+        &head,
+        &features.cache,
+        &usable,
+        Split::Valid,
+        64,
+        Some(&rows),
+    )?;
+    let mut card = best.card;
+    card.match_thresholds
+        .get_or_insert_with(Default::default)
+        .extend(calibrate_thresholds(&usable, Split::Valid, &pairs, 1500));
+    card.save(&outcome.best_dir)?;
+    print_best(&outcome);
+    println!(
+        "extends {base_fingerprint} ({}); the new model's fingerprint: {}",
+        base_path.display(),
+        asen_models::fingerprint(&outcome.best_dir)?
+    );
+    report_bad_images(&features.bad_images);
     Ok(())
 }

@@ -59,8 +59,9 @@ pub use features::{
     DatasetFeatures, FeatureCache, FeatureOptions,
 };
 pub use train::{
-    batch_all_ranking_loss, finetune, train_head, triplet_ranking_loss, EpochRecord,
-    FinetuneNetwork, FinetuneSettings, Negatives, ResumeState, Sampling, StepDecay, TrainConfig,
-    TrainEvent, TrainOptions, TrainOutcome, TrainableBackbone, TrainableHead, Triplet,
-    TripletSampler, DEFAULT_MARGIN, STATE_FILE,
+    batch_all_ranking_loss, extend_head, extended_card, extension_config, finetune, train_head,
+    triplet_ranking_loss, EpochRecord, ExtensionHead, FinetuneNetwork, FinetuneSettings, Negatives,
+    ResumeState, Sampling, StepDecay, TrainConfig, TrainEvent, TrainOptions, TrainOutcome,
+    TrainableBackbone, TrainableHead, Triplet, TripletSampler, ATTRIBUTE_ROWS, DEFAULT_MARGIN,
+    STATE_FILE,
 };

@@ -29,17 +29,7 @@ impl SeededVarMap {
         let uniform = |rng: &mut ChaCha8Rng, lo: f64, up: f64| -> Vec<f32> {
             (0..n).map(|_| rng.gen_range(lo..up) as f32).collect()
         };
-        let normal = |rng: &mut ChaCha8Rng, mean: f64, std: f64| -> Vec<f32> {
-            (0..n)
-                .map(|_| {
-                    // Box-Muller.
-                    let u1: f64 = rng.gen_range(f64::EPSILON..1.0);
-                    let u2: f64 = rng.gen();
-                    let z = (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos();
-                    (mean + std * z) as f32
-                })
-                .collect()
-        };
+        let normal = |rng: &mut ChaCha8Rng, mean: f64, std: f64| normal(rng, n, mean, std);
         match init {
             Init::Const(c) => vec![c as f32; n],
             Init::Uniform { lo, up } if up > lo => uniform(&mut rng, lo, up),
@@ -111,6 +101,18 @@ impl SimpleBackend for SeededVarMap {
             .map(|d| d.contains_key(name))
             .unwrap_or(false)
     }
+}
+
+/// `n` draws from the normal distribution (Box-Muller), reproducible from `rng`.
+pub(crate) fn normal(rng: &mut ChaCha8Rng, n: usize, mean: f64, std: f64) -> Vec<f32> {
+    (0..n)
+        .map(|_| {
+            let u1: f64 = rng.gen_range(f64::EPSILON..1.0);
+            let u2: f64 = rng.gen();
+            let z = (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos();
+            (mean + std * z) as f32
+        })
+        .collect()
 }
 
 /// A trainable head: its variables and the head reading them.

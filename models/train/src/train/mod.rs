@@ -8,6 +8,7 @@
 
 mod backbone;
 mod config;
+mod extend;
 mod finetune;
 mod head;
 mod loss;
@@ -18,6 +19,7 @@ mod trainer;
 
 pub use backbone::TrainableBackbone;
 pub use config::{FinetuneSettings, Negatives, TrainConfig};
+pub use extend::{extend_head, extended_card, extension_config, ExtensionHead, ATTRIBUTE_ROWS};
 pub use finetune::{finetune, FinetuneNetwork};
 pub use head::TrainableHead;
 pub use loss::{batch_all_ranking_loss, triplet_ranking_loss, DEFAULT_MARGIN};

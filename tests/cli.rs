@@ -907,3 +907,131 @@ fn a_killed_reindex_resumes_and_completes() {
         info[0].attribute_counts
     );
 }
+
+#[path = "common/extended.rs"]
+mod extended;
+
+/// A work folder with a CSV of the first `train` train and `valid` valid rows of labels.csv
+/// that have a `pattern` label, their images copied.
+fn split_fixture(shared: &Path, train: usize, valid: usize) -> (tempfile::TempDir, PathBuf) {
+    let work = tempfile::tempdir().unwrap();
+    let data = shared.join("data/fashion-product-images");
+    let text = std::fs::read_to_string(data.join("labels.csv")).unwrap();
+    let header = text.lines().next().unwrap().to_string();
+    let pattern = header.split(',').position(|c| c == "pattern").unwrap();
+    let rows_of = |split: &str, n: usize| -> Vec<String> {
+        text.lines()
+            .skip(1)
+            .filter(|l| {
+                let cells: Vec<&str> = l.split(',').collect();
+                cells[1] == split && !cells[pattern].is_empty()
+            })
+            .take(n)
+            .map(str::to_string)
+            .collect()
+    };
+    let mut rows = rows_of("train", train);
+    rows.extend(rows_of("valid", valid));
+    let mut csv = format!("{header}\n");
+    for row in &rows {
+        let path = row.split(',').next().unwrap();
+        let to = work.path().join(path);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(data.join(path), &to).unwrap_or_else(|e| panic!("copy {path}: {e}"));
+        csv.push_str(row);
+        csv.push('\n');
+    }
+    let path = work.path().join("labels.csv");
+    std::fs::write(&path, csv).unwrap();
+    (work, path)
+}
+
+/// `asen train --extend`: the new model holds every weight of the base unchanged, one more
+/// attribute-embedding row, a card that names the base and the added attribute's match
+/// threshold.
+#[test]
+fn train_extend_adds_an_attribute_and_keeps_every_base_weight() {
+    let Some(shared) = shared_dir() else { return };
+    let (work, csv) = split_fixture(&shared, 90, 45);
+    let base = work.path().join("base");
+    let added = extended::write_base(&base);
+    let out = asen(
+        &[
+            "train",
+            "--extend",
+            base.to_str().unwrap(),
+            "--data",
+            csv.to_str().unwrap(),
+            "--attributes",
+            &added,
+            "--epochs",
+            "1",
+            "--triplets-per-epoch",
+            "64",
+            "--batch-size",
+            "32",
+            "--out",
+            "ext",
+        ],
+        work.path(),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let base_fingerprint = asen_models::fingerprint(&base).unwrap();
+    assert!(
+        stdout(&out).contains(&format!("extends {base_fingerprint}")),
+        "{}",
+        stdout(&out)
+    );
+    let best = asen_models::ModelDir::load(work.path().join("ext/best")).unwrap();
+    let base_model = asen_models::ModelDir::load(&base).unwrap();
+    let mut names = base_model.card.attribute_names();
+    names.push(added.clone());
+    assert_eq!(best.card.attribute_names(), names);
+    assert_eq!(best.card.extends[0].fingerprint, base_fingerprint);
+    assert!(best
+        .card
+        .match_thresholds
+        .as_ref()
+        .unwrap()
+        .contains_key(&added));
+    let values = |t: &candle_core::Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    for (name, t) in base_model.tensors() {
+        let got = &best.tensors()[name];
+        let got = if name == "attr_embedding.weight" {
+            got.narrow(0, 0, t.dim(0).unwrap()).unwrap()
+        } else {
+            got.clone()
+        };
+        assert_eq!(values(&got), values(t), "{name} unchanged");
+    }
+}
+
+#[test]
+fn train_extend_refuses_a_size_the_base_fixes() {
+    let Some(shared) = shared_dir() else { return };
+    let (work, csv) = split_fixture(&shared, 4, 2);
+    let base = work.path().join("base");
+    extended::write_base(&base);
+    let out = asen(
+        &[
+            "train",
+            "--extend",
+            base.to_str().unwrap(),
+            "--data",
+            csv.to_str().unwrap(),
+            "--attributes",
+            "pattern",
+            "--dim",
+            "64",
+            "--out",
+            "ext",
+        ],
+        work.path(),
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--dim cannot be combined with --extend"),
+        "{}",
+        stderr(&out)
+    );
+}

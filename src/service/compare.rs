@@ -195,6 +195,9 @@ fn comparison_model<'s>(svc: &'s Service, a: &Subject, b: &Subject) -> Result<&'
         Subject::Image(_) => Ok(None),
     };
     match (of(a)?, of(b)?) {
+        // A model that extends the other computes the other's attributes as it does.
+        (Some((_, ma)), Some((_, mb))) if extends(ma, mb) => Ok(ma),
+        (Some((_, ma)), Some((_, mb))) if extends(mb, ma) => Ok(mb),
         (Some((ca, ma)), Some((cb, mb))) if ma.fingerprint() != mb.fingerprint() => {
             Err(ServiceError::MixedModels {
                 a: format!(
@@ -210,6 +213,11 @@ fn comparison_model<'s>(svc: &'s Service, a: &Subject, b: &Subject) -> Result<&'
         (Some((_, m)), _) | (_, Some((_, m))) => Ok(m),
         (None, None) => svc.model("the copy check"),
     }
+}
+
+/// Whether `a` is another model than `b` that extends it.
+fn extends(a: &Model, b: &Model) -> bool {
+    a.fingerprint() != b.fingerprint() && a.embedder().card().extends_model(b.fingerprint())
 }
 
 /// Compare two subjects on `attributes` (all of the model's when empty), with the model of

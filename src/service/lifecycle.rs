@@ -503,37 +503,160 @@ pub fn start(svc: &Service, catalogue: &str, fingerprint: &str) -> Result<Migrat
     spawn(svc, catalogue, fingerprint)
 }
 
-/// Add the attribute `attribute` of the catalogue's model to `catalogue` on a background
-/// thread: only its vectors are computed, from the stored crops, and only its graph is
-/// built; the other attributes' vectors stay as they are. Its status is the one of
-/// [`status`]. Running it again after a stop resumes.
-pub fn start_adding(svc: &Service, catalogue: &str, attribute: &str) -> Result<MigrationStatus> {
+/// Add `attribute` to `catalogue` on a background thread: only its vectors are computed,
+/// from the stored crops, and only its graph is built; the other attributes' vectors stay as
+/// they are. The attribute comes from `model` (a fingerprint) when given, else from the
+/// catalogue's model, else from the one held model that extends the catalogue's with it
+/// ([`adding_model`]). Its status is the one of [`status`]. Running it again after a stop
+/// resumes.
+pub fn start_adding(
+    svc: &Service,
+    catalogue: &str,
+    attribute: &str,
+    model: Option<&str>,
+) -> Result<MigrationStatus> {
     let schema = svc.store("adding an attribute")?.schema(catalogue)?;
-    let model = svc
-        .models("adding an attribute")?
-        .for_catalogue(catalogue, schema.model.as_ref())?;
-    let fingerprint = model.fingerprint().to_string();
+    let fingerprint = match &schema.migration {
+        Some(m) if adds(m, attribute) => m.target.fingerprint.clone(),
+        _ => adding_model(svc, catalogue, &schema, attribute, model)?
+            .fingerprint()
+            .to_string(),
+    };
     if let Some(status) = running(svc, catalogue, &fingerprint)? {
         return Ok(status);
     }
-    begin_adding(svc, catalogue, attribute)?;
+    begin_adding(svc, catalogue, attribute, &fingerprint)?;
     spawn(svc, catalogue, &fingerprint)
 }
 
-/// Start adding `attribute` (see [`start_adding`]): checks, then one alteration adds it and
-/// records the migration (the attribute is its own staging attribute). A migration already
-/// recorded for this attribute is resumed.
+/// Whether `migration` is the addition of `attribute` (it is its own staging attribute).
+fn adds(migration: &Migration, attribute: &str) -> bool {
+    migration.staged.len() == 1
+        && migration.staged[0].attribute == attribute
+        && migration.staged[0].staging == attribute
+}
+
+/// The model that computes `attribute` for `catalogue`: the held model `named`, else the
+/// catalogue's model when it has the attribute, else the one held model that extends the
+/// catalogue's model with it. A named model must be the catalogue's or extend it, so that the
+/// vectors already stored stay its vectors; after the addition the catalogue records it.
+fn adding_model<'s>(
+    svc: &'s Service,
+    catalogue: &str,
+    schema: &CatalogueSchema,
+    attribute: &str,
+    named: Option<&str>,
+) -> Result<&'s Arc<Model>> {
+    let models = svc.models("adding an attribute")?;
+    let live = models.for_catalogue(catalogue, schema.model.as_ref());
+    let has = |m: &Model| m.embedder().attribute_index(attribute).is_ok();
+    let model = match named {
+        Some(fingerprint) => {
+            let model = target_model(svc, fingerprint, "adding an attribute")?;
+            let fits = match &schema.model {
+                Some(built) => {
+                    built.fingerprint == model.fingerprint()
+                        || model.embedder().card().extends_model(&built.fingerprint)
+                }
+                None => live.as_ref().is_ok_and(|l| Arc::ptr_eq(l, model)),
+            };
+            if !fits {
+                let built = schema
+                    .model
+                    .as_ref()
+                    .map_or("an unrecorded model".to_string(), describe);
+                return Err(ServiceError::invalid(format!(
+                    "model {} does not extend model {built}, which built catalogue \
+                     {catalogue:?}: an attribute can come only from the catalogue's model or \
+                     from one that extends it (asen train --extend)",
+                    describe(&model.record())
+                )));
+            }
+            model
+        }
+        None => match (live, &schema.model) {
+            (Ok(model), _) if has(model) => model,
+            // No record: only the catalogue's model can add (the checks below say why not).
+            (live, None) => live?,
+            (_, Some(built)) => {
+                let with: Vec<&Arc<Model>> = models
+                    .extending(&built.fingerprint)
+                    .into_iter()
+                    .filter(|m| has(m))
+                    .collect();
+                match with.as_slice() {
+                    [one] => *one,
+                    [] => {
+                        return Err(ServiceError::invalid(format!(
+                            "model {} of catalogue {catalogue:?} has no attribute \
+                             {attribute:?} (it has {}), and no model held here extends it \
+                             with one: train one with asen train --extend and load it with \
+                             --also-model PATH",
+                            describe(built),
+                            built.attributes.join(", ")
+                        )))
+                    }
+                    several => {
+                        return Err(ServiceError::invalid(format!(
+                            "models {} all extend the model of catalogue {catalogue:?} with \
+                             attribute {attribute:?}: name one in \"model\"",
+                            several
+                                .iter()
+                                .map(|m| m.fingerprint())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )))
+                    }
+                }
+            }
+        },
+    };
+    if !has(model) {
+        let record = model.record();
+        return Err(ServiceError::invalid(format!(
+            "model {} has no attribute {attribute:?}: it can add only its own attributes ({})",
+            describe(&record),
+            record.attributes.join(", ")
+        )));
+    }
+    let card = model.embedder().card();
+    if card.embedding_dim != schema.dimension {
+        return Err(ServiceError::invalid(format!(
+            "model {} embeds {}-d vectors and catalogue {catalogue:?} holds {}-d ones",
+            model.fingerprint(),
+            card.embedding_dim,
+            schema.dimension
+        )));
+    }
+    if let Some(built) = &schema.model {
+        if built.input_size != card.input_size {
+            return Err(ServiceError::invalid(format!(
+                "model {} takes {} px input and catalogue {catalogue:?} keeps {} px crops",
+                model.fingerprint(),
+                card.input_size,
+                built.input_size
+            )));
+        }
+    }
+    Ok(model)
+}
+
+/// Start adding `attribute` with the model `fingerprint` (see [`start_adding`]): checks, then
+/// one alteration adds it and records the migration (the attribute is its own staging
+/// attribute). A migration already recorded for this attribute is resumed.
 #[tracing::instrument(skip_all, fields(catalogue = %catalogue, attribute = %attribute))]
-pub fn begin_adding(svc: &Service, catalogue: &str, attribute: &str) -> Result<Migration> {
+pub fn begin_adding(
+    svc: &Service,
+    catalogue: &str,
+    attribute: &str,
+    fingerprint: &str,
+) -> Result<Migration> {
     let store = svc.store("adding an attribute")?;
     let gate = svc.write_gate(catalogue);
     let _writers_held = gate.write().unwrap_or_else(|p| p.into_inner());
     let schema = store.schema(catalogue)?;
     if let Some(m) = schema.migration {
-        let same = m.staged.len() == 1
-            && m.staged[0].attribute == attribute
-            && m.staged[0].staging == attribute;
-        if same {
+        if adds(&m, attribute) {
             return Ok(m);
         }
         return Err(ServiceError::MigrationInProgress {
@@ -541,17 +664,7 @@ pub fn begin_adding(svc: &Service, catalogue: &str, attribute: &str) -> Result<M
             target: describe(&m.target),
         });
     }
-    let model = svc
-        .models("adding an attribute")?
-        .for_catalogue(catalogue, schema.model.as_ref())?;
-    let record = model.record();
-    if model.embedder().attribute_index(attribute).is_err() {
-        return Err(ServiceError::invalid(format!(
-            "model {} has no attribute {attribute:?}: it can add only its own attributes ({})",
-            describe(&record),
-            record.attributes.join(", ")
-        )));
-    }
+    let model = adding_model(svc, catalogue, &schema, attribute, Some(fingerprint))?;
     if schema.attribute_index(attribute).is_some() {
         return Err(ServiceError::invalid(format!(
             "catalogue {catalogue:?} already has attribute {attribute:?}"
@@ -566,7 +679,7 @@ pub fn begin_adding(svc: &Service, catalogue: &str, attribute: &str) -> Result<M
         )));
     }
     let migration = Migration {
-        target: record,
+        target: model.record(),
         staged: vec![StagedAttribute {
             attribute: attribute.to_string(),
             staging: attribute.to_string(),
@@ -583,7 +696,12 @@ pub fn begin_adding(svc: &Service, catalogue: &str, attribute: &str) -> Result<M
             },
         ],
     )?;
-    info!(catalogue, attribute, "adding an attribute");
+    info!(
+        catalogue,
+        attribute,
+        model = model.fingerprint(),
+        "adding an attribute"
+    );
     Ok(migration)
 }
 

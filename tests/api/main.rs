@@ -16,6 +16,7 @@ mod catalogues;
 mod compare;
 mod errors;
 mod explain;
+mod extend;
 mod fuzz;
 mod hardening;
 mod health;

@@ -128,6 +128,34 @@ impl TestServer {
         ))
     }
 
+    /// A server over an empty local store holding `models`.
+    pub fn start_with_models(models: impl FnOnce(&Config, Arc<Model>) -> Models) -> Option<Self> {
+        let shared = shared()?;
+        Some(Self::serve_models(
+            shared,
+            tempfile::tempdir().unwrap(),
+            None,
+            |_| {},
+            models,
+        ))
+    }
+
+    /// A server holding `models` over a copy of this server's store (flushed first).
+    pub fn restarted_with_models(
+        &self,
+        models: impl FnOnce(&Config, Arc<Model>) -> Models,
+    ) -> Self {
+        self.state
+            .service
+            .store_handle()
+            .expect("a store")
+            .flush()
+            .expect("flush the store");
+        let data = tempfile::tempdir().unwrap();
+        copy_dir(self._data.path(), data.path());
+        Self::serve_models(self.shared.clone(), data, None, |_| {}, models)
+    }
+
     /// A server over the store in `data` (taken over: removed when the server is dropped).
     fn serve(shared: PathBuf, data: tempfile::TempDir, tweak: impl FnOnce(&mut Config)) -> Self {
         Self::serve_on(shared, data, None, tweak)

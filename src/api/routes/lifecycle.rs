@@ -112,12 +112,19 @@ pub async fn rename_attribute(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddAttributeBody {
-    /// An attribute of the catalogue's model that the catalogue does not index yet.
+    /// An attribute the catalogue does not index yet.
     pub name: String,
+    /// Fingerprint of the model that computes it: the catalogue's model or one that extends
+    /// it (`asen train --extend`). When absent: the catalogue's model if it has the
+    /// attribute, else the one held model that extends it with the attribute.
+    #[serde(default)]
+    pub model: Option<String>,
 }
 
-/// Add an attribute of the catalogue's model: only its vectors are computed, from the stored
-/// crops, and only its graph is built. Follow it with `GET .../reindex`.
+/// Add an attribute of the catalogue's model, or of a model that extends it: only its vectors
+/// are computed, from the stored crops, and only its graph is built. With an extending model,
+/// the catalogue records that model once the attribute is in. Follow it with
+/// `GET .../reindex`.
 #[utoipa::path(post, path = "/v1/catalogues/{name}/attributes", tag = "lifecycle",
     params(("name" = String, Path, description = "catalogue name")),
     request_body = AddAttributeBody,
@@ -132,7 +139,7 @@ pub async fn add_attribute(
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
     let status = state
-        .run(move |svc| lifecycle::start_adding(svc, &name, &body.name))
+        .run(move |svc| lifecycle::start_adding(svc, &name, &body.name, body.model.as_deref()))
         .await?;
     let mut response = ok(status, started);
     *response.status_mut() = StatusCode::ACCEPTED;

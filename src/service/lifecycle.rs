@@ -347,7 +347,8 @@ pub fn run_migration(
 /// One pass over the catalogue: every item lacking a staging vector gets it from its stored
 /// crop. Returns how many items were filled. `gated`: the caller holds the write gate (the
 /// last pass); otherwise each write takes it, so that no upsert runs between a check and a
-/// fill.
+/// fill. A reader thread lists, reads and decodes the next batch of crops while this one
+/// runs the forward pass of the current batch and writes its vectors.
 fn fill_pass(
     svc: &Service,
     catalogue: &str,
@@ -369,10 +370,75 @@ fn fill_pass(
         .iter()
         .map(|s| embedder.attribute_index(schema.model_attribute(&s.attribute)))
         .collect::<std::result::Result<Vec<_>, _>>()?;
+    std::thread::scope(|scope| {
+        let (send, batches) = std::sync::mpsc::sync_channel::<Result<CropBatch>>(1);
+        let reader = std::thread::Builder::new()
+            .name(format!("asen-reindex-read-{catalogue}"))
+            .spawn_scoped(scope, move || {
+                let result = read_crops(svc, catalogue, migration, target, progress, &mut |b| {
+                    send.send(Ok(b)).is_ok()
+                });
+                if let Err(e) = result {
+                    let _ = send.send(Err(e));
+                }
+            })
+            .map_err(|e| ServiceError::invalid(format!("cannot start the crop reader: {e}")))?;
+        let mut filled = 0u64;
+        let written = batches.iter().try_for_each(|batch| -> Result<()> {
+            let batch = batch?;
+            let models = svc.models("a reindex")?;
+            let embedded =
+                models.forward(|| embedder.embed_crops(&batch.crops, &model_attributes))?;
+            let gate = svc.write_gate(catalogue);
+            let _writers_held = (!gated).then(|| gate.write().unwrap_or_else(|p| p.into_inner()));
+            for (k, s) in migration.staged.iter().enumerate() {
+                let vectors: Vec<(ItemId, Vec<f32>)> = batch
+                    .ids
+                    .iter()
+                    .zip(&embedded)
+                    .map(|(id, per)| (id.clone(), per[k].vector.clone()))
+                    .collect();
+                store.fill_attribute(catalogue, &s.staging, &vectors)?;
+            }
+            filled += batch.ids.len() as u64;
+            progress
+                .embedded
+                .fetch_add(batch.ids.len() as u64, Ordering::Relaxed);
+            progress
+                .done
+                .fetch_add(batch.listed as u64, Ordering::Relaxed);
+            Ok(())
+        });
+        // On an error here the receiver goes away and the reader stops at its next send.
+        drop(batches);
+        let _ = reader.join();
+        written.map(|()| filled)
+    })
+}
+
+/// Decoded crops of items that lack a staging vector, one forward pass worth.
+struct CropBatch {
+    ids: Vec<ItemId>,
+    crops: Vec<RgbImage>,
+    /// Items of the listing this batch stands for (deleted ones included).
+    listed: usize,
+}
+
+/// List `catalogue`, and hand each batch of items lacking a staging vector, with their
+/// decoded crops, to `deliver` (which says whether to go on). Items already complete count as
+/// done at once.
+fn read_crops(
+    svc: &Service,
+    catalogue: &str,
+    migration: &Migration,
+    target: &Model,
+    progress: &Progress,
+    deliver: &mut dyn FnMut(CropBatch) -> bool,
+) -> Result<()> {
+    let store = svc.store("a reindex")?;
     let batch = embedder_batch(svc);
     // Stored crops must be what the target model takes.
     let size = target.embedder().card().input_size;
-    let mut filled = 0u64;
     let mut after: Option<ItemId> = None;
     loop {
         let page = store.list(catalogue, after.as_ref(), PAGE)?;
@@ -408,31 +474,19 @@ fn fill_pass(
                 ids.push(item.id.clone());
             }
             if crops.is_empty() {
+                progress
+                    .done
+                    .fetch_add(chunk.len() as u64, Ordering::Relaxed);
                 continue;
             }
-            let models = svc.models("a reindex")?;
-            let embedded = models.forward(|| embedder.embed_crops(&crops, &model_attributes))?;
-            let gate = svc.write_gate(catalogue);
-            let _writers_held = (!gated).then(|| gate.write().unwrap_or_else(|p| p.into_inner()));
-            for (k, s) in migration.staged.iter().enumerate() {
-                let vectors: Vec<(ItemId, Vec<f32>)> = ids
-                    .iter()
-                    .zip(&embedded)
-                    .map(|(id, per)| (id.clone(), per[k].vector.clone()))
-                    .collect();
-                store.fill_attribute(catalogue, &s.staging, &vectors)?;
+            let listed = chunk.len();
+            if !deliver(CropBatch { ids, crops, listed }) {
+                return Ok(());
             }
-            filled += ids.len() as u64;
-            progress
-                .embedded
-                .fetch_add(ids.len() as u64, Ordering::Relaxed);
-            progress
-                .done
-                .fetch_add(chunk.len() as u64, Ordering::Relaxed);
         }
         match page.next_cursor {
             Some(next) => after = Some(next),
-            None => return Ok(filled),
+            None => return Ok(()),
         }
     }
 }

@@ -17,7 +17,7 @@ use crate::server::*;
 mod extended;
 
 /// `base/` and `ext/`, written once per test binary, and the attribute `ext` adds.
-fn models_dir() -> &'static (tempfile::TempDir, String) {
+pub(crate) fn models_dir() -> &'static (tempfile::TempDir, String) {
     static DIR: OnceLock<(tempfile::TempDir, String)> = OnceLock::new();
     DIR.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
@@ -43,26 +43,44 @@ fn load(config: &asen::config::Config, name: &str) -> Model {
     .unwrap_or_else(|e| panic!("load {name}: {e:#}"))
 }
 
-fn fingerprint(name: &str) -> String {
+pub(crate) fn fingerprint(name: &str) -> String {
     asen_models::fingerprint(&model_path(name)).unwrap()
 }
 
 /// A server whose default model is `default`, also holding `also`.
 fn served(default: &str, also: &[&str]) -> Option<TestServer> {
+    served_on(None, default, also)
+}
+
+/// [`served`] over the store `store` names (a `milvus://` URL), or a local one.
+pub(crate) fn served_on(store: Option<&str>, default: &str, also: &[&str]) -> Option<TestServer> {
     let (default, also): (String, Vec<String>) =
         (default.into(), also.iter().map(|s| s.to_string()).collect());
-    TestServer::start_with_models(move |config, _suite| {
+    let models = move |config: &asen::config::Config, _suite| {
         let mut models = Models::new(load(config, &default), 1);
         for name in &also {
             models.add(load(config, name));
         }
         models
-    })
+    };
+    match store {
+        Some(store) => TestServer::start_on_with_models(store, models),
+        None => TestServer::start_with_models(models),
+    }
 }
 
 /// Catalogue `shop` with three photos, built by the server's default model.
 fn shop(s: &TestServer) {
-    ok(&s.call("PUT", "/v1/catalogues/shop", W, None), "create");
+    catalogue_of_three(s, "shop");
+}
+
+/// Catalogue `name` (created afresh) with three photos, built by the server's default model.
+pub(crate) fn catalogue_of_three(s: &TestServer, name: &str) {
+    let _ = s.call("DELETE", &format!("/v1/catalogues/{name}"), W, None);
+    ok(
+        &s.call("PUT", &format!("/v1/catalogues/{name}"), W, None),
+        "create",
+    );
     let items: Vec<Value> = NAMES[..3]
         .iter()
         .map(|n| json!({"id": n, "image": b64(&s.image(n))}))
@@ -70,7 +88,7 @@ fn shop(s: &TestServer) {
     ok(
         &s.call(
             "PUT",
-            "/v1/catalogues/shop/items",
+            &format!("/v1/catalogues/{name}/items"),
             W,
             Some(&json!({ "items": items })),
         ),
@@ -79,10 +97,15 @@ fn shop(s: &TestServer) {
 }
 
 fn vectors(s: &TestServer, id: &str) -> Value {
+    vectors_in(s, "shop", id)
+}
+
+/// The stored vectors of item `id` of `catalogue`, by attribute.
+pub(crate) fn vectors_in(s: &TestServer, catalogue: &str, id: &str) -> Value {
     ok(
         &s.call(
             "GET",
-            &format!("/v1/catalogues/shop/items/{id}?with_vectors=true"),
+            &format!("/v1/catalogues/{catalogue}/items/{id}?with_vectors=true"),
             R,
             None,
         ),
@@ -91,7 +114,7 @@ fn vectors(s: &TestServer, id: &str) -> Value {
         .clone()
 }
 
-fn bits(v: &Value) -> Vec<u32> {
+pub(crate) fn bits(v: &Value) -> Vec<u32> {
     v.as_array()
         .unwrap()
         .iter()
@@ -100,7 +123,7 @@ fn bits(v: &Value) -> Vec<u32> {
 }
 
 /// The status of an addition that started (202).
-fn started(reply: &Reply) -> Value {
+pub(crate) fn started(reply: &Reply) -> Value {
     assert_eq!(reply.status, 202, "{}", reply.body);
     reply.body["result"].clone()
 }

@@ -404,3 +404,44 @@ fn reindex_drop_and_rename_work_on_milvus() {
     assert_eq!(ok(&renamed, "renamed")["hits"][0]["id"], "10030.jpg");
     ok(&s.call("DELETE", c, W, None), "drop the catalogue");
 }
+
+/// Adding an attribute from a model that extends the catalogue's, on the Milvus store: only
+/// the new attribute's vectors are computed, the others read back bit-identical, and the
+/// catalogue records the extension.
+#[test]
+fn an_extension_adds_its_attribute_on_milvus() {
+    let Some(url) = configured("ASEN_MILVUS_URL") else {
+        return;
+    };
+    let Some(s) = crate::extend::served_on(Some(&url), "base", &["ext"]) else {
+        return;
+    };
+    use crate::extend::{bits, catalogue_of_three, fingerprint, models_dir, started, vectors_in};
+    catalogue_of_three(&s, "extend_m");
+    let before = vectors_in(&s, "extend_m", NAMES[0]);
+    let added = &models_dir().1;
+    started(&s.call(
+        "POST",
+        "/v1/catalogues/extend_m/attributes",
+        W,
+        Some(&json!({ "name": added })),
+    ));
+    crate::lifecycle::wait_for_reindex(&s, "extend_m");
+    let after = vectors_in(&s, "extend_m", NAMES[0]);
+    for (a, v) in before.as_object().unwrap() {
+        assert_eq!(bits(v), bits(&after[a]), "{a} bit-identical");
+    }
+    assert!(after.get(added.as_str()).is_some(), "{after}");
+    let details = ok(
+        &s.call("GET", "/v1/catalogues/extend_m", R, None),
+        "details",
+    );
+    assert_eq!(
+        details["schema"]["model"]["fingerprint"],
+        fingerprint("ext").as_str()
+    );
+    ok(
+        &s.call("DELETE", "/v1/catalogues/extend_m", W, None),
+        "clean up",
+    );
+}

@@ -19,7 +19,7 @@ fn payload_of(i: usize, version: usize) -> Value {
         "brand": format!("brand{}", j % 40),
         "price": (j % 500) as f64 + 0.25,
         "sizes": [j % 7, 10 + j % 3],
-        "sale": j % 9 == 0,
+        "sale": j.is_multiple_of(9),
         "meta": {"colour": colour},
     })
 }

@@ -353,6 +353,13 @@ fn main() {
                 })
                 .collect();
             store.upsert("c", &items).expect("upsert");
+            if (c + 1) % 100 == 0 {
+                eprintln!(
+                    "built {} items, {:.0} s",
+                    (c + 1) * 1000,
+                    start.elapsed().as_secs_f64()
+                );
+            }
         }
         store.flush().expect("flush");
         let build = start.elapsed().as_secs_f64();
@@ -530,7 +537,7 @@ fn payload_index_table(
         .map(|(pm, kind, _)| {
             let m = 1000 / pm;
             if *kind == "keyword" {
-                truth(base_unit, query_unit, 10, |i| bucket(i) % m == 0)
+                truth(base_unit, query_unit, 10, |i| bucket(i).is_multiple_of(m))
             } else {
                 truth(base_unit, query_unit, 10, |i| bucket(i) < *pm)
             }

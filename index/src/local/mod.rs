@@ -49,8 +49,10 @@ pub enum Durability {
     Deferred,
 }
 
-/// How filtered searches find candidates. `Auto` picks by the filter's estimated selectivity;
-/// the others force one path (benchmarks, diagnosis).
+/// How filtered searches find candidates. `Auto` picks by the number of matching items,
+/// counted exactly by the payload index where the filter is indexable (see
+/// [`StoreOptions::payload_index`]) and estimated on a sample otherwise; the others force one
+/// path (benchmarks, diagnosis).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum FilterStrategy {
     /// Selective filters (at most [`StoreOptions::exact_scan_fraction`] of live items, or

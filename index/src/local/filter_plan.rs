@@ -108,6 +108,18 @@ pub(crate) fn candidates(live: &LiveSet, f: &Filter) -> Option<IdSet> {
     ids(live, f).ok()
 }
 
+/// For a single `match`, `in` or `range`, the index's count: at least the number of live ids
+/// passing it (an item counts once per matching array element, and strict range bounds count
+/// as inclusive). `None` for any other filter or one the index cannot answer.
+pub(crate) fn leaf_count(live: &LiveSet, f: &Filter) -> Option<usize> {
+    match f {
+        Filter::Match { .. } | Filter::In { .. } | Filter::Range { .. } => {
+            count(&live.payloads, live.items.len(), f).ok()
+        }
+        Filter::And(_) | Filter::Or(_) | Filter::Not(_) => None,
+    }
+}
+
 fn ids(live: &LiveSet, f: &Filter) -> Result<IdSet, Unindexed> {
     let index = &live.payloads;
     match f {
@@ -481,6 +493,9 @@ mod tests {
                     .map(|(iid, _)| *iid)
                     .collect();
                 expected.sort_unstable();
+                if let Some(n) = leaf_count(&live, filter) {
+                    prop_assert!(n >= expected.len(), "{:?} counted {} < {}", filter, n, expected.len());
+                }
                 let Some(set) = candidates(&live, filter) else {
                     prop_assert!(has_and(filter), "only an and can fall back: {:?}", filter);
                     continue;

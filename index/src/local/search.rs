@@ -143,7 +143,7 @@ pub(crate) fn search(
         if wanted > live_total.max(1) * 2 || knbn >= MAX_EF * 4 {
             let ids: Vec<u64> = match &mode {
                 Mode::Hook(m) | Mode::Exact(m) => m.clone(),
-                Mode::Post(Keep::Filter(f), _) => matching(c, f, &plan),
+                Mode::Post(Keep::Filter(f), _) => all_matching(c, f, &plan, options),
                 Mode::Post(Keep::Ids(set), _) => set.clone().into_ids(&read(&c.live)),
                 Mode::Unfiltered => read(&c.live)
                     .items
@@ -203,11 +203,30 @@ fn filtered_mode<'a>(
 ) -> Mode<'a> {
     if options.payload_index {
         let live = read(&c.live);
+        if let Some(mode) = broad_leaf_mode(&live, f, options) {
+            return mode;
+        }
         if let Some(set) = filter_plan::candidates(&live, f) {
             return indexed_mode(&live, set.without(&plan.exclude, &live), options);
         }
     }
     scanned_mode(c, f, plan, options)
+}
+
+/// Post-filtering for a single condition the index counts above twice the exact-scan limit:
+/// that path tests each candidate's payload, so collecting (and, for a range, sorting) a large
+/// id set would only add cost. The count may exceed the matching items (array elements, range
+/// ends), which only narrows the first walk: the search loop widens it when too few pass.
+fn broad_leaf_mode<'a>(live: &LiveSet, f: &'a Filter, options: &StoreOptions) -> Option<Mode<'a>> {
+    if options.filter_strategy != FilterStrategy::Auto {
+        return None;
+    }
+    let live_total = live.items.len();
+    let count = filter_plan::leaf_count(live, f)?;
+    (count > 2 * exact_limit(options, live_total)).then(|| {
+        let selectivity = count.min(live_total) as f64 / live_total.max(1) as f64;
+        Mode::Post(Keep::Filter(f), selectivity)
+    })
 }
 
 /// The path for an exact set of matching ids: its size, not an estimate, picks it.
@@ -267,6 +286,18 @@ fn selectivity(c: &Catalogue, f: &Filter) -> f64 {
         .filter(|m| filter::matches(f, &m.payload))
         .count();
     (hits as f64 + 0.5) / (sample as f64 + 1.0)
+}
+
+/// Every live id passing the filter, minus the query's exclusions, ascending: from the payload
+/// index where it can answer, otherwise by evaluating every payload.
+fn all_matching(c: &Catalogue, f: &Filter, plan: &Plan, options: &StoreOptions) -> Vec<u64> {
+    if options.payload_index {
+        let live = read(&c.live);
+        if let Some(set) = filter_plan::candidates(&live, f) {
+            return set.without(&plan.exclude, &live).into_ids(&live);
+        }
+    }
+    matching(c, f, plan)
 }
 
 /// Every live id passing the filter, minus the query's exclusions, ascending (O(live items)).

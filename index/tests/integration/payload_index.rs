@@ -263,3 +263,37 @@ fn the_index_matches_the_unindexed_path() {
     .unwrap();
     assert_eq!(answers(&unindexed), indexed);
 }
+
+#[test]
+fn broad_single_conditions_return_k_passing_hits() {
+    // A small exact-scan limit sends these to the post-filter walk without an id set.
+    let options = StoreOptions {
+        exact_scan_max_items: 100,
+        exact_scan_fraction: 0.0,
+        ..StoreOptions::default()
+    };
+    let (_d, store) = store(options);
+    fill(&store);
+    let broad = [
+        json!({"match": {"field": "sale", "value": false}}),
+        json!({"range": {"field": "price", "lt": 400.0}}),
+        json!({"in": {"field": "meta.colour", "values": ["black", "navy"]}}),
+    ];
+    let mut r = rng(12);
+    for f in broad.into_iter().map(filter) {
+        let q = random_vector(&mut r, DIM);
+        let mut req = SearchRequest::vector("a", q, 10);
+        req.filter = Some(f.clone());
+        let hits = store.search("c", &req).unwrap().into_hits();
+        assert_eq!(hits.len(), 10, "filter {f:?}");
+        for h in hits {
+            let i: usize = h.id.as_str().parse().unwrap();
+            let p = store.get("c", &id(i), false).unwrap().unwrap().payload;
+            assert!(
+                matches_payload(&f, &Value::Object(p)),
+                "{} fails {f:?}",
+                h.id
+            );
+        }
+    }
+}

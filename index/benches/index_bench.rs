@@ -11,8 +11,8 @@
 //! asen embeddings; queries are then the last `--queries` rows). `--export <dir>` writes
 //! `base.fvecs`, `query.fvecs` and `gt.ivecs` for `benches/ann_baselines.py`.
 //!
-//! `--payload-index` gives items keyword fields of 0.1 %, 1 % and 10 % selectivity and times
-//! keyword and range filters at those selectivities through the payload index and through the
+//! `--payload-index` gives items keyword fields of 0.1 %, 1 %, 10 % and 50 % selectivity and
+//! times keyword and range filters at those selectivities through the payload index and through the
 //! unindexed path (`StoreOptions::payload_index = false`), f32 storage only, and skips the
 //! full-rebuild timing (as long as the build itself):
 //! ```text
@@ -249,14 +249,14 @@ fn bucket(id: usize) -> usize {
     (id * 7919) % 1000
 }
 
-/// Item `id`'s payload: its bucket, and with `keywords` the keyword fields `k1000`, `k100` and
-/// `k10`, whose value `v0` holds 0.1 %, 1 % and 10 % of items.
+/// Item `id`'s payload: its bucket, and with `keywords` the keyword fields `k1000`, `k100`,
+/// `k10` and `k2`, whose value `v0` holds 0.1 %, 1 %, 10 % and 50 % of items.
 fn bench_payload(id: usize, keywords: bool) -> asen_index::Payload {
     let b = bucket(id);
     let mut p = asen_index::Payload::new();
     p.insert("bucket".into(), b.into());
     if keywords {
-        for m in [1000, 100, 10] {
+        for m in [1000, 100, 10, 2] {
             p.insert(format!("k{m}"), format!("v{}", b % m).into());
         }
     }
@@ -524,7 +524,7 @@ fn payload_index_table(
 ) {
     let n = base_unit.len();
     let unindexed_queries = env_or("ASEN_BENCH_UNINDEXED_QUERIES", 50).min(queries.len());
-    let cases: Vec<(usize, &str, Filter)> = [1usize, 10, 100]
+    let cases: Vec<(usize, &str, Filter)> = [1usize, 10, 100, 500]
         .into_iter()
         .flat_map(|pm| {
             let keyword = Filter::Match {
@@ -580,7 +580,7 @@ fn payload_index_table(
     }
     println!(
         "\n### payload index, n={n}, k=10, ef=64, FilterStrategy::Auto, 1 thread\n\n\
-         payload index: {index_bytes} bytes ({:.1} bytes/item) for 4 fields; open from the \
+         payload index: {index_bytes} bytes ({:.1} bytes/item) for 5 fields; open from the \
          graph dump (item scan, live set and payload index): {:.2} s, {:.2} s\n",
         index_bytes as f64 / n as f64,
         opens[0],

@@ -65,18 +65,27 @@ impl Bounds {
             && self.lte.is_none_or(|b| x <= b)
     }
 
-    /// The tightest closed interval holding every value in range (strictness is checked per
-    /// entry by [`Bounds::contains`]).
-    fn interval(&self) -> (f64, f64) {
-        let lo = [self.gt, self.gte]
-            .into_iter()
-            .flatten()
-            .fold(f64::NEG_INFINITY, f64::max);
-        let hi = [self.lt, self.lte]
-            .into_iter()
-            .flatten()
-            .fold(f64::INFINITY, f64::min);
-        (lo, hi)
+    /// Keys of the numeric column around the range: every entry in range lies in
+    /// `start..end`, and only an entry at a strict lower bound with internal id `u64::MAX` lies
+    /// there out of range ([`Bounds::contains`] drops it).
+    fn keys(&self) -> ((Num, u64), (Num, u64)) {
+        let start = [
+            self.gt.map(|b| (Num::new(b), u64::MAX)),
+            self.gte.map(|b| (Num::new(b), 0)),
+        ]
+        .into_iter()
+        .flatten()
+        .fold((Num::new(f64::NEG_INFINITY), 0), std::cmp::max);
+        // An inclusive upper bound ends past every id at its value but u64::MAX, an id the
+        // store never reaches (ids count writes from 0).
+        let end = [
+            self.lt.map(|b| (Num::new(b), 0)),
+            self.lte.map(|b| (Num::new(b), u64::MAX)),
+        ]
+        .into_iter()
+        .flatten()
+        .fold((Num::new(f64::INFINITY), u64::MAX), std::cmp::min);
+        (start, end)
     }
 }
 
@@ -228,12 +237,11 @@ impl PayloadIndex {
         let Some(f) = self.field(path)? else {
             return Ok(Vec::new());
         };
-        let (lo, hi) = b.interval();
-        let hi = Num::new(hi);
+        let (start, end) = b.keys();
         let mut ids: Vec<u64> = f
             .numbers
-            .iter_from(&(Num::new(lo), 0))
-            .take_while(|(x, _)| *x <= hi)
+            .iter_from(&start)
+            .take_while(|e| **e < end)
             .filter(|(x, _)| b.contains(x.0))
             .map(|(_, iid)| *iid)
             .collect();
@@ -243,15 +251,14 @@ impl PayloadIndex {
     }
 
     /// About how many ids [`PayloadIndex::ids_in_range`] would return, from the numeric
-    /// column's block lengths (an item with several numbers in range counts once per number;
-    /// strict bounds are counted as inclusive).
+    /// column's block lengths: at least that many, more when an item has several numbers in
+    /// range (it counts once per number).
     pub(crate) fn count_in_range(&self, path: &str, b: &Bounds) -> Result<usize, Unindexed> {
         let Some(f) = self.field(path)? else {
             return Ok(0);
         };
-        let (lo, hi) = b.interval();
-        Ok(f.numbers
-            .count_between(&(Num::new(lo), 0), &(Num::new(hi), u64::MAX)))
+        let (start, end) = b.keys();
+        Ok(f.numbers.count_between(&start, &end))
     }
 
     /// Approximate heap bytes held.
@@ -428,6 +435,18 @@ mod tests {
         let all = range(None, Some(0.0), None, None);
         assert_eq!(idx.ids_in_range("sizes", &all), Ok(vec![4]));
         assert_eq!(idx.count_in_range("sizes", &all), Ok(3));
+    }
+
+    #[test]
+    fn range_counts_leave_out_strict_bounds() {
+        let mut idx = PayloadIndex::default();
+        for (iid, price) in [(1, 1.0), (2, 2.0), (3, 3.0), (4, 3.0)] {
+            idx.add(iid, &payload(json!({ "price": price })));
+        }
+        let open = range(Some(1.0), None, Some(3.0), None);
+        assert_eq!(idx.count_in_range("price", &open), Ok(1));
+        let closed = range(None, Some(1.0), None, Some(3.0));
+        assert_eq!(idx.count_in_range("price", &closed), Ok(4));
     }
 
     #[test]

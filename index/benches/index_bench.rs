@@ -1,6 +1,7 @@
 //! Index benchmark (`harness = false`): build rate, queries/s and recall@10 at several ef,
 //! memory per item for f32/f16/int8 storage, reopen and rebuild times, and the filtered-search
-//! switch-over between the graph filter hook and an exact scan. Prints markdown tables.
+//! switch-over between the graph filter hook and an exact scan, and filtered search with and
+//! without the payload index. Prints markdown tables.
 //!
 //! ```text
 //! cargo bench -p asen-index --bench index_bench -- --n 100000 --dim 256 --data clustered \
@@ -9,6 +10,15 @@
 //! `--data` is `uniform`, `clustered` (Gaussian mixture), `lowrank`, or `fvecs:<path>` (e.g. real
 //! asen embeddings; queries are then the last `--queries` rows). `--export <dir>` writes
 //! `base.fvecs`, `query.fvecs` and `gt.ivecs` for `benches/ann_baselines.py`.
+//!
+//! `--payload-index` gives items keyword fields of 0.1 %, 1 %, 10 % and 50 % selectivity and
+//! times keyword and range filters at those selectivities through the payload index and through the
+//! unindexed path (`StoreOptions::payload_index = false`), f32 storage only, and skips the
+//! full-rebuild timing (as long as the build itself):
+//! ```text
+//! cargo bench -p asen-index --bench index_bench -- --n 1000000 --dim 128 --storage f32 \
+//!     --ef 64 --queries 300 --ef-construction 100 --payload-index
+//! ```
 
 use std::collections::HashSet;
 use std::io::Write;
@@ -33,6 +43,7 @@ struct Args {
     m: usize,
     ef_construction: usize,
     filters: bool,
+    payload_index: bool,
     export: Option<String>,
     json: Option<String>,
     seed: u64,
@@ -49,6 +60,7 @@ fn parse_args() -> Args {
         m: 16,
         ef_construction: 200,
         filters: false,
+        payload_index: false,
         export: None,
         json: None,
         seed: 42,
@@ -67,6 +79,7 @@ fn parse_args() -> Args {
             "--export" => a.export = Some(val()),
             "--json" => a.json = Some(val()),
             "--filters" => a.filters = true,
+            "--payload-index" => a.payload_index = true,
             "--ef" => a.ef = val().split(',').map(|x| x.parse().expect("--ef")).collect(),
             "--storage" => {
                 a.storage = val()
@@ -231,6 +244,25 @@ fn options(filter_strategy: FilterStrategy) -> StoreOptions {
     }
 }
 
+/// Item `id`'s bucket in 0..1000, spread over ids.
+fn bucket(id: usize) -> usize {
+    (id * 7919) % 1000
+}
+
+/// Item `id`'s payload: its bucket, and with `keywords` the keyword fields `k1000`, `k100`,
+/// `k10` and `k2`, whose value `v0` holds 0.1 %, 1 %, 10 % and 50 % of items.
+fn bench_payload(id: usize, keywords: bool) -> asen_index::Payload {
+    let b = bucket(id);
+    let mut p = asen_index::Payload::new();
+    p.insert("bucket".into(), b.into());
+    if keywords {
+        for m in [1000, 100, 10, 2] {
+            p.insert(format!("k{m}"), format!("v{}", b % m).into());
+        }
+    }
+    p
+}
+
 /// Single-threaded queries/s and recall@10.
 fn run_queries(
     store: &LocalStore,
@@ -316,12 +348,18 @@ fn main() {
                         ItemId::new(id.to_string()).unwrap(),
                         [("a".to_string(), v.clone())].into(),
                     );
-                    it.payload
-                        .insert("bucket".into(), ((id * 7919) % 1000).into());
+                    it.payload = bench_payload(id, args.payload_index);
                     it
                 })
                 .collect();
             store.upsert("c", &items).expect("upsert");
+            if (c + 1) % 100 == 0 {
+                eprintln!(
+                    "built {} items, {:.0} s",
+                    (c + 1) * 1000,
+                    start.elapsed().as_secs_f64()
+                );
+            }
         }
         store.flush().expect("flush");
         let build = start.elapsed().as_secs_f64();
@@ -351,6 +389,12 @@ fn main() {
         drop(store);
         if args.filters && storage == VectorStorage::F32 {
             filter_switch_over(dir.path(), &base_unit, &queries, &query_unit);
+        }
+        if args.payload_index {
+            if storage == VectorStorage::F32 {
+                payload_index_table(dir.path(), &base_unit, &queries, &query_unit);
+            }
+            continue;
         }
         std::fs::remove_dir_all(dir.path().join("graphs")).expect("remove dumps");
         let t = Instant::now();
@@ -415,6 +459,165 @@ fn filter_switch_over(
         println!(
             "| {:.1} % | {mode} | {qps:.0} | {recall:.3} |",
             pm as f64 / 10.0
+        );
+    }
+}
+
+/// Per-query latencies (sorted, seconds), queries/s and per-query recall@10 of filtered
+/// searches.
+struct Timed {
+    qps: f64,
+    latencies: Vec<f64>,
+    /// (found, expected) per query, in query order.
+    found: Vec<(usize, usize)>,
+}
+
+impl Timed {
+    /// Recall@10 over the first `queries` queries.
+    fn recall(&self, queries: usize) -> f64 {
+        let (f, e) = self.found[..queries.min(self.found.len())]
+            .iter()
+            .fold((0, 0), |(f, e), (a, b)| (f + a, e + b));
+        f as f64 / e.max(1) as f64
+    }
+
+    fn percentile(&self, p: f64) -> f64 {
+        let i = ((self.latencies.len() as f64 * p).ceil() as usize).saturating_sub(1);
+        self.latencies[i.min(self.latencies.len() - 1)]
+    }
+}
+
+fn run_timed(store: &LocalStore, queries: &[Vec<f32>], gt: &[Vec<u32>], filter: &Filter) -> Timed {
+    let mut latencies = Vec::with_capacity(queries.len());
+    let mut found = Vec::with_capacity(queries.len());
+    let start = Instant::now();
+    for (q, t) in queries.iter().zip(gt) {
+        let mut req = SearchRequest::vector("a", q.clone(), 10);
+        req.ef_search = Some(64);
+        req.filter = Some(filter.clone());
+        let t0 = Instant::now();
+        let hits = store.search("c", &req).expect("search").into_hits();
+        latencies.push(t0.elapsed().as_secs_f64());
+        let t: HashSet<u32> = t.iter().copied().collect();
+        let hit = hits
+            .iter()
+            .filter(|h| t.contains(&h.id.as_str().parse::<u32>().unwrap()))
+            .count();
+        found.push((hit, t.len()));
+    }
+    let qps = queries.len() as f64 / start.elapsed().as_secs_f64();
+    latencies.sort_by(f64::total_cmp);
+    Timed {
+        qps,
+        latencies,
+        found,
+    }
+}
+
+/// Keyword and range filters at 0.1 %, 1 % and 10 % selectivity, with the payload index and
+/// without (every payload evaluated), [`FilterStrategy::Auto`] both ways.
+fn payload_index_table(
+    dir: &Path,
+    base_unit: &[Vec<f32>],
+    queries: &[Vec<f32>],
+    query_unit: &[Vec<f32>],
+) {
+    let n = base_unit.len();
+    let unindexed_queries = env_or("ASEN_BENCH_UNINDEXED_QUERIES", 50).min(queries.len());
+    let cases: Vec<(usize, &str, Filter)> = [1usize, 10, 100, 500]
+        .into_iter()
+        .flat_map(|pm| {
+            let keyword = Filter::Match {
+                field: format!("k{}", 1000 / pm),
+                value: asen_index::MatchValue::Keyword("v0".into()),
+            };
+            let range = Filter::Range {
+                field: "bucket".into(),
+                gt: None,
+                gte: None,
+                lt: Some(pm as f64),
+                lte: None,
+            };
+            [(pm, "keyword", keyword), (pm, "range", range)]
+        })
+        .collect();
+    let truths: Vec<Vec<Vec<u32>>> = cases
+        .iter()
+        .map(|(pm, kind, _)| {
+            let m = 1000 / pm;
+            if *kind == "keyword" {
+                truth(base_unit, query_unit, 10, |i| bucket(i).is_multiple_of(m))
+            } else {
+                truth(base_unit, query_unit, 10, |i| bucket(i) < *pm)
+            }
+        })
+        .collect();
+    let mut rows = Vec::new();
+    let mut index_bytes = 0;
+    let mut opens = Vec::new();
+    for indexed in [false, true] {
+        let t = Instant::now();
+        let s = LocalStore::open(
+            dir,
+            StoreOptions {
+                payload_index: indexed,
+                ..options(FilterStrategy::Auto)
+            },
+        )
+        .expect("reopen");
+        opens.push(t.elapsed().as_secs_f64());
+        index_bytes = s.payload_index_bytes("c").expect("index bytes");
+        let count = if indexed {
+            queries.len()
+        } else {
+            unindexed_queries
+        };
+        for ((pm, kind, filter), gt) in cases.iter().zip(&truths) {
+            let timed = run_timed(&s, &queries[..count], &gt[..count], filter);
+            rows.push((*pm, *kind, indexed, count, timed));
+        }
+        drop(s);
+    }
+    println!(
+        "\n### payload index, n={n}, k=10, ef=64, FilterStrategy::Auto, 1 thread\n\n\
+         payload index: {index_bytes} bytes ({:.1} bytes/item) for 5 fields; open from the \
+         graph dump (item scan, live set and payload index): {:.2} s, {:.2} s\n",
+        index_bytes as f64 / n as f64,
+        opens[0],
+        opens[1]
+    );
+    println!(
+        "| selectivity | filter | path | queries | q/s | p50 ms | p99 ms | recall@10 | \
+         recall@10 (first {unindexed_queries}) |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    rows.sort_by_key(|r| (r.0, r.1, r.2));
+    for (pm, kind, indexed, count, t) in &rows {
+        println!(
+            "| {:.1} % | {kind} | {} | {count} | {:.0} | {:.2} | {:.2} | {:.3} | {:.3} |",
+            *pm as f64 / 10.0,
+            if *indexed {
+                "payload index"
+            } else {
+                "unindexed"
+            },
+            t.qps,
+            t.percentile(0.5) * 1e3,
+            t.percentile(0.99) * 1e3,
+            t.recall(*count),
+            t.recall(unindexed_queries)
+        );
+    }
+    println!("\n| selectivity | filter | q/s ratio (index / unindexed) | p99 ratio (unindexed / index) |");
+    println!("|---|---|---|---|");
+    for pair in rows.chunks(2) {
+        let (old, new) = (&pair[0].4, &pair[1].4);
+        println!(
+            "| {:.1} % | {} | {:.1} | {:.1} |",
+            pair[0].0 as f64 / 10.0,
+            pair[0].1,
+            new.qps / old.qps,
+            old.percentile(0.99) / new.percentile(0.99)
         );
     }
 }

@@ -8,10 +8,13 @@
 //! are imported on open (`legacy_thumbnails.rs`).
 
 mod compaction;
+mod filter_plan;
 mod legacy_thumbnails;
+mod payload_index;
 mod records;
 mod recovery;
 mod search;
+mod sorted_blocks;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -31,6 +34,7 @@ use crate::types::{
 };
 use crate::validate;
 pub use legacy_thumbnails::ThumbnailMigration;
+use payload_index::PayloadIndex;
 use records::{ItemRecord, VectorRecord};
 
 /// When a write is acknowledged.
@@ -45,8 +49,10 @@ pub enum Durability {
     Deferred,
 }
 
-/// How filtered searches find candidates. `Auto` picks by the filter's estimated selectivity;
-/// the others force one path (benchmarks, diagnosis).
+/// How filtered searches find candidates. `Auto` picks by the number of matching items,
+/// counted exactly by the payload index where the filter is indexable (see
+/// [`StoreOptions::payload_index`]) and estimated on a sample otherwise; the others force one
+/// path (benchmarks, diagnosis).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum FilterStrategy {
     /// Selective filters (at most [`StoreOptions::exact_scan_fraction`] of live items, or
@@ -104,6 +110,11 @@ pub struct StoreOptions {
     pub exact_scan_max_items: usize,
     /// Which path filtered searches take.
     pub filter_strategy: FilterStrategy,
+    /// Answer filters from the in-memory payload index where they are indexable (exact
+    /// match counts, no pass over every payload). `false` evaluates every filter on every live
+    /// payload, as before the index (benchmarks, diagnosis); the index is kept up to date
+    /// either way.
+    pub payload_index: bool,
     /// sled page cache, bytes.
     pub cache_capacity_bytes: u64,
     /// Receives graph rebuild progress (open and compaction).
@@ -121,6 +132,7 @@ impl Default for StoreOptions {
             exact_scan_fraction: 0.05,
             exact_scan_max_items: 2_000,
             filter_strategy: FilterStrategy::Auto,
+            payload_index: true,
             cache_capacity_bytes: 512 * 1024 * 1024,
             progress: None,
         }
@@ -138,6 +150,7 @@ impl std::fmt::Debug for StoreOptions {
             .field("exact_scan_fraction", &self.exact_scan_fraction)
             .field("exact_scan_max_items", &self.exact_scan_max_items)
             .field("filter_strategy", &self.filter_strategy)
+            .field("payload_index", &self.payload_index)
             .field("cache_capacity_bytes", &self.cache_capacity_bytes)
             .field("progress", &self.progress.is_some())
             .finish()
@@ -183,20 +196,33 @@ pub(crate) struct ItemMeta {
     pub payload: Payload,
 }
 
-/// Live items by internal id, with per-attribute counts.
-#[derive(Default)]
+/// Live items by internal id, with per-attribute counts and the index of their payloads.
+/// Items enter and leave only through [`LiveSet::insert`] and [`LiveSet::remove`], which keep
+/// the counts and the payload index exact.
 pub(crate) struct LiveSet {
     pub items: HashMap<u64, Arc<ItemMeta>>,
     pub counts: Vec<u64>,
+    pub payloads: PayloadIndex,
 }
 
 impl LiveSet {
+    /// An empty set for a schema of `attributes` attributes.
+    fn new(attributes: usize) -> Self {
+        LiveSet {
+            items: HashMap::new(),
+            counts: vec![0; attributes],
+            payloads: PayloadIndex::default(),
+        }
+    }
+
     fn insert(&mut self, iid: u64, meta: Arc<ItemMeta>) {
+        self.remove(iid);
         for (a, c) in self.counts.iter_mut().enumerate() {
             if meta.mask & (1 << a) != 0 {
                 *c += 1;
             }
         }
+        self.payloads.add(iid, &meta.payload);
         self.items.insert(iid, meta);
     }
 
@@ -207,7 +233,22 @@ impl LiveSet {
                     *c -= 1;
                 }
             }
+            self.payloads.remove(iid, &meta.payload);
         }
+    }
+
+    /// Gives a live item attribute `a` (its payload, hence the payload index, is unchanged).
+    fn add_attribute(&mut self, iid: u64, a: usize, mask: u64) {
+        let Some(meta) = self.items.get(&iid) else {
+            return;
+        };
+        let meta = Arc::new(ItemMeta {
+            id: meta.id.clone(),
+            mask,
+            payload: meta.payload.clone(),
+        });
+        self.items.insert(iid, meta);
+        self.counts[a] += 1;
     }
 }
 
@@ -427,6 +468,14 @@ impl LocalStore {
                 let _ = h.join();
             }
         }
+    }
+
+    /// Approximate heap bytes of a catalogue's payload index (posting lists, numeric columns,
+    /// indexed keywords), for capacity planning and benchmarks.
+    pub fn payload_index_bytes(&self, catalogue: &str) -> Result<u64> {
+        let c = self.catalogue(catalogue)?;
+        let bytes = read(&c.live).payloads.heap_bytes();
+        Ok(bytes as u64)
     }
 
     /// Compares sled's live items with each graph's points (O(n)); the crash test's oracle.
@@ -778,15 +827,7 @@ impl CatalogueStore for LocalStore {
         {
             let mut live = write(&c.live);
             for (iid, mask, _, _) in &filled {
-                if let Some(meta) = live.items.get(iid) {
-                    let meta = Arc::new(ItemMeta {
-                        id: meta.id.clone(),
-                        mask: *mask,
-                        payload: meta.payload.clone(),
-                    });
-                    live.items.insert(*iid, meta);
-                    live.counts[a] += 1;
-                }
+                live.add_attribute(*iid, a, *mask);
             }
         }
         Ok(WriteReceipt {
@@ -1215,10 +1256,7 @@ impl LocalStore {
                 None => GraphSlot::new(Graph::new(&schema, 0), None),
             })
             .collect();
-        let mut live = LiveSet {
-            items: HashMap::new(),
-            counts: vec![0; schema.attributes.len()],
-        };
+        let mut live = LiveSet::new(schema.attributes.len());
         for (iid, meta) in read(&c.live).items.iter() {
             let meta = if keeps_positions {
                 Arc::clone(meta)

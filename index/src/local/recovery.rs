@@ -78,10 +78,8 @@ pub(crate) fn open_catalogue(
         Some(b) => records::decode_u64("next internal id", &b)?,
         None => 0,
     };
-    let mut live = LiveSet {
-        items: Default::default(),
-        counts: vec![0; schema.attributes.len()],
-    };
+    // The one pass over the item records fills the live set and its payload index.
+    let mut live = LiveSet::new(schema.attributes.len());
     for kv in tree.scan_prefix([records::ITEM_PREFIX]) {
         let (k, v) = kv?;
         let r = ItemRecord::decode(&k, &v)?;

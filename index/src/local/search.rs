@@ -5,8 +5,9 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
+use super::filter_plan::{self, IdSet};
 use super::records::{self, ItemRecord, VectorRecord};
-use super::{read, Catalogue, FilterStrategy, ItemMeta, StoreOptions};
+use super::{read, Catalogue, FilterStrategy, ItemMeta, LiveSet, StoreOptions};
 use crate::distance::dot;
 use crate::error::{IndexError, Result};
 use crate::filter;
@@ -48,32 +49,12 @@ pub(crate) fn search(
     let need = req.k;
     let per_group = req.group_by.as_ref().map_or(1, |g| g.group_size);
 
-    let live_total = read(&c.live).items.len();
-    let exact_limit = options
-        .exact_scan_max_items
-        .max((options.exact_scan_fraction * live_total as f64) as usize);
-    let mode = match (&req.filter, options.filter_strategy) {
-        (None, _) => Mode::Unfiltered,
-        (Some(f), FilterStrategy::ExactScan) => Mode::Exact(matching(c, f, &plan)),
-        (Some(f), FilterStrategy::GraphHook) => Mode::Hook(matching(c, f, &plan)),
-        (Some(f), FilterStrategy::PostFilter) => Mode::Post(f, selectivity(c, f)),
-        (Some(f), FilterStrategy::Auto) => {
-            let est = selectivity(c, f);
-            if est * live_total as f64 <= 2.0 * exact_limit as f64 {
-                // Probably selective: count exactly, scan if it is.
-                let set = matching(c, f, &plan);
-                if set.len() <= exact_limit {
-                    Mode::Exact(set)
-                } else {
-                    Mode::Hook(set)
-                }
-            } else {
-                Mode::Post(f, est)
-            }
-        }
+    let mode = match &req.filter {
+        None => Mode::Unfiltered,
+        Some(f) => filtered_mode(c, f, &plan, options),
     };
-    if let Mode::Exact(set) = &mode {
-        let scored = score_exact(c, &plan, set.iter().copied())?;
+    if let Mode::Exact(ids) = &mode {
+        let scored = score_exact(c, &plan, ids.iter().copied())?;
         return Ok(finish(c, req, scored));
     }
 
@@ -89,6 +70,7 @@ pub(crate) fn search(
     } else {
         COMPRESSED_OVERSAMPLE
     };
+    let live_total = read(&c.live).items.len();
     // Post-filtering walks k / selectivity candidates (plus margin) to keep k after the filter.
     let post_factor = match &mode {
         Mode::Post(_, est) => 1.5 / est.max(1e-4),
@@ -106,7 +88,7 @@ pub(crate) fn search(
         for (p, g) in plan.parts.iter().zip(&graphs) {
             let found = match &mode {
                 Mode::Hook(m) => {
-                    let keep = |id: u64| m.contains(&id);
+                    let keep = |id: u64| m.binary_search(&id).is_ok();
                     g.search(&p.vector, knbn, knbn, Some(&keep))
                 }
                 _ => g.search(&p.vector, knbn, knbn, None),
@@ -120,12 +102,12 @@ pub(crate) fn search(
                 }
             }
         }
-        if let Mode::Post(f, _) = &mode {
+        if let Mode::Post(keep, _) = &mode {
             let live = read(&c.live);
             approx.retain(|(iid, _)| {
                 live.items
                     .get(iid)
-                    .is_some_and(|m| filter::matches(f, &m.payload))
+                    .is_some_and(|m| keep.passes(*iid, &m.payload))
             });
         }
         let scored = if needs_rescore {
@@ -160,8 +142,9 @@ pub(crate) fn search(
         fetch *= 4;
         if wanted > live_total.max(1) * 2 || knbn >= MAX_EF * 4 {
             let ids: Vec<u64> = match &mode {
-                Mode::Hook(m) | Mode::Exact(m) => m.iter().copied().collect(),
-                Mode::Post(f, _) => matching(c, f, &plan).into_iter().collect(),
+                Mode::Hook(m) | Mode::Exact(m) => m.clone(),
+                Mode::Post(Keep::Filter(f), _) => all_matching(c, f, &plan, options),
+                Mode::Post(Keep::Ids(set), _) => set.clone().into_ids(&read(&c.live)),
                 Mode::Unfiltered => read(&c.live)
                     .items
                     .keys()
@@ -178,12 +161,114 @@ pub(crate) fn search(
 /// How a search finds candidates.
 enum Mode<'a> {
     Unfiltered,
-    /// Exact scan of the matching ids.
-    Exact(HashSet<u64>),
-    /// Graph walk with the hnsw_rs filter hook over the matching ids.
-    Hook(HashSet<u64>),
-    /// Unfiltered graph walk widened by 1 / estimated selectivity, then the filter.
-    Post(&'a Filter, f64),
+    /// Exact scan of the matching ids (ascending).
+    Exact(Vec<u64>),
+    /// Graph walk with the hnsw_rs filter hook over the matching ids (ascending).
+    Hook(Vec<u64>),
+    /// Unfiltered graph walk widened by 1 / selectivity, then the filter.
+    Post(Keep<'a>, f64),
+}
+
+/// Which items pass the filter on the post-filter path.
+enum Keep<'a> {
+    /// The payload index's exact answer (query exclusions already removed).
+    Ids(IdSet),
+    /// The filter itself, evaluated on each candidate's payload.
+    Filter(&'a Filter),
+}
+
+impl Keep<'_> {
+    fn passes(&self, iid: u64, payload: &crate::types::Payload) -> bool {
+        match self {
+            Keep::Ids(set) => set.contains(iid),
+            Keep::Filter(f) => filter::matches(f, payload),
+        }
+    }
+}
+
+/// Most matching items scanned exactly under [`FilterStrategy::Auto`].
+fn exact_limit(options: &StoreOptions, live_total: usize) -> usize {
+    options
+        .exact_scan_max_items
+        .max((options.exact_scan_fraction * live_total as f64) as usize)
+}
+
+/// The path of a filtered search: from the payload index's exact set when the filter is
+/// indexable, otherwise from the filter evaluated on payloads.
+fn filtered_mode<'a>(
+    c: &Catalogue,
+    f: &'a Filter,
+    plan: &Plan,
+    options: &StoreOptions,
+) -> Mode<'a> {
+    if options.payload_index {
+        let live = read(&c.live);
+        if let Some(mode) = broad_leaf_mode(&live, f, options) {
+            return mode;
+        }
+        if let Some(set) = filter_plan::candidates(&live, f) {
+            return indexed_mode(&live, set.without(&plan.exclude, &live), options);
+        }
+    }
+    scanned_mode(c, f, plan, options)
+}
+
+/// Post-filtering for a single condition the index counts above twice the exact-scan limit:
+/// that path tests each candidate's payload, so collecting (and, for a range, sorting) a large
+/// id set would only add cost. The count may exceed the matching items (array elements, range
+/// ends), which only narrows the first walk: the search loop widens it when too few pass.
+fn broad_leaf_mode<'a>(live: &LiveSet, f: &'a Filter, options: &StoreOptions) -> Option<Mode<'a>> {
+    if options.filter_strategy != FilterStrategy::Auto {
+        return None;
+    }
+    let live_total = live.items.len();
+    let count = filter_plan::leaf_count(live, f)?;
+    (count > 2 * exact_limit(options, live_total)).then(|| {
+        let selectivity = count.min(live_total) as f64 / live_total.max(1) as f64;
+        Mode::Post(Keep::Filter(f), selectivity)
+    })
+}
+
+/// The path for an exact set of matching ids: its size, not an estimate, picks it.
+fn indexed_mode<'a>(live: &LiveSet, set: IdSet, options: &StoreOptions) -> Mode<'a> {
+    let live_total = live.items.len();
+    let count = set.len(live_total);
+    let selectivity = count as f64 / live_total.max(1) as f64;
+    let limit = exact_limit(options, live_total);
+    match options.filter_strategy {
+        FilterStrategy::ExactScan => Mode::Exact(set.into_ids(live)),
+        FilterStrategy::GraphHook => Mode::Hook(set.into_ids(live)),
+        FilterStrategy::PostFilter => Mode::Post(Keep::Ids(set), selectivity),
+        FilterStrategy::Auto if count <= limit => Mode::Exact(set.into_ids(live)),
+        FilterStrategy::Auto if count <= 2 * limit => Mode::Hook(set.into_ids(live)),
+        FilterStrategy::Auto => Mode::Post(Keep::Ids(set), selectivity),
+    }
+}
+
+/// The path for a filter the index cannot answer: selectivity estimated on a sample, matches
+/// counted by evaluating the filter on every live payload where the path needs them.
+fn scanned_mode<'a>(c: &Catalogue, f: &'a Filter, plan: &Plan, options: &StoreOptions) -> Mode<'a> {
+    let live_total = read(&c.live).items.len();
+    let limit = exact_limit(options, live_total);
+    match options.filter_strategy {
+        FilterStrategy::ExactScan => Mode::Exact(matching(c, f, plan)),
+        FilterStrategy::GraphHook => Mode::Hook(matching(c, f, plan)),
+        FilterStrategy::PostFilter => Mode::Post(Keep::Filter(f), selectivity(c, f)),
+        FilterStrategy::Auto => {
+            let est = selectivity(c, f);
+            if est * live_total as f64 <= 2.0 * limit as f64 {
+                // Probably selective: count exactly, scan if it is.
+                let ids = matching(c, f, plan);
+                if ids.len() <= limit {
+                    Mode::Exact(ids)
+                } else {
+                    Mode::Hook(ids)
+                }
+            } else {
+                Mode::Post(Keep::Filter(f), est)
+            }
+        }
+    }
 }
 
 /// Items sampled to estimate a filter's selectivity.
@@ -203,14 +288,29 @@ fn selectivity(c: &Catalogue, f: &Filter) -> f64 {
     (hits as f64 + 0.5) / (sample as f64 + 1.0)
 }
 
-/// Every live id passing the filter, minus the query's exclusions (O(live items)).
-fn matching(c: &Catalogue, f: &Filter, plan: &Plan) -> HashSet<u64> {
+/// Every live id passing the filter, minus the query's exclusions, ascending: from the payload
+/// index where it can answer, otherwise by evaluating every payload.
+fn all_matching(c: &Catalogue, f: &Filter, plan: &Plan, options: &StoreOptions) -> Vec<u64> {
+    if options.payload_index {
+        let live = read(&c.live);
+        if let Some(set) = filter_plan::candidates(&live, f) {
+            return set.without(&plan.exclude, &live).into_ids(&live);
+        }
+    }
+    matching(c, f, plan)
+}
+
+/// Every live id passing the filter, minus the query's exclusions, ascending (O(live items)).
+fn matching(c: &Catalogue, f: &Filter, plan: &Plan) -> Vec<u64> {
     let live = read(&c.live);
-    live.items
+    let mut ids: Vec<u64> = live
+        .items
         .iter()
         .filter(|(iid, m)| !plan.exclude.contains(iid) && filter::matches(f, &m.payload))
         .map(|(iid, _)| *iid)
-        .collect()
+        .collect();
+    ids.sort_unstable();
+    ids
 }
 
 fn invalid(reason: String) -> IndexError {

@@ -7,6 +7,7 @@ mod data;
 mod filters;
 #[cfg(feature = "milvus")]
 mod milvus;
+mod payload_index;
 mod persistence;
 mod properties;
 mod recall;

@@ -9,7 +9,7 @@
 //!    shipped model with a changed card note): it re-embeds every item from its stored
 //!    224x224 JPEG crop, so it costs what a reindex to a retrained model costs; wall time and
 //!    items/s.
-//! 3. Precision@10 of item-to-item search for every labelled attribute (the payload's label,
+//! 3. Precision@10 and mAP (full ranking) of item-to-item search for every labelled attribute (the payload's label,
 //!    the query item excluded), on up to 300 query items, for the catalogue as ingested and
 //!    as re-embedded: the difference is what the JPEG round trip of the crops costs.
 //!
@@ -63,8 +63,10 @@ fn renamed_model(work: &Path) -> PathBuf {
     to
 }
 
-/// Mean precision@10 per labelled attribute of item-to-item search.
-fn precision(store: &LocalStore) -> BTreeMap<String, f64> {
+/// Per labelled attribute of item-to-item search: mean precision@10 (the 10 nearest other
+/// items, unlabelled ones counting as misses) and mean average precision over the full
+/// ranking of the other items labelled for the attribute.
+fn retrieval(store: &LocalStore) -> BTreeMap<String, (f64, f64)> {
     let schema = store.schema("bench").unwrap();
     let mut ids = Vec::new();
     let mut after = None;
@@ -79,7 +81,7 @@ fn precision(store: &LocalStore) -> BTreeMap<String, f64> {
     let step = (ids.len() / QUERIES).max(1);
     let mut out = BTreeMap::new();
     for attribute in schema.attributes.iter().filter(|a| *a != "identity") {
-        let (mut sum, mut n) = (0.0, 0);
+        let (mut p10, mut ap, mut n) = (0.0, 0.0, 0);
         for (id, payload) in ids.iter().step_by(step).take(QUERIES) {
             let Some(label) = payload.get(attribute).filter(|v| !v.is_null()) else {
                 continue;
@@ -92,20 +94,47 @@ fn precision(store: &LocalStore) -> BTreeMap<String, f64> {
                         weight: 1.0,
                     }],
                 },
-                10,
+                ids.len(),
             );
             request.with_payload = true;
+            request.ef_search = Some(ids.len());
             let hits = store.search("bench", &request).unwrap().into_hits();
-            let same = hits
+            let labels: Vec<bool> = hits
+                .iter()
+                .filter(|h| &h.id != id)
+                .filter_map(|h| h.payload.as_ref().and_then(|p| p.get(attribute)))
+                .filter(|v| !v.is_null())
+                .map(|v| v == label)
+                .collect();
+            let top: Vec<_> = hits.iter().filter(|h| &h.id != id).take(10).collect();
+            let same = top
                 .iter()
                 .filter(|h| h.payload.as_ref().and_then(|p| p.get(attribute)) == Some(label))
                 .count();
-            sum += same as f64 / 10.0;
+            p10 += same as f64 / 10.0;
+            ap += average_precision(&labels);
             n += 1;
         }
-        out.insert(attribute.clone(), if n > 0 { sum / n as f64 } else { 0.0 });
+        let n = n.max(1) as f64;
+        out.insert(attribute.clone(), (p10 / n, ap / n));
     }
     out
+}
+
+/// Average precision of a ranking given as relevant / not, in rank order (0 without any).
+fn average_precision(relevant: &[bool]) -> f64 {
+    let (mut hits, mut sum) = (0usize, 0.0);
+    for (rank, &r) in relevant.iter().enumerate() {
+        if r {
+            hits += 1;
+            sum += hits as f64 / (rank + 1) as f64;
+        }
+    }
+    if hits == 0 {
+        0.0
+    } else {
+        sum / hits as f64
+    }
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -166,8 +195,8 @@ fn main() {
         "--model",
         model_b.to_str().unwrap(),
     ]);
-    let before = precision(&LocalStore::open(&ingested, StoreOptions::default()).unwrap());
-    let after = precision(&LocalStore::open(&store, StoreOptions::default()).unwrap());
+    let before = retrieval(&LocalStore::open(&ingested, StoreOptions::default()).unwrap());
+    let after = retrieval(&LocalStore::open(&store, StoreOptions::default()).unwrap());
     println!(
         "valid split: {items} images, {} cores, shipped model, batch 16",
         std::thread::available_parallelism().map_or(0, |n| n.get())
@@ -186,11 +215,22 @@ fn main() {
     println!();
     println!("reindex / ingest items/s: {:.2}x", ingest_s / reindex_s);
     println!();
-    println!("| attribute | P@10 ingested | P@10 re-embedded from crops |");
-    println!("| --- | ---: | ---: |");
-    for (attribute, p) in &before {
-        println!("| {attribute} | {p:.3} | {:.3} |", after[attribute]);
+    println!(
+        "| attribute | P@10 ingested | P@10 re-embedded from crops | mAP ingested | mAP re-embedded |"
+    );
+    println!("| --- | ---: | ---: | ---: | ---: |");
+    for (attribute, (p, m)) in &before {
+        let (p2, m2) = after[attribute];
+        println!("| {attribute} | {p:.3} | {p2:.3} | {m:.3} | {m2:.3} |");
     }
-    let mean = |m: &BTreeMap<String, f64>| m.values().sum::<f64>() / m.len().max(1) as f64;
-    println!("| mean | {:.3} | {:.3} |", mean(&before), mean(&after));
+    let mean = |m: &BTreeMap<String, (f64, f64)>, f: fn(&(f64, f64)) -> f64| {
+        m.values().map(f).sum::<f64>() / m.len().max(1) as f64
+    };
+    println!(
+        "| mean | {:.3} | {:.3} | {:.3} | {:.3} |",
+        mean(&before, |v| v.0),
+        mean(&after, |v| v.0),
+        mean(&before, |v| v.1),
+        mean(&after, |v| v.1)
+    );
 }

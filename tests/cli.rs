@@ -577,18 +577,30 @@ fn server_ingest_puts_batches_with_the_key_and_rerun_skips() {
 /// A work folder with a CSV of the first `n` test rows of labels.csv (images copied) and no
 /// train or valid rows: what a team evaluating on its own labelled test set has.
 fn test_only_fixture(shared: &Path, n: usize) -> (tempfile::TempDir, PathBuf) {
+    let (header, rows) = labelled_rows(shared, "test", n);
+    csv_fixture(shared, &header, &rows, "test-only.csv")
+}
+
+/// A work folder holding `rows` of labels.csv under `header` as the CSV `name`, their
+/// images copied beside it at their relative paths.
+fn csv_fixture(
+    shared: &Path,
+    header: &str,
+    rows: &[String],
+    name: &str,
+) -> (tempfile::TempDir, PathBuf) {
     let work = tempfile::tempdir().unwrap();
     let data = shared.join("data/fashion-product-images");
-    let (header, rows) = labelled_rows(shared, "test", n);
-    std::fs::create_dir(work.path().join("images_225x300")).unwrap();
     let mut csv = format!("{header}\n");
-    for row in &rows {
+    for row in rows {
         let path = row.split(',').next().unwrap();
-        std::fs::copy(data.join(path), work.path().join(path)).unwrap();
+        let to = work.path().join(path);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(data.join(path), &to).unwrap_or_else(|e| panic!("copy {path}: {e}"));
         csv.push_str(row);
         csv.push('\n');
     }
-    let csv_path = work.path().join("test-only.csv");
+    let csv_path = work.path().join(name);
     std::fs::write(&csv_path, csv).unwrap();
     (work, csv_path)
 }
@@ -914,9 +926,8 @@ mod extended;
 /// A work folder with a CSV of the first `train` train and `valid` valid rows of labels.csv
 /// that have a `pattern` label, their images copied.
 fn split_fixture(shared: &Path, train: usize, valid: usize) -> (tempfile::TempDir, PathBuf) {
-    let work = tempfile::tempdir().unwrap();
-    let data = shared.join("data/fashion-product-images");
-    let text = std::fs::read_to_string(data.join("labels.csv")).unwrap();
+    let text =
+        std::fs::read_to_string(shared.join("data/fashion-product-images/labels.csv")).unwrap();
     let header = text.lines().next().unwrap().to_string();
     let pattern = header.split(',').position(|c| c == "pattern").unwrap();
     let rows_of = |split: &str, n: usize| -> Vec<String> {
@@ -932,18 +943,7 @@ fn split_fixture(shared: &Path, train: usize, valid: usize) -> (tempfile::TempDi
     };
     let mut rows = rows_of("train", train);
     rows.extend(rows_of("valid", valid));
-    let mut csv = format!("{header}\n");
-    for row in &rows {
-        let path = row.split(',').next().unwrap();
-        let to = work.path().join(path);
-        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
-        std::fs::copy(data.join(path), &to).unwrap_or_else(|e| panic!("copy {path}: {e}"));
-        csv.push_str(row);
-        csv.push('\n');
-    }
-    let path = work.path().join("labels.csv");
-    std::fs::write(&path, csv).unwrap();
-    (work, path)
+    csv_fixture(shared, &header, &rows, "labels.csv")
 }
 
 /// `asen train --extend`: the new model holds every weight of the base unchanged, one more

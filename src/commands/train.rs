@@ -335,18 +335,31 @@ pub fn run(args: TrainArgs, config: &Config) -> anyhow::Result<()> {
     )?;
     bar.finish_and_clear();
 
-    // Copy-check thresholds of the best model, calibrated on the valid split.
-    let best = ModelDir::load(&outcome.best_dir)
-        .with_context(|| format!("cannot reload {}", outcome.best_dir.display()))?;
-    let head = best.head(&asen_models::parse_device("cpu")?)?;
-    let mut card = best.card;
-    let pairs = embed_split(&head, &features.cache, &usable, Split::Valid, 64, None)?;
-    let thresholds = calibrate_thresholds(&usable, Split::Valid, &pairs, 1500);
-    card.match_thresholds = Some(thresholds);
-    card.save(&outcome.best_dir)?;
+    calibrate_best(&outcome.best_dir, &features, &usable, None)?;
 
     print_best(&outcome);
     report_bad_images(&features.bad_images);
+    Ok(())
+}
+
+/// Calibrate the match thresholds of the dataset's attributes (the head's `rows` of them,
+/// in order, else the first ones) for the best model of a run in `best_dir`, on the valid
+/// split of its cached features, and add them to its card.
+fn calibrate_best(
+    best_dir: &Path,
+    features: &DatasetFeatures,
+    usable: &Dataset,
+    rows: Option<&[usize]>,
+) -> anyhow::Result<()> {
+    let best = ModelDir::load(best_dir)
+        .with_context(|| format!("cannot reload {}", best_dir.display()))?;
+    let head = best.head(&asen_models::parse_device("cpu")?)?;
+    let pairs = embed_split(&head, &features.cache, usable, Split::Valid, 64, rows)?;
+    let mut card = best.card;
+    card.match_thresholds
+        .get_or_insert_with(Default::default)
+        .extend(calibrate_thresholds(usable, Split::Valid, &pairs, 1500));
+    card.save(best_dir)?;
     Ok(())
 }
 
@@ -549,24 +562,9 @@ fn run_extend(
     bar.finish_and_clear();
 
     // Match thresholds of the added attributes, beside the base's.
-    let best = ModelDir::load(&outcome.best_dir)
-        .with_context(|| format!("cannot reload {}", outcome.best_dir.display()))?;
-    let head = best.head(&asen_models::parse_device("cpu")?)?;
     let first = base.card.attributes.len();
     let rows: Vec<usize> = (first..first + usable.attributes().len()).collect();
-    let pairs = embed_split(
-        &head,
-        &features.cache,
-        &usable,
-        Split::Valid,
-        64,
-        Some(&rows),
-    )?;
-    let mut card = best.card;
-    card.match_thresholds
-        .get_or_insert_with(Default::default)
-        .extend(calibrate_thresholds(&usable, Split::Valid, &pairs, 1500));
-    card.save(&outcome.best_dir)?;
+    calibrate_best(&outcome.best_dir, &features, &usable, Some(&rows))?;
     print_best(&outcome);
     println!(
         "extends {base_fingerprint} ({}); the new model's fingerprint: {}",

@@ -17,15 +17,12 @@ use asen_models::{
     ModelError, Result, SIGNATURE_FILE,
 };
 use candle_core::{DType, Device, Tensor, Var};
-use candle_nn::{Optimizer, VarBuilder, VarMap};
+use candle_nn::{VarBuilder, VarMap};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use super::config::TrainConfig;
-use super::run::{
-    batch_loss, checked_loss, triplet_batch, EpochRecord, RunDirs, TrainEvent, TrainOptions,
-    TrainOutcome,
-};
+use super::run::{run_steps, EpochRecord, RunDirs, TrainEvent, TrainOptions, TrainOutcome};
 use super::sampler::TripletSampler;
 use crate::data::{Dataset, Split};
 use crate::eval::{embed_split, evaluate_pairs, RetrievalReport};
@@ -238,7 +235,6 @@ pub fn extend_head(
 ) -> Result<TrainOutcome> {
     cfg.validate()?;
     check_inputs(dataset, features, base, cfg)?;
-    let device = Device::Cpu;
     let sampler = TripletSampler::new(dataset, cfg.seed)?.with_sampling(cfg.sampling);
     let dirs = RunDirs::new(out_dir);
     let (mut state, resumed) = dirs.start(cfg, opts.resume)?;
@@ -275,26 +271,17 @@ pub fn extend_head(
             epoch: epoch + 1,
             steps,
         });
-        let mut loss_sum = 0f64;
-        for (s, batch) in triplets.chunks(cfg.batch_size).enumerate() {
-            let b = batch.len();
-            let (indices, attrs) = triplet_batch(batch);
-            let x = features.get(&indices, &device)?;
-            let attrs: Vec<u32> = attrs.into_iter().map(|a| a + first).collect();
-            let attr = Tensor::from_vec(attrs, 3 * b, &device)?;
-            // BatchNorm in eval mode: its statistics are the base model's.
-            let out = head.head()?.forward(&x, &attr, false)?;
-            let loss = batch_loss(&out.embedding, cfg, dataset, batch, &indices)?;
-            optimizer.backward_step(&loss)?;
-            let value = checked_loss(&loss, epoch, s)?;
-            loss_sum += f64::from(value) * b as f64;
-            progress(&TrainEvent::Step {
-                epoch: epoch + 1,
-                step: s + 1,
-                triplets: b,
-                loss: value,
-            });
-        }
+        // BatchNorm in eval mode: its statistics are the base model's.
+        let loss_sum = run_steps(
+            epoch,
+            &triplets,
+            (cfg, dataset, features),
+            &|| head.head(),
+            first,
+            false,
+            &mut optimizer,
+            progress,
+        )?;
         let train_secs = started.elapsed().as_secs_f64();
         let report = evaluate_added(&head, features, dataset, &head_attributes, eval_batch)?;
         let record = EpochRecord {

@@ -339,6 +339,46 @@ pub(crate) fn batch_loss(
     }
 }
 
+/// The optimiser steps of one epoch on cached features: batches of `cfg.batch_size`
+/// `triplets`, each embedded by the head `head` builds (rebuilt every step: heads may keep
+/// re-laid-out copies of the variables) with the head's attribute `offset` + the dataset's,
+/// BatchNorm on batch statistics when `train_batch_norm`. Returns the summed loss (per
+/// triplet).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn run_steps(
+    epoch: usize,
+    triplets: &[Triplet],
+    (cfg, dataset, features): (&TrainConfig, &Dataset, &crate::features::FeatureCache),
+    head: &dyn Fn() -> Result<asen_models::Head>,
+    offset: u32,
+    train_batch_norm: bool,
+    optimizer: &mut candle_nn::AdamW,
+    progress: &mut dyn FnMut(&TrainEvent),
+) -> Result<f64> {
+    use candle_nn::Optimizer;
+    let device = Device::Cpu;
+    let mut loss_sum = 0f64;
+    for (s, batch) in triplets.chunks(cfg.batch_size).enumerate() {
+        let b = batch.len();
+        let (indices, attrs) = triplet_batch(batch);
+        let x = features.get(&indices, &device)?;
+        let attrs: Vec<u32> = attrs.into_iter().map(|a| a + offset).collect();
+        let attr = Tensor::from_vec(attrs, 3 * b, &device)?;
+        let out = head()?.forward(&x, &attr, train_batch_norm)?;
+        let loss = batch_loss(&out.embedding, cfg, dataset, batch, &indices)?;
+        optimizer.backward_step(&loss)?;
+        let value = checked_loss(&loss, epoch, s)?;
+        loss_sum += f64::from(value) * b as f64;
+        progress(&TrainEvent::Step {
+            epoch: epoch + 1,
+            step: s + 1,
+            triplets: b,
+            loss: value,
+        });
+    }
+    Ok(loss_sum)
+}
+
 /// A finite loss value, or the error that stops the run.
 pub(crate) fn checked_loss(loss: &Tensor, epoch: usize, step: usize) -> Result<f32> {
     let value = loss.to_scalar::<f32>()?;

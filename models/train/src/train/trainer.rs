@@ -14,14 +14,13 @@ use std::path::Path;
 use std::time::Instant;
 
 use asen_models::{ModelDir, ModelError, Result};
-use candle_core::{Device, Tensor};
-use candle_nn::Optimizer;
+use candle_core::Device;
 
 use super::config::TrainConfig;
 use super::head::TrainableHead;
 use super::run::{
-    batch_loss, batch_norm_sample, checked_loss, trained_card, triplet_batch, EpochRecord, RunDirs,
-    TrainEvent, TrainOptions, TrainOutcome,
+    batch_norm_sample, run_steps, trained_card, EpochRecord, RunDirs, TrainEvent, TrainOptions,
+    TrainOutcome,
 };
 use super::sampler::TripletSampler;
 use crate::data::{Dataset, Split};
@@ -108,26 +107,16 @@ pub fn train_head(
             epoch: epoch + 1,
             steps,
         });
-        let mut loss_sum = 0f64;
-        for (s, batch) in triplets.chunks(cfg.batch_size).enumerate() {
-            let b = batch.len();
-            let (indices, attrs) = triplet_batch(batch);
-            let x = features.get(&indices, &device)?;
-            // Rebuilt every step: some heads keep re-laid-out copies of variables.
-            let head = trainable.head()?;
-            let attr = Tensor::from_vec(attrs, 3 * b, &device)?;
-            let out = head.forward(&x, &attr, true)?;
-            let loss = batch_loss(&out.embedding, cfg, dataset, batch, &indices)?;
-            optimizer.backward_step(&loss)?;
-            let value = checked_loss(&loss, epoch, s)?;
-            loss_sum += f64::from(value) * b as f64;
-            progress(&TrainEvent::Step {
-                epoch: epoch + 1,
-                step: s + 1,
-                triplets: b,
-                loss: value,
-            });
-        }
+        let loss_sum = run_steps(
+            epoch,
+            &triplets,
+            (cfg, dataset, features),
+            &|| trainable.head(),
+            0,
+            true,
+            &mut optimizer,
+            progress,
+        )?;
         let train_secs = started.elapsed().as_secs_f64();
         trainable.recompute_batch_norm(features, &bn_sample)?;
         let report = evaluate_head(

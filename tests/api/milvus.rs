@@ -16,6 +16,17 @@ use serde_json::{json, Value};
 
 use crate::server::*;
 
+/// Held by every test that uses the shared Milvus server (`ASEN_MILVUS_URL`): one lists every
+/// catalogue of the server and compares the list with a local store's, so the others must not
+/// create theirs meanwhile.
+static SHARED_MILVUS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// The shared Milvus server's URL and its lock, or `None` (after the skip notice).
+fn shared_milvus() -> Option<(String, std::sync::MutexGuard<'static, ()>)> {
+    let url = configured("ASEN_MILVUS_URL")?;
+    Some((url, SHARED_MILVUS.lock().unwrap_or_else(|p| p.into_inner())))
+}
+
 fn configured(var: &str) -> Option<String> {
     match std::env::var(var) {
         Ok(v) if !v.is_empty() => Some(v),
@@ -72,7 +83,7 @@ fn close(a: &Value, b: &Value) -> bool {
 
 #[test]
 fn the_api_answers_the_same_on_milvus_and_local() {
-    let Some(url) = configured("ASEN_MILVUS_URL") else {
+    let Some((url, _serial)) = shared_milvus() else {
         return;
     };
     let Some(local) = TestServer::start() else {
@@ -337,7 +348,7 @@ fn acknowledged_items_survive_killing_milvus_and_asen() {
 /// in Milvus, then drop and rename attributes, each checked by the searches that depend on it.
 #[test]
 fn reindex_drop_and_rename_work_on_milvus() {
-    let Some(url) = configured("ASEN_MILVUS_URL") else {
+    let Some((url, _serial)) = shared_milvus() else {
         return;
     };
     let mut target = String::new();
@@ -410,7 +421,7 @@ fn reindex_drop_and_rename_work_on_milvus() {
 /// catalogue records the extension.
 #[test]
 fn an_extension_adds_its_attribute_on_milvus() {
-    let Some(url) = configured("ASEN_MILVUS_URL") else {
+    let Some((url, _serial)) = shared_milvus() else {
         return;
     };
     let Some(s) = crate::extend::served_on(Some(&url), "base", &["ext"]) else {

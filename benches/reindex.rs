@@ -112,29 +112,13 @@ fn retrieval(store: &LocalStore) -> BTreeMap<String, (f64, f64)> {
                 .filter(|h| h.payload.as_ref().and_then(|p| p.get(attribute)) == Some(label))
                 .count();
             p10 += same as f64 / 10.0;
-            ap += average_precision(&labels);
+            ap += asen_train::average_precision(labels);
             n += 1;
         }
         let n = n.max(1) as f64;
         out.insert(attribute.clone(), (p10 / n, ap / n));
     }
     out
-}
-
-/// Average precision of a ranking given as relevant / not, in rank order (0 without any).
-fn average_precision(relevant: &[bool]) -> f64 {
-    let (mut hits, mut sum) = (0usize, 0.0);
-    for (rank, &r) in relevant.iter().enumerate() {
-        if r {
-            hits += 1;
-            sum += hits as f64 / (rank + 1) as f64;
-        }
-    }
-    if hits == 0 {
-        0.0
-    } else {
-        sum / hits as f64
-    }
 }
 
 fn copy_dir(from: &Path, to: &Path) {

@@ -10,7 +10,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::time::Instant;
 
 use asen_models::{
     AttributeSpec, BackboneKind, BaseModel, Head, HeadConfig, HeadKind, ModelCard, ModelDir,
@@ -22,7 +21,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use super::config::TrainConfig;
-use super::run::{run_steps, EpochRecord, RunDirs, TrainEvent, TrainOptions, TrainOutcome};
+use super::run::{run_epoch, trained_provenance, RunDirs, TrainEvent, TrainOptions, TrainOutcome};
 use super::sampler::TripletSampler;
 use crate::data::{Dataset, Split};
 use crate::eval::{embed_split, evaluate_pairs, RetrievalReport};
@@ -247,34 +246,14 @@ pub fn extend_head(
     let first = head.first_added() as u32;
     let head_attributes: Vec<usize> = (0..k).map(|a| first as usize + a).collect();
     let mut optimizer = cfg.schedule.adam(vec![head.var()])?;
-    let eval_batch = opts.eval_batch_size.max(1);
-    let provenance = asen_models::Provenance {
-        source_file: None,
-        source_sha256: None,
-        command: opts
-            .command
-            .as_deref()
-            .map(super::run::without_absolute_paths),
-        date: Some(asen_models::utc_date()),
-        notes: opts
-            .notes
-            .as_deref()
-            .map(super::run::without_absolute_paths),
-    };
+    let eval_batch = opts.eval_batch();
+    let provenance = trained_provenance(opts.command.as_deref(), opts.notes.as_deref());
     let card = extended_card(&base.card, base_fingerprint, dataset, provenance)?;
     for epoch in state.epoch..cfg.epochs {
-        let started = Instant::now();
-        let lr = cfg.schedule.apply(&mut optimizer, epoch);
-        let triplets = sampler.epoch(epoch as u64, cfg.triplets_per_epoch);
-        let steps = triplets.len().div_ceil(cfg.batch_size);
-        progress(&TrainEvent::EpochStart {
-            epoch: epoch + 1,
-            steps,
-        });
         // BatchNorm in eval mode: its statistics are the base model's.
-        let loss_sum = run_steps(
+        let trained = run_epoch(
             epoch,
-            &triplets,
+            &sampler,
             (cfg, dataset, features),
             &|| head.head(),
             first,
@@ -282,16 +261,8 @@ pub fn extend_head(
             &mut optimizer,
             progress,
         )?;
-        let train_secs = started.elapsed().as_secs_f64();
         let report = evaluate_added(&head, features, dataset, &head_attributes, eval_batch)?;
-        let record = EpochRecord {
-            epoch: epoch + 1,
-            lr,
-            loss: loss_sum / triplets.len().max(1) as f64,
-            valid_map: report.map,
-            triplets_per_s: triplets.len() as f64 / train_secs.max(1e-9),
-            seconds: started.elapsed().as_secs_f64(),
-        };
+        let record = trained.record(epoch, report.map);
         let improved = report.map > state.best_map;
         dirs.finish_epoch(&mut state, (&record, &report), (&head.var_map()?, &card))?;
         copy_signature(base, &dirs.last)?;

@@ -4,6 +4,7 @@
 //! batch of triplets.
 
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use asen_models::{
     utc_date, AttributeSpec, ModelCard, ModelDir, ModelError, Provenance, Result, WEIGHTS_FILE,
@@ -16,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use super::config::{Negatives, TrainConfig};
 use super::loss::{batch_all_ranking_loss, triplet_ranking_loss};
-use super::sampler::Triplet;
+use super::sampler::{Triplet, TripletSampler};
 use crate::data::Dataset;
 use crate::eval::RetrievalReport;
 
@@ -99,6 +100,17 @@ pub struct TrainOptions {
     pub weights_dirs: Vec<PathBuf>,
     /// Images per forward pass during validation (64 when 0).
     pub eval_batch_size: usize,
+}
+
+impl TrainOptions {
+    /// Images per forward pass during validation.
+    pub(crate) fn eval_batch(&self) -> usize {
+        if self.eval_batch_size == 0 {
+            64
+        } else {
+            self.eval_batch_size
+        }
+    }
 }
 
 /// The result of a training run.
@@ -339,23 +351,58 @@ pub(crate) fn batch_loss(
     }
 }
 
-/// The optimiser steps of one epoch on cached features: batches of `cfg.batch_size`
-/// `triplets`, each embedded by the head `head` builds (rebuilt every step: heads may keep
-/// re-laid-out copies of the variables) with the head's attribute `offset` + the dataset's,
-/// BatchNorm on batch statistics when `train_batch_norm`. Returns the summed loss (per
-/// triplet).
+/// What one epoch of training on cached features did, before its validation.
+pub(crate) struct EpochTraining {
+    /// Learning rate of the epoch.
+    pub(crate) lr: f64,
+    /// Triplets trained on.
+    pub(crate) triplets: usize,
+    /// Summed loss (per triplet).
+    pub(crate) loss_sum: f64,
+    /// When the epoch started.
+    pub(crate) started: Instant,
+    /// Seconds of the optimiser steps alone.
+    pub(crate) train_secs: f64,
+}
+
+impl EpochTraining {
+    /// The record of 0-based `epoch` once validated at `valid_map` (its wall time so far).
+    pub(crate) fn record(&self, epoch: usize, valid_map: f64) -> EpochRecord {
+        EpochRecord {
+            epoch: epoch + 1,
+            lr: self.lr,
+            loss: self.loss_sum / self.triplets.max(1) as f64,
+            valid_map,
+            triplets_per_s: self.triplets as f64 / self.train_secs.max(1e-9),
+            seconds: self.started.elapsed().as_secs_f64(),
+        }
+    }
+}
+
+/// One epoch on cached features: the schedule's rate, the epoch's triplets from `sampler`,
+/// then optimiser steps on batches of `cfg.batch_size`, each embedded by the head `head`
+/// builds (rebuilt every step: heads may keep re-laid-out copies of the variables) with the
+/// head's attribute `offset` + the dataset's, BatchNorm on batch statistics when
+/// `train_batch_norm`.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn run_steps(
+pub(crate) fn run_epoch(
     epoch: usize,
-    triplets: &[Triplet],
+    sampler: &TripletSampler,
     (cfg, dataset, features): (&TrainConfig, &Dataset, &crate::features::FeatureCache),
     head: &dyn Fn() -> Result<asen_models::Head>,
     offset: u32,
     train_batch_norm: bool,
     optimizer: &mut candle_nn::AdamW,
     progress: &mut dyn FnMut(&TrainEvent),
-) -> Result<f64> {
+) -> Result<EpochTraining> {
     use candle_nn::Optimizer;
+    let started = Instant::now();
+    let lr = cfg.schedule.apply(optimizer, epoch);
+    let triplets = sampler.epoch(epoch as u64, cfg.triplets_per_epoch);
+    progress(&TrainEvent::EpochStart {
+        epoch: epoch + 1,
+        steps: triplets.len().div_ceil(cfg.batch_size),
+    });
     let device = Device::Cpu;
     let mut loss_sum = 0f64;
     for (s, batch) in triplets.chunks(cfg.batch_size).enumerate() {
@@ -376,7 +423,13 @@ pub(crate) fn run_steps(
             loss: value,
         });
     }
-    Ok(loss_sum)
+    Ok(EpochTraining {
+        lr,
+        triplets: triplets.len(),
+        loss_sum,
+        started,
+        train_secs: started.elapsed().as_secs_f64(),
+    })
 }
 
 /// A finite loss value, or the error that stops the run.
@@ -422,14 +475,20 @@ pub fn trained_card(
         cfg.head_config(dataset.attributes().len()),
     )?;
     card.colour_histogram = cfg.colour_histogram;
-    card.provenance = Provenance {
+    card.provenance = trained_provenance(command.as_deref(), notes.as_deref());
+    Ok(card)
+}
+
+/// The provenance of a model trained today by `command` on data described by `notes`
+/// (absolute paths reduced to file names).
+pub(crate) fn trained_provenance(command: Option<&str>, notes: Option<&str>) -> Provenance {
+    Provenance {
         source_file: None,
         source_sha256: None,
-        command: command.as_deref().map(without_absolute_paths),
+        command: command.map(without_absolute_paths),
         date: Some(utc_date()),
-        notes: notes.as_deref().map(without_absolute_paths),
-    };
-    Ok(card)
+        notes: notes.map(without_absolute_paths),
+    }
 }
 
 /// `text` with every absolute path reduced to its file name, so that a

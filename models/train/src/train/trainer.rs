@@ -11,7 +11,6 @@
 //! uninterrupted one.
 
 use std::path::Path;
-use std::time::Instant;
 
 use asen_models::{ModelDir, ModelError, Result};
 use candle_core::Device;
@@ -19,8 +18,7 @@ use candle_core::Device;
 use super::config::TrainConfig;
 use super::head::TrainableHead;
 use super::run::{
-    batch_norm_sample, run_steps, trained_card, EpochRecord, RunDirs, TrainEvent, TrainOptions,
-    TrainOutcome,
+    batch_norm_sample, run_epoch, trained_card, RunDirs, TrainEvent, TrainOptions, TrainOutcome,
 };
 use super::sampler::TripletSampler;
 use crate::data::{Dataset, Split};
@@ -92,24 +90,12 @@ pub fn train_head(
     let mut optimizer = cfg.schedule.adam(trainable.trainable_vars())?;
     let train_images = dataset.split_indices(Split::Train);
     let bn_sample = batch_norm_sample(&train_images, cfg.seed, 2048);
-    let eval_batch = if opts.eval_batch_size == 0 {
-        64
-    } else {
-        opts.eval_batch_size
-    };
+    let eval_batch = opts.eval_batch();
     let card = trained_card(dataset, cfg, opts.command.clone(), opts.notes.clone())?;
     for epoch in state.epoch..cfg.epochs {
-        let started = Instant::now();
-        let lr = cfg.schedule.apply(&mut optimizer, epoch);
-        let triplets = sampler.epoch(epoch as u64, cfg.triplets_per_epoch);
-        let steps = triplets.len().div_ceil(cfg.batch_size);
-        progress(&TrainEvent::EpochStart {
-            epoch: epoch + 1,
-            steps,
-        });
-        let loss_sum = run_steps(
+        let trained = run_epoch(
             epoch,
-            &triplets,
+            &sampler,
             (cfg, dataset, features),
             &|| trainable.head(),
             0,
@@ -117,7 +103,6 @@ pub fn train_head(
             &mut optimizer,
             progress,
         )?;
-        let train_secs = started.elapsed().as_secs_f64();
         trainable.recompute_batch_norm(features, &bn_sample)?;
         let report = evaluate_head(
             &trainable.head()?,
@@ -126,14 +111,7 @@ pub fn train_head(
             Split::Valid,
             eval_batch,
         )?;
-        let record = EpochRecord {
-            epoch: epoch + 1,
-            lr,
-            loss: loss_sum / triplets.len() as f64,
-            valid_map: report.map,
-            triplets_per_s: triplets.len() as f64 / train_secs.max(1e-9),
-            seconds: started.elapsed().as_secs_f64(),
-        };
+        let record = trained.record(epoch, report.map);
         dirs.finish_epoch(&mut state, (&record, &report), (trainable.var_map(), &card))?;
         progress(&TrainEvent::Epoch(record));
     }

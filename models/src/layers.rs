@@ -33,7 +33,7 @@ impl Activation {
     }
 
     #[inline]
-    fn scalar(self, v: f32) -> f32 {
+    pub(crate) fn scalar(self, v: f32) -> f32 {
         match self {
             Activation::None => v,
             Activation::Relu => v.max(0.0),
@@ -190,6 +190,22 @@ impl ConvBnAct {
             _ => self.conv.forward(x)?,
         };
         self.act.apply(y)
+    }
+}
+
+impl ConvBnAct {
+    /// The same convolution for the CPU engine (weight packed once).
+    pub(crate) fn to_engine(&self) -> Result<crate::cpu::Conv> {
+        let weight = self.conv.weight();
+        let (_, c_in, _, _) = weight.dims4()?;
+        let weight: Vec<f32> = weight.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+        Ok(crate::cpu::Conv::new(
+            &weight,
+            (c_in, self.kernel, self.stride),
+            self.padding,
+            self.bias.as_ref().clone(),
+            self.act,
+        ))
     }
 }
 
@@ -525,6 +541,20 @@ impl DepthwiseConvBnAct {
     }
 }
 
+impl DepthwiseConvBnAct {
+    /// The same convolution for the CPU engine.
+    pub(crate) fn to_engine(&self) -> crate::cpu::Depthwise {
+        crate::cpu::Depthwise::new(
+            &self.cpu.weight,
+            self.cpu.bias.clone(),
+            self.kernel,
+            self.stride,
+            self.padding,
+            self.act,
+        )
+    }
+}
+
 impl Module for DepthwiseConvBnAct {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         if x.device().is_cpu() && x.dtype() == DType::F32 {
@@ -648,6 +678,29 @@ pub(crate) struct InvertedBottleneck {
     pub(crate) depthwise: DepthwiseConvBnAct,
     pub(crate) project: ConvBnAct,
     pub(crate) residual: bool,
+}
+
+impl InvertedBottleneck {
+    /// The same block for the CPU engine.
+    pub(crate) fn to_engine(&self) -> Result<crate::cpu::Layer> {
+        use crate::cpu::Layer;
+        let mut body = Vec::with_capacity(2);
+        if let Some(e) = &self.expand {
+            body.push(Layer::Conv(e.to_engine()?));
+        }
+        body.push(Layer::Depthwise(self.depthwise.to_engine()));
+        let project = self.project.to_engine()?;
+        if self.residual {
+            return Ok(Layer::Residual {
+                body,
+                last: project,
+                shortcut: None,
+                act: Activation::None,
+            });
+        }
+        body.push(Layer::Conv(project));
+        Ok(Layer::Sequence(body))
+    }
 }
 
 impl Module for InvertedBottleneck {

@@ -44,6 +44,7 @@ mod card;
 mod checkpoint;
 pub mod colour;
 mod convert;
+mod cpu;
 mod device;
 mod embedder;
 mod error;
@@ -66,6 +67,7 @@ pub use checkpoint::{CheckedTensors, Checkpoint, CheckpointFormat, KeyReport, Sh
 pub use convert::{
     convert_checkpoint, inspect_checkpoint, utc_date, CheckpointSummary, ConvertOptions,
 };
+pub use cpu::KernelPath;
 pub use device::parse_device;
 pub use embedder::{AttentionMap, Embedder, EmbedderOptions, Embedding};
 pub use error::{ModelError, Result};

@@ -4,7 +4,9 @@
 
 mod fixtures;
 
-use asen_models::{preprocess_bytes, Backbone, BackboneKind, Lite0Classifier, PreprocessConfig};
+use asen_models::{
+    preprocess_bytes, Backbone, BackboneKind, KernelPath, Lite0Classifier, PreprocessConfig,
+};
 use candle_core::{DType, Device, Tensor, D};
 use candle_nn::VarBuilder;
 
@@ -13,6 +15,16 @@ fn load(kind: BackboneKind) -> Backbone {
         .imagenet_weights_path(&fixtures::weights_dirs())
         .unwrap();
     Backbone::load(kind, &path, &Device::Cpu).unwrap()
+}
+
+/// The backbone once per kernel path this CPU can run (the engine's AVX2
+/// and portable kernels, and candle's ops), each checked against PyTorch.
+fn on_every_path(kind: BackboneKind) -> Vec<(KernelPath, Backbone)> {
+    let net = load(kind);
+    KernelPath::available()
+        .into_iter()
+        .map(|p| (p, net.clone().with_kernels(p).unwrap()))
+        .collect()
 }
 
 fn lite0_classifier() -> Lite0Classifier {
@@ -51,16 +63,17 @@ fn mobilenet_v2_matches_pytorch_on_stored_inputs() {
         return;
     };
     let want = fixtures::load_golden(&shared, "backbones_expected.safetensors");
-    let map = load(BackboneKind::MobileNetV2)
-        .forward(&golden_batch(&shared))
-        .unwrap();
-    let (max, _) = fixtures::abs_diff(&map, &want["mbv2_map"]);
-    eprintln!("mbv2_map: max abs diff {max:.3e}");
-    assert!(max <= 2e-4, "mbv2_map max abs diff {max}");
-    let gap = map.mean((2, 3)).unwrap();
-    let (max, _) = fixtures::abs_diff(&gap, &want["mbv2_gap"]);
-    eprintln!("mbv2_gap: max abs diff {max:.3e}");
-    assert!(max <= 1e-4, "mbv2_gap max abs diff {max}");
+    let x = golden_batch(&shared);
+    for (path, net) in on_every_path(BackboneKind::MobileNetV2) {
+        let map = net.forward(&x).unwrap();
+        let (max, _) = fixtures::abs_diff(&map, &want["mbv2_map"]);
+        eprintln!("{path} mbv2_map: max abs diff {max:.3e}");
+        assert!(max <= 2e-4, "{path} mbv2_map max abs diff {max}");
+        let gap = map.mean((2, 3)).unwrap();
+        let (max, _) = fixtures::abs_diff(&gap, &want["mbv2_gap"]);
+        eprintln!("{path} mbv2_gap: max abs diff {max:.3e}");
+        assert!(max <= 1e-4, "{path} mbv2_gap max abs diff {max}");
+    }
 }
 
 #[test]
@@ -69,19 +82,21 @@ fn efficientnet_lite0_matches_pytorch_on_stored_inputs() {
         return;
     };
     let want = fixtures::load_golden(&shared, "backbones_expected.safetensors");
-    let map = load(BackboneKind::EfficientNetLite0)
-        .forward(&golden_batch(&shared))
-        .unwrap();
-    let (max, _) = fixtures::abs_diff(&map, &want["lite0_map"]);
-    eprintln!("lite0_map: max abs diff {max:.3e}");
-    assert!(max <= 2e-4, "lite0_map max abs diff {max}");
-    let logits = lite0_classifier().forward(&map).unwrap();
-    let (max, _) = fixtures::abs_diff(&logits, &want["lite0_logits"]);
-    eprintln!("lite0_logits: max abs diff {max:.3e}");
-    assert!(max <= 1e-4, "lite0_logits max abs diff {max}");
-    let top1: Vec<i64> = want["lite0_top1"].to_vec1().unwrap();
-    let got: Vec<i64> = argmax(&logits).into_iter().map(i64::from).collect();
-    assert_eq!(got, top1);
+    let x = golden_batch(&shared);
+    let classifier = lite0_classifier();
+    for (path, net) in on_every_path(BackboneKind::EfficientNetLite0) {
+        let map = net.forward(&x).unwrap();
+        let (max, _) = fixtures::abs_diff(&map, &want["lite0_map"]);
+        eprintln!("{path} lite0_map: max abs diff {max:.3e}");
+        assert!(max <= 2e-4, "{path} lite0_map max abs diff {max}");
+        let logits = classifier.forward(&map).unwrap();
+        let (max, _) = fixtures::abs_diff(&logits, &want["lite0_logits"]);
+        eprintln!("{path} lite0_logits: max abs diff {max:.3e}");
+        assert!(max <= 1e-4, "{path} lite0_logits max abs diff {max}");
+        let top1: Vec<i64> = want["lite0_top1"].to_vec1().unwrap();
+        let got: Vec<i64> = argmax(&logits).into_iter().map(i64::from).collect();
+        assert_eq!(got, top1, "{path}");
+    }
 }
 
 #[test]
@@ -152,7 +167,9 @@ fn feature_maps_follow_the_input_size() {
             eprintln!("SKIP {kind}: weights not found");
             continue;
         }
-        let y = load(kind).forward(&x).unwrap();
-        assert_eq!(y.dims(), &[1, 1280, 8, 10], "{kind}");
+        for (path, net) in on_every_path(kind) {
+            let y = net.forward(&x).unwrap();
+            assert_eq!(y.dims(), &[1, 1280, 8, 10], "{kind} {path}");
+        }
     }
 }

@@ -7,7 +7,7 @@ mod fixtures;
 
 use std::collections::HashMap;
 
-use asen_models::{Backbone, BackboneKind, Checkpoint};
+use asen_models::{Backbone, BackboneKind, Checkpoint, KernelPath};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
@@ -27,9 +27,15 @@ fn resnet50_layer3_matches_pytorch_on_stored_inputs() {
     assert_eq!(backbone.len(), 43 + 43 * 4);
     let vb = VarBuilder::from_tensors(backbone, DType::F32, &Device::Cpu);
     let net = Backbone::new(BackboneKind::ResNet50Layer3, vb).unwrap();
+    for path in KernelPath::available() {
+        check_against_pytorch(&shared, &net.clone().with_kernels(path).unwrap(), path);
+    }
+}
 
-    let inputs = fixtures::load_golden(&shared, "preprocess.safetensors");
-    let want = fixtures::load_golden(&shared, "asen_v1_expected.safetensors");
+/// The stored inputs through `net` (on kernel path `path`) against PyTorch.
+fn check_against_pytorch(shared: &std::path::Path, net: &Backbone, path: KernelPath) {
+    let inputs = fixtures::load_golden(shared, "preprocess.safetensors");
+    let want = fixtures::load_golden(shared, "asen_v1_expected.safetensors");
     // Two batches of three keep peak memory modest while exercising B > 1.
     for start in [0, 3] {
         let x: Vec<Tensor> = (start..start + 3)
@@ -38,10 +44,10 @@ fn resnet50_layer3_matches_pytorch_on_stored_inputs() {
         let feat = net.forward(&Tensor::stack(&x, 0).unwrap()).unwrap();
         let expected = want["feat"].narrow(0, start, 3).unwrap();
         let (max, mean) = fixtures::abs_diff(&feat, &expected);
-        eprintln!("resnet feat images {start}..: max {max:.3e} mean {mean:.3e}");
+        eprintln!("{path} resnet feat images {start}..: max {max:.3e} mean {mean:.3e}");
         assert!(
             max <= 1e-4,
-            "feat images {start}..{}: max abs diff {max} (mean {mean})",
+            "{path} feat images {start}..{}: max abs diff {max} (mean {mean})",
             start + 3
         );
     }

@@ -135,6 +135,18 @@ impl MobileNetV2 {
     }
 }
 
+impl MobileNetV2 {
+    /// The network as CPU-engine layers.
+    pub(crate) fn engine_layers(&self) -> Result<Vec<crate::cpu::Layer>> {
+        let mut layers = vec![crate::cpu::Layer::Conv(self.stem.to_engine()?)];
+        for block in &self.blocks {
+            layers.push(block.to_engine()?);
+        }
+        layers.push(crate::cpu::Layer::Conv(self.head.to_engine()?));
+        Ok(layers)
+    }
+}
+
 impl Module for MobileNetV2 {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let x = self.stem.forward(x)?;

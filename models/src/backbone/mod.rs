@@ -16,6 +16,7 @@ use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::colour::ColourHistogram;
+use crate::cpu::{CpuNet, KernelPath};
 use crate::error::{ModelError, Result};
 
 pub use efficientnet_lite::{EfficientNetLite0, Lite0Classifier};
@@ -147,6 +148,9 @@ pub fn locate_weights<P: AsRef<Path>>(file: &str, dirs: &[P]) -> Result<PathBuf>
 /// in chunks of 4 measured faster than one pass of 16 (docs/benchmarks.md).
 const CPU_MICRO_BATCH: usize = 4;
 
+/// Images per forward of the CPU engine ([`crate::cpu`]).
+const ENGINE_MICRO_BATCH: usize = 4;
+
 #[derive(Debug, Clone)]
 enum Net {
     ResNet50Layer3(ResNet50Layer3),
@@ -161,6 +165,9 @@ enum Net {
 pub struct Backbone {
     kind: BackboneKind,
     net: Net,
+    /// The same network compiled for the CPU engine (loaded on the CPU only).
+    engine: Option<std::sync::Arc<CpuNet>>,
+    kernels: KernelPath,
     colour: Option<ColourHistogram>,
 }
 
@@ -169,16 +176,66 @@ impl Backbone {
     /// files (ResNet: torchvision `conv1`, `layer1.0.conv1`, ...; MobileNetV2:
     /// `features.*`; Lite0: `_conv_stem`, `_blocks.N.*`, `_conv_head`).
     pub fn new(kind: BackboneKind, vb: VarBuilder) -> Result<Self> {
+        let on_cpu = vb.device().is_cpu();
         let net = match kind {
             BackboneKind::ResNet50Layer3 => Net::ResNet50Layer3(ResNet50Layer3::new(vb)?),
             BackboneKind::MobileNetV2 => Net::MobileNetV2(MobileNetV2::new(vb)?),
             BackboneKind::EfficientNetLite0 => Net::EfficientNetLite0(EfficientNetLite0::new(vb)?),
         };
+        let engine = if on_cpu {
+            let layers = match &net {
+                Net::ResNet50Layer3(m) => m.engine_layers()?,
+                Net::MobileNetV2(m) => m.engine_layers()?,
+                Net::EfficientNetLite0(m) => m.engine_layers()?,
+            };
+            Some(std::sync::Arc::new(CpuNet::new(layers)))
+        } else {
+            None
+        };
         Ok(Self {
             kind,
             net,
+            engine,
+            kernels: KernelPath::detect(),
             colour: None,
         })
+    }
+
+    /// Run the CPU forward pass on `kernels` instead of the detected best
+    /// path (tests and benches compare them). Errors when this CPU cannot
+    /// run that path.
+    pub fn with_kernels(mut self, kernels: KernelPath) -> Result<Self> {
+        if !kernels.is_supported() {
+            return Err(ModelError::InvalidArgument(format!(
+                "this CPU cannot run the {kernels} kernels"
+            )));
+        }
+        self.kernels = kernels;
+        Ok(self)
+    }
+
+    /// The kernel path CPU forward passes use.
+    pub fn kernels(&self) -> KernelPath {
+        self.kernels
+    }
+
+    /// The CPU engine, when this forward pass should use it.
+    fn engine_for(&self, x: &Tensor) -> Option<&CpuNet> {
+        let usable = x.device().is_cpu() && x.dtype() == DType::F32;
+        match (&self.engine, self.kernels) {
+            (Some(engine), kernels) if usable && kernels != KernelPath::CandleOps => {
+                Some(engine.as_ref())
+            }
+            _ => None,
+        }
+    }
+
+    /// The network's map of `x` on the CPU engine.
+    fn forward_engine(&self, engine: &CpuNet, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims4()?;
+        let input: Vec<f32> = x.flatten_all()?.to_vec1()?;
+        let (out, o) = engine.forward(self.kernels, &input, dims);
+        Ok(Tensor::from_vec(out, (o.b, o.c, o.h, o.w), x.device())?)
     }
 
     /// Append the per-cell colour histogram ([`crate::colour`]) to every
@@ -235,12 +292,15 @@ impl Backbone {
             }
         }
         let b = x.dim(0)?;
-        if x.device().is_cpu() && b > CPU_MICRO_BATCH {
+        let micro = if self.engine_for(x).is_some() {
+            ENGINE_MICRO_BATCH
+        } else {
+            CPU_MICRO_BATCH
+        };
+        if x.device().is_cpu() && b > micro {
             let outs = (0..b)
-                .step_by(CPU_MICRO_BATCH)
-                .map(|start| {
-                    self.forward_all(&x.narrow(0, start, CPU_MICRO_BATCH.min(b - start))?)
-                })
+                .step_by(micro)
+                .map(|start| self.forward_all(&x.narrow(0, start, micro.min(b - start))?))
                 .collect::<Result<Vec<_>>>()?;
             return Ok(Tensor::cat(&outs, 0)?);
         }
@@ -248,10 +308,11 @@ impl Backbone {
     }
 
     fn forward_all(&self, x: &Tensor) -> Result<Tensor> {
-        let y = match &self.net {
-            Net::ResNet50Layer3(m) => m.forward(x)?,
-            Net::MobileNetV2(m) => m.forward(x)?,
-            Net::EfficientNetLite0(m) => m.forward(x)?,
+        let y = match (self.engine_for(x), &self.net) {
+            (Some(engine), _) => self.forward_engine(engine, x)?,
+            (None, Net::ResNet50Layer3(m)) => m.forward(x)?,
+            (None, Net::MobileNetV2(m)) => m.forward(x)?,
+            (None, Net::EfficientNetLite0(m)) => m.forward(x)?,
         };
         match &self.colour {
             Some(colour) => {

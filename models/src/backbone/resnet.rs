@@ -7,6 +7,7 @@
 use candle_core::{Module, Tensor};
 use candle_nn::VarBuilder;
 
+use crate::cpu::{Layer, MaxPool};
 use crate::error::Result;
 use crate::layers::{add_relu, Activation, ConvBnAct, Padding};
 
@@ -63,6 +64,24 @@ impl Bottleneck {
             conv2,
             conv3,
             downsample,
+        })
+    }
+}
+
+impl Bottleneck {
+    fn to_engine(&self) -> Result<Layer> {
+        Ok(Layer::Residual {
+            body: vec![
+                Layer::Conv(self.conv1.to_engine()?),
+                Layer::Conv(self.conv2.to_engine()?),
+            ],
+            last: self.conv3.to_engine()?,
+            shortcut: self
+                .downsample
+                .as_ref()
+                .map(|d| d.to_engine())
+                .transpose()?,
+            act: Activation::Relu,
         })
     }
 }
@@ -134,6 +153,26 @@ impl ResNet50Layer3 {
             layer2: Stage::new(vb.pp("layer2"), 256, 128, 4, 2)?,
             layer3: Stage::new(vb.pp("layer3"), 512, 256, 6, 2)?,
         })
+    }
+}
+
+impl ResNet50Layer3 {
+    /// The network as CPU-engine layers.
+    pub(crate) fn engine_layers(&self) -> Result<Vec<Layer>> {
+        let mut layers = vec![
+            Layer::Conv(self.stem.to_engine()?),
+            Layer::MaxPool(MaxPool {
+                kernel: 3,
+                stride: 2,
+                pad: 1,
+            }),
+        ];
+        for stage in [&self.layer1, &self.layer2, &self.layer3] {
+            for block in &stage.blocks {
+                layers.push(block.to_engine()?);
+            }
+        }
+        Ok(layers)
     }
 }
 

@@ -1,0 +1,221 @@
+//! Dense convolutions on NHWC maps as one gemm each: a 1x1 stride-1
+//! convolution multiplies the map itself (`[pixels, C_in]`) by the packed
+//! weight; any other goes through an NHWC im2col (`[pixels, k * k * C_in]`,
+//! taps outermost, so each tap copies one contiguous channel vector).
+
+use rayon::prelude::*;
+
+use super::gemm::{gemm, Epilogue, PackedB};
+use super::kernels::KernelPath;
+use super::map::{BufferPool, MapShape};
+use crate::layers::{Activation, Padding};
+
+/// A `k`x`k` convolution with folded BatchNorm and an activation.
+#[derive(Debug, Clone)]
+pub(crate) struct Conv {
+    c_in: usize,
+    kernel: usize,
+    stride: usize,
+    padding: Padding,
+    /// `[k * k * C_in, C_out]`, rows in `(ky, kx, c_in)` order.
+    weight: PackedB,
+    bias: Vec<f32>,
+    act: Activation,
+}
+
+impl Conv {
+    /// From a `[C_out, C_in, k, k]` weight (PyTorch order) and its bias.
+    pub(crate) fn new(
+        weight_oikk: &[f32],
+        (c_in, kernel, stride): (usize, usize, usize),
+        padding: Padding,
+        bias: Vec<f32>,
+        act: Activation,
+    ) -> Self {
+        let c_out = bias.len();
+        assert_eq!(weight_oikk.len(), c_out * c_in * kernel * kernel);
+        let weight = PackedB::pack(kernel * kernel * c_in, c_out, |row, co| {
+            let (tap, ci) = (row / c_in, row % c_in);
+            weight_oikk[(co * c_in + ci) * kernel * kernel + tap]
+        });
+        Self {
+            c_in,
+            kernel,
+            stride,
+            padding,
+            weight,
+            bias,
+            act,
+        }
+    }
+
+    /// Output channels.
+    pub(crate) fn c_out(&self) -> usize {
+        self.bias.len()
+    }
+
+    /// Output length and `(before, after)` padding along an axis of `size`.
+    fn geometry(&self, size: usize) -> (usize, (usize, usize)) {
+        let pad = self.padding.amounts(size, self.kernel, self.stride);
+        let out = (size + pad.0 + pad.1).saturating_sub(self.kernel) / self.stride + 1;
+        (out, pad)
+    }
+
+    /// The output shape for an input of shape `x`.
+    pub(crate) fn out_shape(&self, x: MapShape) -> MapShape {
+        MapShape {
+            b: x.b,
+            h: self.geometry(x.h).0,
+            w: self.geometry(x.w).0,
+            c: self.c_out(),
+        }
+    }
+
+    /// `out = act(conv(x) + bias)`, or with a residual `(r, post)`:
+    /// `out = post(act(conv(x) + bias) + r)`, all NHWC; `r` has the output's
+    /// shape. Fused only when `act` is the identity, as in every residual
+    /// block here (asserted).
+    pub(crate) fn forward(
+        &self,
+        path: KernelPath,
+        x: &[f32],
+        shape: MapShape,
+        residual: Option<(&[f32], Activation)>,
+        out: &mut [f32],
+        pool: &BufferPool,
+    ) {
+        assert_eq!(shape.c, self.c_in);
+        assert_eq!(x.len(), shape.len());
+        let o = self.out_shape(shape);
+        let ep = match residual {
+            Some((r, post)) => {
+                assert_eq!(
+                    self.act,
+                    Activation::None,
+                    "a residual follows a linear conv"
+                );
+                Epilogue {
+                    bias: &self.bias,
+                    residual: Some(r),
+                    act: post,
+                }
+            }
+            None => Epilogue {
+                bias: &self.bias,
+                residual: None,
+                act: self.act,
+            },
+        };
+        let (_, pad_h) = self.geometry(shape.h);
+        let (_, pad_w) = self.geometry(shape.w);
+        let direct = self.kernel == 1 && self.stride == 1 && pad_h == (0, 0) && pad_w == (0, 0);
+        if direct {
+            gemm(path, o.pixels(), x, self.c_in, &self.weight, out, ep);
+            return;
+        }
+        let k = self.weight.k();
+        let mut cols = pool.take(o.pixels() * k);
+        let geometry = Im2Col {
+            kernel: self.kernel,
+            stride: self.stride,
+            pad: (pad_h.0, pad_w.0),
+        };
+        geometry.fill(x, shape, o, &mut cols[..o.pixels() * k]);
+        gemm(path, o.pixels(), &cols, k, &self.weight, out, ep);
+        pool.give(cols);
+    }
+}
+
+/// Where each output pixel of a convolution reads its taps.
+struct Im2Col {
+    kernel: usize,
+    stride: usize,
+    /// Leading padding `(top, left)`.
+    pad: (usize, usize),
+}
+
+impl Im2Col {
+    /// Row `(img, oy, ox)` of `cols` gets the `k * k` input channel vectors
+    /// the output pixel sees, zeros where a tap falls in the padding.
+    fn fill(&self, x: &[f32], s: MapShape, o: MapShape, cols: &mut [f32]) {
+        let (k, c) = (self.kernel, s.c);
+        let row_len = k * k * c;
+        cols.par_chunks_exact_mut(o.w * row_len)
+            .enumerate()
+            .for_each(|(row, dst)| {
+                let (img, oy) = (row / o.h, row % o.h);
+                let image = &x[img * s.h * s.w * c..(img + 1) * s.h * s.w * c];
+                for (ox, px) in dst.chunks_exact_mut(row_len).enumerate() {
+                    for ky in 0..k {
+                        let iy = (oy * self.stride + ky) as isize - self.pad.0 as isize;
+                        for kx in 0..k {
+                            let ix = (ox * self.stride + kx) as isize - self.pad.1 as isize;
+                            let tap = &mut px[(ky * k + kx) * c..(ky * k + kx + 1) * c];
+                            if iy < 0 || iy >= s.h as isize || ix < 0 || ix >= s.w as isize {
+                                tap.fill(0.0);
+                            } else {
+                                let at = (iy as usize * s.w + ix as usize) * c;
+                                tap.copy_from_slice(&image[at..at + c]);
+                            }
+                        }
+                    }
+                }
+            });
+    }
+}
+
+/// Max pooling `k`x`k` with stride and symmetric padding on an NHWC map
+/// (padding never wins: it is skipped, as PyTorch's `-inf` padding).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct MaxPool {
+    pub kernel: usize,
+    pub stride: usize,
+    pub pad: usize,
+}
+
+impl MaxPool {
+    fn out_len(&self, size: usize) -> usize {
+        (size + 2 * self.pad).saturating_sub(self.kernel) / self.stride + 1
+    }
+
+    /// The output shape for an input of shape `x`.
+    pub(crate) fn out_shape(&self, x: MapShape) -> MapShape {
+        MapShape {
+            b: x.b,
+            h: self.out_len(x.h),
+            w: self.out_len(x.w),
+            c: x.c,
+        }
+    }
+
+    /// `out = maxpool(x)`.
+    pub(crate) fn forward(&self, x: &[f32], s: MapShape, out: &mut [f32]) {
+        let o = self.out_shape(s);
+        let c = s.c;
+        out.par_chunks_exact_mut(o.w * c)
+            .enumerate()
+            .for_each(|(row, dst)| {
+                let (img, oy) = (row / o.h, row % o.h);
+                let image = &x[img * s.h * s.w * c..(img + 1) * s.h * s.w * c];
+                for (ox, px) in dst.chunks_exact_mut(c).enumerate() {
+                    px.fill(f32::NEG_INFINITY);
+                    for ky in 0..self.kernel {
+                        let iy = (oy * self.stride + ky) as isize - self.pad as isize;
+                        if iy < 0 || iy >= s.h as isize {
+                            continue;
+                        }
+                        for kx in 0..self.kernel {
+                            let ix = (ox * self.stride + kx) as isize - self.pad as isize;
+                            if ix < 0 || ix >= s.w as isize {
+                                continue;
+                            }
+                            let at = (iy as usize * s.w + ix as usize) * c;
+                            for (m, &v) in px.iter_mut().zip(&image[at..at + c]) {
+                                *m = m.max(v);
+                            }
+                        }
+                    }
+                }
+            });
+    }
+}

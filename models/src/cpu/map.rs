@@ -1,0 +1,143 @@
+//! NHWC feature maps: their shape, reusable buffers, and the conversions
+//! from and to candle's NCHW at the engine's edges.
+
+use std::sync::Mutex;
+
+use rayon::prelude::*;
+
+/// The shape of an NHWC map: `b` images of `h` x `w` pixels of `c` channels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct MapShape {
+    pub b: usize,
+    pub h: usize,
+    pub w: usize,
+    pub c: usize,
+}
+
+impl MapShape {
+    /// Elements in the map.
+    pub(crate) fn len(&self) -> usize {
+        self.b * self.h * self.w * self.c
+    }
+
+    /// Pixels in the map (`b * h * w`): the rows of a 1x1 convolution's gemm.
+    pub(crate) fn pixels(&self) -> usize {
+        self.b * self.h * self.w
+    }
+}
+
+/// Buffers kept between forward passes, so a pass allocates (and the OS
+/// zeroes) nothing once the pool has warmed up. A buffer handed out may be
+/// longer than asked for and holds stale values: every user writes all of
+/// the prefix it uses.
+#[derive(Debug, Default)]
+pub(crate) struct BufferPool {
+    free: Mutex<Vec<Vec<f32>>>,
+}
+
+/// At most this many buffers are kept (a network needs about four at once
+/// per concurrent forward pass).
+const MAX_POOLED: usize = 16;
+
+impl BufferPool {
+    /// A buffer of at least `len` elements: the smallest free one that is
+    /// long enough, else the longest one grown.
+    pub(crate) fn take(&self, len: usize) -> Vec<f32> {
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        let fit = free
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| v.len() >= len)
+            .min_by_key(|(_, v)| v.len())
+            .map(|(i, _)| i);
+        let longest = || {
+            free.iter()
+                .enumerate()
+                .max_by_key(|(_, v)| v.len())
+                .map(|(i, _)| i)
+        };
+        let mut buf = match fit.or_else(longest) {
+            Some(i) => free.swap_remove(i),
+            None => Vec::new(),
+        };
+        drop(free);
+        if buf.len() < len {
+            buf.resize(len, 0.0);
+        }
+        buf
+    }
+
+    /// Return a buffer for later passes.
+    pub(crate) fn give(&self, buf: Vec<f32>) {
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        if free.len() < MAX_POOLED {
+            free.push(buf);
+        }
+    }
+}
+
+/// `[B, C, H, W]` -> `[B, H, W, C]`.
+pub(crate) fn nchw_to_nhwc(x: &[f32], s: MapShape, out: &mut [f32]) {
+    let plane = s.h * s.w;
+    out[..s.len()]
+        .par_chunks_exact_mut(plane * s.c)
+        .zip(x.par_chunks_exact(plane * s.c))
+        .for_each(|(dst, src)| {
+            for (p, px) in dst.chunks_exact_mut(s.c).enumerate() {
+                for (ch, v) in px.iter_mut().enumerate() {
+                    *v = src[ch * plane + p];
+                }
+            }
+        });
+}
+
+/// `[B, H, W, C]` -> `[B, C, H, W]`.
+pub(crate) fn nhwc_to_nchw(x: &[f32], s: MapShape, out: &mut [f32]) {
+    let plane = s.h * s.w;
+    out[..s.len()]
+        .par_chunks_exact_mut(plane * s.c)
+        .zip(x.par_chunks_exact(plane * s.c))
+        .for_each(|(dst, src)| {
+            for (p, px) in src.chunks_exact(s.c).enumerate() {
+                for (ch, &v) in px.iter().enumerate() {
+                    dst[ch * plane + p] = v;
+                }
+            }
+        });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layouts_round_trip() {
+        let s = MapShape {
+            b: 2,
+            h: 3,
+            w: 5,
+            c: 4,
+        };
+        let x: Vec<f32> = (0..s.len()).map(|i| i as f32).collect();
+        let mut nhwc = vec![0f32; s.len()];
+        nchw_to_nhwc(&x, s, &mut nhwc);
+        // Image 1, y 2, x 4, channel 3.
+        assert_eq!(
+            nhwc[((1 * 3 + 2) * 5 + 4) * 4 + 3],
+            x[((1 * 4 + 3) * 3 + 2) * 5 + 4]
+        );
+        let mut back = vec![0f32; s.len()];
+        nhwc_to_nchw(&nhwc, s, &mut back);
+        assert_eq!(back, x);
+    }
+
+    #[test]
+    fn the_pool_reuses_the_smallest_buffer_that_fits() {
+        let pool = BufferPool::default();
+        pool.give(vec![0.0; 10]);
+        pool.give(vec![0.0; 100]);
+        assert_eq!(pool.take(8).len(), 10);
+        assert_eq!(pool.take(200).len(), 200);
+        assert!(!pool.take(1).is_empty());
+    }
+}

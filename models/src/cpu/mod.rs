@@ -1,0 +1,26 @@
+//! The CPU inference engine behind [`crate::Backbone`]: the backbones'
+//! layers compiled at load into NHWC kernels that candle's ops do not have.
+//!
+//! - Every convolution is one gemm ([`gemm`]) whose weight was packed once
+//!   at load, with bias, residual and activation fused into the store of
+//!   each output tile; a 1x1 convolution multiplies the map itself.
+//! - Depthwise convolutions run over contiguous channels ([`depthwise`]).
+//! - Buffers come from a pool kept with the network, so a warm forward pass
+//!   allocates only its output.
+//! - Kernels exist for AVX2 + FMA and in portable Rust; [`KernelPath`]
+//!   picks one at run time, and `CandleOps` runs candle's own ops instead
+//!   (the reference the engine is tested against, and the path off the CPU).
+//!
+//! The engine runs on rayon's pool, as the rest of the crate.
+
+mod conv;
+mod depthwise;
+mod gemm;
+mod kernels;
+mod map;
+mod net;
+
+pub(crate) use conv::{Conv, MaxPool};
+pub(crate) use depthwise::Depthwise;
+pub use kernels::KernelPath;
+pub(crate) use net::{CpuNet, Layer};

@@ -121,10 +121,10 @@ mod tests {
         let x: Vec<f32> = (0..s.len()).map(|i| i as f32).collect();
         let mut nhwc = vec![0f32; s.len()];
         nchw_to_nhwc(&x, s, &mut nhwc);
-        // Image 1, y 2, x 4, channel 3.
+        let (img, y, px, ch) = (1, 2, 4, 3);
         assert_eq!(
-            nhwc[((1 * 3 + 2) * 5 + 4) * 4 + 3],
-            x[((1 * 4 + 3) * 3 + 2) * 5 + 4]
+            nhwc[((img * s.h + y) * s.w + px) * s.c + ch],
+            x[((img * s.c + ch) * s.h + y) * s.w + px]
         );
         let mut back = vec![0f32; s.len()];
         nhwc_to_nchw(&nhwc, s, &mut back);

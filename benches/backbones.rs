@@ -13,7 +13,9 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use asen_models::{Backbone, BackboneKind, Checkpoint, Head};
+use asen_models::{
+    Backbone, BackboneKind, Checkpoint, Embedder, EmbedderOptions, Head, KernelPath,
+};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
@@ -75,6 +77,27 @@ fn asen_v1(device: &Device) -> Option<(Backbone, Head)> {
     Some((backbone, head))
 }
 
+/// The shipped model (`models/default`): MobileNetV2, the colour
+/// histogram and the ASEN v2 head for each of its attributes.
+fn shipped(device: &Device) -> Option<Embedder> {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/models/default");
+    let opts = EmbedderOptions {
+        device: device.clone(),
+        weights_dirs: vec![concat!(env!("CARGO_MANIFEST_DIR"), "/models/weights").into()],
+        ..EmbedderOptions::default()
+    };
+    Embedder::load(dir, &opts).ok()
+}
+
+/// One measured row: network, weights, kernel path, images/s at batch 1 and 16.
+struct Row {
+    network: String,
+    weights: &'static str,
+    kernels: KernelPath,
+    b1: f64,
+    b16: f64,
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; nothing else to parse.
     let secs: f64 = std::env::var("ASEN_BENCH_SECS")
@@ -83,37 +106,83 @@ fn main() {
         .unwrap_or(3.0);
     let budget = Duration::from_secs_f64(secs);
     let device = Device::Cpu;
+    let kernels = match std::env::var("ASEN_BENCH_KERNELS") {
+        Ok(k) => k.parse::<KernelPath>().expect("ASEN_BENCH_KERNELS"),
+        Err(_) => KernelPath::detect(),
+    };
     println!(
-        "candle 0.11.1 CPU, {} threads, 224x224, >= {secs} s per cell",
+        "candle 0.11.1 CPU, {} threads, {kernels} kernels, 224x224, >= {secs} s per cell",
         candle_core::utils::get_num_threads()
     );
     println!();
-    println!("| backbone | weights | batch 1 (img/s) | batch 16 (img/s) |");
+    println!("| network | weights | batch 1 (img/s) | batch 16 (img/s) |");
     println!("| --- | --- | ---: | ---: |");
     let only = std::env::var("ASEN_BENCH_ONLY").ok();
+    let wanted = |name: &str| only.as_deref().is_none_or(|o| o == name);
+    let mut rows = Vec::new();
+    let mut record = |network: &str, weights: &'static str, forward: &dyn Fn(&Tensor) -> Tensor| {
+        let b1 = images_per_s(forward, 1, budget, &device);
+        let b16 = images_per_s(forward, 16, budget, &device);
+        println!("| {network} | {weights} | {b1:.1} | {b16:.1} |");
+        rows.push(Row {
+            network: network.to_string(),
+            weights,
+            kernels,
+            b1,
+            b16,
+        });
+    };
     for kind in BackboneKind::ALL {
-        if only.as_deref().is_some_and(|o| o != kind.name()) {
+        if !wanted(kind.name()) {
             continue;
         }
         let (net, weights) = build(kind, &device);
-        let forward = |x: &Tensor| net.forward(x).expect("forward");
-        let b1 = images_per_s(&forward, 1, budget, &device);
-        let b16 = images_per_s(&forward, 16, budget, &device);
-        println!("| {kind} | {weights} | {b1:.1} | {b16:.1} |");
+        let net = net.with_kernels(kernels).expect("kernel path");
+        record(kind.name(), weights, &|x| net.forward(x).expect("forward"));
     }
-    if only.is_none() {
+    const V1: &str = "resnet50_layer3 + asen_v1 head";
+    if wanted(V1) {
         if let Some((backbone, head)) = asen_v1(&device) {
-            let forward = |x: &Tensor| {
+            let backbone = backbone.with_kernels(kernels).expect("kernel path");
+            record(V1, "golden v1 checkpoint", &|x| {
                 let feat = backbone.forward(x).expect("backbone");
                 let attr =
                     Tensor::zeros(x.dim(0).expect("batch"), DType::U32, &device).expect("attr");
                 head.forward(&feat, &attr, false).expect("head").embedding
-            };
-            let b1 = images_per_s(&forward, 1, budget, &device);
-            let b16 = images_per_s(&forward, 16, budget, &device);
-            println!(
-                "| resnet50_layer3 + asen_v1 head | golden v1 checkpoint | {b1:.1} | {b16:.1} |"
-            );
+            });
         }
     }
+    const SHIPPED: &str = "shipped: mobilenet_v2 + colour + asen_v2 x 8";
+    if wanted(SHIPPED) {
+        match shipped(&device) {
+            Some(embedder) => {
+                let embedder = embedder.with_kernels(kernels).expect("kernel path");
+                let attributes: Vec<usize> = (0..8).collect();
+                record(SHIPPED, "models/default", &|x| {
+                    let out = embedder.embed_normalised(x, &attributes).expect("embed");
+                    std::hint::black_box(out);
+                    Tensor::zeros(1, DType::F32, &device).expect("token")
+                });
+            }
+            None => eprintln!("SKIP {SHIPPED}: models/default did not load"),
+        }
+    }
+    if let Ok(path) = std::env::var("ASEN_BENCH_JSON") {
+        std::fs::write(&path, to_json(&rows)).expect("write ASEN_BENCH_JSON");
+    }
+}
+
+/// `[{"network", "weights", "kernels", "b1", "b16"}, ...]` for
+/// `benches/forward_compare.py`.
+fn to_json(rows: &[Row]) -> String {
+    let items: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            format!(
+                "{{\"network\": {:?}, \"weights\": {:?}, \"kernels\": \"{}\", \"b1\": {:.3}, \"b16\": {:.3}}}",
+                r.network, r.weights, r.kernels, r.b1, r.b16
+            )
+        })
+        .collect();
+    format!("[\n{}\n]\n", items.join(",\n"))
 }

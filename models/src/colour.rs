@@ -109,7 +109,7 @@ const fn palette() -> [[f32; 3]; 61] {
 }
 
 /// sRGB (linear) to XYZ, D65, rows X, Y, Z; already divided by the white point.
-const RGB_TO_XYZ_D65: [[f32; 3]; 3] = [
+pub(crate) const RGB_TO_XYZ_D65: [[f32; 3]; 3] = [
     [
         0.412_456_4 / 0.950_47,
         0.357_576_1 / 0.950_47,
@@ -203,7 +203,7 @@ impl ColourHistogram {
 }
 
 /// Pixels sampled per cell side before the palette assignment.
-const SAMPLES: usize = 8;
+pub(crate) const SAMPLES: usize = 8;
 
 /// Adaptive average pooling of `[B, C, H, W]` to `[B, C, h, w]`.
 fn adaptive_pool(x: &Tensor, h: usize, w: usize) -> Result<Tensor> {

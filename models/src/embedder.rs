@@ -76,6 +76,9 @@ pub struct Embedder {
     card: ModelCard,
     backbone: Backbone,
     head: Head,
+    /// The head compiled for the CPU engine (a snapshot of its weights taken
+    /// when this embedder was built), where the engine has a kernel for it.
+    head_engine: Option<std::sync::Arc<crate::cpu::DotProductEngine>>,
     signature: Option<CopySignature>,
     device: Device,
     batch_size: usize,
@@ -170,10 +173,12 @@ impl Embedder {
             size: card.input_size as usize,
             ..opts.preprocess
         };
+        let head_engine = head_engine(&head, &device)?;
         Ok(Self {
             card,
             backbone,
             head,
+            head_engine,
             signature: None,
             device,
             batch_size: opts.batch_size,
@@ -200,10 +205,12 @@ impl Embedder {
             size: card.input_size as usize,
             ..PreprocessConfig::default()
         };
+        let head_engine = head_engine(&head, device)?;
         Ok(Self {
             card,
             backbone,
             head,
+            head_engine,
             signature: None,
             device: device.clone(),
             batch_size,
@@ -224,6 +231,13 @@ impl Embedder {
     /// The preprocessing applied to every image.
     pub fn preprocess_config(&self) -> &PreprocessConfig {
         &self.preprocess
+    }
+
+    /// The same embedder with its backbone on CPU kernel path `kernels`
+    /// ([`Backbone::with_kernels`]).
+    pub fn with_kernels(mut self, kernels: crate::KernelPath) -> Result<Self> {
+        self.backbone = self.backbone.with_kernels(kernels)?;
+        Ok(self)
     }
 
     /// The same embedder with a copy signature (its spec must be in the card):
@@ -368,6 +382,63 @@ impl Embedder {
         self.backbone.forward(x)
     }
 
+    /// Embed a normalised batch `[B, 3, S, S]` (what [`preprocess_bytes`]
+    /// returns, stacked) for `attributes`, all of them valid indices: the
+    /// forward pass alone, as the benches time it.
+    ///
+    /// [`preprocess_bytes`]: crate::preprocess_bytes
+    pub fn embed_normalised(
+        &self,
+        x: &Tensor,
+        attributes: &[usize],
+    ) -> Result<Vec<Vec<Embedding>>> {
+        let count = self.attribute_names().len();
+        if let Some(&bad) = attributes.iter().find(|&&a| a >= count) {
+            return Err(ModelError::UnknownAttribute {
+                name: format!("#{bad}"),
+                known: self.attribute_names(),
+            });
+        }
+        self.embed_tensor(x, attributes)
+    }
+
+    /// Whether the CPU engine runs the head on `feats`.
+    fn engine_runs(&self, feats: &Tensor) -> bool {
+        feats.device().is_cpu()
+            && feats.dtype() == DType::F32
+            && self.backbone.kernels() != crate::KernelPath::CandleOps
+    }
+
+    /// [`Head::forward_attributes`] on the CPU engine.
+    fn engine_head(
+        &self,
+        engine: &crate::cpu::DotProductEngine,
+        feats: &Tensor,
+        attrs: &[usize],
+    ) -> Result<Vec<crate::HeadOutput>> {
+        let (b, _, h, w) = feats.dims4()?;
+        let x: Vec<f32> = feats.flatten_all()?.to_vec1()?;
+        let (emb, attn) = engine.forward(self.backbone.kernels(), &x, (b, h * w), attrs);
+        let (n, d) = (attrs.len(), engine.dim());
+        (0..n)
+            .map(|j| {
+                let rows = |data: &[f32], len: usize| -> Vec<f32> {
+                    (0..b)
+                        .flat_map(|i| data[(i * n + j) * len..(i * n + j + 1) * len].to_vec())
+                        .collect()
+                };
+                Ok(crate::HeadOutput {
+                    embedding: Tensor::from_vec(rows(&emb, d), (b, d), feats.device())?,
+                    attention: Some(Tensor::from_vec(
+                        rows(&attn, h * w),
+                        (b, h, w),
+                        feats.device(),
+                    )?),
+                })
+            })
+            .collect()
+    }
+
     fn embed_tensor(&self, x: &Tensor, attributes: &[usize]) -> Result<Vec<Vec<Embedding>>> {
         let feats = self.backbone.forward(x)?;
         let batch = feats.dim(0)?;
@@ -377,10 +448,10 @@ impl Embedder {
             .copied()
             .filter(|&a| Some(a) != identity)
             .collect();
-        let outputs = if heads.is_empty() {
-            Vec::new()
-        } else {
-            self.head.forward_attributes(&feats, &heads)?
+        let outputs = match &self.head_engine {
+            _ if heads.is_empty() => Vec::new(),
+            Some(engine) if self.engine_runs(&feats) => self.engine_head(engine, &feats, &heads)?,
+            _ => self.head.forward_attributes(&feats, &heads)?,
         };
         let signatures = match (&self.signature, identity) {
             (Some(sig), Some(i)) if attributes.contains(&i) => {
@@ -454,4 +525,16 @@ fn load_backbone(
         });
     }
     built
+}
+
+/// The CPU engine's version of `head`, when it runs on the CPU and the
+/// engine has a kernel for its kind.
+fn head_engine(
+    head: &Head,
+    device: &Device,
+) -> Result<Option<std::sync::Arc<crate::cpu::DotProductEngine>>> {
+    if !device.is_cpu() {
+        return Ok(None);
+    }
+    Ok(head.cpu_engine()?.map(std::sync::Arc::new))
 }

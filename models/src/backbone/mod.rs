@@ -317,7 +317,15 @@ impl Backbone {
         match &self.colour {
             Some(colour) => {
                 let (_, _, h, w) = y.dims4()?;
-                let hist = colour.forward(x, h, w)?.to_dtype(y.dtype())?;
+                let hist = match self.engine_for(x) {
+                    Some(_) => {
+                        let (b, _, height, width) = x.dims4()?;
+                        let input: Vec<f32> = x.flatten_all()?.to_vec1()?;
+                        let hist = crate::cpu::colour_histogram(&input, (b, height, width), (h, w));
+                        Tensor::from_vec(hist, (b, colour.bins(), h, w), x.device())?
+                    }
+                    None => colour.forward(x, h, w)?.to_dtype(y.dtype())?,
+                };
                 Ok(Tensor::cat(&[&y, &hist], 1)?)
             }
             None => Ok(y),

@@ -2,13 +2,11 @@
 //! `C[M, N] = act(A[M, K] x B[K, N] + bias[N] (+ R[M, N]))`.
 //!
 //! B is a layer's weight, packed once at load into [`PackedB`] panels of
-//! [`NR`] columns. A (the activations, row-major) is packed per task into
-//! panels of [`MR`] rows, so the micro-kernel reads both operands
-//! sequentially. The output is cut into tiles of up to [`M_BLOCK`] rows by
-//! [`PANELS_PER_TASK`] panels, one rayon task each; a task packs its rows of
-//! A once and reuses them for its panels.
-
-use std::cell::RefCell;
+//! [`NR`] columns. A (the activations, row-major NHWC pixels) is read in
+//! place: the micro-kernel broadcasts from [`MR`] row pointers, as XNNPACK's
+//! NHWC kernels do, so nothing is copied per call. The output is cut into
+//! tiles of up to [`M_BLOCK`] rows by [`PANELS_PER_TASK`] panels, one rayon
+//! task each; a task's rows of A stay in cache across its panels.
 
 use rayon::prelude::*;
 
@@ -19,7 +17,7 @@ use crate::layers::Activation;
 pub(crate) const MR: usize = 6;
 /// Columns of one micro-kernel tile (two AVX registers).
 pub(crate) const NR: usize = 16;
-/// Rows of A one task packs and reuses (a multiple of [`MR`]).
+/// Rows of A one task covers (a multiple of [`MR`]).
 const M_BLOCK: usize = MR * 8;
 /// Column panels one task computes.
 const PANELS_PER_TASK: usize = 4;
@@ -106,60 +104,21 @@ pub(crate) fn gemm(
         let (mb, g) = (task / groups, task % groups);
         let rows = mb * M_BLOCK..((mb + 1) * M_BLOCK).min(m);
         let panels = g * PANELS_PER_TASK..((g + 1) * PANELS_PER_TASK).min(b.panels());
-        A_PACK.with(|buf| {
-            let mut buf = buf.borrow_mut();
-            let packed = pack_a(&mut buf, a, lda, k, rows.clone());
-            for p in panels {
-                let cols = p * NR..((p + 1) * NR).min(n);
-                for (t, tile) in packed.chunks_exact(k * MR).enumerate() {
-                    let r0 = rows.start + t * MR;
-                    let r1 = (r0 + MR).min(rows.end);
-                    let mut acc = [0f32; MR * NR];
-                    micro_kernel(path, k, tile, b.panel(p), &mut acc);
-                    // SAFETY: tasks write disjoint (rows, cols) tiles of `c`,
-                    // which outlives the parallel loop.
-                    unsafe { store_tile(&out, n, r0..r1, cols.clone(), &acc, ep) };
-                }
-            }
-        });
-    });
-}
-
-thread_local! {
-    /// Each worker's packed rows of A, reused across calls.
-    static A_PACK: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-}
-
-/// Pack `rows` of `a` into `[tiles][k][MR]` (rows past the end are zero).
-fn pack_a<'b>(
-    buf: &'b mut Vec<f32>,
-    a: &[f32],
-    lda: usize,
-    k: usize,
-    rows: std::ops::Range<usize>,
-) -> &'b [f32] {
-    let tiles = rows.len().div_ceil(MR);
-    let len = tiles * k * MR;
-    if buf.len() < len {
-        buf.resize(len, 0.0);
-    }
-    let packed = &mut buf[..len];
-    for (t, tile) in packed.chunks_exact_mut(k * MR).enumerate() {
-        for i in 0..MR {
-            let r = rows.start + t * MR + i;
-            if r < rows.end {
-                let src = &a[r * lda..r * lda + k];
-                for (kk, &v) in src.iter().enumerate() {
-                    tile[kk * MR + i] = v;
-                }
-            } else {
-                for kk in 0..k {
-                    tile[kk * MR + i] = 0.0;
-                }
+        for p in panels {
+            let cols = p * NR..((p + 1) * NR).min(n);
+            for r0 in rows.clone().step_by(MR) {
+                let r1 = (r0 + MR).min(rows.end);
+                // Rows past the end repeat the last one; their sums are dropped.
+                let a_rows: [&[f32]; MR] =
+                    std::array::from_fn(|i| &a[(r0 + i).min(r1 - 1) * lda..][..k]);
+                let mut acc = [0f32; MR * NR];
+                micro_kernel(path, k, a_rows, b.panel(p), &mut acc);
+                // SAFETY: tasks write disjoint (rows, cols) tiles of `c`,
+                // which outlives the parallel loop.
+                unsafe { store_tile(&out, n, r0..r1, cols.clone(), &acc, ep) };
             }
         }
-    }
-    packed
+    });
 }
 
 struct SharedOut(*mut f32);
@@ -200,27 +159,28 @@ unsafe fn store_tile(
     }
 }
 
-/// `acc = A_tile x B_panel` over `k`: `a` is `[k][MR]`, `b` is `[k][NR]`.
+/// `acc = A_rows x B_panel` over `k`: each of `a` is one row of A (`k`
+/// values), `b` is `[k][NR]`.
 #[inline]
-fn micro_kernel(path: KernelPath, k: usize, a: &[f32], b: &[f32], acc: &mut [f32; MR * NR]) {
-    debug_assert!(a.len() >= k * MR && b.len() >= k * NR);
+fn micro_kernel(path: KernelPath, k: usize, a: [&[f32]; MR], b: &[f32], acc: &mut [f32; MR * NR]) {
+    assert!(a.iter().all(|r| r.len() >= k) && b.len() >= k * NR);
     match path {
         #[cfg(target_arch = "x86_64")]
         KernelPath::Avx2Fma => {
             // SAFETY: the network only selects this path when the CPU has
             // AVX2 and FMA (`KernelPath::is_supported`); the slices hold `k`
-            // rows of each operand.
-            unsafe { avx2::micro_kernel(k, a.as_ptr(), b.as_ptr(), acc) }
+            // values of each row and `k` rows of the panel (asserted).
+            unsafe { avx2::micro_kernel(k, a.map(|r| r.as_ptr()), b.as_ptr(), acc) }
         }
         _ => portable_micro_kernel(k, a, b, acc),
     }
 }
 
-fn portable_micro_kernel(k: usize, a: &[f32], b: &[f32], acc: &mut [f32; MR * NR]) {
+fn portable_micro_kernel(k: usize, a: [&[f32]; MR], b: &[f32], acc: &mut [f32; MR * NR]) {
     let mut c = [[0f32; NR]; MR];
-    for (av, bv) in a.chunks_exact(MR).zip(b.chunks_exact(NR)).take(k) {
+    for (kk, bv) in b.chunks_exact(NR).take(k).enumerate() {
         for i in 0..MR {
-            let x = av[i];
+            let x = a[i][kk];
             for j in 0..NR {
                 c[i][j] += x * bv[j];
             }
@@ -238,15 +198,15 @@ mod avx2 {
     use super::{MR, NR};
 
     /// The 6x16 AVX2 + FMA micro-kernel: 12 accumulators, two loads of B
-    /// and six broadcasts of A per step of `k`.
+    /// and six broadcasts of A (one per row) per step of `k`.
     ///
     /// # Safety
-    /// The CPU must support AVX2 and FMA; `a` must hold `k * MR` floats
-    /// and `b` `k * NR`.
+    /// The CPU must support AVX2 and FMA; each row of `a` must hold `k`
+    /// floats and `b` `k * NR`.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn micro_kernel(
         k: usize,
-        a: *const f32,
+        a: [*const f32; MR],
         b: *const f32,
         acc: &mut [f32; MR * NR],
     ) {
@@ -254,9 +214,8 @@ mod avx2 {
         for kk in 0..k {
             let b0 = _mm256_loadu_ps(b.add(kk * NR));
             let b1 = _mm256_loadu_ps(b.add(kk * NR + 8));
-            let ap = a.add(kk * MR);
             for (i, ci) in c.iter_mut().enumerate() {
-                let x = _mm256_broadcast_ss(&*ap.add(i));
+                let x = _mm256_broadcast_ss(&*a[i].add(kk));
                 ci[0] = _mm256_fmadd_ps(x, b0, ci[0]);
                 ci[1] = _mm256_fmadd_ps(x, b1, ci[1]);
             }

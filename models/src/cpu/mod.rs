@@ -13,14 +13,18 @@
 //!
 //! The engine runs on rayon's pool, as the rest of the crate.
 
+mod colour;
 mod conv;
 mod depthwise;
 mod gemm;
+mod head;
 mod kernels;
 mod map;
 mod net;
 
+pub(crate) use colour::colour_histogram;
 pub(crate) use conv::{Conv, MaxPool};
 pub(crate) use depthwise::Depthwise;
+pub(crate) use head::{DotProductEngine, DotProductWeights};
 pub use kernels::KernelPath;
 pub(crate) use net::{CpuNet, Layer};

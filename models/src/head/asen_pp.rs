@@ -22,6 +22,10 @@ use crate::error::Result;
 pub struct AsenPpGlobal(DotProductHead);
 
 impl AsenPpGlobal {
+    pub(crate) fn engine_weights(&self) -> Result<crate::cpu::DotProductWeights> {
+        self.0.engine_weights()
+    }
+
     /// Build from `vb` (`feature_fc` is always created).
     pub fn new(vb: VarBuilder, cfg: &HeadConfig) -> Result<Self> {
         Ok(Self(DotProductHead::new(

@@ -17,8 +17,8 @@ use candle_core::{Tensor, D};
 use candle_nn::{BatchNorm, Embedding, Linear, Module, ModuleT, VarBuilder};
 
 use super::{
-    attention_pool, attribute_column, check_attribute_list, check_attributes, check_features,
-    l2_normalize_rows, Conv1x1, HeadConfig, HeadKind, HeadOutput,
+    attention_pool, check_attribute_list, check_attributes, check_features, l2_normalize_rows,
+    Conv1x1, HeadConfig, HeadKind, HeadOutput,
 };
 use crate::error::Result;
 
@@ -130,6 +130,10 @@ impl DotProductHead {
         Ok((out, attn.reshape((b, h, w))?))
     }
 
+    /// Every attribute of `attrs` in one pass: the same equations as
+    /// [`Self::forward`] with the attributes as one more batch axis, so a
+    /// forward pass for 8 attributes runs a dozen tensor ops, not 8 times
+    /// as many (each op has a fixed cost that dominated the head at batch 1).
     pub(crate) fn forward_attributes(
         &self,
         x: &Tensor,
@@ -137,18 +141,90 @@ impl DotProductHead {
     ) -> Result<Vec<HeadOutput>> {
         let (b, h, w) = check_features(self.kind, x, self.cfg.in_channels)?;
         check_attribute_list(self.kind, attrs, self.cfg.n_attributes)?;
-        let x = x.flatten_from(2)?;
-        let img = self.image_branch(&x, false)?;
-        attrs
-            .iter()
-            .map(|&a| {
-                let (out, attn) = self.attend(&x, &img, &attribute_column(a, b, &x)?)?;
+        if attrs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let n = attrs.len();
+        let x = x.flatten_from(2)?; // [B, C, N]
+        let img = self.image_branch(&x, false)?; // [B, A, N]
+        let ids: Vec<u32> = attrs.iter().map(|&a| a as u32).collect();
+        let e = self
+            .attr_embedding
+            .forward(&Tensor::new(ids.as_slice(), x.device())?)?; // [n, A]
+        let t = self.attr_transform1.forward(&e)?.tanh()?;
+        let scale = (self.cfg.attention_dim as f64).sqrt();
+        let logits = (t.broadcast_left(b)?.matmul(&img)? / scale)?; // [B, n, N]
+        let attn = candle_nn::ops::softmax_last_dim(&logits)?;
+        let v = attn.matmul(&x.transpose(1, 2)?)?; // [B, n, C]
+        let a = self
+            .attr_transform2
+            .forward(&e)?
+            .relu()?
+            .broadcast_left(b)?; // [B, n, A]
+        let hidden = self
+            .fc1
+            .forward(&Tensor::cat(&[&v, &a], D::Minus1)?)?
+            .relu()?;
+        let gate = candle_nn::ops::sigmoid(&self.fc2.forward(&hidden)?)?;
+        let out = (v * gate)?;
+        let out = match &self.feature_fc {
+            Some(fc) => fc.forward(&out)?,
+            None => out,
+        };
+        let embedding = l2_normalize_rows(&out)?; // [B, n, D]
+        (0..n)
+            .map(|j| {
                 Ok(HeadOutput {
-                    embedding: l2_normalize_rows(&out)?,
-                    attention: Some(attn.reshape((b, h, w))?),
+                    embedding: embedding.narrow(1, j, 1)?.squeeze(1)?,
+                    attention: Some(attn.narrow(1, j, 1)?.reshape((b, h, w))?),
                 })
             })
             .collect()
+    }
+
+    /// The weights as plain vectors for the CPU engine (a snapshot: the
+    /// BatchNorm of the image branch folded with its running statistics).
+    pub(crate) fn engine_weights(&self) -> Result<crate::cpu::DotProductWeights> {
+        let flat = |t: &Tensor| -> Result<Vec<f32>> {
+            Ok(t.to_dtype(candle_core::DType::F32)?
+                .flatten_all()?
+                .to_vec1()?)
+        };
+        let linear = |l: &Linear| -> Result<(Vec<f32>, Vec<f32>)> {
+            let bias = match l.bias() {
+                Some(b) => flat(b)?,
+                None => vec![0.0; l.weight().dim(0)?],
+            };
+            Ok((flat(l.weight())?, bias))
+        };
+        let (c, a) = (self.cfg.in_channels, self.cfg.attention_dim);
+        let mut conv_w = flat(&self.conv.weight)?;
+        let mut conv_b = flat(&self.conv.bias)?;
+        if let Some(bn) = &self.bn {
+            let mean = flat(bn.running_mean())?;
+            let var = flat(bn.running_var())?;
+            let (gamma, beta) = match bn.weight_and_bias() {
+                Some((g, b)) => (flat(g)?, flat(b)?),
+                None => (vec![1.0; a], vec![0.0; a]),
+            };
+            for o in 0..a {
+                let s = gamma[o] / (var[o] + bn.eps() as f32).sqrt();
+                conv_w[o * c..(o + 1) * c].iter_mut().for_each(|w| *w *= s);
+                conv_b[o] = (conv_b[o] - mean[o]) * s + beta[o];
+            }
+        }
+        Ok(crate::cpu::DotProductWeights {
+            embedding: flat(self.attr_embedding.embeddings())?,
+            transform1: linear(&self.attr_transform1)?,
+            transform2: linear(&self.attr_transform2)?,
+            conv: (conv_w, conv_b),
+            fc1: linear(&self.fc1)?,
+            fc2: linear(&self.fc2)?,
+            feature_fc: self.feature_fc.as_ref().map(linear).transpose()?,
+            channels: c,
+            attention_dim: a,
+            hidden: self.cfg.gate_hidden,
+        })
     }
 
     /// `x` `[B, C, N]`, `img` `[B, A, N]` -> unnormalised output `[B, D]`, attention `[B, N]`.
@@ -209,5 +285,9 @@ impl AsenV2 {
     /// mode); `tanh(img_bn1(conv1(x)))` is computed once.
     pub fn forward_attributes(&self, x: &Tensor, attrs: &[usize]) -> Result<Vec<HeadOutput>> {
         self.0.forward_attributes(x, attrs)
+    }
+
+    pub(crate) fn engine_weights(&self) -> Result<crate::cpu::DotProductWeights> {
+        self.0.engine_weights()
     }
 }

@@ -232,6 +232,18 @@ pub enum Head {
 }
 
 impl Head {
+    /// The head compiled for the CPU engine, for the kinds it has a kernel
+    /// for (the dot-product heads: ASEN v2 and the ASEN++ global branch): a
+    /// snapshot of the current weights.
+    pub(crate) fn cpu_engine(&self) -> Result<Option<crate::cpu::DotProductEngine>> {
+        let weights = match self {
+            Head::AsenV2(h) => h.engine_weights()?,
+            Head::AsenPpGlobal(h) => h.engine_weights()?,
+            _ => return Ok(None),
+        };
+        Ok(Some(crate::cpu::DotProductEngine::new(weights)))
+    }
+
     /// Build a head of `kind` with parameters from `vb` (a checkpoint or a `VarMap`).
     pub fn new(kind: HeadKind, vb: VarBuilder, cfg: &HeadConfig) -> Result<Self> {
         Ok(match kind {

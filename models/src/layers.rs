@@ -32,6 +32,15 @@ impl Activation {
         }
     }
 
+    /// The activation as a clamp `(lo, hi)`: every one here is one.
+    pub(crate) fn bounds(self) -> (f32, f32) {
+        match self {
+            Activation::None => (f32::NEG_INFINITY, f32::INFINITY),
+            Activation::Relu => (0.0, f32::INFINITY),
+            Activation::Relu6 => (0.0, 6.0),
+        }
+    }
+
     #[inline]
     pub(crate) fn scalar(self, v: f32) -> f32 {
         match self {

@@ -3,11 +3,9 @@
 //! weight; any other goes through an NHWC im2col (`[pixels, k * k * C_in]`,
 //! taps outermost, so each tap copies one contiguous channel vector).
 
-use rayon::prelude::*;
-
 use super::gemm::{gemm, Epilogue, PackedB};
 use super::kernels::KernelPath;
-use super::map::{BufferPool, MapShape};
+use super::map::{BufferPool, Exec, MapShape};
 use crate::layers::{Activation, Padding};
 
 /// A `k`x`k` convolution with folded BatchNorm and an activation.
@@ -83,6 +81,7 @@ impl Conv {
         residual: Option<(&[f32], Activation)>,
         out: &mut [f32],
         pool: &BufferPool,
+        exec: Exec,
     ) {
         assert_eq!(shape.c, self.c_in);
         assert_eq!(x.len(), shape.len());
@@ -110,7 +109,7 @@ impl Conv {
         let (_, pad_w) = self.geometry(shape.w);
         let direct = self.kernel == 1 && self.stride == 1 && pad_h == (0, 0) && pad_w == (0, 0);
         if direct {
-            gemm(path, o.pixels(), x, self.c_in, &self.weight, out, ep);
+            gemm(path, exec, o.pixels(), x, self.c_in, &self.weight, out, ep);
             return;
         }
         let k = self.weight.k();
@@ -120,8 +119,8 @@ impl Conv {
             stride: self.stride,
             pad: (pad_h.0, pad_w.0),
         };
-        geometry.fill(x, shape, o, &mut cols[..o.pixels() * k]);
-        gemm(path, o.pixels(), &cols, k, &self.weight, out, ep);
+        geometry.fill(exec, x, shape, o, &mut cols[..o.pixels() * k]);
+        gemm(path, exec, o.pixels(), &cols, k, &self.weight, out, ep);
         pool.give(cols);
     }
 }
@@ -137,30 +136,35 @@ struct Im2Col {
 impl Im2Col {
     /// Row `(img, oy, ox)` of `cols` gets the `k * k` input channel vectors
     /// the output pixel sees, zeros where a tap falls in the padding.
-    fn fill(&self, x: &[f32], s: MapShape, o: MapShape, cols: &mut [f32]) {
+    fn fill(&self, exec: Exec, x: &[f32], s: MapShape, o: MapShape, cols: &mut [f32]) {
+        let row_len = self.kernel * self.kernel * s.c;
+        exec.chunks(cols, o.w * row_len, |row, dst| {
+            let (img, oy) = (row / o.h, row % o.h);
+            let image = &x[img * s.h * s.w * s.c..(img + 1) * s.h * s.w * s.c];
+            self.fill_row(image, s, oy, dst);
+        });
+    }
+
+    /// The rows of `cols` for output row `oy` of one image.
+    #[inline(never)]
+    fn fill_row(&self, image: &[f32], s: MapShape, oy: usize, dst: &mut [f32]) {
         let (k, c) = (self.kernel, s.c);
         let row_len = k * k * c;
-        cols.par_chunks_exact_mut(o.w * row_len)
-            .enumerate()
-            .for_each(|(row, dst)| {
-                let (img, oy) = (row / o.h, row % o.h);
-                let image = &x[img * s.h * s.w * c..(img + 1) * s.h * s.w * c];
-                for (ox, px) in dst.chunks_exact_mut(row_len).enumerate() {
-                    for ky in 0..k {
-                        let iy = (oy * self.stride + ky) as isize - self.pad.0 as isize;
-                        for kx in 0..k {
-                            let ix = (ox * self.stride + kx) as isize - self.pad.1 as isize;
-                            let tap = &mut px[(ky * k + kx) * c..(ky * k + kx + 1) * c];
-                            if iy < 0 || iy >= s.h as isize || ix < 0 || ix >= s.w as isize {
-                                tap.fill(0.0);
-                            } else {
-                                let at = (iy as usize * s.w + ix as usize) * c;
-                                tap.copy_from_slice(&image[at..at + c]);
-                            }
-                        }
+        for (ox, px) in dst.chunks_exact_mut(row_len).enumerate() {
+            for ky in 0..k {
+                let iy = (oy * self.stride + ky) as isize - self.pad.0 as isize;
+                for kx in 0..k {
+                    let ix = (ox * self.stride + kx) as isize - self.pad.1 as isize;
+                    let tap = &mut px[(ky * k + kx) * c..(ky * k + kx + 1) * c];
+                    if iy < 0 || iy >= s.h as isize || ix < 0 || ix >= s.w as isize {
+                        tap.fill(0.0);
+                    } else {
+                        let at = (iy as usize * s.w + ix as usize) * c;
+                        tap.copy_from_slice(&image[at..at + c]);
                     }
                 }
-            });
+            }
+        }
     }
 }
 
@@ -189,33 +193,31 @@ impl MaxPool {
     }
 
     /// `out = maxpool(x)`.
-    pub(crate) fn forward(&self, x: &[f32], s: MapShape, out: &mut [f32]) {
+    pub(crate) fn forward(&self, exec: Exec, x: &[f32], s: MapShape, out: &mut [f32]) {
         let o = self.out_shape(s);
         let c = s.c;
-        out.par_chunks_exact_mut(o.w * c)
-            .enumerate()
-            .for_each(|(row, dst)| {
-                let (img, oy) = (row / o.h, row % o.h);
-                let image = &x[img * s.h * s.w * c..(img + 1) * s.h * s.w * c];
-                for (ox, px) in dst.chunks_exact_mut(c).enumerate() {
-                    px.fill(f32::NEG_INFINITY);
-                    for ky in 0..self.kernel {
-                        let iy = (oy * self.stride + ky) as isize - self.pad as isize;
-                        if iy < 0 || iy >= s.h as isize {
+        exec.chunks(out, o.w * c, |row, dst| {
+            let (img, oy) = (row / o.h, row % o.h);
+            let image = &x[img * s.h * s.w * c..(img + 1) * s.h * s.w * c];
+            for (ox, px) in dst.chunks_exact_mut(c).enumerate() {
+                px.fill(f32::NEG_INFINITY);
+                for ky in 0..self.kernel {
+                    let iy = (oy * self.stride + ky) as isize - self.pad as isize;
+                    if iy < 0 || iy >= s.h as isize {
+                        continue;
+                    }
+                    for kx in 0..self.kernel {
+                        let ix = (ox * self.stride + kx) as isize - self.pad as isize;
+                        if ix < 0 || ix >= s.w as isize {
                             continue;
                         }
-                        for kx in 0..self.kernel {
-                            let ix = (ox * self.stride + kx) as isize - self.pad as isize;
-                            if ix < 0 || ix >= s.w as isize {
-                                continue;
-                            }
-                            let at = (iy as usize * s.w + ix as usize) * c;
-                            for (m, &v) in px.iter_mut().zip(&image[at..at + c]) {
-                                *m = m.max(v);
-                            }
+                        let at = (iy as usize * s.w + ix as usize) * c;
+                        for (m, &v) in px.iter_mut().zip(&image[at..at + c]) {
+                            *m = m.max(v);
                         }
                     }
                 }
-            });
+            }
+        });
     }
 }

@@ -8,9 +8,8 @@
 //! tiles of up to [`M_BLOCK`] rows by [`PANELS_PER_TASK`] panels, one rayon
 //! task each; a task's rows of A stay in cache across its panels.
 
-use rayon::prelude::*;
-
 use super::kernels::KernelPath;
+use super::map::Exec;
 use crate::layers::Activation;
 
 /// Rows of one micro-kernel tile.
@@ -83,6 +82,7 @@ pub(crate) struct Epilogue<'a> {
 /// and `c` is `[m, b.n()]`, contiguous.
 pub(crate) fn gemm(
     path: KernelPath,
+    exec: Exec,
     m: usize,
     a: &[f32],
     lda: usize,
@@ -100,7 +100,7 @@ pub(crate) fn gemm(
     let m_blocks = m.div_ceil(M_BLOCK);
     let groups = b.panels().div_ceil(PANELS_PER_TASK);
     let out = SharedOut(c.as_mut_ptr());
-    (0..m_blocks * groups).into_par_iter().for_each(|task| {
+    exec.range(m_blocks * groups, |task| {
         let (mb, g) = (task / groups, task % groups);
         let rows = mb * M_BLOCK..((mb + 1) * M_BLOCK).min(m);
         let panels = g * PANELS_PER_TASK..((g + 1) * PANELS_PER_TASK).min(b.panels());
@@ -111,6 +111,31 @@ pub(crate) fn gemm(
                 // Rows past the end repeat the last one; their sums are dropped.
                 let a_rows: [&[f32]; MR] =
                     std::array::from_fn(|i| &a[(r0 + i).min(r1 - 1) * lda..][..k]);
+                #[cfg(target_arch = "x86_64")]
+                if path == KernelPath::Avx2Fma && r1 - r0 == MR && cols.len() == NR {
+                    // SAFETY: AVX2 and FMA are present (the path is only
+                    // chosen then); the tile's rows and columns lie inside
+                    // `c` (and the residual, of the same shape), and tasks
+                    // write disjoint tiles of `c`, which outlives the loop.
+                    unsafe {
+                        let at = |base: *const f32, i: usize| base.add((r0 + i) * n + cols.start);
+                        let res = ep
+                            .residual
+                            .map(|r| std::array::from_fn(|i| at(r.as_ptr(), i)));
+                        avx2::full_tile(
+                            k,
+                            a_rows.map(|r| r.as_ptr()),
+                            b.panel(p).as_ptr(),
+                            avx2::Store {
+                                rows: std::array::from_fn(|i| out.0.add((r0 + i) * n + cols.start)),
+                                bias: ep.bias.as_ptr().add(cols.start),
+                                residual: res,
+                                clamp: ep.act.bounds(),
+                            },
+                        );
+                    }
+                    continue;
+                }
                 let mut acc = [0f32; MR * NR];
                 micro_kernel(path, k, a_rows, b.panel(p), &mut acc);
                 // SAFETY: tasks write disjoint (rows, cols) tiles of `c`,
@@ -130,7 +155,7 @@ unsafe impl Sync for SharedOut {}
 ///
 /// # Safety
 /// No other thread may access those elements of the output meanwhile.
-#[inline]
+#[inline(never)]
 unsafe fn store_tile(
     out: &SharedOut,
     n: usize,
@@ -225,6 +250,49 @@ mod avx2 {
             _mm256_storeu_ps(acc.as_mut_ptr().add(i * NR + 8), ci[1]);
         }
     }
+
+    /// Where a full `MR x NR` tile goes and what is applied on the way.
+    pub(super) struct Store {
+        /// The first output element of each tile row.
+        pub rows: [*mut f32; MR],
+        /// The tile's `NR` biases.
+        pub bias: *const f32,
+        /// The first residual element of each tile row.
+        pub residual: Option<[*const f32; MR]>,
+        /// The activation as a clamp.
+        pub clamp: (f32, f32),
+    }
+
+    /// The micro-kernel with the epilogue in registers: bias, residual and
+    /// activation applied to the accumulators and stored straight to C.
+    ///
+    /// # Safety
+    /// As [`micro_kernel`]; every pointer of `st` must address `NR` floats.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn full_tile(k: usize, a: [*const f32; MR], b: *const f32, st: Store) {
+        let mut c = [[_mm256_setzero_ps(); 2]; MR];
+        for kk in 0..k {
+            let b0 = _mm256_loadu_ps(b.add(kk * NR));
+            let b1 = _mm256_loadu_ps(b.add(kk * NR + 8));
+            for (i, ci) in c.iter_mut().enumerate() {
+                let x = _mm256_broadcast_ss(&*a[i].add(kk));
+                ci[0] = _mm256_fmadd_ps(x, b0, ci[0]);
+                ci[1] = _mm256_fmadd_ps(x, b1, ci[1]);
+            }
+        }
+        let bias = [_mm256_loadu_ps(st.bias), _mm256_loadu_ps(st.bias.add(8))];
+        let (lo, hi) = (_mm256_set1_ps(st.clamp.0), _mm256_set1_ps(st.clamp.1));
+        for (i, ci) in c.iter().enumerate() {
+            for half in 0..2 {
+                let mut v = _mm256_add_ps(ci[half], bias[half]);
+                if let Some(r) = st.residual {
+                    v = _mm256_add_ps(v, _mm256_loadu_ps(r[i].add(half * 8)));
+                }
+                v = _mm256_min_ps(_mm256_max_ps(v, lo), hi);
+                _mm256_storeu_ps(st.rows[i].add(half * 8), v);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -283,7 +351,7 @@ mod tests {
                             act,
                         };
                         let mut c = vec![f32::NAN; m * n];
-                        gemm(path, m, &a, k, &packed, &mut c, ep);
+                        gemm(path, Exec::Parallel, m, &a, k, &packed, &mut c, ep);
                         let want = reference(m, k, n, &a, &bm, ep);
                         for (x, y) in c.iter().zip(&want) {
                             assert!((x - y).abs() < 1e-4, "{path} {m}x{k}x{n}: {x} vs {y}");
@@ -310,7 +378,16 @@ mod tests {
             act: Activation::None,
         };
         let mut c = vec![0f32; m * n];
-        gemm(KernelPath::detect(), m, &a, lda, &packed, &mut c, ep);
+        gemm(
+            KernelPath::detect(),
+            Exec::Serial,
+            m,
+            &a,
+            lda,
+            &packed,
+            &mut c,
+            ep,
+        );
         let want = reference(m, k, n, &dense, &bm, ep);
         for (x, y) in c.iter().zip(&want) {
             assert!((x - y).abs() < 1e-4);

@@ -14,6 +14,7 @@ use rayon::prelude::*;
 
 use super::gemm::{gemm, Epilogue, PackedB};
 use super::kernels::KernelPath;
+use super::map::Exec;
 use crate::layers::Activation;
 
 /// The plain weights of a dot-product head, in PyTorch's layouts.
@@ -158,6 +159,7 @@ impl DotProductEngine {
         };
         gemm(
             path,
+            Exec::Parallel,
             b * n_pix,
             &rows,
             c,
@@ -203,10 +205,20 @@ impl DotProductEngine {
             residual: Some(&attribute_bias),
             act: Activation::Relu,
         };
-        gemm(path, m, &pooled, c, &self.fc1, &mut hidden, ep);
+        gemm(
+            path,
+            Exec::Parallel,
+            m,
+            &pooled,
+            c,
+            &self.fc1,
+            &mut hidden,
+            ep,
+        );
         let mut gate = vec![0f32; m * c];
         gemm(
             path,
+            Exec::Parallel,
             m,
             &hidden,
             h,
@@ -220,7 +232,7 @@ impl DotProductEngine {
         let mut out = match &self.feature_fc {
             Some((fc, bias)) => {
                 let mut out = vec![0f32; m * bias.len()];
-                gemm(path, m, &gate, c, fc, &mut out, plain(bias));
+                gemm(path, Exec::Parallel, m, &gate, c, fc, &mut out, plain(bias));
                 out
             }
             None => gate,

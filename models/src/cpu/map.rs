@@ -5,6 +5,43 @@ use std::sync::Mutex;
 
 use rayon::prelude::*;
 
+/// Whether a kernel splits its work over rayon's threads, or runs on the
+/// calling thread (when the caller already runs one image per thread).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Exec {
+    Parallel,
+    Serial,
+}
+
+impl Exec {
+    /// `f(i, chunk)` for every `size`-long chunk of `data`.
+    pub(crate) fn chunks<T: Send>(
+        self,
+        data: &mut [T],
+        size: usize,
+        f: impl Fn(usize, &mut [T]) + Sync + Send,
+    ) {
+        match self {
+            Exec::Parallel => data
+                .par_chunks_exact_mut(size)
+                .enumerate()
+                .for_each(|(i, c)| f(i, c)),
+            Exec::Serial => data
+                .chunks_exact_mut(size)
+                .enumerate()
+                .for_each(|(i, c)| f(i, c)),
+        }
+    }
+
+    /// `f(i)` for `i` in `0..n`.
+    pub(crate) fn range(self, n: usize, f: impl Fn(usize) + Sync + Send) {
+        match self {
+            Exec::Parallel => (0..n).into_par_iter().for_each(f),
+            Exec::Serial => (0..n).for_each(f),
+        }
+    }
+}
+
 /// The shape of an NHWC map: `b` images of `h` x `w` pixels of `c` channels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct MapShape {
@@ -77,33 +114,33 @@ impl BufferPool {
 }
 
 /// `[B, C, H, W]` -> `[B, H, W, C]`.
-pub(crate) fn nchw_to_nhwc(x: &[f32], s: MapShape, out: &mut [f32]) {
+pub(crate) fn nchw_to_nhwc(exec: Exec, x: &[f32], s: MapShape, out: &mut [f32]) {
     let plane = s.h * s.w;
-    out[..s.len()]
-        .par_chunks_exact_mut(plane * s.c)
-        .zip(x.par_chunks_exact(plane * s.c))
-        .for_each(|(dst, src)| {
-            for (p, px) in dst.chunks_exact_mut(s.c).enumerate() {
-                for (ch, v) in px.iter_mut().enumerate() {
-                    *v = src[ch * plane + p];
-                }
-            }
-        });
+    exec.chunks(&mut out[..s.len()], plane * s.c, |i, dst| {
+        image_to_nhwc(&x[i * plane * s.c..(i + 1) * plane * s.c], plane, s.c, dst)
+    });
+}
+
+#[inline(never)]
+fn image_to_nhwc(src: &[f32], plane: usize, c: usize, dst: &mut [f32]) {
+    for (p, px) in dst.chunks_exact_mut(c).enumerate() {
+        for (ch, v) in px.iter_mut().enumerate() {
+            *v = src[ch * plane + p];
+        }
+    }
 }
 
 /// `[B, H, W, C]` -> `[B, C, H, W]`.
-pub(crate) fn nhwc_to_nchw(x: &[f32], s: MapShape, out: &mut [f32]) {
+pub(crate) fn nhwc_to_nchw(exec: Exec, x: &[f32], s: MapShape, out: &mut [f32]) {
     let plane = s.h * s.w;
-    out[..s.len()]
-        .par_chunks_exact_mut(plane * s.c)
-        .zip(x.par_chunks_exact(plane * s.c))
-        .for_each(|(dst, src)| {
-            for (p, px) in src.chunks_exact(s.c).enumerate() {
-                for (ch, &v) in px.iter().enumerate() {
-                    dst[ch * plane + p] = v;
-                }
+    exec.chunks(&mut out[..s.len()], plane * s.c, |i, dst| {
+        let src = &x[i * plane * s.c..(i + 1) * plane * s.c];
+        for (p, px) in src.chunks_exact(s.c).enumerate() {
+            for (ch, &v) in px.iter().enumerate() {
+                dst[ch * plane + p] = v;
             }
-        });
+        }
+    });
 }
 
 #[cfg(test)]
@@ -120,14 +157,14 @@ mod tests {
         };
         let x: Vec<f32> = (0..s.len()).map(|i| i as f32).collect();
         let mut nhwc = vec![0f32; s.len()];
-        nchw_to_nhwc(&x, s, &mut nhwc);
+        nchw_to_nhwc(Exec::Parallel, &x, s, &mut nhwc);
         let (img, y, px, ch) = (1, 2, 4, 3);
         assert_eq!(
             nhwc[((img * s.h + y) * s.w + px) * s.c + ch],
             x[((img * s.c + ch) * s.h + y) * s.w + px]
         );
         let mut back = vec![0f32; s.len()];
-        nhwc_to_nchw(&nhwc, s, &mut back);
+        nhwc_to_nchw(Exec::Serial, &nhwc, s, &mut back);
         assert_eq!(back, x);
     }
 

@@ -3,7 +3,9 @@
 use super::conv::{Conv, MaxPool};
 use super::depthwise::Depthwise;
 use super::kernels::KernelPath;
-use super::map::{nchw_to_nhwc, nhwc_to_nchw, BufferPool, MapShape};
+use rayon::prelude::*;
+
+use super::map::{nchw_to_nhwc, nhwc_to_nchw, BufferPool, Exec, MapShape};
 use crate::layers::Activation;
 
 /// One step of a network.
@@ -43,30 +45,37 @@ impl Layer {
 
     /// Run on `x` (shape `s`, NHWC); returns a pooled buffer whose prefix
     /// holds the output.
-    fn run(&self, path: KernelPath, x: &[f32], s: MapShape, pool: &BufferPool) -> Vec<f32> {
+    fn run(
+        &self,
+        path: KernelPath,
+        exec: Exec,
+        x: &[f32],
+        s: MapShape,
+        pool: &BufferPool,
+    ) -> Vec<f32> {
         let o = self.out_shape(s);
         if let Layer::Sequence(layers) = self {
-            if let (Some(y), _) = run_layers(layers, path, x, s, pool) {
+            if let (Some(y), _) = run_layers(layers, path, exec, x, s, pool) {
                 return y;
             }
         }
         let mut out = pool.take(o.len());
         match self {
             Layer::Sequence(_) => out[..o.len()].copy_from_slice(x),
-            Layer::Conv(c) => c.forward(path, x, s, None, &mut out[..o.len()], pool),
-            Layer::Depthwise(d) => d.forward(path, x, s, &mut out[..o.len()]),
-            Layer::MaxPool(p) => p.forward(x, s, &mut out[..o.len()]),
+            Layer::Conv(c) => c.forward(path, x, s, None, &mut out[..o.len()], pool, exec),
+            Layer::Depthwise(d) => d.forward(path, exec, x, s, &mut out[..o.len()]),
+            Layer::MaxPool(p) => p.forward(exec, x, s, &mut out[..o.len()]),
             Layer::Residual {
                 body,
                 last,
                 shortcut,
                 act,
             } => {
-                let (y, ys) = run_layers(body, path, x, s, pool);
+                let (y, ys) = run_layers(body, path, exec, x, s, pool);
                 let y_in = y.as_deref().unwrap_or(x);
                 let short = shortcut.as_ref().map(|sc| {
                     let mut buf = pool.take(o.len());
-                    sc.forward(path, x, s, None, &mut buf[..o.len()], pool);
+                    sc.forward(path, x, s, None, &mut buf[..o.len()], pool, exec);
                     buf
                 });
                 let residual = short.as_deref().map_or(x, |b| &b[..o.len()]);
@@ -77,6 +86,7 @@ impl Layer {
                     Some((residual, *act)),
                     &mut out[..o.len()],
                     pool,
+                    exec,
                 );
                 y.into_iter().chain(short).for_each(|b| pool.give(b));
             }
@@ -90,6 +100,7 @@ impl Layer {
 fn run_layers(
     layers: &[Layer],
     path: KernelPath,
+    exec: Exec,
     x: &[f32],
     s: MapShape,
     pool: &BufferPool,
@@ -98,7 +109,7 @@ fn run_layers(
     let mut shape = s;
     for layer in layers {
         let input = cur.as_deref().map_or(x, |b| &b[..shape.len()]);
-        let next = layer.run(path, input, shape, pool);
+        let next = layer.run(path, exec, input, shape, pool);
         shape = layer.out_shape(shape);
         if let Some(old) = cur.replace(next) {
             pool.give(old);
@@ -123,27 +134,45 @@ impl CpuNet {
     }
 
     /// `x` is `[b, 3, h, w]` (NCHW); returns the output map in NCHW and
-    /// its shape.
+    /// its shape. One image splits each layer's work over rayon's threads;
+    /// several run one image per thread, each layer on that thread, so the
+    /// threads never wait for each other between layers.
     pub(crate) fn forward(
         &self,
         path: KernelPath,
         x: &[f32],
         (b, c, h, w): (usize, usize, usize, usize),
     ) -> (Vec<f32>, MapShape) {
-        let s = MapShape { b, h, w, c };
-        assert_eq!(x.len(), s.len());
+        let one = MapShape { b: 1, h, w, c };
+        assert_eq!(x.len(), b * one.len());
+        let o1 = self.out_shape(one);
+        let mut out = vec![0f32; b * o1.len()];
+        if b == 1 {
+            self.forward_image(path, Exec::Parallel, x, one, &mut out);
+        } else {
+            out.par_chunks_exact_mut(o1.len())
+                .zip(x.par_chunks_exact(one.len()))
+                .for_each(|(dst, src)| self.forward_image(path, Exec::Serial, src, one, dst));
+        }
+        (out, MapShape { b, ..o1 })
+    }
+
+    fn out_shape(&self, s: MapShape) -> MapShape {
+        self.layers.iter().fold(s, |s, l| l.out_shape(s))
+    }
+
+    /// One image (`s.b == 1`) into `out` (NCHW).
+    fn forward_image(&self, path: KernelPath, exec: Exec, x: &[f32], s: MapShape, out: &mut [f32]) {
         let mut input = self.pool.take(s.len());
-        nchw_to_nhwc(x, s, &mut input[..s.len()]);
-        let (y, o) = run_layers(&self.layers, path, &input[..s.len()], s, &self.pool);
-        let mut out = vec![0f32; o.len()];
+        nchw_to_nhwc(exec, x, s, &mut input[..s.len()]);
+        let (y, o) = run_layers(&self.layers, path, exec, &input[..s.len()], s, &self.pool);
         match y {
             Some(y) => {
-                nhwc_to_nchw(&y[..o.len()], o, &mut out);
+                nhwc_to_nchw(exec, &y[..o.len()], o, out);
                 self.pool.give(y);
             }
-            None => nhwc_to_nchw(&input[..o.len()], o, &mut out),
+            None => nhwc_to_nchw(exec, &input[..o.len()], o, out),
         }
         self.pool.give(input);
-        (out, o)
     }
 }

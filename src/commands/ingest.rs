@@ -98,5 +98,6 @@ fn run_with(
         "ingestion done"
     );
     println!("{}", summary.line());
+    println!("{}", summary.stages_line());
     Ok(())
 }

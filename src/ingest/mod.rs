@@ -8,7 +8,7 @@ mod report;
 mod sink;
 mod source;
 
-pub use pipeline::{ingest, IngestSummary, PipelineConfig};
+pub use pipeline::{ingest, IngestSummary, PipelineConfig, StageTimes};
 pub use remote::{RemoteClient, RemoteSink};
 pub use report::ReportWriter;
 pub use sink::{LocalSink, Sink, WriteOutcome};

@@ -3,9 +3,9 @@
 //! weight; any other goes through an NHWC im2col (`[pixels, k * k * C_in]`,
 //! taps outermost, so each tap copies one contiguous channel vector).
 
-use super::gemm::{gemm, Epilogue, PackedB};
+use super::gemm::{gemm, Epilogue, PackedB, Rows};
 use super::kernels::KernelPath;
-use super::map::{BufferPool, Exec, MapShape};
+use super::map::{Exec, MapShape};
 use crate::layers::{Activation, Padding};
 
 /// A `k`x`k` convolution with folded BatchNorm and an activation.
@@ -80,7 +80,6 @@ impl Conv {
         shape: MapShape,
         residual: Option<(&[f32], Activation)>,
         out: &mut [f32],
-        pool: &BufferPool,
         exec: Exec,
     ) {
         assert_eq!(shape.c, self.c_in);
@@ -109,20 +108,40 @@ impl Conv {
         let (_, pad_w) = self.geometry(shape.w);
         let direct = self.kernel == 1 && self.stride == 1 && pad_h == (0, 0) && pad_w == (0, 0);
         if direct {
-            gemm(path, exec, o.pixels(), x, self.c_in, &self.weight, out, ep);
+            let a = Rows {
+                data: x,
+                count: o.pixels(),
+                stride: self.c_in,
+            };
+            gemm(path, exec, a, &self.weight, out, ep);
             return;
         }
         let k = self.weight.k();
-        let mut cols = pool.take(o.pixels() * k);
-        let geometry = Im2Col {
-            kernel: self.kernel,
-            stride: self.stride,
-            pad: (pad_h.0, pad_w.0),
-        };
-        geometry.fill(exec, x, shape, o, &mut cols[..o.pixels() * k]);
-        gemm(path, exec, o.pixels(), &cols, k, &self.weight, out, ep);
-        pool.give(cols);
+        COLUMNS.with(|cols| {
+            let mut cols = cols.borrow_mut();
+            if cols.len() < o.pixels() * k {
+                cols.resize(o.pixels() * k, 0.0);
+            }
+            let cols = &mut cols[..o.pixels() * k];
+            let geometry = Im2Col {
+                kernel: self.kernel,
+                stride: self.stride,
+                pad: (pad_h.0, pad_w.0),
+            };
+            geometry.fill(exec, x, shape, o, cols);
+            let a = Rows {
+                data: cols,
+                count: o.pixels(),
+                stride: k,
+            };
+            gemm(path, exec, a, &self.weight, out, ep);
+        });
     }
+}
+
+thread_local! {
+    /// The im2col matrix of the calling thread, reused across calls.
+    static COLUMNS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Where each output pixel of a convolution reads its taps.

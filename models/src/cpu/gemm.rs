@@ -78,18 +78,29 @@ pub(crate) struct Epilogue<'a> {
     pub act: Activation,
 }
 
-/// `c = epilogue(a x b)` where `a` is `[m, b.k()]` with row stride `lda`
-/// and `c` is `[m, b.n()]`, contiguous.
+/// The left operand of a product: `count` rows of `data`, `stride` apart.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Rows<'a> {
+    pub data: &'a [f32],
+    pub count: usize,
+    pub stride: usize,
+}
+
+/// `c = epilogue(a x b)` where `a` has `b.k()` columns and `c` is
+/// `[a.count, b.n()]`, contiguous.
 pub(crate) fn gemm(
     path: KernelPath,
     exec: Exec,
-    m: usize,
-    a: &[f32],
-    lda: usize,
+    a: Rows,
     b: &PackedB,
     c: &mut [f32],
     ep: Epilogue,
 ) {
+    let Rows {
+        data: a,
+        count: m,
+        stride: lda,
+    } = a;
     let (k, n) = (b.k(), b.n());
     assert!(lda >= k && (m == 0 || a.len() >= (m - 1) * lda + k));
     assert_eq!(c.len(), m * n);
@@ -299,6 +310,14 @@ mod avx2 {
 mod tests {
     use super::*;
 
+    fn rows(data: &[f32], count: usize, stride: usize) -> Rows<'_> {
+        Rows {
+            data,
+            count,
+            stride,
+        }
+    }
+
     fn reference(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], ep: Epilogue) -> Vec<f32> {
         let mut c = vec![0f32; m * n];
         for i in 0..m {
@@ -351,7 +370,7 @@ mod tests {
                             act,
                         };
                         let mut c = vec![f32::NAN; m * n];
-                        gemm(path, Exec::Parallel, m, &a, k, &packed, &mut c, ep);
+                        gemm(path, Exec::Parallel, rows(&a, m, k), &packed, &mut c, ep);
                         let want = reference(m, k, n, &a, &bm, ep);
                         for (x, y) in c.iter().zip(&want) {
                             assert!((x - y).abs() < 1e-4, "{path} {m}x{k}x{n}: {x} vs {y}");
@@ -381,9 +400,7 @@ mod tests {
         gemm(
             KernelPath::detect(),
             Exec::Serial,
-            m,
-            &a,
-            lda,
+            rows(&a, m, lda),
             &packed,
             &mut c,
             ep,

@@ -12,7 +12,7 @@
 
 use rayon::prelude::*;
 
-use super::gemm::{gemm, Epilogue, PackedB};
+use super::gemm::{gemm, Epilogue, PackedB, Rows};
 use super::kernels::KernelPath;
 use super::map::Exec;
 use crate::layers::Activation;
@@ -160,9 +160,7 @@ impl DotProductEngine {
         gemm(
             path,
             Exec::Parallel,
-            b * n_pix,
-            &rows,
-            c,
+            rows_of(&rows, b * n_pix, c),
             &self.conv,
             &mut img,
             plain(&self.conv_bias),
@@ -208,9 +206,7 @@ impl DotProductEngine {
         gemm(
             path,
             Exec::Parallel,
-            m,
-            &pooled,
-            c,
+            rows_of(&pooled, m, c),
             &self.fc1,
             &mut hidden,
             ep,
@@ -219,9 +215,7 @@ impl DotProductEngine {
         gemm(
             path,
             Exec::Parallel,
-            m,
-            &hidden,
-            h,
+            rows_of(&hidden, m, h),
             &self.fc2,
             &mut gate,
             plain(&self.fc2_bias),
@@ -232,7 +226,14 @@ impl DotProductEngine {
         let mut out = match &self.feature_fc {
             Some((fc, bias)) => {
                 let mut out = vec![0f32; m * bias.len()];
-                gemm(path, Exec::Parallel, m, &gate, c, fc, &mut out, plain(bias));
+                gemm(
+                    path,
+                    Exec::Parallel,
+                    rows_of(&gate, m, c),
+                    fc,
+                    &mut out,
+                    plain(bias),
+                );
                 out
             }
             None => gate,
@@ -242,6 +243,15 @@ impl DotProductEngine {
             row.iter_mut().for_each(|v| *v /= norm);
         }
         (out, attn)
+    }
+}
+
+/// `count` contiguous rows of `stride` values.
+fn rows_of(data: &[f32], count: usize, stride: usize) -> Rows<'_> {
+    Rows {
+        data,
+        count,
+        stride,
     }
 }
 

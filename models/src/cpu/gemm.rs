@@ -115,43 +115,47 @@ pub(crate) fn gemm(
         let (mb, g) = (task / groups, task % groups);
         let rows = mb * M_BLOCK..((mb + 1) * M_BLOCK).min(m);
         let panels = g * PANELS_PER_TASK..((g + 1) * PANELS_PER_TASK).min(b.panels());
-        for p in panels {
-            let cols = p * NR..((p + 1) * NR).min(n);
-            for r0 in rows.clone().step_by(MR) {
-                let r1 = (r0 + MR).min(rows.end);
-                // Rows past the end repeat the last one; their sums are dropped.
-                let a_rows: [&[f32]; MR] =
-                    std::array::from_fn(|i| &a[(r0 + i).min(r1 - 1) * lda..][..k]);
-                #[cfg(target_arch = "x86_64")]
-                if path == KernelPath::Avx2Fma && r1 - r0 == MR && cols.len() == NR {
+        for r0 in rows.clone().step_by(MR) {
+            let r1 = (r0 + MR).min(rows.end);
+            let mut rest = panels.clone();
+            #[cfg(target_arch = "x86_64")]
+            if path == KernelPath::Avx2Fma && r1 - r0 == MR {
+                // Panels whose 16 columns all exist go through the AVX2 row
+                // kernel with the epilogue in registers.
+                let full = panels.start..panels.end.min(n / NR).max(panels.start);
+                if !full.is_empty() {
+                    let col = full.start * NR;
                     // SAFETY: AVX2 and FMA are present (the path is only
-                    // chosen then); the tile's rows and columns lie inside
-                    // `c` (and the residual, of the same shape), and tasks
-                    // write disjoint tiles of `c`, which outlives the loop.
+                    // chosen then); rows r0..r0 + MR and the full panels'
+                    // columns lie inside `a`, `c` and the residual (asserted
+                    // shapes), and tasks write disjoint tiles of `c`, which
+                    // outlives the loop.
                     unsafe {
-                        let at = |base: *const f32, i: usize| base.add((r0 + i) * n + cols.start);
-                        let res = ep
-                            .residual
-                            .map(|r| std::array::from_fn(|i| at(r.as_ptr(), i)));
-                        avx2::full_tile(
+                        avx2::tile_row(
                             k,
-                            a_rows.map(|r| r.as_ptr()),
-                            b.panel(p).as_ptr(),
+                            (a.as_ptr().add(r0 * lda), lda),
+                            (b.panel(full.start).as_ptr(), full.len()),
                             avx2::Store {
-                                rows: std::array::from_fn(|i| out.0.add((r0 + i) * n + cols.start)),
-                                bias: ep.bias.as_ptr().add(cols.start),
-                                residual: res,
+                                out: (out.0.add(r0 * n + col), n),
+                                bias: ep.bias.as_ptr().add(col),
+                                residual: ep.residual.map(|r| r.as_ptr().add(r0 * n + col)),
                                 clamp: ep.act.bounds(),
                             },
                         );
                     }
-                    continue;
+                    rest = full.end..panels.end;
                 }
+            }
+            for p in rest {
+                let cols = p * NR..((p + 1) * NR).min(n);
+                // Rows past the end repeat the last one; their sums are dropped.
+                let a_rows: [&[f32]; MR] =
+                    std::array::from_fn(|i| &a[(r0 + i).min(r1 - 1) * lda..][..k]);
                 let mut acc = [0f32; MR * NR];
                 micro_kernel(path, k, a_rows, b.panel(p), &mut acc);
                 // SAFETY: tasks write disjoint (rows, cols) tiles of `c`,
                 // which outlives the parallel loop.
-                unsafe { store_tile(&out, n, r0..r1, cols.clone(), &acc, ep) };
+                unsafe { store_tile(&out, n, r0..r1, cols, &acc, ep) };
             }
         }
     });
@@ -262,45 +266,62 @@ mod avx2 {
         }
     }
 
-    /// Where a full `MR x NR` tile goes and what is applied on the way.
+    /// Where full tiles go and what is applied on the way.
     pub(super) struct Store {
-        /// The first output element of each tile row.
-        pub rows: [*mut f32; MR],
-        /// The tile's `NR` biases.
+        /// The tile row's first output element and the output's row stride.
+        pub out: (*mut f32, usize),
+        /// The first tile's biases (the next tiles' follow).
         pub bias: *const f32,
-        /// The first residual element of each tile row.
-        pub residual: Option<[*const f32; MR]>,
+        /// The first tile's first residual element (same stride as `out`).
+        pub residual: Option<*const f32>,
         /// The activation as a clamp.
         pub clamp: (f32, f32),
     }
 
-    /// The micro-kernel with the epilogue in registers: bias, residual and
-    /// activation applied to the accumulators and stored straight to C.
+    /// `MR` rows of A (`a`: first row and stride) times `panels` consecutive
+    /// packed panels of B, each tile's bias, residual and activation applied
+    /// in registers and stored straight to C.
     ///
     /// # Safety
-    /// As [`micro_kernel`]; every pointer of `st` must address `NR` floats.
+    /// The CPU must support AVX2 and FMA; the rows must hold `k` floats,
+    /// the panels `k * NR` each, and `st` must address `MR` rows of
+    /// `panels * NR` floats.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn full_tile(k: usize, a: [*const f32; MR], b: *const f32, st: Store) {
-        let mut c = [[_mm256_setzero_ps(); 2]; MR];
-        for kk in 0..k {
-            let b0 = _mm256_loadu_ps(b.add(kk * NR));
-            let b1 = _mm256_loadu_ps(b.add(kk * NR + 8));
-            for (i, ci) in c.iter_mut().enumerate() {
-                let x = _mm256_broadcast_ss(&*a[i].add(kk));
-                ci[0] = _mm256_fmadd_ps(x, b0, ci[0]);
-                ci[1] = _mm256_fmadd_ps(x, b1, ci[1]);
-            }
-        }
-        let bias = [_mm256_loadu_ps(st.bias), _mm256_loadu_ps(st.bias.add(8))];
+    pub(super) unsafe fn tile_row(
+        k: usize,
+        (a, lda): (*const f32, usize),
+        (b, panels): (*const f32, usize),
+        st: Store,
+    ) {
         let (lo, hi) = (_mm256_set1_ps(st.clamp.0), _mm256_set1_ps(st.clamp.1));
-        for (i, ci) in c.iter().enumerate() {
-            for half in 0..2 {
-                let mut v = _mm256_add_ps(ci[half], bias[half]);
-                if let Some(r) = st.residual {
-                    v = _mm256_add_ps(v, _mm256_loadu_ps(r[i].add(half * 8)));
+        let (out, ldc) = st.out;
+        for p in 0..panels {
+            let b = b.add(p * k * NR);
+            let mut c = [[_mm256_setzero_ps(); 2]; MR];
+            for kk in 0..k {
+                let b0 = _mm256_loadu_ps(b.add(kk * NR));
+                let b1 = _mm256_loadu_ps(b.add(kk * NR + 8));
+                for (i, ci) in c.iter_mut().enumerate() {
+                    let x = _mm256_broadcast_ss(&*a.add(i * lda + kk));
+                    ci[0] = _mm256_fmadd_ps(x, b0, ci[0]);
+                    ci[1] = _mm256_fmadd_ps(x, b1, ci[1]);
                 }
-                v = _mm256_min_ps(_mm256_max_ps(v, lo), hi);
-                _mm256_storeu_ps(st.rows[i].add(half * 8), v);
+            }
+            let col = p * NR;
+            let bias = [
+                _mm256_loadu_ps(st.bias.add(col)),
+                _mm256_loadu_ps(st.bias.add(col + 8)),
+            ];
+            for (i, ci) in c.iter().enumerate() {
+                for half in 0..2 {
+                    let at = i * ldc + col + half * 8;
+                    let mut v = _mm256_add_ps(ci[half], bias[half]);
+                    if let Some(r) = st.residual {
+                        v = _mm256_add_ps(v, _mm256_loadu_ps(r.add(at)));
+                    }
+                    v = _mm256_min_ps(_mm256_max_ps(v, lo), hi);
+                    _mm256_storeu_ps(out.add(at), v);
+                }
             }
         }
     }

@@ -160,7 +160,13 @@ impl IngestSummary {
             ("read+hash", self.stages.read),
             ("decode+resize", self.stages.decode),
             ("forward", model),
-            ("store write", self.stages.write.saturating_sub(model)),
+            (
+                match self.model_time {
+                    Some(_) => "store write",
+                    None => "server requests",
+                },
+                self.stages.write.saturating_sub(model),
+            ),
         ];
         let total: f64 = parts
             .iter()
@@ -586,6 +592,10 @@ mod tests {
             failed: 0,
             ..s
         };
+        assert_eq!(
+            remote.stages_line(),
+            "stages (busy time; read and decode on 2 threads beside the writer): read+hash 0.5 s (14%), decode+resize 1.0 s (29%), server requests 2.0 s (57%)"
+        );
         assert_eq!(
             remote.line(),
             "ingested 6, skipped 2, failed 0 of 10 rows in 3.0 s (2.0 items/s, embedded by the server)"

@@ -712,6 +712,22 @@ impl InvertedBottleneck {
     }
 }
 
+/// A stem convolution, inverted bottlenecks and a head convolution (the
+/// shape of MobileNetV2 and EfficientNet-Lite) as CPU-engine layers.
+pub(crate) fn inverted_net_engine(
+    stem: &ConvBnAct,
+    blocks: &[InvertedBottleneck],
+    head: &ConvBnAct,
+) -> Result<Vec<crate::cpu::Layer>> {
+    use crate::cpu::Layer;
+    let mut layers = vec![Layer::Conv(stem.to_engine()?)];
+    for block in blocks {
+        layers.push(block.to_engine()?);
+    }
+    layers.push(Layer::Conv(head.to_engine()?));
+    Ok(layers)
+}
+
 impl Module for InvertedBottleneck {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let y = match &self.expand {

@@ -138,12 +138,7 @@ impl MobileNetV2 {
 impl MobileNetV2 {
     /// The network as CPU-engine layers.
     pub(crate) fn engine_layers(&self) -> Result<Vec<crate::cpu::Layer>> {
-        let mut layers = vec![crate::cpu::Layer::Conv(self.stem.to_engine()?)];
-        for block in &self.blocks {
-            layers.push(block.to_engine()?);
-        }
-        layers.push(crate::cpu::Layer::Conv(self.head.to_engine()?));
-        Ok(layers)
+        crate::layers::inverted_net_engine(&self.stem, &self.blocks, &self.head)
     }
 }
 

@@ -76,11 +76,11 @@ impl Conv {
     pub(crate) fn forward(
         &self,
         path: KernelPath,
+        exec: Exec,
         x: &[f32],
         shape: MapShape,
         residual: Option<(&[f32], Activation)>,
         out: &mut [f32],
-        exec: Exec,
     ) {
         assert_eq!(shape.c, self.c_in);
         assert_eq!(x.len(), shape.len());

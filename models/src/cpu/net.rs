@@ -62,7 +62,7 @@ impl Layer {
         let mut out = pool.take(o.len());
         match self {
             Layer::Sequence(_) => out[..o.len()].copy_from_slice(x),
-            Layer::Conv(c) => c.forward(path, x, s, None, &mut out[..o.len()], exec),
+            Layer::Conv(c) => c.forward(path, exec, x, s, None, &mut out[..o.len()]),
             Layer::Depthwise(d) => d.forward(path, exec, x, s, &mut out[..o.len()]),
             Layer::MaxPool(p) => p.forward(exec, x, s, &mut out[..o.len()]),
             Layer::Residual {
@@ -75,17 +75,17 @@ impl Layer {
                 let y_in = y.as_deref().unwrap_or(x);
                 let short = shortcut.as_ref().map(|sc| {
                     let mut buf = pool.take(o.len());
-                    sc.forward(path, x, s, None, &mut buf[..o.len()], exec);
+                    sc.forward(path, exec, x, s, None, &mut buf[..o.len()]);
                     buf
                 });
                 let residual = short.as_deref().map_or(x, |b| &b[..o.len()]);
                 last.forward(
                     path,
+                    exec,
                     &y_in[..ys.len()],
                     ys,
                     Some((residual, *act)),
                     &mut out[..o.len()],
-                    exec,
                 );
                 y.into_iter().chain(short).for_each(|b| pool.give(b));
             }

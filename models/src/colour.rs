@@ -220,13 +220,18 @@ fn adaptive_pool(x: &Tensor, h: usize, w: usize) -> Result<Tensor> {
 
 /// `[cells, size]`: row `i` averages the positions of adaptive-pooling cell
 /// `i` (PyTorch boundaries: `floor(i * size / cells)` to `ceil((i + 1) * size / cells)`).
+/// PyTorch's adaptive-pooling cells: cell `i` of `cells` over `size`
+/// covers `i * size / cells .. ceil((i + 1) * size / cells)`.
+pub(crate) fn cell_range(i: usize, cells: usize, size: usize) -> std::ops::Range<usize> {
+    i * size / cells..((i + 1) * size).div_ceil(cells)
+}
+
 fn pooling_matrix(cells: usize, size: usize, device: &Device) -> Result<Tensor> {
     let mut m = vec![0f32; cells * size];
     for i in 0..cells {
-        let start = i * size / cells;
-        let end = ((i + 1) * size).div_ceil(cells);
-        let weight = 1.0 / (end - start) as f32;
-        for j in start..end {
+        let range = cell_range(i, cells, size);
+        let weight = 1.0 / range.len() as f32;
+        for j in range {
             m[i * size + j] = weight;
         }
     }

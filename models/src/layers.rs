@@ -69,6 +69,14 @@ impl Padding {
             Padding::Same => same_padding(size, kernel, stride),
         }
     }
+
+    /// Output length along an axis of `size` for a `kernel` with `stride`,
+    /// and the `(before, after)` padding that gives it.
+    pub fn output(self, size: usize, kernel: usize, stride: usize) -> (usize, (usize, usize)) {
+        let pad = self.amounts(size, kernel, stride);
+        let out = (size + pad.0 + pad.1).saturating_sub(kernel) / stride + 1;
+        (out, pad)
+    }
 }
 
 /// TensorFlow "SAME" padding along one axis: total

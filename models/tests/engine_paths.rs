@@ -13,6 +13,14 @@ fn shipped() -> Embedder {
     Embedder::load(concat!(env!("CARGO_MANIFEST_DIR"), "/default"), &opts).unwrap()
 }
 
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max)
+}
+
 #[test]
 fn every_kernel_path_embeds_the_shipped_model_alike() {
     let embedder = shipped();
@@ -35,12 +43,7 @@ fn every_kernel_path_embeds_the_shipped_model_alike() {
         for (image, (g, r)) in got.iter().zip(&reference).enumerate() {
             for (ge, re) in g.iter().zip(r) {
                 assert_eq!(ge.attribute, re.attribute);
-                let max = ge
-                    .vector
-                    .iter()
-                    .zip(&re.vector)
-                    .map(|(a, b)| (a - b).abs())
-                    .fold(0f32, f32::max);
+                let max = max_abs_diff(&ge.vector, &re.vector);
                 assert!(
                     max < 1e-4,
                     "{path} image {image} attribute {}: {max}",
@@ -51,12 +54,7 @@ fn every_kernel_path_embeds_the_shipped_model_alike() {
                     re.attention.as_ref().unwrap(),
                 );
                 assert_eq!((ga.height, ga.width), (ra.height, ra.width));
-                let max = ga
-                    .values
-                    .iter()
-                    .zip(&ra.values)
-                    .map(|(a, b)| (a - b).abs())
-                    .fold(0f32, f32::max);
+                let max = max_abs_diff(&ga.values, &ra.values);
                 assert!(
                     max < 1e-5,
                     "{path} attention of attribute {}: {max}",

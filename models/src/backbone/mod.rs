@@ -230,12 +230,21 @@ impl Backbone {
         }
     }
 
-    /// The network's map of `x` on the CPU engine.
+    /// The feature map of `x` on the CPU engine, the colour histogram (if
+    /// any) computed from the same copy of the input.
     fn forward_engine(&self, engine: &CpuNet, x: &Tensor) -> Result<Tensor> {
-        let dims = x.dims4()?;
+        let (b, c, height, width) = x.dims4()?;
         let input: Vec<f32> = x.flatten_all()?.to_vec1()?;
-        let (out, o) = engine.forward(self.kernels, &input, dims);
-        Ok(Tensor::from_vec(out, (o.b, o.c, o.h, o.w), x.device())?)
+        let (out, o) = engine.forward(self.kernels, &input, (b, c, height, width));
+        let map = Tensor::from_vec(out, (o.b, o.c, o.h, o.w), x.device())?;
+        match &self.colour {
+            Some(colour) => {
+                let hist = crate::cpu::colour_histogram(&input, (b, height, width), (o.h, o.w));
+                let hist = Tensor::from_vec(hist, (b, colour.bins(), o.h, o.w), x.device())?;
+                Ok(Tensor::cat(&[&map, &hist], 1)?)
+            }
+            None => Ok(map),
+        }
     }
 
     /// Append the per-cell colour histogram ([`crate::colour`]) to every
@@ -308,24 +317,18 @@ impl Backbone {
     }
 
     fn forward_all(&self, x: &Tensor) -> Result<Tensor> {
-        let y = match (self.engine_for(x), &self.net) {
-            (Some(engine), _) => self.forward_engine(engine, x)?,
-            (None, Net::ResNet50Layer3(m)) => m.forward(x)?,
-            (None, Net::MobileNetV2(m)) => m.forward(x)?,
-            (None, Net::EfficientNetLite0(m)) => m.forward(x)?,
+        if let Some(engine) = self.engine_for(x) {
+            return self.forward_engine(engine, x);
+        }
+        let y = match &self.net {
+            Net::ResNet50Layer3(m) => m.forward(x)?,
+            Net::MobileNetV2(m) => m.forward(x)?,
+            Net::EfficientNetLite0(m) => m.forward(x)?,
         };
         match &self.colour {
             Some(colour) => {
                 let (_, _, h, w) = y.dims4()?;
-                let hist = match self.engine_for(x) {
-                    Some(_) => {
-                        let (b, _, height, width) = x.dims4()?;
-                        let input: Vec<f32> = x.flatten_all()?.to_vec1()?;
-                        let hist = crate::cpu::colour_histogram(&input, (b, height, width), (h, w));
-                        Tensor::from_vec(hist, (b, colour.bins(), h, w), x.device())?
-                    }
-                    None => colour.forward(x, h, w)?.to_dtype(y.dtype())?,
-                };
+                let hist = colour.forward(x, h, w)?.to_dtype(y.dtype())?;
                 Ok(Tensor::cat(&[&y, &hist], 1)?)
             }
             None => Ok(y),

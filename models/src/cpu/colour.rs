@@ -5,7 +5,7 @@
 
 use rayon::prelude::*;
 
-use crate::colour::{COLOUR_BINS, GAIN, PALETTE, RGB_TO_XYZ_D65, SAMPLES, SIGMA};
+use crate::colour::{cell_range, COLOUR_BINS, GAIN, PALETTE, RGB_TO_XYZ_D65, SAMPLES, SIGMA};
 use crate::preprocess::{IMAGENET_MEAN, IMAGENET_STD};
 
 /// `[B, COLOUR_BINS, h, w]` histograms of the normalised NCHW batch `x`
@@ -65,8 +65,7 @@ pub(crate) fn colour_histogram(
     out
 }
 
-/// PyTorch's adaptive-pooling cells: cell `i` of `cells` over `size`
-/// covers `i * size / cells .. ceil((i + 1) * size / cells)`.
+/// The adaptive-pooling cells of `cells` over `size` ([`cell_range`]).
 struct Cells {
     cells: usize,
     size: usize,
@@ -78,7 +77,7 @@ impl Cells {
     }
 
     fn range(&self, i: usize) -> std::ops::Range<usize> {
-        i * self.size / self.cells..((i + 1) * self.size).div_ceil(self.cells)
+        cell_range(i, self.cells, self.size)
     }
 }
 

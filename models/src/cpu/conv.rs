@@ -54,9 +54,7 @@ impl Conv {
 
     /// Output length and `(before, after)` padding along an axis of `size`.
     fn geometry(&self, size: usize) -> (usize, (usize, usize)) {
-        let pad = self.padding.amounts(size, self.kernel, self.stride);
-        let out = (size + pad.0 + pad.1).saturating_sub(self.kernel) / self.stride + 1;
-        (out, pad)
+        self.padding.output(size, self.kernel, self.stride)
     }
 
     /// The output shape for an input of shape `x`.

@@ -63,8 +63,7 @@ impl Depthwise {
 
     /// Output length and leading padding along an axis of `size`.
     fn geometry(&self, size: usize) -> (usize, usize) {
-        let (before, after) = self.padding.amounts(size, self.kernel, self.stride);
-        let out = (size + before + after).saturating_sub(self.kernel) / self.stride + 1;
+        let (out, (before, _)) = self.padding.output(size, self.kernel, self.stride);
         (out, before)
     }
 

@@ -250,6 +250,20 @@ mod avx2 {
         b: *const f32,
         acc: &mut [f32; MR * NR],
     ) {
+        for (i, ci) in accumulate(k, a, b).iter().enumerate() {
+            _mm256_storeu_ps(acc.as_mut_ptr().add(i * NR), ci[0]);
+            _mm256_storeu_ps(acc.as_mut_ptr().add(i * NR + 8), ci[1]);
+        }
+    }
+
+    /// The tile's sums in 12 registers: per step of `k`, two loads of B and
+    /// one broadcast of each row of A.
+    ///
+    /// # Safety
+    /// As [`micro_kernel`].
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn accumulate(k: usize, a: [*const f32; MR], b: *const f32) -> [[__m256; 2]; MR] {
         let mut c = [[_mm256_setzero_ps(); 2]; MR];
         for kk in 0..k {
             let b0 = _mm256_loadu_ps(b.add(kk * NR));
@@ -260,10 +274,7 @@ mod avx2 {
                 ci[1] = _mm256_fmadd_ps(x, b1, ci[1]);
             }
         }
-        for (i, ci) in c.iter().enumerate() {
-            _mm256_storeu_ps(acc.as_mut_ptr().add(i * NR), ci[0]);
-            _mm256_storeu_ps(acc.as_mut_ptr().add(i * NR + 8), ci[1]);
-        }
+        c
     }
 
     /// Where full tiles go and what is applied on the way.
@@ -295,18 +306,9 @@ mod avx2 {
     ) {
         let (lo, hi) = (_mm256_set1_ps(st.clamp.0), _mm256_set1_ps(st.clamp.1));
         let (out, ldc) = st.out;
+        let rows: [*const f32; MR] = std::array::from_fn(|i| a.add(i * lda));
         for p in 0..panels {
-            let b = b.add(p * k * NR);
-            let mut c = [[_mm256_setzero_ps(); 2]; MR];
-            for kk in 0..k {
-                let b0 = _mm256_loadu_ps(b.add(kk * NR));
-                let b1 = _mm256_loadu_ps(b.add(kk * NR + 8));
-                for (i, ci) in c.iter_mut().enumerate() {
-                    let x = _mm256_broadcast_ss(&*a.add(i * lda + kk));
-                    ci[0] = _mm256_fmadd_ps(x, b0, ci[0]);
-                    ci[1] = _mm256_fmadd_ps(x, b1, ci[1]);
-                }
-            }
+            let c = accumulate(k, rows, b.add(p * k * NR));
             let col = p * NR;
             let bias = [
                 _mm256_loadu_ps(st.bias.add(col)),

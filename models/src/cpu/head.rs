@@ -14,7 +14,7 @@ use rayon::prelude::*;
 
 use super::gemm::{gemm, Epilogue, PackedB, Rows};
 use super::kernels::KernelPath;
-use super::map::Exec;
+use super::map::{nchw_to_nhwc, Exec, MapShape};
 use crate::layers::Activation;
 
 /// The plain weights of a dot-product head, in PyTorch's layouts.
@@ -141,15 +141,13 @@ impl DotProductEngine {
         assert!(attrs.iter().all(|&i| i < self.n_attributes));
         // Pixels as rows: [B * N, C].
         let mut rows = vec![0f32; b * n_pix * c];
-        rows.par_chunks_exact_mut(n_pix * c)
-            .zip(x.par_chunks_exact(c * n_pix))
-            .for_each(|(dst, src)| {
-                for (p, px) in dst.chunks_exact_mut(c).enumerate() {
-                    for (ch, v) in px.iter_mut().enumerate() {
-                        *v = src[ch * n_pix + p];
-                    }
-                }
-            });
+        let shape = MapShape {
+            b,
+            h: 1,
+            w: n_pix,
+            c,
+        };
+        nchw_to_nhwc(Exec::Parallel, x, shape, &mut rows);
         // Image branch: tanh(conv(x)) [B * N, A].
         let mut img = vec![0f32; b * n_pix * a];
         let plain = |bias| Epilogue {

@@ -29,7 +29,7 @@ pub(crate) fn compact(c: &Catalogue, a: usize, options: &StoreOptions) -> Result
         (w.next_iid, ids)
     };
     ids.sort_unstable();
-    let graph = Graph::new(&c.schema, ids.len());
+    let graph = Graph::new(&c.schema);
     let mut progress = RebuildProgress {
         catalogue: c.name.clone(),
         attribute: c.schema.attributes[a].clone(),

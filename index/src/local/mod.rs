@@ -478,6 +478,13 @@ impl LocalStore {
         Ok(bytes as u64)
     }
 
+    /// Bytes a catalogue's graphs hold in memory (vectors, neighbour lists, ids and levels of
+    /// every point, tombstones included), for capacity planning and benchmarks.
+    pub fn graph_memory_bytes(&self, catalogue: &str) -> Result<u64> {
+        let c = self.catalogue(catalogue)?;
+        Ok(c.graphs.iter().map(|g| g.current().memory_bytes()).sum())
+    }
+
     /// Compares sled's live items with each graph's points (O(n)); the crash test's oracle.
     pub fn check_consistency(&self, catalogue: &str) -> Result<ConsistencyReport> {
         let c = self.catalogue(catalogue)?;
@@ -1253,7 +1260,7 @@ impl LocalStore {
                 Some(i) => {
                     GraphSlot::shared(c.graphs[*i].current(), *lock(&c.graphs[*i].dumped_sequence))
                 }
-                None => GraphSlot::new(Graph::new(&schema, 0), None),
+                None => GraphSlot::new(Graph::new(&schema), None),
             })
             .collect();
         let mut live = LiveSet::new(schema.attributes.len());

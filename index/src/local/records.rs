@@ -201,11 +201,18 @@ pub(crate) struct DumpRecord {
     pub watermark: u64,
     /// Points in the dumped graph.
     pub points: u64,
-    /// CRC-32 of `graph.hnsw.graph` and `graph.hnsw.data`.
+    /// CRC-32 of the dump's two files (`graph::DUMP_FILES`, or for format 0
+    /// `graph::LEGACY_DUMP_FILES`).
     pub crc_graph: u32,
     /// See `crc_graph`.
     pub crc_data: u32,
+    /// 0: hnsw_rs's files (records written before the field existed); 1: asen's own.
+    #[serde(default)]
+    pub format: u32,
 }
+
+/// [`DumpRecord::format`] of asen's own dump files.
+pub(crate) const DUMP_FORMAT_ASEN: u32 = 1;
 
 #[cfg(test)]
 mod tests {

@@ -8,13 +8,13 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, RwLock};
 
-use super::records::{self, DumpRecord, ItemRecord, VectorRecord};
+use super::records::{self, DumpRecord, ItemRecord, VectorRecord, DUMP_FORMAT_ASEN};
 use super::{
     lock, Catalogue, GraphRecovery, GraphSlot, ItemMeta, LiveSet, RebuildProgress, StoreOptions,
     WriterState,
 };
 use crate::error::{IndexError, Result};
-use crate::graph::{Graph, DUMP_BASENAME};
+use crate::graph::{Graph, LEGACY_DUMP_FILES};
 use crate::schema::CatalogueSchema;
 
 /// Points inserted per chunk while rebuilding (one progress report each).
@@ -100,7 +100,6 @@ pub(crate) fn open_catalogue(
     let mut graphs = Vec::new();
     let mut report = Vec::new();
     for (a, attribute) in schema.attributes.iter().enumerate() {
-        let capacity = live.counts[a] as usize;
         let (graph, dumped, source, replayed) =
             match load_dump(&tree, &dump_dir, a, attribute, &schema, sequence, next_iid)? {
                 Ok((graph, dump)) => {
@@ -108,7 +107,7 @@ pub(crate) fn open_catalogue(
                     (graph, Some(dump.sequence), "dump", replayed)
                 }
                 Err(reason) => {
-                    let graph = Graph::new(&schema, capacity);
+                    let graph = Graph::new(&schema);
                     let progress = options.progress.as_ref().map(|p| {
                         (
                             p,
@@ -197,19 +196,49 @@ fn load_dump(
         return Ok(Err("stale dump"));
     }
     if dump.points == 0 {
-        // An empty graph is recorded without files (hnsw_rs cannot dump one).
-        return Ok(Ok((Graph::new(schema, 0), dump)));
+        // An empty graph is recorded without files.
+        return Ok(Ok((Graph::new(schema), dump)));
     }
     let dir = dump_dir.join(&dump.dir);
-    let crc = |ext: &str| crc_file(&dir.join(format!("{DUMP_BASENAME}.hnsw.{ext}")));
-    match (crc("graph"), crc("data")) {
-        (Ok(g), Ok(d)) if g == dump.crc_graph && d == dump.crc_data => {}
-        (Err(_), _) | (_, Err(_)) => return Ok(Err("no dump")),
-        _ => return Ok(Err("corrupt dump")),
+    if dump.format != DUMP_FORMAT_ASEN {
+        return Ok(load_legacy_dump(&dir, schema, attribute, dump));
     }
+    if !crate::graph::DUMP_FILES
+        .iter()
+        .all(|f| dir.join(f).is_file())
+    {
+        return Ok(Err("no dump"));
+    }
+    // The CRCs are computed while the files are read: every byte is read once.
     match Graph::load(&dir, schema, attribute) {
-        Ok(g) if g.len() as u64 == dump.points => Ok(Ok((g, dump))),
+        Ok((g, crcs))
+            if crcs.links == dump.crc_graph
+                && crcs.vectors == dump.crc_data
+                && g.len() as u64 == dump.points =>
+        {
+            Ok(Ok((g, dump)))
+        }
         _ => Ok(Err("corrupt dump")),
+    }
+}
+
+/// Loads a dump in hnsw_rs's format (written before asen had its own graph), checking its
+/// CRCs first. The next dump of the catalogue is written in asen's format.
+fn load_legacy_dump(
+    dir: &Path,
+    schema: &CatalogueSchema,
+    attribute: &str,
+    dump: DumpRecord,
+) -> std::result::Result<(Graph, DumpRecord), &'static str> {
+    let crc = |file: &str| crc_file(&dir.join(file));
+    match (crc(LEGACY_DUMP_FILES[0]), crc(LEGACY_DUMP_FILES[1])) {
+        (Ok(g), Ok(d)) if g == dump.crc_graph && d == dump.crc_data => {}
+        (Err(_), _) | (_, Err(_)) => return Err("no dump"),
+        _ => return Err("corrupt dump"),
+    }
+    match Graph::load_legacy(dir, schema, attribute) {
+        Ok(g) if g.len() as u64 == dump.points => Ok((g, dump)),
+        _ => Err("corrupt dump"),
     }
 }
 
@@ -295,6 +324,7 @@ pub(crate) fn dump_graph(c: &Catalogue, a: usize, w: &WriterState) -> Result<()>
             points: 0,
             crc_graph: 0,
             crc_data: 0,
+            format: DUMP_FORMAT_ASEN,
         };
         return write_record(c, a, w, record);
     }
@@ -304,22 +334,16 @@ pub(crate) fn dump_graph(c: &Catalogue, a: usize, w: &WriterState) -> Result<()>
         std::fs::remove_dir_all(&dir).map_err(io_err(&dir))?;
     }
     std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-    graph.dump(&dir, &c.schema.attributes[a])?;
-    let mut crcs = [0u32; 2];
-    for (i, ext) in ["graph", "data"].iter().enumerate() {
-        let path = dir.join(format!("{DUMP_BASENAME}.hnsw.{ext}"));
-        File::open(&path)
-            .and_then(|f| f.sync_all())
-            .map_err(io_err(&path))?;
-        crcs[i] = crc_file(&path).map_err(io_err(&path))?;
-    }
+    // The files are synced and their CRCs computed as they are written.
+    let crcs = graph.dump(&dir, &c.schema.attributes[a])?;
     let record = DumpRecord {
         dir: name.clone(),
         sequence: w.sequence,
         watermark: w.next_iid,
         points: graph.len() as u64,
-        crc_graph: crcs[0],
-        crc_data: crcs[1],
+        crc_graph: crcs.links,
+        crc_data: crcs.vectors,
+        format: DUMP_FORMAT_ASEN,
     };
     write_record(c, a, w, record)
 }

@@ -70,7 +70,17 @@ pub(crate) fn search(
     } else {
         COMPRESSED_OVERSAMPLE
     };
-    let live_total = read(&c.live).items.len();
+    let (live_total, tombstone_factor) = {
+        let live = read(&c.live);
+        // Graph points per live point: how many more hits a walk needs to keep `k` live ones.
+        let factor = plan
+            .parts
+            .iter()
+            .zip(&graphs)
+            .map(|(p, g)| g.len() as f64 / live.counts[p.attribute].max(1) as f64)
+            .fold(1.0, f64::max);
+        (live.items.len(), factor)
+    };
     // Post-filtering walks k / selectivity candidates (plus margin) to keep k after the filter.
     let post_factor = match &mode {
         Mode::Post(_, est) => 1.5 / est.max(1e-4),
@@ -82,6 +92,13 @@ pub(crate) fn search(
         // Post-filtering also widens ef, so about `ef` candidates survive the filter.
         let ef_eff = (ef as f64 * post_factor).ceil() as usize;
         let knbn = wanted.max(ef_eff).min(MAX_EF * 4) * oversample;
+        // A single exact graph returns only what can be kept (the walk still uses `knbn`
+        // candidates); merged or rescored parts need the whole candidate list.
+        let take = if needs_rescore {
+            knbn
+        } else {
+            ((wanted as f64 * tombstone_factor).ceil() as usize).min(knbn)
+        };
         let mut seen = HashSet::new();
         let mut approx: Vec<(u64, f32)> = Vec::new();
         let mut exhausted = true;
@@ -89,11 +106,11 @@ pub(crate) fn search(
             let found = match &mode {
                 Mode::Hook(m) => {
                     let keep = |id: u64| m.binary_search(&id).is_ok();
-                    g.search(&p.vector, knbn, knbn, Some(&keep))
+                    g.search(&p.vector, take, knbn, Some(&keep))
                 }
-                _ => g.search(&p.vector, knbn, knbn, None),
+                _ => g.search(&p.vector, take, knbn, None),
             };
-            if found.len() >= knbn {
+            if found.len() >= take {
                 exhausted = false;
             }
             for (iid, s) in found {

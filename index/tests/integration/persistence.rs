@@ -94,7 +94,7 @@ fn corrupt_or_missing_dump_is_rebuilt_with_progress() {
     collect_files(&dir.path().join("graphs"), &mut files);
     let data_file = files
         .iter()
-        .find(|p| p.to_string_lossy().contains("/a0-") && p.extension().unwrap() == "data")
+        .find(|p| p.to_string_lossy().contains("/a0-") && p.extension().unwrap() == "vectors")
         .unwrap();
     let mut bytes = std::fs::read(data_file).unwrap();
     let mid = bytes.len() / 2;
@@ -102,7 +102,7 @@ fn corrupt_or_missing_dump_is_rebuilt_with_progress() {
     std::fs::write(data_file, bytes).unwrap();
     let graph_file = files
         .iter()
-        .find(|p| p.to_string_lossy().contains("/a1-") && p.extension().unwrap() == "graph")
+        .find(|p| p.to_string_lossy().contains("/a1-") && p.extension().unwrap() == "links")
         .unwrap();
     std::fs::remove_file(graph_file).unwrap();
 

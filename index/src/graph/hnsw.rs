@@ -1,0 +1,637 @@
+//! asen's own HNSW over [`Points`]: hnswlib's algorithm (level-0 lists of `2m`, upper lists of
+//! `m`, the neighbour-selection heuristic, best-first layer search with `ef` candidates) on flat
+//! arrays that inserting and searching threads share.
+//!
+//! Concurrency follows hnswlib: an insert locks one neighbour list at a time (striped locks),
+//! an insert that raises the top level holds the `top` lock for its whole duration, and
+//! searches read lists without locks (every slot is an atomic; a list being rewritten may be
+//! read half old, half new, which costs a search nothing but a little recall).
+
+use std::cell::RefCell;
+use std::cmp::{Ordering as CmpOrdering, Reverse};
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, PoisonError, RwLock};
+
+use super::storage::{Kind, Points};
+
+/// Highest level a point can get (hnsw_rs's cap, kept so legacy dumps fit).
+pub(crate) const MAX_LEVEL: u8 = 15;
+/// Striped locks guarding neighbour-list writes.
+const LOCK_STRIPES: usize = 1024;
+/// `entry` when the graph is empty.
+const NO_ENTRY: u64 = u64::MAX;
+
+fn pack(i: u32, level: u8) -> u64 {
+    (u64::from(level) << 32) | u64::from(i)
+}
+
+fn unpack(e: u64) -> (u32, u8) {
+    (e as u32, (e >> 32) as u8)
+}
+
+/// Total order on distances for the heaps (NaN sorts last).
+#[derive(Clone, Copy, PartialEq)]
+struct Dist(f32);
+
+impl Eq for Dist {}
+
+impl PartialOrd for Dist {
+    fn partial_cmp(&self, other: &Self) -> Option<CmpOrdering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Dist {
+    fn cmp(&self, other: &Self) -> CmpOrdering {
+        self.0.total_cmp(&other.0)
+    }
+}
+
+/// Per-thread search scratch: visited marks by epoch, reused heaps and a neighbour buffer.
+#[derive(Default)]
+struct Scratch {
+    epoch: u32,
+    marks: Vec<u32>,
+    candidates: BinaryHeap<Reverse<(Dist, u32)>>,
+    results: BinaryHeap<(Dist, u32)>,
+    hood: Vec<u32>,
+    fresh: Vec<u32>,
+}
+
+impl Scratch {
+    /// Starts a new search over about `n` points: bumps the epoch (clearing on wrap-around).
+    fn begin(&mut self, n: usize) {
+        if self.marks.len() < n {
+            self.marks.resize(n, 0);
+        }
+        self.epoch = self.epoch.wrapping_add(1);
+        if self.epoch == 0 {
+            self.marks.iter_mut().for_each(|m| *m = 0);
+            self.epoch = 1;
+        }
+        self.candidates.clear();
+        self.results.clear();
+    }
+
+    /// Marks `i` visited; returns whether it was new.
+    #[inline]
+    fn visit(&mut self, i: u32) -> bool {
+        let i = i as usize;
+        if i >= self.marks.len() {
+            // Inserted after this search began.
+            self.marks.resize((i + 1).next_power_of_two(), 0);
+        }
+        let m = &mut self.marks[i];
+        if *m == self.epoch {
+            false
+        } else {
+            *m = self.epoch;
+            true
+        }
+    }
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
+
+/// One layer's choice while inserting: the layer, the candidates found (distance, index;
+/// closest first) and the neighbours kept from them.
+type Chosen = (u8, Vec<(f32, u32)>, Vec<u32>);
+
+/// A point's links as read from a dump or a legacy graph: layer 0 first.
+pub(crate) type LoadedLinks<'a> = &'a [Vec<u32>];
+
+/// One attribute's HNSW graph.
+pub(crate) struct Hnsw<K: Kind> {
+    points: Points<K>,
+    m: usize,
+    m0: usize,
+    ef_construction: usize,
+    level_mult: f64,
+    /// Next point index to hand out.
+    reserved: AtomicU32,
+    /// Inserts completed.
+    inserted: AtomicUsize,
+    /// Entry point and top level, packed; `NO_ENTRY` when empty.
+    entry: AtomicU64,
+    /// Held by an insert that raises the top level.
+    top: Mutex<()>,
+    /// Lists of points above layer 0: `level` blocks of `1 + m` (count, then slots).
+    upper: RwLock<HashMap<u32, Box<[AtomicU32]>>>,
+    locks: Box<[Mutex<()>]>,
+    rng: AtomicU64,
+}
+
+impl<K: Kind> Hnsw<K> {
+    /// An empty graph with `m` links per upper layer (`2m` on layer 0).
+    pub(crate) fn new(dim: usize, m: usize, ef_construction: usize) -> Self {
+        let m = m.max(2);
+        Hnsw {
+            points: Points::new(dim, 2 * m),
+            m,
+            m0: 2 * m,
+            ef_construction: ef_construction.max(m),
+            level_mult: 1.0 / (m as f64).ln(),
+            reserved: AtomicU32::new(0),
+            inserted: AtomicUsize::new(0),
+            entry: AtomicU64::new(NO_ENTRY),
+            top: Mutex::new(()),
+            upper: RwLock::new(HashMap::new()),
+            locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
+            rng: AtomicU64::new(0x5eed_a5e0_0000_0001),
+        }
+    }
+
+    pub(crate) fn m(&self) -> usize {
+        self.m
+    }
+
+    pub(crate) fn points(&self) -> &Points<K> {
+        &self.points
+    }
+
+    /// Points inserted (or loaded).
+    pub(crate) fn len(&self) -> usize {
+        self.inserted.load(Ordering::Acquire)
+    }
+
+    /// The entry point and top level, if any point is in.
+    pub(crate) fn entry(&self) -> Option<(u32, u8)> {
+        let e = self.entry.load(Ordering::Acquire);
+        (e != NO_ENTRY).then(|| unpack(e))
+    }
+
+    /// Bytes of the upper-layer lists (for memory reports).
+    pub(crate) fn upper_bytes(&self) -> usize {
+        let upper = self.upper.read().unwrap_or_else(PoisonError::into_inner);
+        // Map slot (key, fat pointer, control byte) + the list itself.
+        upper
+            .values()
+            .map(|l| 4 + 16 + 1 + 4 * l.len())
+            .sum::<usize>()
+            * 8
+            / 7
+    }
+
+    fn random_level(&self) -> u8 {
+        // splitmix64 over a shared counter: deterministic for a given insertion order.
+        let mut z = self
+            .rng
+            .fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed)
+            .wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        let u = ((z >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+        ((-u.ln() * self.level_mult) as u64).min(u64::from(MAX_LEVEL)) as u8
+    }
+
+    fn lock(&self, i: u32) -> std::sync::MutexGuard<'_, ()> {
+        self.locks[i as usize % LOCK_STRIPES]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Copies point `i`'s neighbours on `layer` into `out`.
+    #[inline]
+    fn neighbours_into(&self, i: u32, layer: u8, out: &mut Vec<u32>) {
+        out.clear();
+        if layer == 0 {
+            let list = self.points.links0(i);
+            let n = (list[0].load(Ordering::Acquire) as usize).min(self.m0);
+            out.extend(list[1..=n].iter().map(|x| x.load(Ordering::Acquire)));
+        } else {
+            let upper = self.upper.read().unwrap_or_else(PoisonError::into_inner);
+            if let Some(list) = upper.get(&i) {
+                let w = self.m + 1;
+                let at = (layer as usize - 1) * w;
+                if let Some(block) = list.get(at..at + w) {
+                    let n = (block[0].load(Ordering::Acquire) as usize).min(self.m);
+                    out.extend(block[1..=n].iter().map(|x| x.load(Ordering::Acquire)));
+                }
+            }
+        }
+    }
+
+    /// Replaces point `i`'s list on `layer` (the caller holds `i`'s lock, or is the only
+    /// writer).
+    fn set_neighbours(&self, i: u32, layer: u8, links: &[u32]) {
+        let write = |list: &[AtomicU32], cap: usize| {
+            let n = links.len().min(cap);
+            for (slot, &j) in list[1..].iter().zip(&links[..n]) {
+                slot.store(j, Ordering::Release);
+            }
+            list[0].store(n as u32, Ordering::Release);
+        };
+        if layer == 0 {
+            write(self.points.links0(i), self.m0);
+        } else {
+            let upper = self.upper.read().unwrap_or_else(PoisonError::into_inner);
+            if let Some(list) = upper.get(&i) {
+                let w = self.m + 1;
+                let at = (layer as usize - 1) * w;
+                if let Some(block) = list.get(at..at + w) {
+                    write(block, self.m);
+                }
+            }
+        }
+    }
+
+    /// Greedy descent on one upper layer: moves `ep` to a local minimum of the distance.
+    fn greedy(&self, s: &mut Scratch, q: &K::Query, ep: &mut u32, ep_d: &mut f32, layer: u8) {
+        let mut changed = true;
+        while changed {
+            changed = false;
+            let mut hood = std::mem::take(&mut s.hood);
+            self.neighbours_into(*ep, layer, &mut hood);
+            for &j in &hood {
+                let d = self.points.distance(q, j);
+                if d < *ep_d {
+                    *ep_d = d;
+                    *ep = j;
+                    changed = true;
+                }
+            }
+            s.hood = hood;
+        }
+    }
+
+    /// Best-first search of one layer from `ep` with `ef` candidates; the results (accepted by
+    /// `keep`, walked through otherwise) are left in `s.results`.
+    #[allow(clippy::too_many_arguments)]
+    fn search_layer(
+        &self,
+        s: &mut Scratch,
+        q: &K::Query,
+        ep: u32,
+        ep_d: f32,
+        ef: usize,
+        layer: u8,
+        keep: Option<&(dyn Fn(u64) -> bool + Sync)>,
+    ) {
+        let accepted = |i: u32| keep.is_none_or(|f| f(self.points.id(i)));
+        s.visit(ep);
+        s.candidates.push(Reverse((Dist(ep_d), ep)));
+        if accepted(ep) {
+            s.results.push((Dist(ep_d), ep));
+        }
+        let mut bound = if s.results.len() >= ef {
+            ep_d
+        } else {
+            f32::INFINITY
+        };
+        let mut hood = std::mem::take(&mut s.hood);
+        let mut fresh = std::mem::take(&mut s.fresh);
+        while let Some(Reverse((Dist(d), i))) = s.candidates.pop() {
+            if d > bound {
+                break;
+            }
+            if let Some(Reverse((_, next))) = s.candidates.peek() {
+                self.points.prefetch_links0(*next);
+            }
+            self.neighbours_into(i, layer, &mut hood);
+            fresh.clear();
+            for &j in &hood {
+                if s.visit(j) {
+                    self.points.prefetch(j);
+                    fresh.push(j);
+                }
+            }
+            for &j in &fresh {
+                let dj = self.points.distance(q, j);
+                if s.results.len() < ef || dj < bound {
+                    s.candidates.push(Reverse((Dist(dj), j)));
+                    if accepted(j) {
+                        s.results.push((Dist(dj), j));
+                        if s.results.len() > ef {
+                            s.results.pop();
+                        }
+                        if s.results.len() >= ef {
+                            bound = s.results.peek().map_or(f32::INFINITY, |r| r.0 .0);
+                        }
+                    }
+                }
+            }
+        }
+        s.hood = hood;
+        s.fresh = fresh;
+    }
+
+    /// hnswlib's heuristic: walking `candidates` closest first, keeps a candidate unless a kept
+    /// one is closer to it than the base point is; at most `cap`.
+    fn select(&self, candidates: &[(f32, u32)], cap: usize) -> Vec<u32> {
+        if candidates.len() <= cap {
+            return candidates.iter().map(|c| c.1).collect();
+        }
+        let mut kept: Vec<u32> = Vec::with_capacity(cap);
+        for &(d, c) in candidates {
+            if kept.len() >= cap {
+                break;
+            }
+            if kept.iter().all(|&s| self.points.between(c, s) >= d) {
+                kept.push(c);
+            }
+        }
+        kept
+    }
+
+    /// Adds `new` (at distance `d` from `j`) to `j`'s list on `layer`, pruning with the
+    /// heuristic when the list is full.
+    fn link(&self, j: u32, new: u32, d: f32, layer: u8, hood: &mut Vec<u32>) {
+        let cap = if layer == 0 { self.m0 } else { self.m };
+        let _guard = self.lock(j);
+        self.neighbours_into(j, layer, hood);
+        if hood.contains(&new) {
+            return;
+        }
+        if hood.len() < cap {
+            hood.push(new);
+            self.set_neighbours(j, layer, hood);
+            return;
+        }
+        let mut cands: Vec<(f32, u32)> = hood
+            .iter()
+            .map(|&x| (self.points.between(j, x), x))
+            .collect();
+        cands.push((d, new));
+        cands.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let kept = self.select(&cands, cap);
+        self.set_neighbours(j, layer, &kept);
+    }
+
+    /// Inserts one unit vector with data id `id`.
+    pub(crate) fn insert(&self, v: &[f32], id: u64) {
+        let i = self.reserved.fetch_add(1, Ordering::AcqRel);
+        self.points.reserve(i);
+        let level = self.random_level();
+        // SAFETY: `i` was just reserved by this thread and is published below (release stores).
+        unsafe { self.points.write(i, id, level, v) };
+        if level > 0 {
+            let blocks = (0..level as usize * (self.m + 1))
+                .map(|_| AtomicU32::new(0))
+                .collect();
+            self.upper
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(i, blocks);
+        }
+        let q = K::prepare(v);
+        let mut raising = None;
+        let mut e = self.entry.load(Ordering::Acquire);
+        if e == NO_ENTRY || unpack(e).1 < level {
+            raising = Some(self.top.lock().unwrap_or_else(PoisonError::into_inner));
+            e = self.entry.load(Ordering::Acquire);
+            if e == NO_ENTRY {
+                self.entry.store(pack(i, level), Ordering::Release);
+                self.inserted.fetch_add(1, Ordering::AcqRel);
+                return;
+            }
+            if unpack(e).1 >= level {
+                raising = None;
+            }
+        }
+        let (mut ep, top) = unpack(e);
+        SCRATCH.with(|cell| {
+            let mut guard = cell.borrow_mut();
+            let s = &mut *guard;
+            s.begin(self.reserved.load(Ordering::Acquire) as usize);
+            let mut ep_d = self.points.distance(&q, ep);
+            for layer in (level + 1..=top).rev() {
+                self.greedy(s, &q, &mut ep, &mut ep_d, layer);
+            }
+            // Neighbours are chosen top-down and linked bottom-up: a search that reaches the new
+            // point on some layer always finds its lists below that layer complete.
+            let mut chosen: Vec<Chosen> = Vec::new();
+            for layer in (0..=level.min(top)).rev() {
+                s.begin(0);
+                self.search_layer(s, &q, ep, ep_d, self.ef_construction, layer, None);
+                let mut cands: Vec<(f32, u32)> = s
+                    .results
+                    .drain()
+                    .filter(|c| c.1 != i)
+                    .map(|(d, c)| (d.0, c))
+                    .collect();
+                cands.sort_by(|a, b| a.0.total_cmp(&b.0));
+                if let Some(&(d, c)) = cands.first() {
+                    (ep, ep_d) = (c, d);
+                }
+                let kept = self.select(&cands, self.m);
+                chosen.push((layer, cands, kept));
+            }
+            let mut hood = Vec::with_capacity(self.m0 + 1);
+            for (layer, cands, kept) in chosen.iter().rev() {
+                {
+                    let _guard = self.lock(i);
+                    self.set_neighbours(i, *layer, kept);
+                }
+                for &j in kept {
+                    let d = cands.iter().find(|c| c.1 == j).map_or(0.0, |c| c.0);
+                    self.link(j, i, d, *layer, &mut hood);
+                }
+            }
+        });
+        if raising.is_some() {
+            self.entry.store(pack(i, level), Ordering::Release);
+        }
+        self.inserted.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The `k` nearest points accepted by `keep`, as `(data id, distance)`, closest first.
+    /// Rejected points are walked through but never returned (as in hnswlib).
+    pub(crate) fn search(
+        &self,
+        query: &[f32],
+        k: usize,
+        ef: usize,
+        keep: Option<&(dyn Fn(u64) -> bool + Sync)>,
+    ) -> Vec<(u64, f32)> {
+        let Some((mut ep, top)) = self.entry() else {
+            return Vec::new();
+        };
+        if k == 0 {
+            return Vec::new();
+        }
+        let q = K::prepare(query);
+        SCRATCH.with(|cell| {
+            let mut guard = cell.borrow_mut();
+            let s = &mut *guard;
+            s.begin(self.reserved.load(Ordering::Acquire) as usize);
+            let mut ep_d = self.points.distance(&q, ep);
+            for layer in (1..=top).rev() {
+                self.greedy(s, &q, &mut ep, &mut ep_d, layer);
+            }
+            self.search_layer(s, &q, ep, ep_d, ef.max(k), 0, keep);
+            let mut out: Vec<(u64, f32)> = s
+                .results
+                .drain()
+                .map(|(d, i)| (self.points.id(i), d.0))
+                .collect();
+            out.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
+            out.truncate(k);
+            out
+        })
+    }
+
+    /// Adds point `i` with its stored vector and links (loading a dump or a legacy graph, one
+    /// thread, points in index order). Links past `cap` per layer are dropped.
+    pub(crate) fn push_loaded(
+        &mut self,
+        id: u64,
+        vector: &[K::Elem],
+        aux: f32,
+        links: LoadedLinks<'_>,
+    ) -> u32 {
+        let i = self.reserved.fetch_add(1, Ordering::AcqRel);
+        self.points.reserve(i);
+        let level = links.len().saturating_sub(1).min(MAX_LEVEL as usize) as u8;
+        // SAFETY: `&mut self`: no other thread can read or write the graph.
+        unsafe { self.points.write_encoded(i, id, level, vector, aux) };
+        if level > 0 {
+            let blocks = (0..level as usize * (self.m + 1))
+                .map(|_| AtomicU32::new(0))
+                .collect();
+            self.upper
+                .get_mut()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(i, blocks);
+        }
+        for (layer, l) in links.iter().take(level as usize + 1).enumerate() {
+            self.set_neighbours(i, layer as u8, l);
+        }
+        self.inserted.fetch_add(1, Ordering::AcqRel);
+        i
+    }
+
+    /// Sets the entry point after [`Hnsw::push_loaded`] (`None` when empty).
+    pub(crate) fn set_entry(&mut self, entry: Option<(u32, u8)>) {
+        let e = entry.map_or(NO_ENTRY, |(i, l)| pack(i, l));
+        self.entry.store(e, Ordering::Release);
+    }
+
+    /// Point `i`'s neighbours on `layer` (dumps and tests).
+    pub(crate) fn neighbours(&self, i: u32, layer: u8) -> Vec<u32> {
+        let mut out = Vec::new();
+        self.neighbours_into(i, layer, &mut out);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::storage::{Int8, F32};
+    use super::*;
+
+    fn unit(v: Vec<f32>) -> Vec<f32> {
+        let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        v.into_iter().map(|x| x / n).collect()
+    }
+
+    fn random(n: usize, dim: usize, seed: u64) -> Vec<Vec<f32>> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                unit(
+                    (0..dim)
+                        .map(|_| {
+                            s = s
+                                .wrapping_mul(6364136223846793005)
+                                .wrapping_add(1442695040888963407);
+                            ((s >> 33) as f32 / (1u64 << 31) as f32) - 0.5
+                        })
+                        .collect(),
+                )
+            })
+            .collect()
+    }
+
+    fn recall<K: Kind>(g: &Hnsw<K>, data: &[Vec<f32>], queries: &[Vec<f32>], k: usize) -> f64 {
+        let mut hit = 0;
+        for q in queries {
+            let mut exact: Vec<(usize, f32)> = data
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (i, v.iter().zip(q).map(|(a, b)| a * b).sum()))
+                .collect();
+            exact.sort_by(|a, b| b.1.total_cmp(&a.1));
+            let truth: Vec<u64> = exact.iter().take(k).map(|e| e.0 as u64).collect();
+            let got = g.search(q, k, 64, None);
+            hit += got.iter().filter(|h| truth.contains(&h.0)).count();
+        }
+        hit as f64 / (queries.len() * k) as f64
+    }
+
+    #[test]
+    fn levels_follow_the_geometric_law() {
+        let g = Hnsw::<F32>::new(4, 16, 100);
+        let n = 100_000;
+        let above: usize = (0..n).filter(|_| g.random_level() > 0).count();
+        // P(level > 0) = 1/m.
+        let share = above as f64 / n as f64;
+        assert!((share - 1.0 / 16.0).abs() < 0.005, "share {share}");
+    }
+
+    #[test]
+    fn lists_respect_their_caps() {
+        let data = random(3000, 8, 3);
+        let g = Hnsw::<F32>::new(8, 6, 40);
+        for (i, v) in data.iter().enumerate() {
+            g.insert(v, i as u64);
+        }
+        for i in 0..3000u32 {
+            let l0 = g.neighbours(i, 0);
+            assert!(l0.len() <= 12 && !l0.is_empty(), "point {i}: {}", l0.len());
+            assert!(!l0.contains(&i), "point {i} links to itself");
+            for layer in 1..=g.points().level(i) {
+                assert!(g.neighbours(i, layer).len() <= 6);
+            }
+        }
+    }
+
+    #[test]
+    fn parallel_inserts_build_a_searchable_graph() {
+        let data = random(6000, 24, 7);
+        let queries = random(100, 24, 8);
+        let g = Hnsw::<F32>::new(24, 16, 100);
+        std::thread::scope(|scope| {
+            for t in 0..4 {
+                let (g, data) = (&g, &data);
+                scope.spawn(move || {
+                    for i in (t..data.len()).step_by(4) {
+                        g.insert(&data[i], i as u64);
+                    }
+                });
+            }
+        });
+        assert_eq!(g.len(), 6000);
+        let r = recall(&g, &data, &queries, 10);
+        assert!(r >= 0.9, "recall {r}");
+    }
+
+    #[test]
+    fn searches_running_beside_inserts_see_consistent_points() {
+        let data = random(4000, 16, 11);
+        let g = Hnsw::<Int8>::new(16, 8, 60);
+        for (i, v) in data.iter().enumerate().take(500) {
+            g.insert(v, i as u64);
+        }
+        std::thread::scope(|scope| {
+            let g = &g;
+            let data = &data;
+            scope.spawn(move || {
+                for (i, v) in data.iter().enumerate().skip(500) {
+                    g.insert(v, i as u64);
+                }
+            });
+            scope.spawn(move || {
+                for q in data.iter().take(2000) {
+                    for (id, d) in g.search(q, 5, 32, None) {
+                        assert!(id < 4000 && (0.0..=2.0).contains(&d));
+                    }
+                }
+            });
+        });
+        assert_eq!(g.len(), 4000);
+    }
+}

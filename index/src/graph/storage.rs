@@ -1,0 +1,502 @@
+//! Where a graph keeps its points: append-only buckets of flat arrays that inserting threads
+//! fill while searching threads read, and the three vector kinds with their distances.
+//!
+//! Bucket `b` holds `BASE << b` points, so a graph grows without ever moving a point (readers
+//! keep plain references) and wastes at most the unused tail of its last bucket, which is an
+//! anonymous mapping and so costs no resident memory until it is written.
+//!
+//! Per point (128-d `f32`, `m` = 16): the vector (512 bytes), the layer-0 list (count + `2m`
+//! `u32`, 132 bytes), the data id (8), the level (1) and an auxiliary `f32` (4; the integer norm
+//! of an `i8` vector). Upper-layer lists live in a map beside the buckets (about one point in
+//! `m` has any).
+
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::OnceLock;
+
+use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
+
+use super::quantize_i8;
+use crate::distance::{dot, dot_i8, norm_i8};
+use crate::schema::VectorStorage;
+
+/// Points in bucket 0; bucket `b` holds `BASE << b`.
+const BASE: usize = 1024;
+/// Buckets: enough for `BASE << 32` points.
+const BUCKETS: usize = 32;
+
+/// Bucket and offset of point `i`.
+#[inline]
+fn locate(i: usize) -> (usize, usize) {
+    let q = i / BASE + 1;
+    let b = (usize::BITS - 1 - q.leading_zeros()) as usize;
+    (b, i - BASE * ((1 << b) - 1))
+}
+
+/// A storage kind: how a unit `f32` vector is stored and how distances (`1 - cosine`, lower is
+/// closer) are computed on the stored form.
+pub(crate) trait Kind: Send + Sync + 'static {
+    /// One stored component.
+    type Elem: Copy
+        + Default
+        + Send
+        + Sync
+        + std::fmt::Debug
+        + serde::Serialize
+        + serde::de::DeserializeOwned
+        + 'static;
+    /// A query prepared for this kind.
+    type Query: Send;
+    /// The schema's name for this kind.
+    const STORAGE: VectorStorage;
+    /// Whether distances are exact cosines of the `f32` vectors.
+    const EXACT: bool;
+    /// Writes the stored form of `v` into `out`; returns the point's auxiliary value.
+    fn encode(v: &[f32], out: &mut [Self::Elem]) -> f32;
+    /// Prepares a unit query.
+    fn prepare(q: &[f32]) -> Self::Query;
+    /// Distance between two stored points (the neighbour heuristic while inserting).
+    fn between(a: &[Self::Elem], aux_a: f32, b: &[Self::Elem], aux_b: f32) -> f32;
+    /// Distance from a prepared query to a stored point.
+    fn distance(q: &Self::Query, v: &[Self::Elem], aux: f32) -> f32;
+    /// Component bytes in little-endian order (dumps).
+    fn write_le(v: &[Self::Elem], out: &mut Vec<u8>);
+    /// Reads components written by [`Kind::write_le`]; `bytes.len()` is `out.len()` elements.
+    fn read_le(bytes: &[u8], out: &mut [Self::Elem]);
+    /// Bytes per component.
+    const BYTES: usize;
+}
+
+/// Unit `f32` vectors; distance `1 - dot`.
+pub(crate) struct F32;
+/// Unit vectors as `f16` bits; distance `1 - dot`, clamped at 0.
+pub(crate) struct F16;
+/// Per-vector scaled `i8` with the integer norm as auxiliary value; distance `1 - cosine`.
+pub(crate) struct Int8;
+
+impl Kind for F32 {
+    type Elem = f32;
+    type Query = Vec<f32>;
+    const STORAGE: VectorStorage = VectorStorage::F32;
+    const EXACT: bool = true;
+    const BYTES: usize = 4;
+
+    fn encode(v: &[f32], out: &mut [f32]) -> f32 {
+        out.copy_from_slice(v);
+        0.0
+    }
+
+    fn prepare(q: &[f32]) -> Vec<f32> {
+        q.to_vec()
+    }
+
+    #[inline]
+    fn between(a: &[f32], _: f32, b: &[f32], _: f32) -> f32 {
+        1.0 - dot(a, b)
+    }
+
+    #[inline]
+    fn distance(q: &Vec<f32>, v: &[f32], _aux: f32) -> f32 {
+        1.0 - dot(q, v)
+    }
+
+    fn write_le(v: &[f32], out: &mut Vec<u8>) {
+        out.extend(v.iter().flat_map(|x| x.to_le_bytes()));
+    }
+
+    fn read_le(bytes: &[u8], out: &mut [f32]) {
+        for (o, b) in out.iter_mut().zip(bytes.chunks_exact(4)) {
+            *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        }
+    }
+}
+
+impl Kind for F16 {
+    type Elem = u16;
+    type Query = Vec<f32>;
+    const STORAGE: VectorStorage = VectorStorage::F16;
+    const EXACT: bool = false;
+    const BYTES: usize = 2;
+
+    fn encode(v: &[f32], out: &mut [u16]) -> f32 {
+        for (o, x) in out.iter_mut().zip(v) {
+            *o = half::f16::from_f32(*x).to_bits();
+        }
+        0.0
+    }
+
+    fn prepare(q: &[f32]) -> Vec<f32> {
+        q.iter().map(|x| half::f16::from_f32(*x).to_f32()).collect()
+    }
+
+    fn between(a: &[u16], _: f32, b: &[u16], _: f32) -> f32 {
+        let (mut x, mut y) = ([0f32; 64], [0f32; 64]);
+        let mut sum = 0f32;
+        for (ca, cb) in a.chunks(64).zip(b.chunks(64)) {
+            let (x, y) = (&mut x[..ca.len()], &mut y[..cb.len()]);
+            ca.reinterpret_cast::<half::f16>().convert_to_f32_slice(x);
+            cb.reinterpret_cast::<half::f16>().convert_to_f32_slice(y);
+            sum += dot(x, y);
+        }
+        (1.0 - sum).max(0.0)
+    }
+
+    #[inline]
+    fn distance(q: &Vec<f32>, v: &[u16], _aux: f32) -> f32 {
+        // Decoded in blocks on the stack: no allocation per distance.
+        let mut sum = 0f32;
+        let mut block = [0f32; 64];
+        for (qs, vs) in q.chunks(64).zip(v.chunks(64)) {
+            let b = &mut block[..vs.len()];
+            vs.reinterpret_cast::<half::f16>().convert_to_f32_slice(b);
+            sum += dot(qs, b);
+        }
+        (1.0 - sum).max(0.0)
+    }
+
+    fn write_le(v: &[u16], out: &mut Vec<u8>) {
+        out.extend(v.iter().flat_map(|x| x.to_le_bytes()));
+    }
+
+    fn read_le(bytes: &[u8], out: &mut [u16]) {
+        for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+            *o = u16::from_le_bytes([b[0], b[1]]);
+        }
+    }
+}
+
+impl Kind for Int8 {
+    type Elem = i8;
+    type Query = (Vec<i8>, f32);
+    const STORAGE: VectorStorage = VectorStorage::Int8;
+    const EXACT: bool = false;
+    const BYTES: usize = 1;
+
+    fn encode(v: &[f32], out: &mut [i8]) -> f32 {
+        out.copy_from_slice(&quantize_i8(v));
+        norm_i8(out)
+    }
+
+    fn prepare(q: &[f32]) -> (Vec<i8>, f32) {
+        let q = quantize_i8(q);
+        let n = norm_i8(&q);
+        (q, n)
+    }
+
+    fn between(a: &[i8], aux_a: f32, b: &[i8], aux_b: f32) -> f32 {
+        if aux_a == 0.0 || aux_b == 0.0 {
+            return 1.0;
+        }
+        (1.0 - dot_i8(a, b) as f32 / (aux_a * aux_b)).max(0.0)
+    }
+
+    #[inline]
+    fn distance(q: &(Vec<i8>, f32), v: &[i8], aux: f32) -> f32 {
+        if q.1 == 0.0 || aux == 0.0 {
+            return 1.0;
+        }
+        (1.0 - dot_i8(&q.0, v) as f32 / (q.1 * aux)).max(0.0)
+    }
+
+    fn write_le(v: &[i8], out: &mut Vec<u8>) {
+        out.extend(v.iter().map(|x| *x as u8));
+    }
+
+    fn read_le(bytes: &[u8], out: &mut [i8]) {
+        for (o, b) in out.iter_mut().zip(bytes) {
+            *o = *b as i8;
+        }
+    }
+}
+
+/// One bucket's arrays, in an anonymous memory mapping: its pages are zero (a valid value for
+/// every array) and cost no memory until a point is written into them, so the unused tail of
+/// the last bucket stays free whatever the allocator's thresholds.
+struct Bucket<E> {
+    _map: memmap2::MmapMut,
+    /// Start of the mapping, taken once from `&mut` (all access goes through it).
+    base: *mut u8,
+    points: usize,
+    dim: usize,
+    m0: usize,
+    /// Byte offsets of the ids (`u64`), aux (`u32` bits), layer-0 lists (`u32`), vectors (`E`)
+    /// and levels (`u8`).
+    offsets: [usize; 5],
+    _elem: std::marker::PhantomData<E>,
+}
+
+impl<E: Copy + Default> Bucket<E> {
+    fn new(points: usize, dim: usize, m0: usize) -> Self {
+        let sizes = [
+            8 * points,
+            4 * points,
+            4 * points * (m0 + 1),
+            std::mem::size_of::<E>() * points * dim,
+            points,
+        ];
+        let mut offsets = [0usize; 5];
+        let mut at = 0usize;
+        for (o, size) in offsets.iter_mut().zip(sizes) {
+            *o = at;
+            at = (at + size).next_multiple_of(64);
+        }
+        let mut map = memmap2::MmapMut::map_anon(at.max(1))
+            .unwrap_or_else(|e| panic!("cannot map {at} bytes for a graph bucket: {e}"));
+        let base = map.as_mut_ptr();
+        Bucket {
+            _map: map,
+            base,
+            points,
+            dim,
+            m0,
+            offsets,
+            _elem: std::marker::PhantomData,
+        }
+    }
+
+    /// # Safety
+    /// `T` must be valid for all-zero bytes and the array at `offset` must hold `len` of them.
+    unsafe fn array<T>(&self, offset: usize, len: usize) -> &[T] {
+        // SAFETY: in bounds of the mapping, aligned (page-aligned base, 64-byte offsets), and
+        // zeroed memory is a valid `T` (see the caller's contract).
+        unsafe { std::slice::from_raw_parts(self.base.add(offset) as *const T, len) }
+    }
+
+    fn ids(&self) -> &[AtomicU64] {
+        // SAFETY: the ids array holds `points` atomics.
+        unsafe { self.array(self.offsets[0], self.points) }
+    }
+
+    fn aux(&self) -> &[AtomicU32] {
+        // SAFETY: the aux array holds `points` atomics.
+        unsafe { self.array(self.offsets[1], self.points) }
+    }
+
+    fn links0(&self) -> &[AtomicU32] {
+        // SAFETY: the lists hold `points * (m0 + 1)` atomics.
+        unsafe { self.array(self.offsets[2], self.points * (self.m0 + 1)) }
+    }
+
+    fn levels(&self) -> &[AtomicU8] {
+        // SAFETY: the levels array holds `points` atomics.
+        unsafe { self.array(self.offsets[4], self.points) }
+    }
+
+    /// Pointer to the vector of point `at`.
+    fn vector_ptr(&self, at: usize) -> *mut E {
+        debug_assert!(at < self.points);
+        // SAFETY: `at < points`, so the slot is inside the vectors array.
+        unsafe { (self.base.add(self.offsets[3]) as *mut E).add(at * self.dim) }
+    }
+}
+
+/// The points of one graph, in buckets that never move.
+pub(crate) struct Points<K: Kind> {
+    dim: usize,
+    m0: usize,
+    buckets: [OnceLock<Bucket<K::Elem>>; BUCKETS],
+}
+
+// SAFETY: the buckets' raw pointers address mappings they own. Each point's vector is
+// written once, by the thread that reserved the point, before any other thread can learn its
+// index (the index is published with release stores into link lists or the entry point, and
+// read with acquire loads); after that it is only read.
+unsafe impl<K: Kind> Sync for Points<K> {}
+// SAFETY: as above; the buckets own their data.
+unsafe impl<K: Kind> Send for Points<K> {}
+
+impl<K: Kind> Points<K> {
+    pub(crate) fn new(dim: usize, m0: usize) -> Self {
+        Points {
+            dim,
+            m0,
+            buckets: std::array::from_fn(|_| OnceLock::new()),
+        }
+    }
+
+    #[inline]
+    fn bucket(&self, i: u32) -> (&Bucket<K::Elem>, usize) {
+        let (b, at) = locate(i as usize);
+        let bucket = self.buckets[b]
+            .get()
+            .expect("point index past the reserved points");
+        (bucket, at)
+    }
+
+    /// Makes room for point `i` (allocating its bucket if needed).
+    pub(crate) fn reserve(&self, i: u32) {
+        let (b, _) = locate(i as usize);
+        self.buckets[b].get_or_init(|| Bucket::new(BASE << b, self.dim, self.m0));
+    }
+
+    /// Stores point `i`'s vector, data id and level.
+    ///
+    /// # Safety
+    /// `i` must have been reserved by the calling thread (no other thread writes it) and not
+    /// yet be published: no other thread may read its vector until this returns and the index
+    /// is published with a release store.
+    pub(crate) unsafe fn write(&self, i: u32, id: u64, level: u8, v: &[f32]) {
+        let (b, at) = self.bucket(i);
+        // SAFETY: by the contract above this thread is the slot's only accessor.
+        let slot = unsafe { std::slice::from_raw_parts_mut(b.vector_ptr(at), self.dim) };
+        let aux = K::encode(v, slot);
+        b.ids()[at].store(id, Ordering::Relaxed);
+        b.levels()[at].store(level, Ordering::Relaxed);
+        b.aux()[at].store(aux.to_bits(), Ordering::Relaxed);
+    }
+
+    /// Stores an already encoded point (loading a dump); same contract as [`Points::write`].
+    ///
+    /// # Safety
+    /// See [`Points::write`].
+    pub(crate) unsafe fn write_encoded(&self, i: u32, id: u64, level: u8, v: &[K::Elem], aux: f32) {
+        let (b, at) = self.bucket(i);
+        // SAFETY: by the contract above this thread is the slot's only accessor.
+        let slot = unsafe { std::slice::from_raw_parts_mut(b.vector_ptr(at), self.dim) };
+        slot.copy_from_slice(v);
+        b.ids()[at].store(id, Ordering::Relaxed);
+        b.levels()[at].store(level, Ordering::Relaxed);
+        b.aux()[at].store(aux.to_bits(), Ordering::Relaxed);
+    }
+
+    /// Point `i`'s stored vector and auxiliary value. `i` must be published.
+    #[inline]
+    pub(crate) fn vector(&self, i: u32) -> (&[K::Elem], f32) {
+        let (b, at) = self.bucket(i);
+        // SAFETY: a published point's vector is no longer written (see `write`).
+        let v = unsafe { std::slice::from_raw_parts(b.vector_ptr(at) as *const K::Elem, self.dim) };
+        (v, f32::from_bits(b.aux()[at].load(Ordering::Relaxed)))
+    }
+
+    /// Asks the CPU to start loading point `i`'s vector.
+    #[inline]
+    pub(crate) fn prefetch(&self, i: u32) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let (b, at) = self.bucket(i);
+            let p = b.vector_ptr(at) as *const i8;
+            let bytes = self.dim * K::BYTES;
+            let mut off = 0;
+            while off < bytes.min(256) {
+                // SAFETY: a prefetch of any address is harmless; this one is inside the slot.
+                unsafe {
+                    std::arch::x86_64::_mm_prefetch(p.add(off), std::arch::x86_64::_MM_HINT_T0)
+                };
+                off += 64;
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = i;
+    }
+
+    /// Asks the CPU to start loading point `i`'s layer-0 list.
+    #[inline]
+    pub(crate) fn prefetch_links0(&self, i: u32) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let list = self.links0(i);
+            let p = list.as_ptr() as *const i8;
+            let mut off = 0;
+            while off < list.len() * 4 {
+                // SAFETY: a prefetch of any address is harmless; this one is inside the list.
+                unsafe {
+                    std::arch::x86_64::_mm_prefetch(p.add(off), std::arch::x86_64::_MM_HINT_T0)
+                };
+                off += 64;
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = i;
+    }
+
+    /// Distance from a prepared query to point `i`.
+    #[inline]
+    pub(crate) fn distance(&self, q: &K::Query, i: u32) -> f32 {
+        let (v, aux) = self.vector(i);
+        K::distance(q, v, aux)
+    }
+
+    pub(crate) fn id(&self, i: u32) -> u64 {
+        let (b, at) = self.bucket(i);
+        b.ids()[at].load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn level(&self, i: u32) -> u8 {
+        let (b, at) = self.bucket(i);
+        b.levels()[at].load(Ordering::Relaxed)
+    }
+
+    /// Point `i`'s layer-0 list: the count, then `m0` slots.
+    #[inline]
+    pub(crate) fn links0(&self, i: u32) -> &[AtomicU32] {
+        let (b, at) = self.bucket(i);
+        let w = self.m0 + 1;
+        &b.links0()[at * w..(at + 1) * w]
+    }
+
+    /// Components per vector.
+    pub(crate) fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// Distance between two stored points.
+    #[inline]
+    pub(crate) fn between(&self, i: u32, j: u32) -> f32 {
+        let (a, aa) = self.vector(i);
+        let (b, ab) = self.vector(j);
+        K::between(a, aa, b, ab)
+    }
+
+    /// Bytes each written point occupies in the buckets (the unwritten tail of the last
+    /// bucket is never touched, so it costs address space, not memory).
+    pub(crate) fn bytes_per_point(&self) -> usize {
+        self.dim * K::BYTES + (self.m0 + 1) * 4 + 8 + 1 + 4
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_tile_the_indices() {
+        assert_eq!(locate(0), (0, 0));
+        assert_eq!(locate(BASE - 1), (0, BASE - 1));
+        assert_eq!(locate(BASE), (1, 0));
+        assert_eq!(locate(3 * BASE - 1), (1, 2 * BASE - 1));
+        assert_eq!(locate(3 * BASE), (2, 0));
+        let mut expected = (0usize, 0usize);
+        for i in 0..20 * BASE {
+            assert_eq!(locate(i), expected, "index {i}");
+            expected.1 += 1;
+            if expected.1 == BASE << expected.0 {
+                expected = (expected.0 + 1, 0);
+            }
+        }
+    }
+
+    #[test]
+    fn a_written_point_reads_back_in_every_kind() {
+        let v = [0.6f32, 0.8, 0.0];
+        let p = Points::<F32>::new(3, 4);
+        p.reserve(5000);
+        // SAFETY: single-threaded test; the point is written before it is read.
+        unsafe { p.write(5000, 77, 2, &v) };
+        assert_eq!(p.vector(5000).0, &v);
+        assert_eq!((p.id(5000), p.level(5000)), (77, 2));
+        assert!(p.distance(&F32::prepare(&v), 5000).abs() < 1e-6);
+
+        let p = Points::<F16>::new(3, 4);
+        p.reserve(0);
+        // SAFETY: as above.
+        unsafe { p.write(0, 1, 0, &v) };
+        assert!(p.distance(&F16::prepare(&v), 0) < 1e-3);
+
+        let p = Points::<Int8>::new(3, 4);
+        p.reserve(0);
+        // SAFETY: as above.
+        unsafe { p.write(0, 1, 0, &v) };
+        assert!(p.distance(&Int8::prepare(&v), 0) < 1e-3);
+        let back = [-0.6f32, -0.8, 0.0];
+        assert!((p.distance(&Int8::prepare(&back), 0) - 2.0).abs() < 1e-3);
+    }
+}

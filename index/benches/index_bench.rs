@@ -11,6 +11,8 @@
 //! asen embeddings; queries are then the last `--queries` rows). `--export <dir>` writes
 //! `base.fvecs`, `query.fvecs` and `gt.ivecs` for `benches/ann_baselines.py`.
 //!
+//! `--no-rebuild` skips the full-rebuild timing (as long as the build itself).
+//!
 //! `--payload-index` gives items keyword fields of 0.1 %, 1 %, 10 % and 50 % selectivity and
 //! times keyword and range filters at those selectivities through the payload index and through the
 //! unindexed path (`StoreOptions::payload_index = false`), f32 storage only, and skips the
@@ -47,6 +49,7 @@ struct Args {
     export: Option<String>,
     json: Option<String>,
     seed: u64,
+    rebuild: bool,
 }
 
 fn parse_args() -> Args {
@@ -64,6 +67,7 @@ fn parse_args() -> Args {
         export: None,
         json: None,
         seed: 42,
+        rebuild: true,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -79,6 +83,7 @@ fn parse_args() -> Args {
             "--export" => a.export = Some(val()),
             "--json" => a.json = Some(val()),
             "--filters" => a.filters = true,
+            "--no-rebuild" => a.rebuild = false,
             "--payload-index" => a.payload_index = true,
             "--ef" => a.ef = val().split(',').map(|x| x.parse().expect("--ef")).collect(),
             "--storage" => {
@@ -394,6 +399,10 @@ fn main() {
             if storage == VectorStorage::F32 {
                 payload_index_table(dir.path(), &base_unit, &queries, &query_unit);
             }
+            continue;
+        }
+        if !args.rebuild {
+            timings.push((storage, close, reopen, replayed, f64::NAN));
             continue;
         }
         std::fs::remove_dir_all(dir.path().join("graphs")).expect("remove dumps");

@@ -50,6 +50,9 @@ pub(crate) trait Kind: Send + Sync + 'static {
     const STORAGE: VectorStorage;
     /// Whether distances are exact cosines of the `f32` vectors.
     const EXACT: bool;
+    /// Whether distances read the auxiliary value (kinds without one never load it: it lives
+    /// in another array, and loading it would cost a cache miss per distance).
+    const USES_AUX: bool;
     /// Writes the stored form of `v` into `out`; returns the point's auxiliary value.
     fn encode(v: &[f32], out: &mut [Self::Elem]) -> f32;
     /// Prepares a unit query.
@@ -78,6 +81,7 @@ impl Kind for F32 {
     type Query = Vec<f32>;
     const STORAGE: VectorStorage = VectorStorage::F32;
     const EXACT: bool = true;
+    const USES_AUX: bool = false;
     const BYTES: usize = 4;
 
     fn encode(v: &[f32], out: &mut [f32]) -> f32 {
@@ -115,6 +119,7 @@ impl Kind for F16 {
     type Query = Vec<f32>;
     const STORAGE: VectorStorage = VectorStorage::F16;
     const EXACT: bool = false;
+    const USES_AUX: bool = false;
     const BYTES: usize = 2;
 
     fn encode(v: &[f32], out: &mut [u16]) -> f32 {
@@ -169,6 +174,7 @@ impl Kind for Int8 {
     type Query = (Vec<i8>, f32);
     const STORAGE: VectorStorage = VectorStorage::Int8;
     const EXACT: bool = false;
+    const USES_AUX: bool = true;
     const BYTES: usize = 1;
 
     fn encode(v: &[f32], out: &mut [i8]) -> f32 {
@@ -241,6 +247,11 @@ impl<E: Copy + Default> Bucket<E> {
         }
         let mut map = memmap2::MmapMut::map_anon(at.max(1))
             .unwrap_or_else(|e| panic!("cannot map {at} bytes for a graph bucket: {e}"));
+        // Huge pages where the kernel offers them on request: a million-point graph is
+        // gigabytes touched at random, and 4 KB pages would cost a fault per page on load and
+        // a TLB miss per hop in a search. Small buckets and refusals keep 4 KB pages.
+        #[cfg(target_os = "linux")]
+        let _ = map.advise(memmap2::Advice::HugePage);
         let base = map.as_mut_ptr();
         Bucket {
             _map: map,
@@ -364,7 +375,12 @@ impl<K: Kind> Points<K> {
         let (b, at) = self.bucket(i);
         // SAFETY: a published point's vector is no longer written (see `write`).
         let v = unsafe { std::slice::from_raw_parts(b.vector_ptr(at) as *const K::Elem, self.dim) };
-        (v, f32::from_bits(b.aux()[at].load(Ordering::Relaxed)))
+        let aux = if K::USES_AUX {
+            f32::from_bits(b.aux()[at].load(Ordering::Relaxed))
+        } else {
+            0.0
+        };
+        (v, aux)
     }
 
     /// Asks the CPU to start loading point `i`'s vector.

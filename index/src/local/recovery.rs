@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, RwLock};
 
+use rayon::prelude::*;
+
 use super::records::{self, DumpRecord, ItemRecord, VectorRecord, DUMP_FORMAT_ASEN};
 use super::{
     lock, Catalogue, GraphRecovery, GraphSlot, ItemMeta, LiveSet, RebuildProgress, StoreOptions,
@@ -78,52 +80,50 @@ pub(crate) fn open_catalogue(
         Some(b) => records::decode_u64("next internal id", &b)?,
         None => 0,
     };
-    // The one pass over the item records fills the live set and its payload index.
-    let mut live = LiveSet::new(schema.attributes.len());
-    for kv in tree.scan_prefix([records::ITEM_PREFIX]) {
-        let (k, v) = kv?;
-        let r = ItemRecord::decode(&k, &v)?;
-        let id = String::from_utf8(k[1..].to_vec())
-            .ok()
-            .and_then(|s| crate::types::ItemId::new(s).ok())
-            .ok_or_else(|| records::corrupt("item key", "not a valid item id"))?;
-        live.insert(
-            r.iid,
-            Arc::new(ItemMeta {
-                id,
-                mask: r.mask,
-                payload: r.payload,
-            }),
-        );
-    }
     let dump_dir = dump_root(store_dir, id);
+    // The scan of the item records and the reads of the dumps need nothing from each other, so
+    // they overlap; the dumps are read in parallel (each read is one pass over its files).
+    // Replays and rebuilds then run one attribute at a time, with their progress reports.
+    let (live, dumps) = rayon::join(
+        || scan_items(&tree, schema.attributes.len()),
+        || {
+            schema
+                .attributes
+                .par_iter()
+                .enumerate()
+                .map(|(a, attribute)| {
+                    load_dump(&tree, &dump_dir, a, attribute, &schema, sequence, next_iid)
+                })
+                .collect::<Result<Vec<_>>>()
+        },
+    );
+    let (live, dumps) = (live?, dumps?);
     let mut graphs = Vec::new();
     let mut report = Vec::new();
-    for (a, attribute) in schema.attributes.iter().enumerate() {
-        let (graph, dumped, source, replayed) =
-            match load_dump(&tree, &dump_dir, a, attribute, &schema, sequence, next_iid)? {
-                Ok((graph, dump)) => {
-                    let replayed = insert_from(&tree, &graph, &schema, a, dump.watermark, None)?;
-                    (graph, Some(dump.sequence), "dump", replayed)
-                }
-                Err(reason) => {
-                    let graph = Graph::new(&schema);
-                    let progress = options.progress.as_ref().map(|p| {
-                        (
-                            p,
-                            RebuildProgress {
-                                catalogue: name.to_string(),
-                                attribute: attribute.clone(),
-                                reason,
-                                done: 0,
-                                total: live.counts[a],
-                            },
-                        )
-                    });
-                    let replayed = insert_from(&tree, &graph, &schema, a, 0, progress)?;
-                    (graph, None, reason, replayed)
-                }
-            };
+    for ((a, attribute), dump) in schema.attributes.iter().enumerate().zip(dumps) {
+        let (graph, dumped, source, replayed) = match dump {
+            Ok((graph, dump)) => {
+                let replayed = insert_from(&tree, &graph, &schema, a, dump.watermark, None)?;
+                (graph, Some(dump.sequence), "dump", replayed)
+            }
+            Err(reason) => {
+                let graph = Graph::new(&schema);
+                let progress = options.progress.as_ref().map(|p| {
+                    (
+                        p,
+                        RebuildProgress {
+                            catalogue: name.to_string(),
+                            attribute: attribute.clone(),
+                            reason,
+                            done: 0,
+                            total: live.counts[a],
+                        },
+                    )
+                });
+                let replayed = insert_from(&tree, &graph, &schema, a, 0, progress)?;
+                (graph, None, reason, replayed)
+            }
+        };
         report.push(GraphRecovery {
             catalogue: name.to_string(),
             attribute: attribute.clone(),
@@ -153,6 +153,28 @@ pub(crate) fn open_catalogue(
         workers: Mutex::new(Vec::new()),
     };
     Ok((cat, report))
+}
+
+/// The one pass over the item records: fills the live set and its payload index.
+fn scan_items(tree: &sled::Tree, attributes: usize) -> Result<LiveSet> {
+    let mut live = LiveSet::new(attributes);
+    for kv in tree.scan_prefix([records::ITEM_PREFIX]) {
+        let (k, v) = kv?;
+        let r = ItemRecord::decode(&k, &v)?;
+        let id = String::from_utf8(k[1..].to_vec())
+            .ok()
+            .and_then(|s| crate::types::ItemId::new(s).ok())
+            .ok_or_else(|| records::corrupt("item key", "not a valid item id"))?;
+        live.insert(
+            r.iid,
+            Arc::new(ItemMeta {
+                id,
+                mask: r.mask,
+                payload: r.payload,
+            }),
+        );
+    }
+    Ok(live)
 }
 
 /// Removes dump directories no record points to (left by a crash in the middle of a dump).

@@ -9,8 +9,8 @@
 //! [`CatalogueStore::thumbnail`].
 //!
 //! [`LocalStore`] is the backend in this crate: sled holds items, unit-normalised vectors,
-//! payloads and a sequence number (the source of truth); each attribute has an in-memory hnsw_rs
-//! graph, dumped to disk with the sequence it covers so a restart loads it and replays only newer
+//! payloads and a sequence number (the source of truth); each attribute has an in-memory HNSW
+//! graph (asen's own, `graph`), dumped to disk with the sequence it covers so a restart loads it and replays only newer
 //! records. Deletes and updates leave tombstones that searches skip until a background compaction
 //! rebuilds the graph. The HTTP service holds it as `Arc<dyn CatalogueStore>`.
 //!

@@ -62,8 +62,8 @@ pub enum FilterStrategy {
     Auto,
     /// Always score every matching item exactly.
     ExactScan,
-    /// Always walk the graph with the hnsw_rs filter hook (slow for selective filters: the
-    /// walk loses its early exit).
+    /// Always walk the graph with the filter hook (slow for selective filters: the walk
+    /// passes through every rejected point).
     GraphHook,
     /// Always walk the graph unfiltered and filter the candidates (falls back to an exact scan
     /// when too few pass).
@@ -340,7 +340,7 @@ struct CatalogueEntry {
 const CATALOGUES_TREE: &[u8] = b"catalogues";
 const NEXT_CATALOGUE_ID: &[u8] = b"next_catalogue_id";
 
-/// The local backend: sled for items, vectors and payloads, hnsw_rs graphs in memory, graph
+/// The local backend: sled for items, vectors and payloads, HNSW graphs in memory, graph
 /// dumps on disk for fast restarts.
 pub struct LocalStore {
     db: sled::Db,

@@ -180,7 +180,7 @@ enum Mode<'a> {
     Unfiltered,
     /// Exact scan of the matching ids (ascending).
     Exact(Vec<u64>),
-    /// Graph walk with the hnsw_rs filter hook over the matching ids (ascending).
+    /// Graph walk with the filter hook over the matching ids (ascending).
     Hook(Vec<u64>),
     /// Unfiltered graph walk widened by 1 / selectivity, then the filter.
     Post(Keep<'a>, f64),

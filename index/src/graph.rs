@@ -178,7 +178,7 @@ fn graph_error(attribute: &str, detail: impl Into<String>) -> IndexError {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::schema::CatalogueSchema;
 
@@ -188,7 +188,12 @@ mod tests {
     }
 
     fn points(n: usize, dim: usize) -> Vec<Vec<f32>> {
-        let mut s = 12345u64;
+        random_units(n, dim, 12345)
+    }
+
+    /// `n` random unit vectors (components uniform in -0.5..0.5 before normalising) from `seed`.
+    pub(crate) fn random_units(n: usize, dim: usize, seed: u64) -> Vec<Vec<f32>> {
+        let mut s = seed;
         (0..n)
             .map(|_| {
                 unit(

@@ -361,6 +361,13 @@ impl<K: Kind> Hnsw<K> {
         self.set_neighbours(j, layer, &kept);
     }
 
+    /// Empty lists for layers 1..=level of a new point.
+    fn empty_upper_lists(&self, level: u8) -> Box<[AtomicU32]> {
+        (0..level as usize * (self.m + 1))
+            .map(|_| AtomicU32::new(0))
+            .collect()
+    }
+
     /// Inserts one unit vector with data id `id`.
     pub(crate) fn insert(&self, v: &[f32], id: u64) {
         let i = self.reserved.fetch_add(1, Ordering::AcqRel);
@@ -369,13 +376,10 @@ impl<K: Kind> Hnsw<K> {
         // SAFETY: `i` was just reserved by this thread and is published below (release stores).
         unsafe { self.points.write(i, id, level, v) };
         if level > 0 {
-            let blocks = (0..level as usize * (self.m + 1))
-                .map(|_| AtomicU32::new(0))
-                .collect();
             self.upper
                 .write()
                 .unwrap_or_else(PoisonError::into_inner)
-                .insert(i, blocks);
+                .insert(i, self.empty_upper_lists(level));
         }
         let q = K::prepare(v);
         let mut raising = None;
@@ -489,13 +493,11 @@ impl<K: Kind> Hnsw<K> {
         // SAFETY: `&mut self`: no other thread can read or write the graph.
         unsafe { self.points.write_encoded(i, id, level, vector, aux) };
         if level > 0 {
-            let blocks = (0..level as usize * (self.m + 1))
-                .map(|_| AtomicU32::new(0))
-                .collect();
+            let lists = self.empty_upper_lists(level);
             self.upper
                 .get_mut()
                 .unwrap_or_else(PoisonError::into_inner)
-                .insert(i, blocks);
+                .insert(i, lists);
         }
         for (layer, l) in links.iter().take(level as usize + 1).enumerate() {
             self.set_neighbours(i, layer as u8, l);
@@ -523,27 +525,9 @@ mod tests {
     use super::super::storage::{Int8, F32};
     use super::*;
 
-    fn unit(v: Vec<f32>) -> Vec<f32> {
-        let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-        v.into_iter().map(|x| x / n).collect()
-    }
-
+    /// `n` random unit vectors from `seed`.
     fn random(n: usize, dim: usize, seed: u64) -> Vec<Vec<f32>> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                unit(
-                    (0..dim)
-                        .map(|_| {
-                            s = s
-                                .wrapping_mul(6364136223846793005)
-                                .wrapping_add(1442695040888963407);
-                            ((s >> 33) as f32 / (1u64 << 31) as f32) - 0.5
-                        })
-                        .collect(),
-                )
-            })
-            .collect()
+        crate::graph::tests::random_units(n, dim, seed)
     }
 
     fn recall<K: Kind>(g: &Hnsw<K>, data: &[Vec<f32>], queries: &[Vec<f32>], k: usize) -> f64 {

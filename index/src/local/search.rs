@@ -93,8 +93,9 @@ pub(crate) fn search(
         let ef_eff = (ef as f64 * post_factor).ceil() as usize;
         let knbn = wanted.max(ef_eff).min(MAX_EF * 4) * oversample;
         // A single exact graph returns only what can be kept (the walk still uses `knbn`
-        // candidates); merged or rescored parts need the whole candidate list.
-        let take = if needs_rescore {
+        // candidates); merged or rescored parts, and groups (any candidate may open one),
+        // need the whole candidate list.
+        let take = if needs_rescore || req.group_by.is_some() {
             knbn
         } else {
             ((wanted as f64 * tombstone_factor).ceil() as usize).min(knbn)

@@ -194,49 +194,45 @@ impl<K: Kind> Hnsw<K> {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Runs `f` on point `i`'s list on `layer` (count, then slots) and the list's capacity;
+    /// `None` when the point has no list there (a damaged dump's link to a lower point).
+    #[inline]
+    fn with_list<R>(
+        &self,
+        i: u32,
+        layer: u8,
+        f: impl FnOnce(&[AtomicU32], usize) -> R,
+    ) -> Option<R> {
+        if layer == 0 {
+            return Some(f(self.points.links0(i), self.m0));
+        }
+        let upper = self.upper.read().unwrap_or_else(PoisonError::into_inner);
+        let w = self.m + 1;
+        let at = (layer as usize - 1) * w;
+        let block = upper.get(&i)?.get(at..at + w)?;
+        Some(f(block, self.m))
+    }
+
     /// Copies point `i`'s neighbours on `layer` into `out`.
     #[inline]
     fn neighbours_into(&self, i: u32, layer: u8, out: &mut Vec<u32>) {
         out.clear();
-        if layer == 0 {
-            let list = self.points.links0(i);
-            let n = (list[0].load(Ordering::Acquire) as usize).min(self.m0);
+        self.with_list(i, layer, |list, cap| {
+            let n = (list[0].load(Ordering::Acquire) as usize).min(cap);
             out.extend(list[1..=n].iter().map(|x| x.load(Ordering::Acquire)));
-        } else {
-            let upper = self.upper.read().unwrap_or_else(PoisonError::into_inner);
-            if let Some(list) = upper.get(&i) {
-                let w = self.m + 1;
-                let at = (layer as usize - 1) * w;
-                if let Some(block) = list.get(at..at + w) {
-                    let n = (block[0].load(Ordering::Acquire) as usize).min(self.m);
-                    out.extend(block[1..=n].iter().map(|x| x.load(Ordering::Acquire)));
-                }
-            }
-        }
+        });
     }
 
     /// Replaces point `i`'s list on `layer` (the caller holds `i`'s lock, or is the only
     /// writer).
     fn set_neighbours(&self, i: u32, layer: u8, links: &[u32]) {
-        let write = |list: &[AtomicU32], cap: usize| {
+        self.with_list(i, layer, |list, cap| {
             let n = links.len().min(cap);
             for (slot, &j) in list[1..].iter().zip(&links[..n]) {
                 slot.store(j, Ordering::Release);
             }
             list[0].store(n as u32, Ordering::Release);
-        };
-        if layer == 0 {
-            write(self.points.links0(i), self.m0);
-        } else {
-            let upper = self.upper.read().unwrap_or_else(PoisonError::into_inner);
-            if let Some(list) = upper.get(&i) {
-                let w = self.m + 1;
-                let at = (layer as usize - 1) * w;
-                if let Some(block) = list.get(at..at + w) {
-                    write(block, self.m);
-                }
-            }
-        }
+        });
     }
 
     /// Greedy descent on one upper layer: moves `ep` to a local minimum of the distance.

@@ -17,9 +17,10 @@
 //! Knobs: `--m`, `--ef-construction`, `--ef`, `--storage f32|f16|int8`, `--cache-mb` (sled's
 //! cache, default 512), `--seed`.
 
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,6 +31,33 @@ use asen_index::{
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
+
+/// The system allocator, counting the bytes allocated and not yet freed, so that `reopen`
+/// can split the resident memory into live heap (the live set, payload index, sled's cache,
+/// the graphs' upper layers) and the rest (the graphs' memory mappings, allocator slack).
+struct Counting;
+static HEAP: AtomicI64 = AtomicI64::new(0);
+// SAFETY: every method forwards to `System` with the caller's arguments unchanged.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        HEAP.fetch_add(l.size() as i64, Ordering::Relaxed);
+        System.alloc(l)
+    }
+    unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
+        HEAP.fetch_add(l.size() as i64, Ordering::Relaxed);
+        System.alloc_zeroed(l)
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        HEAP.fetch_sub(l.size() as i64, Ordering::Relaxed);
+        System.dealloc(p, l)
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
+        HEAP.fetch_add(n as i64 - l.size() as i64, Ordering::Relaxed);
+        System.realloc(p, l, n)
+    }
+}
+#[global_allocator]
+static GA: Counting = Counting;
 
 struct Args {
     cmd: String,
@@ -313,10 +341,12 @@ fn reopen(args: &Args) {
     let empty_dir = tempfile::tempdir().expect("tempdir");
     let empty = LocalStore::open(empty_dir.path(), options(args)).expect("open empty");
     let rss_empty = rss_bytes();
+    let heap0 = HEAP.load(Ordering::Relaxed);
     let t = Instant::now();
     let store = LocalStore::open(&dir, options(args)).expect("reopen");
     let reopen_s = t.elapsed().as_secs_f64();
     let rss = rss_bytes();
+    let heap = HEAP.load(Ordering::Relaxed) - heap0;
     drop(empty);
     let sources: Vec<&str> = store.recovery_report().iter().map(|r| r.source).collect();
     let n = store.count("c").expect("count") as usize;
@@ -328,15 +358,16 @@ fn reopen(args: &Args) {
         "# reopen: {} items x {attributes} attributes, sled cache {} MB, graphs from {:?}\n",
         n, args.cache_mb, sources
     );
-    println!("| reopen s | RSS empty store MB | RSS after reopen GB | resident bytes/item | per item per attribute | graph bytes/item | payload index bytes/item | disk GB |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("| reopen s | RSS empty store MB | RSS after reopen GB | resident bytes/item | per item per attribute | graph bytes/item | live heap bytes/item | payload index bytes/item | disk GB |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     let per_item = rss.saturating_sub(rss_empty) as f64 / n as f64;
     println!(
-        "| {reopen_s:.2} | {:.0} | {:.2} | {per_item:.0} | {:.0} | {:.0} | {:.1} | {:.2} |",
+        "| {reopen_s:.2} | {:.0} | {:.2} | {per_item:.0} | {:.0} | {:.0} | {:.0} | {:.1} | {:.2} |",
         rss_empty as f64 / 1e6,
         rss as f64 / 1e9,
         per_item / attributes as f64,
         graph as f64 / n as f64,
+        heap as f64 / n as f64,
         payload as f64 / n as f64,
         disk_bytes(&dir) as f64 / 1e9
     );

@@ -59,10 +59,31 @@ fn validate_node(f: &Filter, depth: usize, nodes: &mut usize) -> Result<()> {
     }
 }
 
+/// A payload's top-level fields, read the same way whether it is held as a map (a request, a
+/// Milvus row) or in the local live set's compact form.
+pub(crate) trait Fields {
+    /// The value of top-level field `key`.
+    fn top(&self, key: &str) -> Option<&Value>;
+    /// Calls `f` on every top-level field.
+    fn for_each_top(&self, f: &mut dyn FnMut(&str, &Value));
+}
+
+impl Fields for Payload {
+    fn top(&self, key: &str) -> Option<&Value> {
+        self.get(key)
+    }
+
+    fn for_each_top(&self, f: &mut dyn FnMut(&str, &Value)) {
+        for (k, v) in self {
+            f(k, v);
+        }
+    }
+}
+
 /// Looks up a dotted path in a payload.
-pub(crate) fn field<'a>(payload: &'a Payload, path: &str) -> Option<&'a Value> {
+pub(crate) fn field<'a, P: Fields + ?Sized>(payload: &'a P, path: &str) -> Option<&'a Value> {
     let mut parts = path.split('.');
-    let mut cur = payload.get(parts.next()?)?;
+    let mut cur = payload.top(parts.next()?)?;
     for p in parts {
         cur = cur.as_object()?.get(p)?;
     }
@@ -86,7 +107,7 @@ fn scalar_matches(v: &Value, want: &MatchValue) -> bool {
 }
 
 /// Whether a payload passes a (validated) filter.
-pub(crate) fn matches(filter: &Filter, payload: &Payload) -> bool {
+pub(crate) fn matches<P: Fields + ?Sized>(filter: &Filter, payload: &P) -> bool {
     match filter {
         Filter::Match { field: f, value } => {
             field(payload, f).is_some_and(|v| value_matches(v, value))
@@ -171,7 +192,7 @@ impl<'f> FieldTally<'f> {
     }
 
     /// Counts one live item's payload.
-    pub(crate) fn add(&mut self, payload: &Payload) {
+    pub(crate) fn add<P: Fields + ?Sized>(&mut self, payload: &P) {
         let Some(v) = field(payload, self.field) else {
             return;
         };
@@ -212,8 +233,8 @@ impl<'f> FieldTally<'f> {
 }
 
 /// [`FieldTally`] over a collection of payloads.
-pub(crate) fn tally_field_values<'a>(
-    payloads: impl IntoIterator<Item = &'a Payload>,
+pub(crate) fn tally_field_values<'a, P: Fields + 'a>(
+    payloads: impl IntoIterator<Item = &'a P>,
     field_path: &str,
     limit: usize,
 ) -> FieldValues {

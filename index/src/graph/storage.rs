@@ -214,6 +214,10 @@ impl Kind for Int8 {
     }
 }
 
+/// Smallest bucket mapped with huge pages: its arrays' partly filled 2 MB tails (at most
+/// 10 MB) stay under a sixth of it.
+const HUGE_PAGE_MIN_BUCKET_BYTES: usize = 64 << 20;
+
 /// One bucket's arrays, in an anonymous memory mapping: its pages are zero (a valid value for
 /// every array) and cost no memory until a point is written into them, so the unused tail of
 /// the last bucket stays free whatever the allocator's thresholds.
@@ -249,9 +253,13 @@ impl<E: Copy + Default> Bucket<E> {
             .unwrap_or_else(|e| panic!("cannot map {at} bytes for a graph bucket: {e}"));
         // Huge pages where the kernel offers them on request: a million-point graph is
         // gigabytes touched at random, and 4 KB pages would cost a fault per page on load and
-        // a TLB miss per hop in a search. Small buckets and refusals keep 4 KB pages.
+        // a TLB miss per hop in a search. Each of a bucket's five arrays fills from its start,
+        // so a huge page holds up to 2 MB past each array's last point: only buckets large
+        // enough that this tail is a small share take them. Refusals keep 4 KB pages.
         #[cfg(target_os = "linux")]
-        let _ = map.advise(memmap2::Advice::HugePage);
+        if at >= HUGE_PAGE_MIN_BUCKET_BYTES {
+            let _ = map.advise(memmap2::Advice::HugePage);
+        }
         let base = map.as_mut_ptr();
         Bucket {
             _map: map,

@@ -281,27 +281,21 @@ fn union(a: &[u64], b: &[u64]) -> Vec<u64> {
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
-    use std::sync::Arc;
 
     use proptest::prelude::*;
     use serde_json::{json, Value};
 
     use super::*;
-    use crate::local::ItemMeta;
     use crate::types::{ItemId, MatchValue, Payload};
 
-    fn meta(payload: Payload) -> Arc<ItemMeta> {
-        Arc::new(ItemMeta {
-            id: ItemId::new("x").unwrap(),
-            mask: 1,
-            payload,
-        })
+    fn insert(live: &mut LiveSet, iid: u64, payload: &Payload) {
+        live.insert(iid, ItemId::new("x").unwrap(), 1, payload);
     }
 
     fn live_of(payloads: &[Value]) -> LiveSet {
         let mut live = LiveSet::new(1);
         for (iid, p) in payloads.iter().enumerate() {
-            live.insert(iid as u64, meta(p.as_object().unwrap().clone()));
+            insert(&mut live, iid as u64, p.as_object().unwrap());
         }
         live
     }
@@ -475,7 +469,7 @@ mod tests {
                         if let Some(old) = by_key.insert(k, next_iid) {
                             live.remove(old);
                         }
-                        live.insert(next_iid, meta(p));
+                        insert(&mut live, next_iid, &p);
                         next_iid += 1;
                     }
                     Op::Delete(k) => {

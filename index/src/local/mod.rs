@@ -7,6 +7,7 @@
 //! and compacted in the background (`compaction.rs`). Thumbnails of a pre-store data directory
 //! are imported on open (`legacy_thumbnails.rs`).
 
+mod compact_payload;
 mod compaction;
 mod filter_plan;
 mod legacy_thumbnails;
@@ -33,6 +34,7 @@ use crate::types::{
     SearchRequest, SearchResults, StoredItem, WriteReceipt, MAX_BATCH_ITEMS,
 };
 use crate::validate;
+use compact_payload::{CompactPayload, KeyInterner};
 pub use legacy_thumbnails::ThumbnailMigration;
 use payload_index::PayloadIndex;
 use records::{ItemRecord, VectorRecord};
@@ -193,7 +195,7 @@ impl ConsistencyReport {
 pub(crate) struct ItemMeta {
     pub id: ItemId,
     pub mask: u64,
-    pub payload: Payload,
+    pub payload: CompactPayload,
 }
 
 /// Live items by internal id, with per-attribute counts and the index of their payloads.
@@ -203,6 +205,7 @@ pub(crate) struct LiveSet {
     pub items: HashMap<u64, Arc<ItemMeta>>,
     pub counts: Vec<u64>,
     pub payloads: PayloadIndex,
+    keys: KeyInterner,
 }
 
 impl LiveSet {
@@ -212,10 +215,23 @@ impl LiveSet {
             items: HashMap::new(),
             counts: vec![0; attributes],
             payloads: PayloadIndex::default(),
+            keys: KeyInterner::default(),
         }
     }
 
-    fn insert(&mut self, iid: u64, meta: Arc<ItemMeta>) {
+    /// Makes item `id` live as internal id `iid`, with its payload in compact form.
+    fn insert(&mut self, iid: u64, id: ItemId, mask: u64, payload: &Payload) {
+        let payload = CompactPayload::new(payload, &mut self.keys);
+        self.insert_meta(iid, Arc::new(ItemMeta { id, mask, payload }));
+    }
+
+    /// Makes a meta of another live set live here as it is; its keys join this set's.
+    fn adopt(&mut self, iid: u64, meta: Arc<ItemMeta>) {
+        meta.payload.share_keys(&mut self.keys);
+        self.insert_meta(iid, meta);
+    }
+
+    fn insert_meta(&mut self, iid: u64, meta: Arc<ItemMeta>) {
         self.remove(iid);
         for (a, c) in self.counts.iter_mut().enumerate() {
             if meta.mask & (1 << a) != 0 {
@@ -930,14 +946,7 @@ impl CatalogueStore for LocalStore {
                 live.remove(*iid);
             }
             for (iid, p) in &fresh {
-                live.insert(
-                    *iid,
-                    Arc::new(ItemMeta {
-                        id: p.id.clone(),
-                        mask: p.mask,
-                        payload: p.payload.clone(),
-                    }),
-                );
+                live.insert(*iid, p.id.clone(), p.mask, &p.payload);
             }
         }
         w.inserts_since_dump += fresh.len() as u64;
@@ -1274,7 +1283,7 @@ impl LocalStore {
                     payload: meta.payload.clone(),
                 })
             };
-            live.insert(*iid, meta);
+            live.adopt(*iid, meta);
         }
         Ok(Catalogue {
             id: c.id,

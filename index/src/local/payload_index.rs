@@ -17,6 +17,7 @@ use std::collections::HashMap;
 use serde_json::{Map, Value};
 
 use super::sorted_blocks::SortedBlocks;
+use crate::filter::Fields;
 use crate::types::MatchValue;
 
 /// Longest string value indexed, in bytes: longer ones are text, not keywords.
@@ -141,7 +142,7 @@ enum Leaf {
 
 impl PayloadIndex {
     /// Indexes a live item's payload.
-    pub(crate) fn add(&mut self, iid: u64, payload: &Map<String, Value>) {
+    pub(crate) fn add(&mut self, iid: u64, payload: &impl Fields) {
         visit(payload, &mut String::new(), &mut |path, value| {
             let Some(field) = self.field_for_insert(path) else {
                 return;
@@ -163,7 +164,7 @@ impl PayloadIndex {
     }
 
     /// Removes an item that was indexed with this payload.
-    pub(crate) fn remove(&mut self, iid: u64, payload: &Map<String, Value>) {
+    pub(crate) fn remove(&mut self, iid: u64, payload: &impl Fields) {
         visit(payload, &mut String::new(), &mut |path, value| {
             let Some(field) = self.fields.get_mut(path) else {
                 return;
@@ -285,32 +286,39 @@ fn remove_value(values: &mut HashMap<MatchValue, SortedBlocks<u64>>, v: &MatchVa
 
 /// Calls `f` with every field path of a payload and the non-object value it reaches. Keys
 /// containing a dot are skipped: a dotted filter path can never reach them.
-fn visit(payload: &Map<String, Value>, path: &mut String, f: &mut impl FnMut(&str, &Value)) {
-    visit_object(payload, path, true, f);
+fn visit(payload: &impl Fields, path: &mut String, f: &mut impl FnMut(&str, &Value)) {
+    payload.for_each_top(&mut |key, value| visit_field(key, value, path, true, f));
 }
 
-/// [`visit`] below `path` (`top`: `path` is the payload itself, so keys take no leading dot).
-fn visit_object(
-    object: &Map<String, Value>,
+/// [`visit`] below `path`, the path of a nested object.
+fn visit_object(object: &Map<String, Value>, path: &mut String, f: &mut impl FnMut(&str, &Value)) {
+    for (key, value) in object {
+        visit_field(key, value, path, false, f);
+    }
+}
+
+/// [`visit`] of one field `key` under `path` (`top`: `path` is the payload itself, so the key
+/// takes no leading dot).
+fn visit_field(
+    key: &str,
+    value: &Value,
     path: &mut String,
     top: bool,
     f: &mut impl FnMut(&str, &Value),
 ) {
-    for (key, value) in object {
-        if key.contains('.') {
-            continue;
-        }
-        let len = path.len();
-        if !top {
-            path.push('.');
-        }
-        path.push_str(key);
-        match value {
-            Value::Object(inner) => visit_object(inner, path, false, f),
-            _ => f(path, value),
-        }
-        path.truncate(len);
+    if key.contains('.') {
+        return;
     }
+    let len = path.len();
+    if !top {
+        path.push('.');
+    }
+    path.push_str(key);
+    match value {
+        Value::Object(inner) => visit_object(inner, path, f),
+        _ => f(path, value),
+    }
+    path.truncate(len);
 }
 
 /// The scalars a filter can match in a field's value: the value itself, or each element of an

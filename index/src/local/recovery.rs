@@ -6,14 +6,13 @@ use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Mutex, RwLock};
 
 use rayon::prelude::*;
 
 use super::records::{self, DumpRecord, ItemRecord, VectorRecord, DUMP_FORMAT_ASEN};
 use super::{
-    lock, Catalogue, GraphRecovery, GraphSlot, ItemMeta, LiveSet, RebuildProgress, StoreOptions,
-    WriterState,
+    lock, Catalogue, GraphRecovery, GraphSlot, LiveSet, RebuildProgress, StoreOptions, WriterState,
 };
 use crate::error::{IndexError, Result};
 use crate::graph::{Graph, LEGACY_DUMP_FILES};
@@ -165,14 +164,7 @@ fn scan_items(tree: &sled::Tree, attributes: usize) -> Result<LiveSet> {
             .ok()
             .and_then(|s| crate::types::ItemId::new(s).ok())
             .ok_or_else(|| records::corrupt("item key", "not a valid item id"))?;
-        live.insert(
-            r.iid,
-            Arc::new(ItemMeta {
-                id,
-                mask: r.mask,
-                payload: r.payload,
-            }),
-        );
+        live.insert(r.iid, id, r.mask, &r.payload);
     }
     Ok(live)
 }

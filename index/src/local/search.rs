@@ -196,7 +196,7 @@ enum Keep<'a> {
 }
 
 impl Keep<'_> {
-    fn passes(&self, iid: u64, payload: &crate::types::Payload) -> bool {
+    fn passes(&self, iid: u64, payload: &impl filter::Fields) -> bool {
         match self {
             Keep::Ids(set) => set.contains(iid),
             Keep::Filter(f) => filter::matches(f, payload),
@@ -391,7 +391,7 @@ fn finish(c: &Catalogue, req: &SearchRequest, mut scored: Vec<Scored>) -> Search
             .zip(&s.per_attribute)
             .map(|(n, v)| ((*n).clone(), *v))
             .collect::<BTreeMap<_, _>>(),
-        payload: req.with_payload.then(|| s.meta.payload.clone()),
+        payload: req.with_payload.then(|| s.meta.payload.to_map()),
     };
     match &req.group_by {
         None => SearchResults::Hits(scored.iter().take(req.k).map(hit).collect()),

@@ -55,6 +55,9 @@ macro_rules! with_graph {
     };
 }
 
+/// Batches at least this large are inserted in parallel.
+const PARALLEL_INSERTS: usize = 32;
+
 /// One attribute's graph. Data ids are the catalogue's internal ids (`u64`).
 pub(crate) struct Graph {
     inner: Inner,
@@ -80,12 +83,27 @@ impl Graph {
     /// Inserts unit vectors with their internal ids, in parallel for large batches.
     pub(crate) fn insert(&self, points: &[(&[f32], u64)]) {
         with_graph!(&self.inner, g => {
-            if points.len() >= 32 {
+            if points.len() >= PARALLEL_INSERTS {
                 points.par_iter().for_each(|(v, id)| g.insert(v, *id));
             } else {
                 points.iter().for_each(|(v, id)| g.insert(v, *id));
             }
         })
+    }
+
+    /// Inserts points into several graphs in one parallel pass (no barrier between graphs):
+    /// `(graph number, unit vector, data id)`, with `graph` mapping a number to its graph.
+    pub(crate) fn insert_each<'g>(
+        points: &[(usize, &[f32], u64)],
+        graph: impl Fn(usize) -> &'g Graph + Sync,
+    ) {
+        let one =
+            |&(a, v, id): &(usize, &[f32], u64)| with_graph!(&graph(a).inner, g => g.insert(v, id));
+        if points.len() >= PARALLEL_INSERTS {
+            points.par_iter().for_each(one);
+        } else {
+            points.iter().for_each(one);
+        }
     }
 
     /// The `k` nearest points to a unit query, as `(internal id, approximate cosine)`, best

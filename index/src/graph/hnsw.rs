@@ -48,6 +48,9 @@ impl Ord for Dist {
     }
 }
 
+/// Cache lines of a vector prefetched before its distance is computed.
+const PREFETCH_LINES: usize = 16;
+
 /// Per-thread search scratch: visited marks by epoch, reused heaps and a neighbour buffer.
 #[derive(Default)]
 struct Scratch {
@@ -288,14 +291,20 @@ impl<K: Kind> Hnsw<K> {
                 self.points.prefetch_links0(*next);
             }
             self.neighbours_into(i, layer, &mut hood);
+            // The first line of every new neighbour's vector now, and the rest of the next
+            // one's while a distance is computed: a burst of more prefetches than the CPU has
+            // line buffers would stall it.
             fresh.clear();
             for &j in &hood {
                 if s.visit(j) {
-                    self.points.prefetch(j);
+                    self.points.prefetch(j, 0..1);
                     fresh.push(j);
                 }
             }
-            for &j in &fresh {
+            for (at, &j) in fresh.iter().enumerate() {
+                if let Some(&next) = fresh.get(at + 1) {
+                    self.points.prefetch(next, 1..PREFETCH_LINES);
+                }
                 let dj = self.points.distance(q, j);
                 if s.results.len() < ef || dj < bound {
                     s.candidates.push(Reverse((Dist(dj), j)));

@@ -391,16 +391,17 @@ impl<K: Kind> Points<K> {
         (v, aux)
     }
 
-    /// Asks the CPU to start loading point `i`'s vector.
+    /// Asks the CPU to start loading cache lines `lines` (64 bytes each, counted from the
+    /// start) of point `i`'s vector; lines past its end are skipped.
     #[inline]
-    pub(crate) fn prefetch(&self, i: u32) {
+    pub(crate) fn prefetch(&self, i: u32, lines: std::ops::Range<usize>) {
         #[cfg(target_arch = "x86_64")]
         {
             let (b, at) = self.bucket(i);
             let p = b.vector_ptr(at) as *const i8;
-            let bytes = self.dim * K::BYTES;
-            let mut off = 0;
-            while off < bytes.min(256) {
+            let end = (self.dim * K::BYTES).min(lines.end * 64);
+            let mut off = lines.start * 64;
+            while off < end {
                 // SAFETY: a prefetch of any address is harmless; this one is inside the slot.
                 unsafe {
                     std::arch::x86_64::_mm_prefetch(p.add(off), std::arch::x86_64::_MM_HINT_T0)
@@ -409,7 +410,7 @@ impl<K: Kind> Points<K> {
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
-        let _ = i;
+        let _ = (i, lines);
     }
 
     /// Asks the CPU to start loading point `i`'s layer-0 list.

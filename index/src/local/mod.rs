@@ -646,6 +646,22 @@ fn apply_writes(
         })
 }
 
+/// Inserts a batch's new points into every graph that they have a vector for, all attributes
+/// in one parallel pass.
+fn insert_fresh(c: &Catalogue, fresh: &[(u64, &PreparedItem)]) {
+    let graphs: Vec<Arc<Graph>> = c.graphs.iter().map(GraphSlot::current).collect();
+    let points: Vec<(usize, &[f32], u64)> = fresh
+        .iter()
+        .flat_map(|(iid, p)| {
+            p.vectors
+                .iter()
+                .enumerate()
+                .filter_map(move |(a, v)| v.as_deref().map(|v| (a, v, *iid)))
+        })
+        .collect();
+    Graph::insert_each(&points, |a| &graphs[a]);
+}
+
 /// Open sled, waiting up to 3 s for its file lock: a store dropped an instant
 /// ago releases the lock only when sled's background flusher thread exits on
 /// its next tick, so an immediate reopen in the same process would fail.
@@ -924,22 +940,21 @@ impl CatalogueStore for LocalStore {
         let sequence = w.sequence + 1;
         batch.insert(records::META_SEQ, &records::encode_u64(sequence));
         batch.insert(records::META_NEXT_IID, &records::encode_u64(next_iid));
-        apply_writes(&c, batch, (thumbnail_writes > 0).then_some(thumbnails))?;
-        w.sequence = sequence;
+        // The records are written while the graphs take the new points: the write is one
+        // thread's work and the inserts fill the others. Graphs first, then publish: a search
+        // that meets a new id in a graph before it is live simply skips it. If the write
+        // fails, the new points are never published: like deleted points, searches skip them
+        // and compaction drops them. Their internal ids are never handed out again, and a
+        // dump taken meanwhile records a watermark past the stored one, so the next open
+        // rebuilds from the records rather than trust it.
+        let (written, ()) = rayon::join(
+            || apply_writes(&c, batch, (thumbnail_writes > 0).then_some(thumbnails)),
+            || insert_fresh(&c, &fresh),
+        );
         w.next_iid = next_iid;
-        let durable = self.durable_flush()?;
-
-        // Graphs first, then publish: a search that meets a new id in a graph before it is
-        // live simply skips it.
-        for (a, slot) in c.graphs.iter().enumerate() {
-            let points: Vec<(&[f32], u64)> = fresh
-                .iter()
-                .filter_map(|(iid, p)| p.vectors[a].as_deref().map(|v| (v, *iid)))
-                .collect();
-            if !points.is_empty() {
-                slot.current().insert(&points);
-            }
-        }
+        written?;
+        w.sequence = sequence;
+        let flushed = self.durable_flush();
         {
             let mut live = write(&c.live);
             for iid in &replaced {
@@ -962,7 +977,7 @@ impl CatalogueStore for LocalStore {
         Ok(WriteReceipt {
             sequence,
             affected: fresh.len(),
-            durable,
+            durable: flushed?,
         })
     }
 

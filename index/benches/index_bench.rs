@@ -370,6 +370,9 @@ fn main() {
         let build = start.elapsed().as_secs_f64();
         let rss = rss_bytes().saturating_sub(rss0);
         let vbytes = store.stats("c").expect("stats").vector_bytes;
+        // One untimed pass first (as ann_baselines.py does): the first timed ef would
+        // otherwise pay for the caches the build left cold.
+        run_queries(&store, &queries, &gt, args.ef[0], None);
         for &ef in &args.ef {
             let (qps, recall) = run_queries(&store, &queries, &gt, ef, None);
             json_rows.push(format!(

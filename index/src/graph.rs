@@ -55,6 +55,13 @@ macro_rules! with_graph {
     };
 }
 
+/// Writes an hnsw_rs dump of `f32` points into `dir`, as catalogues did before asen had its
+/// own graph (tests of the upgrade path).
+#[cfg(test)]
+pub(crate) fn write_legacy_dump(dir: &Path, points: &[(&[f32], u64)], m: usize, ef_c: usize) {
+    legacy::Reference::<F32>::build(points, m, ef_c).dump(dir);
+}
+
 /// Batches at least this large are inserted in parallel.
 const PARALLEL_INSERTS: usize = 32;
 

@@ -403,4 +403,115 @@ mod tests {
         assert!(names.contains(b"catalogues".as_slice()));
         assert!(names.contains(b"catalogue/not-a-number".as_slice()));
     }
+
+    /// Rewrites attribute 0's dump of a closed store as an asen older than its own graph left
+    /// it: hnsw_rs's two files, in a record of format 0. Returns the dump's directory name.
+    fn downgrade_dump(store_dir: &Path, dim: usize) -> String {
+        let db = sled::Config::new()
+            .path(store_dir.join("sled"))
+            .open()
+            .unwrap();
+        let (id, tree) = (0..8)
+            .map(|id| (id, db.open_tree(tree_name(id)).unwrap()))
+            .find(|(_, t)| t.contains_key(records::dump_key(0)).unwrap())
+            .expect("a catalogue with a dump");
+        let record: DumpRecord =
+            serde_json::from_slice(&tree.get(records::dump_key(0)).unwrap().unwrap()).unwrap();
+        assert_eq!(record.format, DUMP_FORMAT_ASEN);
+        let vectors: Vec<(u64, Vec<f32>)> = tree
+            .scan_prefix([records::VECTOR_PREFIX])
+            .map(|kv| {
+                let (k, v) = kv.unwrap();
+                let iid = records::iid_from_vector_key(&k).unwrap();
+                let rec = VectorRecord::decode(iid, &v, dim).unwrap();
+                (iid, rec.get(0, dim).unwrap().to_vec())
+            })
+            .collect();
+        let points: Vec<(&[f32], u64)> = vectors.iter().map(|(i, v)| (v.as_slice(), *i)).collect();
+        let root = dump_root(store_dir, id);
+        std::fs::remove_dir_all(root.join(&record.dir)).unwrap();
+        let name = "legacy".to_string();
+        let legacy = root.join(&name);
+        std::fs::create_dir_all(&legacy).unwrap();
+        crate::graph::write_legacy_dump(&legacy, &points, 16, 100);
+        let old = DumpRecord {
+            dir: name.clone(),
+            points: points.len() as u64,
+            crc_graph: crc_file(&legacy.join(LEGACY_DUMP_FILES[0])).unwrap(),
+            crc_data: crc_file(&legacy.join(LEGACY_DUMP_FILES[1])).unwrap(),
+            format: 0,
+            ..record
+        };
+        tree.insert(records::dump_key(0), serde_json::to_vec(&old).unwrap())
+            .unwrap();
+        db.flush().unwrap();
+        name
+    }
+
+    fn dump_format(store_dir: &Path) -> (u32, String) {
+        let db = sled::Config::new()
+            .path(store_dir.join("sled"))
+            .open()
+            .unwrap();
+        let tree = (0..8)
+            .map(|id| db.open_tree(tree_name(id)).unwrap())
+            .find(|t| t.contains_key(records::dump_key(0)).unwrap())
+            .unwrap();
+        let r: DumpRecord =
+            serde_json::from_slice(&tree.get(records::dump_key(0)).unwrap().unwrap()).unwrap();
+        (r.format, r.dir)
+    }
+
+    /// An upgraded store: its dump records are format 0 (hnsw_rs's files). It opens from them
+    /// without a rebuild, finds every item, and its next dump is in asen's format.
+    #[test]
+    fn a_store_with_hnsw_rs_dumps_opens_from_them_and_dumps_in_asen_format() {
+        use crate::{CatalogueSchema, CatalogueStore, Item, ItemId, LocalStore, SearchRequest};
+        use rand::{rngs::StdRng, Rng, SeedableRng};
+        let dim = 16;
+        let mut r = StdRng::seed_from_u64(5);
+        let vectors: Vec<Vec<f32>> = (0..400)
+            .map(|_| {
+                let v: Vec<f32> = (0..dim).map(|_| r.gen_range(-1.0..1.0)).collect();
+                let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+                v.iter().map(|x| x / n).collect()
+            })
+            .collect();
+        let item = |i: usize| {
+            Item::new(
+                ItemId::new(i.to_string()).unwrap(),
+                [("a".to_string(), vectors[i].clone())].into(),
+            )
+        };
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = LocalStore::open(dir.path(), StoreOptions::default()).unwrap();
+            store
+                .create_catalogue("c", &CatalogueSchema::new(["a"], dim))
+                .unwrap();
+            store
+                .upsert("c", &(0..399).map(item).collect::<Vec<_>>())
+                .unwrap();
+        }
+        let legacy = downgrade_dump(dir.path(), dim);
+        {
+            let store = LocalStore::open(dir.path(), StoreOptions::default()).unwrap();
+            let rep: Vec<_> = store
+                .recovery_report()
+                .iter()
+                .map(|r| (r.source, r.replayed))
+                .collect();
+            assert_eq!(rep, [("dump", 0)]);
+            for i in (0..399).step_by(7) {
+                let req = SearchRequest::vector("a", vectors[i].clone(), 1);
+                let hits = store.search("c", &req).unwrap().into_hits();
+                assert_eq!(hits[0].id.as_str(), i.to_string(), "item {i}");
+            }
+            assert!(store.check_consistency("c").unwrap().is_consistent());
+            store.upsert("c", &[item(399)]).unwrap();
+        }
+        let (format, name) = dump_format(dir.path());
+        assert_eq!(format, DUMP_FORMAT_ASEN);
+        assert_ne!(name, legacy);
+    }
 }

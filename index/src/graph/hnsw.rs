@@ -575,7 +575,11 @@ mod tests {
         let first: Vec<Vec<(u64, f32)>> = data.iter().map(|q| g.search(q, 5, 32, None)).collect();
         for i in 0..(u16::MAX as usize + 10) {
             let q = &data[i % data.len()];
-            assert_eq!(g.search(q, 5, 32, None), first[i % data.len()], "search {i}");
+            assert_eq!(
+                g.search(q, 5, 32, None),
+                first[i % data.len()],
+                "search {i}"
+            );
         }
     }
 

@@ -16,7 +16,6 @@ use crate::graph::Graph;
 const CHUNK: usize = 10_000;
 
 pub(crate) fn compact(c: &Catalogue, a: usize, options: &StoreOptions) -> Result<()> {
-    let dim = c.schema.dimension;
     let (watermark, mut ids) = {
         let w = lock(&c.writer);
         let live = read(&c.live);
@@ -47,7 +46,6 @@ pub(crate) fn compact(c: &Catalogue, a: usize, options: &StoreOptions) -> Result
             f(&progress);
         }
     }
-    let _ = dim;
     // Catch up with writes made during the build, then swap, all under the writer lock.
     let w = lock(&c.writer);
     if c.retired() {

@@ -411,12 +411,7 @@ mod tests {
             .path(store_dir.join("sled"))
             .open()
             .unwrap();
-        let (id, tree) = (0..8)
-            .map(|id| (id, db.open_tree(tree_name(id)).unwrap()))
-            .find(|(_, t)| t.contains_key(records::dump_key(0)).unwrap())
-            .expect("a catalogue with a dump");
-        let record: DumpRecord =
-            serde_json::from_slice(&tree.get(records::dump_key(0)).unwrap().unwrap()).unwrap();
+        let (id, tree, record) = first_dump_record(&db);
         assert_eq!(record.format, DUMP_FORMAT_ASEN);
         let vectors: Vec<(u64, Vec<f32>)> = tree
             .scan_prefix([records::VECTOR_PREFIX])
@@ -448,17 +443,22 @@ mod tests {
         name
     }
 
+    /// The first catalogue tree holding a dump record for attribute 0, and that record.
+    fn first_dump_record(db: &sled::Db) -> (u64, sled::Tree, DumpRecord) {
+        let (id, tree) = (0..8)
+            .map(|id| (id, db.open_tree(tree_name(id)).unwrap()))
+            .find(|(_, t)| t.contains_key(records::dump_key(0)).unwrap())
+            .expect("a catalogue with a dump");
+        let bytes = tree.get(records::dump_key(0)).unwrap().unwrap();
+        (id, tree, serde_json::from_slice(&bytes).unwrap())
+    }
+
     fn dump_format(store_dir: &Path) -> (u32, String) {
         let db = sled::Config::new()
             .path(store_dir.join("sled"))
             .open()
             .unwrap();
-        let tree = (0..8)
-            .map(|id| db.open_tree(tree_name(id)).unwrap())
-            .find(|t| t.contains_key(records::dump_key(0)).unwrap())
-            .unwrap();
-        let r: DumpRecord =
-            serde_json::from_slice(&tree.get(records::dump_key(0)).unwrap().unwrap()).unwrap();
+        let (_, _, r) = first_dump_record(&db);
         (r.format, r.dir)
     }
 

@@ -417,8 +417,10 @@ impl Embedder {
         attrs: &[usize],
     ) -> Result<Vec<crate::HeadOutput>> {
         let (b, _, h, w) = feats.dims4()?;
-        let x: Vec<f32> = feats.flatten_all()?.to_vec1()?;
-        let (emb, attn) = engine.forward(self.backbone.kernels(), &x, (b, h * w), attrs);
+        let kernels = self.backbone.kernels();
+        let (emb, attn) = crate::backbone::with_cpu_f32(feats, |x| {
+            engine.forward(kernels, x, (b, h * w), attrs)
+        })?;
         let (n, d) = (attrs.len(), engine.dim());
         (0..n)
             .map(|j| {

@@ -700,23 +700,13 @@ pub(crate) struct InvertedBottleneck {
 impl InvertedBottleneck {
     /// The same block for the CPU engine.
     pub(crate) fn to_engine(&self) -> Result<crate::cpu::Layer> {
-        use crate::cpu::Layer;
-        let mut body = Vec::with_capacity(2);
-        if let Some(e) = &self.expand {
-            body.push(Layer::Conv(e.to_engine()?));
-        }
-        body.push(Layer::Depthwise(self.depthwise.to_engine()));
-        let project = self.project.to_engine()?;
-        if self.residual {
-            return Ok(Layer::Residual {
-                body,
-                last: project,
-                shortcut: None,
-                act: Activation::None,
-            });
-        }
-        body.push(Layer::Conv(project));
-        Ok(Layer::Sequence(body))
+        let expand = self.expand.as_ref().map(|e| e.to_engine()).transpose()?;
+        Ok(crate::cpu::Layer::Bottleneck(crate::cpu::Bottleneck::new(
+            expand,
+            self.depthwise.to_engine(),
+            self.project.to_engine()?,
+            self.residual,
+        )))
     }
 }
 

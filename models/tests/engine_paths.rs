@@ -1,6 +1,7 @@
 //! The shipped model (`models/default`: MobileNetV2, colour histogram, ASEN
 //! v2 head) gives the same embeddings and attention maps on every CPU
-//! kernel path: the engine's AVX2 and portable kernels against candle's ops.
+//! kernel path: the engine's AVX-512, AVX2 and portable kernels against
+//! candle's ops.
 
 use asen_models::{Embedder, EmbedderOptions, KernelPath};
 use candle_core::{Device, Tensor};
@@ -79,4 +80,42 @@ fn a_subset_of_attributes_comes_back_in_the_order_asked() {
         assert_eq!(s[0].vector, a[5].vector);
         assert_eq!(s[1].vector, a[1].vector);
     }
+}
+
+/// Forward passes from several threads at once (as a server runs them)
+/// share rayon's pool, where a thread that runs one pass's parallel loop can
+/// pick up another pass's work: every pass still gets exactly its own
+/// result.
+#[test]
+fn concurrent_forward_passes_match_one_at_a_time() {
+    let embedder = shipped();
+    let attrs: Vec<usize> = (0..8).collect();
+    let inputs: Vec<Tensor> = (0..4)
+        .map(|_| Tensor::randn(0f32, 1.0, (1, 3, 224, 224), &Device::Cpu).unwrap())
+        .collect();
+    let alone: Vec<_> = inputs
+        .iter()
+        .map(|x| embedder.embed_normalised(x, &attrs).unwrap())
+        .collect();
+    std::thread::scope(|s| {
+        let handles: Vec<_> = inputs
+            .iter()
+            .map(|x| {
+                let embedder = &embedder;
+                let attrs = &attrs;
+                s.spawn(move || {
+                    (0..5)
+                        .map(|_| embedder.embed_normalised(x, attrs).unwrap())
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        for (i, h) in handles.into_iter().enumerate() {
+            for got in h.join().unwrap() {
+                for (g, a) in got[0].iter().zip(&alone[i][0]) {
+                    assert_eq!(g.vector, a.vector, "input {i} attribute {}", g.attribute);
+                }
+            }
+        }
+    });
 }

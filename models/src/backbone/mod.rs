@@ -234,16 +234,22 @@ impl Backbone {
     /// any) computed from the same copy of the input.
     fn forward_engine(&self, engine: &CpuNet, x: &Tensor) -> Result<Tensor> {
         let (b, c, height, width) = x.dims4()?;
-        let input: Vec<f32> = x.flatten_all()?.to_vec1()?;
-        let (out, o) = engine.forward(self.kernels, &input, (b, c, height, width));
+        let ((out, o), hist) = with_cpu_f32(x, |input| {
+            let map = engine.forward(self.kernels, input, (b, c, height, width));
+            let (h, w) = (map.1.h, map.1.w);
+            let hist = self
+                .colour
+                .as_ref()
+                .map(|_| crate::cpu::colour_histogram(input, (b, height, width), (h, w)));
+            (map, hist)
+        })?;
         let map = Tensor::from_vec(out, (o.b, o.c, o.h, o.w), x.device())?;
-        match &self.colour {
-            Some(colour) => {
-                let hist = crate::cpu::colour_histogram(&input, (b, height, width), (o.h, o.w));
+        match (&self.colour, hist) {
+            (Some(colour), Some(hist)) => {
                 let hist = Tensor::from_vec(hist, (b, colour.bins(), o.h, o.w), x.device())?;
                 Ok(Tensor::cat(&[&map, &hist], 1)?)
             }
-            None => Ok(map),
+            _ => Ok(map),
         }
     }
 
@@ -334,6 +340,22 @@ impl Backbone {
             None => Ok(y),
         }
     }
+}
+
+/// `f` on the values of the f32 CPU tensor `x` in row-major order: read in
+/// place when `x` is contiguous (a batch of 16 images is 9.6 MB that a copy
+/// would allocate and fault in on every call), copied otherwise.
+pub(crate) fn with_cpu_f32<R>(x: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    {
+        let (storage, layout) = x.storage_and_layout();
+        if let (candle_core::Storage::Cpu(candle_core::CpuStorage::F32(data)), Some((start, end))) =
+            (&*storage, layout.contiguous_offsets())
+        {
+            return Ok(f(&data[start..end]));
+        }
+    }
+    let copy: Vec<f32> = x.flatten_all()?.to_vec1()?;
+    Ok(f(&copy))
 }
 
 #[cfg(test)]

@@ -15,6 +15,14 @@ pub(crate) fn colour_histogram(
     (b, height, width): (usize, usize, usize),
     (h, w): (usize, usize),
 ) -> Vec<f32> {
+    super::map::on_pool(|| histogram(x, (b, height, width), (h, w)))
+}
+
+fn histogram(
+    x: &[f32],
+    (b, height, width): (usize, usize, usize),
+    (h, w): (usize, usize),
+) -> Vec<f32> {
     assert_eq!(x.len(), b * 3 * height * width);
     let (sh, sw) = ((SAMPLES * h).min(height), (SAMPLES * w).min(width));
     // Soft assignments of every sample: [B, sh, sw, K].

@@ -5,7 +5,7 @@
 
 use super::gemm::{gemm, Epilogue, PackedB, Rows};
 use super::kernels::KernelPath;
-use super::map::{Exec, MapShape};
+use super::map::{BufferPool, Exec, MapShape};
 use crate::layers::{Activation, Padding};
 
 /// A `k`x`k` convolution with folded BatchNorm and an activation.
@@ -67,23 +67,41 @@ impl Conv {
         }
     }
 
-    /// `out = act(conv(x) + bias)`, or with a residual `(r, post)`:
-    /// `out = post(act(conv(x) + bias) + r)`, all NHWC; `r` has the output's
-    /// shape. Fused only when `act` is the identity, as in every residual
-    /// block here (asserted).
-    pub(crate) fn forward(
+    /// Whether this is a 1x1, stride-1, unpadded convolution: one gemm over
+    /// the map's pixels, each output pixel from its own input pixel.
+    pub(crate) fn is_pointwise(&self) -> bool {
+        self.kernel == 1 && self.stride == 1 && self.padding.output(1, 1, 1).1 == (0, 0)
+    }
+
+    /// A pointwise convolution ([`Self::is_pointwise`]) of the pixels in `x`
+    /// (`[pixels, C_in]`, any number of them) into `out` (`[pixels, C_out]`),
+    /// with the residual as in [`Self::forward`].
+    pub(crate) fn forward_pixels(
         &self,
         path: KernelPath,
         exec: Exec,
         x: &[f32],
-        shape: MapShape,
         residual: Option<(&[f32], Activation)>,
         out: &mut [f32],
     ) {
-        assert_eq!(shape.c, self.c_in);
-        assert_eq!(x.len(), shape.len());
-        let o = self.out_shape(shape);
-        let ep = match residual {
+        assert!(
+            self.is_pointwise(),
+            "forward_pixels needs a 1x1 stride-1 convolution"
+        );
+        assert_eq!(x.len() % self.c_in, 0);
+        let a = Rows {
+            data: x,
+            count: x.len() / self.c_in,
+            stride: self.c_in,
+        };
+        gemm(path, exec, a, &self.weight, out, self.epilogue(residual));
+    }
+
+    /// The gemm's epilogue: `act` after the bias, or with a residual `(r,
+    /// post)` the sum and `post` (fused only when `act` is the identity, as
+    /// in every residual block here: asserted).
+    fn epilogue<'a>(&'a self, residual: Option<(&'a [f32], Activation)>) -> Epilogue<'a> {
+        match residual {
             Some((r, post)) => {
                 assert_eq!(
                     self.act,
@@ -101,45 +119,54 @@ impl Conv {
                 residual: None,
                 act: self.act,
             },
-        };
-        let (_, pad_h) = self.geometry(shape.h);
-        let (_, pad_w) = self.geometry(shape.w);
-        let direct = self.kernel == 1 && self.stride == 1 && pad_h == (0, 0) && pad_w == (0, 0);
-        if direct {
-            let a = Rows {
-                data: x,
-                count: o.pixels(),
-                stride: self.c_in,
-            };
-            gemm(path, exec, a, &self.weight, out, ep);
+        }
+    }
+
+    /// `out = act(conv(x) + bias)`, or with a residual `(r, post)`:
+    /// `out = post(act(conv(x) + bias) + r)`, all NHWC; `r` has the output's
+    /// shape. Fused only when `act` is the identity, as in every residual
+    /// block here (asserted). `x` has shape `shape`; an im2col matrix, when
+    /// needed, comes from `pool`.
+    pub(crate) fn forward(
+        &self,
+        path: KernelPath,
+        exec: Exec,
+        (x, shape): (&[f32], MapShape),
+        residual: Option<(&[f32], Activation)>,
+        pool: &BufferPool,
+        out: &mut [f32],
+    ) {
+        assert_eq!(shape.c, self.c_in);
+        assert_eq!(x.len(), shape.len());
+        let o = self.out_shape(shape);
+        if self.is_pointwise() {
+            self.forward_pixels(path, exec, x, residual, out);
             return;
         }
+        let ep = self.epilogue(residual);
+        let (_, pad_h) = self.geometry(shape.h);
+        let (_, pad_w) = self.geometry(shape.w);
         let k = self.weight.k();
-        COLUMNS.with(|cols| {
-            let mut cols = cols.borrow_mut();
-            if cols.len() < o.pixels() * k {
-                cols.resize(o.pixels() * k, 0.0);
-            }
-            let cols = &mut cols[..o.pixels() * k];
-            let geometry = Im2Col {
-                kernel: self.kernel,
-                stride: self.stride,
-                pad: (pad_h.0, pad_w.0),
-            };
-            geometry.fill(exec, x, shape, o, cols);
-            let a = Rows {
-                data: cols,
-                count: o.pixels(),
-                stride: k,
-            };
-            gemm(path, exec, a, &self.weight, out, ep);
-        });
+        // The im2col matrix comes from the network's pool, not a
+        // thread-local: a rayon thread that runs this layer's parallel
+        // loops may meanwhile steal work of another forward pass that
+        // needs one of its own.
+        let mut buf = pool.take(o.pixels() * k);
+        let cols = &mut buf[..o.pixels() * k];
+        let geometry = Im2Col {
+            kernel: self.kernel,
+            stride: self.stride,
+            pad: (pad_h.0, pad_w.0),
+        };
+        geometry.fill(exec, x, shape, o, cols);
+        let a = Rows {
+            data: cols,
+            count: o.pixels(),
+            stride: k,
+        };
+        gemm(path, exec, a, &self.weight, out, ep);
+        pool.give(buf);
     }
-}
-
-thread_local! {
-    /// The im2col matrix of the calling thread, reused across calls.
-    static COLUMNS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Where each output pixel of a convolution reads its taps.
@@ -168,8 +195,17 @@ impl Im2Col {
         let (k, c) = (self.kernel, s.c);
         let row_len = k * k * c;
         for (ox, px) in dst.chunks_exact_mut(row_len).enumerate() {
+            let left = (ox * self.stride) as isize - self.pad.1 as isize;
+            let inside_x = left >= 0 && left as usize + k <= s.w;
             for ky in 0..k {
                 let iy = (oy * self.stride + ky) as isize - self.pad.0 as isize;
+                if inside_x && iy >= 0 && (iy as usize) < s.h {
+                    // The k taps of this row are k neighbouring pixels: one
+                    // copy (a few floats each for the stems' 3 channels).
+                    let at = (iy as usize * s.w + left as usize) * c;
+                    px[ky * k * c..(ky + 1) * k * c].copy_from_slice(&image[at..at + k * c]);
+                    continue;
+                }
                 for kx in 0..k {
                     let ix = (ox * self.stride + kx) as isize - self.pad.1 as isize;
                     let tap = &mut px[(ky * k + kx) * c..(ky * k + kx + 1) * c];

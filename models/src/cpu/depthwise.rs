@@ -3,6 +3,8 @@
 //! vector, so the inner loop runs over contiguous channels and vectorises.
 //! One rayon task per output row; bias and activation are fused.
 
+use std::ops::Range;
+
 use super::kernels::KernelPath;
 use super::map::{Exec, MapShape};
 use crate::layers::{Activation, Padding};
@@ -80,49 +82,123 @@ impl Depthwise {
         let o = self.out_shape(shape);
         assert_eq!(x.len(), shape.len());
         assert_eq!(out.len(), o.len());
+        let image_len = shape.h * shape.w * shape.c;
+        exec.chunks(out, o.w * o.c, |row, dst| {
+            let (img, oy) = (row / o.h, row % o.h);
+            let image = &x[img * image_len..][..image_len];
+            self.row(path, image, 0, shape, oy, dst);
+        });
+    }
+
+    /// The input rows (of an image `shape.h` rows high) that output rows
+    /// `oy` read, clamped to the image.
+    pub(crate) fn input_rows(&self, shape: MapShape, oy: Range<usize>) -> Range<usize> {
+        let (_, pt) = self.geometry(shape.h);
+        let first = (oy.start * self.stride).saturating_sub(pt);
+        let last = ((oy.end.max(1) - 1) * self.stride + self.kernel).saturating_sub(pt);
+        first.min(shape.h)..last.min(shape.h)
+    }
+
+    /// Input rows that `n` consecutive output rows read, padding included.
+    pub(crate) fn rows_read(&self, n: usize) -> usize {
+        (n.max(1) - 1) * self.stride + self.kernel
+    }
+
+    /// Output rows `oy` of one image (`shape.b == 1`) into `out` (`oy.len()`
+    /// rows), on the calling thread, from `rows`: the image's rows from
+    /// `first_row` on, which must include [`Self::input_rows`] of `oy`.
+    pub(crate) fn forward_rows(
+        &self,
+        path: KernelPath,
+        (rows, first_row): (&[f32], usize),
+        shape: MapShape,
+        oy: Range<usize>,
+        out: &mut [f32],
+    ) {
+        assert_eq!(shape.c, self.channels);
+        let o = self.out_shape(shape);
+        let row_len = shape.w * shape.c;
+        let need = self.input_rows(shape, oy.clone());
+        assert!(oy.end <= o.h && out.len() == oy.len() * o.w * o.c);
+        assert!(
+            need.is_empty()
+                || (first_row <= need.start
+                    && first_row * row_len + rows.len() >= need.end * row_len),
+            "depthwise rows: {need:?} not inside the {} rows from {first_row}",
+            rows.len() / row_len
+        );
+        for (oy, dst) in oy.zip(out.chunks_exact_mut(o.w * o.c)) {
+            self.row(path, rows, first_row, shape, oy, dst);
+        }
+    }
+
+    /// Output row `oy` into `dst`, from `rows` (the image's rows from
+    /// `first_row` on).
+    fn row(
+        &self,
+        path: KernelPath,
+        rows: &[f32],
+        first_row: usize,
+        shape: MapShape,
+        oy: usize,
+        dst: &mut [f32],
+    ) {
         let (_, pt) = self.geometry(shape.h);
         let (_, pl) = self.geometry(shape.w);
-        let row_len = o.w * o.c;
-        exec.chunks(out, row_len, |row, dst| {
-            let (img, oy) = (row / o.h, row % o.h);
-            let image = &x[img * shape.h * shape.w * shape.c..][..shape.h * shape.w * shape.c];
-            let rows = RowJob {
-                dw: self,
-                image,
-                shape,
-                oy,
-                pad: (pt, pl),
-            };
-            match path {
-                #[cfg(target_arch = "x86_64")]
-                KernelPath::Avx2Fma => {
-                    // SAFETY: this path is only selected when the CPU
-                    // has AVX2 and FMA.
-                    unsafe { row_avx2(&rows, dst) }
-                }
-                _ => rows.run::<false>(dst),
+        let job = RowJob {
+            dw: self,
+            rows,
+            first_row,
+            shape,
+            oy,
+            pad: (pt, pl),
+        };
+        let c = self.channels;
+        match path {
+            #[cfg(target_arch = "x86_64")]
+            KernelPath::Avx512 => {
+                // SAFETY: this path is only selected when the CPU has
+                // AVX-512F, AVX2 and FMA.
+                let done = unsafe { row_avx512(&job, dst, 0) };
+                let done = unsafe { row_avx2(&job, dst, done) };
+                job.run::<true>(dst, done..c);
             }
-        });
+            #[cfg(target_arch = "x86_64")]
+            KernelPath::Avx2Fma => {
+                // SAFETY: this path is only selected when the CPU
+                // has AVX2 and FMA.
+                let done = unsafe { row_avx2(&job, dst, 0) };
+                job.run::<true>(dst, done..c);
+            }
+            _ => job.run::<false>(dst, 0..c),
+        }
     }
 }
 
 /// One output row of a depthwise convolution.
 struct RowJob<'a> {
     dw: &'a Depthwise,
-    image: &'a [f32],
+    /// The image's rows from `first_row` on.
+    rows: &'a [f32],
+    first_row: usize,
     shape: MapShape,
     oy: usize,
     pad: (usize, usize),
 }
 
 impl RowJob<'_> {
+    /// The row's outputs for `channels` (the others are left as they are).
     #[inline(always)]
-    fn run<const FMA: bool>(&self, dst: &mut [f32]) {
+    fn run<const FMA: bool>(&self, dst: &mut [f32], channels: std::ops::Range<usize>) {
+        if channels.is_empty() {
+            return;
+        }
         let dw = self.dw;
         let (k, s, c) = (dw.kernel, dw.stride, dw.channels);
         let (h, w) = (self.shape.h as isize, self.shape.w as isize);
-        for (ox, acc) in dst.chunks_exact_mut(c).enumerate() {
-            acc.copy_from_slice(&dw.bias);
+        for (ox, pixel) in dst.chunks_exact_mut(c).enumerate() {
+            let acc = &mut pixel[channels.clone()];
+            acc.copy_from_slice(&dw.bias[channels.clone()]);
             for ky in 0..k {
                 let iy = (self.oy * s + ky) as isize - self.pad.0 as isize;
                 if iy < 0 || iy >= h {
@@ -133,9 +209,10 @@ impl RowJob<'_> {
                     if ix < 0 || ix >= w {
                         continue;
                     }
-                    let at = (iy as usize * w as usize + ix as usize) * c;
-                    let input = &self.image[at..at + c];
-                    let weight = &dw.weight[(ky * k + kx) * c..(ky * k + kx + 1) * c];
+                    let at = ((iy as usize - self.first_row) * w as usize + ix as usize) * c;
+                    let input = &self.rows[at..at + c][channels.clone()];
+                    let weight =
+                        &dw.weight[(ky * k + kx) * c..(ky * k + kx + 1) * c][channels.clone()];
                     for ((a, &x), &wt) in acc.iter_mut().zip(input).zip(weight) {
                         *a = if FMA { x.mul_add(wt, *a) } else { *a + x * wt };
                     }
@@ -150,104 +227,135 @@ impl RowJob<'_> {
     }
 }
 
-/// One output row with AVX2 + FMA, one block of 8 channels at a time: the
-/// block's bias and (for 3x3) its 9 tap weights stay in registers while the
-/// row's pixels pass. Pixels whose taps all lie inside the image read them
-/// at fixed offsets from one base pointer; the others gather their tap
-/// pointers first, with taps in the padding pointing at a zero vector.
+/// Defines an `unsafe fn $name(job, dst, first) -> usize` that computes one
+/// output row for the channels from `first` on, one block of `$lanes`
+/// channels at a time, and returns where it stopped (the first channel of an
+/// incomplete block). The block's bias and (for 3x3) its 9 tap weights stay
+/// in registers while the row's pixels pass. Pixels whose taps all lie inside
+/// the image read them at fixed offsets from one base pointer; the others
+/// gather their tap pointers first, with taps in the padding pointing at a
+/// zero vector. Kernels larger than 5x5 are left to the portable row.
 ///
-/// # Safety
-/// The CPU must support AVX2 and FMA.
+/// One macro for the AVX2 and AVX-512 rows: they differ only in the
+/// register width and the intrinsics' names.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn row_avx2(job: &RowJob, dst: &mut [f32]) {
-    use std::arch::x86_64::*;
-    let dw = job.dw;
-    let (k, s, c) = (dw.kernel, dw.stride, dw.channels);
-    let taps = k * k;
-    if taps > MAX_TAPS {
-        return job.run::<true>(dst);
-    }
-    let zeros = [0f32; 8];
-    let (h, w) = (job.shape.h as isize, job.shape.w as isize);
-    let (pt, pl) = (job.pad.0 as isize, job.pad.1 as isize);
-    let ow = dst.len() / c;
-    let top = (job.oy * s) as isize - pt;
-    let rows_inside = top >= 0 && top + k as isize <= h;
-    // Output columns whose k taps are all inside the row.
-    let interior = if rows_inside && w + pl >= k as isize {
-        let first = (pl as usize).div_ceil(s);
-        let last = (((w + pl - k as isize) as usize) / s + 1).min(ow);
-        first..last.max(first)
-    } else {
-        0..0
-    };
-    let (lo, hi) = dw.act.bounds();
-    let (vlo, vhi) = (_mm256_set1_ps(lo), _mm256_set1_ps(hi));
-    let image = job.image.as_ptr();
-    let out = dst.as_mut_ptr();
-    let mut inputs = [zeros.as_ptr(); MAX_TAPS];
-    let mut ch = 0;
-    while ch + 8 <= c {
-        let bias = _mm256_loadu_ps(dw.bias.as_ptr().add(ch));
-        let wp = dw.weight.as_ptr().add(ch);
-        let mut wv = [_mm256_setzero_ps(); 9];
-        if k == 3 {
-            for (t, v) in wv.iter_mut().enumerate() {
-                *v = _mm256_loadu_ps(wp.add(t * c));
+macro_rules! simd_row {
+    (
+        $(#[$doc:meta])*
+        $name:ident, $features:literal, $lanes:literal,
+        load $load:ident, store $store:ident, set1 $set1:ident, zero $zero:ident,
+        fmadd $fmadd:ident, min $min:ident, max $max:ident
+    ) => {
+        $(#[$doc])*
+        ///
+        /// # Safety
+        /// The CPU must support the function's target features.
+        #[target_feature(enable = $features)]
+        unsafe fn $name(job: &RowJob, dst: &mut [f32], first: usize) -> usize {
+            use std::arch::x86_64::*;
+            const LANES: usize = $lanes;
+            let dw = job.dw;
+            let (k, s, c) = (dw.kernel, dw.stride, dw.channels);
+            let taps = k * k;
+            if taps > MAX_TAPS {
+                return first;
             }
-        }
-        for ox in 0..ow {
-            let mut acc = bias;
-            if interior.contains(&ox) {
-                let base = image.add(((top * w) as usize + ox * s - pl as usize) * c + ch);
+            let zeros = [0f32; LANES];
+            let (h, w) = (job.shape.h as isize, job.shape.w as isize);
+            let (pt, pl) = (job.pad.0 as isize, job.pad.1 as isize);
+            let ow = dst.len() / c;
+            let top = (job.oy * s) as isize - pt;
+            let rows_inside = top >= 0 && top + k as isize <= h;
+            // Output columns whose k taps are all inside the row.
+            let interior = if rows_inside && w + pl >= k as isize {
+                let first = (pl as usize).div_ceil(s);
+                let last = (((w + pl - k as isize) as usize) / s + 1).min(ow);
+                first..last.max(first)
+            } else {
+                0..0
+            };
+            let (lo, hi) = dw.act.bounds();
+            let (vlo, vhi) = ($set1(lo), $set1(hi));
+            // Row `first_row` of the image is where `rows` starts.
+            let image = job.rows.as_ptr();
+            let top_in = top - job.first_row as isize;
+            let out = dst.as_mut_ptr();
+            let mut inputs = [zeros.as_ptr(); MAX_TAPS];
+            let mut ch = first;
+            while ch + LANES <= c {
+                let bias = $load(dw.bias.as_ptr().add(ch));
+                let wp = dw.weight.as_ptr().add(ch);
+                let mut wv = [$zero(); 9];
                 if k == 3 {
-                    for ky in 0..3 {
-                        let row = base.add(ky * w as usize * c);
-                        acc = _mm256_fmadd_ps(_mm256_loadu_ps(row), wv[ky * 3], acc);
-                        acc = _mm256_fmadd_ps(_mm256_loadu_ps(row.add(c)), wv[ky * 3 + 1], acc);
-                        acc = _mm256_fmadd_ps(_mm256_loadu_ps(row.add(2 * c)), wv[ky * 3 + 2], acc);
+                    for (t, v) in wv.iter_mut().enumerate() {
+                        *v = $load(wp.add(t * c));
                     }
-                } else {
-                    for ky in 0..k {
-                        let row = base.add(ky * w as usize * c);
-                        for kx in 0..k {
-                            let x = _mm256_loadu_ps(row.add(kx * c));
-                            acc =
-                                _mm256_fmadd_ps(x, _mm256_loadu_ps(wp.add((ky * k + kx) * c)), acc);
+                }
+                for ox in 0..ow {
+                    let mut acc = bias;
+                    if interior.contains(&ox) {
+                        let base =
+                            image.add(((top_in * w) as usize + ox * s - pl as usize) * c + ch);
+                        if k == 3 {
+                            for ky in 0..3 {
+                                let row = base.add(ky * w as usize * c);
+                                acc = $fmadd($load(row), wv[ky * 3], acc);
+                                acc = $fmadd($load(row.add(c)), wv[ky * 3 + 1], acc);
+                                acc = $fmadd($load(row.add(2 * c)), wv[ky * 3 + 2], acc);
+                            }
+                        } else {
+                            for ky in 0..k {
+                                let row = base.add(ky * w as usize * c);
+                                for kx in 0..k {
+                                    let x = $load(row.add(kx * c));
+                                    acc = $fmadd(x, $load(wp.add((ky * k + kx) * c)), acc);
+                                }
+                            }
+                        }
+                    } else {
+                        for ky in 0..k {
+                            let iy = top + ky as isize;
+                            for kx in 0..k {
+                                let ix = (ox * s + kx) as isize - pl;
+                                inputs[ky * k + kx] = if iy < 0 || iy >= h || ix < 0 || ix >= w {
+                                    zeros.as_ptr()
+                                } else {
+                                    let iy = (iy - job.first_row as isize) as usize;
+                                    image.add((iy * w as usize + ix as usize) * c + ch)
+                                };
+                            }
+                        }
+                        for (t, input) in inputs.iter().enumerate().take(taps) {
+                            acc = $fmadd($load(*input), $load(wp.add(t * c)), acc);
                         }
                     }
+                    acc = $min($max(acc, vlo), vhi);
+                    $store(out.add(ox * c + ch), acc);
                 }
-            } else {
-                for ky in 0..k {
-                    let iy = top + ky as isize;
-                    for kx in 0..k {
-                        let ix = (ox * s + kx) as isize - pl;
-                        inputs[ky * k + kx] = if iy < 0 || iy >= h || ix < 0 || ix >= w {
-                            zeros.as_ptr()
-                        } else {
-                            image.add((iy as usize * w as usize + ix as usize) * c + ch)
-                        };
-                    }
-                }
-                for (t, input) in inputs.iter().enumerate().take(taps) {
-                    let x = _mm256_loadu_ps(*input);
-                    acc = _mm256_fmadd_ps(x, _mm256_loadu_ps(wp.add(t * c)), acc);
-                }
+                ch += LANES;
             }
-            acc = _mm256_min_ps(_mm256_max_ps(acc, vlo), vhi);
-            _mm256_storeu_ps(out.add(ox * c + ch), acc);
+            ch
         }
-        ch += 8;
-    }
-    if ch < c {
-        // The last channels (fewer than 8) through the portable row, which
-        // also rewrites the blocks above with the same values.
-        job.run::<true>(dst);
-    }
+    };
 }
 
-/// Taps of the largest kernel the AVX2 row handles (5x5).
+#[cfg(target_arch = "x86_64")]
+simd_row!(
+    /// One output row with AVX2 + FMA, 8 channels per block.
+    row_avx2, "avx2,fma", 8,
+    load _mm256_loadu_ps, store _mm256_storeu_ps, set1 _mm256_set1_ps, zero _mm256_setzero_ps,
+    fmadd _mm256_fmadd_ps, min _mm256_min_ps, max _mm256_max_ps
+);
+
+#[cfg(target_arch = "x86_64")]
+simd_row!(
+    /// One output row with AVX-512F, 16 channels per block.
+    row_avx512, "avx512f", 16,
+    load _mm512_loadu_ps, store _mm512_storeu_ps, set1 _mm512_set1_ps, zero _mm512_setzero_ps,
+    fmadd _mm512_fmadd_ps, min _mm512_min_ps, max _mm512_max_ps
+);
+
+/// Taps of the largest kernel the SIMD rows handle (5x5).
 #[cfg(target_arch = "x86_64")]
 const MAX_TAPS: usize = 25;
 
@@ -256,13 +364,15 @@ mod tests {
     use super::*;
 
     /// Every engine path against a direct evaluation of the definition, for
-    /// channel counts off the 8-lane blocks, both strides, 3x3 and 5x5, and
+    /// channel counts off the 8- and 16-lane blocks, both strides, 3x3 and 5x5, and
     /// symmetric and TF "SAME" padding.
     #[test]
     fn depthwise_matches_the_definition_on_every_path() {
         for (c, k, stride, padding) in [
             (8, 3, 1, Padding::Symmetric(1)),
             (13, 3, 2, Padding::Symmetric(1)),
+            (40, 3, 1, Padding::Symmetric(1)),
+            (37, 3, 2, Padding::Symmetric(1)),
             (24, 5, 2, Padding::Same),
             (19, 5, 1, Padding::Same),
         ] {

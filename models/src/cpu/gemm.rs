@@ -118,39 +118,54 @@ pub(crate) fn gemm(
         for r0 in rows.clone().step_by(MR) {
             let r1 = (r0 + MR).min(rows.end);
             let mut rest = panels.clone();
+            // Rows past the end repeat the last one; their sums are dropped.
+            let a_rows: [&[f32]; MR] =
+                std::array::from_fn(|i| &a[(r0 + i).min(r1 - 1) * lda..][..k]);
             #[cfg(target_arch = "x86_64")]
-            if path == KernelPath::Avx2Fma && r1 - r0 == MR {
-                // Panels whose 16 columns all exist go through the AVX2 row
-                // kernel with the epilogue in registers.
-                let full = panels.start..panels.end.min(n / NR).max(panels.start);
-                if !full.is_empty() {
-                    let col = full.start * NR;
-                    // SAFETY: AVX2 and FMA are present (the path is only
-                    // chosen then); rows r0..r0 + MR and the full panels'
-                    // columns lie inside `a`, `c` and the residual (asserted
-                    // shapes), and tasks write disjoint tiles of `c`, which
-                    // outlives the loop.
+            if matches!(path, KernelPath::Avx2Fma | KernelPath::Avx512) {
+                // AVX-512 takes every tile of the row (masked stores for the
+                // last rows and columns); AVX2 the full ones.
+                let simd = match path {
+                    KernelPath::Avx512 => panels.clone(),
+                    _ if r1 - r0 == MR => panels.start..panels.end.min(n / NR).max(panels.start),
+                    _ => panels.start..panels.start,
+                };
+                if !simd.is_empty() {
+                    let col = simd.start * NR;
+                    let cols = (simd.end * NR).min(n) - col;
+                    // SAFETY: rows r0..r1 and columns col..col + cols lie
+                    // inside `c` and the residual (asserted shapes), and
+                    // tasks write disjoint tiles of `c`, which outlives the
+                    // loop.
+                    let store = unsafe {
+                        TileStore {
+                            out: (out.0.add(r0 * n + col), n),
+                            bias: ep.bias.as_ptr().add(col),
+                            residual: ep.residual.map(|r| r.as_ptr().add(r0 * n + col)),
+                            clamp: ep.act.bounds(),
+                            rows: r1 - r0,
+                            cols,
+                        }
+                    };
+                    let b_panels = (b.panel(simd.start).as_ptr(), simd.len());
+                    // SAFETY: as above; each row of `a_rows` holds `k`
+                    // floats and each panel `k * NR`; each kernel's
+                    // instructions are present: the path is only chosen when
+                    // the CPU has them (`KernelPath::is_supported`; AVX-512
+                    // implies AVX2 + FMA there).
                     unsafe {
-                        avx2::tile_row(
-                            k,
-                            (a.as_ptr().add(r0 * lda), lda),
-                            (b.panel(full.start).as_ptr(), full.len()),
-                            avx2::Store {
-                                out: (out.0.add(r0 * n + col), n),
-                                bias: ep.bias.as_ptr().add(col),
-                                residual: ep.residual.map(|r| r.as_ptr().add(r0 * n + col)),
-                                clamp: ep.act.bounds(),
-                            },
-                        );
+                        let a_ptrs = a_rows.map(|r| r.as_ptr());
+                        if path == KernelPath::Avx512 {
+                            avx512::tile_row(k, a_ptrs, b_panels, store);
+                        } else {
+                            avx2::tile_row(k, a_ptrs, b_panels, store);
+                        }
                     }
-                    rest = full.end..panels.end;
+                    rest = simd.end..panels.end;
                 }
             }
             for p in rest {
                 let cols = p * NR..((p + 1) * NR).min(n);
-                // Rows past the end repeat the last one; their sums are dropped.
-                let a_rows: [&[f32]; MR] =
-                    std::array::from_fn(|i| &a[(r0 + i).min(r1 - 1) * lda..][..k]);
                 let mut acc = [0f32; MR * NR];
                 micro_kernel(path, k, a_rows, b.panel(p), &mut acc);
                 // SAFETY: tasks write disjoint (rows, cols) tiles of `c`,
@@ -159,6 +174,26 @@ pub(crate) fn gemm(
             }
         }
     });
+}
+
+/// Where a row of full tiles goes and what is applied on the way (the SIMD
+/// row kernels' epilogue).
+#[cfg(target_arch = "x86_64")]
+struct TileStore {
+    /// The tile row's first output element and the output's row stride.
+    out: (*mut f32, usize),
+    /// The first tile's biases (the next tiles' follow).
+    bias: *const f32,
+    /// The first tile's first residual element (same stride as `out`).
+    residual: Option<*const f32>,
+    /// The activation as a clamp.
+    clamp: (f32, f32),
+    /// Rows of the tile row that exist (at most [`MR`]; the AVX2 kernel
+    /// takes only full ones).
+    rows: usize,
+    /// Columns from the first tile's on that exist (the AVX2 kernel takes
+    /// only full panels).
+    cols: usize,
 }
 
 struct SharedOut(*mut f32);
@@ -206,8 +241,8 @@ fn micro_kernel(path: KernelPath, k: usize, a: [&[f32]; MR], b: &[f32], acc: &mu
     assert!(a.iter().all(|r| r.len() >= k) && b.len() >= k * NR);
     match path {
         #[cfg(target_arch = "x86_64")]
-        KernelPath::Avx2Fma => {
-            // SAFETY: the network only selects this path when the CPU has
+        KernelPath::Avx2Fma | KernelPath::Avx512 => {
+            // SAFETY: the network only selects these paths when the CPU has
             // AVX2 and FMA (`KernelPath::is_supported`); the slices hold `k`
             // values of each row and `k` rows of the panel (asserted).
             unsafe { avx2::micro_kernel(k, a.map(|r| r.as_ptr()), b.as_ptr(), acc) }
@@ -235,7 +270,7 @@ fn portable_micro_kernel(k: usize, a: [&[f32]; MR], b: &[f32], acc: &mut [f32; M
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::{MR, NR};
+    use super::{TileStore, MR, NR};
 
     /// The 6x16 AVX2 + FMA micro-kernel: 12 accumulators, two loads of B
     /// and six broadcasts of A (one per row) per step of `k`.
@@ -277,21 +312,9 @@ mod avx2 {
         c
     }
 
-    /// Where full tiles go and what is applied on the way.
-    pub(super) struct Store {
-        /// The tile row's first output element and the output's row stride.
-        pub out: (*mut f32, usize),
-        /// The first tile's biases (the next tiles' follow).
-        pub bias: *const f32,
-        /// The first tile's first residual element (same stride as `out`).
-        pub residual: Option<*const f32>,
-        /// The activation as a clamp.
-        pub clamp: (f32, f32),
-    }
-
-    /// `MR` rows of A (`a`: first row and stride) times `panels` consecutive
-    /// packed panels of B, each tile's bias, residual and activation applied
-    /// in registers and stored straight to C.
+    /// `MR` rows of A (`rows`) times `panels` consecutive full packed panels
+    /// of B, each tile's bias, residual and activation applied in registers
+    /// and stored straight to C.
     ///
     /// # Safety
     /// The CPU must support AVX2 and FMA; the rows must hold `k` floats,
@@ -300,13 +323,13 @@ mod avx2 {
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn tile_row(
         k: usize,
-        (a, lda): (*const f32, usize),
+        rows: [*const f32; MR],
         (b, panels): (*const f32, usize),
-        st: Store,
+        st: TileStore,
     ) {
+        debug_assert!(st.rows == MR && st.cols == panels * NR);
         let (lo, hi) = (_mm256_set1_ps(st.clamp.0), _mm256_set1_ps(st.clamp.1));
         let (out, ldc) = st.out;
-        let rows: [*const f32; MR] = std::array::from_fn(|i| a.add(i * lda));
         for p in 0..panels {
             let c = accumulate(k, rows, b.add(p * k * NR));
             let col = p * NR;
@@ -325,6 +348,105 @@ mod avx2 {
                     _mm256_storeu_ps(out.add(at), v);
                 }
             }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::{TileStore, MR, NR};
+
+    /// A tile of `MR` rows by `P` panels (`16 * P` columns) in `MR * P`
+    /// registers: per step of `k`, one load of each panel's row of B and one
+    /// broadcast of each row of A. `P = 2` is the main kernel (12
+    /// accumulators, 12 FMAs per 8 loads); `P = 1` takes an odd last panel.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F; each row of `a` must hold `k` floats
+    /// and each panel `k * NR`.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn accumulate<const P: usize>(
+        k: usize,
+        a: [*const f32; MR],
+        b: [*const f32; P],
+    ) -> [[__m512; P]; MR] {
+        let mut c = [[_mm512_setzero_ps(); P]; MR];
+        for kk in 0..k {
+            let mut bv = [_mm512_setzero_ps(); P];
+            for (v, bj) in bv.iter_mut().zip(b) {
+                *v = _mm512_loadu_ps(bj.add(kk * NR));
+            }
+            for (i, ci) in c.iter_mut().enumerate() {
+                let x = _mm512_set1_ps(*a[i].add(kk));
+                for (cij, &bj) in ci.iter_mut().zip(&bv) {
+                    *cij = _mm512_fmadd_ps(x, bj, *cij);
+                }
+            }
+        }
+        c
+    }
+
+    /// Bias, residual and clamp on a tile of `P` panels starting at column
+    /// `col` of the row of tiles, stored straight to C: the first `st.rows`
+    /// rows, and of the columns only those before `st.cols` (masked).
+    ///
+    /// # Safety
+    /// As [`tile_row`].
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn store<const P: usize>(c: [[__m512; P]; MR], col: usize, st: &TileStore) {
+        let (lo, hi) = (_mm512_set1_ps(st.clamp.0), _mm512_set1_ps(st.clamp.1));
+        let (out, ldc) = st.out;
+        let mut mask = [0 as __mmask16; P];
+        let mut bias = [_mm512_setzero_ps(); P];
+        for (j, (m, b)) in mask.iter_mut().zip(&mut bias).enumerate() {
+            let left = st.cols.saturating_sub(col + j * NR).min(NR);
+            *m = ((1u32 << left) - 1) as __mmask16;
+            *b = _mm512_maskz_loadu_ps(*m, st.bias.add(col + j * NR));
+        }
+        for (i, ci) in c.iter().enumerate().take(st.rows) {
+            for (j, (&cij, &bj)) in ci.iter().zip(&bias).enumerate() {
+                let at = i * ldc + col + j * NR;
+                let mut v = _mm512_add_ps(cij, bj);
+                if let Some(r) = st.residual {
+                    v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask[j], r.add(at)));
+                }
+                v = _mm512_min_ps(_mm512_max_ps(v, lo), hi);
+                _mm512_mask_storeu_ps(out.add(at), mask[j], v);
+            }
+        }
+    }
+
+    /// `MR` rows of A (`rows`; those past `st.rows` repeat the last real
+    /// one) times `panels` consecutive packed panels of B, two panels (32
+    /// columns) per tile, each tile's bias, residual and activation applied
+    /// in registers and stored straight to C: rows and columns that do not
+    /// exist (`st.rows`, `st.cols`) are computed but not stored.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F; the rows must hold `k` floats, the
+    /// panels `k * NR` each, and `st` must address `st.rows` rows of
+    /// `st.cols` floats.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn tile_row(
+        k: usize,
+        rows: [*const f32; MR],
+        (b, panels): (*const f32, usize),
+        st: TileStore,
+    ) {
+        let panel = |p: usize| b.add(p * k * NR);
+        let mut p = 0;
+        while p + 2 <= panels {
+            let c = accumulate(k, rows, [panel(p), panel(p + 1)]);
+            store(c, p * NR, &st);
+            p += 2;
+        }
+        if p < panels {
+            let c = accumulate(k, rows, [panel(p)]);
+            store(c, p * NR, &st);
         }
     }
 }
@@ -378,6 +500,7 @@ mod tests {
                 (5, 3, 17),
                 (7, 16, 16),
                 (49, 33, 40),
+                (13, 24, 48),
                 (97, 64, 130),
             ] {
                 let a = values(m * k, 1);

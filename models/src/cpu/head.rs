@@ -136,6 +136,16 @@ impl DotProductEngine {
         (b, n_pix): (usize, usize),
         attrs: &[usize],
     ) -> (Vec<f32>, Vec<f32>) {
+        super::map::on_pool(|| self.forward_in_pool(path, x, (b, n_pix), attrs))
+    }
+
+    fn forward_in_pool(
+        &self,
+        path: KernelPath,
+        x: &[f32],
+        (b, n_pix): (usize, usize),
+        attrs: &[usize],
+    ) -> (Vec<f32>, Vec<f32>) {
         let (c, a, h, n) = (self.channels, self.attention_dim, self.hidden, attrs.len());
         assert_eq!(x.len(), b * c * n_pix);
         assert!(attrs.iter().all(|&i| i < self.n_attributes));

@@ -5,8 +5,11 @@
 /// The kernel implementation a [`crate::Backbone`] runs on the CPU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum KernelPath {
-    /// The engine with AVX2 + FMA kernels (x86-64 with both features; also
-    /// what an AVX-512 machine runs: there is no AVX-512 kernel).
+    /// The engine with AVX-512F kernels (x86-64 with AVX-512F, AVX2 and
+    /// FMA): the gemm's full tiles and the depthwise rows use 16-lane
+    /// registers, everything else runs the AVX2 kernels.
+    Avx512,
+    /// The engine with AVX2 + FMA kernels (x86-64 with both features).
     Avx2Fma,
     /// The engine with portable kernels: plain Rust that the compiler
     /// vectorises for the baseline target (SSE2 on x86-64, NEON on aarch64).
@@ -19,7 +22,9 @@ pub enum KernelPath {
 impl KernelPath {
     /// The fastest engine path this CPU supports.
     pub fn detect() -> Self {
-        if avx2_fma_supported() {
+        if avx512_supported() {
+            KernelPath::Avx512
+        } else if avx2_fma_supported() {
             KernelPath::Avx2Fma
         } else {
             KernelPath::Portable
@@ -28,7 +33,10 @@ impl KernelPath {
 
     /// Every path that can run on this CPU, fastest first.
     pub fn available() -> Vec<Self> {
-        let mut paths = Vec::with_capacity(3);
+        let mut paths = Vec::with_capacity(4);
+        if avx512_supported() {
+            paths.push(KernelPath::Avx512);
+        }
         if avx2_fma_supported() {
             paths.push(KernelPath::Avx2Fma);
         }
@@ -40,14 +48,16 @@ impl KernelPath {
     /// Whether this path can run on this CPU.
     pub fn is_supported(self) -> bool {
         match self {
+            KernelPath::Avx512 => avx512_supported(),
             KernelPath::Avx2Fma => avx2_fma_supported(),
             KernelPath::Portable | KernelPath::CandleOps => true,
         }
     }
 
-    /// Short name (`avx2-fma`, `portable`, `candle-ops`).
+    /// Short name (`avx512`, `avx2-fma`, `portable`, `candle-ops`).
     pub fn name(self) -> &'static str {
         match self {
+            KernelPath::Avx512 => "avx512",
             KernelPath::Avx2Fma => "avx2-fma",
             KernelPath::Portable => "portable",
             KernelPath::CandleOps => "candle-ops",
@@ -66,6 +76,7 @@ impl std::str::FromStr for KernelPath {
 
     fn from_str(s: &str) -> std::result::Result<Self, String> {
         [
+            KernelPath::Avx512,
             KernelPath::Avx2Fma,
             KernelPath::Portable,
             KernelPath::CandleOps,
@@ -73,7 +84,7 @@ impl std::str::FromStr for KernelPath {
         .into_iter()
         .find(|p| p.name() == s)
         .ok_or_else(|| {
-            format!("unknown kernel path {s:?}; expected avx2-fma, portable or candle-ops")
+            format!("unknown kernel path {s:?}; expected avx512, avx2-fma, portable or candle-ops")
         })
     }
 }
@@ -85,6 +96,18 @@ fn avx2_fma_supported() -> bool {
 
 #[cfg(not(target_arch = "x86_64"))]
 fn avx2_fma_supported() -> bool {
+    false
+}
+
+/// AVX-512F, and AVX2 + FMA for the kernels the path shares with
+/// [`KernelPath::Avx2Fma`].
+#[cfg(target_arch = "x86_64")]
+fn avx512_supported() -> bool {
+    std::arch::is_x86_feature_detected!("avx512f") && avx2_fma_supported()
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn avx512_supported() -> bool {
     false
 }
 
@@ -100,6 +123,16 @@ mod tests {
         for p in KernelPath::available() {
             assert_eq!(p.name().parse::<KernelPath>().unwrap(), p);
         }
-        assert!("avx512".parse::<KernelPath>().is_err());
+        assert!("avx".parse::<KernelPath>().is_err());
+    }
+
+    #[test]
+    fn every_engine_path_is_available_where_detect_would_pick_it() {
+        let available = KernelPath::available();
+        // Faster paths imply the slower ones' instructions.
+        if available.contains(&KernelPath::Avx512) {
+            assert!(available.contains(&KernelPath::Avx2Fma));
+        }
+        assert_eq!(available.first(), Some(&KernelPath::detect()));
     }
 }

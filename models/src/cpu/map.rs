@@ -42,6 +42,14 @@ impl Exec {
     }
 }
 
+/// Run `f` on one of rayon's threads (the calling one, if it is one), so
+/// that the parallel loops inside fork from within the pool. Called from
+/// outside it, every loop would hand its work to the pool and put the
+/// caller to sleep until the loop ends: two thread switches per layer.
+pub(crate) fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    rayon::scope(|_| f())
+}
+
 /// The shape of an NHWC map: `b` images of `h` x `w` pixels of `c` channels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct MapShape {

@@ -5,14 +5,17 @@
 //!   at load, with bias, residual and activation fused into the store of
 //!   each output tile; a 1x1 convolution multiplies the map itself.
 //! - Depthwise convolutions run over contiguous channels ([`depthwise`]).
+//! - Inverted bottlenecks whose expanded map is large run fused over bands
+//!   of rows, so that map stays in the core's cache ([`bottleneck`]).
 //! - Buffers come from a pool kept with the network, so a warm forward pass
 //!   allocates only its output.
-//! - Kernels exist for AVX2 + FMA and in portable Rust; [`KernelPath`]
+//! - Kernels exist for AVX-512F, AVX2 + FMA and in portable Rust; [`KernelPath`]
 //!   picks one at run time, and `CandleOps` runs candle's own ops instead
 //!   (the reference the engine is tested against, and the path off the CPU).
 //!
 //! The engine runs on rayon's pool, as the rest of the crate.
 
+mod bottleneck;
 mod colour;
 mod conv;
 mod depthwise;
@@ -22,6 +25,7 @@ mod kernels;
 mod map;
 mod net;
 
+pub(crate) use bottleneck::Bottleneck;
 pub(crate) use colour::colour_histogram;
 pub(crate) use conv::{Conv, MaxPool};
 pub(crate) use depthwise::Depthwise;

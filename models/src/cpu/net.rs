@@ -1,11 +1,11 @@
 //! A backbone as a list of engine layers, run on NHWC buffers from a pool.
 
+use super::bottleneck::Bottleneck;
 use super::conv::{Conv, MaxPool};
-use super::depthwise::Depthwise;
 use super::kernels::KernelPath;
 use rayon::prelude::*;
 
-use super::map::{nchw_to_nhwc, nhwc_to_nchw, BufferPool, Exec, MapShape};
+use super::map::{nchw_to_nhwc, nhwc_to_nchw, on_pool, BufferPool, Exec, MapShape};
 use crate::layers::Activation;
 
 /// One step of a network.
@@ -13,12 +13,10 @@ use crate::layers::Activation;
 pub(crate) enum Layer {
     /// A dense convolution.
     Conv(Conv),
-    /// A depthwise convolution.
-    Depthwise(Depthwise),
     /// Max pooling.
     MaxPool(MaxPool),
-    /// Layers one after the other.
-    Sequence(Vec<Layer>),
+    /// An inverted bottleneck, fused over bands of rows where it pays.
+    Bottleneck(Bottleneck),
     /// `act(last(body(x)) + shortcut(x))` with the sum and `act` inside
     /// `last`'s epilogue (`last` itself is linear); the shortcut is the
     /// identity when `None`.
@@ -34,9 +32,8 @@ impl Layer {
     fn out_shape(&self, x: MapShape) -> MapShape {
         match self {
             Layer::Conv(c) => c.out_shape(x),
-            Layer::Depthwise(d) => d.out_shape(x),
             Layer::MaxPool(p) => p.out_shape(x),
-            Layer::Sequence(layers) => layers.iter().fold(x, |s, l| l.out_shape(s)),
+            Layer::Bottleneck(b) => b.out_shape(x),
             Layer::Residual { body, last, .. } => {
                 last.out_shape(body.iter().fold(x, |s, l| l.out_shape(s)))
             }
@@ -54,17 +51,11 @@ impl Layer {
         pool: &BufferPool,
     ) -> Vec<f32> {
         let o = self.out_shape(s);
-        if let Layer::Sequence(layers) = self {
-            if let (Some(y), _) = run_layers(layers, path, exec, x, s, pool) {
-                return y;
-            }
-        }
         let mut out = pool.take(o.len());
         match self {
-            Layer::Sequence(_) => out[..o.len()].copy_from_slice(x),
-            Layer::Conv(c) => c.forward(path, exec, x, s, None, &mut out[..o.len()]),
-            Layer::Depthwise(d) => d.forward(path, exec, x, s, &mut out[..o.len()]),
+            Layer::Conv(c) => c.forward(path, exec, (x, s), None, pool, &mut out[..o.len()]),
             Layer::MaxPool(p) => p.forward(exec, x, s, &mut out[..o.len()]),
+            Layer::Bottleneck(b) => b.forward(path, exec, x, s, pool, &mut out[..o.len()]),
             Layer::Residual {
                 body,
                 last,
@@ -75,16 +66,16 @@ impl Layer {
                 let y_in = y.as_deref().unwrap_or(x);
                 let short = shortcut.as_ref().map(|sc| {
                     let mut buf = pool.take(o.len());
-                    sc.forward(path, exec, x, s, None, &mut buf[..o.len()]);
+                    sc.forward(path, exec, (x, s), None, pool, &mut buf[..o.len()]);
                     buf
                 });
                 let residual = short.as_deref().map_or(x, |b| &b[..o.len()]);
                 last.forward(
                     path,
                     exec,
-                    &y_in[..ys.len()],
-                    ys,
+                    (&y_in[..ys.len()], ys),
                     Some((residual, *act)),
+                    pool,
                     &mut out[..o.len()],
                 );
                 y.into_iter().chain(short).for_each(|b| pool.give(b));
@@ -146,13 +137,15 @@ impl CpuNet {
         assert_eq!(x.len(), b * one.len());
         let o1 = self.out_shape(one);
         let mut out = vec![0f32; b * o1.len()];
-        if b == 1 {
-            self.forward_image(path, Exec::Parallel, x, one, &mut out);
-        } else {
-            out.par_chunks_exact_mut(o1.len())
-                .zip(x.par_chunks_exact(one.len()))
-                .for_each(|(dst, src)| self.forward_image(path, Exec::Serial, src, one, dst));
-        }
+        on_pool(|| {
+            if b == 1 {
+                self.forward_image(path, Exec::Parallel, x, one, &mut out);
+            } else {
+                out.par_chunks_exact_mut(o1.len())
+                    .zip(x.par_chunks_exact(one.len()))
+                    .for_each(|(dst, src)| self.forward_image(path, Exec::Serial, src, one, dst));
+            }
+        });
         (out, MapShape { b, ..o1 })
     }
 

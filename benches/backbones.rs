@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! cargo bench --bench backbones   # ASEN_BENCH_SECS=3 per cell; ASEN_BENCH_ONLY=mobilenet_v2 for one
+//!                                 # network, ASEN_BENCH_BATCH=1 (or 16) for one batch size
 //! ```
 //! ResNet-50 uses the golden v1 checkpoint's backbone when `../shared` is
 //! present, otherwise random weights (timing does not depend on the values).
@@ -118,11 +119,23 @@ fn main() {
     println!("| network | weights | batch 1 (img/s) | batch 16 (img/s) |");
     println!("| --- | --- | ---: | ---: |");
     let only = std::env::var("ASEN_BENCH_ONLY").ok();
+    // For profiling one batch size: the other column reads 0.
+    let only_batch: Option<usize> = std::env::var("ASEN_BENCH_BATCH")
+        .ok()
+        .map(|b| b.parse().expect("ASEN_BENCH_BATCH: 1 or 16"));
     let wanted = |name: &str| only.as_deref().is_none_or(|o| o == name);
     let mut rows = Vec::new();
     let mut record = |network: &str, weights: &'static str, forward: &dyn Fn(&Tensor) -> Tensor| {
-        let b1 = images_per_s(forward, 1, budget, &device);
-        let b16 = images_per_s(forward, 16, budget, &device);
+        let b1 = if only_batch != Some(16) {
+            images_per_s(forward, 1, budget, &device)
+        } else {
+            0.0
+        };
+        let b16 = if only_batch != Some(1) {
+            images_per_s(forward, 16, budget, &device)
+        } else {
+            0.0
+        };
         println!("| {network} | {weights} | {b1:.1} | {b16:.1} |");
         rows.push(Row {
             network: network.to_string(),

@@ -7,6 +7,7 @@ with the same thread count, printed as one table with ratios.
 
     pip install torch onnx onnxruntime numpy   # not needed by asen or CI
     python3 benches/forward_compare.py [--secs 3] [--threads 2] [--only NAME]
+                                       [--asen-bin target/release/deps/backbones-HASH]
 
 Each network is measured `--repeat` times, asen and the baselines taking
 turns, and every cell reports the median: on a shared virtual machine a
@@ -40,14 +41,16 @@ def conditions(threads):
             f"load {' '.join(load)} before the run, SIMD: {' '.join(simd)}")
 
 
-def asen(secs, threads, only):
+def asen(secs, threads, only, binary):
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
         env = dict(os.environ, ASEN_BENCH_SECS=str(secs), ASEN_BENCH_JSON=out.name,
                    RAYON_NUM_THREADS=str(threads))
         if only:
             env["ASEN_BENCH_ONLY"] = only
-        subprocess.run(["cargo", "bench", "--bench", "backbones"], check=True, env=env,
-                       stdout=sys.stderr)
+        # A prebuilt binary keeps cargo (and any edit in the tree) out of the
+        # measurement window.
+        cmd = [binary, "--bench"] if binary else ["cargo", "bench", "--bench", "backbones"]
+        subprocess.run(cmd, check=True, env=env, stdout=sys.stderr)
         return {r["network"]: r for r in json.load(open(out.name))}
 
 
@@ -60,6 +63,8 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=3, help="turns per network; cells are medians")
     ap.add_argument("--only", help="one network by name")
+    ap.add_argument("--asen-bin", help="a built `backbones` bench binary (target/release/deps/"
+                    "backbones-*) to run instead of `cargo bench`")
     args = ap.parse_args()
     print(conditions(args.threads))
     runtimes = ("asen", "torch eager", "torch frozen", "onnxruntime")
@@ -69,7 +74,7 @@ def main():
         if args.only and args.only != name:
             continue
         for _ in range(args.repeat):
-            mine = asen(args.secs, args.threads, name)
+            mine = asen(args.secs, args.threads, name, args.asen_bin)
             if name not in mine:
                 break
             kernels = mine[name]["kernels"]

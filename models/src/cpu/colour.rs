@@ -132,18 +132,61 @@ fn assign(lab: [f32; 3], bins: &mut [f32]) {
         *b = d2 * scale;
         max = max.max(*b);
     }
-    let mut sum = 0.0;
-    for b in bins.iter_mut() {
-        *b = (*b - max).exp();
-        sum += *b;
-    }
+    // Separate loops, so the exponentials vectorise across the bins.
+    bins.iter_mut()
+        .for_each(|b| *b = exp_non_positive(*b - max));
+    let sum: f32 = bins.iter().sum();
     bins.iter_mut().for_each(|b| *b /= sum);
+}
+
+/// `e^x` for `x <= 0`, within 3e-7 relative error (`e^-87` below -87):
+/// `2^n * 2^f` with `n` the nearest integer to `x / ln 2` and `2^f` (`|f| <=
+/// 1/2`) a degree-7 Taylor polynomial. Plain arithmetic, so a loop of them
+/// vectorises where a loop of `f32::exp` calls does not; the histogram takes
+/// 61 per sample, 3,136 samples per image.
+#[inline(always)]
+fn exp_non_positive(x: f32) -> f32 {
+    // ln 2 in two parts: `n * LN_2_HI` is exact for |n| < 2^12, so `f`
+    // keeps its precision however large `n` is (Cody and Waite).
+    const LN_2_HI: f32 = 0.693_145_75;
+    const LN_2_LO: f32 = 1.428_606_8e-6;
+    // Adding and subtracting 1.5 * 2^23 rounds to the nearest integer.
+    const ROUND: f32 = 12_582_912.0;
+    let x = x.max(-87.0);
+    let n = (x * std::f32::consts::LOG2_E + ROUND) - ROUND;
+    let f = (x - n * LN_2_HI) - n * LN_2_LO;
+    let mut p = 1.0 / 5040.0;
+    for c in [
+        1.0 / 720.0,
+        1.0 / 120.0,
+        1.0 / 24.0,
+        1.0 / 6.0,
+        0.5,
+        1.0,
+        1.0,
+    ] {
+        p = p * f + c;
+    }
+    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::colour::ColourHistogram;
+
+    #[test]
+    fn the_exponential_matches_the_library_one() {
+        for i in 0..=174_000 {
+            let x = -(i as f32) * 5e-4;
+            let (got, want) = (exp_non_positive(x), x.exp());
+            assert!(
+                (got - want).abs() <= 3e-7 * want + 1e-38,
+                "e^{x}: {got} vs {want}"
+            );
+        }
+        assert!(exp_non_positive(-1000.0) < 2e-38);
+    }
     use candle_core::{Device, Tensor};
 
     /// Same numbers as the tensor-op implementation, for cells that divide

@@ -6,7 +6,9 @@
 use std::ops::Range;
 
 use super::kernels::KernelPath;
-use super::map::{Exec, MapShape};
+#[cfg(test)]
+use super::map::Exec;
+use super::map::MapShape;
 use crate::layers::{Activation, Padding};
 
 /// A depthwise `k`x`k` convolution with folded BatchNorm.
@@ -69,7 +71,10 @@ impl Depthwise {
         (out, before)
     }
 
-    /// `out = act(depthwise(x) + bias)`; `x` is NHWC of shape `shape`.
+    /// `out = act(depthwise(x) + bias)`; `x` is NHWC of shape `shape`. The
+    /// networks run it fused ([`Self::forward_rows`]); this whole-map form is
+    /// the tests' reference.
+    #[cfg(test)]
     pub(crate) fn forward(
         &self,
         path: KernelPath,

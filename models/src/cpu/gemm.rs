@@ -20,6 +20,9 @@ pub(crate) const NR: usize = 16;
 const M_BLOCK: usize = MR * 8;
 /// Column panels one task computes.
 const PANELS_PER_TASK: usize = 4;
+/// Products of fewer multiply-adds than this run on the calling thread
+/// (about 10 us of one core: the heads' small products at batch 1).
+const SERIAL_BELOW_MACS: usize = 1 << 18;
 
 /// A `[K, N]` matrix packed into `ceil(N / NR)` panels, each `[K][NR]`
 /// (columns past `N` are zero).
@@ -111,11 +114,44 @@ pub(crate) fn gemm(
     let m_blocks = m.div_ceil(M_BLOCK);
     let groups = b.panels().div_ceil(PANELS_PER_TASK);
     let out = SharedOut(c.as_mut_ptr());
+    // A product this small costs less than waking another thread for it.
+    let exec = if m * n * k < SERIAL_BELOW_MACS {
+        Exec::Serial
+    } else {
+        exec
+    };
     exec.range(m_blocks * groups, |task| {
         let (mb, g) = (task / groups, task % groups);
         let rows = mb * M_BLOCK..((mb + 1) * M_BLOCK).min(m);
         let panels = g * PANELS_PER_TASK..((g + 1) * PANELS_PER_TASK).min(b.panels());
-        for r0 in rows.clone().step_by(MR) {
+        let mut r0 = rows.start;
+        while r0 < rows.end {
+            #[cfg(target_arch = "x86_64")]
+            if path == KernelPath::Avx512 && r0 + 2 * MR <= rows.end {
+                // Two strips at once: 12 rows x 32 columns per tile, half
+                // the loads of B per multiply-add of the 6-row tile.
+                let col = panels.start * NR;
+                // SAFETY: as for the 6-row kernel below: rows r0..r0 + 12
+                // and the task's columns lie inside `a`, `c` and the
+                // residual, tasks write disjoint tiles of `c`, and the path
+                // is only chosen when the CPU has AVX-512F.
+                unsafe {
+                    let store = TileStore {
+                        out: (out.0.add(r0 * n + col), n),
+                        bias: ep.bias.as_ptr().add(col),
+                        residual: ep.residual.map(|r| r.as_ptr().add(r0 * n + col)),
+                        clamp: ep.act.bounds(),
+                        rows: 2 * MR,
+                        cols: (panels.end * NR).min(n) - col,
+                    };
+                    let a_rows: [*const f32; 2 * MR] =
+                        std::array::from_fn(|i| a[(r0 + i) * lda..][..k].as_ptr());
+                    let b_panels = (b.panel(panels.start).as_ptr(), panels.len());
+                    avx512::tile_row(k, a_rows, b_panels, store);
+                }
+                r0 += 2 * MR;
+                continue;
+            }
             let r1 = (r0 + MR).min(rows.end);
             let mut rest = panels.clone();
             // Rows past the end repeat the last one; their sums are dropped.
@@ -172,6 +208,7 @@ pub(crate) fn gemm(
                 // which outlives the parallel loop.
                 unsafe { store_tile(&out, n, r0..r1, cols, &acc, ep) };
             }
+            r0 = r1;
         }
     });
 }
@@ -188,8 +225,8 @@ struct TileStore {
     residual: Option<*const f32>,
     /// The activation as a clamp.
     clamp: (f32, f32),
-    /// Rows of the tile row that exist (at most [`MR`]; the AVX2 kernel
-    /// takes only full ones).
+    /// Rows of the tile row that exist (at most the kernel's rows; the AVX2
+    /// kernel takes only full ones).
     rows: usize,
     /// Columns from the first tile's on that exist (the AVX2 kernel takes
     /// only full panels).
@@ -356,24 +393,25 @@ mod avx2 {
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::{TileStore, MR, NR};
+    use super::{TileStore, NR};
 
-    /// A tile of `MR` rows by `P` panels (`16 * P` columns) in `MR * P`
+    /// A tile of `R` rows by `P` panels (`16 * P` columns) in `R * P`
     /// registers: per step of `k`, one load of each panel's row of B and one
-    /// broadcast of each row of A. `P = 2` is the main kernel (12
-    /// accumulators, 12 FMAs per 8 loads); `P = 1` takes an odd last panel.
+    /// broadcast of each row of A. `R = 12, P = 2` is the main kernel (24 of
+    /// the 32 registers accumulate, 24 FMAs per 14 loads); 6 rows take the
+    /// last rows of a block, `P = 1` an odd last panel.
     ///
     /// # Safety
     /// The CPU must support AVX-512F; each row of `a` must hold `k` floats
     /// and each panel `k * NR`.
     #[target_feature(enable = "avx512f")]
     #[inline]
-    unsafe fn accumulate<const P: usize>(
+    unsafe fn accumulate<const R: usize, const P: usize>(
         k: usize,
-        a: [*const f32; MR],
+        a: [*const f32; R],
         b: [*const f32; P],
-    ) -> [[__m512; P]; MR] {
-        let mut c = [[_mm512_setzero_ps(); P]; MR];
+    ) -> [[__m512; P]; R] {
+        let mut c = [[_mm512_setzero_ps(); P]; R];
         for kk in 0..k {
             let mut bv = [_mm512_setzero_ps(); P];
             for (v, bj) in bv.iter_mut().zip(b) {
@@ -397,7 +435,11 @@ mod avx512 {
     /// As [`tile_row`].
     #[target_feature(enable = "avx512f")]
     #[inline]
-    unsafe fn store<const P: usize>(c: [[__m512; P]; MR], col: usize, st: &TileStore) {
+    unsafe fn store<const R: usize, const P: usize>(
+        c: [[__m512; P]; R],
+        col: usize,
+        st: &TileStore,
+    ) {
         let (lo, hi) = (_mm512_set1_ps(st.clamp.0), _mm512_set1_ps(st.clamp.1));
         let (out, ldc) = st.out;
         let mut mask = [0 as __mmask16; P];
@@ -420,9 +462,9 @@ mod avx512 {
         }
     }
 
-    /// `MR` rows of A (`rows`; those past `st.rows` repeat the last real
-    /// one) times `panels` consecutive packed panels of B, two panels (32
-    /// columns) per tile, each tile's bias, residual and activation applied
+    /// `R` rows of A (`rows`: `MR` or `2 * MR`; those past `st.rows` repeat
+    /// the last real one) times `panels` consecutive packed panels of B, two
+    /// panels (32 columns) per tile, each tile's bias, residual and activation applied
     /// in registers and stored straight to C: rows and columns that do not
     /// exist (`st.rows`, `st.cols`) are computed but not stored.
     ///
@@ -431,9 +473,9 @@ mod avx512 {
     /// panels `k * NR` each, and `st` must address `st.rows` rows of
     /// `st.cols` floats.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn tile_row(
+    pub(super) unsafe fn tile_row<const R: usize>(
         k: usize,
-        rows: [*const f32; MR],
+        rows: [*const f32; R],
         (b, panels): (*const f32, usize),
         st: TileStore,
     ) {

@@ -5,8 +5,8 @@
 //!   at load, with bias, residual and activation fused into the store of
 //!   each output tile; a 1x1 convolution multiplies the map itself.
 //! - Depthwise convolutions run over contiguous channels ([`depthwise`]).
-//! - Inverted bottlenecks whose expanded map is large run fused over bands
-//!   of rows, so that map stays in the core's cache ([`bottleneck`]).
+//! - Inverted bottlenecks run fused over bands of rows, so their expanded
+//!   map stays in the core's cache ([`bottleneck`]).
 //! - Buffers come from a pool kept with the network, so a warm forward pass
 //!   allocates only its output.
 //! - Kernels exist for AVX-512F, AVX2 + FMA and in portable Rust; [`KernelPath`]

@@ -399,6 +399,11 @@ impl Embedder {
                 known: self.attribute_names(),
             });
         }
+        if x.dim(0)? == 1 && self.engine_runs(x) {
+            // One image: the network, the histogram and the head each split
+            // over the threads, which stay awake from one step to the next.
+            return crate::cpu::on_pool_awake(|| self.embed_tensor(x, attributes));
+        }
         self.embed_tensor(x, attributes)
     }
 

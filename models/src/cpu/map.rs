@@ -50,6 +50,38 @@ pub(crate) fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     rayon::scope(|_| f())
 }
 
+/// [`on_pool`], with the pool's other threads kept awake until `f` returns:
+/// each polls for work ([`rayon::yield_now`]) instead of going to sleep
+/// between two of `f`'s parallel loops. One image's layers are each split
+/// over the threads, with a join after every block; waking a sleeping
+/// thread for the next block (a futex and, on a virtual machine, a halted
+/// virtual CPU) cost more than the blocks' own imbalance.
+pub(crate) fn on_pool_awake<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let done = &AtomicBool::new(false);
+    rayon::scope(|s| {
+        let owner = rayon::current_thread_index();
+        for _ in 1..rayon::current_num_threads() {
+            s.spawn(move |_| {
+                // The thread running `f` may pick this job up while it waits
+                // inside `f`: polling there would never end, as `f` could
+                // not return under it.
+                if rayon::current_thread_index() == owner {
+                    return;
+                }
+                while !done.load(Ordering::Acquire) {
+                    if rayon::yield_now() != Some(rayon::Yield::Executed) {
+                        std::hint::spin_loop();
+                    }
+                }
+            });
+        }
+        let out = f();
+        done.store(true, Ordering::Release);
+        out
+    })
+}
+
 /// The shape of an NHWC map: `b` images of `h` x `w` pixels of `c` channels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct MapShape {
@@ -154,6 +186,36 @@ pub(crate) fn nhwc_to_nchw(exec: Exec, x: &[f32], s: MapShape, out: &mut [f32]) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Passes kept awake from several callers at once, nested in each
+    /// other and in parallel loops, all finish with their own results (a
+    /// polling thread never waits on a frame below it).
+    #[test]
+    fn kept_awake_passes_finish_when_nested_and_concurrent() {
+        let sums: Vec<u64> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..4u64)
+                .map(|t| {
+                    s.spawn(move || {
+                        on_pool_awake(|| {
+                            (0..64u64)
+                                .into_par_iter()
+                                .map(|i| {
+                                    on_pool_awake(|| (0..100u64).map(|j| i * j + t).sum::<u64>())
+                                })
+                                .sum::<u64>()
+                        })
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for (t, sum) in sums.into_iter().enumerate() {
+            let want: u64 = (0..64u64)
+                .map(|i| (0..100u64).map(|j| i * j + t as u64).sum::<u64>())
+                .sum();
+            assert_eq!(sum, want);
+        }
+    }
 
     #[test]
     fn layouts_round_trip() {

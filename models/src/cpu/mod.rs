@@ -31,4 +31,5 @@ pub(crate) use conv::{Conv, MaxPool};
 pub(crate) use depthwise::Depthwise;
 pub(crate) use head::{DotProductEngine, DotProductWeights};
 pub use kernels::KernelPath;
+pub(crate) use map::on_pool_awake;
 pub(crate) use net::{CpuNet, Layer};

@@ -5,7 +5,7 @@ use super::conv::{Conv, MaxPool};
 use super::kernels::KernelPath;
 use rayon::prelude::*;
 
-use super::map::{nchw_to_nhwc, nhwc_to_nchw, on_pool, BufferPool, Exec, MapShape};
+use super::map::{nchw_to_nhwc, nhwc_to_nchw, on_pool, on_pool_awake, BufferPool, Exec, MapShape};
 use crate::layers::Activation;
 
 /// One step of a network.
@@ -137,15 +137,15 @@ impl CpuNet {
         assert_eq!(x.len(), b * one.len());
         let o1 = self.out_shape(one);
         let mut out = vec![0f32; b * o1.len()];
-        on_pool(|| {
-            if b == 1 {
-                self.forward_image(path, Exec::Parallel, x, one, &mut out);
-            } else {
+        if b == 1 {
+            on_pool_awake(|| self.forward_image(path, Exec::Parallel, x, one, &mut out));
+        } else {
+            on_pool(|| {
                 out.par_chunks_exact_mut(o1.len())
                     .zip(x.par_chunks_exact(one.len()))
                     .for_each(|(dst, src)| self.forward_image(path, Exec::Serial, src, one, dst));
-            }
-        });
+            });
+        }
         (out, MapShape { b, ..o1 })
     }
 

@@ -136,14 +136,8 @@ pub(crate) fn gemm(
                 // residual, tasks write disjoint tiles of `c`, and the path
                 // is only chosen when the CPU has AVX-512F.
                 unsafe {
-                    let store = TileStore {
-                        out: (out.0.add(r0 * n + col), n),
-                        bias: ep.bias.as_ptr().add(col),
-                        residual: ep.residual.map(|r| r.as_ptr().add(r0 * n + col)),
-                        clamp: ep.act.bounds(),
-                        rows: 2 * MR,
-                        cols: (panels.end * NR).min(n) - col,
-                    };
+                    let store =
+                        tile_store(&out, n, ep, r0..r0 + 2 * MR, col..(panels.end * NR).min(n));
                     let a_rows: [*const f32; 2 * MR] =
                         std::array::from_fn(|i| a[(r0 + i) * lda..][..k].as_ptr());
                     let b_panels = (b.panel(panels.start).as_ptr(), panels.len());
@@ -173,16 +167,7 @@ pub(crate) fn gemm(
                     // inside `c` and the residual (asserted shapes), and
                     // tasks write disjoint tiles of `c`, which outlives the
                     // loop.
-                    let store = unsafe {
-                        TileStore {
-                            out: (out.0.add(r0 * n + col), n),
-                            bias: ep.bias.as_ptr().add(col),
-                            residual: ep.residual.map(|r| r.as_ptr().add(r0 * n + col)),
-                            clamp: ep.act.bounds(),
-                            rows: r1 - r0,
-                            cols,
-                        }
-                    };
+                    let store = unsafe { tile_store(&out, n, ep, r0..r1, col..col + cols) };
                     let b_panels = (b.panel(simd.start).as_ptr(), simd.len());
                     // SAFETY: as above; each row of `a_rows` holds `k`
                     // floats and each panel `k * NR`; each kernel's
@@ -231,6 +216,30 @@ struct TileStore {
     /// Columns from the first tile's on that exist (the AVX2 kernel takes
     /// only full panels).
     cols: usize,
+}
+
+/// Where the tile row `rows` x `cols` of the `[_, n]` output goes, with
+/// `ep` applied.
+///
+/// # Safety
+/// `rows` and `cols` must lie inside the output and the residual.
+#[cfg(target_arch = "x86_64")]
+unsafe fn tile_store(
+    out: &SharedOut,
+    n: usize,
+    ep: Epilogue,
+    rows: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
+) -> TileStore {
+    let at = rows.start * n + cols.start;
+    TileStore {
+        out: (out.0.add(at), n),
+        bias: ep.bias.as_ptr().add(cols.start),
+        residual: ep.residual.map(|r| r.as_ptr().add(at)),
+        clamp: ep.act.bounds(),
+        rows: rows.len(),
+        cols: cols.len(),
+    }
 }
 
 struct SharedOut(*mut f32);

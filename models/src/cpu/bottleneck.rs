@@ -168,7 +168,6 @@ impl Bottleneck {
         let band = self.band_rows(e);
         let in_row = one.input.w * one.input.c;
         let (d_row, o_row) = (d.w * d.c, one.output.w * one.output.c);
-        let need_all = self.depthwise.input_rows(e, rows.clone());
         let band_in = self.depthwise.rows_read(band).min(e.h);
         let mut ebuf = pool.take(if self.expand.is_some() {
             band_in * e_row
@@ -176,8 +175,8 @@ impl Bottleneck {
             1
         });
         let mut dbuf = pool.take(band * d_row);
-        // Input rows expanded in `ebuf`, from its start.
-        let mut have = need_all.start..need_all.start;
+        // Input rows expanded in `ebuf`, from its start (none yet).
+        let mut have = 0..0;
         for b0 in rows.clone().step_by(band) {
             let b1 = (b0 + band).min(rows.end);
             let need = self.depthwise.input_rows(e, b0..b1);

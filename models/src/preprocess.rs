@@ -454,23 +454,30 @@ pub fn to_tensor(images: &[RgbImage], device: &Device) -> Result<Tensor> {
     let (w, h) = first.dimensions();
     let (w, h) = (w as usize, h as usize);
     let plane = w * h;
+    if let Some((i, img)) = images
+        .iter()
+        .enumerate()
+        .find(|(_, img)| img.dimensions() != first.dimensions())
+    {
+        return Err(ModelError::InvalidArgument(format!(
+            "image {i} is {}x{}, image 0 is {w}x{h}; a batch needs one size",
+            img.width(),
+            img.height()
+        )));
+    }
+    // A byte has 256 values: look each channel's normalised value up
+    // instead of dividing per sample (the same expression, so the same bits).
+    let table: [[f32; 256]; 3] = std::array::from_fn(|ch| {
+        let (mean, std) = (IMAGENET_MEAN[ch], IMAGENET_STD[ch]);
+        std::array::from_fn(|v| (v as f32 / 255.0 - mean) / std)
+    });
     let mut data = Vec::with_capacity(images.len() * 3 * plane);
-    for (i, img) in images.iter().enumerate() {
-        if img.dimensions() != first.dimensions() {
-            return Err(ModelError::InvalidArgument(format!(
-                "image {i} is {}x{}, image 0 is {w}x{h}; a batch needs one size",
-                img.width(),
-                img.height()
-            )));
-        }
-        let raw = img.as_raw();
-        for ch in 0..3 {
-            let (mean, std) = (IMAGENET_MEAN[ch], IMAGENET_STD[ch]);
+    for img in images {
+        for (ch, table) in table.iter().enumerate() {
             data.extend(
-                raw[ch..]
-                    .iter()
-                    .step_by(3)
-                    .map(|&v| (f32::from(v) / 255.0 - mean) / std),
+                img.as_raw()
+                    .chunks_exact(3)
+                    .map(|px| table[usize::from(px[ch])]),
             );
         }
     }
@@ -600,6 +607,31 @@ mod tests {
         assert_eq!(v[0], (1.0 - 0.485) / 0.229);
         assert_eq!(v[1], (0.0 - 0.485) / 0.229);
         assert_eq!(v[3], (1.0 - 0.456) / 0.224);
+    }
+
+    #[test]
+    fn every_byte_normalises_to_the_divided_value_in_every_image_of_a_batch() {
+        let img = |shift: u8| {
+            RgbImage::from_fn(256, 1, |x, _| {
+                let v = (x as u8).wrapping_add(shift);
+                image::Rgb([v, v.wrapping_add(85), v.wrapping_add(170)])
+            })
+        };
+        let t = to_tensor(&[img(0), img(7)], &Device::Cpu).unwrap();
+        let v: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+        for (i, shift) in [0u8, 7].into_iter().enumerate() {
+            for ch in 0..3 {
+                for x in 0..256 {
+                    let byte = (x as u8).wrapping_add(shift).wrapping_add(85 * ch as u8);
+                    let want = (f32::from(byte) / 255.0 - IMAGENET_MEAN[ch]) / IMAGENET_STD[ch];
+                    assert_eq!(
+                        v[(i * 3 + ch) * 256 + x],
+                        want,
+                        "image {i} channel {ch} x {x}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

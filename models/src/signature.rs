@@ -125,6 +125,17 @@ impl CopySignature {
 
     /// Globally pooled features `[B, C]` of feature maps `[B, C, H, W]`.
     pub fn pool(features: &Tensor) -> Result<Tensor> {
+        let (b, c, h, w) = features.dims4()?;
+        if features.device().is_cpu() && features.dtype() == DType::F32 && h * w > 0 {
+            // One pass over the map in place: ingestion pools every batch, and
+            // the two tensor means below copied it twice.
+            let means = crate::backbone::with_cpu_f32(features, |x| {
+                x.chunks_exact(h * w)
+                    .map(|cell| cell.iter().sum::<f32>() / (h * w) as f32)
+                    .collect::<Vec<f32>>()
+            })?;
+            return Ok(Tensor::from_vec(means, (b, c), features.device())?);
+        }
         Ok(features
             .to_dtype(DType::F32)?
             .mean(D::Minus1)?
@@ -172,6 +183,24 @@ mod tests {
             (y[0][0] - 1.0 / n).abs() < 1e-6 && (y[0][1] - 2.0 / n).abs() < 1e-6,
             "{y:?}"
         );
+    }
+
+    #[test]
+    fn pooling_in_place_matches_the_tensor_means() {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1.0, (3, 5, 7, 7), &dev).unwrap();
+        let fast = CopySignature::pool(&x).unwrap().to_vec2::<f32>().unwrap();
+        let slow = x.mean(D::Minus1).unwrap().mean(D::Minus1).unwrap();
+        let slow = slow.to_vec2::<f32>().unwrap();
+        for (f, s) in fast.iter().flatten().zip(slow.iter().flatten()) {
+            assert!((f - s).abs() < 1e-6, "{f} against {s}");
+        }
+        // A strided view (not contiguous) pools the same.
+        let t = x.transpose(2, 3).unwrap();
+        let strided = CopySignature::pool(&t).unwrap().to_vec2::<f32>().unwrap();
+        for (a, b) in strided.iter().flatten().zip(fast.iter().flatten()) {
+            assert!((a - b).abs() < 1e-5, "{a} against {b}");
+        }
     }
 
     #[test]

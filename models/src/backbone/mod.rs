@@ -237,10 +237,9 @@ impl Backbone {
         let ((out, o), hist) = with_cpu_f32(x, |input| {
             let map = engine.forward(self.kernels, input, (b, c, height, width));
             let (h, w) = (map.1.h, map.1.w);
-            let hist = self
-                .colour
-                .as_ref()
-                .map(|_| crate::cpu::colour_histogram(input, (b, height, width), (h, w)));
+            let hist = self.colour.as_ref().map(|_| {
+                crate::cpu::colour_histogram(self.kernels, input, (b, height, width), (h, w))
+            });
             (map, hist)
         })?;
         let map = Tensor::from_vec(out, (o.b, o.c, o.h, o.w), x.device())?;

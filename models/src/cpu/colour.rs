@@ -1,70 +1,114 @@
 //! The colour histogram of [`crate::colour`] as one CPU pass: the same
 //! equations (block average, sRGB to CIELab, softmax over the palette, cell
-//! average, square root, gain) evaluated per sample in registers instead of
-//! as a chain of whole-tensor ops. One rayon task per image and sample row.
+//! average, square root, gain) evaluated in registers instead of as a chain
+//! of whole-tensor ops.
+//!
+//! One rayon task per image and sample row. A row's samples are the lanes:
+//! every step is one loop over [`LANES`] samples, so the compiler turns it
+//! into vector code of the kernel path's width (16 samples per AVX-512
+//! register), the powers and exponentials included ([`super::math`]). Each
+//! lane runs the same IEEE operations on every path, so the paths agree bit
+//! for bit. The row then adds its samples' bins into the output cells it
+//! touches, and the cells sum the rows.
 
 use rayon::prelude::*;
 
+use super::math::{exp, pow};
+use super::KernelPath;
 use crate::colour::{cell_range, COLOUR_BINS, GAIN, PALETTE, RGB_TO_XYZ_D65, SAMPLES, SIGMA};
 use crate::preprocess::{IMAGENET_MEAN, IMAGENET_STD};
+
+/// Samples handled together (a 224-pixel row has 56).
+const LANES: usize = 64;
+
+/// One value per lane.
+type Lanes = [f32; LANES];
 
 /// `[B, COLOUR_BINS, h, w]` histograms of the normalised NCHW batch `x`
 /// (`b` images of `height` x `width`), as `ColourHistogram::forward`.
 pub(crate) fn colour_histogram(
+    kernels: KernelPath,
     x: &[f32],
     (b, height, width): (usize, usize, usize),
     (h, w): (usize, usize),
 ) -> Vec<f32> {
-    super::map::on_pool(|| histogram(x, (b, height, width), (h, w)))
+    super::map::on_pool(|| histogram(kernels, x, (b, height, width), (h, w)))
+}
+
+/// Where the samples and cells of one image lie.
+struct Grid {
+    height: usize,
+    width: usize,
+    /// Output cells.
+    h: usize,
+    w: usize,
+    /// Sample rows and columns.
+    sh: usize,
+    sw: usize,
+}
+
+impl Grid {
+    /// Image rows averaged into sample row `sy`.
+    fn rows_in(&self, sy: usize) -> std::ops::Range<usize> {
+        cell_range(sy, self.sh, self.height)
+    }
+
+    /// Image columns averaged into sample column `sx`.
+    fn cols_in(&self, sx: usize) -> std::ops::Range<usize> {
+        cell_range(sx, self.sw, self.width)
+    }
+
+    /// Sample rows of output row `cy`.
+    fn rows_out(&self, cy: usize) -> std::ops::Range<usize> {
+        cell_range(cy, self.h, self.sh)
+    }
+
+    /// Sample columns of output column `cx`.
+    fn cols_out(&self, cx: usize) -> std::ops::Range<usize> {
+        cell_range(cx, self.w, self.sw)
+    }
 }
 
 fn histogram(
+    kernels: KernelPath,
     x: &[f32],
     (b, height, width): (usize, usize, usize),
     (h, w): (usize, usize),
 ) -> Vec<f32> {
     assert_eq!(x.len(), b * 3 * height * width);
-    let (sh, sw) = ((SAMPLES * h).min(height), (SAMPLES * w).min(width));
-    // Soft assignments of every sample: [B, sh, sw, K].
-    let mut weights = vec![0f32; b * sh * sw * COLOUR_BINS];
-    let rows_in = Cells::new(sh, height);
-    let cols_in = Cells::new(sw, width);
-    weights
-        .par_chunks_exact_mut(sw * COLOUR_BINS)
+    let grid = Grid {
+        height,
+        width,
+        h,
+        w,
+        sh: (SAMPLES * h).min(height),
+        sw: (SAMPLES * w).min(width),
+    };
+    let image_len = 3 * height * width;
+    // Per sample row, its bins summed over each output column: [B, sh, K, w].
+    let mut rows = vec![0f32; b * grid.sh * COLOUR_BINS * w];
+    rows.par_chunks_exact_mut(COLOUR_BINS * w)
         .enumerate()
         .for_each(|(row, dst)| {
-            let (img, sy) = (row / sh, row % sh);
-            let image = &x[img * 3 * height * width..(img + 1) * 3 * height * width];
-            for (sx, bins) in dst.chunks_exact_mut(COLOUR_BINS).enumerate() {
-                let rgb: [f32; 3] = std::array::from_fn(|ch| {
-                    let plane = &image[ch * height * width..(ch + 1) * height * width];
-                    let v = block_mean(plane, width, rows_in.range(sy), cols_in.range(sx));
-                    (v * IMAGENET_STD[ch] + IMAGENET_MEAN[ch]).clamp(0.0, 1.0)
-                });
-                assign(lab(rgb), bins);
-            }
+            let (img, sy) = (row / grid.sh, row % grid.sh);
+            let image = &x[img * image_len..(img + 1) * image_len];
+            sample_row(kernels, &grid, image, sy, dst);
         });
-    // Cell averages of the assignments, square-rooted: [B, K, h, w].
-    let rows_out = Cells::new(h, sh);
-    let cols_out = Cells::new(w, sw);
+    // Cell averages, square-rooted: [B, K, h, w].
     let mut out = vec![0f32; b * COLOUR_BINS * h * w];
     out.par_chunks_exact_mut(COLOUR_BINS * h * w)
         .enumerate()
         .for_each(|(img, dst)| {
-            let samples = &weights[img * sh * sw * COLOUR_BINS..(img + 1) * sh * sw * COLOUR_BINS];
-            let mut sums = vec![0f32; COLOUR_BINS];
+            let rows = &rows[img * grid.sh * COLOUR_BINS * w..][..grid.sh * COLOUR_BINS * w];
             for cy in 0..h {
-                for cx in 0..w {
-                    sums.fill(0.0);
-                    let (rows, cols) = (rows_out.range(cy), cols_out.range(cx));
-                    let count = (rows.len() * cols.len()) as f32;
-                    for sy in rows {
-                        for sx in cols.clone() {
-                            let s = &samples[(sy * sw + sx) * COLOUR_BINS..][..COLOUR_BINS];
-                            sums.iter_mut().zip(s).for_each(|(a, &v)| *a += v);
-                        }
-                    }
-                    for (k, &sum) in sums.iter().enumerate() {
+                let sample_rows = grid.rows_out(cy);
+                for k in 0..COLOUR_BINS {
+                    for cx in 0..w {
+                        let count = (sample_rows.len() * grid.cols_out(cx).len()) as f32;
+                        let sum: f32 = sample_rows
+                            .clone()
+                            .map(|sy| rows[(sy * COLOUR_BINS + k) * w + cx])
+                            .sum();
                         dst[(k * h + cy) * w + cx] = (sum / count).sqrt() * GAIN;
                     }
                 }
@@ -73,101 +117,121 @@ fn histogram(
     out
 }
 
-/// The adaptive-pooling cells of `cells` over `size` ([`cell_range`]).
-struct Cells {
-    cells: usize,
-    size: usize,
-}
-
-impl Cells {
-    fn new(cells: usize, size: usize) -> Self {
-        Self { cells, size }
+/// Sample row `sy` of one image (`[3, height, width]`): every sample's
+/// palette weights, added into `dst` (`[K, w]`) per output column.
+fn sample_row(kernels: KernelPath, grid: &Grid, image: &[f32], sy: usize, dst: &mut [f32]) {
+    dst.fill(0.0);
+    let plane = grid.height * grid.width;
+    let rows = grid.rows_in(sy);
+    // The block's image rows summed once per channel, so a sample adds up
+    // only its columns.
+    let mut column_sums = vec![0f32; 3 * grid.width];
+    for (ch, sums) in column_sums.chunks_exact_mut(grid.width).enumerate() {
+        for r in rows.clone() {
+            let row = &image[ch * plane + r * grid.width..][..grid.width];
+            sums.iter_mut().zip(row).for_each(|(s, &v)| *s += v);
+        }
     }
-
-    fn range(&self, i: usize) -> std::ops::Range<usize> {
-        cell_range(i, self.cells, self.size)
+    let mut rgb = [[0f32; LANES]; 3];
+    let mut weights = [[0f32; LANES]; COLOUR_BINS];
+    for start in (0..grid.sw).step_by(LANES) {
+        let n = (grid.sw - start).min(LANES);
+        // Block means in 0..=1; lanes past the row repeat its last sample.
+        for (ch, (sums, rgb)) in column_sums
+            .chunks_exact(grid.width)
+            .zip(rgb.iter_mut())
+            .enumerate()
+        {
+            for (lane, value) in rgb.iter_mut().enumerate() {
+                let cols = grid.cols_in(start + lane.min(n - 1));
+                let mean =
+                    sums[cols.clone()].iter().sum::<f32>() / (rows.len() * cols.len()) as f32;
+                *value = (mean * IMAGENET_STD[ch] + IMAGENET_MEAN[ch]).clamp(0.0, 1.0);
+            }
+        }
+        assign(kernels, &rgb, &mut weights);
+        for (k, bins) in weights.iter().enumerate() {
+            for cx in 0..grid.w {
+                let cols = grid.cols_out(cx);
+                let (lo, hi) = (cols.start.max(start), cols.end.min(start + n));
+                if lo < hi {
+                    dst[k * grid.w + cx] += bins[lo - start..hi - start].iter().sum::<f32>();
+                }
+            }
+        }
     }
 }
 
-/// Mean of `plane` (row length `width`) over `rows x cols`.
-fn block_mean(
-    plane: &[f32],
-    width: usize,
-    rows: std::ops::Range<usize>,
-    cols: std::ops::Range<usize>,
-) -> f32 {
-    let count = (rows.len() * cols.len()) as f32;
-    let sum: f32 = rows
-        .map(|r| {
-            plane[r * width + cols.start..r * width + cols.end]
-                .iter()
-                .sum::<f32>()
-        })
-        .sum();
-    sum / count
-}
-
-/// sRGB in `0..=1` (gamma 2.2) to CIELab (D65).
-fn lab(rgb: [f32; 3]) -> [f32; 3] {
-    let linear = rgb.map(|v| v.powf(2.2));
-    let f: [f32; 3] = std::array::from_fn(|i| {
-        let m = RGB_TO_XYZ_D65[i];
-        (m[0] * linear[0] + m[1] * linear[1] + m[2] * linear[2])
-            .max(1e-6)
-            .powf(1.0 / 3.0)
-    });
-    [
-        116.0 * f[1] - 16.0,
-        500.0 * (f[0] - f[1]),
-        200.0 * (f[1] - f[2]),
-    ]
-}
-
-/// `bins = softmax_k(-|lab - palette_k|^2 / (2 sigma^2))`.
-fn assign(lab: [f32; 3], bins: &mut [f32]) {
-    let scale = -1.0 / (2.0 * SIGMA * SIGMA);
-    let mut max = f32::NEG_INFINITY;
-    for (b, p) in bins.iter_mut().zip(PALETTE.iter()) {
-        let d2 = (lab[0] - p[0]).powi(2) + (lab[1] - p[1]).powi(2) + (lab[2] - p[2]).powi(2);
-        *b = d2 * scale;
-        max = max.max(*b);
+/// [`assign_lanes`] compiled for the kernel path's vector width.
+fn assign(kernels: KernelPath, rgb: &[Lanes; 3], weights: &mut [Lanes; COLOUR_BINS]) {
+    match kernels {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the path is only selected on a CPU with these features.
+        KernelPath::Avx512 => unsafe { assign_avx512(rgb, weights) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        KernelPath::Avx2Fma => unsafe { assign_avx2(rgb, weights) },
+        _ => assign_lanes(rgb, weights),
     }
-    // Separate loops, so the exponentials vectorise across the bins.
-    bins.iter_mut()
-        .for_each(|b| *b = exp_non_positive(*b - max));
-    let sum: f32 = bins.iter().sum();
-    bins.iter_mut().for_each(|b| *b /= sum);
 }
 
-/// `e^x` for `x <= 0`, within 3e-7 relative error (`e^-87` below -87):
-/// `2^n * 2^f` with `n` the nearest integer to `x / ln 2` and `2^f` (`|f| <=
-/// 1/2`) a degree-7 Taylor polynomial. Plain arithmetic, so a loop of them
-/// vectorises where a loop of `f32::exp` calls does not; the histogram takes
-/// 61 per sample, 3,136 samples per image.
+/// # Safety
+/// The CPU must support AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn assign_avx512(rgb: &[Lanes; 3], weights: &mut [Lanes; COLOUR_BINS]) {
+    assign_lanes(rgb, weights)
+}
+
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn assign_avx2(rgb: &[Lanes; 3], weights: &mut [Lanes; COLOUR_BINS]) {
+    assign_lanes(rgb, weights)
+}
+
+/// `weights[k] = softmax_k(-|lab - palette_k|^2 / (2 sigma^2))` of every
+/// lane's sRGB colour (`0..=1`, gamma 2.2) in CIELab (D65).
 #[inline(always)]
-fn exp_non_positive(x: f32) -> f32 {
-    // ln 2 in two parts: `n * LN_2_HI` is exact for |n| < 2^12, so `f`
-    // keeps its precision however large `n` is (Cody and Waite).
-    const LN_2_HI: f32 = 0.693_145_75;
-    const LN_2_LO: f32 = 1.428_606_8e-6;
-    // Adding and subtracting 1.5 * 2^23 rounds to the nearest integer.
-    const ROUND: f32 = 12_582_912.0;
-    let x = x.max(-87.0);
-    let n = (x * std::f32::consts::LOG2_E + ROUND) - ROUND;
-    let f = (x - n * LN_2_HI) - n * LN_2_LO;
-    let mut p = 1.0 / 5040.0;
-    for c in [
-        1.0 / 720.0,
-        1.0 / 120.0,
-        1.0 / 24.0,
-        1.0 / 6.0,
-        0.5,
-        1.0,
-        1.0,
-    ] {
-        p = p * f + c;
+fn assign_lanes(rgb: &[Lanes; 3], weights: &mut [Lanes; COLOUR_BINS]) {
+    let linear: [Lanes; 3] = std::array::from_fn(|ch| rgb[ch].map(|v| pow(v.max(1e-30), 2.2)));
+    let f: [Lanes; 3] = std::array::from_fn(|row| {
+        let m = RGB_TO_XYZ_D65[row];
+        std::array::from_fn(|i| {
+            let xyz = m[0] * linear[0][i] + m[1] * linear[1][i] + m[2] * linear[2][i];
+            pow(xyz.max(1e-6), 1.0 / 3.0)
+        })
+    });
+    let lab: [Lanes; 3] = [
+        f[1].map(|y| 116.0 * y - 16.0),
+        std::array::from_fn(|i| 500.0 * (f[0][i] - f[1][i])),
+        std::array::from_fn(|i| 200.0 * (f[1][i] - f[2][i])),
+    ];
+    let scale = -1.0 / (2.0 * SIGMA * SIGMA);
+    let mut max = [f32::NEG_INFINITY; LANES];
+    for (bins, p) in weights.iter_mut().zip(PALETTE.iter()) {
+        for i in 0..LANES {
+            let (dl, da, db) = (lab[0][i] - p[0], lab[1][i] - p[1], lab[2][i] - p[2]);
+            let z = (dl * dl + da * da + db * db) * scale;
+            bins[i] = z;
+            max[i] = if z > max[i] { z } else { max[i] };
+        }
     }
-    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    let mut sum = [0f32; LANES];
+    for bins in weights.iter_mut() {
+        for i in 0..LANES {
+            let e = exp(bins[i] - max[i]);
+            bins[i] = e;
+            sum[i] += e;
+        }
+    }
+    let inverse = sum.map(|s| 1.0 / s);
+    for bins in weights.iter_mut() {
+        for i in 0..LANES {
+            bins[i] *= inverse[i];
+        }
+    }
 }
 
 #[cfg(test)]
@@ -176,17 +240,18 @@ mod tests {
     use crate::colour::ColourHistogram;
 
     #[test]
-    fn the_exponential_matches_the_library_one() {
-        for i in 0..=174_000 {
-            let x = -(i as f32) * 5e-4;
-            let (got, want) = (exp_non_positive(x), x.exp());
-            assert!(
-                (got - want).abs() <= 3e-7 * want + 1e-38,
-                "e^{x}: {got} vs {want}"
-            );
+    fn every_kernel_path_gives_the_same_bits() {
+        let dev = Device::Cpu;
+        // 300 wide: a row of 80 samples spans two groups of lanes.
+        let x = Tensor::randn(0f32, 1.0, (2, 3, 224, 300), &dev).unwrap();
+        let input: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
+        let reference = colour_histogram(KernelPath::Portable, &input, (2, 224, 300), (7, 10));
+        for path in KernelPath::available() {
+            let got = colour_histogram(path, &input, (2, 224, 300), (7, 10));
+            assert!(got == reference, "{path:?} differs from the portable path");
         }
-        assert!(exp_non_positive(-1000.0) < 2e-38);
     }
+
     use candle_core::{Device, Tensor};
 
     /// Same numbers as the tensor-op implementation, for cells that divide
@@ -205,7 +270,7 @@ mod tests {
                 .to_vec1()
                 .unwrap();
             let input: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
-            let got = colour_histogram(&input, (b, hh, ww), (h, w));
+            let got = colour_histogram(KernelPath::detect(), &input, (b, hh, ww), (h, w));
             assert_eq!(got.len(), want.len());
             let max = got
                 .iter()

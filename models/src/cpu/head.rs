@@ -15,6 +15,7 @@ use rayon::prelude::*;
 use super::gemm::{gemm, Epilogue, PackedB, Rows};
 use super::kernels::KernelPath;
 use super::map::{nchw_to_nhwc, Exec, MapShape};
+use super::math::{map_in_place, sigmoid, tanh};
 use crate::layers::Activation;
 
 /// The plain weights of a dot-product head, in PyTorch's layouts.
@@ -173,7 +174,7 @@ impl DotProductEngine {
             &mut img,
             plain(&self.conv_bias),
         );
-        img.iter_mut().for_each(|v| *v = v.tanh());
+        map_in_place(path, &mut img, tanh);
         // Attention per (image, attribute) and the pooled features v.
         let scale = 1.0 / (a as f32).sqrt();
         let mut attn = vec![0f32; b * n * n_pix];
@@ -186,7 +187,7 @@ impl DotProductEngine {
                 let q = &self.queries[attrs[j] * a..(attrs[j] + 1) * a];
                 let pixels = &img[image * n_pix * a..(image + 1) * n_pix * a];
                 for (wt, px) in weights.iter_mut().zip(pixels.chunks_exact(a)) {
-                    *wt = q.iter().zip(px).map(|(x, y)| x * y).sum::<f32>() * scale;
+                    *wt = dot(q, px) * scale;
                 }
                 softmax(weights);
                 v.fill(0.0);
@@ -228,9 +229,8 @@ impl DotProductEngine {
             &mut gate,
             plain(&self.fc2_bias),
         );
-        gate.iter_mut()
-            .zip(&pooled)
-            .for_each(|(g, &v)| *g = v / (1.0 + (-*g).exp()));
+        map_in_place(path, &mut gate, sigmoid);
+        gate.iter_mut().zip(&pooled).for_each(|(g, &v)| *g *= v);
         let mut out = match &self.feature_fc {
             Some((fc, bias)) => {
                 let mut out = vec![0f32; m * bias.len()];
@@ -263,6 +263,25 @@ fn rows_of(data: &[f32], count: usize, stride: usize) -> Rows<'_> {
     }
 }
 
+/// `a . b` in 16 running sums, so the loop vectorises (one sum would be a
+/// chain of dependent additions).
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut sums = [0f32; 16];
+    let (a16, b16) = (a.chunks_exact(16), b.chunks_exact(16));
+    let tail: f32 = a16
+        .remainder()
+        .iter()
+        .zip(b16.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in a16.zip(b16) {
+        for i in 0..16 {
+            sums[i] += x[i] * y[i];
+        }
+    }
+    sums.iter().sum::<f32>() + tail
+}
+
 /// In-place softmax of one row.
 fn softmax(row: &mut [f32]) {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -272,4 +291,23 @@ fn softmax(row: &mut [f32]) {
         sum += *v;
     }
     row.iter_mut().for_each(|v| *v /= sum);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dot_matches_the_plain_sum_for_every_length() {
+        for len in [0, 1, 5, 16, 37, 256, 1341] {
+            let a: Vec<f32> = (0..len).map(|i| (i as f32 * 0.37).sin()).collect();
+            let b: Vec<f32> = (0..len).map(|i| (i as f32 * 0.11).cos()).collect();
+            let want: f64 = a.iter().zip(&b).map(|(x, y)| f64::from(x * y)).sum();
+            let got = f64::from(dot(&a, &b));
+            assert!(
+                (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                "{len}: {got} vs {want}"
+            );
+        }
+    }
 }

@@ -23,6 +23,7 @@ mod gemm;
 mod head;
 mod kernels;
 mod map;
+mod math;
 mod net;
 
 pub(crate) use bottleneck::Bottleneck;

@@ -414,7 +414,7 @@ impl Embedder {
             && self.backbone.kernels() != crate::KernelPath::CandleOps
     }
 
-    /// [`Head::forward_attributes`] on the CPU engine.
+    /// [`Head::forward_attributes`] on the CPU engine, from the feature maps.
     fn engine_head(
         &self,
         engine: &crate::cpu::DotProductEngine,
@@ -426,46 +426,68 @@ impl Embedder {
         let (emb, attn) = crate::backbone::with_cpu_f32(feats, |x| {
             engine.forward(kernels, x, (b, h * w), attrs)
         })?;
-        let (n, d) = (attrs.len(), engine.dim());
-        (0..n)
-            .map(|j| {
-                let rows = |data: &[f32], len: usize| -> Vec<f32> {
-                    (0..b)
-                        .flat_map(|i| data[(i * n + j) * len..(i * n + j + 1) * len].to_vec())
-                        .collect()
+        head_outputs(
+            &emb,
+            &attn,
+            (b, h, w),
+            (attrs.len(), engine.dim()),
+            feats.device(),
+        )
+    }
+
+    /// What the heads and the copy signature make of the feature maps:
+    /// per attribute of `heads`, its output; and the signatures when asked.
+    fn heads_and_signatures(
+        &self,
+        x: &Tensor,
+        heads: &[usize],
+        signatures: bool,
+    ) -> Result<HeadsAndSignatures> {
+        // On the CPU engine, the head reads the network's pixel rows as they come.
+        if let (Some(engine), true) = (&self.head_engine, self.engine_runs(x)) {
+            if let Some((rows, s)) = self.backbone.forward_rows(x)? {
+                let n_pix = s.h * s.w;
+                let outputs = if heads.is_empty() {
+                    Vec::new()
+                } else {
+                    let kernels = self.backbone.kernels();
+                    let (emb, attn) = engine.forward_rows(kernels, &rows, (s.b, n_pix), heads);
+                    let sizes = (heads.len(), engine.dim());
+                    head_outputs(&emb, &attn, (s.b, s.h, s.w), sizes, x.device())?
                 };
-                Ok(crate::HeadOutput {
-                    embedding: Tensor::from_vec(rows(&emb, d), (b, d), feats.device())?,
-                    attention: Some(Tensor::from_vec(
-                        rows(&attn, h * w),
-                        (b, h, w),
-                        feats.device(),
-                    )?),
-                })
-            })
-            .collect()
+                let signatures = match &self.signature {
+                    Some(sig) if signatures => {
+                        let pooled =
+                            CopySignature::pool_rows(&rows, (s.b, n_pix, s.c), x.device())?;
+                        Some(sig.project(&pooled)?.to_vec2::<f32>()?)
+                    }
+                    _ => None,
+                };
+                return Ok((s.b, outputs, signatures));
+            }
+        }
+        let feats = self.backbone.forward(x)?;
+        let outputs = match &self.head_engine {
+            _ if heads.is_empty() => Vec::new(),
+            Some(engine) if self.engine_runs(&feats) => self.engine_head(engine, &feats, heads)?,
+            _ => self.head.forward_attributes(&feats, heads)?,
+        };
+        let signatures = match &self.signature {
+            Some(sig) if signatures => Some(sig.forward(&feats)?.to_vec2::<f32>()?),
+            _ => None,
+        };
+        Ok((feats.dim(0)?, outputs, signatures))
     }
 
     fn embed_tensor(&self, x: &Tensor, attributes: &[usize]) -> Result<Vec<Vec<Embedding>>> {
-        let feats = self.backbone.forward(x)?;
-        let batch = feats.dim(0)?;
         let identity = self.identity_index();
         let heads: Vec<usize> = attributes
             .iter()
             .copied()
             .filter(|&a| Some(a) != identity)
             .collect();
-        let outputs = match &self.head_engine {
-            _ if heads.is_empty() => Vec::new(),
-            Some(engine) if self.engine_runs(&feats) => self.engine_head(engine, &feats, &heads)?,
-            _ => self.head.forward_attributes(&feats, &heads)?,
-        };
-        let signatures = match (&self.signature, identity) {
-            (Some(sig), Some(i)) if attributes.contains(&i) => {
-                Some(sig.forward(&feats)?.to_vec2::<f32>()?)
-            }
-            _ => None,
-        };
+        let wants_signature = identity.is_some_and(|i| attributes.contains(&i));
+        let (batch, outputs, signatures) = self.heads_and_signatures(x, &heads, wants_signature)?;
         let mut per_image: Vec<Vec<Embedding>> = (0..batch)
             .map(|_| Vec::with_capacity(attributes.len()))
             .collect();
@@ -513,6 +535,34 @@ impl Embedder {
         }
         Ok(per_image)
     }
+}
+
+/// The batch size, each asked head's output, and the copy signatures when
+/// asked.
+type HeadsAndSignatures = (usize, Vec<crate::HeadOutput>, Option<Vec<Vec<f32>>>);
+
+/// The engine head's embeddings (`[B, n, D]`) and attention maps (`[B, n,
+/// h * w]`) as one output per attribute.
+fn head_outputs(
+    emb: &[f32],
+    attn: &[f32],
+    (b, h, w): (usize, usize, usize),
+    (n, d): (usize, usize),
+    device: &Device,
+) -> Result<Vec<crate::HeadOutput>> {
+    (0..n)
+        .map(|j| {
+            let rows = |data: &[f32], len: usize| -> Vec<f32> {
+                (0..b)
+                    .flat_map(|i| data[(i * n + j) * len..(i * n + j + 1) * len].to_vec())
+                    .collect()
+            };
+            Ok(crate::HeadOutput {
+                embedding: Tensor::from_vec(rows(emb, d), (b, d), device)?,
+                attention: Some(Tensor::from_vec(rows(attn, h * w), (b, h, w), device)?),
+            })
+        })
+        .collect()
 }
 
 fn load_backbone(

@@ -142,6 +142,29 @@ impl CopySignature {
             .mean(D::Minus1)?)
     }
 
+    /// Globally pooled features `[B, C]` of pixel rows `[B * N, C]` (`N`
+    /// pixels per image).
+    pub fn pool_rows(
+        rows: &[f32],
+        (b, n, c): (usize, usize, usize),
+        device: &Device,
+    ) -> Result<Tensor> {
+        if rows.len() != b * n * c || n == 0 {
+            return Err(ModelError::InvalidArgument(format!(
+                "copy signature: {} values are not {b} images of {n} pixels of {c} channels",
+                rows.len()
+            )));
+        }
+        let mut means = vec![0f32; b * c];
+        for (image, mean) in rows.chunks_exact(n * c).zip(means.chunks_exact_mut(c)) {
+            for pixel in image.chunks_exact(c) {
+                mean.iter_mut().zip(pixel).for_each(|(m, &v)| *m += v);
+            }
+            mean.iter_mut().for_each(|m| *m /= n as f32);
+        }
+        Ok(Tensor::from_vec(means, (b, c), device)?)
+    }
+
     /// L2-normalised signatures `[B, D]` of pooled features `[B, C]`.
     pub fn project(&self, pooled: &Tensor) -> Result<Tensor> {
         let centred = pooled.broadcast_sub(&self.mean)?;
@@ -201,6 +224,29 @@ mod tests {
         for (a, b) in strided.iter().flatten().zip(fast.iter().flatten()) {
             assert!((a - b).abs() < 1e-5, "{a} against {b}");
         }
+    }
+
+    #[test]
+    fn pooling_pixel_rows_matches_pooling_the_map() {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1.0, (2, 5, 3, 4), &dev).unwrap();
+        let rows: Vec<f32> = x
+            .permute((0, 2, 3, 1))
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let got = CopySignature::pool_rows(&rows, (2, 12, 5), &dev).unwrap();
+        let want = CopySignature::pool(&x).unwrap();
+        let (got, want) = (
+            got.to_vec2::<f32>().unwrap(),
+            want.to_vec2::<f32>().unwrap(),
+        );
+        for (g, w) in got.iter().flatten().zip(want.iter().flatten()) {
+            assert!((g - w).abs() < 1e-6, "{g} against {w}");
+        }
+        assert!(CopySignature::pool_rows(&rows, (2, 11, 5), &dev).is_err());
     }
 
     #[test]

@@ -16,7 +16,7 @@ use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::colour::ColourHistogram;
-use crate::cpu::{CpuNet, KernelPath};
+use crate::cpu::{CpuNet, KernelPath, MapShape};
 use crate::error::{ModelError, Result};
 
 pub use efficientnet_lite::{EfficientNetLite0, Lite0Classifier};
@@ -230,6 +230,63 @@ impl Backbone {
         }
     }
 
+    /// `x` is a `[B, 3, H, W]` batch of at least one pixel.
+    fn check_input(&self, x: &Tensor) -> Result<()> {
+        match x.dims() {
+            [_, 3, h, w] if *h > 0 && *w > 0 => Ok(()),
+            dims => Err(ModelError::InvalidArgument(format!(
+                "backbone {} expects a [B, 3, H, W] batch, got shape {dims:?}",
+                self.kind
+            ))),
+        }
+    }
+
+    /// The feature map of `x` as pixel rows, `[B * h * w, C]` (the colour
+    /// histogram's bins after the network's channels), with `(B, h, w, C)`:
+    /// what the CPU head reads, without the layout changes of a `[B, C, h, w]`
+    /// tensor. `None` when the CPU engine does not run this pass.
+    pub(crate) fn forward_rows(&self, x: &Tensor) -> Result<Option<(Vec<f32>, MapShape)>> {
+        let Some(engine) = self.engine_for(x) else {
+            return Ok(None);
+        };
+        self.check_input(x)?;
+        let (b, _, height, width) = x.dims4()?;
+        with_cpu_f32(x, |input| {
+            let image_len = 3 * height * width;
+            let mut rows = Vec::new();
+            let mut shape = None;
+            for chunk in input.chunks(ENGINE_MICRO_BATCH * image_len) {
+                let n = chunk.len() / image_len;
+                let (map, o) = engine.forward_nhwc(self.kernels, chunk, (n, 3, height, width));
+                let hist = self.colour.as_ref().map(|_| {
+                    crate::cpu::colour_histogram_nhwc(
+                        self.kernels,
+                        chunk,
+                        (n, height, width),
+                        (o.h, o.w),
+                    )
+                });
+                let bins = hist.as_ref().map_or(0, |h| h.len() / (n * o.h * o.w));
+                rows.reserve(n * o.h * o.w * (o.c + bins));
+                match &hist {
+                    None => rows.extend_from_slice(&map),
+                    Some(hist) => {
+                        for (pixel, cell) in map.chunks_exact(o.c).zip(hist.chunks_exact(bins)) {
+                            rows.extend_from_slice(pixel);
+                            rows.extend_from_slice(cell);
+                        }
+                    }
+                }
+                shape = Some(MapShape {
+                    b,
+                    c: o.c + bins,
+                    ..o
+                });
+            }
+            Ok(shape.map(|s| (rows, s)))
+        })?
+    }
+
     /// The feature map of `x` on the CPU engine, the colour histogram (if
     /// any) computed from the same copy of the input.
     fn forward_engine(&self, engine: &CpuNet, x: &Tensor) -> Result<Tensor> {
@@ -296,15 +353,7 @@ impl Backbone {
     /// Feature map `[B, C, h, w]` of a normalised batch `[B, 3, H, W]`
     /// (any H, W; h = ceil-ish H / stride).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        match x.dims() {
-            [_, 3, h, w] if *h > 0 && *w > 0 => {}
-            dims => {
-                return Err(ModelError::InvalidArgument(format!(
-                    "backbone {} expects a [B, 3, H, W] batch, got shape {dims:?}",
-                    self.kind
-                )))
-            }
-        }
+        self.check_input(x)?;
         let b = x.dim(0)?;
         let micro = if self.engine_for(x).is_some() {
             ENGINE_MICRO_BATCH

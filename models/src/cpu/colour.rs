@@ -14,6 +14,7 @@
 use rayon::prelude::*;
 
 use super::math::{exp, pow};
+use super::net::Layout;
 use super::KernelPath;
 use crate::colour::{cell_range, COLOUR_BINS, GAIN, PALETTE, RGB_TO_XYZ_D65, SAMPLES, SIGMA};
 use crate::preprocess::{IMAGENET_MEAN, IMAGENET_STD};
@@ -32,7 +33,17 @@ pub(crate) fn colour_histogram(
     (b, height, width): (usize, usize, usize),
     (h, w): (usize, usize),
 ) -> Vec<f32> {
-    super::map::on_pool(|| histogram(kernels, x, (b, height, width), (h, w)))
+    super::map::on_pool(|| histogram(Layout::Nchw, kernels, x, (b, height, width), (h, w)))
+}
+
+/// [`colour_histogram`] as `[B, h, w, COLOUR_BINS]`: each cell's bins together.
+pub(crate) fn colour_histogram_nhwc(
+    kernels: KernelPath,
+    x: &[f32],
+    (b, height, width): (usize, usize, usize),
+    (h, w): (usize, usize),
+) -> Vec<f32> {
+    super::map::on_pool(|| histogram(Layout::Nhwc, kernels, x, (b, height, width), (h, w)))
 }
 
 /// Where the samples and cells of one image lie.
@@ -70,6 +81,7 @@ impl Grid {
 }
 
 fn histogram(
+    layout: Layout,
     kernels: KernelPath,
     x: &[f32],
     (b, height, width): (usize, usize, usize),
@@ -109,7 +121,11 @@ fn histogram(
                             .clone()
                             .map(|sy| rows[(sy * COLOUR_BINS + k) * w + cx])
                             .sum();
-                        dst[(k * h + cy) * w + cx] = (sum / count).sqrt() * GAIN;
+                        let at = match layout {
+                            Layout::Nchw => (k * h + cy) * w + cx,
+                            Layout::Nhwc => (cy * w + cx) * COLOUR_BINS + k,
+                        };
+                        dst[at] = (sum / count).sqrt() * GAIN;
                     }
                 }
             }
@@ -238,6 +254,26 @@ fn assign_lanes(rgb: &[Lanes; 3], weights: &mut [Lanes; COLOUR_BINS]) {
 mod tests {
     use super::*;
     use crate::colour::ColourHistogram;
+
+    #[test]
+    fn the_cells_last_layout_holds_the_same_values() {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1.0, (2, 3, 64, 48), &dev).unwrap();
+        let input: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
+        let (h, w) = (4, 3);
+        let planes = colour_histogram(KernelPath::detect(), &input, (2, 64, 48), (h, w));
+        let cells = colour_histogram_nhwc(KernelPath::detect(), &input, (2, 64, 48), (h, w));
+        for img in 0..2 {
+            for k in 0..COLOUR_BINS {
+                for cell in 0..h * w {
+                    assert_eq!(
+                        planes[(img * COLOUR_BINS + k) * h * w + cell],
+                        cells[(img * h * w + cell) * COLOUR_BINS + k]
+                    );
+                }
+            }
+        }
+    }
 
     #[test]
     fn every_kernel_path_gives_the_same_bits() {

@@ -137,28 +137,43 @@ impl DotProductEngine {
         (b, n_pix): (usize, usize),
         attrs: &[usize],
     ) -> (Vec<f32>, Vec<f32>) {
-        super::map::on_pool(|| self.forward_in_pool(path, x, (b, n_pix), attrs))
+        super::map::on_pool(|| {
+            let c = self.channels;
+            assert_eq!(x.len(), b * c * n_pix);
+            // Pixels as rows: [B * N, C].
+            let mut rows = vec![0f32; b * n_pix * c];
+            let shape = MapShape {
+                b,
+                h: 1,
+                w: n_pix,
+                c,
+            };
+            nchw_to_nhwc(Exec::Parallel, x, shape, &mut rows);
+            self.forward_in_pool(path, &rows, (b, n_pix), attrs)
+        })
+    }
+
+    /// [`Self::forward`] of the same maps as pixel rows, `[B * N, C]`.
+    pub(crate) fn forward_rows(
+        &self,
+        path: KernelPath,
+        rows: &[f32],
+        (b, n_pix): (usize, usize),
+        attrs: &[usize],
+    ) -> (Vec<f32>, Vec<f32>) {
+        super::map::on_pool(|| self.forward_in_pool(path, rows, (b, n_pix), attrs))
     }
 
     fn forward_in_pool(
         &self,
         path: KernelPath,
-        x: &[f32],
+        rows: &[f32],
         (b, n_pix): (usize, usize),
         attrs: &[usize],
     ) -> (Vec<f32>, Vec<f32>) {
         let (c, a, h, n) = (self.channels, self.attention_dim, self.hidden, attrs.len());
-        assert_eq!(x.len(), b * c * n_pix);
+        assert_eq!(rows.len(), b * c * n_pix);
         assert!(attrs.iter().all(|&i| i < self.n_attributes));
-        // Pixels as rows: [B * N, C].
-        let mut rows = vec![0f32; b * n_pix * c];
-        let shape = MapShape {
-            b,
-            h: 1,
-            w: n_pix,
-            c,
-        };
-        nchw_to_nhwc(Exec::Parallel, x, shape, &mut rows);
         // Image branch: tanh(conv(x)) [B * N, A].
         let mut img = vec![0f32; b * n_pix * a];
         let plain = |bias| Epilogue {
@@ -169,7 +184,7 @@ impl DotProductEngine {
         gemm(
             path,
             Exec::Parallel,
-            rows_of(&rows, b * n_pix, c),
+            rows_of(rows, b * n_pix, c),
             &self.conv,
             &mut img,
             plain(&self.conv_bias),

@@ -131,19 +131,43 @@ impl CpuNet {
         &self,
         path: KernelPath,
         x: &[f32],
+        dims: (usize, usize, usize, usize),
+    ) -> (Vec<f32>, MapShape) {
+        self.forward_as(Layout::Nchw, path, x, dims)
+    }
+
+    /// [`Self::forward`] with the output map in NHWC (`[b, h, w, c]`): each
+    /// pixel's channels together, as the head reads them.
+    pub(crate) fn forward_nhwc(
+        &self,
+        path: KernelPath,
+        x: &[f32],
+        dims: (usize, usize, usize, usize),
+    ) -> (Vec<f32>, MapShape) {
+        self.forward_as(Layout::Nhwc, path, x, dims)
+    }
+
+    fn forward_as(
+        &self,
+        layout: Layout,
+        path: KernelPath,
+        x: &[f32],
         (b, c, h, w): (usize, usize, usize, usize),
     ) -> (Vec<f32>, MapShape) {
         let one = MapShape { b: 1, h, w, c };
         assert_eq!(x.len(), b * one.len());
         let o1 = self.out_shape(one);
         let mut out = vec![0f32; b * o1.len()];
+        let image = |exec, src: &[f32], dst: &mut [f32]| {
+            self.forward_image(layout, path, exec, src, one, dst)
+        };
         if b == 1 {
-            on_pool_awake(|| self.forward_image(path, Exec::Parallel, x, one, &mut out));
+            on_pool_awake(|| image(Exec::Parallel, x, &mut out));
         } else {
             on_pool(|| {
                 out.par_chunks_exact_mut(o1.len())
                     .zip(x.par_chunks_exact(one.len()))
-                    .for_each(|(dst, src)| self.forward_image(path, Exec::Serial, src, one, dst));
+                    .for_each(|(dst, src)| image(Exec::Serial, src, dst));
             });
         }
         (out, MapShape { b, ..o1 })
@@ -153,18 +177,34 @@ impl CpuNet {
         self.layers.iter().fold(s, |s, l| l.out_shape(s))
     }
 
-    /// One image (`s.b == 1`) into `out` (NCHW).
-    fn forward_image(&self, path: KernelPath, exec: Exec, x: &[f32], s: MapShape, out: &mut [f32]) {
+    /// One image (`s.b == 1`, NCHW) into `out` in `layout`.
+    fn forward_image(
+        &self,
+        layout: Layout,
+        path: KernelPath,
+        exec: Exec,
+        x: &[f32],
+        s: MapShape,
+        out: &mut [f32],
+    ) {
         let mut input = self.pool.take(s.len());
         nchw_to_nhwc(exec, x, s, &mut input[..s.len()]);
         let (y, o) = run_layers(&self.layers, path, exec, &input[..s.len()], s, &self.pool);
-        match y {
-            Some(y) => {
-                nhwc_to_nchw(exec, &y[..o.len()], o, out);
-                self.pool.give(y);
-            }
-            None => nhwc_to_nchw(exec, &input[..o.len()], o, out),
+        let map = y.as_deref().unwrap_or(&input);
+        match layout {
+            Layout::Nchw => nhwc_to_nchw(exec, &map[..o.len()], o, out),
+            Layout::Nhwc => out.copy_from_slice(&map[..o.len()]),
         }
+        y.into_iter().for_each(|y| self.pool.give(y));
         self.pool.give(input);
     }
+}
+
+/// How an output map is laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Layout {
+    /// `[b, c, h, w]`: channel planes (candle's layout).
+    Nchw,
+    /// `[b, h, w, c]`: each pixel's channels together.
+    Nhwc,
 }

@@ -248,6 +248,22 @@ pub struct IngestConfig {
     pub max_file_bytes: u64,
     /// Read images outside the image root too (absolute paths, `..`, symlinks leading out).
     pub allow_outside_root: bool,
+    /// Scheduling priority of the reading threads (see [`ReaderPriority`]).
+    pub reader_priority: ReaderPriority,
+}
+
+/// `ingest.reader_priority`: when the threads that read and decode images run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReaderPriority {
+    /// Only on cycles no other thread wants (Linux `SCHED_IDLE`; elsewhere as `normal`):
+    /// decoding fills the gaps the model's threads leave instead of slowing the forward
+    /// passes, and the writer reads an image itself whenever none is ready. On a machine
+    /// other work keeps busy, ingestion then takes less than its share of the CPU.
+    #[default]
+    Idle,
+    /// At the same priority as everything else.
+    Normal,
 }
 
 impl Default for IngestConfig {
@@ -259,6 +275,7 @@ impl Default for IngestConfig {
             timeout_s: 120,
             max_file_bytes: 64 << 20,
             allow_outside_root: false,
+            reader_priority: ReaderPriority::Idle,
         }
     }
 }
@@ -740,6 +757,26 @@ mod tests {
         )
         .unwrap();
         assert!(!off.index.thumbnails);
+    }
+
+    #[test]
+    fn reader_priority_is_idle_unless_set_to_normal() {
+        let default = Config::load(None, [], &Overrides::default()).unwrap();
+        assert_eq!(default.ingest.reader_priority, ReaderPriority::Idle);
+        let normal = Config::load(
+            None,
+            env(&[("ASEN_INGEST__READER_PRIORITY", "normal")]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(normal.ingest.reader_priority, ReaderPriority::Normal);
+        let e = Config::load(
+            None,
+            env(&[("ASEN_INGEST__READER_PRIORITY", "sometimes")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("sometimes"), "{e}");
     }
 
     #[test]

@@ -9,7 +9,7 @@ use asen_models::PreprocessConfig;
 
 use super::Needs;
 use crate::cli::IngestArgs;
-use crate::config::Config;
+use crate::config::{Config, ReaderPriority};
 use crate::ingest::{
     ingest, read_dir, CsvSource, LocalSink, PipelineConfig, Records, RemoteClient, RemoteSink,
     ReportWriter, Sink,
@@ -45,6 +45,7 @@ pub fn run(args: IngestArgs, config: &Config) -> anyhow::Result<()> {
         },
         progress: !args.quiet,
         max_file_bytes: config.ingest.max_file_bytes,
+        idle_readers: config.ingest.reader_priority == ReaderPriority::Idle,
     };
     tracing::info!(
         catalogue = %args.catalogue,

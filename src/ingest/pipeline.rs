@@ -5,6 +5,12 @@
 //!   --[this thread: batches of Sink::batch_size, Sink::write]
 //! ```
 //!
+//! The reading threads run at idle priority by default (`ingest.reader_priority`): the
+//! model's threads keep both cores during a forward pass, and decoding takes the cycles they
+//! leave (joins, serial steps, the store's writes). When no item is ready, this thread reads
+//! the next one itself rather than wait, so ingestion goes on when other processes take every
+//! core and the idle-priority readers get none.
+//!
 //! A local [`Sink`] prepares by decoding and cropping (`service::items::prepare`) and writes by
 //! embedding and upserting (`service::items::upsert_prepared`); a remote one checks the image
 //! and PUTs it to a server. Items stored with the sha256 of their image bytes and the same
@@ -15,7 +21,7 @@
 use std::io::{IsTerminal, Read};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::sync_channel;
+use std::sync::mpsc::{sync_channel, TryRecvError};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -36,6 +42,8 @@ pub struct PipelineConfig {
     pub progress: bool,
     /// Largest image file read (`ingest.max_file_bytes`); larger ones go to the report.
     pub max_file_bytes: u64,
+    /// Run the reading threads only on otherwise idle cycles (`ingest.reader_priority`).
+    pub idle_readers: bool,
 }
 
 impl PipelineConfig {
@@ -49,6 +57,7 @@ impl Default for PipelineConfig {
             prepare_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
             progress: true,
             max_file_bytes: Self::DEFAULT_MAX_FILE_BYTES,
+            idle_readers: true,
         }
     }
 }
@@ -304,19 +313,25 @@ pub fn ingest<S: Sink>(
         for _ in 0..config.prepare_threads.max(1) {
             let tx = prepared_tx.clone();
             let (records, next, abort, busy) = (&records, &next, &abort, &busy);
-            scope.spawn(move || loop {
-                if abort.load(Ordering::Relaxed) {
-                    break;
+            let idle = config.idle_readers;
+            scope.spawn(move || {
+                if idle {
+                    run_on_idle_cycles();
                 }
-                let index = next.fetch_add(1, Ordering::Relaxed);
-                let Some(record) = records.get(index) else {
-                    break;
-                };
-                if tx
-                    .send(prepare(index, record, catalogue, sink, limits, busy))
-                    .is_err()
-                {
-                    break;
+                loop {
+                    if abort.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let index = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(record) = records.get(index) else {
+                        break;
+                    };
+                    if tx
+                        .send(prepare(index, record, catalogue, sink, limits, busy))
+                        .is_err()
+                    {
+                        break;
+                    }
                 }
             });
         }
@@ -333,7 +348,22 @@ pub fn ingest<S: Sink>(
         // This thread: collect prepared items into batches and write them.
         let mut run = || -> anyhow::Result<()> {
             let mut batch = Vec::with_capacity(batch_size);
-            for prepared in prepared_rx.iter() {
+            loop {
+                let prepared = match prepared_rx.try_recv() {
+                    Ok(prepared) => prepared,
+                    Err(TryRecvError::Disconnected) => break,
+                    // Nothing ready: read the next record here instead of waiting.
+                    Err(TryRecvError::Empty) => {
+                        let index = next.fetch_add(1, Ordering::Relaxed);
+                        match records.get(index) {
+                            Some(record) => prepare(index, record, catalogue, sink, limits, &busy),
+                            None => match prepared_rx.recv() {
+                                Ok(prepared) => prepared,
+                                Err(_) => break,
+                            },
+                        }
+                    }
+                };
                 match prepared {
                     Prepared::Skipped => {
                         skipped += 1;
@@ -386,6 +416,20 @@ pub fn ingest<S: Sink>(
             reading_threads,
         },
     })
+}
+
+/// Let the calling thread run only when a core would otherwise be idle (Linux's
+/// `SCHED_IDLE`); elsewhere it keeps its priority.
+fn run_on_idle_cycles() {
+    #[cfg(target_os = "linux")]
+    {
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: `param` is a valid sched_param for the call's duration; pid 0 is the
+        // calling thread.
+        if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } != 0 {
+            tracing::debug!("cannot lower a reading thread's priority; it keeps the default");
+        }
+    }
 }
 
 /// Nanoseconds added up by several threads.
@@ -515,6 +559,7 @@ fn write_batch<S: Sink>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use asen_index::{ItemId, Payload};
 
     #[test]
     fn a_device_is_not_read() {
@@ -600,5 +645,92 @@ mod tests {
             remote.line(),
             "ingested 6, skipped 2, failed 0 of 10 rows in 3.0 s (2.0 items/s, embedded by the server)"
         );
+    }
+
+    /// A sink whose `prepare` is slow on every thread but the one that called `ingest`.
+    struct SlowReaders {
+        writer: std::thread::ThreadId,
+        prepared_by_writer: AtomicUsize,
+        written: Mutex<Vec<String>>,
+    }
+
+    impl Sink for SlowReaders {
+        type Prepared = String;
+
+        fn ensure_catalogue(&self, _: &str) -> anyhow::Result<()> {
+            Ok(())
+        }
+
+        fn is_current(&self, _: &str, _: &ItemId, _: &str, _: &Payload) -> anyhow::Result<bool> {
+            Ok(false)
+        }
+
+        fn prepare(&self, item: NewItem) -> Result<String, String> {
+            if std::thread::current().id() == self.writer {
+                self.prepared_by_writer.fetch_add(1, Ordering::Relaxed);
+            } else {
+                std::thread::sleep(Duration::from_millis(30));
+            }
+            Ok(item.id.to_string())
+        }
+
+        fn write(&self, _: &str, batch: &[String]) -> anyhow::Result<WriteOutcome> {
+            lock(&self.written).extend(batch.iter().cloned());
+            Ok(WriteOutcome::Written {
+                model_time: Duration::ZERO,
+            })
+        }
+
+        fn batch_size(&self) -> usize {
+            4
+        }
+
+        fn embeds_here(&self) -> bool {
+            false
+        }
+
+        fn finish(&self) -> anyhow::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn the_writer_reads_images_itself_when_none_is_ready() {
+        let dir = tempfile::tempdir().unwrap();
+        let records: Vec<Record> = (0..20)
+            .map(|i| {
+                let path = dir.path().join(format!("{i}.jpg"));
+                std::fs::write(&path, [i as u8; 8]).unwrap();
+                Record {
+                    row: i + 2,
+                    id: ItemId::new(format!("item-{i}")).unwrap(),
+                    path,
+                    payload: Payload::new(),
+                }
+            })
+            .collect();
+        let sink = SlowReaders {
+            writer: std::thread::current().id(),
+            prepared_by_writer: AtomicUsize::new(0),
+            written: Mutex::new(Vec::new()),
+        };
+        let config = PipelineConfig {
+            prepare_threads: 2,
+            progress: false,
+            ..PipelineConfig::default()
+        };
+        let report = ReportWriter::create(&dir.path().join("report.csv")).unwrap();
+        let source = Records {
+            records,
+            rejected: Vec::new(),
+            root: None,
+        };
+        let summary = ingest(source, "c", &sink, &config, report).unwrap();
+        assert_eq!(summary.ingested, 20);
+        let mut written = lock(&sink.written).clone();
+        written.sort();
+        written.dedup();
+        assert_eq!(written.len(), 20, "every item once");
+        assert!(sink.prepared_by_writer.load(Ordering::Relaxed) > 0);
     }
 }

@@ -258,8 +258,8 @@ pub struct IngestConfig {
 pub enum ReaderPriority {
     /// Only on cycles no other thread wants (Linux `SCHED_IDLE`; elsewhere as `normal`):
     /// decoding fills the gaps the model's threads leave instead of slowing the forward
-    /// passes, and the writer reads an image itself whenever none is ready. On a machine
-    /// other work keeps busy, ingestion then takes less than its share of the CPU.
+    /// passes. Whenever no item is ready, the writer has the next few read on the model's
+    /// threads, so other busy processes slow the reading but cannot stall it.
     #[default]
     Idle,
     /// At the same priority as everything else.

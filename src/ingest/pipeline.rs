@@ -7,9 +7,9 @@
 //!
 //! The reading threads run at idle priority by default (`ingest.reader_priority`): the
 //! model's threads keep both cores during a forward pass, and decoding takes the cycles they
-//! leave (joins, serial steps, the store's writes). When no item is ready, this thread reads
-//! the next one itself rather than wait, so ingestion goes on when other processes take every
-//! core and the idle-priority readers get none.
+//! leave (joins, serial steps, the store's writes). When no item is ready, this thread has the
+//! next few read on rayon's threads (normal priority) rather than wait, so ingestion goes on
+//! when other processes take every core and the idle-priority readers get none.
 //!
 //! A local [`Sink`] prepares by decoding and cropping (`service::items::prepare`) and writes by
 //! embedding and upserting (`service::items::upsert_prepared`); a remote one checks the image
@@ -194,7 +194,7 @@ impl IngestSummary {
             })
             .collect();
         format!(
-            "stages (busy time; read and decode on {} threads beside the writer): {}",
+            "stages (read and decode: CPU time of {} reading threads; the rest: wall time of the writer): {}",
             self.stages.reading_threads,
             listed.join(", ")
         )
@@ -348,21 +348,34 @@ pub fn ingest<S: Sink>(
         // This thread: collect prepared items into batches and write them.
         let mut run = || -> anyhow::Result<()> {
             let mut batch = Vec::with_capacity(batch_size);
+            // Items this thread read itself.
+            let mut own = std::collections::VecDeque::new();
             loop {
-                let prepared = match prepared_rx.try_recv() {
-                    Ok(prepared) => prepared,
-                    Err(TryRecvError::Disconnected) => break,
-                    // Nothing ready: read the next record here instead of waiting.
-                    Err(TryRecvError::Empty) => {
-                        let index = next.fetch_add(1, Ordering::Relaxed);
-                        match records.get(index) {
-                            Some(record) => prepare(index, record, catalogue, sink, limits, &busy),
-                            None => match prepared_rx.recv() {
-                                Ok(prepared) => prepared,
-                                Err(_) => break,
-                            },
+                let prepared = match own.pop_front() {
+                    Some(prepared) => prepared,
+                    None => match prepared_rx.try_recv() {
+                        Ok(prepared) => prepared,
+                        Err(TryRecvError::Disconnected) => break,
+                        // Nothing ready: read the next few records on the model's threads
+                        // (normal priority) instead of waiting.
+                        Err(TryRecvError::Empty) => {
+                            let chunk = 2 * rayon::current_num_threads();
+                            let first = next.fetch_add(chunk, Ordering::Relaxed);
+                            let claimed =
+                                first.min(records.len())..(first + chunk).min(records.len());
+                            if claimed.is_empty() {
+                                match prepared_rx.recv() {
+                                    Ok(prepared) => prepared,
+                                    Err(_) => break,
+                                }
+                            } else {
+                                own.extend(read_on_pool(
+                                    claimed, &records, catalogue, sink, limits, &busy,
+                                ));
+                                continue;
+                            }
                         }
-                    }
+                    },
                 };
                 match prepared {
                     Prepared::Skipped => {
@@ -432,13 +445,37 @@ fn run_on_idle_cycles() {
     }
 }
 
+/// CPU time the calling thread has used (Linux's `CLOCK_THREAD_CPUTIME_ID`), so that a
+/// reading thread waiting for a core at idle priority does not count as busy; elsewhere,
+/// wall time since the first call.
+fn thread_cpu_time() -> Duration {
+    #[cfg(target_os = "linux")]
+    {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `ts` is a valid timespec to write to.
+        if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } == 0 {
+            return Duration::new(
+                ts.tv_sec.max(0) as u64,
+                ts.tv_nsec.clamp(0, 999_999_999) as u32,
+            );
+        }
+    }
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    START.get_or_init(Instant::now).elapsed()
+}
+
 /// Nanoseconds added up by several threads.
 #[derive(Default)]
 struct Nanos(std::sync::atomic::AtomicU64);
 
 impl Nanos {
-    fn add(&self, since: Instant) {
-        let ns = since.elapsed().as_nanos().min(u128::from(u64::MAX)) as u64;
+    /// Add the calling thread's CPU time since `since` (a [`thread_cpu_time`]).
+    fn add(&self, since: Duration) {
+        let spent = thread_cpu_time().saturating_sub(since);
+        let ns = spent.as_nanos().min(u128::from(u64::MAX)) as u64;
         self.0.fetch_add(ns, Ordering::Relaxed);
     }
 
@@ -470,20 +507,36 @@ fn prepare<S: Sink>(
     limits: ReadLimits<'_>,
     busy: &Busy,
 ) -> Prepared<S::Prepared> {
-    let started = Instant::now();
+    let started = thread_cpu_time();
     let prepared = read_and_check(record, catalogue, sink, limits);
     busy.read.add(started);
     let item = match prepared {
         Ok(item) => item,
         Err(done) => return done,
     };
-    let started = Instant::now();
+    let started = thread_cpu_time();
     let prepared = match sink.prepare(item) {
         Ok(item) => Prepared::Ready { index, item },
         Err(reason) => Prepared::Failed(failure(record, reason)),
     };
     busy.decode.add(started);
     prepared
+}
+
+/// [`prepare`] the records `indices` on rayon's threads, in order.
+fn read_on_pool<S: Sink>(
+    indices: std::ops::Range<usize>,
+    records: &[Record],
+    catalogue: &str,
+    sink: &S,
+    limits: ReadLimits<'_>,
+    busy: &Busy,
+) -> Vec<Prepared<S::Prepared>> {
+    use rayon::prelude::*;
+    indices
+        .into_par_iter()
+        .map(|i| prepare(i, &records[i], catalogue, sink, limits, busy))
+        .collect()
 }
 
 /// Read and hash the image and ask the store whether it is already there:
@@ -630,7 +683,7 @@ mod tests {
         );
         assert_eq!(
             s.stages_line(),
-            "stages (busy time; read and decode on 2 threads beside the writer): read+hash 0.5 s (14%), decode+resize 1.0 s (29%), forward 1.5 s (43%), store write 0.5 s (14%)"
+            "stages (read and decode: CPU time of 2 reading threads; the rest: wall time of the writer): read+hash 0.5 s (14%), decode+resize 1.0 s (29%), forward 1.5 s (43%), store write 0.5 s (14%)"
         );
         let remote = IngestSummary {
             model_time: None,
@@ -639,7 +692,7 @@ mod tests {
         };
         assert_eq!(
             remote.stages_line(),
-            "stages (busy time; read and decode on 2 threads beside the writer): read+hash 0.5 s (14%), decode+resize 1.0 s (29%), server requests 2.0 s (57%)"
+            "stages (read and decode: CPU time of 2 reading threads; the rest: wall time of the writer): read+hash 0.5 s (14%), decode+resize 1.0 s (29%), server requests 2.0 s (57%)"
         );
         assert_eq!(
             remote.line(),
@@ -647,9 +700,9 @@ mod tests {
         );
     }
 
-    /// A sink whose `prepare` is slow on every thread but the one that called `ingest`.
+    /// A sink whose `prepare` is slow on the reading threads (not on rayon's, where the
+    /// writer has items read when none is ready).
     struct SlowReaders {
-        writer: std::thread::ThreadId,
         prepared_by_writer: AtomicUsize,
         written: Mutex<Vec<String>>,
     }
@@ -666,7 +719,7 @@ mod tests {
         }
 
         fn prepare(&self, item: NewItem) -> Result<String, String> {
-            if std::thread::current().id() == self.writer {
+            if rayon::current_thread_index().is_some() {
                 self.prepared_by_writer.fetch_add(1, Ordering::Relaxed);
             } else {
                 std::thread::sleep(Duration::from_millis(30));
@@ -710,7 +763,6 @@ mod tests {
             })
             .collect();
         let sink = SlowReaders {
-            writer: std::thread::current().id(),
             prepared_by_writer: AtomicUsize::new(0),
             written: Mutex::new(Vec::new()),
         };

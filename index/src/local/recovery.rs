@@ -407,10 +407,8 @@ mod tests {
     /// Rewrites attribute 0's dump of a closed store as an asen older than its own graph left
     /// it: hnsw_rs's two files, in a record of format 0. Returns the dump's directory name.
     fn downgrade_dump(store_dir: &Path, dim: usize) -> String {
-        let db = sled::Config::new()
-            .path(store_dir.join("sled"))
-            .open()
-            .unwrap();
+        // The store was dropped an instant ago: wait for sled's lock as a reopen does.
+        let db = super::super::open_sled(&store_dir.join("sled"), 16 << 20).unwrap();
         let (id, tree, record) = first_dump_record(&db);
         assert_eq!(record.format, DUMP_FORMAT_ASEN);
         let vectors: Vec<(u64, Vec<f32>)> = tree
@@ -454,10 +452,7 @@ mod tests {
     }
 
     fn dump_format(store_dir: &Path) -> (u32, String) {
-        let db = sled::Config::new()
-            .path(store_dir.join("sled"))
-            .open()
-            .unwrap();
+        let db = super::super::open_sled(&store_dir.join("sled"), 16 << 20).unwrap();
         let (_, _, r) = first_dump_record(&db);
         (r.format, r.dir)
     }

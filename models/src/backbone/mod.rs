@@ -257,9 +257,15 @@ impl Backbone {
             let mut shape = None;
             for chunk in input.chunks(ENGINE_MICRO_BATCH * image_len) {
                 let n = chunk.len() / image_len;
-                let (map, o) = engine.forward_nhwc(self.kernels, chunk, (n, 3, height, width));
+                let (map, o) = engine.forward(
+                    crate::cpu::Layout::Nhwc,
+                    self.kernels,
+                    chunk,
+                    (n, 3, height, width),
+                );
                 let hist = self.colour.as_ref().map(|_| {
-                    crate::cpu::colour_histogram_nhwc(
+                    crate::cpu::colour_histogram(
+                        crate::cpu::Layout::Nhwc,
                         self.kernels,
                         chunk,
                         (n, height, width),
@@ -292,10 +298,21 @@ impl Backbone {
     fn forward_engine(&self, engine: &CpuNet, x: &Tensor) -> Result<Tensor> {
         let (b, c, height, width) = x.dims4()?;
         let ((out, o), hist) = with_cpu_f32(x, |input| {
-            let map = engine.forward(self.kernels, input, (b, c, height, width));
+            let map = engine.forward(
+                crate::cpu::Layout::Nchw,
+                self.kernels,
+                input,
+                (b, c, height, width),
+            );
             let (h, w) = (map.1.h, map.1.w);
             let hist = self.colour.as_ref().map(|_| {
-                crate::cpu::colour_histogram(self.kernels, input, (b, height, width), (h, w))
+                crate::cpu::colour_histogram(
+                    crate::cpu::Layout::Nchw,
+                    self.kernels,
+                    input,
+                    (b, height, width),
+                    (h, w),
+                )
             });
             (map, hist)
         })?;

@@ -25,25 +25,18 @@ const LANES: usize = 64;
 /// One value per lane.
 type Lanes = [f32; LANES];
 
-/// `[B, COLOUR_BINS, h, w]` histograms of the normalised NCHW batch `x`
-/// (`b` images of `height` x `width`), as `ColourHistogram::forward`.
+/// Histograms of the normalised NCHW batch `x` (`b` images of `height` x
+/// `width`), as `ColourHistogram::forward`: `[B, COLOUR_BINS, h, w]` in
+/// [`Layout::Nchw`], `[B, h, w, COLOUR_BINS]` (each cell's bins together)
+/// in [`Layout::Nhwc`].
 pub(crate) fn colour_histogram(
+    layout: Layout,
     kernels: KernelPath,
     x: &[f32],
     (b, height, width): (usize, usize, usize),
     (h, w): (usize, usize),
 ) -> Vec<f32> {
-    super::map::on_pool(|| histogram(Layout::Nchw, kernels, x, (b, height, width), (h, w)))
-}
-
-/// [`colour_histogram`] as `[B, h, w, COLOUR_BINS]`: each cell's bins together.
-pub(crate) fn colour_histogram_nhwc(
-    kernels: KernelPath,
-    x: &[f32],
-    (b, height, width): (usize, usize, usize),
-    (h, w): (usize, usize),
-) -> Vec<f32> {
-    super::map::on_pool(|| histogram(Layout::Nhwc, kernels, x, (b, height, width), (h, w)))
+    super::map::on_pool(|| histogram(layout, kernels, x, (b, height, width), (h, w)))
 }
 
 /// Where the samples and cells of one image lie.
@@ -261,8 +254,20 @@ mod tests {
         let x = Tensor::randn(0f32, 1.0, (2, 3, 64, 48), &dev).unwrap();
         let input: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
         let (h, w) = (4, 3);
-        let planes = colour_histogram(KernelPath::detect(), &input, (2, 64, 48), (h, w));
-        let cells = colour_histogram_nhwc(KernelPath::detect(), &input, (2, 64, 48), (h, w));
+        let planes = colour_histogram(
+            Layout::Nchw,
+            KernelPath::detect(),
+            &input,
+            (2, 64, 48),
+            (h, w),
+        );
+        let cells = colour_histogram(
+            Layout::Nhwc,
+            KernelPath::detect(),
+            &input,
+            (2, 64, 48),
+            (h, w),
+        );
         for img in 0..2 {
             for k in 0..COLOUR_BINS {
                 for cell in 0..h * w {
@@ -281,9 +286,15 @@ mod tests {
         // 300 wide: a row of 80 samples spans two groups of lanes.
         let x = Tensor::randn(0f32, 1.0, (2, 3, 224, 300), &dev).unwrap();
         let input: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
-        let reference = colour_histogram(KernelPath::Portable, &input, (2, 224, 300), (7, 10));
+        let reference = colour_histogram(
+            Layout::Nchw,
+            KernelPath::Portable,
+            &input,
+            (2, 224, 300),
+            (7, 10),
+        );
         for path in KernelPath::available() {
-            let got = colour_histogram(path, &input, (2, 224, 300), (7, 10));
+            let got = colour_histogram(Layout::Nchw, path, &input, (2, 224, 300), (7, 10));
             assert!(got == reference, "{path:?} differs from the portable path");
         }
     }
@@ -306,7 +317,13 @@ mod tests {
                 .to_vec1()
                 .unwrap();
             let input: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
-            let got = colour_histogram(KernelPath::detect(), &input, (b, hh, ww), (h, w));
+            let got = colour_histogram(
+                Layout::Nchw,
+                KernelPath::detect(),
+                &input,
+                (b, hh, ww),
+                (h, w),
+            );
             assert_eq!(got.len(), want.len());
             let max = got
                 .iter()

@@ -27,10 +27,10 @@ mod math;
 mod net;
 
 pub(crate) use bottleneck::Bottleneck;
-pub(crate) use colour::{colour_histogram, colour_histogram_nhwc};
+pub(crate) use colour::colour_histogram;
 pub(crate) use conv::{Conv, MaxPool};
 pub(crate) use depthwise::Depthwise;
 pub(crate) use head::{DotProductEngine, DotProductWeights};
 pub use kernels::KernelPath;
 pub(crate) use map::{on_pool_awake, MapShape};
-pub(crate) use net::{CpuNet, Layer};
+pub(crate) use net::{CpuNet, Layer, Layout};

@@ -123,31 +123,11 @@ impl CpuNet {
         }
     }
 
-    /// `x` is `[b, 3, h, w]` (NCHW); returns the output map in NCHW and
+    /// `x` is `[b, 3, h, w]` (NCHW); returns the output map in `layout` and
     /// its shape. One image splits each layer's work over rayon's threads;
     /// several run one image per thread, each layer on that thread, so the
     /// threads never wait for each other between layers.
     pub(crate) fn forward(
-        &self,
-        path: KernelPath,
-        x: &[f32],
-        dims: (usize, usize, usize, usize),
-    ) -> (Vec<f32>, MapShape) {
-        self.forward_as(Layout::Nchw, path, x, dims)
-    }
-
-    /// [`Self::forward`] with the output map in NHWC (`[b, h, w, c]`): each
-    /// pixel's channels together, as the head reads them.
-    pub(crate) fn forward_nhwc(
-        &self,
-        path: KernelPath,
-        x: &[f32],
-        dims: (usize, usize, usize, usize),
-    ) -> (Vec<f32>, MapShape) {
-        self.forward_as(Layout::Nhwc, path, x, dims)
-    }
-
-    fn forward_as(
         &self,
         layout: Layout,
         path: KernelPath,

@@ -11,6 +11,8 @@
 //! for bit. The row then adds its samples' bins into the output cells it
 //! touches, and the cells sum the rows.
 
+use std::ops::Range;
+
 use rayon::prelude::*;
 
 use super::math::{exp, pow};
@@ -39,37 +41,45 @@ pub(crate) fn colour_histogram(
     super::map::on_pool(|| histogram(layout, kernels, x, (b, height, width), (h, w)))
 }
 
-/// Where the samples and cells of one image lie.
+/// Where the samples and cells of one image lie, the ranges computed once
+/// (each is two integer divisions, which per sample and bin added up to most
+/// of the histogram's time).
 struct Grid {
     height: usize,
     width: usize,
-    /// Output cells.
-    h: usize,
+    /// Output columns.
     w: usize,
     /// Sample rows and columns.
     sh: usize,
     sw: usize,
+    /// Image columns averaged into each sample column.
+    cols_in: Vec<Range<usize>>,
+    /// Sample rows of each output row, and sample columns of each output column.
+    rows_out: Vec<Range<usize>>,
+    cols_out: Vec<Range<usize>>,
 }
 
 impl Grid {
+    fn new((height, width): (usize, usize), (h, w): (usize, usize)) -> Self {
+        let (sh, sw) = ((SAMPLES * h).min(height), (SAMPLES * w).min(width));
+        let ranges = |cells: usize, size: usize| -> Vec<Range<usize>> {
+            (0..cells).map(|i| cell_range(i, cells, size)).collect()
+        };
+        Self {
+            height,
+            width,
+            w,
+            sh,
+            sw,
+            cols_in: ranges(sw, width),
+            rows_out: ranges(h, sh),
+            cols_out: ranges(w, sw),
+        }
+    }
+
     /// Image rows averaged into sample row `sy`.
-    fn rows_in(&self, sy: usize) -> std::ops::Range<usize> {
+    fn rows_in(&self, sy: usize) -> Range<usize> {
         cell_range(sy, self.sh, self.height)
-    }
-
-    /// Image columns averaged into sample column `sx`.
-    fn cols_in(&self, sx: usize) -> std::ops::Range<usize> {
-        cell_range(sx, self.sw, self.width)
-    }
-
-    /// Sample rows of output row `cy`.
-    fn rows_out(&self, cy: usize) -> std::ops::Range<usize> {
-        cell_range(cy, self.h, self.sh)
-    }
-
-    /// Sample columns of output column `cx`.
-    fn cols_out(&self, cx: usize) -> std::ops::Range<usize> {
-        cell_range(cx, self.w, self.sw)
     }
 }
 
@@ -81,14 +91,7 @@ fn histogram(
     (h, w): (usize, usize),
 ) -> Vec<f32> {
     assert_eq!(x.len(), b * 3 * height * width);
-    let grid = Grid {
-        height,
-        width,
-        h,
-        w,
-        sh: (SAMPLES * h).min(height),
-        sw: (SAMPLES * w).min(width),
-    };
+    let grid = Grid::new((height, width), (h, w));
     let image_len = 3 * height * width;
     // Per sample row, its bins summed over each output column: [B, sh, K, w].
     let mut rows = vec![0f32; b * grid.sh * COLOUR_BINS * w];
@@ -106,10 +109,10 @@ fn histogram(
         .for_each(|(img, dst)| {
             let rows = &rows[img * grid.sh * COLOUR_BINS * w..][..grid.sh * COLOUR_BINS * w];
             for cy in 0..h {
-                let sample_rows = grid.rows_out(cy);
+                let sample_rows = grid.rows_out[cy].clone();
                 for k in 0..COLOUR_BINS {
                     for cx in 0..w {
-                        let count = (sample_rows.len() * grid.cols_out(cx).len()) as f32;
+                        let count = (sample_rows.len() * grid.cols_out[cx].len()) as f32;
                         let sum: f32 = sample_rows
                             .clone()
                             .map(|sy| rows[(sy * COLOUR_BINS + k) * w + cx])
@@ -152,18 +155,17 @@ fn sample_row(kernels: KernelPath, grid: &Grid, image: &[f32], sy: usize, dst: &
             .enumerate()
         {
             for (lane, value) in rgb.iter_mut().enumerate() {
-                let cols = grid.cols_in(start + lane.min(n - 1));
+                let cols = grid.cols_in[start + lane.min(n - 1)].clone();
                 let mean =
                     sums[cols.clone()].iter().sum::<f32>() / (rows.len() * cols.len()) as f32;
                 *value = (mean * IMAGENET_STD[ch] + IMAGENET_MEAN[ch]).clamp(0.0, 1.0);
             }
         }
         assign(kernels, &rgb, &mut weights);
-        for (k, bins) in weights.iter().enumerate() {
-            for cx in 0..grid.w {
-                let cols = grid.cols_out(cx);
-                let (lo, hi) = (cols.start.max(start), cols.end.min(start + n));
-                if lo < hi {
+        for (cx, cols) in grid.cols_out.iter().enumerate() {
+            let (lo, hi) = (cols.start.max(start), cols.end.min(start + n));
+            if lo < hi {
+                for (k, bins) in weights.iter().enumerate() {
                     dst[k * grid.w + cx] += bins[lo - start..hi - start].iter().sum::<f32>();
                 }
             }

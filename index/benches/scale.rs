@@ -470,8 +470,8 @@ fn soak(args: &Args) {
         store.upsert("c", &items).expect("upsert");
     }
     println!("built in {:.0} s\n", t.elapsed().as_secs_f64());
-    println!("| minute | live items | graph points | RSS MB | searches | p50 ms | p99 ms | recall@10 (ef {}) | upserts | deletes |", args.ef);
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("| minute | live items | graph points | compactions | RSS MB | searches | p50 ms | p99 ms | recall@10 (ef {}) | upserts | deletes |", args.ef);
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     let mut r = StdRng::seed_from_u64(11);
     let mut next_id = args.n as u64;
     let queries: Vec<Vec<f32>> = (0..50).map(|q| vectors.get(0, u64::MAX - q)).collect();
@@ -521,9 +521,10 @@ fn soak(args: &Args) {
         let stats = store.stats("c").expect("stats");
         let rec = recall(&store, &live, &queries, args.ef);
         println!(
-            "| {minute} | {} | {} | {:.0} | {} | {} | {} | {rec:.3} | {upserts} | {deletes} |",
+            "| {minute} | {} | {} | {} | {:.0} | {} | {} | {} | {rec:.3} | {upserts} | {deletes} |",
             stats.items,
             stats.attributes[0].graph_points,
+            stats.attributes[0].compactions,
             rss_bytes() as f64 / 1e6,
             lat.len(),
             ms(percentile(&lat, 0.5)),

@@ -127,9 +127,26 @@ impl Graph {
         found.into_iter().map(|(id, d)| (id, 1.0 - d)).collect()
     }
 
-    /// Points in the graph, live or not.
+    /// Slots in the graph: live points, dead ones and free slots.
     pub(crate) fn len(&self) -> usize {
         with_graph!(&self.inner, g => g.len())
+    }
+
+    /// Free slots that inserts will reuse before the graph grows.
+    pub(crate) fn free_slots(&self) -> usize {
+        with_graph!(&self.inner, g => g.free_slots())
+    }
+
+    /// Flags the points whose internal ids `dead` accepts as dead; returns how many were
+    /// newly flagged. No insert of such an id may be under way.
+    pub(crate) fn mark_dead(&self, dead: impl Fn(u64) -> bool + Sync) -> usize {
+        with_graph!(&self.inner, g => g.mark_dead(dead))
+    }
+
+    /// Unlinks the dead points and frees their slots for new points (searches and inserts go
+    /// on meanwhile); returns how many slots were freed.
+    pub(crate) fn reclaim(&self) -> usize {
+        with_graph!(&self.inner, g => g.reclaim())
     }
 
     /// Internal ids of every point in the graph (for consistency checks; O(n)).
@@ -153,8 +170,11 @@ impl Graph {
     /// Writes the graph into `dir` (which must exist and be empty); returns the files' CRCs.
     /// No insert may run meanwhile.
     pub(crate) fn dump(&self, dir: &Path, attribute: &str) -> Result<DumpCrcs> {
-        with_graph!(&self.inner, g => dump::write(g, dir))
-            .map_err(|e| graph_error(attribute, format!("dump failed: {e}")))
+        with_graph!(&self.inner, g => {
+            let _no_reclaim = g.pause_maintenance();
+            dump::write(g, dir)
+        })
+        .map_err(|e| graph_error(attribute, format!("dump failed: {e}")))
     }
 
     /// Loads a graph dumped by [`Graph::dump`], with the CRCs of the bytes it read.
@@ -236,7 +256,7 @@ pub(crate) mod tests {
     }
 
     /// Clustered unit vectors: `centres` random centres plus noise (like real embeddings).
-    fn clustered(n: usize, dim: usize, centres: usize) -> Vec<Vec<f32>> {
+    pub(crate) fn clustered(n: usize, dim: usize, centres: usize) -> Vec<Vec<f32>> {
         let c = points(centres, dim);
         let noise = points(n + 1, dim);
         (0..n)

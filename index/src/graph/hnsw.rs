@@ -6,6 +6,13 @@
 //! an insert that raises the top level holds the `top` lock for its whole duration, and
 //! searches read lists without locks (every slot is an atomic; a list being rewritten may be
 //! read half old, half new, which costs a search nothing but a little recall).
+//!
+//! Deleted points are reclaimed as in FreshDiskANN's consolidation rather than hnswlib's
+//! in-place update: [`Hnsw::mark_dead`] flags them (inserts stop choosing them as neighbours),
+//! [`Hnsw::reclaim`] replaces every link to them by links to their own live neighbours (with
+//! the same heuristic) and, once no operation that could still hold one is running, puts their
+//! slots on a free list, from which inserts take slots before they grow the graph. A slot's
+//! vector is therefore only ever rewritten when nothing can read it.
 
 use std::cell::RefCell;
 use std::cmp::{Ordering as CmpOrdering, Reverse};
@@ -13,7 +20,9 @@ use std::collections::{BinaryHeap, HashMap};
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError, RwLock};
 
-use super::storage::{Kind, Points};
+use rayon::prelude::*;
+
+use super::storage::{Kind, Points, DEAD, FREE};
 
 /// Highest level a point can get (hnsw_rs's cap, kept so legacy dumps fit).
 pub(crate) const MAX_LEVEL: u8 = 15;
@@ -21,6 +30,57 @@ pub(crate) const MAX_LEVEL: u8 = 15;
 const LOCK_STRIPES: usize = 1024;
 /// `entry` when the graph is empty.
 const NO_ENTRY: u64 = u64::MAX;
+
+/// A grace period over the graph's operations (RCU's idea, two counters by epoch parity):
+/// every search and insert holds a [`GraceGuard`], and [`Grace::wait`] returns once every
+/// operation that was running when it was called has finished. Entering never blocks, so
+/// operations may nest.
+#[derive(Default)]
+struct Grace {
+    epoch: AtomicUsize,
+    active: [AtomicUsize; 2],
+    waiting: Mutex<()>,
+}
+
+struct GraceGuard<'a> {
+    grace: &'a Grace,
+    parity: usize,
+}
+
+impl Grace {
+    fn enter(&self) -> GraceGuard<'_> {
+        loop {
+            let e = self.epoch.load(Ordering::SeqCst);
+            let parity = e & 1;
+            self.active[parity].fetch_add(1, Ordering::SeqCst);
+            // A waiter that flipped the epoch meanwhile may have checked the counter before
+            // this increment: count under the new epoch instead.
+            if self.epoch.load(Ordering::SeqCst) == e {
+                return GraceGuard {
+                    grace: self,
+                    parity,
+                };
+            }
+            self.active[parity].fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Waits until every operation that entered before this call has left. Operations that
+    /// enter meanwhile count under the next epoch and are not waited for.
+    fn wait(&self) {
+        let _one_waiter = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
+        let parity = self.epoch.fetch_add(1, Ordering::SeqCst) & 1;
+        while self.active[parity].load(Ordering::SeqCst) != 0 {
+            std::thread::yield_now();
+        }
+    }
+}
+
+impl Drop for GraceGuard<'_> {
+    fn drop(&mut self) {
+        self.grace.active[self.parity].fetch_sub(1, Ordering::SeqCst);
+    }
+}
 
 fn pack(i: u32, level: u8) -> u64 {
     (u64::from(level) << 32) | u64::from(i)
@@ -127,6 +187,11 @@ pub(crate) struct Hnsw<K: Kind> {
     upper: RwLock<HashMap<u32, Box<[AtomicU32]>>>,
     locks: Box<[Mutex<()>]>,
     rng: AtomicU64,
+    /// Slots of reclaimed points, taken by inserts before the graph grows.
+    free: Mutex<Vec<u32>>,
+    /// Held by a reclaim for its whole run and by a dump (neither may overlap the other).
+    maintenance: Mutex<()>,
+    grace: Grace,
 }
 
 impl<K: Kind> Hnsw<K> {
@@ -146,6 +211,9 @@ impl<K: Kind> Hnsw<K> {
             upper: RwLock::new(HashMap::new()),
             locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             rng: AtomicU64::new(0x5eed_a5e0_0000_0001),
+            free: Mutex::new(Vec::new()),
+            maintenance: Mutex::new(()),
+            grace: Grace::default(),
         }
     }
 
@@ -157,9 +225,24 @@ impl<K: Kind> Hnsw<K> {
         &self.points
     }
 
-    /// Points inserted (or loaded).
+    /// Slots in the graph: live points, dead ones and free slots.
     pub(crate) fn len(&self) -> usize {
         self.inserted.load(Ordering::Acquire)
+    }
+
+    /// Slots freed by [`Hnsw::reclaim`] that no insert has reused yet.
+    pub(crate) fn free_slots(&self) -> usize {
+        self.free
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    /// Holds off reclaims (a dump must not see lists being repaired).
+    pub(crate) fn pause_maintenance(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.maintenance
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The entry point and top level, if any point is in.
@@ -375,18 +458,37 @@ impl<K: Kind> Hnsw<K> {
             .collect()
     }
 
-    /// Inserts one unit vector with data id `id`.
-    pub(crate) fn insert(&self, v: &[f32], id: u64) {
+    /// Takes a free slot, or reserves a new one; returns it and whether it is new.
+    fn take_slot(&self) -> (u32, bool) {
+        if let Some(i) = self
+            .free
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop()
+        {
+            return (i, false);
+        }
         let i = self.reserved.fetch_add(1, Ordering::AcqRel);
         self.points.reserve(i);
+        (i, true)
+    }
+
+    /// Inserts one unit vector with data id `id`, into a freed slot if there is one.
+    pub(crate) fn insert(&self, v: &[f32], id: u64) {
+        let _op = self.grace.enter();
+        let (i, fresh) = self.take_slot();
         let level = self.random_level();
-        // SAFETY: `i` was just reserved by this thread and is published below (release stores).
+        // SAFETY: a new slot was reserved by this thread and is published below (release
+        // stores); a freed slot is unlinked and past its grace period (see `reclaim`), and
+        // this thread took it off the free list, so no other thread can reach either.
         unsafe { self.points.write(i, id, level, v) };
-        if level > 0 {
-            self.upper
-                .write()
-                .unwrap_or_else(PoisonError::into_inner)
-                .insert(i, self.empty_upper_lists(level));
+        {
+            let mut upper = self.upper.write().unwrap_or_else(PoisonError::into_inner);
+            if level > 0 {
+                upper.insert(i, self.empty_upper_lists(level));
+            } else if !fresh {
+                upper.remove(&i);
+            }
         }
         let q = K::prepare(v);
         let mut raising = None;
@@ -396,7 +498,9 @@ impl<K: Kind> Hnsw<K> {
             e = self.entry.load(Ordering::Acquire);
             if e == NO_ENTRY {
                 self.entry.store(pack(i, level), Ordering::Release);
-                self.inserted.fetch_add(1, Ordering::AcqRel);
+                if fresh {
+                    self.inserted.fetch_add(1, Ordering::AcqRel);
+                }
                 return;
             }
             if unpack(e).1 >= level {
@@ -418,10 +522,12 @@ impl<K: Kind> Hnsw<K> {
             for layer in (0..=level.min(top)).rev() {
                 s.begin(0);
                 self.search_layer(s, &q, ep, ep_d, self.ef_construction, layer, None);
+                // Dead points are walked through but never linked to: a reclaim is unlinking
+                // them.
                 let mut cands: Vec<(f32, u32)> = s
                     .results
                     .drain()
-                    .filter(|c| c.1 != i)
+                    .filter(|c| c.1 != i && self.points.flags(c.1) == 0)
                     .map(|(d, c)| (d.0, c))
                     .collect();
                 cands.sort_by(|a, b| a.0.total_cmp(&b.0));
@@ -446,7 +552,102 @@ impl<K: Kind> Hnsw<K> {
         if raising.is_some() {
             self.entry.store(pack(i, level), Ordering::Release);
         }
-        self.inserted.fetch_add(1, Ordering::AcqRel);
+        if fresh {
+            self.inserted.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Flags as dead every live point whose data id `dead` accepts; returns how many. The
+    /// caller makes sure no insert of such an id is under way.
+    pub(crate) fn mark_dead(&self, dead: impl Fn(u64) -> bool + Sync) -> usize {
+        (0..self.len() as u32)
+            .into_par_iter()
+            .filter(|&i| {
+                let hit = self.points.flags(i) == 0 && dead(self.points.id(i));
+                if hit {
+                    self.points.set_flags(i, DEAD, None);
+                }
+                hit
+            })
+            .count()
+    }
+
+    /// Unlinks every dead point (but the entry point) and frees its slot; returns how many
+    /// slots were freed. Runs beside searches and inserts; a dump waits for it.
+    ///
+    /// Every list that holds a dead point gets, in its place, that point's own neighbours on
+    /// the same layer, pruned to the list's capacity with the insert's heuristic (FreshDiskANN's
+    /// consolidation). The first grace period lets inserts that chose their neighbours before
+    /// the points died finish linking; the second lets searches that read a list before its
+    /// repair finish walking, so that no thread can still reach a slot when it is freed.
+    pub(crate) fn reclaim(&self) -> usize {
+        let _maintenance = self.pause_maintenance();
+        let entry = self.entry().map(|e| e.0);
+        let n = self.len();
+        let batch: Vec<u32> = (0..n as u32)
+            .filter(|&i| self.points.flags(i) == DEAD && Some(i) != entry)
+            .collect();
+        if batch.is_empty() {
+            return 0;
+        }
+        let mut gone = vec![false; n];
+        for &i in &batch {
+            gone[i as usize] = true;
+        }
+        self.grace.wait();
+        (0..n as u32)
+            .into_par_iter()
+            .filter(|&j| !gone[j as usize])
+            .for_each(|j| {
+                for layer in 0..=self.points.level(j) {
+                    self.repair(j, layer, &gone);
+                }
+            });
+        self.grace.wait();
+        let mut upper = self.upper.write().unwrap_or_else(PoisonError::into_inner);
+        for &i in &batch {
+            self.set_neighbours(i, 0, &[]);
+            upper.remove(&i);
+            self.points.set_flags(i, DEAD | FREE, Some(0));
+        }
+        drop(upper);
+        self.free
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend(batch.iter().rev());
+        batch.len()
+    }
+
+    /// Replaces the points that `gone` marks in `j`'s list on `layer` by their own live
+    /// neighbours there, pruned with the heuristic.
+    fn repair(&self, j: u32, layer: u8, gone: &[bool]) {
+        let is_gone = |x: u32| gone.get(x as usize).copied().unwrap_or(false);
+        let cap = if layer == 0 { self.m0 } else { self.m };
+        let _guard = self.lock(j);
+        let mut hood = Vec::with_capacity(cap);
+        self.neighbours_into(j, layer, &mut hood);
+        if !hood.iter().any(|&x| is_gone(x)) {
+            return;
+        }
+        let mut kept: Vec<u32> = hood.iter().copied().filter(|&x| !is_gone(x)).collect();
+        let mut second = Vec::with_capacity(cap);
+        for &x in hood.iter().filter(|&&x| is_gone(x)) {
+            self.neighbours_into(x, layer, &mut second);
+            for &y in &second {
+                if y != j && !is_gone(y) && self.points.flags(y) == 0 && !kept.contains(&y) {
+                    kept.push(y);
+                }
+            }
+        }
+        if kept.len() > cap {
+            let mut cands: Vec<(f32, u32)> = kept
+                .iter()
+                .map(|&y| (self.points.between(j, y), y))
+                .collect();
+            cands.sort_by(|a, b| a.0.total_cmp(&b.0));
+            kept = self.select(&cands, cap);
+        }
+        self.set_neighbours(j, layer, &kept);
     }
 
     /// The `k` nearest points accepted by `keep`, as `(data id, distance)`, closest first.
@@ -458,6 +659,8 @@ impl<K: Kind> Hnsw<K> {
         ef: usize,
         keep: Option<&(dyn Fn(u64) -> bool + Sync)>,
     ) -> Vec<(u64, f32)> {
+        // Entered before the entry point is read: a reclaim may free a former entry point.
+        let _op = self.grace.enter();
         let Some((mut ep, top)) = self.entry() else {
             return Vec::new();
         };
@@ -644,5 +847,182 @@ mod tests {
             });
         });
         assert_eq!(g.len(), 4000);
+    }
+
+    /// Recall@10 at ef 64 of `g` over the points `live` (index = data id) accepts.
+    fn live_recall<K: Kind>(
+        g: &Hnsw<K>,
+        data: &[Vec<f32>],
+        live: impl Fn(usize) -> bool + Sync,
+        queries: &[Vec<f32>],
+    ) -> f64 {
+        let mut hit = 0;
+        for q in queries {
+            let mut exact: Vec<(usize, f32)> = data
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| live(*i))
+                .map(|(i, v)| (i, v.iter().zip(q).map(|(a, b)| a * b).sum()))
+                .collect();
+            exact.sort_by(|a, b| b.1.total_cmp(&a.1));
+            let truth: Vec<u64> = exact.iter().take(10).map(|e| e.0 as u64).collect();
+            let keep = |id: u64| live(id as usize);
+            let got = g.search(q, 10, 64, Some(&keep));
+            hit += got.iter().filter(|h| truth.contains(&h.0)).count();
+        }
+        hit as f64 / (queries.len() * 10) as f64
+    }
+
+    /// Every list of every point, on every layer.
+    fn all_links<K: Kind>(g: &Hnsw<K>) -> Vec<u32> {
+        (0..g.len() as u32)
+            .flat_map(|i| (0..=g.points().level(i)).flat_map(move |l| g.neighbours(i, l)))
+            .collect()
+    }
+
+    #[test]
+    fn a_reclaim_unlinks_every_dead_point_and_frees_its_slot() {
+        let data = random(3000, 16, 21);
+        let g = Hnsw::<F32>::new(16, 8, 60);
+        for (i, v) in data.iter().enumerate() {
+            g.insert(v, i as u64);
+        }
+        let dead = |id: u64| id.is_multiple_of(3);
+        assert_eq!(g.mark_dead(dead), 1000);
+        let freed = g.reclaim();
+        let entry = g.entry().unwrap().0;
+        // The entry point is never freed (searches start there).
+        assert!(freed == 1000 || (freed == 999 && dead(g.points().id(entry))));
+        assert_eq!(g.free_slots(), freed);
+        let links = all_links(&g);
+        for l in links {
+            let flags = g.points().flags(l);
+            assert_eq!(flags & FREE, 0, "a list still links to freed slot {l}");
+        }
+    }
+
+    #[test]
+    fn inserts_reuse_freed_slots_before_growing_the_graph() {
+        let data = random(2000, 16, 22);
+        let g = Hnsw::<F32>::new(16, 8, 60);
+        for (i, v) in data.iter().enumerate().take(1500) {
+            g.insert(v, i as u64);
+        }
+        g.mark_dead(|id| id < 400);
+        let freed = g.reclaim();
+        assert!(freed >= 399);
+        for (i, v) in data.iter().enumerate().skip(1500) {
+            g.insert(v, i as u64);
+        }
+        // 500 new points: `freed` of them in reused slots, the rest in new ones.
+        assert_eq!(g.len(), 1500 + 500 - freed.min(500));
+        assert_eq!(g.free_slots(), freed.saturating_sub(500));
+        let mut ids: Vec<u64> = (0..g.len() as u32)
+            .filter(|&i| g.points().flags(i) == 0)
+            .map(|i| g.points().id(i))
+            .collect();
+        ids.sort_unstable();
+        assert_eq!(ids, (400..2000).collect::<Vec<u64>>());
+    }
+
+    /// Churn (deletes, reclaims, inserts into freed slots) keeps the recall of a graph built
+    /// once over the same live points.
+    #[test]
+    fn recall_holds_through_rounds_of_reclaim_and_reuse() {
+        let all = crate::graph::tests::clustered(9000, 32, 20);
+        let (data, queries) = all.split_at(8900);
+        let g = Hnsw::<F32>::new(32, 16, 100);
+        for (i, v) in data.iter().enumerate().take(5000) {
+            g.insert(v, i as u64);
+        }
+        // Five rounds: the oldest 700 die, 700 new ones arrive.
+        for round in 0..5u64 {
+            let (lo, hi) = (round * 700, (round + 1) * 700);
+            g.mark_dead(|id| (lo..hi).contains(&id));
+            g.reclaim();
+            for (i, v) in data.iter().enumerate().skip(5000 + lo as usize).take(700) {
+                g.insert(v, i as u64);
+            }
+        }
+        assert!(g.len() <= 5001, "the graph grew to {}", g.len());
+        let live = |i: usize| (3500..8500).contains(&i);
+        let churned = live_recall(&g, data, live, queries);
+        let fresh = Hnsw::<F32>::new(32, 16, 100);
+        for (i, v) in data.iter().enumerate().take(8500).skip(3500) {
+            fresh.insert(v, i as u64);
+        }
+        let baseline = live_recall(&fresh, data, live, queries);
+        assert!(
+            churned >= baseline - 0.03,
+            "recall {churned} after churn, {baseline} built fresh"
+        );
+    }
+
+    #[test]
+    fn searches_and_inserts_run_beside_reclaims() {
+        let data = random(6000, 16, 23);
+        let g = Hnsw::<F32>::new(16, 8, 60);
+        for (i, v) in data.iter().enumerate().take(2000) {
+            g.insert(v, i as u64);
+        }
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            let (g, data, stop) = (&g, &data, &stop);
+            let searcher = scope.spawn(move || {
+                let mut n = 0;
+                while !stop.load(Ordering::Acquire) || n < 200 {
+                    for (id, d) in g.search(&data[n % 6000], 10, 32, None) {
+                        assert!(id < 6000, "id {id}");
+                        assert!((-1e-4..=2.0001).contains(&d), "distance {d}");
+                    }
+                    n += 1;
+                }
+            });
+            // Inserts and reclaims in turn, inserts from a second thread meanwhile.
+            for round in 0..4usize {
+                let lo = round * 500;
+                scope
+                    .spawn(move || {
+                        for (i, v) in data.iter().enumerate().skip(2000 + lo).take(500) {
+                            g.insert(v, i as u64);
+                        }
+                    })
+                    .join()
+                    .unwrap();
+                g.mark_dead(|id| (lo as u64..lo as u64 + 500).contains(&id));
+                let reclaim = scope.spawn(move || g.reclaim());
+                for (i, v) in data.iter().enumerate().skip(4000 + lo).take(500) {
+                    g.insert(v, i as u64);
+                }
+                reclaim.join().unwrap();
+            }
+            stop.store(true, Ordering::Release);
+            searcher.join().unwrap();
+        });
+        for l in all_links(&g) {
+            assert_eq!(g.points().flags(l) & FREE, 0, "link to freed slot {l}");
+        }
+    }
+
+    #[test]
+    fn a_grace_period_waits_for_operations_in_flight() {
+        let grace = Grace::default();
+        let left = std::sync::atomic::AtomicBool::new(false);
+        let (entered_tx, entered_rx) = std::sync::mpsc::channel();
+        std::thread::scope(|scope| {
+            let (grace, left) = (&grace, &left);
+            scope.spawn(move || {
+                let _op = grace.enter();
+                entered_tx.send(()).unwrap();
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                left.store(true, Ordering::SeqCst);
+            });
+            entered_rx.recv().unwrap();
+            grace.wait();
+            assert!(
+                left.load(Ordering::SeqCst),
+                "wait returned before the operation left"
+            );
+        });
     }
 }

@@ -19,6 +19,14 @@ use super::quantize_i8;
 use crate::distance::{dot, dot_i8, norm_i8};
 use crate::schema::VectorStorage;
 
+/// The bits of a point's level byte that hold its level (levels go up to 15).
+const LEVEL_BITS: u8 = 0x3f;
+/// Flag: the point's item is gone. It stays linked (searches walk through it) until a
+/// reclaim unlinks it; inserts no longer choose it as a neighbour.
+pub(crate) const DEAD: u8 = 0x80;
+/// Flag: the point is unlinked and its slot waits on the free list for a new point.
+pub(crate) const FREE: u8 = 0x40;
+
 /// Points in bucket 0; bucket `b` holds `BASE << b`.
 const BASE: usize = 1024;
 /// Buckets: enough for `BASE << 32` points.
@@ -315,10 +323,12 @@ pub(crate) struct Points<K: Kind> {
     buckets: [OnceLock<Bucket<K::Elem>>; BUCKETS],
 }
 
-// SAFETY: the buckets' raw pointers address mappings they own. Each point's vector is
-// written once, by the thread that reserved the point, before any other thread can learn its
-// index (the index is published with release stores into link lists or the entry point, and
-// read with acquire loads); after that it is only read.
+// SAFETY: the buckets' raw pointers address mappings they own. A point's vector is written
+// only while no other thread can reach the point: by the thread that reserved a new slot,
+// before its index is published (release stores into link lists or the entry point, read with
+// acquire loads), or by the insert that reuses a freed slot, which no list or entry point
+// holds any more and which no operation that could have read it is still running (the
+// graph's grace period, see `hnsw::Grace`). Otherwise it is only read.
 unsafe impl<K: Kind> Sync for Points<K> {}
 // SAFETY: as above; the buckets own their data.
 unsafe impl<K: Kind> Send for Points<K> {}
@@ -347,12 +357,12 @@ impl<K: Kind> Points<K> {
         self.buckets[b].get_or_init(|| Bucket::new(BASE << b, self.dim, self.m0));
     }
 
-    /// Stores point `i`'s vector, data id and level.
+    /// Stores point `i`'s vector, data id and level (clearing its flags).
     ///
     /// # Safety
-    /// `i` must have been reserved by the calling thread (no other thread writes it) and not
-    /// yet be published: no other thread may read its vector until this returns and the index
-    /// is published with a release store.
+    /// No other thread may read or write the slot until this returns and the index is
+    /// published with a release store: `i` was reserved by the calling thread and not yet
+    /// published, or it is a freed slot that the calling thread took off the free list.
     pub(crate) unsafe fn write(&self, i: u32, id: u64, level: u8, v: &[f32]) {
         let (b, at) = self.bucket(i);
         // SAFETY: by the contract above this thread is the slot's only accessor.
@@ -447,7 +457,26 @@ impl<K: Kind> Points<K> {
 
     pub(crate) fn level(&self, i: u32) -> u8 {
         let (b, at) = self.bucket(i);
-        b.levels()[at].load(Ordering::Relaxed)
+        b.levels()[at].load(Ordering::Relaxed) & LEVEL_BITS
+    }
+
+    /// Point `i`'s flags ([`DEAD`], [`FREE`]).
+    #[inline]
+    pub(crate) fn flags(&self, i: u32) -> u8 {
+        let (b, at) = self.bucket(i);
+        b.levels()[at].load(Ordering::Acquire) & !LEVEL_BITS
+    }
+
+    /// Sets `flags` on point `i` (keeping its level unless `level` is given).
+    pub(crate) fn set_flags(&self, i: u32, flags: u8, level: Option<u8>) {
+        let (b, at) = self.bucket(i);
+        let slot = &b.levels()[at];
+        match level {
+            Some(l) => slot.store((l & LEVEL_BITS) | flags, Ordering::Release),
+            None => {
+                slot.fetch_or(flags & !LEVEL_BITS, Ordering::AcqRel);
+            }
+        }
     }
 
     /// Point `i`'s layer-0 list: the count, then `m0` slots.

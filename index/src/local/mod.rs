@@ -4,7 +4,8 @@
 //! layout) so that a write batch is applied atomically, and a second tree for its items'
 //! thumbnails (external id -> bytes), written in the same sled transaction as the items they
 //! belong to; graphs are derived state, rebuilt or replayed from sled on open (`recovery.rs`)
-//! and compacted in the background (`compaction.rs`). Thumbnails of a pre-store data directory
+//! and kept compact in the background: tombstones' slots are reclaimed for new points
+//! (`reclaim.rs`), and graphs left mostly empty are rebuilt (`compaction.rs`). Thumbnails of a pre-store data directory
 //! are imported on open (`legacy_thumbnails.rs`).
 
 mod compact_payload;
@@ -12,6 +13,7 @@ mod compaction;
 mod filter_plan;
 mod legacy_thumbnails;
 mod payload_index;
+mod reclaim;
 mod records;
 mod recovery;
 mod search;
@@ -97,8 +99,11 @@ pub struct StoreOptions {
     pub durability: Durability,
     /// Compact an attribute's graph when tombstones exceed this fraction of its points.
     pub compaction_threshold: f64,
-    /// Do not compact graphs with fewer points than this.
+    /// Do not compact or reclaim graphs with fewer points than this.
     pub compaction_min_points: usize,
+    /// Reclaim an attribute's tombstones (unlink them and reuse their slots for new points)
+    /// when those not yet reclaimed exceed this fraction of its graph's points (0: never).
+    pub reclaim_threshold: f64,
     /// Run compactions on a background thread (searches never wait); `false` runs them inline
     /// in the write that triggered them.
     pub background_compaction: bool,
@@ -129,6 +134,7 @@ impl Default for StoreOptions {
             durability: Durability::Flush,
             compaction_threshold: 0.2,
             compaction_min_points: 1000,
+            reclaim_threshold: 0.05,
             background_compaction: true,
             dump_every_inserts: 200_000,
             exact_scan_fraction: 0.05,
@@ -147,6 +153,7 @@ impl std::fmt::Debug for StoreOptions {
             .field("durability", &self.durability)
             .field("compaction_threshold", &self.compaction_threshold)
             .field("compaction_min_points", &self.compaction_min_points)
+            .field("reclaim_threshold", &self.reclaim_threshold)
             .field("background_compaction", &self.background_compaction)
             .field("dump_every_inserts", &self.dump_every_inserts)
             .field("exact_scan_fraction", &self.exact_scan_fraction)
@@ -411,7 +418,7 @@ impl LocalStore {
         }
         recovery::drop_orphan_trees(&db, &ids)?;
         let thumbnail_migration = legacy_thumbnails::import(&dir, &db, &catalogues)?;
-        Ok(LocalStore {
+        let store = LocalStore {
             db,
             dir,
             options,
@@ -419,7 +426,14 @@ impl LocalStore {
             admin: Mutex::new(()),
             recovery,
             thumbnail_migration,
-        })
+        };
+        // Dumps keep reclaimed slots as unlinked points: free them (and start any compaction
+        // that is due) before the first write.
+        let cats: Vec<_> = read(&store.catalogues).values().cloned().collect();
+        for c in &cats {
+            store.maybe_compact(c);
+        }
+        Ok(store)
     }
 
     /// What [`LocalStore::open`] imported from an old `thumbnails/` folder; `None` when there
@@ -567,16 +581,31 @@ impl LocalStore {
             .collect()
     }
 
+    /// Starts the maintenance an attribute's tombstones call for: a compaction when they
+    /// (reclaimed slots included) pass `compaction_threshold` of its points, otherwise a
+    /// reclaim when those not yet reclaimed pass `reclaim_threshold`. One job per attribute at
+    /// a time.
     fn maybe_compact(&self, c: &Arc<Catalogue>) {
         for a in 0..c.graphs.len() {
-            let points = c.graphs[a].current().len() as u64;
+            let graph = c.graphs[a].current();
+            let points = graph.len() as u64;
+            let free = graph.free_slots() as u64;
+            drop(graph);
             let live = read(&c.live).counts[a];
             let tombstones = points.saturating_sub(live);
-            if points < self.options.compaction_min_points as u64
-                || (tombstones as f64) <= self.options.compaction_threshold * points as f64
-            {
+            if points < self.options.compaction_min_points as u64 {
                 continue;
             }
+            let job = if (tombstones as f64) > self.options.compaction_threshold * points as f64 {
+                Job::Compact
+            } else if self.options.reclaim_threshold > 0.0
+                && (tombstones.saturating_sub(free) as f64)
+                    > self.options.reclaim_threshold * points as f64
+            {
+                Job::Reclaim
+            } else {
+                continue;
+            };
             if c.graphs[a]
                 .compacting
                 .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
@@ -584,17 +613,27 @@ impl LocalStore {
             {
                 continue;
             }
+            let run = {
+                let options = self.options.clone();
+                move |cat: &Catalogue| {
+                    // A failed compaction leaves the old graph in place; the next write that
+                    // crosses the threshold tries again.
+                    match job {
+                        Job::Compact => {
+                            let _ = compaction::compact(cat, a, &options);
+                        }
+                        Job::Reclaim => {
+                            reclaim::reclaim(cat, a);
+                        }
+                    }
+                    cat.graphs[a].compacting.store(false, Ordering::Release);
+                }
+            };
             if self.options.background_compaction {
                 let cat = Arc::clone(c);
-                let options = self.options.clone();
                 let handle = std::thread::Builder::new()
-                    .name(format!("asen-compact-{a}"))
-                    .spawn(move || {
-                        // A failed compaction leaves the old graph in place; the next write
-                        // that crosses the threshold tries again.
-                        let _ = compaction::compact(&cat, a, &options);
-                        cat.graphs[a].compacting.store(false, Ordering::Release);
-                    });
+                    .name(format!("asen-{}-{a}", job.name()))
+                    .spawn(move || run(&cat));
                 match handle {
                     Ok(h) => {
                         let mut workers = lock(&c.workers);
@@ -604,9 +643,24 @@ impl LocalStore {
                     Err(_) => c.graphs[a].compacting.store(false, Ordering::Release),
                 }
             } else {
-                let _ = compaction::compact(c, a, &self.options);
-                c.graphs[a].compacting.store(false, Ordering::Release);
+                run(c);
             }
+        }
+    }
+}
+
+/// Background maintenance of one attribute's graph.
+#[derive(Clone, Copy)]
+enum Job {
+    Compact,
+    Reclaim,
+}
+
+impl Job {
+    fn name(self) -> &'static str {
+        match self {
+            Job::Compact => "compact",
+            Job::Reclaim => "reclaim",
         }
     }
 }

@@ -25,8 +25,6 @@ const VERSION: u32 = 1;
 const HEADER_BYTES: u64 = 8 + 4 * 5 + 8 + 4 + 4;
 /// Smallest record of one point: id, level, aux and the layer-0 count.
 const MIN_POINT_BYTES: u64 = 8 + 1 + 4 + 1;
-/// Points converted per read of the vectors file.
-const VECTOR_CHUNK: usize = 4096;
 
 /// CRC-32 of the two files of a dump.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -218,57 +216,53 @@ pub(crate) fn read<K: Kind>(
     }
 
     let mut g = Hnsw::<K>::new(dim, m, ef_construction);
-    let mut raw = vec![0u8; VECTOR_CHUNK * vector_bytes];
-    let mut decoded = vec![K::Elem::default(); VECTOR_CHUNK * dim];
+    // The vectors go from the file straight into the graph's buckets, a bucket at a time.
+    g.fill_vectors(n, |bytes| {
+        vectors
+            .read_exact(bytes)
+            .map_err(|e| format!("vectors file: {e}"))
+    })?;
     let mut lists: Vec<Vec<u32>> = Vec::new();
     let mut fixed = [0u8; 13];
     let mut word = [0u8; 4];
-    let mut done = 0usize;
-    while done < n {
-        let chunk = VECTOR_CHUNK.min(n - done);
-        vectors
-            .read_exact(&mut raw[..chunk * vector_bytes])
-            .map_err(|e| format!("vectors file: {e}"))?;
-        K::read_le(&raw[..chunk * vector_bytes], &mut decoded[..chunk * dim]);
-        for c in 0..chunk {
-            let i = done + c;
-            links
-                .read_exact(&mut fixed)
-                .map_err(|_| format!("links file ends at point {i} of {n}"))?;
-            let id = u64_at(&fixed, 0);
-            let level = fixed[8];
-            let aux = f32::from_le_bytes([fixed[9], fixed[10], fixed[11], fixed[12]]);
-            if level > MAX_LEVEL || (i as u32 == entry && u32::from(level) != top) {
-                return Err(format!("point {i} has an invalid level {level}"));
-            }
-            lists.resize_with(level as usize + 1, Vec::new);
-            for (layer, list) in lists.iter_mut().enumerate() {
-                let mut count = [0u8; 1];
-                links
-                    .read_exact(&mut count)
-                    .map_err(|_| format!("links file ends in point {i}'s lists"))?;
-                let cap = if layer == 0 { 2 * m } else { m };
-                if count[0] as usize > cap {
-                    return Err(format!(
-                        "point {i} has {} links on layer {layer}, at most {cap}",
-                        count[0]
-                    ));
-                }
-                list.clear();
-                for _ in 0..count[0] {
-                    links
-                        .read_exact(&mut word)
-                        .map_err(|_| format!("links file ends in point {i}'s lists"))?;
-                    let j = u32::from_le_bytes(word);
-                    if j as usize >= n {
-                        return Err(format!("point {i} links to {j}, past {n} points"));
-                    }
-                    list.push(j);
-                }
-            }
-            g.push_loaded(id, &decoded[c * dim..(c + 1) * dim], aux, &lists);
+    let mut raw = Vec::with_capacity(4 * 2 * m);
+    for i in 0..n {
+        links
+            .read_exact(&mut fixed)
+            .map_err(|_| format!("links file ends at point {i} of {n}"))?;
+        let id = u64_at(&fixed, 0);
+        let level = fixed[8];
+        let aux = f32::from_le_bytes([fixed[9], fixed[10], fixed[11], fixed[12]]);
+        if level > MAX_LEVEL || (i as u32 == entry && u32::from(level) != top) {
+            return Err(format!("point {i} has an invalid level {level}"));
         }
-        done += chunk;
+        lists.resize_with(level as usize + 1, Vec::new);
+        for (layer, list) in lists.iter_mut().enumerate() {
+            let mut count = [0u8; 1];
+            links
+                .read_exact(&mut count)
+                .map_err(|_| format!("links file ends in point {i}'s lists"))?;
+            let cap = if layer == 0 { 2 * m } else { m };
+            if count[0] as usize > cap {
+                return Err(format!(
+                    "point {i} has {} links on layer {layer}, at most {cap}",
+                    count[0]
+                ));
+            }
+            raw.resize(4 * count[0] as usize, 0);
+            links
+                .read_exact(&mut raw)
+                .map_err(|_| format!("links file ends in point {i}'s lists"))?;
+            list.clear();
+            for b in raw.chunks_exact(4) {
+                let j = u32_at(b, 0);
+                if j as usize >= n {
+                    return Err(format!("point {i} links to {j}, past {n} points"));
+                }
+                list.push(j);
+            }
+        }
+        g.push_loaded_links(id, aux, &lists);
     }
     if links.read(&mut word).map_err(|e| e.to_string())? != 0 {
         return Err("links file has bytes after its last point".into());

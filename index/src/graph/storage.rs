@@ -71,8 +71,9 @@ pub(crate) trait Kind: Send + Sync + 'static {
     fn distance(q: &Self::Query, v: &[Self::Elem], aux: f32) -> f32;
     /// Component bytes in little-endian order (dumps).
     fn write_le(v: &[Self::Elem], out: &mut Vec<u8>);
-    /// Reads components written by [`Kind::write_le`]; `bytes.len()` is `out.len()` elements.
-    fn read_le(bytes: &[u8], out: &mut [Self::Elem]);
+    /// Turns components whose bytes were copied from a dump (little-endian) into native ones:
+    /// nothing to do on a little-endian CPU.
+    fn le_to_native(v: &mut [Self::Elem]);
     /// Bytes per component.
     const BYTES: usize;
 }
@@ -115,9 +116,10 @@ impl Kind for F32 {
         out.extend(v.iter().flat_map(|x| x.to_le_bytes()));
     }
 
-    fn read_le(bytes: &[u8], out: &mut [f32]) {
-        for (o, b) in out.iter_mut().zip(bytes.chunks_exact(4)) {
-            *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+    fn le_to_native(v: &mut [f32]) {
+        if cfg!(target_endian = "big") {
+            v.iter_mut()
+                .for_each(|x| *x = f32::from_bits(u32::from_le(x.to_bits())));
         }
     }
 }
@@ -170,9 +172,9 @@ impl Kind for F16 {
         out.extend(v.iter().flat_map(|x| x.to_le_bytes()));
     }
 
-    fn read_le(bytes: &[u8], out: &mut [u16]) {
-        for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-            *o = u16::from_le_bytes([b[0], b[1]]);
+    fn le_to_native(v: &mut [u16]) {
+        if cfg!(target_endian = "big") {
+            v.iter_mut().for_each(|x| *x = u16::from_le(*x));
         }
     }
 }
@@ -215,11 +217,7 @@ impl Kind for Int8 {
         out.extend(v.iter().map(|x| *x as u8));
     }
 
-    fn read_le(bytes: &[u8], out: &mut [i8]) {
-        for (o, b) in out.iter_mut().zip(bytes) {
-            *o = *b as i8;
-        }
-    }
+    fn le_to_native(_: &mut [i8]) {}
 }
 
 /// Smallest bucket mapped with huge pages: its arrays' partly filled 2 MB tails (at most
@@ -373,7 +371,8 @@ impl<K: Kind> Points<K> {
         b.aux()[at].store(aux.to_bits(), Ordering::Relaxed);
     }
 
-    /// Stores an already encoded point (loading a dump); same contract as [`Points::write`].
+    /// Stores an already encoded point (loading a legacy graph); same contract as
+    /// [`Points::write`].
     ///
     /// # Safety
     /// See [`Points::write`].
@@ -382,9 +381,47 @@ impl<K: Kind> Points<K> {
         // SAFETY: by the contract above this thread is the slot's only accessor.
         let slot = unsafe { std::slice::from_raw_parts_mut(b.vector_ptr(at), self.dim) };
         slot.copy_from_slice(v);
+        self.write_meta(i, id, level, aux);
+    }
+
+    /// Stores point `i`'s data id, level and auxiliary value (its vector is in place).
+    pub(crate) fn write_meta(&self, i: u32, id: u64, level: u8, aux: f32) {
+        let (b, at) = self.bucket(i);
         b.ids()[at].store(id, Ordering::Relaxed);
         b.levels()[at].store(level, Ordering::Relaxed);
         b.aux()[at].store(aux.to_bits(), Ordering::Relaxed);
+    }
+
+    /// Hands `fill` the vector storage of points `0..n` as bytes, one bucket's run of points
+    /// at a time, in index order (loading a dump: the file's bytes go straight into place, with
+    /// no staging buffer). The bytes are little-endian components, as a dump holds them.
+    pub(crate) fn fill_vectors<E>(
+        &mut self,
+        n: usize,
+        mut fill: impl FnMut(&mut [u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let mut start = 0usize;
+        while start < n {
+            self.reserve(start as u32);
+            let (b, at) = locate(start);
+            debug_assert_eq!(at, 0);
+            let count = (BASE << b).min(n - start);
+            let bucket = self.buckets[b].get().expect("reserved above");
+            let len = count * self.dim;
+            let ptr = bucket.vector_ptr(0);
+            // SAFETY: `&mut self` makes this the only access to the graph; the run is inside
+            // the bucket's vector array, and any bytes are a valid `u8`.
+            let bytes = unsafe {
+                std::slice::from_raw_parts_mut(ptr as *mut u8, len * std::mem::size_of::<K::Elem>())
+            };
+            fill(bytes)?;
+            // SAFETY: as above; every bit pattern is a valid component of the three kinds
+            // (`f32`, `u16`, `i8`), so the bytes just read are valid elements.
+            let elems = unsafe { std::slice::from_raw_parts_mut(ptr, len) };
+            K::le_to_native(elems);
+            start += count;
+        }
+        Ok(())
     }
 
     /// Point `i`'s stored vector and auxiliary value. `i` must be published.

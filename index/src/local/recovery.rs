@@ -154,19 +154,41 @@ pub(crate) fn open_catalogue(
     Ok((cat, report))
 }
 
-/// The one pass over the item records: fills the live set and its payload index.
+/// Item records decoded per parallel step while scanning.
+const SCAN_CHUNK: usize = 16_384;
+
+/// The one pass over the item records: fills the live set and its payload index. sled's
+/// iteration is one thread's work; the records are decoded (their JSON payloads parsed) in
+/// parallel a chunk at a time, then entered into the live set in key order.
 fn scan_items(tree: &sled::Tree, attributes: usize) -> Result<LiveSet> {
     let mut live = LiveSet::new(attributes);
-    for kv in tree.scan_prefix([records::ITEM_PREFIX]) {
-        let (k, v) = kv?;
-        let r = ItemRecord::decode(&k, &v)?;
-        let id = String::from_utf8(k[1..].to_vec())
-            .ok()
-            .and_then(|s| crate::types::ItemId::new(s).ok())
-            .ok_or_else(|| records::corrupt("item key", "not a valid item id"))?;
-        live.insert(r.iid, id, r.mask, &r.payload);
+    let mut raw: Vec<(sled::IVec, sled::IVec)> = Vec::with_capacity(SCAN_CHUNK);
+    let mut iter = tree.scan_prefix([records::ITEM_PREFIX]);
+    loop {
+        raw.clear();
+        for kv in iter.by_ref().take(SCAN_CHUNK) {
+            raw.push(kv?);
+        }
+        if raw.is_empty() {
+            return Ok(live);
+        }
+        let decoded: Vec<(ItemRecord, crate::types::ItemId)> = raw
+            .par_iter()
+            .map(|(k, v)| decode_item(k, v))
+            .collect::<Result<_>>()?;
+        for (r, id) in decoded {
+            live.insert(r.iid, id, r.mask, &r.payload);
+        }
     }
-    Ok(live)
+}
+
+fn decode_item(key: &[u8], value: &[u8]) -> Result<(ItemRecord, crate::types::ItemId)> {
+    let r = ItemRecord::decode(key, value)?;
+    let id = std::str::from_utf8(&key[1..])
+        .ok()
+        .and_then(|s| crate::types::ItemId::new(s).ok())
+        .ok_or_else(|| records::corrupt("item key", "not a valid item id"))?;
+    Ok((r, id))
 }
 
 /// Removes dump directories no record points to (left by a crash in the middle of a dump).

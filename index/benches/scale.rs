@@ -531,6 +531,15 @@ fn soak(args: &Args) {
             ms(percentile(&lat, 0.99))
         );
     }
+    // The control: the same live items in a graph built afresh (a compaction), same queries.
+    store.compact("c").expect("compact");
+    let stats = store.stats("c").expect("stats");
+    println!(
+        "\nafter a compaction (the live items in a fresh graph of {} points): recall@10 {:.3} with the same {} queries",
+        stats.attributes[0].graph_points,
+        recall(&store, &live, &queries, args.ef),
+        queries.len()
+    );
 }
 
 fn main() {

@@ -364,7 +364,10 @@ impl<K: Kind> Hnsw<K> {
         layer: u8,
         keep: Option<&(dyn Fn(u64) -> bool + Sync)>,
     ) {
-        let accepted = |i: u32| keep.is_none_or(|f| f(self.points.id(i)));
+        // Dead points are walked through but never taken as results: they would hold places
+        // among the `ef` best that live points should have (searches and inserts alike).
+        let accepted =
+            |i: u32| self.points.flags(i) == 0 && keep.is_none_or(|f| f(self.points.id(i)));
         s.visit(ep);
         s.candidates.push(Reverse((Dist(ep_d), ep)));
         if accepted(ep) {

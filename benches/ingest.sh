@@ -2,7 +2,7 @@
 # End-to-end ingestion throughput of `asen ingest` on the shared Fashion Product Images.
 #
 #   cargo build --release --bin asen
-#   benches/ingest.sh [MODEL_DIR] [SPLIT] [BATCH_SIZE]
+#   benches/ingest.sh [MODEL_DIR] [SPLIT] [BATCH_SIZE]     (ASEN_BIN=path: another asen binary)
 #
 # Defaults: models/default, the valid split (1,332 images), batch 16. Ingests the split into a
 # fresh temporary store, then runs the same command again (every item skipped by its sha256).
@@ -13,7 +13,7 @@ model=${1:-$root/models/default}
 split=${2:-valid}
 batch=${3:-16}
 data=${ASEN_SHARED_DIR:-$root/../shared}/data/fashion-product-images
-asen=$root/target/release/asen
+asen=${ASEN_BIN:-$root/target/release/asen}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 awk -F, -v s="$split" 'NR == 1 || $2 == s' "$data/labels.csv" > "$work/items.csv"

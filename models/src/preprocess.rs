@@ -298,15 +298,25 @@ pub fn resize_and_crop(image: &RgbImage, size: usize) -> RgbImage {
     } else {
         ((size as u64 * w as u64 / h as u64) as usize, size)
     };
-    let resized = pil_bilinear_resize(image, new_w, new_h);
     let left = round_half_even_div2(new_w.saturating_sub(size));
     let top = round_half_even_div2(new_h.saturating_sub(size));
+    let (crop_w, crop_h) = (size.min(new_w), size.min(new_h));
+    // Only the pixels the crop keeps are resampled: the same values, a quarter less work for
+    // a 3:4 photo.
+    let window = pil_bilinear_window(
+        image,
+        (new_w, new_h),
+        left..left + crop_w,
+        top..top + crop_h,
+    );
+    if (crop_w, crop_h) == (size, size) {
+        return window;
+    }
     let mut out = RgbImage::new(size as u32, size as u32);
-    for y in 0..size.min(new_h) {
-        for x in 0..size.min(new_w) {
-            let p = *resized.get_pixel((x + left) as u32, (y + top) as u32);
-            out.put_pixel(x as u32, y as u32, p);
-        }
+    let src = window.as_raw();
+    for (y, row) in src.chunks_exact(crop_w * 3).enumerate() {
+        let at = y * size * 3;
+        out.as_mut()[at..at + crop_w * 3].copy_from_slice(row);
     }
     out
 }
@@ -386,61 +396,84 @@ fn clip8(v: i32) -> u8 {
     }
 }
 
-/// Pillow `Image.resize((w, h), BILINEAR)` on RGB8: horizontal pass, then
-/// vertical pass, each skipped when that side does not change.
-fn pil_bilinear_resize(image: &RgbImage, out_w: usize, out_h: usize) -> RgbImage {
+/// The pixels `cols` x `rows` of Pillow's `Image.resize((w, h), BILINEAR)` on RGB8, `(w, h)`
+/// = `size`: horizontal pass, then vertical pass, each skipped when that side does not change
+/// (as Pillow does). Each output pixel is an exact integer sum of its taps, so computing only
+/// a window gives the values of the whole resize.
+fn pil_bilinear_window(
+    image: &RgbImage,
+    size: (usize, usize),
+    cols: std::ops::Range<usize>,
+    rows: std::ops::Range<usize>,
+) -> RgbImage {
     let (in_w, in_h) = (image.width() as usize, image.height() as usize);
-    if (in_w, in_h) == (out_w, out_h) {
-        return image.clone();
-    }
+    let (out_w, out_h) = size;
     let src = image.as_raw();
     let rounding = 1i32 << (PRECISION_BITS - 1);
-    // Horizontal pass (all rows; Pillow restricts to the rows the vertical
-    // pass reads, which gives the same values).
-    let (tmp, tmp_w) = if out_w != in_w {
+    let width = cols.len();
+    let vertical = (out_h != in_h).then(|| bilinear_coefficients(in_h, out_h));
+    // The input rows the vertical pass reads (all of `rows` when it is skipped).
+    let (first, last) = match &vertical {
+        Some(c) => rows.clone().fold((usize::MAX, 0), |(lo, hi), yy| {
+            let (ymin, ymax) = c.bounds[yy];
+            (lo.min(ymin), hi.max(ymin + ymax))
+        }),
+        None => (rows.start, rows.end),
+    };
+    let first = first.min(last);
+    // Horizontal pass over those rows, for the window's columns only.
+    let mut tmp = vec![0u8; width * (last - first) * 3];
+    if out_w != in_w {
         let c = bilinear_coefficients(in_w, out_w);
-        let mut tmp = vec![0u8; out_w * in_h * 3];
-        for y in 0..in_h {
+        for (y, out_row) in (first..last).zip(tmp.chunks_exact_mut(width * 3)) {
             let row = &src[y * in_w * 3..(y + 1) * in_w * 3];
-            let out_row = &mut tmp[y * out_w * 3..(y + 1) * out_w * 3];
-            for (xx, &(xmin, xmax)) in c.bounds.iter().enumerate() {
+            for (xx, out_px) in cols.clone().zip(out_row.chunks_exact_mut(3)) {
+                let (xmin, xmax) = c.bounds[xx];
                 let k = &c.weights[xx * c.ksize..xx * c.ksize + xmax];
+                let taps = &row[xmin * 3..(xmin + xmax) * 3];
                 let mut ss = [rounding; 3];
-                for (x, &kx) in k.iter().enumerate() {
-                    let p = &row[(x + xmin) * 3..(x + xmin) * 3 + 3];
-                    for ch in 0..3 {
-                        ss[ch] += i32::from(p[ch]) * kx;
+                for (p, &kx) in taps.chunks_exact(3).zip(k) {
+                    ss[0] += i32::from(p[0]) * kx;
+                    ss[1] += i32::from(p[1]) * kx;
+                    ss[2] += i32::from(p[2]) * kx;
+                }
+                for (o, v) in out_px.iter_mut().zip(ss) {
+                    *o = clip8(v);
+                }
+            }
+        }
+    } else {
+        for (y, out_row) in (first..last).zip(tmp.chunks_exact_mut(width * 3)) {
+            let at = (y * in_w + cols.start) * 3;
+            out_row.copy_from_slice(&src[at..at + width * 3]);
+        }
+    }
+    let out = match vertical {
+        Some(c) => {
+            // Row by row: each output row is a weighted sum of whole input rows, which
+            // vectorises (integer sums, so the order of the taps does not change a bit).
+            let mut out = vec![0u8; width * rows.len() * 3];
+            let mut acc = vec![0i32; width * 3];
+            for (yy, out_row) in rows.clone().zip(out.chunks_exact_mut(width * 3)) {
+                let (ymin, ymax) = c.bounds[yy];
+                let k = &c.weights[yy * c.ksize..yy * c.ksize + ymax];
+                acc.iter_mut().for_each(|a| *a = rounding);
+                for (y, &ky) in (ymin..ymin + ymax).zip(k) {
+                    let at = (y - first) * width * 3;
+                    for (a, &p) in acc.iter_mut().zip(&tmp[at..at + width * 3]) {
+                        *a += i32::from(p) * ky;
                     }
                 }
-                for ch in 0..3 {
-                    out_row[xx * 3 + ch] = clip8(ss[ch]);
+                for (o, &a) in out_row.iter_mut().zip(&acc) {
+                    *o = clip8(a);
                 }
             }
+            out
         }
-        (tmp, out_w)
-    } else {
-        (src.to_vec(), in_w)
+        None => tmp,
     };
-    let out = if out_h != in_h {
-        let c = bilinear_coefficients(in_h, out_h);
-        let mut out = vec![0u8; tmp_w * out_h * 3];
-        for (yy, &(ymin, ymax)) in c.bounds.iter().enumerate() {
-            let k = &c.weights[yy * c.ksize..yy * c.ksize + ymax];
-            let out_row = &mut out[yy * tmp_w * 3..(yy + 1) * tmp_w * 3];
-            for (i, o) in out_row.iter_mut().enumerate() {
-                let mut ss = rounding;
-                for (y, &ky) in k.iter().enumerate() {
-                    ss += i32::from(tmp[(y + ymin) * tmp_w * 3 + i]) * ky;
-                }
-                *o = clip8(ss);
-            }
-        }
-        out
-    } else {
-        tmp
-    };
-    RgbImage::from_raw(out_w as u32, out_h as u32, out)
-        .expect("buffer length is out_w * out_h * 3 by construction")
+    RgbImage::from_raw(width as u32, rows.len() as u32, out)
+        .expect("buffer length is width * height * 3 by construction")
 }
 
 /// Stack RGB8 images of one size into a normalised float32 batch

@@ -436,9 +436,9 @@ pub struct AttributeStats {
     pub attribute: String,
     /// Live items with this attribute (sled's count).
     pub live: u64,
-    /// Points in the graph, live or tombstoned.
+    /// Slots in the graph: live points, tombstones and reclaimed slots waiting for a new point.
     pub graph_points: u64,
-    /// Points in the graph that are deleted or replaced.
+    /// Slots in the graph without a live item: deleted or replaced points, reclaimed or not.
     pub tombstones: u64,
     /// Completed compactions of this graph since the store was opened.
     pub compactions: u64,

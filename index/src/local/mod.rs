@@ -5,8 +5,8 @@
 //! thumbnails (external id -> bytes), written in the same sled transaction as the items they
 //! belong to; graphs are derived state, rebuilt or replayed from sled on open (`recovery.rs`)
 //! and kept compact in the background: tombstones' slots are reclaimed for new points
-//! (`reclaim.rs`), and graphs left mostly empty are rebuilt (`compaction.rs`). Thumbnails of a pre-store data directory
-//! are imported on open (`legacy_thumbnails.rs`).
+//! (`reclaim.rs`), and graphs left mostly empty are rebuilt (`compaction.rs`). Thumbnails of
+//! a pre-store data directory are imported on open (`legacy_thumbnails.rs`).
 
 mod compact_payload;
 mod compaction;

@@ -7,20 +7,34 @@ use asen_index::{CatalogueStore, SearchRequest, StoreOptions};
 
 use crate::data::*;
 
+/// A store with catalogue `c` (one 16-d attribute `a`) holding items `k0`..`k{n-1}`, and the
+/// random source that made them, to go on with.
+fn filled(
+    options: StoreOptions,
+    n: usize,
+    seed: u64,
+) -> (
+    tempfile::TempDir,
+    Arc<asen_index::LocalStore>,
+    rand::rngs::StdRng,
+) {
+    let (dir, store) = store(options);
+    store.create_catalogue("c", &schema(&["a"], 16)).unwrap();
+    let mut r = rng(seed);
+    let first: Vec<_> = (0..n)
+        .map(|i| item(format!("k{i}"), &[("a", &random_vector(&mut r, 16))]))
+        .collect();
+    store.upsert("c", &first).unwrap();
+    (dir, Arc::new(store), r)
+}
+
 #[test]
 fn searches_run_alongside_ingestion_and_compaction() {
     let options = StoreOptions {
         compaction_min_points: 200,
         ..StoreOptions::default()
     };
-    let (_d, store) = store(options);
-    let store = Arc::new(store);
-    store.create_catalogue("c", &schema(&["a"], 16)).unwrap();
-    let mut r = rng(1);
-    let first: Vec<_> = (0..1000)
-        .map(|i| item(format!("k{i}"), &[("a", &random_vector(&mut r, 16))]))
-        .collect();
-    store.upsert("c", &first).unwrap();
+    let (_d, store, mut r) = filled(options, 1000, 1);
     let done = Arc::new(AtomicBool::new(false));
     let searchers: Vec<_> = (0..2)
         .map(|s| {
@@ -88,14 +102,7 @@ fn churn_reuses_reclaimed_slots_instead_of_growing_or_compacting() {
         background_compaction: false,
         ..StoreOptions::default()
     };
-    let (_d, store) = store(options);
-    let store = Arc::new(store);
-    store.create_catalogue("c", &schema(&["a"], 16)).unwrap();
-    let mut r = rng(2);
-    let first: Vec<_> = (0..2000)
-        .map(|i| item(format!("k{i}"), &[("a", &random_vector(&mut r, 16))]))
-        .collect();
-    store.upsert("c", &first).unwrap();
+    let (_d, store, mut r) = filled(options, 2000, 2);
     let done = Arc::new(AtomicBool::new(false));
     let searcher = {
         let store = Arc::clone(&store);

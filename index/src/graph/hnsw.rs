@@ -500,13 +500,13 @@ impl<K: Kind> Hnsw<K> {
         // stores); a freed slot is unlinked and past its grace period (see `reclaim`), and
         // this thread took it off the free list, so no other thread can reach either.
         unsafe { self.points.write(i, id, level, v) };
-        {
-            let mut upper = self.upper.write().unwrap_or_else(PoisonError::into_inner);
-            if level > 0 {
-                upper.insert(i, self.empty_upper_lists(level));
-            } else if !fresh {
-                upper.remove(&i);
-            }
+        // A freed slot lost its upper lists when it was freed, so only a point with upper
+        // layers takes the map's lock (as before slots were reused).
+        if level > 0 {
+            self.upper
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(i, self.empty_upper_lists(level));
         }
         let q = K::prepare(v);
         let mut raising = None;

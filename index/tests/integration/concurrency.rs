@@ -28,6 +28,17 @@ fn filled(
     (dir, Arc::new(store), r)
 }
 
+/// The 10 nearest items of catalogue `c` to a random vector.
+fn search_random(
+    store: &asen_index::LocalStore,
+    r: &mut rand::rngs::StdRng,
+) -> Vec<asen_index::Hit> {
+    store
+        .search("c", &SearchRequest::vector("a", random_vector(r, 16), 10))
+        .unwrap()
+        .into_hits()
+}
+
 #[test]
 fn searches_run_alongside_ingestion_and_compaction() {
     let options = StoreOptions {
@@ -44,13 +55,7 @@ fn searches_run_alongside_ingestion_and_compaction() {
                 let mut r = rng(100 + s);
                 let mut n = 0;
                 while !done.load(Ordering::Acquire) || n < 50 {
-                    let hits = store
-                        .search(
-                            "c",
-                            &SearchRequest::vector("a", random_vector(&mut r, 16), 10),
-                        )
-                        .unwrap()
-                        .into_hits();
+                    let hits = search_random(&store, &mut r);
                     assert_eq!(hits.len(), 10);
                     let mut ids: Vec<&str> = hits.iter().map(|h| h.id.as_str()).collect();
                     ids.sort_unstable();
@@ -110,13 +115,7 @@ fn churn_reuses_reclaimed_slots_instead_of_growing_or_compacting() {
         std::thread::spawn(move || {
             let mut r = rng(200);
             while !done.load(Ordering::Acquire) {
-                let hits = store
-                    .search(
-                        "c",
-                        &SearchRequest::vector("a", random_vector(&mut r, 16), 10),
-                    )
-                    .unwrap()
-                    .into_hits();
+                let hits = search_random(&store, &mut r);
                 assert_eq!(hits.len(), 10);
             }
         })

@@ -100,6 +100,10 @@ pub struct ModelCard {
     /// to the backbone's channels.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub colour_histogram: bool,
+    /// Whether the feature map is on the fine grid of the backbone's earlier
+    /// stage ([`crate::Backbone::with_fine_map`]: 14x14 for MobileNetV2 at 224 px).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fine_map: bool,
     /// Head hyper-parameters.
     pub head_config: HeadConfig,
     /// Optional per-attribute cosine similarity above which two items count as
@@ -137,6 +141,7 @@ impl ModelCard {
             embedding_dim: head_config.embedding_dim,
             feature_channels: head_config.in_channels,
             colour_histogram: false,
+            fine_map: false,
             head_config,
             match_thresholds: None,
             copy_signature: None,

@@ -141,13 +141,24 @@ impl Embedder {
         }
         let device = opts.device.clone();
         let kind: BackboneKind = card.backbone.parse()?;
-        let channels = kind.feature_channels(card.colour_histogram);
+        if card.fine_map && kind.fine_stage().is_none() {
+            return Err(ModelError::Card {
+                path: ckpt.path().to_path_buf(),
+                reason: format!("fine_map is set but backbone {kind} has no fine grid"),
+            });
+        }
+        let channels = kind.feature_channels(card.colour_histogram, card.fine_map);
         if channels != card.feature_channels {
             return Err(ModelError::Card {
                 path: ckpt.path().to_path_buf(),
                 reason: format!(
-                    "feature_channels {} does not match backbone {kind}{} ({channels} channels)",
+                    "feature_channels {} does not match backbone {kind}{}{} ({channels} channels)",
                     card.feature_channels,
+                    if card.fine_map {
+                        " on its fine grid"
+                    } else {
+                        ""
+                    },
                     if card.colour_histogram {
                         " with the colour histogram"
                     } else {
@@ -166,6 +177,11 @@ impl Embedder {
         };
         let backbone = if card.colour_histogram {
             backbone.with_colour_histogram(&device)?
+        } else {
+            backbone
+        };
+        let backbone = if card.fine_map {
+            backbone.with_fine_map()?
         } else {
             backbone
         };

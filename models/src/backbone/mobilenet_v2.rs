@@ -95,6 +95,10 @@ impl MobileNetV2 {
     pub const HEAD: usize = HEAD;
     /// Output channels of the feature map.
     pub const OUT_CHANNELS: usize = HEAD;
+    /// Blocks up to the end of the stride-16 stage (the 96-channel one).
+    pub const FINE_BLOCKS: usize = 13;
+    /// Channels of the stride-16 map ([`Self::forward_fine`]).
+    pub const FINE_CHANNELS: usize = 96;
 
     /// Read `features.*` under `vb` (BatchNorm folded).
     pub fn new(vb: VarBuilder) -> Result<Self> {
@@ -139,6 +143,18 @@ impl MobileNetV2 {
     /// The network as CPU-engine layers.
     pub(crate) fn engine_layers(&self) -> Result<Vec<crate::cpu::Layer>> {
         crate::layers::inverted_net_engine(&self.stem, &self.blocks, &self.head)
+    }
+}
+
+impl MobileNetV2 {
+    /// The stride-16 map (after block [`Self::FINE_BLOCKS`], 96 channels)
+    /// and the final stride-32 map, from one pass.
+    pub fn forward_fine(&self, x: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+        let x = self.stem.forward(x)?;
+        let (early, late) = self.blocks.split_at(Self::FINE_BLOCKS);
+        let fine = early.iter().try_fold(x, |x, b| b.forward(&x))?;
+        let x = late.iter().try_fold(fine.clone(), |x, b| b.forward(&x))?;
+        Ok((fine, self.head.forward(&x)?))
     }
 }
 

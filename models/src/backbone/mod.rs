@@ -64,14 +64,32 @@ impl BackboneKind {
     }
 
     /// Channels of the feature map with or without the appended colour
-    /// histogram ([`crate::colour`]).
-    pub fn feature_channels(self, colour_histogram: bool) -> usize {
+    /// histogram ([`crate::colour`]) and the fine grid's stage
+    /// ([`Backbone::with_fine_map`]).
+    pub fn feature_channels(self, colour_histogram: bool, fine_map: bool) -> usize {
+        let fine = match (fine_map, self.fine_stage()) {
+            (true, Some(stage)) => stage.channels,
+            _ => 0,
+        };
         self.out_channels()
+            + fine
             + if colour_histogram {
                 crate::colour::COLOUR_BINS
             } else {
                 0
             }
+    }
+
+    /// The stage whose map sets the fine grid, for the kinds that have one:
+    /// MobileNetV2's stride-16 stage (ResNet-50 layer3 is at stride 16 already).
+    pub fn fine_stage(self) -> Option<FineStage> {
+        match self {
+            BackboneKind::MobileNetV2 => Some(FineStage {
+                channels: MobileNetV2::FINE_CHANNELS,
+                engine_layers: 1 + MobileNetV2::FINE_BLOCKS,
+            }),
+            _ => None,
+        }
     }
 
     /// Total downsampling factor (input side / feature-map side).
@@ -126,6 +144,15 @@ impl std::str::FromStr for BackboneKind {
     }
 }
 
+/// The earlier stage a fine feature grid taps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FineStage {
+    /// Channels of its map.
+    pub channels: usize,
+    /// Layers of the engine network up to and including it.
+    pub engine_layers: usize,
+}
+
 /// Find the weights file `file` in the first of `dirs` that holds it. The
 /// caller decides where weights live (the `asen` binary: its configuration,
 /// then `weights/` beside the executable, the executable's directory and the
@@ -169,6 +196,8 @@ pub struct Backbone {
     engine: Option<std::sync::Arc<CpuNet>>,
     kernels: KernelPath,
     colour: Option<ColourHistogram>,
+    /// The fine grid's stage, when the map is on its grid.
+    fine: Option<FineStage>,
 }
 
 impl Backbone {
@@ -198,6 +227,7 @@ impl Backbone {
             engine,
             kernels: KernelPath::detect(),
             colour: None,
+            fine: None,
         })
     }
 
@@ -241,61 +271,62 @@ impl Backbone {
         }
     }
 
-    /// The feature map of `x` as pixel rows, `[B * h * w, C]` (the colour
-    /// histogram's bins after the network's channels), with `(B, h, w, C)`:
-    /// what the CPU head reads, without the layout changes of a `[B, C, h, w]`
-    /// tensor. `None` when the CPU engine does not run this pass.
+    /// The feature map of `x` as pixel rows, `[B * h * w, C]` (the network's
+    /// channels, then the fine stage's and the colour histogram's bins when
+    /// the backbone has them), with `(B, h, w, C)`: what the CPU head reads,
+    /// without the layout changes of a `[B, C, h, w]` tensor. `None` when the
+    /// CPU engine does not run this pass.
     pub(crate) fn forward_rows(&self, x: &Tensor) -> Result<Option<(Vec<f32>, MapShape)>> {
         let Some(engine) = self.engine_for(x) else {
             return Ok(None);
         };
         self.check_input(x)?;
         let (b, _, height, width) = x.dims4()?;
+        let taps: Vec<usize> = self.fine.iter().map(|f| f.engine_layers).collect();
         with_cpu_f32(x, |input| {
             let image_len = 3 * height * width;
             let mut rows = Vec::new();
             let mut shape = None;
             for chunk in input.chunks(ENGINE_MICRO_BATCH * image_len) {
                 let n = chunk.len() / image_len;
-                let (map, o) = engine.forward(
+                let mut maps = engine.forward_tapped(
                     crate::cpu::Layout::Nhwc,
                     self.kernels,
                     chunk,
                     (n, 3, height, width),
+                    &taps,
                 );
+                let coarse = maps.pop().expect("the output map");
+                let fine = maps.pop();
+                let grid = fine.as_ref().map_or(coarse.1, |f| f.1);
                 let hist = self.colour.as_ref().map(|_| {
                     crate::cpu::colour_histogram(
                         crate::cpu::Layout::Nhwc,
                         self.kernels,
                         chunk,
                         (n, height, width),
-                        (o.h, o.w),
+                        (grid.h, grid.w),
                     )
                 });
-                let bins = hist.as_ref().map_or(0, |h| h.len() / (n * o.h * o.w));
-                rows.reserve(n * o.h * o.w * (o.c + bins));
-                match &hist {
-                    None => rows.extend_from_slice(&map),
-                    Some(hist) => {
-                        for (pixel, cell) in map.chunks_exact(o.c).zip(hist.chunks_exact(bins)) {
-                            rows.extend_from_slice(pixel);
-                            rows.extend_from_slice(cell);
-                        }
-                    }
-                }
-                shape = Some(MapShape {
-                    b,
-                    c: o.c + bins,
-                    ..o
-                });
+                let s = append_rows(&mut rows, &coarse, fine.as_ref(), hist.as_deref());
+                shape = Some(MapShape { b, ..s });
             }
             Ok(shape.map(|s| (rows, s)))
         })?
     }
 
     /// The feature map of `x` on the CPU engine, the colour histogram (if
-    /// any) computed from the same copy of the input.
+    /// any) computed from the same copy of the input. On the fine grid, the
+    /// pixel rows of [`Self::forward_rows`] turned into channel planes.
     fn forward_engine(&self, engine: &CpuNet, x: &Tensor) -> Result<Tensor> {
+        if self.fine.is_some() {
+            let (rows, s) = self.forward_rows(x)?.ok_or_else(|| {
+                ModelError::InvalidArgument("the CPU engine cannot run this batch".into())
+            })?;
+            return Ok(Tensor::from_vec(rows, (s.b, s.h, s.w, s.c), x.device())?
+                .permute((0, 3, 1, 2))?
+                .contiguous()?);
+        }
         let (b, c, height, width) = x.dims4()?;
         let ((out, o), hist) = with_cpu_f32(x, |input| {
             let map = engine.forward(
@@ -304,14 +335,13 @@ impl Backbone {
                 input,
                 (b, c, height, width),
             );
-            let (h, w) = (map.1.h, map.1.w);
             let hist = self.colour.as_ref().map(|_| {
                 crate::cpu::colour_histogram(
                     crate::cpu::Layout::Nchw,
                     self.kernels,
                     input,
                     (b, height, width),
-                    (h, w),
+                    (map.1.h, map.1.w),
                 )
             });
             (map, hist)
@@ -324,6 +354,26 @@ impl Backbone {
             }
             _ => Ok(map),
         }
+    }
+
+    /// Put the feature map on the grid of MobileNetV2's stride-16 stage
+    /// (14x14 at 224 px, twice the last layer's): each cell carries the last
+    /// layer's channels of the cell it lies in, the stage's own 96 channels
+    /// and (with the histogram) its own colours, so a spatial attention can
+    /// single out a region a quarter the size. Errors for other backbones.
+    pub fn with_fine_map(mut self) -> Result<Self> {
+        self.fine = Some(self.kind.fine_stage().ok_or_else(|| {
+            ModelError::InvalidArgument(format!(
+                "backbone {} has no fine feature grid (mobilenet_v2 has one)",
+                self.kind
+            ))
+        })?);
+        Ok(self)
+    }
+
+    /// Whether the map is on the fine grid.
+    pub fn has_fine_map(&self) -> bool {
+        self.fine.is_some()
     }
 
     /// Append the per-cell colour histogram ([`crate::colour`]) to every
@@ -340,7 +390,8 @@ impl Backbone {
 
     /// Channels of the feature maps this backbone returns.
     pub fn out_channels(&self) -> usize {
-        self.kind.feature_channels(self.has_colour_histogram())
+        self.kind
+            .feature_channels(self.has_colour_histogram(), self.has_fine_map())
     }
 
     /// Load `kind` from a safetensors file (float32) onto `device`.
@@ -391,20 +442,88 @@ impl Backbone {
         if let Some(engine) = self.engine_for(x) {
             return self.forward_engine(engine, x);
         }
-        let y = match &self.net {
-            Net::ResNet50Layer3(m) => m.forward(x)?,
-            Net::MobileNetV2(m) => m.forward(x)?,
-            Net::EfficientNetLite0(m) => m.forward(x)?,
+        let (y, fine) = match (&self.net, self.fine) {
+            (Net::MobileNetV2(m), Some(_)) => {
+                let (fine, y) = m.forward_fine(x)?;
+                (y, Some(fine))
+            }
+            (Net::ResNet50Layer3(m), _) => (m.forward(x)?, None),
+            (Net::MobileNetV2(m), None) => (m.forward(x)?, None),
+            (Net::EfficientNetLite0(m), _) => (m.forward(x)?, None),
+        };
+        let (y, (h, w)) = match &fine {
+            Some(fine) => {
+                let (_, _, h, w) = fine.dims4()?;
+                (Tensor::cat(&[&coarse_on_grid(&y, h, w)?, fine], 1)?, (h, w))
+            }
+            None => {
+                let (_, _, h, w) = y.dims4()?;
+                (y, (h, w))
+            }
         };
         match &self.colour {
             Some(colour) => {
-                let (_, _, h, w) = y.dims4()?;
                 let hist = colour.forward(x, h, w)?.to_dtype(y.dtype())?;
                 Ok(Tensor::cat(&[&y, &hist], 1)?)
             }
             None => Ok(y),
         }
     }
+}
+
+/// The cell of a map half as fine that fine cell `i` lies in (the last one
+/// for the odd cell a ceil-halving leaves).
+fn coarse_cell(i: usize, coarse: usize) -> usize {
+    (i / 2).min(coarse - 1)
+}
+
+/// `y` `[B, C, hc, wc]` repeated onto an `h x w` grid twice as fine.
+fn coarse_on_grid(y: &Tensor, h: usize, w: usize) -> Result<Tensor> {
+    let (_, _, hc, wc) = y.dims4()?;
+    let index = |n: usize, coarse: usize| -> Result<Tensor> {
+        let ids: Vec<u32> = (0..n).map(|i| coarse_cell(i, coarse) as u32).collect();
+        Ok(Tensor::new(ids.as_slice(), y.device())?)
+    };
+    Ok(y.index_select(&index(h, hc)?, 2)?
+        .index_select(&index(w, wc)?, 3)?)
+}
+
+/// Append one micro-batch's rows to `rows`: per cell of the finest grid, the
+/// coarse map's channels (of the cell it lies in), then the fine map's and
+/// the histogram's. Maps are NHWC; returns the rows' shape.
+fn append_rows(
+    rows: &mut Vec<f32>,
+    (coarse, co): &(Vec<f32>, MapShape),
+    fine: Option<&(Vec<f32>, MapShape)>,
+    hist: Option<&[f32]>,
+) -> MapShape {
+    let grid = fine.map_or(*co, |f| f.1);
+    let cells = grid.b * grid.h * grid.w;
+    let fc = fine.map_or(0, |f| f.1.c);
+    let bins = hist.map_or(0, |h| h.len() / cells);
+    let c = co.c + fc + bins;
+    rows.reserve(cells * c);
+    for i in 0..grid.b {
+        for r in 0..grid.h {
+            for q in 0..grid.w {
+                let cell = (i * grid.h + r) * grid.w + q;
+                let (cr, cq) = if fine.is_some() {
+                    (coarse_cell(r, co.h), coarse_cell(q, co.w))
+                } else {
+                    (r, q)
+                };
+                let at = ((i * co.h + cr) * co.w + cq) * co.c;
+                rows.extend_from_slice(&coarse[at..at + co.c]);
+                if let Some((fine, _)) = fine {
+                    rows.extend_from_slice(&fine[cell * fc..(cell + 1) * fc]);
+                }
+                if let Some(hist) = hist {
+                    rows.extend_from_slice(&hist[cell * bins..(cell + 1) * bins]);
+                }
+            }
+        }
+    }
+    MapShape { c, ..grid }
 }
 
 /// `f` on the values of the f32 CPU tensor `x` in row-major order: read in
@@ -455,6 +574,68 @@ mod tests {
         assert!(BackboneKind::ResNet50Layer3
             .imagenet_weights_path(&dirs)
             .is_err());
+    }
+
+    /// A MobileNetV2 with random weights, on the fine grid with the colour
+    /// histogram, on the given kernels.
+    fn fine_mobilenet(kernels: KernelPath) -> Backbone {
+        let dev = Device::Cpu;
+        let varmap = candle_nn::VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
+        Backbone::new(BackboneKind::MobileNetV2, vb)
+            .unwrap()
+            .with_colour_histogram(&dev)
+            .unwrap()
+            .with_fine_map()
+            .unwrap()
+            .with_kernels(kernels)
+            .unwrap()
+    }
+
+    #[test]
+    fn the_fine_map_is_on_the_stride_16_grid() {
+        let net = fine_mobilenet(KernelPath::detect());
+        assert_eq!(net.out_channels(), 1280 + 96 + 61);
+        for (side, grid) in [(224, 14), (200, 13)] {
+            let x = Tensor::randn(0f32, 1.0, (2, 3, side, side), &Device::Cpu).unwrap();
+            let y = net.forward(&x).unwrap();
+            assert_eq!(y.dims(), &[2, 1280 + 96 + 61, grid, grid]);
+            // The last layer's channels repeat over each 2x2 block.
+            let first = y.narrow(1, 0, 1280).unwrap();
+            let (a, b) = (
+                first.narrow(2, 0, 1).unwrap().narrow(3, 0, 1).unwrap(),
+                first.narrow(2, 1, 1).unwrap().narrow(3, 1, 1).unwrap(),
+            );
+            let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap();
+            assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0);
+        }
+    }
+
+    #[test]
+    fn the_fine_map_is_the_same_on_the_engine_and_on_candle_ops() {
+        let x = Tensor::randn(0f32, 1.0, (2, 3, 96, 96), &Device::Cpu).unwrap();
+        let engine = fine_mobilenet(KernelPath::detect()).forward(&x).unwrap();
+        let candle = fine_mobilenet(KernelPath::CandleOps).forward(&x).unwrap();
+        assert_eq!(engine.dims(), candle.dims());
+        let scale = candle
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let diff = (engine - candle).unwrap().abs().unwrap().max_all().unwrap();
+        let diff = diff.to_scalar::<f32>().unwrap();
+        assert!(diff <= 1e-4 * scale.max(1.0), "{diff} of {scale}");
+    }
+
+    #[test]
+    fn only_mobilenet_has_a_fine_grid() {
+        let dev = Device::Cpu;
+        let varmap = candle_nn::VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
+        let lite = Backbone::new(BackboneKind::EfficientNetLite0, vb).unwrap();
+        assert!(lite.with_fine_map().is_err());
     }
 
     /// The ResNet asks for exactly torchvision's names up to `layer3` and

@@ -132,32 +132,86 @@ impl CpuNet {
         layout: Layout,
         path: KernelPath,
         x: &[f32],
-        (b, c, h, w): (usize, usize, usize, usize),
+        dims: (usize, usize, usize, usize),
     ) -> (Vec<f32>, MapShape) {
+        let mut maps = self.forward_tapped(layout, path, x, dims, &[]);
+        maps.pop().expect("the output map")
+    }
+
+    /// Like [`Self::forward`], and also the map after each of the first
+    /// `taps[k]` layers (`taps` ascending, each below the layer count): the
+    /// tapped maps in order, then the output.
+    pub(crate) fn forward_tapped(
+        &self,
+        layout: Layout,
+        path: KernelPath,
+        x: &[f32],
+        (b, c, h, w): (usize, usize, usize, usize),
+        taps: &[usize],
+    ) -> Vec<(Vec<f32>, MapShape)> {
         let one = MapShape { b: 1, h, w, c };
         assert_eq!(x.len(), b * one.len());
-        let o1 = self.out_shape(one);
-        let mut out = vec![0f32; b * o1.len()];
-        let image = |exec, src: &[f32], dst: &mut [f32]| {
-            self.forward_image(layout, path, exec, src, one, dst)
+        assert!(taps.windows(2).all(|p| p[0] < p[1]));
+        assert!(taps.last().is_none_or(|&t| t < self.layers.len()));
+        let stages = self.stages(taps);
+        let shapes: Vec<MapShape> = stages
+            .iter()
+            .scan(one, |s, stage| {
+                *s = stage.iter().fold(*s, |s, l| l.out_shape(s));
+                Some(*s)
+            })
+            .collect();
+        let mut outs: Vec<Vec<f32>> = shapes.iter().map(|o| vec![0f32; b * o.len()]).collect();
+        let image = |exec, i: usize, dst: &mut [&mut [f32]]| {
+            self.forward_image(
+                layout,
+                path,
+                exec,
+                &x[i * one.len()..][..one.len()],
+                one,
+                &stages,
+                dst,
+            )
         };
         if b == 1 {
-            on_pool_awake(|| image(Exec::Parallel, x, &mut out));
+            let mut dst: Vec<&mut [f32]> = outs.iter_mut().map(|o| o.as_mut_slice()).collect();
+            on_pool_awake(|| image(Exec::Parallel, 0, &mut dst));
         } else {
+            // One destination list per image: its slice of every output.
+            let mut per_image: Vec<Vec<&mut [f32]>> = (0..b).map(|_| Vec::new()).collect();
+            for (out, o) in outs.iter_mut().zip(&shapes) {
+                for (dst, chunk) in per_image.iter_mut().zip(out.chunks_exact_mut(o.len())) {
+                    dst.push(chunk);
+                }
+            }
             on_pool(|| {
-                out.par_chunks_exact_mut(o1.len())
-                    .zip(x.par_chunks_exact(one.len()))
-                    .for_each(|(dst, src)| image(Exec::Serial, src, dst));
+                per_image
+                    .par_iter_mut()
+                    .enumerate()
+                    .for_each(|(i, dst)| image(Exec::Serial, i, dst));
             });
         }
-        (out, MapShape { b, ..o1 })
+        outs.into_iter()
+            .zip(shapes)
+            .map(|(out, o)| (out, MapShape { b, ..o }))
+            .collect()
     }
 
-    fn out_shape(&self, s: MapShape) -> MapShape {
-        self.layers.iter().fold(s, |s, l| l.out_shape(s))
+    /// The layers cut after each tap.
+    fn stages(&self, taps: &[usize]) -> Vec<&[Layer]> {
+        let mut stages = Vec::with_capacity(taps.len() + 1);
+        let mut start = 0;
+        for &t in taps {
+            stages.push(&self.layers[start..t]);
+            start = t;
+        }
+        stages.push(&self.layers[start..]);
+        stages
     }
 
-    /// One image (`s.b == 1`, NCHW) into `out` in `layout`.
+    /// One image (`s.b == 1`, NCHW) through `stages` in turn, the map after
+    /// each into the matching `out` in `layout`.
+    #[allow(clippy::too_many_arguments)]
     fn forward_image(
         &self,
         layout: Layout,
@@ -165,18 +219,25 @@ impl CpuNet {
         exec: Exec,
         x: &[f32],
         s: MapShape,
-        out: &mut [f32],
+        stages: &[&[Layer]],
+        out: &mut [&mut [f32]],
     ) {
-        let mut input = self.pool.take(s.len());
-        nchw_to_nhwc(exec, x, s, &mut input[..s.len()]);
-        let (y, o) = run_layers(&self.layers, path, exec, &input[..s.len()], s, &self.pool);
-        let map = y.as_deref().unwrap_or(&input);
-        match layout {
-            Layout::Nchw => nhwc_to_nchw(exec, &map[..o.len()], o, out),
-            Layout::Nhwc => out.copy_from_slice(&map[..o.len()]),
+        let mut cur = self.pool.take(s.len());
+        nchw_to_nhwc(exec, x, s, &mut cur[..s.len()]);
+        let mut shape = s;
+        for (stage, out) in stages.iter().zip(out.iter_mut()) {
+            let (y, o) = run_layers(stage, path, exec, &cur[..shape.len()], shape, &self.pool);
+            if let Some(y) = y {
+                self.pool.give(std::mem::replace(&mut cur, y));
+            }
+            shape = o;
+            let map = &cur[..o.len()];
+            match layout {
+                Layout::Nchw => nhwc_to_nchw(exec, map, o, out),
+                Layout::Nhwc => out.copy_from_slice(map),
+            }
         }
-        y.into_iter().for_each(|y| self.pool.give(y));
-        self.pool.give(input);
+        self.pool.give(cur);
     }
 }
 

@@ -140,11 +140,15 @@ impl DotProductHead {
         attrs: &[usize],
     ) -> Result<Vec<HeadOutput>> {
         let (b, h, w) = check_features(self.kind, x, self.cfg.in_channels)?;
+        let (out, attn) = self.attributes_raw(x, attrs)?;
+        split_attributes(&l2_normalize_rows(&out)?, &attn, (b, h, w))
+    }
+
+    /// [`Self::forward_attributes`] before the L2 normalisation: outputs
+    /// `[B, n, D]` and attention `[B, n, H*W]`.
+    pub(crate) fn attributes_raw(&self, x: &Tensor, attrs: &[usize]) -> Result<(Tensor, Tensor)> {
+        let (b, _, _) = check_features(self.kind, x, self.cfg.in_channels)?;
         check_attribute_list(self.kind, attrs, self.cfg.n_attributes)?;
-        if attrs.is_empty() {
-            return Ok(Vec::new());
-        }
-        let n = attrs.len();
         let x = x.flatten_from(2)?; // [B, C, N]
         let img = self.image_branch(&x, false)?; // [B, A, N]
         let ids: Vec<u32> = attrs.iter().map(|&a| a as u32).collect();
@@ -171,15 +175,7 @@ impl DotProductHead {
             Some(fc) => fc.forward(&out)?,
             None => out,
         };
-        let embedding = l2_normalize_rows(&out)?; // [B, n, D]
-        (0..n)
-            .map(|j| {
-                Ok(HeadOutput {
-                    embedding: embedding.narrow(1, j, 1)?.squeeze(1)?,
-                    attention: Some(attn.narrow(1, j, 1)?.reshape((b, h, w))?),
-                })
-            })
-            .collect()
+        Ok((out, attn))
     }
 
     /// The weights as plain vectors for the CPU engine (a snapshot: the
@@ -252,42 +248,281 @@ impl DotProductHead {
     }
 }
 
+/// Embeddings `[B, n, D]` and attention `[B, n, H*W]` as one output per attribute.
+fn split_attributes(
+    embedding: &Tensor,
+    attn: &Tensor,
+    (b, h, w): (usize, usize, usize),
+) -> Result<Vec<HeadOutput>> {
+    (0..embedding.dim(1)?)
+        .map(|j| {
+            Ok(HeadOutput {
+                embedding: embedding.narrow(1, j, 1)?.squeeze(1)?,
+                attention: Some(attn.narrow(1, j, 1)?.reshape((b, h, w))?),
+            })
+        })
+        .collect()
+}
+
 /// The ASENet_V2 head: tensors `attr_embedding.weight [n, A]`,
 /// `attr_transform1/2 [A, A]`, `conv1 [A, C, 1, 1]`, `img_bn1` (BatchNorm,
 /// eps 1e-5), `fc1 [G, C + A]`, `fc2 [C, G]`, optional `feature_fc [D, C]`.
 #[derive(Debug, Clone)]
-pub struct AsenV2(DotProductHead);
+pub struct AsenV2 {
+    cfg: HeadConfig,
+    /// The head on the last layer's map (all of it without a fine grid).
+    coarse: DotProductHead,
+    /// With a fine grid (`cfg.fine_channels > 0`): the same head, under
+    /// `fine.`, on the fine stage's channels (the last `fine_channels`).
+    fine: Option<Box<DotProductHead>>,
+}
 
 impl AsenV2 {
     /// Build from `vb`; `cfg.feature_fc` says whether `feature_fc` exists.
+    ///
+    /// With `cfg.fine_channels > 0` the input is a map on the fine grid
+    /// ([`crate::Backbone::with_fine_map`]): the last layer's channels
+    /// repeated over each 2x2 block, then `fine_channels` of the fine stage
+    /// (and the colour histogram). The head is then two: one on the last
+    /// layer's map (taken back to its own grid), one under `fine.` on the
+    /// fine channels alone, whose attention can only gather what its cells
+    /// hold, so it has to find the region. The embedding is the normalised
+    /// sum of both outputs; the attention map is the fine head's.
     pub fn new(vb: VarBuilder, cfg: &HeadConfig) -> Result<Self> {
-        Ok(Self(DotProductHead::new(
-            HeadKind::AsenV2,
-            vb,
-            cfg,
-            "conv1",
-            Some("img_bn1"),
-        )?))
+        cfg.validate(HeadKind::AsenV2)?;
+        let part = |in_channels| HeadConfig {
+            in_channels,
+            fine_channels: 0,
+            ..cfg.clone()
+        };
+        let build = |vb: VarBuilder, cfg: &HeadConfig| {
+            DotProductHead::new(HeadKind::AsenV2, vb, cfg, "conv1", Some("img_bn1"))
+        };
+        let fine = match cfg.fine_channels {
+            0 => None,
+            f => Some(Box::new(build(vb.pp("fine"), &part(f))?)),
+        };
+        Ok(Self {
+            cfg: cfg.clone(),
+            coarse: build(vb, &part(cfg.in_channels - cfg.fine_channels))?,
+            fine,
+        })
     }
 
     /// Its sizes.
     pub fn config(&self) -> &HeadConfig {
-        self.0.config()
+        &self.cfg
     }
 
     /// `x` `[B, C, H, W]`, `attr` u32 `[B]` -> embedding `[B, D]`, attention `[B, H, W]`.
     /// With `train`, `img_bn1` normalises with the batch statistics.
     pub fn forward(&self, x: &Tensor, attr: &Tensor, train: bool) -> Result<HeadOutput> {
-        self.0.forward(x, attr, train)
+        let Some(fine) = &self.fine else {
+            return self.coarse.forward(x, attr, train);
+        };
+        check_features(HeadKind::AsenV2, x, self.cfg.in_channels)?;
+        let (coarse_x, fine_x) = split_fine_map(x, self.cfg.fine_channels)?;
+        let (a, _) = self.coarse.forward_raw(&coarse_x, attr, train)?;
+        let (b, attention) = fine.forward_raw(&fine_x, attr, train)?;
+        Ok(HeadOutput {
+            embedding: l2_normalize_rows(&(a + b)?)?,
+            attention: Some(attention),
+        })
+    }
+
+    /// The embeddings a training loss is summed over: [`Self::forward`]'s,
+    /// and with a fine grid also the fine head's alone (normalised). The
+    /// second makes the fine head tell the attributes apart on its own, so
+    /// its attention must find where each one is: trained on the sum alone,
+    /// the last layer's map (every cell of which sees the whole garment)
+    /// does the work and the fine attention stays anywhere
+    /// (docs/results.md, "Region attention").
+    pub fn forward_supervised(
+        &self,
+        x: &Tensor,
+        attr: &Tensor,
+        train: bool,
+    ) -> Result<Vec<Tensor>> {
+        let Some(fine) = &self.fine else {
+            return Ok(vec![self.coarse.forward(x, attr, train)?.embedding]);
+        };
+        check_features(HeadKind::AsenV2, x, self.cfg.in_channels)?;
+        let (coarse_x, fine_x) = split_fine_map(x, self.cfg.fine_channels)?;
+        let (a, _) = self.coarse.forward_raw(&coarse_x, attr, train)?;
+        let (b, _) = fine.forward_raw(&fine_x, attr, train)?;
+        Ok(vec![l2_normalize_rows(&(a + &b)?)?, l2_normalize_rows(&b)?])
     }
 
     /// `x` `[B, C, H, W]` -> one output per attribute (inference; BatchNorm in eval
     /// mode); `tanh(img_bn1(conv1(x)))` is computed once.
     pub fn forward_attributes(&self, x: &Tensor, attrs: &[usize]) -> Result<Vec<HeadOutput>> {
-        self.0.forward_attributes(x, attrs)
+        let Some(fine) = &self.fine else {
+            return self.coarse.forward_attributes(x, attrs);
+        };
+        let (b, h, w) = check_features(HeadKind::AsenV2, x, self.cfg.in_channels)?;
+        let (coarse_x, fine_x) = split_fine_map(x, self.cfg.fine_channels)?;
+        let (a, _) = self.coarse.attributes_raw(&coarse_x, attrs)?;
+        let (f, attention) = fine.attributes_raw(&fine_x, attrs)?;
+        split_attributes(&l2_normalize_rows(&(a + f)?)?, &attention, (b, h, w))
     }
 
-    pub(crate) fn engine_weights(&self) -> Result<crate::cpu::DotProductWeights> {
-        self.0.engine_weights()
+    /// The CPU engine's weights; `None` with a fine grid (the engine has no
+    /// kernel for the two heads: they run on candle's ops).
+    pub(crate) fn engine_weights(&self) -> Result<Option<crate::cpu::DotProductWeights>> {
+        match self.fine {
+            Some(_) => Ok(None),
+            None => Ok(Some(self.coarse.engine_weights()?)),
+        }
+    }
+}
+
+/// A map on the fine grid `[B, C, H, W]` as the two heads of a fine-grid
+/// [`AsenV2`] read it: the last layer's channels (the first `C -
+/// fine_channels`) on their own grid (one cell of each 2x2 block), and the
+/// last `fine_channels` on the fine grid.
+pub fn split_fine_map(x: &Tensor, fine_channels: usize) -> Result<(Tensor, Tensor)> {
+    let (_, c, h, w) = x.dims4()?;
+    let f = fine_channels;
+    if f == 0 || f >= c {
+        return Err(crate::ModelError::InvalidArgument(format!(
+            "a fine map of {c} channels cannot end in {f} fine channels"
+        )));
+    }
+    let every_other = |n: usize| -> Result<Tensor> {
+        let ids: Vec<u32> = (0..n).step_by(2).map(|i| i as u32).collect();
+        Ok(Tensor::new(ids.as_slice(), x.device())?)
+    };
+    let coarse = x
+        .contiguous()?
+        .index_select(&every_other(h)?, 2)?
+        .index_select(&every_other(w)?, 3)?
+        .narrow(1, 0, c - f)?
+        .contiguous()?;
+    Ok((coarse, x.narrow(1, c - f, f)?.contiguous()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+    use candle_nn::VarMap;
+
+    /// 12 channels: 8 of the last layer, then 4 fine ones.
+    fn fine_cfg() -> HeadConfig {
+        HeadConfig {
+            in_channels: 12,
+            n_attributes: 3,
+            attention_dim: 8,
+            gate_hidden: 6,
+            embedding_dim: 10,
+            feature_fc: true,
+            fine_channels: 4,
+        }
+    }
+
+    fn fine_head() -> (VarMap, AsenV2) {
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        let head = AsenV2::new(vb, &fine_cfg()).unwrap();
+        (varmap, head)
+    }
+
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn a_fine_grid_head_has_a_second_head_under_fine() {
+        let (varmap, _) = fine_head();
+        let names: Vec<String> = varmap.data().lock().unwrap().keys().cloned().collect();
+        assert!(names.contains(&"conv1.weight".to_string()));
+        assert!(names.contains(&"fine.conv1.weight".to_string()));
+        let tensors: BTreeMap<String, Tensor> = varmap
+            .data()
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+            .collect();
+        assert_eq!(
+            HeadConfig::infer(HeadKind::AsenV2, &tensors).unwrap(),
+            fine_cfg()
+        );
+    }
+
+    #[test]
+    fn the_attention_is_on_the_fine_grid_and_sums_to_one() {
+        let (_, head) = fine_head();
+        let x = Tensor::randn(0f32, 1.0, (2, 12, 6, 5), &Device::Cpu).unwrap();
+        let attr = Tensor::new(&[0u32, 2], &Device::Cpu).unwrap();
+        let out = head.forward(&x, &attr, false).unwrap();
+        let a = out.attention.unwrap();
+        assert_eq!(a.dims(), [2, 6, 5]);
+        let sums = a
+            .flatten_from(1)
+            .unwrap()
+            .sum(1)
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert!(sums.iter().all(|s| (s - 1.0).abs() < 1e-5), "{sums:?}");
+    }
+
+    #[test]
+    fn all_attributes_at_once_match_one_at_a_time() {
+        let (_, head) = fine_head();
+        let x = Tensor::randn(0f32, 1.0, (2, 12, 4, 4), &Device::Cpu).unwrap();
+        let outs = head.forward_attributes(&x, &[1, 2]).unwrap();
+        for (out, a) in outs.iter().zip([1u32, 2]) {
+            let one = head
+                .forward(&x, &Tensor::new(&[a, a], &Device::Cpu).unwrap(), false)
+                .unwrap();
+            let diff = (&out.embedding - &one.embedding)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(diff < 1e-5, "attribute {a}: {diff}");
+        }
+    }
+
+    #[test]
+    fn training_supervises_the_sum_and_the_fine_head_alone() {
+        let (_, head) = fine_head();
+        let x = Tensor::randn(0f32, 1.0, (2, 12, 4, 4), &Device::Cpu).unwrap();
+        let attr = Tensor::new(&[0u32, 1], &Device::Cpu).unwrap();
+        let parts = head.forward_supervised(&x, &attr, true).unwrap();
+        assert_eq!(parts.len(), 2);
+        let whole = head.forward(&x, &attr, true).unwrap().embedding;
+        let diff = (&parts[0] - &whole)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap();
+        assert!(diff.to_scalar::<f32>().unwrap() < 1e-5);
+    }
+
+    #[test]
+    fn the_last_layer_head_reads_one_cell_of_each_block() {
+        // Channel 0 holds the cell's row, so the coarse part keeps rows 0, 2, 4.
+        let rows: Vec<f32> = (0..2 * 5 * 4).map(|i| ((i / 4) % 5) as f32).collect();
+        let x = Tensor::from_vec(rows, (1, 2, 5, 4), &Device::Cpu).unwrap();
+        let (coarse, fine) = split_fine_map(&x, 1).unwrap();
+        assert_eq!(coarse.dims(), [1, 1, 3, 2]);
+        assert_eq!(fine.dims(), [1, 1, 5, 4]);
+        let kept = coarse.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(kept, vec![0.0, 0.0, 2.0, 2.0, 4.0, 4.0]);
+        assert!(split_fine_map(&x, 2).is_err());
+    }
+
+    #[test]
+    fn a_fine_grid_needs_feature_fc_and_asen_v2() {
+        let mut cfg = fine_cfg();
+        cfg.feature_fc = false;
+        cfg.embedding_dim = 12;
+        assert!(cfg.validate(HeadKind::AsenV2).is_err());
+        assert!(fine_cfg().validate(HeadKind::AsenV1).is_err());
     }
 }

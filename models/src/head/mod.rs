@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 
 pub use asen_pp::AsenPpGlobal;
 pub use asen_v1::AsenV1;
-pub use asen_v2::AsenV2;
+pub use asen_v2::{split_fine_map, AsenV2};
 pub use csn::Csn;
 pub use global::GlobalHead;
 
@@ -102,6 +102,14 @@ pub struct HeadConfig {
     /// v2 only: whether a final `feature_fc` Linear exists (v1 and ASEN++ always have one).
     #[serde(default)]
     pub feature_fc: bool,
+    /// v2 only: channels of the fine stage at the end of `in_channels`
+    /// (0 without a fine grid): see [`AsenV2::new`].
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub fine_channels: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 impl HeadConfig {
@@ -114,6 +122,7 @@ impl HeadConfig {
             gate_hidden: 512,
             embedding_dim: 1024,
             feature_fc: true,
+            fine_channels: 0,
         }
     }
 
@@ -132,6 +141,16 @@ impl HeadConfig {
         }
         if kind == HeadKind::AsenV2 && !self.feature_fc && self.embedding_dim != self.in_channels {
             return bad("without feature_fc the embedding_dim must equal in_channels");
+        }
+        if self.fine_channels > 0 {
+            if kind != HeadKind::AsenV2 {
+                return bad("only asen_v2 has a fine grid (fine_channels must be 0)");
+            }
+            if !self.feature_fc || self.fine_channels >= self.in_channels {
+                return bad(
+                    "a fine grid needs feature_fc and fewer fine_channels than in_channels",
+                );
+            }
         }
         Ok(())
     }
@@ -163,6 +182,7 @@ impl HeadConfig {
                     gate_hidden: fc1[0],
                     embedding_dim: ff[0],
                     feature_fc: true,
+                    fine_channels: 0,
                 }
             }
             HeadKind::AsenV2 | HeadKind::AsenPpGlobal => {
@@ -170,7 +190,11 @@ impl HeadConfig {
                 let fc1 = dims("fc1.weight", 2)?;
                 let fc2 = dims("fc2.weight", 2)?;
                 let feature_fc = tensors.contains_key("feature_fc.weight");
-                let in_channels = fc2[0];
+                let fine_channels = match tensors.contains_key("fine.fc2.weight") {
+                    true => dims("fine.fc2.weight", 2)?[0],
+                    false => 0,
+                };
+                let in_channels = fc2[0] + fine_channels;
                 let embedding_dim = if feature_fc {
                     dims("feature_fc.weight", 2)?[0]
                 } else {
@@ -183,6 +207,7 @@ impl HeadConfig {
                     gate_hidden: fc1[0],
                     embedding_dim,
                     feature_fc: kind == HeadKind::AsenPpGlobal || feature_fc,
+                    fine_channels,
                 }
             }
             HeadKind::Csn => {
@@ -195,6 +220,7 @@ impl HeadConfig {
                     gate_hidden: 0,
                     embedding_dim: e[0],
                     feature_fc: false,
+                    fine_channels: 0,
                 }
             }
             HeadKind::Global => {
@@ -237,7 +263,10 @@ impl Head {
     /// snapshot of the current weights.
     pub(crate) fn cpu_engine(&self) -> Result<Option<crate::cpu::DotProductEngine>> {
         let weights = match self {
-            Head::AsenV2(h) => h.engine_weights()?,
+            Head::AsenV2(h) => match h.engine_weights()? {
+                Some(w) => w,
+                None => return Ok(None),
+            },
             Head::AsenPpGlobal(h) => h.engine_weights()?,
             _ => return Ok(None),
         };
@@ -287,6 +316,21 @@ impl Head {
             Head::AsenPpGlobal(h) => h.forward(x, attr, train),
             Head::Csn(h) => h.forward(x, attr, train),
             Head::Global(h) => h.forward(x, attr, train),
+        }
+    }
+
+    /// The embeddings a training loss sums over: [`Self::forward`]'s, and
+    /// for a fine-grid ASEN v2 also its fine head's alone
+    /// ([`AsenV2::forward_supervised`]).
+    pub fn forward_supervised(
+        &self,
+        x: &Tensor,
+        attr: &Tensor,
+        train: bool,
+    ) -> Result<Vec<Tensor>> {
+        match self {
+            Head::AsenV2(h) => h.forward_supervised(x, attr, train),
+            _ => Ok(vec![self.forward(x, attr, train)?.embedding]),
         }
     }
 
@@ -459,6 +503,7 @@ mod tests {
             gate_hidden: 6,
             embedding_dim: 10,
             feature_fc: true,
+            fine_channels: 0,
         }
     }
 

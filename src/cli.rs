@@ -412,6 +412,12 @@ pub struct TrainArgs {
     /// feature map: the frozen ImageNet layer keeps little colour.
     #[arg(long)]
     pub colour_histogram: bool,
+    /// Put the feature map on MobileNetV2's 14x14 stride-16 grid and train a
+    /// second ASEN v2 head on that stage's own channels (and the colour
+    /// histogram), so the spatial attention can find small regions
+    /// (asen_v2 on mobilenet_v2 only; docs/results.md "Region attention").
+    #[arg(long)]
+    pub fine_map: bool,
     /// Fine-tune the backbone (mobilenet_v2 or efficientnet_lite0) and the head
     /// end to end on the images instead of training the head on cached features.
     #[arg(long)]

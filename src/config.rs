@@ -312,6 +312,7 @@ pub struct TrainSettings {
     pub out: Option<PathBuf>,
     pub backbone: Option<String>,
     pub colour_histogram: Option<bool>,
+    pub fine_map: Option<bool>,
     pub head: Option<String>,
     pub dim: Option<usize>,
     pub no_feature_fc: Option<bool>,

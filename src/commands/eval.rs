@@ -17,7 +17,7 @@ use asen_train::{
     without_images, BadImage, Dataset, PairEmbeddings, Split,
 };
 
-use super::train::{cached_features, default_cache, load_dataset, report_bad_images};
+use super::train::{cached_features, default_cache, load_dataset, report_bad_images, MapExtras};
 use crate::cli::EvalArgs;
 use crate::config::Config;
 
@@ -50,13 +50,18 @@ pub fn run(args: EvalArgs, config: &Config) -> anyhow::Result<()> {
         ),
         (Some(b), None) if b == "imagenet" => {
             let backbone: BackboneKind = args.backbone.parse()?;
-            let cache = args
-                .data
-                .cache
-                .clone()
-                .unwrap_or_else(|| default_cache(cache_dir, backbone, false, 224));
-            let (features, usable) =
-                cached_features(&dataset, backbone, false, 224, &cache, &weights_dirs)?;
+            let cache =
+                args.data.cache.clone().unwrap_or_else(|| {
+                    default_cache(cache_dir, backbone, MapExtras::default(), 224)
+                });
+            let (features, usable) = cached_features(
+                &dataset,
+                backbone,
+                MapExtras::default(),
+                224,
+                &cache,
+                &weights_dirs,
+            )?;
             let pairs = pooled_split(&features.cache, &usable, split)?;
             (
                 format!("imagenet pooled {backbone}"),
@@ -118,14 +123,14 @@ fn evaluate_model(
         let head_attributes = model_attributes(&model.card, dataset)?;
         let backbone: BackboneKind = model.card.backbone.parse()?;
         let size = model.card.input_size;
-        let colour = model.card.colour_histogram;
+        let extras = MapExtras::of_card(&model.card);
         let cache = args
             .data
             .cache
             .clone()
-            .unwrap_or_else(|| default_cache(cache_dir, backbone, colour, size));
+            .unwrap_or_else(|| default_cache(cache_dir, backbone, extras, size));
         let (features, usable) =
-            cached_features(dataset, backbone, colour, size, &cache, weights_dirs)?;
+            cached_features(dataset, backbone, extras, size, &cache, weights_dirs)?;
         let pairs = embed_split(
             &head,
             &features.cache,

@@ -55,19 +55,47 @@ pub fn load_dataset(args: &DataArgs) -> anyhow::Result<Dataset> {
     }
 }
 
+/// What the cached feature maps carry besides the backbone's last layer.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MapExtras {
+    /// The per-cell colour histogram.
+    pub colour_histogram: bool,
+    /// The fine grid of the backbone's earlier stage.
+    pub fine_map: bool,
+}
+
+impl MapExtras {
+    /// The extras a model card names.
+    pub fn of_card(card: &asen_models::ModelCard) -> Self {
+        Self {
+            colour_histogram: card.colour_histogram,
+            fine_map: card.fine_map,
+        }
+    }
+
+    /// The extras a training configuration names.
+    pub fn of_config(cfg: &TrainConfig) -> Self {
+        Self {
+            colour_histogram: cfg.colour_histogram,
+            fine_map: cfg.fine_map,
+        }
+    }
+}
+
 /// Build (or reopen) the feature cache of `dataset` with a progress bar, and
 /// return it with the dataset minus the images that could not be read.
 pub fn cached_features(
     dataset: &Dataset,
     backbone: BackboneKind,
-    colour_histogram: bool,
+    extras: MapExtras,
     input_size: u32,
     cache: &Path,
     weights_dirs: &[PathBuf],
 ) -> anyhow::Result<(DatasetFeatures, Dataset)> {
     let mut opts = FeatureOptions::new(backbone);
     opts.weights_dirs = weights_dirs.to_vec();
-    opts.colour_histogram = colour_histogram;
+    opts.colour_histogram = extras.colour_histogram;
+    opts.fine_map = extras.fine_map;
     opts.input_size = input_size;
     let bar = ProgressBar::new(dataset.len() as u64);
     bar.set_style(
@@ -95,12 +123,17 @@ pub fn cached_features(
 pub fn default_cache(
     dir: &Path,
     backbone: BackboneKind,
-    colour_histogram: bool,
+    extras: MapExtras,
     input_size: u32,
 ) -> PathBuf {
-    let colour = if colour_histogram { "+colour" } else { "" };
+    let colour = if extras.colour_histogram {
+        "+colour"
+    } else {
+        ""
+    };
+    let fine = if extras.fine_map { "+fine" } else { "" };
     dir.join(format!(
-        "features-{}{colour}-{input_size}.bin",
+        "features-{}{fine}{colour}-{input_size}.bin",
         backbone.name()
     ))
 }
@@ -144,6 +177,7 @@ pub fn run(args: TrainArgs, config: &Config) -> anyhow::Result<()> {
             ("--gate-hidden", args.gate_hidden.is_some()),
             ("--input-size", args.input_size.is_some()),
             ("--colour-histogram", args.colour_histogram),
+            ("--fine-map", args.fine_map),
             ("--finetune", args.finetune),
         ];
         if let Some((flag, _)) = fixed.iter().find(|(_, given)| *given) {
@@ -184,6 +218,7 @@ pub fn run(args: TrainArgs, config: &Config) -> anyhow::Result<()> {
     let head = parse_head(&args.head.or(file.head).unwrap_or_else(|| "asen_v2".into()))?;
     let mut cfg = TrainConfig::new(head, backbone);
     cfg.colour_histogram = args.colour_histogram || file.colour_histogram.unwrap_or(false);
+    cfg.fine_map = args.fine_map || file.fine_map.unwrap_or(false);
     cfg.embedding_dim = args.dim.or(file.dim).unwrap_or(cfg.embedding_dim);
     cfg.feature_fc = !(args.no_feature_fc || file.no_feature_fc.unwrap_or(false));
     cfg.attention_dim = args
@@ -241,8 +276,8 @@ pub fn run(args: TrainArgs, config: &Config) -> anyhow::Result<()> {
             freeze_batch_norm: args.freeze_batch_norm
                 || file.freeze_batch_norm.unwrap_or(defaults.freeze_batch_norm),
         });
-        if cfg.colour_histogram {
-            bail!("--colour-histogram cannot be combined with --finetune");
+        if cfg.colour_histogram || cfg.fine_map {
+            bail!("--colour-histogram and --fine-map cannot be combined with --finetune");
         }
     } else {
         if device_name != "cpu" {
@@ -289,14 +324,13 @@ pub fn run(args: TrainArgs, config: &Config) -> anyhow::Result<()> {
             &config.weights_dirs(),
         );
     }
-    let cache = data
-        .cache
-        .clone()
-        .unwrap_or_else(|| default_cache(&out, backbone, cfg.colour_histogram, cfg.input_size));
+    let cache = data.cache.clone().unwrap_or_else(|| {
+        default_cache(&out, backbone, MapExtras::of_config(&cfg), cfg.input_size)
+    });
     let (features, usable) = cached_features(
         &dataset,
         backbone,
-        cfg.colour_histogram,
+        MapExtras::of_config(&cfg),
         cfg.input_size,
         &cache,
         &config.weights_dirs(),
@@ -514,12 +548,17 @@ fn run_extend(
     ecfg.sampling = cfg.sampling;
     ecfg.negatives = cfg.negatives;
     let cache = data.cache.clone().unwrap_or_else(|| {
-        default_cache(out, ecfg.backbone, ecfg.colour_histogram, ecfg.input_size)
+        default_cache(
+            out,
+            ecfg.backbone,
+            MapExtras::of_config(&ecfg),
+            ecfg.input_size,
+        )
     });
     let (features, usable) = cached_features(
         dataset,
         ecfg.backbone,
-        ecfg.colour_histogram,
+        MapExtras::of_config(&ecfg),
         ecfg.input_size,
         &cache,
         weights_dirs,

@@ -49,10 +49,11 @@ pub use data::{
     SyntheticConfig, SyntheticDataset,
 };
 pub use eval::{
-    average_precision, best_f1_threshold, calibrate_thresholds, embed_dataset_split, embed_split,
-    evaluate_head, evaluate_pairs, evaluate_retrieval, load_triplets, pooled_split,
-    query_average_precisions, random_split, rank_by_score, triplet_accuracy, AttributeScore,
-    PairEmbeddings, RetrievalReport,
+    attention_on_garment, average_precision, best_f1_threshold, border_colour,
+    calibrate_thresholds, embed_dataset_split, embed_split, evaluate_head, evaluate_pairs,
+    evaluate_retrieval, garment_cells, load_triplets, pooled_split, query_average_precisions,
+    random_split, rank_by_score, triplet_accuracy, AttributeScore, PairEmbeddings, RetrievalReport,
+    GARMENT_DIFFERENCE,
 };
 pub use features::{
     dataset_features, load_crop, unusable_images, without_images, BadImage, CacheKey,

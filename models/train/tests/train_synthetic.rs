@@ -1,10 +1,13 @@
-//! CI-sized training run on the synthetic garments (about one CPU-minute):
-//! real MobileNetV2 features cached once, an ASEN v2 head trained on them.
-//! The loss must fall, the test mAP must beat random vectors by a wide
-//! margin, and the spatial attention for `pattern` (a region-level
-//! attribute: it lives on the torso) must peak inside its region on most
-//! test images (100 % measured, chance 22 %); the rate for `collar` (a small
-//! region) is printed, not asserted (1 to 4 % measured, chance 11 %: see below).
+//! CI-sized training run on the synthetic garments (about three CPU-minutes):
+//! real MobileNetV2 features on the fine 12x12 grid cached once, a fine-grid
+//! ASEN v2 head trained on them. The loss must fall, the test mAP must beat
+//! random vectors by a wide margin, and the spatial attention of the
+//! region-level attributes `pattern` (the torso) and `collar` (the neckline)
+//! must peak inside their regions on at least 80 % of the test images
+//! (measured: 100 % and 85 %; chance 33 % and 11 %). The rate for
+//! `sleeve_length` (two narrow columns beside the torso) is printed: 69 %
+//! measured (chance 19 %), short of the 80 % goal; its misses peak on the
+//! image's edge columns and below the cuffs (docs/results.md, "Region attention").
 //! A resumed run must continue from the saved state.
 
 mod support;
@@ -32,27 +35,30 @@ fn asen_v2_learns_the_synthetic_garments_and_attends_to_the_regions() {
     let dir = tempfile::tempdir().unwrap();
     let dataset = synthetic.write(dir.path().join("data")).unwrap();
 
-    // 192 px input: a 6x6 MobileNetV2 grid.
+    // 192 px input: MobileNetV2's last layer is 6x6, its stride-16 stage 12x12.
     let mut fopts = FeatureOptions::new(BackboneKind::MobileNetV2);
     fopts.weights_dirs = support::weights_dirs();
     fopts.input_size = 192;
+    fopts.fine_map = true;
     let features =
         dataset_features(&dataset, &dir.path().join("cache.bin"), &fopts, &|_, _| {}).unwrap();
     assert!(features.bad_images.is_empty());
     let cache = features.cache;
-    assert_eq!(cache.dims(), (1280, 6, 6));
+    assert_eq!(cache.dims(), (1280 + 96, 12, 12));
 
     let mut cfg = TrainConfig::new(HeadKind::AsenV2, BackboneKind::MobileNetV2);
+    cfg.fine_map = true;
     cfg.input_size = 192;
     cfg.embedding_dim = 64;
     cfg.attention_dim = 64;
     cfg.gate_hidden = 64;
-    cfg.epochs = 3;
+    cfg.epochs = 8;
     cfg.triplets_per_epoch = 3200;
     cfg.batch_size = 32;
     cfg.schedule = StepDecay::new(1e-3, 0.5, 2).unwrap();
-    // Seed 0, attention trained: pattern 100 %, collar 4 % (before the attention branch got
-    // gradients: 67 % and 35 %, from the untrained attention's fixed peak).
+    // On the last layer's 6x6 map alone (no fine grid), after 3 or 8 epochs: pattern 99-100 %,
+    // collar 0-1 %, sleeve_length 0 %. The fine head needs the 8 epochs: after 3 it had not
+    // learnt collars yet. Training seed 1 instead of 0: pattern 94 %, collar 90 %, sleeves 76 %.
     cfg.seed = 0;
     let out = dir.path().join("run");
     let mut step_losses = Vec::new();
@@ -69,7 +75,7 @@ fn asen_v2_learns_the_synthetic_garments_and_attends_to_the_regions() {
         },
     )
     .unwrap();
-    assert_eq!(outcome.history.len(), 3);
+    assert_eq!(outcome.history.len(), cfg.epochs);
     let first: f32 = step_losses[..20].iter().sum::<f32>() / 20.0;
     let n = step_losses.len();
     let last: f32 = step_losses[n - 20..].iter().sum::<f32>() / 20.0;
@@ -97,7 +103,7 @@ fn asen_v2_learns_the_synthetic_garments_and_attends_to_the_regions() {
     let x = cache.get(&test, &candle_core::Device::Cpu).unwrap();
     let rate_inside = |name: &str| -> (f64, f64) {
         let a = dataset.attribute_index(name).unwrap();
-        let region = synthetic.region(name).unwrap();
+        let boxes = synthetic.regions(name).to_vec();
         let outputs = head.forward_attributes(&x, &[a]).unwrap();
         let maps = outputs[0]
             .attention
@@ -108,8 +114,11 @@ fn asen_v2_learns_the_synthetic_garments_and_attends_to_the_regions() {
         let (h, w) = (maps[0].len(), maps[0][0].len());
         let centre =
             |r: usize, c: usize| ((c as f32 + 0.5) / w as f32, (r as f32 + 0.5) / h as f32);
-        let within =
-            |(x, y): (f32, f32)| x >= region[0] && x < region[2] && y >= region[1] && y < region[3];
+        let within = |(x, y): (f32, f32)| {
+            boxes
+                .iter()
+                .any(|b| x >= b[0] && x < b[2] && y >= b[1] && y < b[3])
+        };
         let cells_inside = (0..h * w).filter(|&k| within(centre(k / w, k % w))).count();
         let mut inside = 0;
         for map in &maps {
@@ -130,26 +139,23 @@ fn asen_v2_learns_the_synthetic_garments_and_attends_to_the_regions() {
             cells_inside as f64 / (h * w) as f64,
         )
     };
-    let (pattern, pattern_chance) = rate_inside("pattern");
-    let (collar, collar_chance) = rate_inside("collar");
-    println!(
-        "attention peaks inside the region: pattern {:.0} % (chance {:.0} %), collar {:.0} % (chance {:.0} %)",
-        pattern * 100.0,
-        pattern_chance * 100.0,
-        collar * 100.0,
-        collar_chance * 100.0
-    );
-    assert!(
-        pattern > 0.5,
-        "pattern attention peaks inside the torso on only {:.0} % of the test images",
-        pattern * 100.0
-    );
-    // Collar is reported, not asserted. Until the attention branch received
-    // gradients (a fused softmax without backward cut it off) this test also
-    // asserted the collar rate and passed: the untrained attention happened to
-    // peak in the collar cells. Trained, it peaks there on 1 to 4 % of the
-    // images (chance 11 %): on the last MobileNetV2 layer every cell sees the
-    // whole garment, so the loss does not need the collar's own cells.
+    let mut rates = Vec::new();
+    for name in ["pattern", "collar", "sleeve_length"] {
+        let (rate, chance) = rate_inside(name);
+        println!(
+            "{name}: the attention peaks inside the region on {:.0} % of the test images (chance {:.0} %)",
+            rate * 100.0,
+            chance * 100.0
+        );
+        rates.push((name, rate));
+    }
+    for (name, rate) in &rates[..2] {
+        assert!(
+            *rate >= 0.8,
+            "{name}: the attention peaks inside its region on only {:.0} % of the test images",
+            rate * 100.0
+        );
+    }
 }
 
 #[test]

@@ -9,6 +9,7 @@
 //! thresholds; `images` runs a whole [`asen_models::Embedder`] on the images.
 
 mod cached;
+mod garment;
 mod images;
 mod metrics;
 mod retrieval;
@@ -17,6 +18,7 @@ pub use cached::{
     best_f1_threshold, calibrate_thresholds, embed_split, evaluate_head, evaluate_pairs,
     pooled_split, random_split, PairEmbeddings,
 };
+pub use garment::{attention_on_garment, border_colour, garment_cells, GARMENT_DIFFERENCE};
 pub use images::embed_dataset_split;
 pub use metrics::{
     average_precision, load_triplets, query_average_precisions, rank_by_score, triplet_accuracy,

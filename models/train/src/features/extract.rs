@@ -28,6 +28,8 @@ pub struct FeatureOptions {
     pub backbone: BackboneKind,
     /// Append the per-cell colour histogram ([`asen_models::colour`]) to its maps.
     pub colour_histogram: bool,
+    /// Put the maps on the backbone's fine grid ([`asen_models::Backbone::with_fine_map`]).
+    pub fine_map: bool,
     /// Directories searched, in order, for its shipped ImageNet weights
     /// ([`asen_models::locate_weights`]).
     pub weights_dirs: Vec<PathBuf>,
@@ -45,6 +47,7 @@ impl FeatureOptions {
         Self {
             backbone,
             colour_histogram: false,
+            fine_map: false,
             weights_dirs: Vec::new(),
             input_size: 224,
             batch_size: 32,
@@ -56,8 +59,9 @@ impl FeatureOptions {
     pub fn cache_key(&self, dataset: &Dataset) -> String {
         CacheKey {
             backbone: format!(
-                "{}{}@imagenet",
+                "{}{}{}@imagenet",
                 self.backbone.name(),
+                if self.fine_map { "+fine" } else { "" },
                 if self.colour_histogram {
                     format!(
                         "+colour{}sqrtx{}",
@@ -137,6 +141,11 @@ pub fn dataset_features(
     let backbone = Backbone::load(opts.backbone, &weights, &opts.device)?;
     let backbone = if opts.colour_histogram {
         backbone.with_colour_histogram(&opts.device)?
+    } else {
+        backbone
+    };
+    let backbone = if opts.fine_map {
+        backbone.with_fine_map()?
     } else {
         backbone
     };

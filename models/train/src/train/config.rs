@@ -24,6 +24,10 @@ pub struct TrainConfig {
     /// to the backbone's feature map.
     #[serde(default)]
     pub colour_histogram: bool,
+    /// Whether the feature map is on the backbone's fine grid
+    /// ([`asen_models::Backbone::with_fine_map`]).
+    #[serde(default)]
+    pub fine_map: bool,
     /// Square input side in pixels.
     pub input_size: u32,
     /// Embedding size `D` (ignored without `feature_fc`).
@@ -99,6 +103,7 @@ impl TrainConfig {
             head,
             backbone,
             colour_histogram: false,
+            fine_map: false,
             input_size: 224,
             embedding_dim: 128,
             feature_fc: true,
@@ -123,20 +128,39 @@ impl TrainConfig {
     /// The head sizes for `n_attributes` attributes on this backbone.
     pub fn head_config(&self, n_attributes: usize) -> HeadConfig {
         HeadConfig {
-            in_channels: self.backbone.feature_channels(self.colour_histogram),
+            in_channels: self.feature_channels(),
             n_attributes,
             attention_dim: self.attention_dim,
             gate_hidden: self.gate_hidden,
             embedding_dim: if self.feature_fc {
                 self.embedding_dim
             } else {
-                self.backbone.feature_channels(self.colour_histogram)
+                self.feature_channels()
             },
             feature_fc: self.feature_fc,
+            // On the fine grid, everything after the last layer's channels
+            // (the fine stage's and the colour histogram's) is the fine head's.
+            fine_channels: if self.fine_map {
+                self.feature_channels() - self.backbone.out_channels()
+            } else {
+                0
+            },
         }
     }
 
+    /// Channels of the feature maps this configuration trains on.
+    pub fn feature_channels(&self) -> usize {
+        self.backbone
+            .feature_channels(self.colour_histogram, self.fine_map)
+    }
+
     pub(crate) fn validate(&self) -> Result<()> {
+        if self.fine_map && self.backbone.fine_stage().is_none() {
+            return Err(ModelError::InvalidArgument(format!(
+                "backbone {} has no fine feature grid (mobilenet_v2 has one)",
+                self.backbone
+            )));
+        }
         if self.epochs == 0 || self.triplets_per_epoch == 0 || self.batch_size == 0 {
             return Err(ModelError::InvalidArgument(format!(
                 "training needs epochs, triplets per epoch and batch size >= 1, got {}, {}, {}",

@@ -139,6 +139,13 @@ fn base_rows(base: &ModelDir, added: usize) -> Result<(Tensor, HeadConfig)> {
             base.card.head
         )));
     }
+    if base.card.head_config.fine_channels > 0 {
+        return Err(ModelError::InvalidArgument(format!(
+            "{}: the model has a second head on the fine grid (fine_map); extending trains one \
+             row per attribute of a single head, so it cannot extend this model",
+            base.path().display()
+        )));
+    }
     if base.has_backbone()? {
         return Err(ModelError::InvalidArgument(format!(
             "{}: the model has a fine-tuned backbone; extending trains on cached features of the \
@@ -182,6 +189,7 @@ pub fn extension_config(base: &ModelCard) -> Result<TrainConfig> {
     let backbone: BackboneKind = base.backbone.parse()?;
     let mut cfg = TrainConfig::new(base.head, backbone);
     cfg.colour_histogram = base.colour_histogram;
+    cfg.fine_map = base.fine_map;
     cfg.input_size = base.input_size;
     cfg.embedding_dim = base.embedding_dim;
     cfg.feature_fc = base.head_config.feature_fc;
@@ -371,6 +379,7 @@ mod tests {
             gate_hidden: 6,
             embedding_dim: 6,
             feature_fc: true,
+            fine_channels: 0,
         }
     }
 

@@ -54,9 +54,9 @@ pub struct FinetuneNetwork {
 
 impl FinetuneNetwork {
     fn build(cfg: &TrainConfig, n_attributes: usize, device: &Device) -> Result<Self> {
-        if cfg.colour_histogram {
+        if cfg.colour_histogram || cfg.fine_map {
             return Err(ModelError::InvalidArgument(
-                "the colour histogram is not supported when fine-tuning the backbone".into(),
+                "the colour histogram and the fine grid are not supported when fine-tuning the backbone".into(),
             ));
         }
         let head = TrainableHead::new(cfg.head, &cfg.head_config(n_attributes), cfg.seed, device)?;

@@ -205,35 +205,96 @@ impl TrainableHead {
                 .map(|v| v.as_tensor().clone())
                 .ok_or_else(|| ModelError::InvalidArgument(format!("head has no variable {n}")))
         };
-        let a = self.cfg.attention_dim;
-        let w = get("conv1.weight")?.reshape((a, self.cfg.in_channels))?;
-        let b = get("conv1.bias")?.reshape((1, a, 1))?;
-        let mut sum = Tensor::zeros(a, DType::F64, &self.device)?;
-        let mut sum_sq = Tensor::zeros(a, DType::F64, &self.device)?;
-        let mut count = 0usize;
+        // One BatchNorm per part: the whole map, or the coarse and the fine
+        // heads of a fine-grid head, each on its own channels.
+        let fine = self.cfg.fine_channels;
+        let prefixes: &[&str] = if fine > 0 { &["", "fine."] } else { &[""] };
+        let mut parts = prefixes
+            .iter()
+            .map(|prefix| {
+                let c = match *prefix {
+                    "" => self.cfg.in_channels - fine,
+                    _ => fine,
+                };
+                BatchStats::new(
+                    get(&format!("{prefix}conv1.weight"))?,
+                    get(&format!("{prefix}conv1.bias"))?,
+                    c,
+                    &self.device,
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
         for x in batches {
-            let x = x?.flatten_from(2)?; // [B, C, N]
-            let y = pointwise_conv(&x, &w, &b)?; // [B, A, N]
-            let y = y.transpose(0, 1)?.flatten_from(1)?.to_dtype(DType::F64)?; // [A, B*N]
-            count += y.dim(1)?;
-            sum = (sum + y.sum(1)?)?;
-            sum_sq = (sum_sq + y.sqr()?.sum(1)?)?;
+            let x = x?;
+            if fine > 0 {
+                let (coarse, fine_x) = asen_models::split_fine_map(&x, fine)?;
+                parts[0].add(&coarse)?;
+                parts[1].add(&fine_x)?;
+            } else {
+                parts[0].add(&x)?;
+            }
         }
-        if count == 0 {
-            return Ok(());
+        for (prefix, part) in prefixes.iter().zip(parts) {
+            let Some((mean, var)) = part.finish()? else {
+                return Ok(());
+            };
+            for (name, value) in [("running_mean", mean), ("running_var", var)] {
+                data.get(&format!("{prefix}img_bn1.{name}"))
+                    .ok_or_else(|| ModelError::InvalidArgument("head has no img_bn1".into()))?
+                    .set(&value)?;
+            }
         }
-        let n = count as f64;
-        let mean = (&sum / n)?;
-        let var = ((sum_sq / n)? - mean.sqr()?)?
+        Ok(())
+    }
+}
+
+/// Sums of a 1x1 convolution's outputs over batches of maps, per channel.
+struct BatchStats {
+    weight: Tensor,
+    bias: Tensor,
+    sum: Tensor,
+    sum_sq: Tensor,
+    count: usize,
+}
+
+impl BatchStats {
+    /// `weight` `[A, C, 1, 1]` (any shape of `A * C` values), `bias` `[A]`.
+    fn new(weight: Tensor, bias: Tensor, channels: usize, device: &Device) -> Result<Self> {
+        let a = bias.elem_count();
+        Ok(Self {
+            weight: weight.reshape((a, channels))?,
+            bias: bias.reshape((1, a, 1))?,
+            sum: Tensor::zeros(a, DType::F64, device)?,
+            sum_sq: Tensor::zeros(a, DType::F64, device)?,
+            count: 0,
+        })
+    }
+
+    /// Add the outputs on `x` `[B, C, H, W]`.
+    fn add(&mut self, x: &Tensor) -> Result<()> {
+        let x = x.flatten_from(2)?; // [B, C, N]
+        let y = pointwise_conv(&x, &self.weight, &self.bias)?; // [B, A, N]
+        let y = y.transpose(0, 1)?.flatten_from(1)?.to_dtype(DType::F64)?; // [A, B*N]
+        self.count += y.dim(1)?;
+        self.sum = (&self.sum + y.sum(1)?)?;
+        self.sum_sq = (&self.sum_sq + y.sqr()?.sum(1)?)?;
+        Ok(())
+    }
+
+    /// Mean and unbiased variance (f32), `None` when nothing was added.
+    fn finish(self) -> Result<Option<(Tensor, Tensor)>> {
+        if self.count == 0 {
+            return Ok(None);
+        }
+        let n = self.count as f64;
+        let mean = (&self.sum / n)?;
+        let var = ((self.sum_sq / n)? - mean.sqr()?)?
             .affine(n / (n - 1.0).max(1.0), 0.0)?
             .clamp(0.0, f64::INFINITY)?;
-        data.get("img_bn1.running_mean")
-            .ok_or_else(|| ModelError::InvalidArgument("head has no img_bn1".into()))?
-            .set(&mean.to_dtype(DType::F32)?)?;
-        data.get("img_bn1.running_var")
-            .ok_or_else(|| ModelError::InvalidArgument("head has no img_bn1".into()))?
-            .set(&var.to_dtype(DType::F32)?)?;
-        Ok(())
+        Ok(Some((
+            mean.to_dtype(DType::F32)?,
+            var.to_dtype(DType::F32)?,
+        )))
     }
 }
 
@@ -266,6 +327,7 @@ mod tests {
             gate_hidden: 6,
             embedding_dim: 10,
             feature_fc: true,
+            fine_channels: 0,
         }
     }
 

@@ -411,8 +411,11 @@ pub(crate) fn run_epoch(
         let x = features.get(&indices, &device)?;
         let attrs: Vec<u32> = attrs.into_iter().map(|a| a + offset).collect();
         let attr = Tensor::from_vec(attrs, 3 * b, &device)?;
-        let out = head()?.forward(&x, &attr, train_batch_norm)?;
-        let loss = batch_loss(&out.embedding, cfg, dataset, batch, &indices)?;
+        let embeddings = head()?.forward_supervised(&x, &attr, train_batch_norm)?;
+        let mut loss = batch_loss(&embeddings[0], cfg, dataset, batch, &indices)?;
+        for extra in &embeddings[1..] {
+            loss = (loss + batch_loss(extra, cfg, dataset, batch, &indices)?)?;
+        }
         optimizer.backward_step(&loss)?;
         let value = checked_loss(&loss, epoch, s)?;
         loss_sum += f64::from(value) * b as f64;
@@ -475,6 +478,7 @@ pub fn trained_card(
         cfg.head_config(dataset.attributes().len()),
     )?;
     card.colour_histogram = cfg.colour_histogram;
+    card.fine_map = cfg.fine_map;
     card.provenance = trained_provenance(command.as_deref(), notes.as_deref());
     Ok(card)
 }

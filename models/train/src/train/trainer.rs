@@ -46,12 +46,17 @@ pub fn train_head(
         )));
     }
     let (c, _, _) = features.dims();
-    let expected = cfg.backbone.feature_channels(cfg.colour_histogram);
+    let expected = cfg.feature_channels();
     if c != expected {
         return Err(ModelError::InvalidArgument(format!(
-            "feature cache {} has {c} channels, backbone {}{} gives {expected}",
+            "feature cache {} has {c} channels, backbone {}{}{} gives {expected}",
             features.path().display(),
             cfg.backbone,
+            if cfg.fine_map {
+                " on its fine grid"
+            } else {
+                ""
+            },
             if cfg.colour_histogram {
                 " with the colour histogram"
             } else {

@@ -328,7 +328,7 @@ fn folder_ingest_writes_a_jsonl_report() {
 fn unusable_arguments_exit_2_with_one_line() {
     let work = tempfile::tempdir().unwrap();
     std::fs::write(work.path().join("items.csv"), "id,path\na,a.jpg\n").unwrap();
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 6] = [
         (
             &["ingest", "--catalogue", "c", "--csv", "nope.csv"],
             "cannot read csv nope.csv",
@@ -360,6 +360,19 @@ fn unusable_arguments_exit_2_with_one_line() {
                 "--freeze-batch-norm",
             ],
             "--freeze-batch-norm only apply with --finetune",
+        ),
+        (
+            &[
+                "train",
+                "--data",
+                "items.csv",
+                "--out",
+                "run",
+                "--backbone",
+                "efficientnet_lite0",
+                "--fine-map",
+            ],
+            "--fine-map needs --backbone mobilenet_v2 and --head asen_v2",
         ),
     ];
     for (args, expected) in cases {

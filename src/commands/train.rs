@@ -219,6 +219,9 @@ pub fn run(args: TrainArgs, config: &Config) -> anyhow::Result<()> {
     let mut cfg = TrainConfig::new(head, backbone);
     cfg.colour_histogram = args.colour_histogram || file.colour_histogram.unwrap_or(false);
     cfg.fine_map = args.fine_map || file.fine_map.unwrap_or(false);
+    if cfg.fine_map && (backbone.fine_stage().is_none() || head != HeadKind::AsenV2) {
+        bail!("--fine-map needs --backbone mobilenet_v2 and --head asen_v2 (got {backbone} and {head})");
+    }
     cfg.embedding_dim = args.dim.or(file.dim).unwrap_or(cfg.embedding_dim);
     cfg.feature_fc = !(args.no_feature_fc || file.no_feature_fc.unwrap_or(false));
     cfg.attention_dim = args

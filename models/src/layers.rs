@@ -884,14 +884,7 @@ mod tests {
         let fast = dw.forward(&x).unwrap();
         let slow = dw.forward_grouped(&x).unwrap();
         assert_eq!(fast.dims(), slow.dims());
-        let diff = (fast - slow)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = crate::max_abs_diff(&fast, &slow);
         assert!(diff < 1e-5, "{h}x{w} k{k} s{s} {padding:?}: {diff}");
     }
 
@@ -955,14 +948,7 @@ mod tests {
                 let fast = conv.forward(&x).unwrap();
                 let slow = conv.forward_candle(&x).unwrap();
                 assert_eq!(fast.dims(), slow.dims(), "k{k} s{s} {padding:?}");
-                let diff = (fast - slow)
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap();
+                let diff = crate::max_abs_diff(&fast, &slow);
                 // Outputs lie in [0, 6] (ReLU6) and sum up to 7*7*ci products in a
                 // different order: a few f32 ulps of 6 is ~1e-5, so allow 5e-5.
                 assert!(diff < 5e-5, "batch {batch} k{k} s{s} {padding:?}: {diff}");
@@ -977,14 +963,7 @@ mod tests {
         let b = Tensor::randn(0f32, 1.0, (2, 3, 5, 5), &dev).unwrap();
         let want = (&a + &b).unwrap().relu().unwrap();
         let got = add_relu(a.copy().unwrap(), &b).unwrap();
-        let diff = (got - want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = crate::max_abs_diff(&got, &want);
         assert_eq!(diff, 0.0);
     }
 
@@ -1033,14 +1012,7 @@ mod tests {
         let expected =
             candle_nn::ModuleT::forward_t(&bn, &conv.forward(&x).unwrap(), false).unwrap();
         let got = folded.forward(&x).unwrap();
-        let diff = (got - expected)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = crate::max_abs_diff(&got, &expected);
         assert!(diff < 1e-5, "{diff}");
     }
 }

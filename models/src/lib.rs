@@ -86,3 +86,13 @@ pub use preprocess::{
 };
 pub use signature::{CopySignature, CopySignatureSpec, IDENTITY_ATTRIBUTE, SIGNATURE_FILE};
 pub use vector::{cosine, l2_normalize};
+
+/// The largest absolute difference between two tensors of one shape (tests).
+#[cfg(test)]
+pub(crate) fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
+    (a - b)
+        .and_then(|d| d.abs())
+        .and_then(|d| d.max_all())
+        .and_then(|d| d.to_scalar::<f32>())
+        .expect("tensors of one shape")
+}

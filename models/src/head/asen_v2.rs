@@ -475,14 +475,7 @@ mod tests {
             let one = head
                 .forward(&x, &Tensor::new(&[a, a], &Device::Cpu).unwrap(), false)
                 .unwrap();
-            let diff = (&out.embedding - &one.embedding)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let diff = crate::max_abs_diff(&out.embedding, &one.embedding);
             assert!(diff < 1e-5, "attribute {a}: {diff}");
         }
     }

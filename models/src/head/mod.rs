@@ -481,6 +481,15 @@ fn global_average_pool(x: &Tensor) -> Result<Tensor> {
     Ok(x.flatten_from(2)?.mean(2)?)
 }
 
+/// Each map's total weight, for attention maps `[B, H, W]` (tests).
+#[cfg(test)]
+pub(crate) fn map_sums(a: &Tensor) -> Vec<f32> {
+    a.flatten_from(1)
+        .and_then(|m| m.sum(1))
+        .and_then(|m| m.to_vec1::<f32>())
+        .expect("attention maps [B, H, W]")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -547,13 +556,7 @@ mod tests {
                         Some(a) => {
                             assert!(kind.has_attention());
                             assert_eq!(a.dims(), [4, h, w]);
-                            let s = a
-                                .flatten_from(1)
-                                .unwrap()
-                                .sum(1)
-                                .unwrap()
-                                .to_vec1::<f32>()
-                                .unwrap();
+                            let s = map_sums(a);
                             assert!(s.iter().all(|s| (s - 1.0).abs() < 1e-5), "{kind}: {s:?}");
                         }
                         None => assert!(!kind.has_attention()),

@@ -156,6 +156,46 @@ fn asen_v2_learns_the_synthetic_garments_and_attends_to_the_regions() {
             rate * 100.0
         );
     }
+
+    // The saved model embeds photos as training saw them: its card puts the
+    // map on the fine grid, and the attention comes back 12x12.
+    let embedder = asen_models::Embedder::load(
+        &outcome.best_dir,
+        &asen_models::EmbedderOptions {
+            weights_dirs: support::weights_dirs(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let some = &test[..4];
+    let photos: Vec<image::RgbImage> = some
+        .iter()
+        .map(|&i| {
+            image::open(dataset.image_path(i).unwrap())
+                .unwrap()
+                .to_rgb8()
+        })
+        .collect();
+    let collar = dataset.attribute_index("collar").unwrap();
+    let served = embedder.embed_images(&photos, &[collar]).unwrap();
+    let trained = head
+        .forward_attributes(
+            &cache.get(some, &candle_core::Device::Cpu).unwrap(),
+            &[collar],
+        )
+        .unwrap();
+    let trained = trained[0].embedding.to_vec2::<f32>().unwrap();
+    for (image, (served, trained)) in served.iter().zip(&trained).enumerate() {
+        let cosine: f32 = served[0]
+            .vector
+            .iter()
+            .zip(trained)
+            .map(|(a, b)| a * b)
+            .sum();
+        assert!(cosine > 0.999, "test image {image}: cosine {cosine}");
+        let map = served[0].attention.as_ref().unwrap();
+        assert_eq!((map.height, map.width), (12, 12));
+    }
 }
 
 #[test]

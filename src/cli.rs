@@ -418,6 +418,12 @@ pub struct TrainArgs {
     /// (asen_v2 on mobilenet_v2 only; docs/results.md "Region attention").
     #[arg(long)]
     pub fine_map: bool,
+    /// Weight of a prior that keeps at least 0.9 of each attribute's
+    /// attention on the garment (cells unlike the photo's border colour);
+    /// 0 (the default) leaves the attention to the ranking loss
+    /// (docs/results.md "Region attention").
+    #[arg(long, value_name = "WEIGHT")]
+    pub garment_prior: Option<f64>,
     /// Fine-tune the backbone (mobilenet_v2 or efficientnet_lite0) and the head
     /// end to end on the images instead of training the head on cached features.
     #[arg(long)]

@@ -313,6 +313,7 @@ pub struct TrainSettings {
     pub backbone: Option<String>,
     pub colour_histogram: Option<bool>,
     pub fine_map: Option<bool>,
+    pub garment_prior: Option<f64>,
     pub head: Option<String>,
     pub dim: Option<usize>,
     pub no_feature_fc: Option<bool>,

@@ -328,7 +328,7 @@ fn folder_ingest_writes_a_jsonl_report() {
 fn unusable_arguments_exit_2_with_one_line() {
     let work = tempfile::tempdir().unwrap();
     std::fs::write(work.path().join("items.csv"), "id,path\na,a.jpg\n").unwrap();
-    let cases: [(&[&str], &str); 6] = [
+    let cases: [(&[&str], &str); 8] = [
         (
             &["ingest", "--catalogue", "c", "--csv", "nope.csv"],
             "cannot read csv nope.csv",
@@ -373,6 +373,30 @@ fn unusable_arguments_exit_2_with_one_line() {
                 "--fine-map",
             ],
             "--fine-map needs --backbone mobilenet_v2 and --head asen_v2",
+        ),
+        (
+            &[
+                "train",
+                "--data",
+                "items.csv",
+                "--out",
+                "run",
+                "--garment-prior=-0.5",
+            ],
+            "--garment-prior must be a number >= 0, got -0.5",
+        ),
+        (
+            &[
+                "train",
+                "--data",
+                "items.csv",
+                "--out",
+                "run",
+                "--finetune",
+                "--garment-prior",
+                "1",
+            ],
+            "--garment-prior cannot be combined with --finetune",
         ),
     ];
     for (args, expected) in cases {

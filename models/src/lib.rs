@@ -74,7 +74,7 @@ pub use error::{ModelError, Result};
 pub use fingerprint::{fingerprint, FINGERPRINT_CHARS};
 pub use head::{
     l2_normalize_rows, pointwise_conv, split_fine_map, AsenPpGlobal, AsenV1, AsenV2, Csn,
-    GlobalHead, Head, HeadConfig, HeadKind, HeadOutput,
+    GlobalHead, Head, HeadConfig, HeadKind, HeadOutput, Supervised,
 };
 pub use layers::{
     conv2d_taps, conv_bn_folded, depthwise_conv2d_taps, pad_same, same_padding, Activation, Padding,

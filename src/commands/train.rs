@@ -178,6 +178,7 @@ pub fn run(args: TrainArgs, config: &Config) -> anyhow::Result<()> {
             ("--input-size", args.input_size.is_some()),
             ("--colour-histogram", args.colour_histogram),
             ("--fine-map", args.fine_map),
+            ("--garment-prior", args.garment_prior.is_some()),
             ("--finetune", args.finetune),
         ];
         if let Some((flag, _)) = fixed.iter().find(|(_, given)| *given) {
@@ -221,6 +222,13 @@ pub fn run(args: TrainArgs, config: &Config) -> anyhow::Result<()> {
     cfg.fine_map = args.fine_map || file.fine_map.unwrap_or(false);
     if cfg.fine_map && (backbone.fine_stage().is_none() || head != HeadKind::AsenV2) {
         bail!("--fine-map needs --backbone mobilenet_v2 and --head asen_v2 (got {backbone} and {head})");
+    }
+    cfg.garment_prior = args.garment_prior.or(file.garment_prior).unwrap_or(0.0);
+    if !(cfg.garment_prior.is_finite() && cfg.garment_prior >= 0.0) {
+        bail!(
+            "--garment-prior must be a number >= 0, got {}",
+            cfg.garment_prior
+        );
     }
     cfg.embedding_dim = args.dim.or(file.dim).unwrap_or(cfg.embedding_dim);
     cfg.feature_fc = !(args.no_feature_fc || file.no_feature_fc.unwrap_or(false));
@@ -279,8 +287,8 @@ pub fn run(args: TrainArgs, config: &Config) -> anyhow::Result<()> {
             freeze_batch_norm: args.freeze_batch_norm
                 || file.freeze_batch_norm.unwrap_or(defaults.freeze_batch_norm),
         });
-        if cfg.colour_histogram || cfg.fine_map {
-            bail!("--colour-histogram and --fine-map cannot be combined with --finetune");
+        if cfg.colour_histogram || cfg.fine_map || cfg.garment_prior > 0.0 {
+            bail!("--colour-histogram, --fine-map and --garment-prior cannot be combined with --finetune");
         }
     } else {
         if device_name != "cpu" {
@@ -432,6 +440,29 @@ fn show_event(bar: &ProgressBar, cfg: &TrainConfig, event: &TrainEvent) {
         TrainEvent::Step { triplets, loss, .. } => {
             bar.inc(*triplets as u64);
             bar.set_message(format!("loss {loss:.4}"));
+        }
+        TrainEvent::GarmentMasks {
+            done,
+            total,
+            informative,
+        } => {
+            if bar.length() != Some(*total as u64) {
+                bar.reset();
+                bar.set_length(*total as u64);
+                bar.set_prefix("garment masks");
+            }
+            bar.set_position(*done as u64);
+            if done == total {
+                let line = format!(
+                    "garment prior (weight {}): {informative} of {total} images have a garment mask",
+                    cfg.garment_prior
+                );
+                if bar.is_hidden() {
+                    eprintln!("{line}");
+                } else {
+                    bar.println(line);
+                }
+            }
         }
         TrainEvent::Epoch(r) => {
             let line = format!(

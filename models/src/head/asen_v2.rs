@@ -18,7 +18,7 @@ use candle_nn::{BatchNorm, Embedding, Linear, Module, ModuleT, VarBuilder};
 
 use super::{
     attention_pool, check_attribute_list, check_attributes, check_features, l2_normalize_rows,
-    Conv1x1, HeadConfig, HeadKind, HeadOutput,
+    Conv1x1, HeadConfig, HeadKind, HeadOutput, Supervised,
 };
 use crate::error::Result;
 
@@ -337,20 +337,22 @@ impl AsenV2 {
     /// the last layer's map (every cell of which sees the whole garment)
     /// does the work and the fine attention stays anywhere
     /// (docs/results.md, "Region attention").
-    pub fn forward_supervised(
-        &self,
-        x: &Tensor,
-        attr: &Tensor,
-        train: bool,
-    ) -> Result<Vec<Tensor>> {
+    pub fn forward_supervised(&self, x: &Tensor, attr: &Tensor, train: bool) -> Result<Supervised> {
         let Some(fine) = &self.fine else {
-            return Ok(vec![self.coarse.forward(x, attr, train)?.embedding]);
+            let out = self.coarse.forward(x, attr, train)?;
+            return Ok(Supervised {
+                embeddings: vec![out.embedding],
+                attention: out.attention,
+            });
         };
         check_features(HeadKind::AsenV2, x, self.cfg.in_channels)?;
         let (coarse_x, fine_x) = split_fine_map(x, self.cfg.fine_channels)?;
         let (a, _) = self.coarse.forward_raw(&coarse_x, attr, train)?;
-        let (b, _) = fine.forward_raw(&fine_x, attr, train)?;
-        Ok(vec![l2_normalize_rows(&(a + &b)?)?, l2_normalize_rows(&b)?])
+        let (b, attention) = fine.forward_raw(&fine_x, attr, train)?;
+        Ok(Supervised {
+            embeddings: vec![l2_normalize_rows(&(a + &b)?)?, l2_normalize_rows(&b)?],
+            attention: Some(attention),
+        })
     }
 
     /// `x` `[B, C, H, W]` -> one output per attribute (inference; BatchNorm in eval
@@ -480,9 +482,11 @@ mod tests {
         let x = Tensor::randn(0f32, 1.0, (2, 12, 4, 4), &Device::Cpu).unwrap();
         let attr = Tensor::new(&[0u32, 1], &Device::Cpu).unwrap();
         let parts = head.forward_supervised(&x, &attr, true).unwrap();
-        assert_eq!(parts.len(), 2);
-        let whole = head.forward(&x, &attr, true).unwrap().embedding;
-        let diff = (&parts[0] - &whole)
+        assert_eq!(parts.embeddings.len(), 2);
+        let whole = head.forward(&x, &attr, true).unwrap();
+        let attention = parts.attention.expect("the fine head's attention");
+        assert!(crate::max_abs_diff(&attention, &whole.attention.unwrap()) < 1e-6);
+        let diff = (&parts.embeddings[0] - &whole.embedding)
             .unwrap()
             .abs()
             .unwrap()

@@ -242,6 +242,16 @@ pub struct HeadOutput {
     pub attention: Option<Tensor>,
 }
 
+/// A head's outputs for a training step ([`Head::forward_supervised`]).
+#[derive(Debug, Clone)]
+pub struct Supervised {
+    /// f32 `[B, D]` each, L2-normalised: the embeddings a loss sums over.
+    pub embeddings: Vec<Tensor>,
+    /// f32 `[B, H, W]`, each map summing to 1: the attention `explain`
+    /// returns; `None` for heads without spatial attention.
+    pub attention: Option<Tensor>,
+}
+
 /// Any of the five heads, behind one interface.
 #[derive(Debug, Clone)]
 pub enum Head {
@@ -319,18 +329,20 @@ impl Head {
         }
     }
 
-    /// The embeddings a training loss sums over: [`Self::forward`]'s, and
-    /// for a fine-grid ASEN v2 also its fine head's alone
-    /// ([`AsenV2::forward_supervised`]).
-    pub fn forward_supervised(
-        &self,
-        x: &Tensor,
-        attr: &Tensor,
-        train: bool,
-    ) -> Result<Vec<Tensor>> {
+    /// What a training loss reads: the embeddings it sums over
+    /// ([`Self::forward`]'s, and for a fine-grid ASEN v2 also its fine
+    /// head's alone, [`AsenV2::forward_supervised`]) and the attention map
+    /// `explain` would show, for a prior on where it looks.
+    pub fn forward_supervised(&self, x: &Tensor, attr: &Tensor, train: bool) -> Result<Supervised> {
         match self {
             Head::AsenV2(h) => h.forward_supervised(x, attr, train),
-            _ => Ok(vec![self.forward(x, attr, train)?.embedding]),
+            _ => {
+                let out = self.forward(x, attr, train)?;
+                Ok(Supervised {
+                    embeddings: vec![out.embedding],
+                    attention: out.attention,
+                })
+            }
         }
     }
 

@@ -61,8 +61,8 @@ pub use features::{
 };
 pub use train::{
     batch_all_ranking_loss, extend_head, extended_card, extension_config, finetune, train_head,
-    triplet_ranking_loss, EpochRecord, ExtensionHead, FinetuneNetwork, FinetuneSettings, Negatives,
-    ResumeState, Sampling, StepDecay, TrainConfig, TrainEvent, TrainOptions, TrainOutcome,
-    TrainableBackbone, TrainableHead, Triplet, TripletSampler, ATTRIBUTE_ROWS, DEFAULT_MARGIN,
-    STATE_FILE,
+    triplet_ranking_loss, EpochRecord, ExtensionHead, FinetuneNetwork, FinetuneSettings,
+    GarmentPrior, Negatives, ResumeState, Sampling, StepDecay, TrainConfig, TrainEvent,
+    TrainOptions, TrainOutcome, TrainableBackbone, TrainableHead, Triplet, TripletSampler,
+    ATTRIBUTE_ROWS, DEFAULT_MARGIN, GARMENT_TARGET, STATE_FILE,
 };

@@ -64,6 +64,14 @@ pub struct TrainConfig {
     /// head trained on cached features of the frozen backbone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finetune: Option<FinetuneSettings>,
+    /// Weight of the garment prior on the attention ([`crate::GarmentPrior`]);
+    /// 0 leaves the attention to the ranking loss alone.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub garment_prior: f64,
+}
+
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
 }
 
 /// The negatives of the ranking loss.
@@ -122,6 +130,7 @@ impl TrainConfig {
             sampling: Sampling::Paper,
             negatives: Negatives::Sampled,
             finetune: None,
+            garment_prior: 0.0,
         }
     }
 
@@ -172,6 +181,17 @@ impl TrainConfig {
                 "margin must be a finite number >= 0, got {}",
                 self.margin
             )));
+        }
+        if !(self.garment_prior.is_finite() && self.garment_prior >= 0.0) {
+            return Err(ModelError::InvalidArgument(format!(
+                "the garment prior's weight must be a finite number >= 0, got {}",
+                self.garment_prior
+            )));
+        }
+        if self.garment_prior > 0.0 && self.finetune.is_some() {
+            return Err(ModelError::InvalidArgument(
+                "the garment prior trains on cached features; fine-tuning the backbone does not support it".into(),
+            ));
         }
         if !self.feature_fc && self.head != HeadKind::AsenV2 {
             return Err(ModelError::InvalidArgument(format!(

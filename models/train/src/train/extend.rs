@@ -266,6 +266,7 @@ pub fn extend_head(
             &|| head.head(),
             first,
             false,
+            None,
             &mut optimizer,
             progress,
         )?;

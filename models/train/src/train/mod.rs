@@ -4,7 +4,8 @@
 //! fine-tuning of backbone and head (`finetune`, with the trainable backbone
 //! of `backbone`). What both loops share (run records, checkpoint
 //! directories, the trained card, the loss of a batch) is in `run`; the
-//! configuration in `config`; the trainable head in `head`.
+//! configuration in `config`; the trainable head in `head`; the garment
+//! prior on the attention in `prior`.
 
 mod backbone;
 mod config;
@@ -12,6 +13,7 @@ mod extend;
 mod finetune;
 mod head;
 mod loss;
+mod prior;
 mod run;
 mod sampler;
 mod schedule;
@@ -23,6 +25,7 @@ pub use extend::{extend_head, extended_card, extension_config, ExtensionHead, AT
 pub use finetune::{finetune, FinetuneNetwork};
 pub use head::TrainableHead;
 pub use loss::{batch_all_ranking_loss, triplet_ranking_loss, DEFAULT_MARGIN};
+pub use prior::{GarmentPrior, GARMENT_TARGET};
 pub use run::{EpochRecord, ResumeState, TrainEvent, TrainOptions, TrainOutcome, STATE_FILE};
 pub use sampler::{Sampling, Triplet, TripletSampler};
 pub use schedule::StepDecay;

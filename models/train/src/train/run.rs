@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use super::config::{Negatives, TrainConfig};
 use super::loss::{batch_all_ranking_loss, triplet_ranking_loss};
+use super::prior::GarmentPrior;
 use super::sampler::{Triplet, TripletSampler};
 use crate::data::Dataset;
 use crate::eval::RetrievalReport;
@@ -81,6 +82,16 @@ pub enum TrainEvent {
     },
     /// An epoch finished (validation done, checkpoints written).
     Epoch(EpochRecord),
+    /// Garment masks for the attention prior: `done` of `total` images.
+    GarmentMasks {
+        /// Images done.
+        done: usize,
+        /// Images in the dataset.
+        total: usize,
+        /// Images so far whose mask lets the prior act (some cells are
+        /// garment, not all).
+        informative: usize,
+    },
 }
 
 /// How to run a training.
@@ -383,7 +394,7 @@ impl EpochTraining {
 /// then optimiser steps on batches of `cfg.batch_size`, each embedded by the head `head`
 /// builds (rebuilt every step: heads may keep re-laid-out copies of the variables) with the
 /// head's attribute `offset` + the dataset's, BatchNorm on batch statistics when
-/// `train_batch_norm`.
+/// `train_batch_norm`, and the garment `prior` on the attention when given.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn run_epoch(
     epoch: usize,
@@ -392,6 +403,7 @@ pub(crate) fn run_epoch(
     head: &dyn Fn() -> Result<asen_models::Head>,
     offset: u32,
     train_batch_norm: bool,
+    prior: Option<&GarmentPrior>,
     optimizer: &mut candle_nn::AdamW,
     progress: &mut dyn FnMut(&TrainEvent),
 ) -> Result<EpochTraining> {
@@ -411,10 +423,13 @@ pub(crate) fn run_epoch(
         let x = features.get(&indices, &device)?;
         let attrs: Vec<u32> = attrs.into_iter().map(|a| a + offset).collect();
         let attr = Tensor::from_vec(attrs, 3 * b, &device)?;
-        let embeddings = head()?.forward_supervised(&x, &attr, train_batch_norm)?;
-        let mut loss = batch_loss(&embeddings[0], cfg, dataset, batch, &indices)?;
-        for extra in &embeddings[1..] {
+        let out = head()?.forward_supervised(&x, &attr, train_batch_norm)?;
+        let mut loss = batch_loss(&out.embeddings[0], cfg, dataset, batch, &indices)?;
+        for extra in &out.embeddings[1..] {
             loss = (loss + batch_loss(extra, cfg, dataset, batch, &indices)?)?;
+        }
+        if let (Some(prior), Some(attention)) = (prior, &out.attention) {
+            loss = (loss + prior.loss(attention, &indices)?)?;
         }
         optimizer.backward_step(&loss)?;
         let value = checked_loss(&loss, epoch, s)?;

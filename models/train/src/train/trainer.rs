@@ -17,6 +17,7 @@ use candle_core::Device;
 
 use super::config::TrainConfig;
 use super::head::TrainableHead;
+use super::prior::GarmentPrior;
 use super::run::{
     batch_norm_sample, run_epoch, trained_card, RunDirs, TrainEvent, TrainOptions, TrainOutcome,
 };
@@ -97,6 +98,7 @@ pub fn train_head(
     let bn_sample = batch_norm_sample(&train_images, cfg.seed, 2048);
     let eval_batch = opts.eval_batch();
     let card = trained_card(dataset, cfg, opts.command.clone(), opts.notes.clone())?;
+    let prior = garment_prior(dataset, features, cfg, progress);
     for epoch in state.epoch..cfg.epochs {
         let trained = run_epoch(
             epoch,
@@ -105,6 +107,7 @@ pub fn train_head(
             &|| trainable.head(),
             0,
             true,
+            prior.as_ref(),
             &mut optimizer,
             progress,
         )?;
@@ -121,4 +124,31 @@ pub fn train_head(
         progress(&TrainEvent::Epoch(record));
     }
     dirs.outcome(state)
+}
+
+/// The garment prior of `cfg` (none at weight 0), its masks on the grid of
+/// the cached maps.
+fn garment_prior(
+    dataset: &Dataset,
+    features: &FeatureCache,
+    cfg: &TrainConfig,
+    progress: &mut dyn FnMut(&TrainEvent),
+) -> Option<GarmentPrior> {
+    if cfg.garment_prior <= 0.0 {
+        return None;
+    }
+    let (_, h, w) = features.dims();
+    Some(GarmentPrior::from_dataset(
+        dataset,
+        cfg.input_size,
+        (h, w),
+        cfg.garment_prior,
+        &mut |done, total, informative| {
+            progress(&TrainEvent::GarmentMasks {
+                done,
+                total,
+                informative,
+            })
+        },
+    ))
 }

@@ -11,6 +11,7 @@
 mod compact_payload;
 mod compaction;
 mod filter_plan;
+mod key_ranges;
 mod legacy_thumbnails;
 mod payload_index;
 mod reclaim;

@@ -10,6 +10,7 @@ use std::sync::{Mutex, RwLock};
 
 use rayon::prelude::*;
 
+use super::key_ranges::key_ranges;
 use super::records::{self, DumpRecord, ItemRecord, VectorRecord, DUMP_FORMAT_ASEN};
 use super::{
     lock, Catalogue, GraphRecovery, GraphSlot, LiveSet, RebuildProgress, StoreOptions, WriterState,
@@ -154,29 +155,51 @@ pub(crate) fn open_catalogue(
     Ok((cat, report))
 }
 
-/// Item records decoded per parallel step while scanning.
-const SCAN_CHUNK: usize = 16_384;
+/// Item records decoded between two turns of a scanning thread at the live set.
+const SCAN_CHUNK: usize = 4096;
 
-/// The one pass over the item records: fills the live set and its payload index. sled's
-/// iteration is one thread's work; the records are decoded (their JSON payloads parsed) in
-/// parallel a chunk at a time, then entered into the live set in key order.
+/// Threads that scan the item records at once, each its own key range: on a cold page cache
+/// each leaf sled reads waits for the disk, so more scans than cores keep more reads in flight.
+const SCAN_THREADS: usize = 8;
+
+/// The one pass over the item records: fills the live set and its payload index. The key
+/// space is cut into ranges ([`key_ranges`]) that threads scan and decode (parsing the JSON
+/// payloads) at once, entering their records into the live set a chunk at a time (its
+/// contents do not depend on the order).
 fn scan_items(tree: &sled::Tree, attributes: usize) -> Result<LiveSet> {
-    let mut live = LiveSet::new(attributes);
-    let mut raw: Vec<(sled::IVec, sled::IVec)> = Vec::with_capacity(SCAN_CHUNK);
-    let mut iter = tree.scan_prefix([records::ITEM_PREFIX]);
+    let ranges = key_ranges(tree, records::ITEM_PREFIX, SCAN_THREADS)?;
+    let live = Mutex::new(LiveSet::new(attributes));
+    std::thread::scope(|s| {
+        let scans: Vec<_> = ranges
+            .iter()
+            .map(|range| s.spawn(|| scan_range(tree, range, &live)))
+            .collect();
+        scans
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect::<Result<()>>()
+    })?;
+    Ok(live.into_inner().unwrap_or_else(|p| p.into_inner()))
+}
+
+/// The item records of `[lo, hi)` into `live`.
+fn scan_range(
+    tree: &sled::Tree,
+    (lo, hi): &(Vec<u8>, Vec<u8>),
+    live: &Mutex<LiveSet>,
+) -> Result<()> {
+    let mut chunk = Vec::with_capacity(SCAN_CHUNK);
+    let mut iter = tree.range(lo.as_slice()..hi.as_slice());
     loop {
-        raw.clear();
         for kv in iter.by_ref().take(SCAN_CHUNK) {
-            raw.push(kv?);
+            let (k, v) = kv?;
+            chunk.push(decode_item(&k, &v)?);
         }
-        if raw.is_empty() {
-            return Ok(live);
+        if chunk.is_empty() {
+            return Ok(());
         }
-        let decoded: Vec<(ItemRecord, crate::types::ItemId)> = raw
-            .par_iter()
-            .map(|(k, v)| decode_item(k, v))
-            .collect::<Result<_>>()?;
-        for (r, id) in decoded {
+        let mut live = lock(live);
+        for (r, id) in chunk.drain(..) {
             live.insert(r.iid, id, r.mask, &r.payload);
         }
     }

@@ -66,9 +66,20 @@ fn train(dataset: &Dataset, cache: &FeatureCache, prior: f64, out: &std::path::P
     cfg.batch_size = 32;
     cfg.schedule = StepDecay::new(1e-3, 0.5, 2).unwrap();
     cfg.garment_prior = prior;
-    train_head(dataset, cache, &cfg, out, &TrainOptions::default(), &mut |_| {}).unwrap();
+    train_head(
+        dataset,
+        cache,
+        &cfg,
+        out,
+        &TrainOptions::default(),
+        &mut |_| {},
+    )
+    .unwrap();
     let model = asen_models::ModelDir::load(&out.join("last")).unwrap();
-    let head = TrainableHead::load(&model, &Device::Cpu).unwrap().head().unwrap();
+    let head = TrainableHead::load(&model, &Device::Cpu)
+        .unwrap()
+        .head()
+        .unwrap();
     garment_mass(&head, dataset, cache)
 }
 

@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Mutex, RwLock};
 
-use rayon::prelude::*;
 
 use super::key_ranges::key_ranges;
 use super::records::{self, DumpRecord, ItemRecord, VectorRecord, DUMP_FORMAT_ASEN};
@@ -82,21 +81,26 @@ pub(crate) fn open_catalogue(
     };
     let dump_dir = dump_root(store_dir, id);
     // The scan of the item records and the reads of the dumps need nothing from each other, so
-    // they overlap; the dumps are read in parallel (each read is one pass over its files).
+    // they overlap, and every dump is read by a thread of its own (each read is one pass over
+    // its files): on a cold page cache the threads wait for the disk more than they compute.
     // Replays and rebuilds then run one attribute at a time, with their progress reports.
-    let (live, dumps) = rayon::join(
-        || scan_items(&tree, schema.attributes.len()),
-        || {
-            schema
-                .attributes
-                .par_iter()
-                .enumerate()
-                .map(|(a, attribute)| {
-                    load_dump(&tree, &dump_dir, a, attribute, &schema, sequence, next_iid)
-                })
-                .collect::<Result<Vec<_>>>()
-        },
-    );
+    let (live, dumps) = std::thread::scope(|s| {
+        let loads: Vec<_> = schema
+            .attributes
+            .iter()
+            .enumerate()
+            .map(|(a, attribute)| {
+                let (tree, dump_dir, schema) = (&tree, &dump_dir, &schema);
+                s.spawn(move || load_dump(tree, dump_dir, a, attribute, schema, sequence, next_iid))
+            })
+            .collect();
+        let live = scan_items(&tree, schema.attributes.len());
+        let dumps = loads
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect::<Result<Vec<_>>>();
+        (live, dumps)
+    });
     let (live, dumps) = (live?, dumps?);
     let mut graphs = Vec::new();
     let mut report = Vec::new();

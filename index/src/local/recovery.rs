@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Mutex, RwLock};
 
-
 use super::key_ranges::key_ranges;
 use super::records::{self, DumpRecord, ItemRecord, VectorRecord, DUMP_FORMAT_ASEN};
 use super::{
@@ -180,8 +179,7 @@ fn scan_items(tree: &sled::Tree, attributes: usize) -> Result<LiveSet> {
             .collect();
         scans
             .into_iter()
-            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-            .collect::<Result<()>>()
+            .try_for_each(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
     })?;
     Ok(live.into_inner().unwrap_or_else(|p| p.into_inner()))
 }

@@ -84,7 +84,7 @@ impl GarmentPrior {
     /// A prior from masks given directly, `cells` per image (a mask that
     /// marks no cell or every cell never acts, as in [`Self::from_dataset`]).
     pub fn from_masks(cells: usize, masks: &[bool], weight: f64) -> Self {
-        assert!(cells > 0 && masks.len() % cells == 0);
+        assert!(cells > 0 && masks.len().is_multiple_of(cells));
         let mut flat = Vec::with_capacity(masks.len());
         let informative = masks
             .chunks(cells)

@@ -4,7 +4,8 @@
 //!
 //! ```text
 //! cargo bench --bench backbones   # ASEN_BENCH_SECS=3 per cell; ASEN_BENCH_ONLY=mobilenet_v2 for one
-//!                                 # network, ASEN_BENCH_BATCH=1 (or 16) for one batch size
+//!                                 # network, ASEN_BENCH_BATCH=1 (or 16) for one batch size,
+//!                                 # ASEN_BENCH_MODEL=DIR to bench a model directory as "shipped"
 //! ```
 //! ResNet-50 uses the golden v1 checkpoint's backbone when `../shared` is
 //! present, otherwise random weights (timing does not depend on the values).
@@ -78,10 +79,12 @@ fn asen_v1(device: &Device) -> Option<(Backbone, Head)> {
     Some((backbone, head))
 }
 
-/// The shipped model (`models/default`): MobileNetV2, the colour
-/// histogram and the ASEN v2 head for each of its attributes.
+/// The shipped model (`models/default`, or the model directory
+/// `ASEN_BENCH_MODEL` names): MobileNetV2, the colour histogram and the ASEN
+/// v2 head for each of its attributes.
 fn shipped(device: &Device) -> Option<Embedder> {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/models/default");
+    let dir = std::env::var("ASEN_BENCH_MODEL")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/models/default").into());
     let opts = EmbedderOptions {
         device: device.clone(),
         weights_dirs: vec![concat!(env!("CARGO_MANIFEST_DIR"), "/models/weights").into()],
@@ -171,13 +174,17 @@ fn main() {
             Some(embedder) => {
                 let embedder = embedder.with_kernels(kernels).expect("kernel path");
                 let attributes: Vec<usize> = (0..8).collect();
-                record(SHIPPED, "models/default", &|x| {
+                let weights: &'static str = match std::env::var("ASEN_BENCH_MODEL") {
+                    Ok(dir) => Box::leak(dir.into_boxed_str()),
+                    Err(_) => "models/default",
+                };
+                record(SHIPPED, weights, &|x| {
                     let out = embedder.embed_normalised(x, &attributes).expect("embed");
                     std::hint::black_box(out);
                     Tensor::zeros(1, DType::F32, &device).expect("token")
                 });
             }
-            None => eprintln!("SKIP {SHIPPED}: models/default did not load"),
+            None => eprintln!("SKIP {SHIPPED}: the model directory did not load"),
         }
     }
     if let Ok(path) = std::env::var("ASEN_BENCH_JSON") {

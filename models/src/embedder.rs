@@ -78,7 +78,7 @@ pub struct Embedder {
     head: Head,
     /// The head compiled for the CPU engine (a snapshot of its weights taken
     /// when this embedder was built), where the engine has a kernel for it.
-    head_engine: Option<std::sync::Arc<crate::cpu::DotProductEngine>>,
+    head_engine: Option<std::sync::Arc<crate::cpu::HeadEngine>>,
     signature: Option<CopySignature>,
     device: Device,
     batch_size: usize,
@@ -433,15 +433,15 @@ impl Embedder {
     /// [`Head::forward_attributes`] on the CPU engine, from the feature maps.
     fn engine_head(
         &self,
-        engine: &crate::cpu::DotProductEngine,
+        engine: &crate::cpu::HeadEngine,
         feats: &Tensor,
         attrs: &[usize],
     ) -> Result<Vec<crate::HeadOutput>> {
-        let (b, _, h, w) = feats.dims4()?;
+        let (b, c, h, w) = feats.dims4()?;
         let kernels = self.backbone.kernels();
-        let (emb, attn) = crate::backbone::with_cpu_f32(feats, |x| {
-            engine.forward(kernels, x, (b, h * w), attrs)
-        })?;
+        let s = crate::cpu::MapShape { b, h, w, c };
+        let (emb, attn) =
+            crate::backbone::with_cpu_f32(feats, |x| engine.forward(kernels, x, s, attrs))?;
         head_outputs(
             &emb,
             &attn,
@@ -467,7 +467,7 @@ impl Embedder {
                     Vec::new()
                 } else {
                     let kernels = self.backbone.kernels();
-                    let (emb, attn) = engine.forward_rows(kernels, &rows, (s.b, n_pix), heads);
+                    let (emb, attn) = engine.forward_rows(kernels, &rows, s, heads);
                     let sizes = (heads.len(), engine.dim());
                     head_outputs(&emb, &attn, (s.b, s.h, s.w), sizes, x.device())?
                 };
@@ -605,7 +605,7 @@ fn load_backbone(
 fn head_engine(
     head: &Head,
     device: &Device,
-) -> Result<Option<std::sync::Arc<crate::cpu::DotProductEngine>>> {
+) -> Result<Option<std::sync::Arc<crate::cpu::HeadEngine>>> {
     if !device.is_cpu() {
         return Ok(None);
     }

@@ -149,7 +149,9 @@ impl DotProductEngine {
                 c,
             };
             nchw_to_nhwc(Exec::Parallel, x, shape, &mut rows);
-            self.forward_in_pool(path, &rows, (b, n_pix), attrs)
+            let (mut out, attn) = self.forward_in_pool(path, &rows, (b, n_pix), attrs);
+            l2_normalise_rows(&mut out, self.dim());
+            (out, attn)
         })
     }
 
@@ -161,9 +163,26 @@ impl DotProductEngine {
         (b, n_pix): (usize, usize),
         attrs: &[usize],
     ) -> (Vec<f32>, Vec<f32>) {
+        super::map::on_pool(|| {
+            let (mut out, attn) = self.forward_in_pool(path, rows, (b, n_pix), attrs);
+            l2_normalise_rows(&mut out, self.dim());
+            (out, attn)
+        })
+    }
+
+    /// [`Self::forward_rows`] before the L2 normalisation: what a
+    /// fine-grid ASEN v2 sums over its two heads.
+    pub(crate) fn forward_rows_raw(
+        &self,
+        path: KernelPath,
+        rows: &[f32],
+        (b, n_pix): (usize, usize),
+        attrs: &[usize],
+    ) -> (Vec<f32>, Vec<f32>) {
         super::map::on_pool(|| self.forward_in_pool(path, rows, (b, n_pix), attrs))
     }
 
+    /// The head's outputs before the L2 normalisation, and the attention.
     fn forward_in_pool(
         &self,
         path: KernelPath,
@@ -246,7 +265,7 @@ impl DotProductEngine {
         );
         map_in_place(path, &mut gate, sigmoid);
         gate.iter_mut().zip(&pooled).for_each(|(g, &v)| *g *= v);
-        let mut out = match &self.feature_fc {
+        let out = match &self.feature_fc {
             Some((fc, bias)) => {
                 let mut out = vec![0f32; m * bias.len()];
                 gemm(
@@ -261,11 +280,15 @@ impl DotProductEngine {
             }
             None => gate,
         };
-        for row in out.chunks_exact_mut(self.dim()) {
-            let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
-            row.iter_mut().for_each(|v| *v /= norm);
-        }
         (out, attn)
+    }
+}
+
+/// Each row of `dim` values divided by its L2 norm (at least 1e-12).
+pub(crate) fn l2_normalise_rows(values: &mut [f32], dim: usize) {
+    for row in values.chunks_exact_mut(dim) {
+        let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
+        row.iter_mut().for_each(|v| *v /= norm);
     }
 }
 

@@ -25,6 +25,7 @@ mod kernels;
 mod map;
 mod math;
 mod net;
+mod two_grid;
 
 pub(crate) use bottleneck::Bottleneck;
 pub(crate) use colour::colour_histogram;
@@ -34,3 +35,4 @@ pub(crate) use head::{DotProductEngine, DotProductWeights};
 pub use kernels::KernelPath;
 pub(crate) use map::{on_pool_awake, MapShape};
 pub(crate) use net::{CpuNet, Layer, Layout};
+pub(crate) use two_grid::HeadEngine;

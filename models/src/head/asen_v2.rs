@@ -368,13 +368,19 @@ impl AsenV2 {
         split_attributes(&l2_normalize_rows(&(a + f)?)?, &attention, (b, h, w))
     }
 
-    /// The CPU engine's weights; `None` with a fine grid (the engine has no
-    /// kernel for the two heads: they run on candle's ops).
-    pub(crate) fn engine_weights(&self) -> Result<Option<crate::cpu::DotProductWeights>> {
-        match self.fine {
-            Some(_) => Ok(None),
-            None => Ok(Some(self.coarse.engine_weights()?)),
-        }
+    /// The head compiled for the CPU engine: one dot-product head, or with a
+    /// fine grid the two.
+    pub(crate) fn cpu_engine(&self) -> Result<crate::cpu::HeadEngine> {
+        use crate::cpu::{DotProductEngine, HeadEngine};
+        let coarse = DotProductEngine::new(self.coarse.engine_weights()?);
+        Ok(match &self.fine {
+            None => HeadEngine::Single(Box::new(coarse)),
+            Some(fine) => HeadEngine::TwoGrid {
+                coarse: Box::new(coarse),
+                fine: Box::new(DotProductEngine::new(fine.engine_weights()?)),
+                fine_channels: self.cfg.fine_channels,
+            },
+        })
     }
 }
 
@@ -448,6 +454,52 @@ mod tests {
             HeadConfig::infer(HeadKind::AsenV2, &tensors).unwrap(),
             fine_cfg()
         );
+    }
+
+    #[test]
+    fn the_cpu_engine_runs_both_heads_as_candle_does() {
+        let (_, head) = fine_head();
+        let engine = head.cpu_engine().unwrap();
+        // An odd fine grid: the last layer's grid is 3x3.
+        let (b, c, h, w) = (2, 12, 5, 6);
+        let x = Tensor::randn(0f32, 1.0, (b, c, h, w), &Device::Cpu).unwrap();
+        let attrs = [2, 0];
+        let want = head.forward_attributes(&x, &attrs).unwrap();
+        let flat: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
+        for path in crate::KernelPath::available() {
+            if path == crate::KernelPath::CandleOps {
+                continue;
+            }
+            let s = crate::cpu::MapShape { b, h, w, c };
+            let (emb, attn) = engine.forward(path, &flat, s, &attrs);
+            for (j, out) in want.iter().enumerate() {
+                let e: Vec<Vec<f32>> = out.embedding.to_vec2().unwrap();
+                let a: Vec<Vec<f32>> = out
+                    .attention
+                    .as_ref()
+                    .unwrap()
+                    .flatten_from(1)
+                    .unwrap()
+                    .to_vec2()
+                    .unwrap();
+                for i in 0..b {
+                    let d = engine.dim();
+                    let got_e = &emb[(i * attrs.len() + j) * d..][..d];
+                    let got_a = &attn[(i * attrs.len() + j) * h * w..][..h * w];
+                    let diff = got_e
+                        .iter()
+                        .zip(&e[i])
+                        .chain(got_a.iter().zip(&a[i]))
+                        .map(|(x, y)| (x - y).abs())
+                        .fold(0f32, f32::max);
+                    assert!(
+                        diff < 1e-5,
+                        "{path} image {i} attribute {}: {diff}",
+                        attrs[j]
+                    );
+                }
+            }
+        }
     }
 
     #[test]

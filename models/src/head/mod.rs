@@ -271,16 +271,14 @@ impl Head {
     /// The head compiled for the CPU engine, for the kinds it has a kernel
     /// for (the dot-product heads: ASEN v2 and the ASEN++ global branch): a
     /// snapshot of the current weights.
-    pub(crate) fn cpu_engine(&self) -> Result<Option<crate::cpu::DotProductEngine>> {
-        let weights = match self {
-            Head::AsenV2(h) => match h.engine_weights()? {
-                Some(w) => w,
-                None => return Ok(None),
-            },
-            Head::AsenPpGlobal(h) => h.engine_weights()?,
-            _ => return Ok(None),
-        };
-        Ok(Some(crate::cpu::DotProductEngine::new(weights)))
+    pub(crate) fn cpu_engine(&self) -> Result<Option<crate::cpu::HeadEngine>> {
+        Ok(match self {
+            Head::AsenV2(h) => Some(h.cpu_engine()?),
+            Head::AsenPpGlobal(h) => Some(crate::cpu::HeadEngine::Single(Box::new(
+                crate::cpu::DotProductEngine::new(h.engine_weights()?),
+            ))),
+            _ => None,
+        })
     }
 
     /// Build a head of `kind` with parameters from `vb` (a checkpoint or a `VarMap`).

@@ -8,8 +8,8 @@ mod support;
 
 use asen_models::{BackboneKind, HeadKind, PreprocessConfig};
 use asen_train::{
-    dataset_features, garment_cells, load_crop, train_head, Dataset, FeatureCache, FeatureOptions,
-    Split, StepDecay, SyntheticConfig, TrainConfig, TrainOptions, TrainableHead,
+    garment_cells, load_crop, train_head, Dataset, FeatureCache, Split, StepDecay, TrainConfig,
+    TrainOptions, TrainableHead,
 };
 use candle_core::Device;
 
@@ -85,23 +85,9 @@ fn train(dataset: &Dataset, cache: &FeatureCache, prior: f64, out: &std::path::P
 
 #[test]
 fn the_garment_prior_moves_the_attention_onto_the_garment() {
-    let synthetic = asen_train::generate_synthetic(&SyntheticConfig {
-        size: 96,
-        train: 120,
-        valid: 30,
-        test: 30,
-        seed: 3,
-        ..SyntheticConfig::default()
-    })
-    .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let dataset = synthetic.write(dir.path().join("data")).unwrap();
-    let mut fopts = FeatureOptions::new(BackboneKind::MobileNetV2);
-    fopts.weights_dirs = support::weights_dirs();
-    fopts.input_size = SIZE;
-    let cache = dataset_features(&dataset, &dir.path().join("cache.bin"), &fopts, &|_, _| {})
-        .unwrap()
-        .cache;
+    let (_, dataset) = support::synthetic(dir.path(), 96, (120, 30, 30), 3);
+    let cache = support::mobilenet_features(&dataset, dir.path(), SIZE, false).cache;
     let without = train(&dataset, &cache, 0.0, &dir.path().join("without"));
     let with = train(&dataset, &cache, 2.0, &dir.path().join("with"));
     eprintln!("attention on the garment: {without:.3} without the prior, {with:.3} with it");

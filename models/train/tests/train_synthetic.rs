@@ -23,25 +23,11 @@ use asen_train::{
 
 #[test]
 fn asen_v2_learns_the_synthetic_garments_and_attends_to_the_regions() {
-    let synthetic = asen_train::generate_synthetic(&SyntheticConfig {
-        size: 96,
-        train: 360,
-        valid: 80,
-        test: 80,
-        seed: 5,
-        ..SyntheticConfig::default()
-    })
-    .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let dataset = synthetic.write(dir.path().join("data")).unwrap();
+    let (synthetic, dataset) = support::synthetic(dir.path(), 96, (360, 80, 80), 5);
 
     // 192 px input: MobileNetV2's last layer is 6x6, its stride-16 stage 12x12.
-    let mut fopts = FeatureOptions::new(BackboneKind::MobileNetV2);
-    fopts.weights_dirs = support::weights_dirs();
-    fopts.input_size = 192;
-    fopts.fine_map = true;
-    let features =
-        dataset_features(&dataset, &dir.path().join("cache.bin"), &fopts, &|_, _| {}).unwrap();
+    let features = support::mobilenet_features(&dataset, dir.path(), 192, true);
     assert!(features.bad_images.is_empty());
     let cache = features.cache;
     assert_eq!(cache.dims(), (1280 + 96, 12, 12));
@@ -200,23 +186,9 @@ fn asen_v2_learns_the_synthetic_garments_and_attends_to_the_regions() {
 
 #[test]
 fn a_resumed_run_continues_where_it_stopped() {
-    let synthetic = asen_train::generate_synthetic(&SyntheticConfig {
-        size: 64,
-        train: 60,
-        valid: 20,
-        test: 20,
-        seed: 8,
-        ..SyntheticConfig::default()
-    })
-    .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let dataset = synthetic.write(dir.path().join("data")).unwrap();
-    let mut fopts = FeatureOptions::new(BackboneKind::MobileNetV2);
-    fopts.weights_dirs = support::weights_dirs();
-    fopts.input_size = 64;
-    let cache = dataset_features(&dataset, &dir.path().join("cache.bin"), &fopts, &|_, _| {})
-        .unwrap()
-        .cache;
+    let (_, dataset) = support::synthetic(dir.path(), 64, (60, 20, 20), 8);
+    let cache = support::mobilenet_features(&dataset, dir.path(), 64, false).cache;
     let mut cfg = TrainConfig::new(HeadKind::AsenV1, BackboneKind::MobileNetV2);
     cfg.input_size = 64;
     cfg.embedding_dim = 16;

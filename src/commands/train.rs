@@ -429,6 +429,16 @@ fn epoch_bar() -> ProgressBar {
     bar
 }
 
+/// One line above `bar`; a hidden bar (no terminal) drops `println`, so
+/// straight to stderr then.
+fn print_line(bar: &ProgressBar, line: String) {
+    if bar.is_hidden() {
+        eprintln!("{line}");
+    } else {
+        bar.println(line);
+    }
+}
+
 /// Follow a training event on `bar`; one line per finished epoch.
 fn show_event(bar: &ProgressBar, cfg: &TrainConfig, event: &TrainEvent) {
     match event {
@@ -453,15 +463,13 @@ fn show_event(bar: &ProgressBar, cfg: &TrainConfig, event: &TrainEvent) {
             }
             bar.set_position(*done as u64);
             if done == total {
-                let line = format!(
-                    "garment prior (weight {}): {informative} of {total} images have a garment mask",
-                    cfg.garment_prior
+                print_line(
+                    bar,
+                    format!(
+                        "garment prior (weight {}): {informative} of {total} images have a garment mask",
+                        cfg.garment_prior
+                    ),
                 );
-                if bar.is_hidden() {
-                    eprintln!("{line}");
-                } else {
-                    bar.println(line);
-                }
             }
         }
         TrainEvent::Epoch(r) => {
@@ -474,12 +482,7 @@ fn show_event(bar: &ProgressBar, cfg: &TrainConfig, event: &TrainEvent) {
                 r.triplets_per_s,
                 r.seconds
             );
-            // A hidden bar (no terminal) drops println: print directly then.
-            if bar.is_hidden() {
-                eprintln!("{line}");
-            } else {
-                bar.println(line);
-            }
+            print_line(bar, line);
         }
     }
 }

@@ -14,7 +14,7 @@ use rayon::prelude::*;
 
 use super::gemm::{gemm, Epilogue, PackedB, Rows};
 use super::kernels::KernelPath;
-use super::map::{nchw_to_nhwc, Exec, MapShape};
+use super::map::Exec;
 use super::math::{map_in_place, sigmoid, tanh};
 use crate::layers::Activation;
 
@@ -128,34 +128,9 @@ impl DotProductEngine {
             .map_or(self.channels, |(_, b)| b.len())
     }
 
-    /// `x` `[B, C, N]` (NCHW flattened) for the attributes `attrs` (valid
-    /// indices): L2-normalised embeddings `[B, n, D]` and attention `[B, n, N]`.
-    pub(crate) fn forward(
-        &self,
-        path: KernelPath,
-        x: &[f32],
-        (b, n_pix): (usize, usize),
-        attrs: &[usize],
-    ) -> (Vec<f32>, Vec<f32>) {
-        super::map::on_pool(|| {
-            let c = self.channels;
-            assert_eq!(x.len(), b * c * n_pix);
-            // Pixels as rows: [B * N, C].
-            let mut rows = vec![0f32; b * n_pix * c];
-            let shape = MapShape {
-                b,
-                h: 1,
-                w: n_pix,
-                c,
-            };
-            nchw_to_nhwc(Exec::Parallel, x, shape, &mut rows);
-            let (mut out, attn) = self.forward_in_pool(path, &rows, (b, n_pix), attrs);
-            l2_normalise_rows(&mut out, self.dim());
-            (out, attn)
-        })
-    }
-
-    /// [`Self::forward`] of the same maps as pixel rows, `[B * N, C]`.
+    /// The maps as pixel rows `[B * N, C]`, for the attributes `attrs`
+    /// (valid indices): L2-normalised embeddings `[B, n, D]` and attention
+    /// `[B, n, N]`.
     pub(crate) fn forward_rows(
         &self,
         path: KernelPath,

@@ -72,19 +72,15 @@ impl HeadEngine {
         s: MapShape,
         attrs: &[usize],
     ) -> (Vec<f32>, Vec<f32>) {
-        match self {
-            HeadEngine::Single(e) => e.forward(path, x, (s.b, s.h * s.w), attrs),
-            HeadEngine::TwoGrid { .. } => {
-                let mut rows = vec![0f32; x.len()];
-                let as_rows = MapShape {
-                    h: 1,
-                    w: s.h * s.w,
-                    ..s
-                };
-                super::map::on_pool(|| nchw_to_nhwc(Exec::Parallel, x, as_rows, &mut rows));
-                self.forward_rows(path, &rows, s, attrs)
-            }
-        }
+        assert_eq!(x.len(), s.len());
+        let mut rows = vec![0f32; x.len()];
+        let as_rows = MapShape {
+            h: 1,
+            w: s.h * s.w,
+            ..s
+        };
+        super::map::on_pool(|| nchw_to_nhwc(Exec::Parallel, x, as_rows, &mut rows));
+        self.forward_rows(path, &rows, s, attrs)
     }
 }
 

@@ -320,14 +320,27 @@ impl AsenV2 {
         let Some(fine) = &self.fine else {
             return self.coarse.forward(x, attr, train);
         };
-        check_features(HeadKind::AsenV2, x, self.cfg.in_channels)?;
-        let (coarse_x, fine_x) = split_fine_map(x, self.cfg.fine_channels)?;
-        let (a, _) = self.coarse.forward_raw(&coarse_x, attr, train)?;
-        let (b, attention) = fine.forward_raw(&fine_x, attr, train)?;
+        let (a, b, attention) = self.both_raw(fine, x, attr, train)?;
         Ok(HeadOutput {
             embedding: l2_normalize_rows(&(a + b)?)?,
             attention: Some(attention),
         })
+    }
+
+    /// A fine-grid head's two raw outputs on `x` (coarse, fine) and the fine
+    /// head's attention.
+    fn both_raw(
+        &self,
+        fine: &DotProductHead,
+        x: &Tensor,
+        attr: &Tensor,
+        train: bool,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        check_features(HeadKind::AsenV2, x, self.cfg.in_channels)?;
+        let (coarse_x, fine_x) = split_fine_map(x, self.cfg.fine_channels)?;
+        let (a, _) = self.coarse.forward_raw(&coarse_x, attr, train)?;
+        let (b, attention) = fine.forward_raw(&fine_x, attr, train)?;
+        Ok((a, b, attention))
     }
 
     /// The embeddings a training loss is summed over: [`Self::forward`]'s,
@@ -345,10 +358,7 @@ impl AsenV2 {
                 attention: out.attention,
             });
         };
-        check_features(HeadKind::AsenV2, x, self.cfg.in_channels)?;
-        let (coarse_x, fine_x) = split_fine_map(x, self.cfg.fine_channels)?;
-        let (a, _) = self.coarse.forward_raw(&coarse_x, attr, train)?;
-        let (b, attention) = fine.forward_raw(&fine_x, attr, train)?;
+        let (a, b, attention) = self.both_raw(fine, x, attr, train)?;
         Ok(Supervised {
             embeddings: vec![l2_normalize_rows(&(a + &b)?)?, l2_normalize_rows(&b)?],
             attention: Some(attention),
@@ -538,13 +548,7 @@ mod tests {
         let whole = head.forward(&x, &attr, true).unwrap();
         let attention = parts.attention.expect("the fine head's attention");
         assert!(crate::max_abs_diff(&attention, &whole.attention.unwrap()) < 1e-6);
-        let diff = (&parts.embeddings[0] - &whole.embedding)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap();
-        assert!(diff.to_scalar::<f32>().unwrap() < 1e-5);
+        assert!(crate::max_abs_diff(&parts.embeddings[0], &whole.embedding) < 1e-5);
     }
 
     #[test]

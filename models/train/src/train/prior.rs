@@ -69,7 +69,7 @@ impl GarmentPrior {
                 })
                 .collect();
             for mask in chunk {
-                informative += usize::from(push_mask(&mut masks, cells, mask));
+                informative += usize::from(push_mask(&mut masks, cells, mask.as_deref()));
             }
             progress(end, n, informative);
         }
@@ -88,7 +88,7 @@ impl GarmentPrior {
         let mut flat = Vec::with_capacity(masks.len());
         let informative = masks
             .chunks(cells)
-            .filter(|m| push_mask(&mut flat, cells, Some(m.to_vec())))
+            .filter(|m| push_mask(&mut flat, cells, Some(m)))
             .count();
         Self {
             cells,
@@ -118,16 +118,11 @@ impl GarmentPrior {
         let shortfall = (GARMENT_TARGET - mass)?.relu()?;
         Ok((shortfall.mean_all()? * self.weight)?)
     }
-
-    /// Cells per map.
-    pub fn cells(&self) -> usize {
-        self.cells
-    }
 }
 
 /// Appends `mask` (1 for garment) to `masks`, or all ones when it says
 /// nothing; returns whether it lets the prior act.
-fn push_mask(masks: &mut Vec<f32>, cells: usize, mask: Option<Vec<bool>>) -> bool {
+fn push_mask(masks: &mut Vec<f32>, cells: usize, mask: Option<&[bool]>) -> bool {
     match mask.filter(|m| m.iter().any(|&g| g) && !m.iter().all(|&g| g)) {
         Some(m) => {
             masks.extend(m.iter().map(|&g| if g { 1f32 } else { 0.0 }));

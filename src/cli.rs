@@ -424,6 +424,12 @@ pub struct TrainArgs {
     /// (docs/results.md "Region attention").
     #[arg(long, value_name = "WEIGHT")]
     pub garment_prior: Option<f64>,
+    /// Let the shown attention (the fine head's with --fine-map) learn a
+    /// bias per attribute and map cell: where each attribute tends to be in
+    /// the photo, learnt from the ranking loss (asen_v2 only; the model then
+    /// embeds at its own input size only; docs/results.md "A position bias").
+    #[arg(long)]
+    pub position_bias: bool,
     /// Fine-tune the backbone (mobilenet_v2 or efficientnet_lite0) and the head
     /// end to end on the images instead of training the head on cached features.
     #[arg(long)]

@@ -314,6 +314,7 @@ pub struct TrainSettings {
     pub colour_histogram: Option<bool>,
     pub fine_map: Option<bool>,
     pub garment_prior: Option<f64>,
+    pub position_bias: Option<bool>,
     pub head: Option<String>,
     pub dim: Option<usize>,
     pub no_feature_fc: Option<bool>,

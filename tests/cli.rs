@@ -328,7 +328,7 @@ fn folder_ingest_writes_a_jsonl_report() {
 fn unusable_arguments_exit_2_with_one_line() {
     let work = tempfile::tempdir().unwrap();
     std::fs::write(work.path().join("items.csv"), "id,path\na,a.jpg\n").unwrap();
-    let cases: [(&[&str], &str); 8] = [
+    let cases: [(&[&str], &str); 9] = [
         (
             &["ingest", "--catalogue", "c", "--csv", "nope.csv"],
             "cannot read csv nope.csv",
@@ -397,6 +397,19 @@ fn unusable_arguments_exit_2_with_one_line() {
                 "1",
             ],
             "--garment-prior cannot be combined with --finetune",
+        ),
+        (
+            &[
+                "train",
+                "--data",
+                "items.csv",
+                "--out",
+                "run",
+                "--head",
+                "asen_v1",
+                "--position-bias",
+            ],
+            "--position-bias needs --head asen_v2 (got asen_v1)",
         ),
     ];
     for (args, expected) in cases {

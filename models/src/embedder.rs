@@ -440,6 +440,7 @@ impl Embedder {
         let (b, c, h, w) = feats.dims4()?;
         let kernels = self.backbone.kernels();
         let s = crate::cpu::MapShape { b, h, w, c };
+        engine.check_cells(h * w)?;
         let (emb, attn) =
             crate::backbone::with_cpu_f32(feats, |x| engine.forward(kernels, x, s, attrs))?;
         head_outputs(
@@ -467,6 +468,7 @@ impl Embedder {
                     Vec::new()
                 } else {
                     let kernels = self.backbone.kernels();
+                    engine.check_cells(n_pix)?;
                     let (emb, attn) = engine.forward_rows(kernels, &rows, s, heads);
                     let sizes = (heads.len(), engine.dim());
                     head_outputs(&emb, &attn, (s.b, s.h, s.w), sizes, x.device())?

@@ -179,6 +179,7 @@ pub fn run(args: TrainArgs, config: &Config) -> anyhow::Result<()> {
             ("--colour-histogram", args.colour_histogram),
             ("--fine-map", args.fine_map),
             ("--garment-prior", args.garment_prior.is_some()),
+            ("--position-bias", args.position_bias),
             ("--finetune", args.finetune),
         ];
         if let Some((flag, _)) = fixed.iter().find(|(_, given)| *given) {
@@ -229,6 +230,10 @@ pub fn run(args: TrainArgs, config: &Config) -> anyhow::Result<()> {
             "--garment-prior must be a number >= 0, got {}",
             cfg.garment_prior
         );
+    }
+    cfg.position_bias = args.position_bias || file.position_bias.unwrap_or(false);
+    if cfg.position_bias && head != HeadKind::AsenV2 {
+        bail!("--position-bias needs --head asen_v2 (got {head})");
     }
     cfg.embedding_dim = args.dim.or(file.dim).unwrap_or(cfg.embedding_dim);
     cfg.feature_fc = !(args.no_feature_fc || file.no_feature_fc.unwrap_or(false));

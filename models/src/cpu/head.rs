@@ -34,6 +34,8 @@ pub(crate) struct DotProductWeights {
     pub fc2: (Vec<f32>, Vec<f32>),
     /// `[D, C]` and `[D]`, if the head has a final projection.
     pub feature_fc: Option<(Vec<f32>, Vec<f32>)>,
+    /// `[n_attr, cells]`: the attention's position bias, gain applied.
+    pub position: Option<Vec<f32>>,
     pub channels: usize,
     pub attention_dim: usize,
     pub hidden: usize,
@@ -57,6 +59,8 @@ pub(crate) struct DotProductEngine {
     fc2: PackedB,
     fc2_bias: Vec<f32>,
     feature_fc: Option<(PackedB, Vec<f32>)>,
+    /// `[n_attr][cells]`, added to the attention logits.
+    position: Option<Vec<f32>>,
     n_attributes: usize,
 }
 
@@ -117,6 +121,7 @@ impl DotProductEngine {
                 let d = fb.len();
                 (pack_linear(&fw, d, c, c), fb)
             }),
+            position: w.position,
             n_attributes,
         }
     }
@@ -126,6 +131,12 @@ impl DotProductEngine {
         self.feature_fc
             .as_ref()
             .map_or(self.channels, |(_, b)| b.len())
+    }
+
+    /// The cells its position bias covers (the map must have as many), or
+    /// `None` without one.
+    pub(crate) fn position_cells(&self) -> Option<usize> {
+        self.position.as_ref().map(|p| p.len() / self.n_attributes)
     }
 
     /// The maps as pixel rows `[B * N, C]`, for the attributes `attrs`
@@ -168,6 +179,7 @@ impl DotProductEngine {
         let (c, a, h, n) = (self.channels, self.attention_dim, self.hidden, attrs.len());
         assert_eq!(rows.len(), b * c * n_pix);
         assert!(attrs.iter().all(|&i| i < self.n_attributes));
+        assert!(self.position_cells().is_none_or(|cells| cells == n_pix));
         // Image branch: tanh(conv(x)) [B * N, A].
         let mut img = vec![0f32; b * n_pix * a];
         let plain = |bias| Epilogue {
@@ -197,6 +209,10 @@ impl DotProductEngine {
                 let pixels = &img[image * n_pix * a..(image + 1) * n_pix * a];
                 for (wt, px) in weights.iter_mut().zip(pixels.chunks_exact(a)) {
                     *wt = dot(q, px) * scale;
+                }
+                if let Some(p) = &self.position {
+                    let bias = &p[attrs[j] * n_pix..(attrs[j] + 1) * n_pix];
+                    weights.iter_mut().zip(bias).for_each(|(wt, b)| *wt += b);
                 }
                 softmax(weights);
                 v.fill(0.0);

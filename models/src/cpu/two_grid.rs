@@ -35,6 +35,23 @@ impl HeadEngine {
         }
     }
 
+    /// Checks that maps of `cells` cells (`h * w`) fit the head: a head
+    /// with a position bias was trained on one grid.
+    pub(crate) fn check_cells(&self, cells: usize) -> crate::error::Result<()> {
+        let shown = match self {
+            HeadEngine::Single(e) => e,
+            HeadEngine::TwoGrid { fine, .. } => fine,
+        };
+        match shown.position_cells() {
+            Some(expected) if expected != cells => Err(crate::error::ModelError::InvalidArgument(
+                format!(
+                    "the head's position bias covers {expected} cells, the feature map has {cells} (was the model trained at another input size?)"
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// The maps `s` as pixel rows `[B * h * w, C]`, for the attributes
     /// `attrs`: L2-normalised embeddings `[B, n, D]` and attention `[B, n, h * w]`.
     pub(crate) fn forward_rows(

@@ -106,6 +106,12 @@ pub struct HeadConfig {
     /// (0 without a fine grid): see [`AsenV2::new`].
     #[serde(default, skip_serializing_if = "is_zero")]
     pub fine_channels: usize,
+    /// v2 only: cells (`H * W`) of the map under a learned per-attribute
+    /// bias on the attention logits, 0 without: see
+    /// [`AsenV2::new`]. It sits on the head whose attention is shown (the
+    /// fine head of a fine grid), so the map must have this many cells.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub position_cells: usize,
 }
 
 fn is_zero(n: &usize) -> bool {
@@ -123,6 +129,7 @@ impl HeadConfig {
             embedding_dim: 1024,
             feature_fc: true,
             fine_channels: 0,
+            position_cells: 0,
         }
     }
 
@@ -151,6 +158,9 @@ impl HeadConfig {
                     "a fine grid needs feature_fc and fewer fine_channels than in_channels",
                 );
             }
+        }
+        if self.position_cells > 0 && kind != HeadKind::AsenV2 {
+            return bad("only asen_v2 has a position bias (position_cells must be 0)");
         }
         Ok(())
     }
@@ -183,6 +193,7 @@ impl HeadConfig {
                     embedding_dim: ff[0],
                     feature_fc: true,
                     fine_channels: 0,
+                    position_cells: 0,
                 }
             }
             HeadKind::AsenV2 | HeadKind::AsenPpGlobal => {
@@ -192,6 +203,14 @@ impl HeadConfig {
                 let feature_fc = tensors.contains_key("feature_fc.weight");
                 let fine_channels = match tensors.contains_key("fine.fc2.weight") {
                     true => dims("fine.fc2.weight", 2)?[0],
+                    false => 0,
+                };
+                let bias = match fine_channels {
+                    0 => "position_bias",
+                    _ => "fine.position_bias",
+                };
+                let position_cells = match tensors.contains_key(bias) {
+                    true => dims(bias, 2)?[1],
                     false => 0,
                 };
                 let in_channels = fc2[0] + fine_channels;
@@ -208,6 +227,7 @@ impl HeadConfig {
                     embedding_dim,
                     feature_fc: kind == HeadKind::AsenPpGlobal || feature_fc,
                     fine_channels,
+                    position_cells,
                 }
             }
             HeadKind::Csn => {
@@ -221,6 +241,7 @@ impl HeadConfig {
                     embedding_dim: e[0],
                     feature_fc: false,
                     fine_channels: 0,
+                    position_cells: 0,
                 }
             }
             HeadKind::Global => {
@@ -523,6 +544,7 @@ mod tests {
             embedding_dim: 10,
             feature_fc: true,
             fine_channels: 0,
+            position_cells: 0,
         }
     }
 

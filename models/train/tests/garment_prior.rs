@@ -75,7 +75,7 @@ fn train(dataset: &Dataset, cache: &FeatureCache, prior: f64, out: &std::path::P
         &mut |_| {},
     )
     .unwrap();
-    let model = asen_models::ModelDir::load(&out.join("last")).unwrap();
+    let model = asen_models::ModelDir::load(out.join("last")).unwrap();
     let head = TrainableHead::load(&model, &Device::Cpu)
         .unwrap()
         .head()

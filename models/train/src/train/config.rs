@@ -68,6 +68,10 @@ pub struct TrainConfig {
     /// 0 leaves the attention to the ranking loss alone.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub garment_prior: f64,
+    /// Whether the shown attention (the fine head's on a fine grid) learns a
+    /// bias per attribute and cell ([`asen_models::HeadConfig::position_cells`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub position_bias: bool,
 }
 
 fn is_zero(x: &f64) -> bool {
@@ -131,6 +135,7 @@ impl TrainConfig {
             negatives: Negatives::Sampled,
             finetune: None,
             garment_prior: 0.0,
+            position_bias: false,
         }
     }
 
@@ -154,7 +159,23 @@ impl TrainConfig {
             } else {
                 0
             },
+            position_cells: if self.position_bias {
+                self.map_side().pow(2)
+            } else {
+                0
+            },
         }
+    }
+
+    /// Side of the feature map this configuration trains on (the fine grid's
+    /// with `fine_map`): the input size over the backbone's stride, rounded
+    /// up as its padded convolutions round.
+    pub fn map_side(&self) -> usize {
+        let stride = match self.fine_map {
+            true => self.backbone.stride() / 2,
+            false => self.backbone.stride(),
+        };
+        (self.input_size as usize).div_ceil(stride)
     }
 
     /// Channels of the feature maps this configuration trains on.
@@ -192,6 +213,12 @@ impl TrainConfig {
             return Err(ModelError::InvalidArgument(
                 "the garment prior trains on cached features; fine-tuning the backbone does not support it".into(),
             ));
+        }
+        if self.position_bias && self.head != HeadKind::AsenV2 {
+            return Err(ModelError::InvalidArgument(format!(
+                "only an asen_v2 head has a position bias, not {}",
+                self.head
+            )));
         }
         if !self.feature_fc && self.head != HeadKind::AsenV2 {
             return Err(ModelError::InvalidArgument(format!(
@@ -262,5 +289,26 @@ mod tests {
             ..FinetuneSettings::default()
         };
         assert!(bad.validate().unwrap_err().to_string().contains("scale"));
+    }
+
+    #[test]
+    fn the_position_bias_covers_the_map_the_head_attends_on() {
+        let mut cfg = TrainConfig::new(HeadKind::AsenV2, BackboneKind::MobileNetV2);
+        cfg.position_bias = true;
+        assert_eq!(cfg.head_config(8).position_cells, 49);
+        cfg.fine_map = true;
+        assert_eq!(cfg.head_config(8).position_cells, 196);
+        cfg.input_size = 200; // padded convolutions round up: a 13x13 fine grid
+        assert_eq!(cfg.head_config(8).position_cells, 169);
+        cfg.position_bias = false;
+        assert_eq!(cfg.head_config(8).position_cells, 0);
+    }
+
+    #[test]
+    fn only_asen_v2_takes_a_position_bias() {
+        let mut cfg = TrainConfig::new(HeadKind::AsenV1, BackboneKind::MobileNetV2);
+        cfg.position_bias = true;
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("position bias"), "{err}");
     }
 }

@@ -146,6 +146,13 @@ fn base_rows(base: &ModelDir, added: usize) -> Result<(Tensor, HeadConfig)> {
             base.path().display()
         )));
     }
+    if base.card.head_config.position_cells > 0 {
+        return Err(ModelError::InvalidArgument(format!(
+            "{}: the model's attention has a position bias per attribute; extending does not \
+             train one for the new attributes, so it cannot extend this model",
+            base.path().display()
+        )));
+    }
     if base.has_backbone()? {
         return Err(ModelError::InvalidArgument(format!(
             "{}: the model has a fine-tuned backbone; extending trains on cached features of the \
@@ -381,12 +388,16 @@ mod tests {
             embedding_dim: 6,
             feature_fc: true,
             fine_channels: 0,
+            position_cells: 0,
         }
     }
 
     /// A random ASEN v2 model with attributes `a0`, `a1`, saved in `dir`.
     fn base_model(dir: &Path) -> ModelDir {
-        let cfg = base_config();
+        base_model_with(dir, base_config())
+    }
+
+    fn base_model_with(dir: &Path, cfg: HeadConfig) -> ModelDir {
         let head = TrainableHead::new(HeadKind::AsenV2, &cfg, 3, &Device::Cpu).unwrap();
         std::fs::create_dir_all(dir).unwrap();
         head.save(&dir.join(WEIGHTS_FILE)).unwrap();
@@ -588,5 +599,28 @@ mod tests {
             err.to_string().contains("already has attribute \"shade\""),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_base_with_a_position_bias_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = HeadConfig {
+            position_cells: 49,
+            ..base_config()
+        };
+        let base = base_model_with(&dir.path().join("base"), cfg);
+        let err = extend_head(
+            &dataset(),
+            &features(dir.path()),
+            &base,
+            "00ff",
+            &config(),
+            &dir.path().join("out"),
+            &TrainOptions::default(),
+            &mut |_| {},
+        )
+        .err()
+        .unwrap();
+        assert!(err.to_string().contains("position bias"), "{err}");
     }
 }

@@ -328,6 +328,7 @@ mod tests {
             embedding_dim: 10,
             feature_fc: true,
             fine_channels: 0,
+            position_cells: 0,
         }
     }
 

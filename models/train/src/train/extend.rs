@@ -583,22 +583,25 @@ mod tests {
         card.attributes[1].name = "shade".into();
         card.save(base.path()).unwrap();
         let base = ModelDir::load(base.path()).unwrap();
-        let err = extend_head(
+        let err = refusal(dir.path(), &base);
+        assert!(err.contains("already has attribute \"shade\""), "{err}");
+    }
+
+    /// The error of extending `base` with `shade`, working in `dir`.
+    fn refusal(dir: &Path, base: &ModelDir) -> String {
+        extend_head(
             &dataset(),
-            &features(dir.path()),
-            &base,
+            &features(dir),
+            base,
             "00ff",
             &config(),
-            &dir.path().join("out"),
+            &dir.join("out"),
             &TrainOptions::default(),
             &mut |_| {},
         )
         .err()
-        .unwrap();
-        assert!(
-            err.to_string().contains("already has attribute \"shade\""),
-            "{err}"
-        );
+        .expect("the extension is refused")
+        .to_string()
     }
 
     #[test]
@@ -609,18 +612,7 @@ mod tests {
             ..base_config()
         };
         let base = base_model_with(&dir.path().join("base"), cfg);
-        let err = extend_head(
-            &dataset(),
-            &features(dir.path()),
-            &base,
-            "00ff",
-            &config(),
-            &dir.path().join("out"),
-            &TrainOptions::default(),
-            &mut |_| {},
-        )
-        .err()
-        .unwrap();
-        assert!(err.to_string().contains("position bias"), "{err}");
+        let err = refusal(dir.path(), &base);
+        assert!(err.contains("position bias"), "{err}");
     }
 }

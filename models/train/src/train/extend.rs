@@ -599,8 +599,7 @@ mod tests {
             &TrainOptions::default(),
             &mut |_| {},
         )
-        .err()
-        .expect("the extension is refused")
+        .expect_err("the extension is refused")
         .to_string()
     }
 

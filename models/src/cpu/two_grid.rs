@@ -43,12 +43,8 @@ impl HeadEngine {
             HeadEngine::TwoGrid { fine, .. } => fine,
         };
         match shown.position_cells() {
-            Some(expected) if expected != cells => Err(crate::error::ModelError::InvalidArgument(
-                format!(
-                    "the head's position bias covers {expected} cells, the feature map has {cells} (was the model trained at another input size?)"
-                ),
-            )),
-            _ => Ok(()),
+            Some(expected) => crate::head::check_position_cells(expected, cells),
+            None => Ok(()),
         }
     }
 

@@ -33,6 +33,17 @@ use crate::error::Result;
 /// (docs/results.md, "A position bias").
 pub const POSITION_GAIN: f64 = 10.0;
 
+/// A head whose position bias covers `expected` cells reads only maps of that
+/// many: it was trained on one grid (candle's path and the CPU engine alike).
+pub(crate) fn check_position_cells(expected: usize, cells: usize) -> Result<()> {
+    if expected == cells {
+        return Ok(());
+    }
+    Err(crate::error::ModelError::InvalidArgument(format!(
+        "the head's position bias covers {expected} cells, the feature map has {cells} (was the model trained at another input size?)"
+    )))
+}
+
 /// The dot-product attention head both v2 and the ASEN++ global branch are.
 #[derive(Debug, Clone)]
 pub(crate) struct DotProductHead {
@@ -173,13 +184,11 @@ impl DotProductHead {
         let x = x.flatten_from(2)?; // [B, C, N]
         let img = self.image_branch(&x, false)?; // [B, A, N]
         let ids: Vec<u32> = attrs.iter().map(|&a| a as u32).collect();
-        let e = self
-            .attr_embedding
-            .forward(&Tensor::new(ids.as_slice(), x.device())?)?; // [n, A]
+        let ids = Tensor::new(ids.as_slice(), x.device())?;
+        let e = self.attr_embedding.forward(&ids)?; // [n, A]
         let t = self.attr_transform1.forward(&e)?.tanh()?;
         let scale = (self.cfg.attention_dim as f64).sqrt();
         let logits = (t.broadcast_left(b)?.matmul(&img)? / scale)?; // [B, n, N]
-        let ids = Tensor::new(ids.as_slice(), x.device())?;
         let logits = match self.position_logits(&ids, x.dim(2)?)? {
             Some(p) => logits.broadcast_add(&p)?,
             None => logits,
@@ -259,12 +268,7 @@ impl DotProductHead {
         let Some(bias) = &self.position_bias else {
             return Ok(None);
         };
-        if cells != self.cfg.position_cells {
-            return Err(crate::error::ModelError::InvalidArgument(format!(
-                "{} head: its position bias covers {} cells, the feature map has {cells} (was the model trained at another input size?)",
-                self.kind, self.cfg.position_cells
-            )));
-        }
+        check_position_cells(self.cfg.position_cells, cells)?;
         Ok(Some((bias.index_select(attr, 0)? * POSITION_GAIN)?))
     }
 

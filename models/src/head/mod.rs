@@ -30,6 +30,7 @@ use serde::{Deserialize, Serialize};
 
 pub use asen_pp::AsenPpGlobal;
 pub use asen_v1::AsenV1;
+pub(crate) use asen_v2::check_position_cells;
 pub use asen_v2::{split_fine_map, AsenV2};
 pub use csn::Csn;
 pub use global::GlobalHead;

@@ -84,6 +84,60 @@ fn weighted_scores_equal_brute_force_sums() {
     }
 }
 
+/// Item indices by descending cosine to `q` on "collar" (ties by index), as the store ranks.
+fn collar_ranking(data: &Vectors, q: &[f32]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..data.len()).collect();
+    order.sort_by(|a, b| {
+        cosine(&data[*b].0, q)
+            .total_cmp(&cosine(&data[*a].0, q))
+            .then(a.cmp(b))
+    });
+    order
+}
+
+#[test]
+fn one_attribute_search_returns_the_exact_top_k_in_order_with_payloads() {
+    let (_d, store, data) = two_attribute_store();
+    let mut r = rng(12);
+    for _ in 0..5 {
+        let q = random_vector(&mut r, DIM);
+        let mut req = SearchRequest::vector("collar", q.clone(), 10);
+        req.ef_search = Some(400);
+        req.with_payload = true;
+        let hits = store.search("c", &req).unwrap().into_hits();
+        let got: Vec<usize> = hits
+            .iter()
+            .map(|h| h.id.as_str().parse().unwrap())
+            .collect();
+        assert_eq!(got, collar_ranking(&data, &q)[..10]);
+        for (h, i) in hits.iter().zip(&got) {
+            assert!((h.score - cosine(&data[*i].0, &q)).abs() < 1e-4);
+            assert_eq!(h.attribute_scores.len(), 1);
+            assert_eq!(h.attribute_scores["collar"], h.score);
+            assert_eq!(h.payload.as_ref().unwrap()["product"], json!(i / 5));
+        }
+    }
+}
+
+#[test]
+fn one_attribute_search_stops_at_the_score_threshold() {
+    let (_d, store, data) = two_attribute_store();
+    let mut r = rng(13);
+    let q = random_vector(&mut r, DIM);
+    let ranking = collar_ranking(&data, &q);
+    // Halfway between the 4th and 5th best: exactly 4 hits pass, though 10 are asked for.
+    let threshold = (cosine(&data[ranking[3]].0, &q) + cosine(&data[ranking[4]].0, &q)) / 2.0;
+    let mut req = SearchRequest::vector("collar", q, 10);
+    req.ef_search = Some(400);
+    req.score_threshold = Some(threshold);
+    let hits = store.search("c", &req).unwrap().into_hits();
+    let got: Vec<usize> = hits
+        .iter()
+        .map(|h| h.id.as_str().parse().unwrap())
+        .collect();
+    assert_eq!(got, ranking[..4]);
+}
+
 #[test]
 fn group_by_keeps_group_sizes_and_exact_scores() {
     let (_d, store, data) = two_attribute_store();

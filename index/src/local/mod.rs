@@ -675,6 +675,55 @@ struct PreparedItem<'a> {
     thumbnail: Option<&'a [u8]>,
 }
 
+/// Writes a batch's records: each item's record and vectors, its thumbnail (or the removal
+/// of one it had), the removal of the vectors of the items it replaces, and the catalogue's
+/// sequence and next internal id. Returns the internal ids of the replaced items.
+fn write_records(
+    c: &Catalogue,
+    fresh: &[(u64, &PreparedItem)],
+    sequence: u64,
+    next_iid: u64,
+) -> Result<Vec<u64>> {
+    let mut batch = sled::Batch::default();
+    let mut thumbnails = sled::Batch::default();
+    let mut thumbnail_writes = 0usize;
+    let mut replaced = Vec::new();
+    for &(iid, p) in fresh {
+        let key = records::item_key(p.id.as_str());
+        if let Some(old) = c.tree.get(&key)? {
+            let old = ItemRecord::decode(&key, &old)?;
+            batch.remove(&records::vector_key(old.iid));
+            replaced.push(old.iid);
+        }
+        let record = ItemRecord {
+            iid,
+            mask: p.mask,
+            content_hash: p.content_hash.clone(),
+            payload: p.payload.clone(),
+        };
+        batch.insert(key, record.encode());
+        let vs: Vec<&[f32]> = p.vectors.iter().flatten().map(Vec::as_slice).collect();
+        batch.insert(&records::vector_key(iid), VectorRecord::encode(p.mask, &vs));
+        // The thumbnail follows the item: replaced, or removed when the new item has none.
+        match p.thumbnail {
+            Some(t) => {
+                thumbnails.insert(p.id.as_str().as_bytes(), t);
+                thumbnail_writes += 1;
+            }
+            None => {
+                if c.thumbnails.contains_key(p.id.as_str())? {
+                    thumbnails.remove(p.id.as_str().as_bytes());
+                    thumbnail_writes += 1;
+                }
+            }
+        }
+    }
+    batch.insert(records::META_SEQ, &records::encode_u64(sequence));
+    batch.insert(records::META_NEXT_IID, &records::encode_u64(next_iid));
+    apply_writes(c, batch, (thumbnail_writes > 0).then_some(thumbnails))?;
+    Ok(replaced)
+}
+
 /// Applies a catalogue's record batch and its thumbnail batch as one atomic step: a plain
 /// `apply_batch` when no thumbnail changes, otherwise one sled transaction over both trees.
 /// Either way sled seals the writes as one batch in its log, so recovery after a crash sees all
@@ -950,64 +999,28 @@ impl CatalogueStore for LocalStore {
         for (i, p) in prepared.iter().enumerate() {
             last.insert(p.id.as_str(), i);
         }
-        let mut batch = sled::Batch::default();
-        let mut thumbnails = sled::Batch::default();
-        let mut thumbnail_writes = 0usize;
-        let mut replaced = Vec::new();
         let mut fresh: Vec<(u64, &PreparedItem)> = Vec::new();
         let mut next_iid = w.next_iid;
         for (i, p) in prepared.iter().enumerate() {
-            if last[p.id.as_str()] != i {
-                continue;
+            if last[p.id.as_str()] == i {
+                fresh.push((next_iid, p));
+                next_iid += 1;
             }
-            let key = records::item_key(p.id.as_str());
-            if let Some(old) = c.tree.get(&key)? {
-                let old = ItemRecord::decode(&key, &old)?;
-                batch.remove(&records::vector_key(old.iid));
-                replaced.push(old.iid);
-            }
-            let iid = next_iid;
-            next_iid += 1;
-            let record = ItemRecord {
-                iid,
-                mask: p.mask,
-                content_hash: p.content_hash.clone(),
-                payload: p.payload.clone(),
-            };
-            batch.insert(key, record.encode());
-            let vs: Vec<&[f32]> = p.vectors.iter().flatten().map(Vec::as_slice).collect();
-            batch.insert(&records::vector_key(iid), VectorRecord::encode(p.mask, &vs));
-            // The thumbnail follows the item: replaced, or removed when the new item has none.
-            match p.thumbnail {
-                Some(t) => {
-                    thumbnails.insert(p.id.as_str().as_bytes(), t);
-                    thumbnail_writes += 1;
-                }
-                None => {
-                    if c.thumbnails.contains_key(p.id.as_str())? {
-                        thumbnails.remove(p.id.as_str().as_bytes());
-                        thumbnail_writes += 1;
-                    }
-                }
-            }
-            fresh.push((iid, p));
         }
         let sequence = w.sequence + 1;
-        batch.insert(records::META_SEQ, &records::encode_u64(sequence));
-        batch.insert(records::META_NEXT_IID, &records::encode_u64(next_iid));
-        // The records are written while the graphs take the new points: the write is one
-        // thread's work and the inserts fill the others. Graphs first, then publish: a search
-        // that meets a new id in a graph before it is live simply skips it. If the write
-        // fails, the new points are never published: like deleted points, searches skip them
-        // and compaction drops them. Their internal ids are never handed out again, and a
-        // dump taken meanwhile records a watermark past the stored one, so the next open
-        // rebuilds from the records rather than trust it.
+        // The records (with the lookups of the items they replace) are written while the
+        // graphs take the new points: the write is one thread's work and the inserts fill the
+        // others. Graphs first, then publish: a search that meets a new id in a graph before
+        // it is live simply skips it. If the write fails, the new points are never published:
+        // like deleted points, searches skip them and compaction drops them. Their internal
+        // ids are never handed out again, and a dump taken meanwhile records a watermark past
+        // the stored one, so the next open rebuilds from the records rather than trust it.
         let (written, ()) = rayon::join(
-            || apply_writes(&c, batch, (thumbnail_writes > 0).then_some(thumbnails)),
+            || write_records(&c, &fresh, sequence, next_iid),
             || insert_fresh(&c, &fresh),
         );
         w.next_iid = next_iid;
-        written?;
+        let replaced = written?;
         w.sequence = sequence;
         let flushed = self.durable_flush();
         {

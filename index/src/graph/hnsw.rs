@@ -17,7 +17,7 @@
 use std::cell::RefCell;
 use std::cmp::{Ordering as CmpOrdering, Reverse};
 use std::collections::{BinaryHeap, HashMap};
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError, RwLock};
 
 use rayon::prelude::*;
@@ -131,6 +131,7 @@ struct Scratch {
     results: BinaryHeap<(Dist, u32)>,
     hood: Vec<u32>,
     fresh: Vec<u32>,
+    link: LinkBuffers,
 }
 
 impl Scratch {
@@ -170,9 +171,17 @@ thread_local! {
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
 }
 
-/// One layer's choice while inserting: the layer, the candidates found (distance, index;
-/// closest first) and the neighbours kept from them.
-type Chosen = (u8, Vec<(f32, u32)>, Vec<u32>);
+/// One layer's choice while inserting: the layer and the neighbours kept (distance, index;
+/// closest first).
+type Chosen = (u8, Vec<(f32, u32)>);
+
+/// Buffers reused by every [`Hnsw::link`] of a thread's inserts.
+#[derive(Default)]
+struct LinkBuffers {
+    hood: Vec<u32>,
+    cands: Vec<(f32, u32)>,
+    kept: Vec<(f32, u32)>,
+}
 
 /// A point's links as read from a dump or a legacy graph: layer 0 first.
 pub(crate) type LoadedLinks<'a> = &'a [Vec<u32>];
@@ -198,6 +207,11 @@ pub(crate) struct Hnsw<K: Kind> {
     rng: AtomicU64,
     /// Slots of reclaimed points, taken by inserts before the graph grows.
     free: Mutex<Vec<u32>>,
+    /// Whether any point was ever flagged dead: until then the walks skip reading the flags,
+    /// a load from another array per candidate (hnswlib skips its deleted marks the same way).
+    /// Set before the first flag; a walk that reads it just before then may return a point
+    /// that has just died, which the store drops as it drops any id that is no longer live.
+    flagged: AtomicBool,
     /// Held by a reclaim for its whole run and by a dump (neither may overlap the other).
     maintenance: Mutex<()>,
     grace: Grace,
@@ -221,6 +235,7 @@ impl<K: Kind> Hnsw<K> {
             locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             rng: AtomicU64::new(0x5eed_a5e0_0000_0001),
             free: Mutex::new(Vec::new()),
+            flagged: AtomicBool::new(false),
             maintenance: Mutex::new(()),
             grace: Grace::default(),
         }
@@ -366,8 +381,10 @@ impl<K: Kind> Hnsw<K> {
     ) {
         // Dead points are walked through but never taken as results: they would hold places
         // among the `ef` best that live points should have (searches and inserts alike).
-        let accepted =
-            |i: u32| self.points.flags(i) == 0 && keep.is_none_or(|f| f(self.points.id(i)));
+        let flagged = self.flagged.load(Ordering::Relaxed);
+        let accepted = |i: u32| {
+            (!flagged || self.points.flags(i) == 0) && keep.is_none_or(|f| f(self.points.id(i)))
+        };
         s.visit(ep);
         s.candidates.push(Reverse((Dist(ep_d), ep)));
         if accepted(ep) {
@@ -422,34 +439,45 @@ impl<K: Kind> Hnsw<K> {
     }
 
     /// hnswlib's heuristic: walking `candidates` closest first, keeps a candidate unless a kept
-    /// one is closer to it than the base point is; at most `cap`.
-    fn select(&self, candidates: &[(f32, u32)], cap: usize) -> Vec<u32> {
-        self.select_relaxed(candidates, cap, 1.0)
+    /// one is closer to it than the base point is; at most `cap`, into `kept` (with their
+    /// distances to the base point).
+    fn select_into(&self, candidates: &[(f32, u32)], cap: usize, kept: &mut Vec<(f32, u32)>) {
+        self.select_relaxed_into(candidates, cap, 1.0, kept);
     }
 
     /// The heuristic with FreshDiskANN's relaxation: a candidate is dropped only when a kept
     /// one is closer to it than the base point by a factor `alpha` (1: hnswlib's rule).
-    fn select_relaxed(&self, candidates: &[(f32, u32)], cap: usize, alpha: f32) -> Vec<u32> {
+    fn select_relaxed_into(
+        &self,
+        candidates: &[(f32, u32)],
+        cap: usize,
+        alpha: f32,
+        kept: &mut Vec<(f32, u32)>,
+    ) {
+        kept.clear();
         if candidates.len() <= cap {
-            return candidates.iter().map(|c| c.1).collect();
+            kept.extend_from_slice(candidates);
+            return;
         }
-        let mut kept: Vec<u32> = Vec::with_capacity(cap);
         for &(d, c) in candidates {
             if kept.len() >= cap {
                 break;
             }
-            if kept.iter().all(|&s| alpha * self.points.between(c, s) >= d) {
-                kept.push(c);
+            if kept
+                .iter()
+                .all(|&(_, s)| alpha * self.points.between(c, s) >= d)
+            {
+                kept.push((d, c));
             }
         }
-        kept
     }
 
     /// Adds `new` (at distance `d` from `j`) to `j`'s list on `layer`, pruning with the
     /// heuristic when the list is full.
-    fn link(&self, j: u32, new: u32, d: f32, layer: u8, hood: &mut Vec<u32>) {
+    fn link(&self, j: u32, new: u32, d: f32, layer: u8, buf: &mut LinkBuffers) {
         let cap = if layer == 0 { self.m0 } else { self.m };
         let _guard = self.lock(j);
+        let hood = &mut buf.hood;
         self.neighbours_into(j, layer, hood);
         if hood.contains(&new) {
             return;
@@ -459,14 +487,15 @@ impl<K: Kind> Hnsw<K> {
             self.set_neighbours(j, layer, hood);
             return;
         }
-        let mut cands: Vec<(f32, u32)> = hood
-            .iter()
-            .map(|&x| (self.points.between(j, x), x))
-            .collect();
-        cands.push((d, new));
-        cands.sort_by(|a, b| a.0.total_cmp(&b.0));
-        let kept = self.select(&cands, cap);
-        self.set_neighbours(j, layer, &kept);
+        buf.cands.clear();
+        buf.cands
+            .extend(hood.iter().map(|&x| (self.points.between(j, x), x)));
+        buf.cands.push((d, new));
+        buf.cands.sort_by(|a, b| a.0.total_cmp(&b.0));
+        self.select_into(&buf.cands, cap, &mut buf.kept);
+        hood.clear();
+        hood.extend(buf.kept.iter().map(|k| k.1));
+        self.set_neighbours(j, layer, hood);
     }
 
     /// Empty lists for layers 1..=level of a new point.
@@ -537,6 +566,7 @@ impl<K: Kind> Hnsw<K> {
             // Neighbours are chosen top-down and linked bottom-up: a search that reaches the new
             // point on some layer always finds its lists below that layer complete.
             let mut chosen: Vec<Chosen> = Vec::new();
+            let flagged = self.flagged.load(Ordering::Relaxed);
             for layer in (0..=level.min(top)).rev() {
                 s.begin(0);
                 self.search_layer(s, &q, ep, ep_d, self.ef_construction, layer, None);
@@ -545,25 +575,27 @@ impl<K: Kind> Hnsw<K> {
                 let mut cands: Vec<(f32, u32)> = s
                     .results
                     .drain()
-                    .filter(|c| c.1 != i && self.points.flags(c.1) == 0)
+                    .filter(|c| c.1 != i && (!flagged || self.points.flags(c.1) == 0))
                     .map(|(d, c)| (d.0, c))
                     .collect();
                 cands.sort_by(|a, b| a.0.total_cmp(&b.0));
                 if let Some(&(d, c)) = cands.first() {
                     (ep, ep_d) = (c, d);
                 }
-                let kept = self.select(&cands, self.m);
-                chosen.push((layer, cands, kept));
+                let mut kept = Vec::with_capacity(self.m);
+                self.select_into(&cands, self.m, &mut kept);
+                chosen.push((layer, kept));
             }
-            let mut hood = Vec::with_capacity(self.m0 + 1);
-            for (layer, cands, kept) in chosen.iter().rev() {
+            let buf = &mut s.link;
+            for (layer, kept) in chosen.iter().rev() {
                 {
                     let _guard = self.lock(i);
-                    self.set_neighbours(i, *layer, kept);
+                    buf.hood.clear();
+                    buf.hood.extend(kept.iter().map(|k| k.1));
+                    self.set_neighbours(i, *layer, &buf.hood);
                 }
-                for &j in kept {
-                    let d = cands.iter().find(|c| c.1 == j).map_or(0.0, |c| c.0);
-                    self.link(j, i, d, *layer, &mut hood);
+                for &(d, j) in kept {
+                    self.link(j, i, d, *layer, buf);
                 }
             }
         });
@@ -583,6 +615,7 @@ impl<K: Kind> Hnsw<K> {
             .filter(|&i| {
                 let hit = self.points.flags(i) == 0 && dead(self.points.id(i));
                 if hit {
+                    self.flagged.store(true, Ordering::Relaxed);
                     self.points.set_flags(i, DEAD, None);
                 }
                 hit
@@ -663,7 +696,9 @@ impl<K: Kind> Hnsw<K> {
                 .map(|&y| (self.points.between(j, y), y))
                 .collect();
             cands.sort_by(|a, b| a.0.total_cmp(&b.0));
-            kept = self.select_relaxed(&cands, cap, REPAIR_ALPHA);
+            let mut chosen = Vec::with_capacity(cap);
+            self.select_relaxed_into(&cands, cap, REPAIR_ALPHA, &mut chosen);
+            kept = chosen.into_iter().map(|c| c.1).collect();
         }
         self.set_neighbours(j, layer, &kept);
     }
@@ -917,6 +952,41 @@ mod tests {
         (0..g.len() as u32)
             .flat_map(|i| (0..=g.points().level(i)).flat_map(move |l| g.neighbours(i, l)))
             .collect()
+    }
+
+    #[test]
+    fn dead_points_are_never_returned_nor_chosen_as_neighbours() {
+        let data = random(2000, 16, 23);
+        let g = Hnsw::<F32>::new(16, 8, 60);
+        for (i, v) in data.iter().enumerate().take(1500) {
+            g.insert(v, i as u64);
+        }
+        // Before any point dies every point can be found: the walks skip the flags.
+        let all = g.search(&data[7], 1, 64, None);
+        assert_eq!(all[0].0, 7);
+        let dead = |id: u64| id < 1500 && id.is_multiple_of(2);
+        assert_eq!(g.mark_dead(dead), 750);
+        for q in data.iter().take(50) {
+            let found = g.search(q, 10, 64, None);
+            assert!(
+                found.iter().all(|(id, _)| !dead(*id)),
+                "a dead point came back"
+            );
+        }
+        for (i, v) in data.iter().enumerate().skip(1500) {
+            g.insert(v, i as u64);
+        }
+        for i in 1500..2000u32 {
+            let chosen: Vec<u64> = g
+                .neighbours(i, 0)
+                .iter()
+                .map(|&j| g.points().id(j))
+                .collect();
+            assert!(
+                chosen.iter().all(|id| !dead(*id)),
+                "point {i} chose a dead neighbour"
+            );
+        }
     }
 
     #[test]

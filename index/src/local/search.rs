@@ -212,7 +212,8 @@ fn ranked_hits(
     keep: Option<&Keep<'_>>,
 ) -> (Vec<Hit>, bool) {
     approx.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-    let name = resolve_names(c, req)[0];
+    // One name: the request's attribute (resolution already checked it against this schema).
+    let name = resolve_names(c, req).into_iter().next();
     let live = read(&c.live);
     // First the items, in a loop with nothing else in it, so their cache misses overlap; each
     // id's bytes are fetched ahead of the copies below.
@@ -240,7 +241,9 @@ fn ranked_hits(
         .map(|(meta, score)| Hit {
             id: meta.id.clone(),
             score,
-            attribute_scores: BTreeMap::from([(name.clone(), score)]),
+            attribute_scores: name
+                .map(|n| BTreeMap::from([(n.clone(), score)]))
+                .unwrap_or_default(),
             payload: req.with_payload.then(|| meta.payload.to_map()),
         })
         .collect();

@@ -15,9 +15,7 @@ pub(crate) fn normalized(attribute: &str, v: &[f32], dimension: usize) -> Result
             got: v.len(),
         });
     }
-    // One branch-free pass for the common case; the position only when something is off.
-    if !v.iter().fold(true, |ok, x| ok & x.is_finite()) {
-        let index = v.iter().position(|x| !x.is_finite()).unwrap_or(0);
+    if let Some(index) = v.iter().position(|x| !x.is_finite()) {
         return Err(IndexError::NonFiniteVector {
             attribute: attribute.to_string(),
             index,

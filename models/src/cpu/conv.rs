@@ -1,9 +1,12 @@
 //! Dense convolutions on NHWC maps as one gemm each: a 1x1 stride-1
 //! convolution multiplies the map itself (`[pixels, C_in]`) by the packed
-//! weight; any other goes through an NHWC im2col (`[pixels, k * k * C_in]`,
-//! taps outermost, so each tap copies one contiguous channel vector).
+//! weight; any other reads its rows of A (`[pixels, k * k * C_in]`, taps
+//! outermost) in place from the map, with no im2col copy: each tap's
+//! channel vector is one run ([`Runs::Taps`]), or for the stems' 3
+//! channels each kernel row of a padded copy of the input
+//! ([`Runs::KernelRows`]).
 
-use super::gemm::{gemm, Epilogue, PackedB, Rows};
+use super::gemm::{conv_gemm, gemm, Epilogue, PackedB, Rows, Runs, Taps, MAX_SEGMENTS};
 use super::kernels::KernelPath;
 use super::map::{BufferPool, Exec, MapShape};
 use crate::layers::{Activation, Padding};
@@ -19,7 +22,15 @@ pub(crate) struct Conv {
     weight: PackedB,
     bias: Vec<f32>,
     act: Activation,
+    /// `C_in` zeros: the taps that fall in the padding read these.
+    zeros: Vec<f32>,
 }
+
+/// Input channels from which a convolution reads each tap as one run
+/// ([`Runs::Taps`]); below, runs this short (the stems' 3 channels) would
+/// cost the kernel more than the copy of a padded input saves
+/// ([`Runs::KernelRows`]).
+const TAP_RUNS_MIN_CHANNELS: usize = 16;
 
 impl Conv {
     /// From a `[C_out, C_in, k, k]` weight (PyTorch order) and its bias.
@@ -32,6 +43,10 @@ impl Conv {
     ) -> Self {
         let c_out = bias.len();
         assert_eq!(weight_oikk.len(), c_out * c_in * kernel * kernel);
+        assert!(
+            kernel <= MAX_SEGMENTS,
+            "kernels up to {MAX_SEGMENTS}x{MAX_SEGMENTS}"
+        );
         let weight = PackedB::pack(kernel * kernel * c_in, c_out, |row, co| {
             let (tap, ci) = (row / c_in, row % c_in);
             weight_oikk[(co * c_in + ci) * kernel * kernel + tap]
@@ -44,6 +59,7 @@ impl Conv {
             weight,
             bias,
             act,
+            zeros: vec![0.0; c_in],
         }
     }
 
@@ -125,8 +141,8 @@ impl Conv {
     /// `out = act(conv(x) + bias)`, or with a residual `(r, post)`:
     /// `out = post(act(conv(x) + bias) + r)`, all NHWC; `r` has the output's
     /// shape. Fused only when `act` is the identity, as in every residual
-    /// block here (asserted). `x` has shape `shape`; an im2col matrix, when
-    /// needed, comes from `pool`.
+    /// block here (asserted). `x` has shape `shape`; the padded copy of a
+    /// stem's input comes from `pool`.
     pub(crate) fn forward(
         &self,
         path: KernelPath,
@@ -146,79 +162,69 @@ impl Conv {
         let ep = self.epilogue(residual);
         let (_, pad_h) = self.geometry(shape.h);
         let (_, pad_w) = self.geometry(shape.w);
-        let k = self.weight.k();
-        // The im2col matrix comes from the network's pool, not a
-        // thread-local: a rayon thread that runs this layer's parallel
-        // loops may meanwhile steal work of another forward pass that
-        // needs one of its own.
-        let mut buf = pool.take(o.pixels() * k);
-        let cols = &mut buf[..o.pixels() * k];
-        let geometry = Im2Col {
+        if self.kernel * self.kernel <= MAX_SEGMENTS && self.c_in >= TAP_RUNS_MIN_CHANNELS {
+            let taps = Taps {
+                x,
+                runs: Runs::Taps,
+                input: shape,
+                output: o,
+                kernel: self.kernel,
+                stride: self.stride,
+                pad: (pad_h.0, pad_w.0),
+                zeros: &self.zeros,
+            };
+            conv_gemm(path, exec, taps, &self.weight, out, ep);
+            return;
+        }
+        // Few channels (a stem): the input padded once, so that each kernel
+        // row of each output pixel is one run of `kernel * C_in` floats.
+        let padded = MapShape {
+            b: shape.b,
+            h: shape.h + pad_h.0 + pad_h.1,
+            w: shape.w + pad_w.0 + pad_w.1,
+            c: shape.c,
+        };
+        let mut buf = pool.take(padded.len());
+        let xp = &mut buf[..padded.len()];
+        pad_map(exec, (x, shape), (pad_h.0, pad_w.0), (xp, padded));
+        let taps = Taps {
+            x: xp,
+            runs: Runs::KernelRows,
+            input: padded,
+            output: o,
             kernel: self.kernel,
             stride: self.stride,
-            pad: (pad_h.0, pad_w.0),
+            pad: (0, 0),
+            zeros: &self.zeros,
         };
-        geometry.fill(exec, x, shape, o, cols);
-        let a = Rows {
-            data: cols,
-            count: o.pixels(),
-            stride: k,
-        };
-        gemm(path, exec, a, &self.weight, out, ep);
+        conv_gemm(path, exec, taps, &self.weight, out, ep);
         pool.give(buf);
     }
 }
 
-/// Where each output pixel of a convolution reads its taps.
-struct Im2Col {
-    kernel: usize,
-    stride: usize,
-    /// Leading padding `(top, left)`.
-    pad: (usize, usize),
-}
-
-impl Im2Col {
-    /// Row `(img, oy, ox)` of `cols` gets the `k * k` input channel vectors
-    /// the output pixel sees, zeros where a tap falls in the padding.
-    fn fill(&self, exec: Exec, x: &[f32], s: MapShape, o: MapShape, cols: &mut [f32]) {
-        let row_len = self.kernel * self.kernel * s.c;
-        exec.chunks(cols, o.w * row_len, |row, dst| {
-            let (img, oy) = (row / o.h, row % o.h);
-            let image = &x[img * s.h * s.w * s.c..(img + 1) * s.h * s.w * s.c];
-            self.fill_row(image, s, oy, dst);
-        });
-    }
-
-    /// The rows of `cols` for output row `oy` of one image.
-    #[inline(never)]
-    fn fill_row(&self, image: &[f32], s: MapShape, oy: usize, dst: &mut [f32]) {
-        let (k, c) = (self.kernel, s.c);
-        let row_len = k * k * c;
-        for (ox, px) in dst.chunks_exact_mut(row_len).enumerate() {
-            let left = (ox * self.stride) as isize - self.pad.1 as isize;
-            let inside_x = left >= 0 && left as usize + k <= s.w;
-            for ky in 0..k {
-                let iy = (oy * self.stride + ky) as isize - self.pad.0 as isize;
-                if inside_x && iy >= 0 && (iy as usize) < s.h {
-                    // The k taps of this row are k neighbouring pixels: one
-                    // copy (a few floats each for the stems' 3 channels).
-                    let at = (iy as usize * s.w + left as usize) * c;
-                    px[ky * k * c..(ky + 1) * k * c].copy_from_slice(&image[at..at + k * c]);
-                    continue;
-                }
-                for kx in 0..k {
-                    let ix = (ox * self.stride + kx) as isize - self.pad.1 as isize;
-                    let tap = &mut px[(ky * k + kx) * c..(ky * k + kx + 1) * c];
-                    if iy < 0 || iy >= s.h as isize || ix < 0 || ix >= s.w as isize {
-                        tap.fill(0.0);
-                    } else {
-                        let at = (iy as usize * s.w + ix as usize) * c;
-                        tap.copy_from_slice(&image[at..at + c]);
-                    }
-                }
+/// Copy the NHWC map `x` into the larger `out`, `(top, left)` pixels in
+/// from its corner, zeros around it.
+fn pad_map(
+    exec: Exec,
+    (x, s): (&[f32], MapShape),
+    (top, left): (usize, usize),
+    (out, p): (&mut [f32], MapShape),
+) {
+    let row = s.w * s.c;
+    exec.chunks(out, p.w * p.c, |r, dst| {
+        let (img, py) = (r / p.h, r % p.h);
+        match py.checked_sub(top).filter(|&y| y < s.h) {
+            Some(y) => {
+                let at = (img * s.h + y) * row;
+                let (head, rest) = dst.split_at_mut(left * s.c);
+                let (mid, tail) = rest.split_at_mut(row);
+                head.fill(0.0);
+                mid.copy_from_slice(&x[at..at + row]);
+                tail.fill(0.0);
             }
+            None => dst.fill(0.0),
         }
-    }
+    });
 }
 
 /// Max pooling `k`x`k` with stride and symmetric padding on an NHWC map
@@ -272,5 +278,92 @@ impl MaxPool {
                 }
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(len: usize, seed: u32) -> Vec<f32> {
+        (0..len)
+            .map(|i| {
+                let x = (i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed);
+                ((x >> 8) % 2001) as f32 / 1000.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// The convolution by its definition (f64 sums, NHWC in and out).
+    fn reference(conv: &Conv, w: &[f32], x: &[f32], s: MapShape) -> Vec<f32> {
+        let o = conv.out_shape(s);
+        let (k, st) = (conv.kernel, conv.stride);
+        let (_, (top, _)) = conv.geometry(s.h);
+        let (_, (left, _)) = conv.geometry(s.w);
+        let mut out = vec![0f32; o.len()];
+        for img in 0..s.b {
+            for (oy, ox, co) in
+                (0..o.h).flat_map(|y| (0..o.w).flat_map(move |x| (0..o.c).map(move |c| (y, x, c))))
+            {
+                let mut sum = conv.bias[co] as f64;
+                for (ky, kx, ci) in
+                    (0..k).flat_map(|a| (0..k).flat_map(move |b| (0..s.c).map(move |c| (a, b, c))))
+                {
+                    let iy = (oy * st + ky) as isize - top as isize;
+                    let ix = (ox * st + kx) as isize - left as isize;
+                    if iy < 0 || ix < 0 || iy >= s.h as isize || ix >= s.w as isize {
+                        continue;
+                    }
+                    let xv = x[((img * s.h + iy as usize) * s.w + ix as usize) * s.c + ci];
+                    let wv = w[((co * s.c + ci) * k + ky) * k + kx];
+                    sum += xv as f64 * wv as f64;
+                }
+                out[((img * o.h + oy) * o.w + ox) * o.c + co] = conv.act.scalar(sum as f32);
+            }
+        }
+        out
+    }
+
+    /// Both ways of reading the input in place (a run per tap, a run per
+    /// kernel row of a padded copy), with strides, symmetric and "same"
+    /// padding, strips cut at the last rows, on every engine path: within
+    /// 1e-4 of the definition.
+    #[test]
+    fn convolutions_match_the_definition_on_every_path() {
+        let cases = [
+            // (c_in, c_out, kernel, stride, padding, h, w): taps as runs
+            (16, 20, 3, 1, Padding::Symmetric(1), 5, 7),
+            (24, 33, 3, 2, Padding::Symmetric(1), 9, 6),
+            (16, 16, 1, 2, Padding::Symmetric(0), 7, 7),
+            (16, 8, 3, 2, Padding::Same, 8, 5),
+            // kernel rows as runs (the stems)
+            (3, 16, 7, 2, Padding::Symmetric(3), 11, 13),
+            (3, 32, 3, 2, Padding::Same, 10, 9),
+            (3, 17, 3, 1, Padding::Symmetric(1), 4, 6),
+        ];
+        for path in KernelPath::available() {
+            if path == KernelPath::CandleOps {
+                continue;
+            }
+            for (i, &(c_in, c_out, k, stride, padding, h, w)) in cases.iter().enumerate() {
+                let weight = values(c_out * c_in * k * k, 1 + i as u32);
+                let bias = values(c_out, 2);
+                let conv = Conv::new(&weight, (c_in, k, stride), padding, bias, Activation::Relu6);
+                let shape = MapShape {
+                    b: 2,
+                    h,
+                    w,
+                    c: c_in,
+                };
+                let x = values(shape.len(), 3);
+                let mut out = vec![f32::NAN; conv.out_shape(shape).len()];
+                let pool = BufferPool::default();
+                conv.forward(path, Exec::Parallel, (&x, shape), None, &pool, &mut out);
+                let want = reference(&conv, &weight, &x, shape);
+                for (j, (a, b)) in out.iter().zip(&want).enumerate() {
+                    assert!((a - b).abs() < 1e-4, "{path} case {i} at {j}: {a} vs {b}");
+                }
+            }
+        }
     }
 }

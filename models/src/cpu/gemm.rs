@@ -9,7 +9,7 @@
 //! task each; a task's rows of A stay in cache across its panels.
 
 use super::kernels::KernelPath;
-use super::map::Exec;
+use super::map::{Exec, MapShape};
 use crate::layers::Activation;
 
 /// Rows of one micro-kernel tile.
@@ -89,6 +89,125 @@ pub(crate) struct Rows<'a> {
     pub stride: usize,
 }
 
+/// The left operand of a convolution read in place (an implicit im2col):
+/// output pixel `r`'s row of A is the `kernel * kernel` input channel
+/// vectors it sees, taps outermost, read where they lie in the NHWC input
+/// `x`. The same rows an im2col matrix would hold, in the same order,
+/// without the copy.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Taps<'a> {
+    pub x: &'a [f32],
+    /// How a row of A is cut into runs of contiguous floats.
+    pub runs: Runs,
+    /// The input's shape.
+    pub input: MapShape,
+    /// The output's shape (its pixels are the rows of A).
+    pub output: MapShape,
+    pub kernel: usize,
+    pub stride: usize,
+    /// Leading padding `(top, left)`.
+    pub pad: (usize, usize),
+    /// At least `input.c` zeros.
+    pub zeros: &'a [f32],
+}
+
+/// The runs of one row of a convolution's A.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Runs {
+    /// One run per tap: its `C_in` channels, or zeros where the tap falls in
+    /// the padding.
+    Taps,
+    /// One run per kernel row: its `kernel` neighbouring pixels, `kernel *
+    /// C_in` floats (few channels, as in a stem). The input must already be
+    /// padded (`pad` is zero), so every run lies inside it.
+    KernelRows,
+}
+
+/// Segments per row of A at most: a 3x3 convolution's taps.
+pub(crate) const MAX_SEGMENTS: usize = 9;
+
+/// A's left operand in either form.
+#[derive(Debug, Clone, Copy)]
+enum Lhs<'a> {
+    Rows(Rows<'a>),
+    Taps(Taps<'a>),
+}
+
+impl Lhs<'_> {
+    fn count(&self) -> usize {
+        match self {
+            Lhs::Rows(r) => r.count,
+            Lhs::Taps(t) => t.output.pixels(),
+        }
+    }
+
+    /// The row pointers of the strip `rows` (`R` rows; those past
+    /// `rows.end` repeat the last one).
+    fn strip<const R: usize>(&self, rows: std::ops::Range<usize>, seg: usize) -> Strip<R> {
+        debug_assert!(!rows.is_empty() && rows.end <= self.count());
+        let row = |i: usize| (rows.start + i).min(rows.end - 1);
+        let mut ptrs = [[std::ptr::null::<f32>(); R]; MAX_SEGMENTS];
+        match *self {
+            Lhs::Rows(Rows { data, stride, .. }) => {
+                ptrs[0] = std::array::from_fn(|i| data[row(i) * stride..][..seg].as_ptr());
+                Strip { ptrs, segments: 1 }
+            }
+            Lhs::Taps(t) if t.runs == Runs::KernelRows => {
+                let c = t.input.c;
+                for (i, r) in (0..R).map(row).enumerate() {
+                    let (img, oy, ox) = t.output.pixel(r);
+                    for (ky, run) in ptrs[..t.kernel].iter_mut().enumerate() {
+                        let at = ((img * t.input.h + oy * t.stride + ky) * t.input.w
+                            + ox * t.stride)
+                            * c;
+                        run[i] = t.x[at..at + seg].as_ptr();
+                    }
+                }
+                Strip {
+                    ptrs,
+                    segments: t.kernel,
+                }
+            }
+            Lhs::Taps(t) => {
+                let c = seg;
+                for (i, r) in (0..R).map(row).enumerate() {
+                    let (img, oy, ox) = t.output.pixel(r);
+                    for ky in 0..t.kernel {
+                        let iy = (oy * t.stride + ky).checked_sub(t.pad.0);
+                        for kx in 0..t.kernel {
+                            let ix = (ox * t.stride + kx).checked_sub(t.pad.1);
+                            let at = match (iy, ix) {
+                                (Some(iy), Some(ix)) if iy < t.input.h && ix < t.input.w => {
+                                    ((img * t.input.h + iy) * t.input.w + ix) * c
+                                }
+                                _ => usize::MAX,
+                            };
+                            let seg = if at == usize::MAX {
+                                &t.zeros[..c]
+                            } else {
+                                &t.x[at..at + c]
+                            };
+                            ptrs[ky * t.kernel + kx][i] = seg.as_ptr();
+                        }
+                    }
+                }
+                Strip {
+                    ptrs,
+                    segments: t.kernel * t.kernel,
+                }
+            }
+        }
+    }
+}
+
+/// One strip of `R` rows of A: row `i` is `segments` runs of equal length,
+/// run `s` at `ptrs[s][i]` (each pointer addresses a whole run inside the
+/// operand's slices, which outlive the product).
+struct Strip<const R: usize> {
+    ptrs: [[*const f32; R]; MAX_SEGMENTS],
+    segments: usize,
+}
+
 /// `c = epilogue(a x b)` where `a` has `b.k()` columns and `c` is
 /// `[a.count, b.n()]`, contiguous.
 pub(crate) fn gemm(
@@ -99,13 +218,54 @@ pub(crate) fn gemm(
     c: &mut [f32],
     ep: Epilogue,
 ) {
-    let Rows {
-        data: a,
-        count: m,
-        stride: lda,
-    } = a;
+    assert!(
+        a.stride >= b.k() && (a.count == 0 || a.data.len() >= (a.count - 1) * a.stride + b.k())
+    );
+    product(path, exec, Lhs::Rows(a), b.k(), b, c, ep);
+}
+
+/// `c = epilogue(conv(x) x b)`: [`gemm`] with the convolution's rows of A
+/// read in place ([`Taps`]); `b` has `kernel * kernel * C_in` rows in
+/// `(ky, kx, c_in)` order and `c` is `[output pixels, b.n()]`.
+pub(crate) fn conv_gemm(
+    path: KernelPath,
+    exec: Exec,
+    a: Taps,
+    b: &PackedB,
+    c: &mut [f32],
+    ep: Epilogue,
+) {
+    assert_eq!(b.k(), a.kernel * a.kernel * a.input.c);
+    assert_eq!(a.x.len(), a.input.len());
+    assert_eq!(a.output.b, a.input.b);
+    let seg = match a.runs {
+        Runs::Taps => {
+            assert!(a.kernel * a.kernel <= MAX_SEGMENTS, "at most 3x3 taps");
+            assert!(a.zeros.len() >= a.input.c);
+            a.input.c
+        }
+        Runs::KernelRows => {
+            assert!(a.kernel <= MAX_SEGMENTS && a.pad == (0, 0));
+            let reach = |out: usize| (out.max(1) - 1) * a.stride + a.kernel;
+            assert!(reach(a.output.h) <= a.input.h && reach(a.output.w) <= a.input.w);
+            a.kernel * a.input.c
+        }
+    };
+    product(path, exec, Lhs::Taps(a), seg, b, c, ep);
+}
+
+/// The tiled product: A's rows are segments of `seg` floats.
+fn product(
+    path: KernelPath,
+    exec: Exec,
+    a: Lhs,
+    seg: usize,
+    b: &PackedB,
+    c: &mut [f32],
+    ep: Epilogue,
+) {
+    let m = a.count();
     let (k, n) = (b.k(), b.n());
-    assert!(lda >= k && (m == 0 || a.len() >= (m - 1) * lda + k));
     assert_eq!(c.len(), m * n);
     assert_eq!(ep.bias.len(), n);
     if let Some(r) = ep.residual {
@@ -131,26 +291,24 @@ pub(crate) fn gemm(
                 // Two strips at once: 12 rows x 32 columns per tile, half
                 // the loads of B per multiply-add of the 6-row tile.
                 let col = panels.start * NR;
+                let strip = a.strip::<{ 2 * MR }>(r0..r0 + 2 * MR, seg);
                 // SAFETY: as for the 6-row kernel below: rows r0..r0 + 12
-                // and the task's columns lie inside `a`, `c` and the
-                // residual, tasks write disjoint tiles of `c`, and the path
-                // is only chosen when the CPU has AVX-512F.
+                // and the task's columns lie inside `c` and the residual,
+                // the strip's runs hold `seg` floats each, tasks write
+                // disjoint tiles of `c`, and the path is only chosen when
+                // the CPU has AVX-512F.
                 unsafe {
                     let store =
                         tile_store(&out, n, ep, r0..r0 + 2 * MR, col..(panels.end * NR).min(n));
-                    let a_rows: [*const f32; 2 * MR] =
-                        std::array::from_fn(|i| a[(r0 + i) * lda..][..k].as_ptr());
                     let b_panels = (b.panel(panels.start).as_ptr(), panels.len());
-                    avx512::tile_row(k, a_rows, b_panels, store);
+                    avx512::tile_row(seg, &strip, b_panels, store);
                 }
                 r0 += 2 * MR;
                 continue;
             }
             let r1 = (r0 + MR).min(rows.end);
             let mut rest = panels.clone();
-            // Rows past the end repeat the last one; their sums are dropped.
-            let a_rows: [&[f32]; MR] =
-                std::array::from_fn(|i| &a[(r0 + i).min(r1 - 1) * lda..][..k]);
+            let strip = a.strip::<MR>(r0..r1, seg);
             #[cfg(target_arch = "x86_64")]
             if matches!(path, KernelPath::Avx2Fma | KernelPath::Avx512) {
                 // AVX-512 takes every tile of the row (masked stores for the
@@ -169,17 +327,16 @@ pub(crate) fn gemm(
                     // loop.
                     let store = unsafe { tile_store(&out, n, ep, r0..r1, col..col + cols) };
                     let b_panels = (b.panel(simd.start).as_ptr(), simd.len());
-                    // SAFETY: as above; each row of `a_rows` holds `k`
+                    // SAFETY: as above; each run of the strip holds `seg`
                     // floats and each panel `k * NR`; each kernel's
                     // instructions are present: the path is only chosen when
                     // the CPU has them (`KernelPath::is_supported`; AVX-512
                     // implies AVX2 + FMA there).
                     unsafe {
-                        let a_ptrs = a_rows.map(|r| r.as_ptr());
                         if path == KernelPath::Avx512 {
-                            avx512::tile_row(k, a_ptrs, b_panels, store);
+                            avx512::tile_row(seg, &strip, b_panels, store);
                         } else {
-                            avx2::tile_row(k, a_ptrs, b_panels, store);
+                            avx2::tile_row(seg, &strip, b_panels, store);
                         }
                     }
                     rest = simd.end..panels.end;
@@ -188,7 +345,7 @@ pub(crate) fn gemm(
             for p in rest {
                 let cols = p * NR..((p + 1) * NR).min(n);
                 let mut acc = [0f32; MR * NR];
-                micro_kernel(path, k, a_rows, b.panel(p), &mut acc);
+                micro_kernel(path, seg, &strip, b.panel(p), &mut acc);
                 // SAFETY: tasks write disjoint (rows, cols) tiles of `c`,
                 // which outlives the parallel loop.
                 unsafe { store_tile(&out, n, r0..r1, cols, &acc, ep) };
@@ -280,30 +437,36 @@ unsafe fn store_tile(
     }
 }
 
-/// `acc = A_rows x B_panel` over `k`: each of `a` is one row of A (`k`
-/// values), `b` is `[k][NR]`.
+/// `acc = A_strip x B_panel`: each row of the strip is its runs of `seg`
+/// floats, `b` is `[runs * seg][NR]`.
 #[inline]
-fn micro_kernel(path: KernelPath, k: usize, a: [&[f32]; MR], b: &[f32], acc: &mut [f32; MR * NR]) {
-    assert!(a.iter().all(|r| r.len() >= k) && b.len() >= k * NR);
+fn micro_kernel(path: KernelPath, seg: usize, a: &Strip<MR>, b: &[f32], acc: &mut [f32; MR * NR]) {
+    assert!(b.len() >= a.segments * seg * NR);
     match path {
         #[cfg(target_arch = "x86_64")]
         KernelPath::Avx2Fma | KernelPath::Avx512 => {
             // SAFETY: the network only selects these paths when the CPU has
-            // AVX2 and FMA (`KernelPath::is_supported`); the slices hold `k`
-            // values of each row and `k` rows of the panel (asserted).
-            unsafe { avx2::micro_kernel(k, a.map(|r| r.as_ptr()), b.as_ptr(), acc) }
+            // AVX2 and FMA (`KernelPath::is_supported`); the strip's runs
+            // hold `seg` floats each and the panel all their rows (asserted).
+            unsafe { avx2::micro_kernel(seg, a, b.as_ptr(), acc) }
         }
-        _ => portable_micro_kernel(k, a, b, acc),
+        // SAFETY: as above for the strip and the panel.
+        _ => unsafe { portable_micro_kernel(seg, a, b, acc) },
     }
 }
 
-fn portable_micro_kernel(k: usize, a: [&[f32]; MR], b: &[f32], acc: &mut [f32; MR * NR]) {
+/// # Safety
+/// Each run of `a` must hold `seg` floats.
+unsafe fn portable_micro_kernel(seg: usize, a: &Strip<MR>, b: &[f32], acc: &mut [f32; MR * NR]) {
     let mut c = [[0f32; NR]; MR];
-    for (kk, bv) in b.chunks_exact(NR).take(k).enumerate() {
-        for i in 0..MR {
-            let x = a[i][kk];
-            for j in 0..NR {
-                c[i][j] += x * bv[j];
+    for (s, rows) in a.ptrs[..a.segments].iter().enumerate() {
+        let panel = &b[s * seg * NR..(s + 1) * seg * NR];
+        for (kk, bv) in panel.chunks_exact(NR).enumerate() {
+            for i in 0..MR {
+                let x = *rows[i].add(kk);
+                for j in 0..NR {
+                    c[i][j] += x * bv[j];
+                }
             }
         }
     }
@@ -316,22 +479,22 @@ fn portable_micro_kernel(k: usize, a: [&[f32]; MR], b: &[f32], acc: &mut [f32; M
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::{TileStore, MR, NR};
+    use super::{Strip, TileStore, MR, NR};
 
     /// The 6x16 AVX2 + FMA micro-kernel: 12 accumulators, two loads of B
     /// and six broadcasts of A (one per row) per step of `k`.
     ///
     /// # Safety
-    /// The CPU must support AVX2 and FMA; each row of `a` must hold `k`
-    /// floats and `b` `k * NR`.
+    /// The CPU must support AVX2 and FMA; each run of `a` must hold `seg`
+    /// floats and `b` all of their rows.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn micro_kernel(
-        k: usize,
-        a: [*const f32; MR],
+        seg: usize,
+        a: &Strip<MR>,
         b: *const f32,
         acc: &mut [f32; MR * NR],
     ) {
-        for (i, ci) in accumulate(k, a, b).iter().enumerate() {
+        for (i, ci) in accumulate(seg, a, b).iter().enumerate() {
             _mm256_storeu_ps(acc.as_mut_ptr().add(i * NR), ci[0]);
             _mm256_storeu_ps(acc.as_mut_ptr().add(i * NR + 8), ci[1]);
         }
@@ -344,40 +507,57 @@ mod avx2 {
     /// As [`micro_kernel`].
     #[target_feature(enable = "avx2,fma")]
     #[inline]
-    unsafe fn accumulate(k: usize, a: [*const f32; MR], b: *const f32) -> [[__m256; 2]; MR] {
+    unsafe fn accumulate(seg: usize, a: &Strip<MR>, b: *const f32) -> [[__m256; 2]; MR] {
         let mut c = [[_mm256_setzero_ps(); 2]; MR];
-        for kk in 0..k {
-            let b0 = _mm256_loadu_ps(b.add(kk * NR));
-            let b1 = _mm256_loadu_ps(b.add(kk * NR + 8));
-            for (i, ci) in c.iter_mut().enumerate() {
-                let x = _mm256_broadcast_ss(&*a[i].add(kk));
-                ci[0] = _mm256_fmadd_ps(x, b0, ci[0]);
-                ci[1] = _mm256_fmadd_ps(x, b1, ci[1]);
+        for (s, rows) in a.ptrs[..a.segments].iter().enumerate() {
+            let b = b.add(s * seg * NR);
+            // Not unrolled: four steps per trip measured 2 % slower here
+            // (the AVX-512 kernel's 24 FMAs per step gain from it).
+            for kk in 0..seg {
+                step(&mut c, rows, b, kk);
             }
         }
         c
     }
 
-    /// `MR` rows of A (`rows`) times `panels` consecutive full packed panels
-    /// of B, each tile's bias, residual and activation applied in registers
-    /// and stored straight to C.
+    /// One step of `k`: two loads of B's row `kk`, a broadcast of each
+    /// row's element `kk` of A, 12 multiply-adds.
     ///
     /// # Safety
-    /// The CPU must support AVX2 and FMA; the rows must hold `k` floats,
-    /// the panels `k * NR` each, and `st` must address `MR` rows of
-    /// `panels * NR` floats.
+    /// As [`accumulate`], with `kk` inside the run.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn step(c: &mut [[__m256; 2]; MR], rows: &[*const f32; MR], b: *const f32, kk: usize) {
+        let b0 = _mm256_loadu_ps(b.add(kk * NR));
+        let b1 = _mm256_loadu_ps(b.add(kk * NR + 8));
+        for (ci, row) in c.iter_mut().zip(rows) {
+            let x = _mm256_broadcast_ss(&*row.add(kk));
+            ci[0] = _mm256_fmadd_ps(x, b0, ci[0]);
+            ci[1] = _mm256_fmadd_ps(x, b1, ci[1]);
+        }
+    }
+
+    /// The `MR` rows of the strip times `panels` consecutive full packed
+    /// panels of B, each tile's bias, residual and activation applied in
+    /// registers and stored straight to C.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA; the strip's runs must hold `seg`
+    /// floats, the panels all of their rows each, and `st` must address
+    /// `MR` rows of `panels * NR` floats.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn tile_row(
-        k: usize,
-        rows: [*const f32; MR],
+        seg: usize,
+        rows: &Strip<MR>,
         (b, panels): (*const f32, usize),
         st: TileStore,
     ) {
         debug_assert!(st.rows == MR && st.cols == panels * NR);
+        let k = rows.segments * seg;
         let (lo, hi) = (_mm256_set1_ps(st.clamp.0), _mm256_set1_ps(st.clamp.1));
         let (out, ldc) = st.out;
         for p in 0..panels {
-            let c = accumulate(k, rows, b.add(p * k * NR));
+            let c = accumulate(seg, rows, b.add(p * k * NR));
             let col = p * NR;
             let bias = [
                 _mm256_loadu_ps(st.bias.add(col)),
@@ -402,7 +582,7 @@ mod avx2 {
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::{TileStore, NR};
+    use super::{Strip, TileStore, NR};
 
     /// A tile of `R` rows by `P` panels (`16 * P` columns) in `R * P`
     /// registers: per step of `k`, one load of each panel's row of B and one
@@ -411,29 +591,58 @@ mod avx512 {
     /// last rows of a block, `P = 1` an odd last panel.
     ///
     /// # Safety
-    /// The CPU must support AVX-512F; each row of `a` must hold `k` floats
-    /// and each panel `k * NR`.
+    /// The CPU must support AVX-512F; each run of `a` must hold `seg` floats
+    /// and each panel all of their rows.
     #[target_feature(enable = "avx512f")]
     #[inline]
     unsafe fn accumulate<const R: usize, const P: usize>(
-        k: usize,
-        a: [*const f32; R],
+        seg: usize,
+        a: &Strip<R>,
         b: [*const f32; P],
     ) -> [[__m512; P]; R] {
         let mut c = [[_mm512_setzero_ps(); P]; R];
-        for kk in 0..k {
-            let mut bv = [_mm512_setzero_ps(); P];
-            for (v, bj) in bv.iter_mut().zip(b) {
-                *v = _mm512_loadu_ps(bj.add(kk * NR));
-            }
-            for (i, ci) in c.iter_mut().enumerate() {
-                let x = _mm512_set1_ps(*a[i].add(kk));
-                for (cij, &bj) in ci.iter_mut().zip(&bv) {
-                    *cij = _mm512_fmadd_ps(x, bj, *cij);
+        for (s, rows) in a.ptrs[..a.segments].iter().enumerate() {
+            let b = b.map(|bj| bj.add(s * seg * NR));
+            // Four steps per trip: the loop's own counter and pointer
+            // updates would otherwise take issue slots from the FMAs.
+            let mut kk = 0;
+            while kk + 4 <= seg {
+                for u in 0..4 {
+                    step(&mut c, rows, b, kk + u);
                 }
+                kk += 4;
+            }
+            while kk < seg {
+                step(&mut c, rows, b, kk);
+                kk += 1;
             }
         }
         c
+    }
+
+    /// One step of `k`: a load of each panel's row `kk` of B, a broadcast of
+    /// each row's element `kk` of A, `R * P` multiply-adds.
+    ///
+    /// # Safety
+    /// As [`accumulate`], with `kk` inside the run.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn step<const R: usize, const P: usize>(
+        c: &mut [[__m512; P]; R],
+        rows: &[*const f32; R],
+        b: [*const f32; P],
+        kk: usize,
+    ) {
+        let mut bv = [_mm512_setzero_ps(); P];
+        for (v, bj) in bv.iter_mut().zip(b) {
+            *v = _mm512_loadu_ps(bj.add(kk * NR));
+        }
+        for (ci, row) in c.iter_mut().zip(rows) {
+            let x = _mm512_set1_ps(*row.add(kk));
+            for (cij, &bj) in ci.iter_mut().zip(&bv) {
+                *cij = _mm512_fmadd_ps(x, bj, *cij);
+            }
+        }
     }
 
     /// Bias, residual and clamp on a tile of `P` panels starting at column
@@ -471,32 +680,33 @@ mod avx512 {
         }
     }
 
-    /// `R` rows of A (`rows`: `MR` or `2 * MR`; those past `st.rows` repeat
-    /// the last real one) times `panels` consecutive packed panels of B, two
+    /// The strip's `R` rows of A (`MR` or `2 * MR`; those past `st.rows`
+    /// repeat the last real one) times `panels` consecutive packed panels of B, two
     /// panels (32 columns) per tile, each tile's bias, residual and activation applied
     /// in registers and stored straight to C: rows and columns that do not
     /// exist (`st.rows`, `st.cols`) are computed but not stored.
     ///
     /// # Safety
-    /// The CPU must support AVX-512F; the rows must hold `k` floats, the
-    /// panels `k * NR` each, and `st` must address `st.rows` rows of
+    /// The CPU must support AVX-512F; the strip's runs must hold `seg`
+    /// floats, the panels all of their rows each, and `st` must address `st.rows` rows of
     /// `st.cols` floats.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn tile_row<const R: usize>(
-        k: usize,
-        rows: [*const f32; R],
+        seg: usize,
+        rows: &Strip<R>,
         (b, panels): (*const f32, usize),
         st: TileStore,
     ) {
+        let k = rows.segments * seg;
         let panel = |p: usize| b.add(p * k * NR);
         let mut p = 0;
         while p + 2 <= panels {
-            let c = accumulate(k, rows, [panel(p), panel(p + 1)]);
+            let c = accumulate(seg, rows, [panel(p), panel(p + 1)]);
             store(c, p * NR, &st);
             p += 2;
         }
         if p < panels {
-            let c = accumulate(k, rows, [panel(p)]);
+            let c = accumulate(seg, rows, [panel(p)]);
             store(c, p * NR, &st);
         }
     }

@@ -101,6 +101,12 @@ impl MapShape {
     pub(crate) fn pixels(&self) -> usize {
         self.b * self.h * self.w
     }
+
+    /// Pixel `p` (counted over all images) as `(image, y, x)`.
+    pub(crate) fn pixel(&self, p: usize) -> (usize, usize, usize) {
+        let (img, at) = (p / (self.h * self.w), p % (self.h * self.w));
+        (img, at / self.w, at % self.w)
+    }
 }
 
 /// Buffers kept between forward passes, so a pass allocates (and the OS

@@ -141,16 +141,19 @@ impl Lhs<'_> {
         }
     }
 
-    /// The row pointers of the strip `rows` (`R` rows; those past
-    /// `rows.end` repeat the last one).
-    fn strip<const R: usize>(&self, rows: std::ops::Range<usize>, seg: usize) -> Strip<R> {
+    /// Point `strip` at the rows `rows` (`R` rows; those past `rows.end`
+    /// repeat the last one). Filled in place: a strip is 9 x 12 pointers,
+    /// and returning one by value cost a copy per tile row.
+    fn fill<const R: usize>(&self, rows: std::ops::Range<usize>, seg: usize, strip: &mut Strip<R>) {
         debug_assert!(!rows.is_empty() && rows.end <= self.count());
         let row = |i: usize| (rows.start + i).min(rows.end - 1);
-        let mut ptrs = [[std::ptr::null::<f32>(); R]; MAX_SEGMENTS];
+        let ptrs = &mut strip.ptrs;
         match *self {
             Lhs::Rows(Rows { data, stride, .. }) => {
-                ptrs[0] = std::array::from_fn(|i| data[row(i) * stride..][..seg].as_ptr());
-                Strip { ptrs, segments: 1 }
+                for (i, p) in ptrs[0].iter_mut().enumerate() {
+                    *p = data[row(i) * stride..][..seg].as_ptr();
+                }
+                strip.segments = 1;
             }
             Lhs::Taps(t) if t.runs == Runs::KernelRows => {
                 let c = t.input.c;
@@ -163,10 +166,7 @@ impl Lhs<'_> {
                         run[i] = t.x[at..at + seg].as_ptr();
                     }
                 }
-                Strip {
-                    ptrs,
-                    segments: t.kernel,
-                }
+                strip.segments = t.kernel;
             }
             Lhs::Taps(t) => {
                 let c = seg;
@@ -191,10 +191,7 @@ impl Lhs<'_> {
                         }
                     }
                 }
-                Strip {
-                    ptrs,
-                    segments: t.kernel * t.kernel,
-                }
+                strip.segments = t.kernel * t.kernel;
             }
         }
     }
@@ -206,6 +203,16 @@ impl Lhs<'_> {
 struct Strip<const R: usize> {
     ptrs: [[*const f32; R]; MAX_SEGMENTS],
     segments: usize,
+}
+
+impl<const R: usize> Strip<R> {
+    /// A strip with no runs yet ([`Lhs::fill`] points it).
+    fn empty() -> Self {
+        Self {
+            ptrs: [[std::ptr::null(); R]; MAX_SEGMENTS],
+            segments: 0,
+        }
+    }
 }
 
 /// `c = epilogue(a x b)` where `a` has `b.k()` columns and `c` is
@@ -284,6 +291,7 @@ fn product(
         let (mb, g) = (task / groups, task % groups);
         let rows = mb * M_BLOCK..((mb + 1) * M_BLOCK).min(m);
         let panels = g * PANELS_PER_TASK..((g + 1) * PANELS_PER_TASK).min(b.panels());
+        let (mut wide, mut strip) = (Strip::<{ 2 * MR }>::empty(), Strip::<MR>::empty());
         let mut r0 = rows.start;
         while r0 < rows.end {
             #[cfg(target_arch = "x86_64")]
@@ -291,7 +299,7 @@ fn product(
                 // Two strips at once: 12 rows x 32 columns per tile, half
                 // the loads of B per multiply-add of the 6-row tile.
                 let col = panels.start * NR;
-                let strip = a.strip::<{ 2 * MR }>(r0..r0 + 2 * MR, seg);
+                a.fill(r0..r0 + 2 * MR, seg, &mut wide);
                 // SAFETY: as for the 6-row kernel below: rows r0..r0 + 12
                 // and the task's columns lie inside `c` and the residual,
                 // the strip's runs hold `seg` floats each, tasks write
@@ -301,14 +309,14 @@ fn product(
                     let store =
                         tile_store(&out, n, ep, r0..r0 + 2 * MR, col..(panels.end * NR).min(n));
                     let b_panels = (b.panel(panels.start).as_ptr(), panels.len());
-                    avx512::tile_row(seg, &strip, b_panels, store);
+                    avx512::tile_row(seg, &wide, b_panels, store);
                 }
                 r0 += 2 * MR;
                 continue;
             }
             let r1 = (r0 + MR).min(rows.end);
             let mut rest = panels.clone();
-            let strip = a.strip::<MR>(r0..r1, seg);
+            a.fill(r0..r1, seg, &mut strip);
             #[cfg(target_arch = "x86_64")]
             if matches!(path, KernelPath::Avx2Fma | KernelPath::Avx512) {
                 // AVX-512 takes every tile of the row (masked stores for the

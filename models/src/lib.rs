@@ -67,6 +67,7 @@ pub use checkpoint::{CheckedTensors, Checkpoint, CheckpointFormat, KeyReport, Sh
 pub use convert::{
     convert_checkpoint, inspect_checkpoint, utc_date, CheckpointSummary, ConvertOptions,
 };
+pub use cpu::probe as engine_probe;
 pub use cpu::KernelPath;
 pub use device::parse_device;
 pub use embedder::{AttentionMap, Embedder, EmbedderOptions, Embedding};

@@ -25,6 +25,7 @@ mod kernels;
 mod map;
 mod math;
 mod net;
+pub mod probe;
 mod two_grid;
 
 pub(crate) use bottleneck::Bottleneck;

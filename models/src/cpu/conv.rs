@@ -284,15 +284,7 @@ impl MaxPool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn values(len: usize, seed: u32) -> Vec<f32> {
-        (0..len)
-            .map(|i| {
-                let x = (i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed);
-                ((x >> 8) % 2001) as f32 / 1000.0 - 1.0
-            })
-            .collect()
-    }
+    use crate::cpu::test_values as values;
 
     /// The convolution by its definition (f64 sums, NHWC in and out).
     fn reference(conv: &Conv, w: &[f32], x: &[f32], s: MapShape) -> Vec<f32> {

@@ -726,6 +726,7 @@ mod avx512 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cpu::test_values as values;
 
     fn rows(data: &[f32], count: usize, stride: usize) -> Rows<'_> {
         Rows {
@@ -748,15 +749,6 @@ mod tests {
             }
         }
         c
-    }
-
-    fn values(len: usize, seed: u32) -> Vec<f32> {
-        (0..len)
-            .map(|i| {
-                let x = (i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed);
-                ((x >> 8) % 2001) as f32 / 1000.0 - 1.0
-            })
-            .collect()
     }
 
     /// Every size around the tile edges, each activation, with and without

@@ -37,3 +37,15 @@ pub use kernels::KernelPath;
 pub(crate) use map::{on_pool_awake, MapShape};
 pub(crate) use net::{CpuNet, Layer, Layout};
 pub(crate) use two_grid::HeadEngine;
+
+/// `len` values spread over [-1, 1], different for each `seed`: the kernel
+/// tests' inputs and weights.
+#[cfg(test)]
+pub(crate) fn test_values(len: usize, seed: u32) -> Vec<f32> {
+    (0..len)
+        .map(|i| {
+            let x = (i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed);
+            ((x >> 8) % 2001) as f32 / 1000.0 - 1.0
+        })
+        .collect()
+}

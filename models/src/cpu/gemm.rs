@@ -4,7 +4,9 @@
 //! B is a layer's weight, packed once at load into [`PackedB`] panels of
 //! [`NR`] columns. A (the activations, row-major NHWC pixels) is read in
 //! place: the micro-kernel broadcasts from [`MR`] row pointers, as XNNPACK's
-//! NHWC kernels do, so nothing is copied per call. The output is cut into
+//! NHWC kernels do, so nothing is copied per call. A row may be several runs
+//! of floats ([`Taps`]: a convolution's taps where they lie in its input, an
+//! implicit im2col), each with its own pointer. The output is cut into
 //! tiles of up to [`M_BLOCK`] rows by [`PANELS_PER_TASK`] panels, one rayon
 //! task each; a task's rows of A stay in cache across its panels.
 
@@ -179,18 +181,14 @@ impl Lhs<'_> {
                         let iy = (oy * t.stride + ky).checked_sub(t.pad.0);
                         for kx in 0..t.kernel {
                             let ix = (ox * t.stride + kx).checked_sub(t.pad.1);
-                            let at = match (iy, ix) {
+                            let run = match (iy, ix) {
                                 (Some(iy), Some(ix)) if iy < t.input.h && ix < t.input.w => {
-                                    ((img * t.input.h + iy) * t.input.w + ix) * c
+                                    let at = ((img * t.input.h + iy) * t.input.w + ix) * c;
+                                    &t.x[at..at + c]
                                 }
-                                _ => usize::MAX,
+                                _ => &t.zeros[..c],
                             };
-                            let seg = if at == usize::MAX {
-                                &t.zeros[..c]
-                            } else {
-                                &t.x[at..at + c]
-                            };
-                            ptrs[ky * t.kernel + kx][i] = seg.as_ptr();
+                            ptrs[ky * t.kernel + kx][i] = run.as_ptr();
                         }
                     }
                 }

@@ -50,26 +50,27 @@ fn resnet50_layer3() -> Vec<(&'static str, ConvShape, usize)> {
 fn fma_peak(path: KernelPath, secs: f64) -> Option<f64> {
     #[cfg(target_arch = "x86_64")]
     {
+        if !path.is_supported() {
+            return None;
+        }
+        // Trips of 24 FMAs; returns the lanes of one.
+        let run = |trips: usize| -> Option<usize> {
+            // SAFETY: each loop needs its path's instructions, which the CPU
+            // has (`is_supported` above).
+            match path {
+                KernelPath::Avx512 => Some(unsafe { peak::avx512(trips) }),
+                KernelPath::Avx2Fma => Some(unsafe { peak::avx2(trips) }),
+                _ => None,
+            }
+        };
         let trips = 20_000_000usize;
         let started = Instant::now();
-        // SAFETY: each path's loop runs only when the CPU has its features
-        // (`KernelPath::is_supported`, checked by `available()`).
-        let lanes = match path {
-            KernelPath::Avx512 => unsafe { peak::avx512(trips) },
-            KernelPath::Avx2Fma => unsafe { peak::avx2(trips) },
-            _ => return None,
-        };
-        let once = started.elapsed().as_secs_f64();
-        let scale = (secs / once).max(1.0) as usize;
+        run(trips)?;
+        let scale = (secs / started.elapsed().as_secs_f64()).max(1.0) as usize;
         let started = Instant::now();
+        let mut lanes = 0;
         for _ in 0..scale {
-            // SAFETY: as above.
-            unsafe {
-                match path {
-                    KernelPath::Avx512 => peak::avx512(trips),
-                    _ => peak::avx2(trips),
-                };
-            }
+            lanes = run(trips)?;
         }
         let s = started.elapsed().as_secs_f64();
         Some((scale * trips * 24 * lanes * 2) as f64 / s / 1e9)
@@ -125,6 +126,10 @@ fn main() {
         Ok(k) => k.parse::<KernelPath>().expect("ASEN_BENCH_KERNELS"),
         Err(_) => KernelPath::detect(),
     };
+    assert!(
+        path.is_supported() && path != KernelPath::CandleOps,
+        "kernel path {path} is not an engine path this CPU supports"
+    );
     let secs: f64 = std::env::var("ASEN_BENCH_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -140,7 +145,7 @@ fn main() {
     println!("| --- | ---: | ---: | ---: | ---: |");
     let (mut total_macs, mut total_secs) = (0f64, 0f64);
     for (name, shape, times) in resnet50_layer3() {
-        let g = conv_gflops(path, shape, secs, 5);
+        let g = conv_gflops(path, shape, secs, 5).expect("a supported engine path");
         let macs = shape.macs() as f64 * times as f64;
         total_macs += macs;
         total_secs += 2.0 * macs / (g * 1e9);

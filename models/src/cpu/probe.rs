@@ -39,8 +39,12 @@ impl ConvShape {
 
 /// GFLOP/s (two per multiply-add) of the convolution `shape` with a ReLU,
 /// on the calling thread, on kernel path `path`: the best of `turns` timings
-/// of enough passes to fill about `secs` seconds each.
-pub fn conv_gflops(path: KernelPath, shape: ConvShape, secs: f64, turns: usize) -> f64 {
+/// of enough passes to fill about `secs` seconds each. `None` when the CPU
+/// lacks the path's instructions, or for `CandleOps` (not an engine path).
+pub fn conv_gflops(path: KernelPath, shape: ConvShape, secs: f64, turns: usize) -> Option<f64> {
+    if !path.is_supported() || path == KernelPath::CandleOps {
+        return None;
+    }
     let ConvShape {
         c_in,
         c_out,
@@ -85,5 +89,5 @@ pub fn conv_gflops(path: KernelPath, shape: ConvShape, secs: f64, turns: usize) 
             t.elapsed().as_secs_f64()
         })
         .fold(f64::MAX, f64::min);
-    flops * reps as f64 / best / 1e9
+    Some(flops * reps as f64 / best / 1e9)
 }
